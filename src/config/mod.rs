@@ -1,0 +1,1055 @@
+//! Configuration: the TOML file is read into [`raw`] structs (serde, unknown
+//! keys refused), then validated into the domain [`Config`] used by the rest
+//! of the program. Every error names the file, the key and the reason, so a
+//! bad file is refused at start rather than misbehaving later.
+//!
+//! The same [`Config`] is built by the quick command-line mode
+//! (`ringgate proxy`) and by tests, without any file.
+
+pub mod raw;
+pub mod units;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raw::RawConfig;
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the config came from, when there was one.
+    pub file: Option<PathBuf>,
+    /// The dotted key path, e.g. `routes[2].upstream`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(file) => write!(f, "{}: ", file.display())?,
+            None => f.write_str("config: ")?,
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "key `{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: None,
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Which io driver the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub backlog: u32,
+}
+
+/// Settings each worker holds for itself; may differ per core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerCoreConfig {
+    /// Client connections a worker serves at once; above it, it stops accepting.
+    pub max_connections: usize,
+    /// Idle keep-alive connections kept per upstream server by each worker.
+    pub upstream_pool_size: usize,
+    /// An idle pooled upstream connection older than this is closed.
+    pub upstream_idle_timeout: Duration,
+    /// Initial read buffer of a client connection (grows up to the head limit).
+    pub client_buffer_size: usize,
+    /// Read buffer of an upstream connection.
+    pub upstream_buffer_size: usize,
+}
+
+impl Default for PerCoreConfig {
+    fn default() -> Self {
+        PerCoreConfig {
+            max_connections: 10_000,
+            upstream_pool_size: 128,
+            upstream_idle_timeout: Duration::from_secs(60),
+            client_buffer_size: 4 * 1024,
+            upstream_buffer_size: 32 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkersConfig {
+    /// How many workers; `None` means one per core the process may run on.
+    pub count: Option<usize>,
+    /// CPUs to pin workers to, in order; `None` means the CPUs the process may use.
+    pub cpus: Option<Vec<usize>>,
+    pub pin: bool,
+    pub driver: DriverChoice,
+    pub ring_entries: u32,
+    /// Kernel-side submission polling; its thread idles after `sqpoll_idle`.
+    pub sqpoll: Option<Duration>,
+    pub per_core: PerCoreConfig,
+    /// Overrides keyed by core (the CPU a worker is pinned to, or the worker
+    /// index when pinning is off).
+    pub overrides: HashMap<usize, PerCoreConfig>,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            count: None,
+            cpus: None,
+            pin: true,
+            driver: DriverChoice::Auto,
+            ring_entries: 1024,
+            sqpoll: None,
+            per_core: PerCoreConfig::default(),
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+impl WorkersConfig {
+    /// The per-core settings of the worker on `core`.
+    pub fn for_core(&self, core: usize) -> &PerCoreConfig {
+        self.overrides.get(&core).unwrap_or(&self.per_core)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Deadline for a whole request head, from its first byte.
+    pub client_header: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub client_body: Duration,
+    /// Longest wait for the client to take response bytes.
+    pub client_send: Duration,
+    /// How long an idle keep-alive client connection is kept.
+    pub keepalive: Duration,
+    pub upstream_connect: Duration,
+    /// From the request sent to the response head received.
+    pub upstream_response: Duration,
+    /// Longest wait for the next piece of a response body.
+    pub upstream_read: Duration,
+    pub upstream_send: Duration,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_header: Duration::from_secs(60),
+            client_body: Duration::from_secs(60),
+            client_send: Duration::from_secs(60),
+            keepalive: Duration::from_secs(75),
+            upstream_connect: Duration::from_secs(5),
+            upstream_response: Duration::from_secs(60),
+            upstream_read: Duration::from_secs(60),
+            upstream_send: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line and headers); above it, 431.
+    pub max_request_head: usize,
+    /// Most header fields in a request; above it, 431.
+    pub max_headers: usize,
+    /// Largest request body; above it, 413. `None` means no limit.
+    pub max_request_body: Option<u64>,
+    /// Largest response head accepted from an upstream; above it, 502.
+    pub max_response_head: usize,
+    /// Requests served on one client connection before it is closed.
+    pub max_keepalive_requests: u64,
+}
+
+/// Hard cap on `max_headers`: the parser keeps its header slots on the stack.
+pub const MAX_HEADERS_CAP: usize = 512;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_head: 32 * 1024,
+            max_headers: 100,
+            max_request_body: Some(1 << 20),
+            max_response_head: 64 * 1024,
+            max_keepalive_requests: 10_000,
+        }
+    }
+}
+
+/// How `X-Forwarded-For` is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedFor {
+    /// Add the client address after any value the client sent.
+    Append,
+    /// Replace any client-sent value with the client address.
+    Replace,
+    /// Leave the header as the client sent it.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyHeaders {
+    /// Add a `Via` header to requests and responses.
+    pub via: bool,
+    pub via_name: String,
+    pub x_forwarded_for: ForwardedFor,
+    pub x_forwarded_proto: bool,
+    pub x_forwarded_host: bool,
+}
+
+impl Default for ProxyHeaders {
+    fn default() -> Self {
+        ProxyHeaders {
+            via: true,
+            via_name: "ringgate".to_string(),
+            x_forwarded_for: ForwardedFor::Append,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamGroup {
+    pub name: String,
+    pub servers: Vec<ServerConfig>,
+}
+
+/// How a route matches the request's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lower-case host, no port.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any subdomain, not the apex.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lower-case header name.
+    pub name: String,
+    /// Exact value to match; `None` means the header only has to be present.
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub host: HostMatch,
+    pub path_prefix: String,
+    /// Upper-case method names; empty means any method.
+    pub methods: Vec<String>,
+    pub header: Option<HeaderMatch>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Replaces `path_prefix` at the start of the forwarded path.
+    pub rewrite_prefix: Option<String>,
+    /// Headers set on the forwarded request (replacing any the client sent).
+    pub set_request_headers: Vec<(String, String)>,
+    /// Lower-case names of headers removed from the forwarded request.
+    pub remove_request_headers: Vec<String>,
+}
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub source: Option<PathBuf>,
+    pub listeners: Vec<ListenerConfig>,
+    pub workers: WorkersConfig,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub proxy: ProxyHeaders,
+    pub upstreams: Vec<UpstreamGroup>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The config `ringgate run` uses when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/ringgate.toml";
+
+/// The shipped default config, built into the binary for `ringgate demo`.
+pub const SHIPPED_CONFIG: &str = include_str!("../../config/ringgate.toml");
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_path_buf()),
+            key: String::new(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        Config::parse(&text).map_err(|mut e| {
+            e.file = Some(path.to_path_buf());
+            e
+        })
+        .map(|mut c| {
+            c.source = Some(path.to_path_buf());
+            c
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            invalid(
+                String::new(),
+                format!("not valid TOML{}: {}", at_line(text, e.span()), e.message()),
+            )
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let inner = e.into_inner();
+            invalid(
+                key,
+                format!("{}{}", inner.message(), at_line(text, inner.span())),
+            )
+        })?;
+        validate(raw)
+    }
+
+    /// A config for one listener proxying everything to `servers` (quick mode).
+    pub fn quick(listen: SocketAddr, servers: Vec<SocketAddr>) -> Config {
+        Config {
+            source: None,
+            listeners: vec![ListenerConfig {
+                address: listen,
+                backlog: 4096,
+            }],
+            workers: WorkersConfig::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            proxy: ProxyHeaders::default(),
+            upstreams: vec![UpstreamGroup {
+                name: "default".to_string(),
+                servers: servers
+                    .into_iter()
+                    .map(|address| ServerConfig { address, weight: 1 })
+                    .collect(),
+            }],
+            routes: vec![RouteConfig {
+                name: "default".to_string(),
+                host: HostMatch::Any,
+                path_prefix: "/".to_string(),
+                methods: Vec::new(),
+                header: None,
+                upstream: 0,
+                rewrite_prefix: None,
+                set_request_headers: Vec::new(),
+                remove_request_headers: Vec::new(),
+            }],
+        }
+    }
+
+    /// Re-checks a config built in code (quick mode, tests) by the same rules as a file.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(invalid("listeners", "at least one listener is required"));
+        }
+        if self.workers.count == Some(0) {
+            return Err(invalid("workers.count", "must be at least 1"));
+        }
+        if self.limits.max_headers == 0 || self.limits.max_headers > MAX_HEADERS_CAP {
+            return Err(invalid(
+                "limits.max_headers",
+                format!("must be between 1 and {MAX_HEADERS_CAP}"),
+            ));
+        }
+        for (i, group) in self.upstreams.iter().enumerate() {
+            if group.servers.is_empty() {
+                return Err(invalid(
+                    format!("upstreams.{}.servers", group.name),
+                    format!("upstream group #{i} has no servers"),
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.upstream >= self.upstreams.len() {
+                return Err(invalid(
+                    format!("routes[{i}].upstream"),
+                    "names no upstream group",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let address = parse_socket_addr(&l.address)
+            .map_err(|reason| invalid(format!("listeners[{i}].address"), reason))?;
+        if listeners.iter().any(|x: &ListenerConfig| x.address == address) {
+            return Err(invalid(
+                format!("listeners[{i}].address"),
+                format!("{address} is listed twice"),
+            ));
+        }
+        let backlog = l.backlog.unwrap_or(4096);
+        if backlog == 0 {
+            return Err(invalid(format!("listeners[{i}].backlog"), "must be at least 1"));
+        }
+        listeners.push(ListenerConfig { address, backlog });
+    }
+    if listeners.is_empty() {
+        return Err(invalid(
+            "listeners",
+            "at least one [[listeners]] entry with an address is required",
+        ));
+    }
+
+    let workers = validate_workers(&raw.workers)?;
+    let timeouts = validate_timeouts(&raw.timeouts)?;
+    let limits = validate_limits(&raw.limits)?;
+    let proxy = validate_proxy(&raw.proxy)?;
+
+    let mut upstreams = Vec::new();
+    for (name, group) in &raw.upstreams {
+        let key = format!("upstreams.{name}.servers");
+        if group.servers.is_empty() {
+            return Err(invalid(key, "an upstream group needs at least one server"));
+        }
+        let mut servers = Vec::new();
+        for (j, value) in group.servers.iter().enumerate() {
+            let key = format!("{key}[{j}]");
+            servers.push(validate_server(&key, value)?);
+        }
+        upstreams.push(UpstreamGroup {
+            name: name.clone(),
+            servers,
+        });
+    }
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        routes.push(validate_route(i, r, &upstreams)?);
+    }
+    if routes.is_empty() {
+        return Err(invalid(
+            "routes",
+            "at least one [[routes]] entry is required (a route with only `upstream` matches everything)",
+        ));
+    }
+
+    let config = Config {
+        source: None,
+        listeners,
+        workers,
+        timeouts,
+        limits,
+        proxy,
+        upstreams,
+        routes,
+    };
+    config.check()?;
+    Ok(config)
+}
+
+fn at_line(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(format!("`{text}` needs a port, e.g. \"{text}:8080\""));
+    }
+    // Names are resolved once, here at start; periodic re-resolution is for upstream discovery.
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{text}` resolved to no address")),
+        Err(e) => Err(format!("`{text}` is not an address (host:port): {e}")),
+    }
+}
+
+fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError> {
+    let defaults = WorkersConfig::default();
+    let count = match &raw.count {
+        None => None,
+        Some(toml::Value::String(s)) if s == "auto" => None,
+        Some(toml::Value::Integer(n)) if *n >= 1 && *n <= 1024 => Some(*n as usize),
+        Some(toml::Value::Integer(_)) => {
+            return Err(invalid("workers.count", "must be between 1 and 1024, or \"auto\""))
+        }
+        Some(other) => {
+            return Err(invalid(
+                "workers.count",
+                format!("expected \"auto\" or a number, found `{other}`"),
+            ))
+        }
+    };
+    if let Some(cpus) = &raw.cpus {
+        if cpus.is_empty() {
+            return Err(invalid("workers.cpus", "an empty list pins to nothing; remove the key to use every CPU"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for cpu in cpus {
+            if !seen.insert(cpu) {
+                return Err(invalid("workers.cpus", format!("CPU {cpu} is listed twice")));
+            }
+        }
+        if let Some(n) = count {
+            if n > cpus.len() {
+                return Err(invalid(
+                    "workers.count",
+                    format!("{n} workers but only {} CPUs in workers.cpus", cpus.len()),
+                ));
+            }
+        }
+    }
+    let driver = match raw.driver.as_deref() {
+        None | Some("auto") => DriverChoice::Auto,
+        Some("io_uring") => DriverChoice::IoUring,
+        Some("epoll") => DriverChoice::Epoll,
+        Some(other) => {
+            return Err(invalid(
+                "workers.driver",
+                format!("`{other}` is not a driver (use \"auto\", \"io_uring\" or \"epoll\")"),
+            ))
+        }
+    };
+    let ring_entries = raw.ring_entries.unwrap_or(defaults.ring_entries);
+    if !(256..=32768).contains(&ring_entries) || !ring_entries.is_power_of_two() {
+        return Err(invalid(
+            "workers.ring_entries",
+            "must be a power of two between 256 and 32768",
+        ));
+    }
+    let sqpoll = if raw.sqpoll.unwrap_or(false) {
+        Some(raw.sqpoll_idle.map(|d| d.0).unwrap_or(Duration::from_millis(1000)))
+    } else {
+        if raw.sqpoll_idle.is_some() {
+            return Err(invalid("workers.sqpoll_idle", "only applies with `sqpoll = true`"));
+        }
+        None
+    };
+    let per_core = apply_per_core(
+        "workers",
+        &PerCoreConfig::default(),
+        PerCoreFields {
+            max_connections: raw.max_connections,
+            upstream_pool_size: raw.upstream_pool_size,
+            upstream_idle_timeout: raw.upstream_idle_timeout.map(|d| d.0),
+            client_buffer_size: raw.client_buffer_size.map(|s| s.0),
+            upstream_buffer_size: raw.upstream_buffer_size.map(|s| s.0),
+        },
+    )?;
+    let mut overrides = HashMap::new();
+    for (i, o) in raw.overrides.iter().enumerate() {
+        let key = format!("workers.override[{i}]");
+        if overrides.contains_key(&o.core) {
+            return Err(invalid(
+                format!("{key}.core"),
+                format!("core {} already has an override", o.core),
+            ));
+        }
+        let settings = apply_per_core(
+            &key,
+            &per_core,
+            PerCoreFields {
+                max_connections: o.max_connections,
+                upstream_pool_size: o.upstream_pool_size,
+                upstream_idle_timeout: o.upstream_idle_timeout.map(|d| d.0),
+                client_buffer_size: o.client_buffer_size.map(|s| s.0),
+                upstream_buffer_size: o.upstream_buffer_size.map(|s| s.0),
+            },
+        )?;
+        overrides.insert(o.core, settings);
+    }
+    Ok(WorkersConfig {
+        count,
+        cpus: raw.cpus.clone(),
+        pin: raw.pin.unwrap_or(true),
+        driver,
+        ring_entries,
+        sqpoll,
+        per_core,
+        overrides,
+    })
+}
+
+struct PerCoreFields {
+    max_connections: Option<usize>,
+    upstream_pool_size: Option<usize>,
+    upstream_idle_timeout: Option<Duration>,
+    client_buffer_size: Option<u64>,
+    upstream_buffer_size: Option<u64>,
+}
+
+fn apply_per_core(
+    prefix: &str,
+    base: &PerCoreConfig,
+    fields: PerCoreFields,
+) -> Result<PerCoreConfig, ConfigError> {
+    let mut out = base.clone();
+    if let Some(n) = fields.max_connections {
+        if n == 0 {
+            return Err(invalid(format!("{prefix}.max_connections"), "must be at least 1"));
+        }
+        out.max_connections = n;
+    }
+    if let Some(n) = fields.upstream_pool_size {
+        out.upstream_pool_size = n;
+    }
+    if let Some(d) = fields.upstream_idle_timeout {
+        if d.is_zero() {
+            return Err(invalid(
+                format!("{prefix}.upstream_idle_timeout"),
+                "must be longer than zero (set upstream_pool_size = 0 to disable pooling)",
+            ));
+        }
+        out.upstream_idle_timeout = d;
+    }
+    for (name, value, slot) in [
+        ("client_buffer_size", fields.client_buffer_size, &mut out.client_buffer_size),
+        ("upstream_buffer_size", fields.upstream_buffer_size, &mut out.upstream_buffer_size),
+    ] {
+        if let Some(v) = value {
+            if !(1024..=16 << 20).contains(&v) {
+                return Err(invalid(
+                    format!("{prefix}.{name}"),
+                    "must be between 1KiB and 16MiB",
+                ));
+            }
+            *slot = v as usize;
+        }
+    }
+    Ok(out)
+}
+
+fn validate_timeouts(raw: &raw::RawTimeouts) -> Result<Timeouts, ConfigError> {
+    let mut t = Timeouts::default();
+    for (name, value, slot) in [
+        ("client_header", raw.client_header, &mut t.client_header),
+        ("client_body", raw.client_body, &mut t.client_body),
+        ("client_send", raw.client_send, &mut t.client_send),
+        ("keepalive", raw.keepalive, &mut t.keepalive),
+        ("upstream_connect", raw.upstream_connect, &mut t.upstream_connect),
+        ("upstream_response", raw.upstream_response, &mut t.upstream_response),
+        ("upstream_read", raw.upstream_read, &mut t.upstream_read),
+        ("upstream_send", raw.upstream_send, &mut t.upstream_send),
+        ("shutdown_grace", raw.shutdown_grace, &mut t.shutdown_grace),
+    ] {
+        if let Some(d) = value {
+            if d.0.is_zero() && name != "shutdown_grace" {
+                return Err(invalid(format!("timeouts.{name}"), "must be longer than zero"));
+            }
+            *slot = d.0;
+        }
+    }
+    Ok(t)
+}
+
+fn validate_limits(raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
+    let mut l = Limits::default();
+    if let Some(size) = raw.max_request_head {
+        if !(1024..=1 << 20).contains(&size.0) {
+            return Err(invalid("limits.max_request_head", "must be between 1KiB and 1MiB"));
+        }
+        l.max_request_head = size.0 as usize;
+    }
+    if let Some(size) = raw.max_response_head {
+        if !(1024..=1 << 20).contains(&size.0) {
+            return Err(invalid("limits.max_response_head", "must be between 1KiB and 1MiB"));
+        }
+        l.max_response_head = size.0 as usize;
+    }
+    if let Some(n) = raw.max_headers {
+        if n == 0 || n > MAX_HEADERS_CAP {
+            return Err(invalid(
+                "limits.max_headers",
+                format!("must be between 1 and {MAX_HEADERS_CAP}"),
+            ));
+        }
+        l.max_headers = n;
+    }
+    if let Some(size) = raw.max_request_body {
+        // 0 means unlimited, as in nginx's client_max_body_size.
+        l.max_request_body = if size.0 == 0 { None } else { Some(size.0) };
+    }
+    if let Some(n) = raw.max_keepalive_requests {
+        if n == 0 {
+            return Err(invalid("limits.max_keepalive_requests", "must be at least 1"));
+        }
+        l.max_keepalive_requests = n;
+    }
+    Ok(l)
+}
+
+fn validate_proxy(raw: &raw::RawProxy) -> Result<ProxyHeaders, ConfigError> {
+    let mut p = ProxyHeaders::default();
+    if let Some(v) = raw.via {
+        p.via = v;
+    }
+    if let Some(name) = &raw.via_name {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(invalid(
+                "proxy.via_name",
+                "must be a non-empty token (letters, digits, !#$%&'*+-.^_`|~)",
+            ));
+        }
+        p.via_name = name.clone();
+    }
+    if let Some(mode) = raw.x_forwarded_for.as_deref() {
+        p.x_forwarded_for = match mode {
+            "append" => ForwardedFor::Append,
+            "replace" => ForwardedFor::Replace,
+            "off" => ForwardedFor::Off,
+            other => {
+                return Err(invalid(
+                    "proxy.x_forwarded_for",
+                    format!("`{other}` is not a mode (use \"append\", \"replace\" or \"off\")"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = raw.x_forwarded_proto {
+        p.x_forwarded_proto = v;
+    }
+    if let Some(v) = raw.x_forwarded_host {
+        p.x_forwarded_host = v;
+    }
+    Ok(p)
+}
+
+fn validate_server(key: &str, value: &toml::Value) -> Result<ServerConfig, ConfigError> {
+    let (address, weight) = match value {
+        toml::Value::String(s) => (s.as_str(), 1),
+        toml::Value::Table(table) => {
+            for k in table.keys() {
+                if k != "address" && k != "weight" {
+                    return Err(invalid(
+                        format!("{key}.{k}"),
+                        "unknown field, expected `address` or `weight`",
+                    ));
+                }
+            }
+            let address = match table.get("address") {
+                Some(toml::Value::String(s)) => s.as_str(),
+                Some(_) => return Err(invalid(format!("{key}.address"), "must be a string \"host:port\"")),
+                None => return Err(invalid(key, "missing field `address`")),
+            };
+            let weight = match table.get("weight") {
+                None => 1,
+                Some(toml::Value::Integer(w)) if (1..=10_000).contains(w) => *w as u32,
+                Some(_) => {
+                    return Err(invalid(
+                        format!("{key}.weight"),
+                        "must be an integer between 1 and 10000",
+                    ))
+                }
+            };
+            (address, weight)
+        }
+        _ => {
+            return Err(invalid(
+                key,
+                "a server is \"host:port\" or { address = \"host:port\", weight = N }",
+            ))
+        }
+    };
+    let address = parse_socket_addr(address).map_err(|reason| invalid(format!("{key}"), reason))?;
+    Ok(ServerConfig { address, weight })
+}
+
+fn validate_route(
+    i: usize,
+    r: &raw::RawRoute,
+    upstreams: &[UpstreamGroup],
+) -> Result<RouteConfig, ConfigError> {
+    let key = |field: &str| format!("routes[{i}].{field}");
+    let upstream = upstreams
+        .iter()
+        .position(|g| g.name == r.upstream)
+        .ok_or_else(|| {
+            let known: Vec<&str> = upstreams.iter().map(|g| g.name.as_str()).collect();
+            invalid(
+                key("upstream"),
+                format!(
+                    "no upstream group named `{}` (defined: {})",
+                    r.upstream,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            )
+        })?;
+    let host = match r.host.as_deref() {
+        None | Some("*") => HostMatch::Any,
+        Some(h) => {
+            let lower = h.to_ascii_lowercase();
+            let (suffix, name) = match lower.strip_prefix("*.") {
+                Some(rest) => (true, rest.to_string()),
+                None => (false, lower.clone()),
+            };
+            if name.is_empty()
+                || name.contains('*')
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(invalid(
+                    key("host"),
+                    format!("`{h}` is not a host name or `*.suffix` wildcard (no port)"),
+                ));
+            }
+            if suffix {
+                HostMatch::Suffix(format!(".{name}"))
+            } else {
+                HostMatch::Exact(name)
+            }
+        }
+    };
+    let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+    if !path_prefix.starts_with('/') {
+        return Err(invalid(key("path_prefix"), "must start with `/`"));
+    }
+    let mut methods = Vec::new();
+    for m in r.methods.iter().flatten() {
+        if m.is_empty() || !m.bytes().all(is_token_byte) {
+            return Err(invalid(key("methods"), format!("`{m}` is not a method name")));
+        }
+        methods.push(m.to_ascii_uppercase());
+    }
+    let header = match &r.header {
+        None => None,
+        Some(h) => {
+            if h.name.is_empty() || !h.name.bytes().all(is_token_byte) {
+                return Err(invalid(key("header.name"), format!("`{}` is not a header name", h.name)));
+            }
+            Some(HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+            })
+        }
+    };
+    if let Some(rewrite) = &r.rewrite_prefix {
+        if !rewrite.starts_with('/') {
+            return Err(invalid(key("rewrite_prefix"), "must start with `/`"));
+        }
+        if !rewrite.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(key("rewrite_prefix"), "must be visible ASCII without spaces"));
+        }
+    }
+    let mut set_request_headers = Vec::new();
+    for (name, value) in &r.set_request_headers {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(invalid(
+                format!("routes[{i}].set_request_headers.{name}"),
+                "not a valid header name",
+            ));
+        }
+        if is_hop_by_hop_or_framing(name) {
+            return Err(invalid(
+                format!("routes[{i}].set_request_headers.{name}"),
+                "framing and hop-by-hop headers are managed by the gateway",
+            ));
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(invalid(
+                format!("routes[{i}].set_request_headers.{name}"),
+                "a header value cannot contain CR, LF or NUL",
+            ));
+        }
+        set_request_headers.push((name.clone(), value.clone()));
+    }
+    let mut remove_request_headers = Vec::new();
+    for name in &r.remove_request_headers {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(invalid(
+                key("remove_request_headers"),
+                format!("`{name}` is not a header name"),
+            ));
+        }
+        remove_request_headers.push(name.to_ascii_lowercase());
+    }
+    Ok(RouteConfig {
+        name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
+        host,
+        path_prefix,
+        methods,
+        header,
+        upstream,
+        rewrite_prefix: r.rewrite_prefix.clone(),
+        set_request_headers,
+        remove_request_headers,
+    })
+}
+
+fn is_hop_by_hop_or_framing(name: &str) -> bool {
+    const MANAGED: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+    ];
+    MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name))
+}
+
+/// RFC 9110 `tchar`.
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[upstreams.app]
+servers = ["127.0.0.1:9000"]
+[[routes]]
+upstream = "app"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.workers.count, None);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.routes[0].host, HostMatch::Any);
+        assert_eq!(c.routes[0].path_prefix, "/");
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        Config::parse(SHIPPED_CONFIG).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = MINIMAL.replace("[[routes]]", "[[routes]]\npath_prefx = \"/a\"");
+        let e = Config::parse(&text).unwrap_err();
+        assert!(e.key.starts_with("routes"), "{e}");
+        assert!(e.reason.contains("path_prefx"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = MINIMAL.replace("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:8080\"\nbacklog = \"lots\"");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "listeners[0].backlog", "{e}");
+    }
+
+    #[test]
+    fn route_to_missing_upstream_is_refused() {
+        let text = MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\"");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "routes[0].upstream");
+        assert!(e.reason.contains("nope") && e.reason.contains("app"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let text = format!("{MINIMAL}\n[timeouts]\nkeepalive = \"forever\"\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "timeouts.keepalive", "{e}");
+    }
+
+    #[test]
+    fn wildcard_host_becomes_suffix() {
+        let text = MINIMAL.replace("upstream = \"app\"", "upstream = \"app\"\nhost = \"*.Example.com\"");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
+    }
+
+    #[test]
+    fn per_core_override_inherits_defaults() {
+        let text = format!(
+            "{MINIMAL}\n[workers]\nmax_connections = 500\n[[workers.override]]\ncore = 1\nupstream_pool_size = 4\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.workers.for_core(0).max_connections, 500);
+        assert_eq!(c.workers.for_core(1).max_connections, 500);
+        assert_eq!(c.workers.for_core(1).upstream_pool_size, 4);
+    }
+
+    #[test]
+    fn weighted_server_table() {
+        let text = MINIMAL.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [{ address = \"127.0.0.1:9000\", weight = 3 }, \"127.0.0.1:9001\"]",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.upstreams[0].servers[0].weight, 3);
+        assert_eq!(c.upstreams[0].servers[1].weight, 1);
+    }
+
+    #[test]
+    fn bad_server_weight_names_the_key() {
+        let text = MINIMAL.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [{ address = \"127.0.0.1:9000\", weight = 0 }]",
+        );
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "upstreams.app.servers[0].weight", "{e}");
+    }
+
+    #[test]
+    fn worker_count_word_must_be_auto() {
+        let text = format!("{MINIMAL}\n[workers]\ncount = \"many\"\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "workers.count", "{e}");
+    }
+
+    #[test]
+    fn syntax_error_is_reported() {
+        let e = Config::parse("[[listeners]\naddress = 1").unwrap_err();
+        assert!(e.reason.contains("TOML"), "{e}");
+    }
+
+    #[test]
+    fn managed_headers_cannot_be_set() {
+        let text = MINIMAL.replace(
+            "upstream = \"app\"",
+            "upstream = \"app\"\nset_request_headers = { \"Transfer-Encoding\" = \"gzip\" }",
+        );
+        let e = Config::parse(&text).unwrap_err();
+        assert!(e.key.contains("set_request_headers"), "{e}");
+    }
+}

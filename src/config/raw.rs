@@ -1,0 +1,131 @@
+//! The config file exactly as written: serde structs that mirror the TOML,
+//! with `deny_unknown_fields` everywhere so a misspelt key is an error, not a
+//! silently ignored line. [`super::validate`] turns these into the domain config.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, ConfigDuration};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub workers: RawWorkers,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: String,
+    pub backlog: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkers {
+    /// `"auto"` or a positive integer; checked in validation for a clear message.
+    pub count: Option<toml::Value>,
+    pub cpus: Option<Vec<usize>>,
+    pub pin: Option<bool>,
+    pub driver: Option<String>,
+    pub ring_entries: Option<u32>,
+    pub sqpoll: Option<bool>,
+    pub sqpoll_idle: Option<ConfigDuration>,
+    pub max_connections: Option<usize>,
+    pub upstream_pool_size: Option<usize>,
+    pub upstream_idle_timeout: Option<ConfigDuration>,
+    pub client_buffer_size: Option<ByteSize>,
+    pub upstream_buffer_size: Option<ByteSize>,
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<RawCoreOverride>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreOverride {
+    pub core: usize,
+    pub max_connections: Option<usize>,
+    pub upstream_pool_size: Option<usize>,
+    pub upstream_idle_timeout: Option<ConfigDuration>,
+    pub client_buffer_size: Option<ByteSize>,
+    pub upstream_buffer_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub client_header: Option<ConfigDuration>,
+    pub client_body: Option<ConfigDuration>,
+    pub client_send: Option<ConfigDuration>,
+    pub keepalive: Option<ConfigDuration>,
+    pub upstream_connect: Option<ConfigDuration>,
+    pub upstream_response: Option<ConfigDuration>,
+    pub upstream_read: Option<ConfigDuration>,
+    pub upstream_send: Option<ConfigDuration>,
+    pub shutdown_grace: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_request_head: Option<ByteSize>,
+    pub max_headers: Option<usize>,
+    pub max_request_body: Option<ByteSize>,
+    pub max_response_head: Option<ByteSize>,
+    pub max_keepalive_requests: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub via: Option<bool>,
+    pub via_name: Option<String>,
+    pub x_forwarded_for: Option<String>,
+    pub x_forwarded_proto: Option<bool>,
+    pub x_forwarded_host: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Each server is `"host:port"` or `{ address = "host:port", weight = 3 }`;
+    /// kept as TOML values so validation can say precisely what is wrong.
+    pub servers: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub header: Option<RawHeaderMatch>,
+    pub upstream: String,
+    pub rewrite_prefix: Option<String>,
+    #[serde(default)]
+    pub set_request_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove_request_headers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    pub value: Option<String>,
+}

@@ -1,0 +1,129 @@
+//! Errors of one request exchange. Each says which side it came from
+//! (downstream client, upstream server, or the gateway itself), whether
+//! repeating the request elsewhere is safe, and which status, if any, the
+//! client should get.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+use crate::http::HttpError;
+
+/// Where an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client: bad request, timeout, disconnect.
+    Downstream,
+    /// The upstream server: refused, reset, timed out, bad response.
+    Upstream,
+    /// The gateway itself.
+    Internal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request broke a framing rule or limit.
+    BadRequest(HttpError),
+    /// The client did not send its head or body in time.
+    ClientTimeout,
+    /// The client went away or its socket failed.
+    ClientIo,
+    /// No route matches the request.
+    NoRoute,
+    ConnectRefused,
+    ConnectTimeout,
+    /// The upstream closed or reset before sending any response byte.
+    UpstreamClosedEarly,
+    /// The upstream did not answer within the response timeout.
+    ResponseTimeout,
+    /// The upstream's response broke a framing rule.
+    BadResponse(HttpError),
+    /// The upstream failed while a response was already being relayed.
+    UpstreamBroken,
+}
+
+/// A failed exchange.
+#[derive(Debug)]
+pub struct ProxyError {
+    pub side: Side,
+    pub kind: ErrorKind,
+    /// Repeating the request on a fresh upstream connection is safe: nothing
+    /// reached a server that could have acted on it, or the request was sent
+    /// on a pooled connection the server had already closed.
+    pub retry_safe: bool,
+    pub upstream: Option<SocketAddr>,
+    pub source: Option<io::Error>,
+}
+
+impl ProxyError {
+    pub fn downstream(kind: ErrorKind, source: Option<io::Error>) -> ProxyError {
+        ProxyError {
+            side: Side::Downstream,
+            kind,
+            retry_safe: false,
+            upstream: None,
+            source,
+        }
+    }
+
+    pub fn upstream(kind: ErrorKind, upstream: SocketAddr, retry_safe: bool, source: Option<io::Error>) -> ProxyError {
+        ProxyError {
+            side: Side::Upstream,
+            kind,
+            retry_safe,
+            upstream: Some(upstream),
+            source,
+        }
+    }
+
+    /// The status to answer with, or `None` when no response can be sent
+    /// (the client is gone, or a response was already under way).
+    pub fn status(&self) -> Option<u16> {
+        match self.kind {
+            ErrorKind::BadRequest(e) => Some(e.status()),
+            ErrorKind::ClientTimeout => Some(408),
+            ErrorKind::ClientIo | ErrorKind::UpstreamBroken => None,
+            ErrorKind::NoRoute => Some(404),
+            ErrorKind::ConnectRefused | ErrorKind::UpstreamClosedEarly | ErrorKind::BadResponse(_) => Some(502),
+            ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => Some(504),
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.kind {
+            ErrorKind::BadRequest(e) => return write!(f, "bad request: {e}"),
+            ErrorKind::BadResponse(e) => return write!(f, "bad upstream response: {e}"),
+            ErrorKind::ClientTimeout => "client timed out",
+            ErrorKind::ClientIo => "client connection failed",
+            ErrorKind::NoRoute => "no route matches",
+            ErrorKind::ConnectRefused => "upstream connect failed",
+            ErrorKind::ConnectTimeout => "upstream connect timed out",
+            ErrorKind::UpstreamClosedEarly => "upstream closed before responding",
+            ErrorKind::ResponseTimeout => "upstream response timed out",
+            ErrorKind::UpstreamBroken => "upstream failed mid-response",
+        };
+        f.write_str(what)?;
+        if let Some(addr) = self.upstream {
+            write!(f, " ({addr})")?;
+        }
+        if let Some(e) = &self.source {
+            write!(f, ": {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: io::Error },
+    #[error("worker {index}: {reason}")]
+    Worker { index: usize, reason: String },
+}

@@ -1,0 +1,168 @@
+//! Header classification and small byte helpers shared by requests and responses.
+
+/// Case-insensitive comparison of a header name with a lower-case literal.
+#[inline]
+pub fn name_is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.as_bytes().eq_ignore_ascii_case(lower.as_bytes())
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1),
+/// plus the framing headers the gateway writes itself.
+#[inline]
+pub fn is_hop_by_hop(name: &str) -> bool {
+    // Dispatch on length first: most headers are rejected by one comparison.
+    match name.len() {
+        2 => name_is(name, "te"),
+        7 => name_is(name, "trailer") || name_is(name, "upgrade"),
+        10 => name_is(name, "connection") || name_is(name, "keep-alive"),
+        16 => name_is(name, "proxy-connection"),
+        17 => name_is(name, "transfer-encoding"),
+        _ => false,
+    }
+}
+
+/// Iterates the comma-separated elements of a list-valued field, trimmed,
+/// skipping empty elements (RFC 9110 section 5.6.1).
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim).filter(|s| !s.is_empty())
+}
+
+/// Trims optional whitespace (SP / HTAB) from both ends.
+pub fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// True when `name` appears as a token in any `Connection` header value.
+pub fn listed_in_connection<'a>(connection_values: impl Iterator<Item = &'a [u8]>, name: &str) -> bool {
+    for value in connection_values {
+        for token in list_items(value) {
+            if token.eq_ignore_ascii_case(name.as_bytes()) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Parses a Content-Length value strictly: ASCII digits only, no sign, no
+/// list, no overflow (RFC 9110 section 8.6).
+pub fn parse_content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in value {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+/// Checks that every LF in a head is preceded by CR and every CR is followed
+/// by LF: httparse accepts bare LF line endings, which we refuse because
+/// peers disagree about them (request smuggling).
+pub fn has_bare_line_ending(head: &[u8]) -> bool {
+    for i in memchr::memchr2_iter(b'\r', b'\n', head) {
+        match head[i] {
+            b'\n' => {
+                if i == 0 || head[i - 1] != b'\r' {
+                    return true;
+                }
+            }
+            _ => {
+                if head.get(i + 1) != Some(&b'\n') {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Appends `n` as lower-case hex (chunk sizes).
+pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_names_match_case_insensitively() {
+        for n in ["Connection", "KEEP-ALIVE", "te", "Trailer", "Transfer-Encoding", "upgrade", "Proxy-Connection"] {
+            assert!(is_hop_by_hop(n), "{n}");
+        }
+        for n in ["Content-Length", "Host", "tea", "Via", "Cookie"] {
+            assert!(!is_hop_by_hop(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(parse_content_length(b"0"), Some(0));
+        assert_eq!(parse_content_length(b"1234"), Some(1234));
+        for bad in [&b""[..], b"+1", b"-1", b"1,1", b" 1", b"0x10", b"99999999999999999999"] {
+            assert_eq!(parse_content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn bare_lf_and_bare_cr_are_found() {
+        assert!(!has_bare_line_ending(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_line_ending(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
+        assert!(has_bare_line_ending(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"));
+    }
+
+    #[test]
+    fn list_items_trim_and_skip_empty() {
+        let items: Vec<&[u8]> = list_items(b" close , ,X-Foo\t").collect();
+        assert_eq!(items, vec![&b"close"[..], b"X-Foo"]);
+    }
+
+    #[test]
+    fn numbers_format() {
+        let mut v = Vec::new();
+        push_hex(&mut v, 0);
+        v.push(b' ');
+        push_hex(&mut v, 0x1a2b);
+        v.push(b' ');
+        push_decimal(&mut v, 0);
+        v.push(b' ');
+        push_decimal(&mut v, 18446744073709551615);
+        assert_eq!(v, b"0 1a2b 0 18446744073709551615");
+    }
+}

@@ -1,0 +1,638 @@
+//! Request head parsing with the framing rules a trusted proxy enforces
+//! (RFC 9112, and `http-hardening` defences): strict Content-Length and
+//! Transfer-Encoding, exactly one valid Host, no bare CR/LF, no obs-fold,
+//! bounded head size and header count. Anything doubtful is refused, because
+//! a proxy and its upstream disagreeing about where a request ends is how
+//! requests get smuggled.
+
+use std::mem::MaybeUninit;
+
+use httparse::Header;
+
+use super::headers::{has_bare_line_ending, list_items, name_is, parse_content_length, trim};
+use super::{BodyFraming, HttpError, Method, Version};
+
+/// A parsed and validated request head, borrowing the connection's buffer.
+#[derive(Debug)]
+pub struct RequestHead<'b> {
+    pub method: Method,
+    pub method_name: &'b str,
+    pub version: Version,
+    /// Path and query as forwarded upstream (origin-form), or `*`.
+    pub path_and_query: &'b str,
+    /// The path alone, used for routing; `*` becomes `/`.
+    pub path: &'b str,
+    /// `host[:port]` from an absolute-form target, else from the Host header.
+    pub authority: &'b str,
+    /// The authority without its port, as received (compare case-insensitively).
+    pub host: &'b str,
+    /// True when the target was absolute-form: its authority replaces Host upstream.
+    pub absolute_form: bool,
+    pub headers: &'b [Header<'b>],
+    /// Bytes of the head, including the blank line.
+    pub head_len: usize,
+    pub body: BodyFraming,
+    /// The client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request.
+    pub expect_continue: bool,
+    /// At least one `Connection` header is present (it may name more hop-by-hop headers).
+    pub has_connection_header: bool,
+}
+
+impl<'b> RequestHead<'b> {
+    /// Values of the `Connection` headers, for hop-by-hop stripping.
+    pub fn connection_values(&self) -> impl Iterator<Item = &'b [u8]> + '_ {
+        self.headers
+            .iter()
+            .filter(|h| name_is(h.name, "connection"))
+            .map(|h| h.value)
+    }
+
+    /// The first value of header `lower_name`.
+    pub fn header(&self, lower_name: &str) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|h| name_is(h.name, lower_name))
+            .map(|h| h.value)
+    }
+}
+
+/// Header slots for one parse; uninitialised so a parse does not pay for
+/// zeroing hundreds of them.
+pub fn header_slots<'b, const N: usize>() -> [MaybeUninit<Header<'b>>; N] {
+    [const { MaybeUninit::uninit() }; N]
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// Returns `Ok(None)` when the head is not complete yet (and still within
+/// `max_head`), `Ok(Some(head))` when it is complete and valid.
+pub fn parse_request<'b>(
+    buf: &'b [u8],
+    slots: &'b mut [MaybeUninit<Header<'b>>],
+    max_head: usize,
+) -> Result<Option<RequestHead<'b>>, HttpError> {
+    let mut req = httparse::Request::new(&mut []);
+    let status = req.parse_with_uninit_headers(buf, slots);
+    let head_len = match status {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= max_head {
+                return Err(HttpError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(HttpError::Version),
+        Err(_) => {
+            if buf.len() > max_head {
+                return Err(HttpError::HeadTooLarge);
+            }
+            return Err(HttpError::Malformed);
+        }
+    };
+    if head_len > max_head {
+        return Err(HttpError::HeadTooLarge);
+    }
+    if has_bare_line_ending(&buf[..head_len]) {
+        return Err(HttpError::BareLineEnding);
+    }
+    let version = match req.version {
+        Some(1) => Version::Http11,
+        Some(0) => Version::Http10,
+        _ => return Err(HttpError::Version),
+    };
+    let method_name = req.method.ok_or(HttpError::Malformed)?;
+    let method = Method::from_bytes(method_name.as_bytes());
+    if method == Method::Connect {
+        return Err(HttpError::MethodNotSupported);
+    }
+    let target = req.path.ok_or(HttpError::Malformed)?;
+    let headers: &'b [Header<'b>] = req.headers;
+
+    let mut host_header: Option<&'b [u8]> = None;
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked_final = false;
+    let mut chunked_count = 0usize;
+    let mut unknown_coding = false;
+    let mut other_coding = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut has_connection_header = false;
+    let mut expect_continue = false;
+
+    for h in headers {
+        let name = h.name;
+        match name.len() {
+            4 if name_is(name, "host") => {
+                if host_header.is_some() {
+                    return Err(HttpError::DuplicateHost);
+                }
+                host_header = Some(h.value);
+            }
+            14 if name_is(name, "content-length") => {
+                if content_length.is_some() {
+                    return Err(HttpError::DuplicateContentLength);
+                }
+                content_length =
+                    Some(parse_content_length(h.value).ok_or(HttpError::BadContentLength)?);
+            }
+            17 if name_is(name, "transfer-encoding") => {
+                transfer_encoding = true;
+                let mut any = false;
+                for coding in h.value.split(|&b| b == b',').map(trim) {
+                    if coding.is_empty() {
+                        return Err(HttpError::BadTransferEncoding);
+                    }
+                    any = true;
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        chunked_count += 1;
+                        chunked_final = true;
+                    } else {
+                        chunked_final = false;
+                        if is_registered_coding(coding) {
+                            other_coding = true;
+                        } else {
+                            unknown_coding = true;
+                        }
+                    }
+                }
+                if !any {
+                    return Err(HttpError::BadTransferEncoding);
+                }
+            }
+            10 if name_is(name, "connection") => {
+                has_connection_header = true;
+                for token in list_items(h.value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive_token = true;
+                    }
+                }
+            }
+            6 if name_is(name, "expect") => {
+                // RFC 9110 section 10.1.1: ignore 100-continue from an HTTP/1.0 client.
+                if version == Version::Http11 {
+                    if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                        expect_continue = true;
+                    } else {
+                        return Err(HttpError::BadExpect);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let body = if transfer_encoding {
+        if version == Version::Http10 {
+            return Err(HttpError::TransferEncodingOnHttp10);
+        }
+        if content_length.is_some() {
+            return Err(HttpError::LengthAndChunked);
+        }
+        if chunked_count > 1 {
+            return Err(HttpError::BadTransferEncoding);
+        }
+        if unknown_coding {
+            return Err(HttpError::UnknownTransferCoding);
+        }
+        if !chunked_final {
+            // RFC 9112 section 6.3: the length cannot be determined; 400 and close.
+            return Err(HttpError::BadTransferEncoding);
+        }
+        if other_coding {
+            // e.g. `gzip, chunked`: framed, but a coding the gateway does not implement.
+            return Err(HttpError::UnknownTransferCoding);
+        }
+        BodyFraming::Chunked
+    } else {
+        match content_length {
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::None,
+        }
+    };
+
+    let (path_and_query, target_authority) = split_target(method, target)?;
+    let absolute_form = target_authority.is_some();
+    let authority: &'b str = match (target_authority, host_header) {
+        (Some(a), _) => {
+            if version == Version::Http11 && host_header.is_none() {
+                return Err(HttpError::MissingHost);
+            }
+            a
+        }
+        (None, Some(h)) => std::str::from_utf8(h).map_err(|_| HttpError::BadHost)?,
+        (None, None) => {
+            if version == Version::Http11 {
+                return Err(HttpError::MissingHost);
+            }
+            ""
+        }
+    };
+    let host = validate_authority(authority, version)?;
+    if let Some(h) = host_header {
+        // The Host header must be well formed even when an absolute target overrides it.
+        let h = std::str::from_utf8(h).map_err(|_| HttpError::BadHost)?;
+        validate_authority(h, version)?;
+    }
+
+    let path = if path_and_query == "*" {
+        "/"
+    } else {
+        match path_and_query.find('?') {
+            Some(q) => &path_and_query[..q],
+            None => path_and_query,
+        }
+    };
+    if has_dot_segment(path) {
+        return Err(HttpError::BadTarget);
+    }
+
+    let keep_alive = match version {
+        Version::Http11 => !close,
+        Version::Http10 => keep_alive_token && !close,
+    };
+
+    Ok(Some(RequestHead {
+        method,
+        method_name,
+        version,
+        path_and_query,
+        path,
+        authority,
+        host,
+        absolute_form,
+        headers,
+        head_len,
+        body,
+        keep_alive,
+        expect_continue,
+        has_connection_header,
+    }))
+}
+
+fn is_registered_coding(coding: &[u8]) -> bool {
+    ["gzip", "x-gzip", "deflate", "compress", "x-compress", "identity", "br", "zstd"]
+        .iter()
+        .any(|c| coding.eq_ignore_ascii_case(c.as_bytes()))
+}
+
+/// Splits a request target into the origin-form path-and-query and, for an
+/// absolute-form target, its authority.
+fn split_target(method: Method, target: &str) -> Result<(&str, Option<&str>), HttpError> {
+    if target
+        .bytes()
+        .any(|b| !(0x21..=0x7e).contains(&b) || b == b'#')
+    {
+        return Err(HttpError::BadTarget);
+    }
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    if target == "*" {
+        return if method == Method::Options {
+            Ok((target, None))
+        } else {
+            Err(HttpError::BadTarget)
+        };
+    }
+    let rest = strip_prefix_ignore_case(target, "http://")
+        .or_else(|| strip_prefix_ignore_case(target, "https://"))
+        .ok_or(HttpError::BadTarget)?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if authority.is_empty() || authority.contains('@') {
+        return Err(HttpError::BadTarget);
+    }
+    let path = &rest[end..];
+    let path = if path.is_empty() {
+        "/"
+    } else if path.starts_with('?') {
+        // `http://host?q` has an empty path; there is no way to forward it without
+        // inventing a `/`, so refuse rather than rewrite the target.
+        return Err(HttpError::BadTarget);
+    } else {
+        path
+    };
+    Ok((path, Some(authority)))
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()) {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+/// Validates `host[:port]` (RFC 3986 reg-name, IPv4 or bracketed IPv6) and
+/// returns the host part.
+fn validate_authority(authority: &str, version: Version) -> Result<&str, HttpError> {
+    if authority.is_empty() {
+        return if version == Version::Http10 {
+            Ok("")
+        } else {
+            Err(HttpError::BadHost)
+        };
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let close = rest.find(']').ok_or(HttpError::BadHost)?;
+        let inside = &rest[..close];
+        if inside.is_empty() || !inside.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return Err(HttpError::BadHost);
+        }
+        let after = &rest[close + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(HttpError::BadHost),
+        };
+        (&authority[..close + 2], port)
+    } else {
+        match authority.rfind(':') {
+            Some(i) => (&authority[..i], Some(&authority[i + 1..])),
+            None => (authority, None),
+        }
+    };
+    if let Some(port) = port {
+        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(HttpError::BadHost);
+        }
+    }
+    if !host.starts_with('[')
+        && (host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')))
+    {
+        return Err(HttpError::BadHost);
+    }
+    Ok(host)
+}
+
+/// True when the path has a `.` or `..` segment, also percent-encoded.
+/// Such paths are refused: routing on a prefix must not be escapable by
+/// `/api/../admin`, and the gateway never rewrites a path it did not understand.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let bytes = segment.as_bytes();
+        match bytes.len() {
+            1 => bytes == b".",
+            2 => bytes == b"..",
+            3 => bytes.eq_ignore_ascii_case(b"%2e"),
+            4 => bytes.eq_ignore_ascii_case(b".%2e") || bytes.eq_ignore_ascii_case(b"%2e."),
+            6 => bytes.eq_ignore_ascii_case(b"%2e%2e"),
+            _ => false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<Option<(Method, Version, String, String, BodyFraming, bool)>, HttpError> {
+        let mut slots = header_slots::<100>();
+        parse_request(raw, &mut slots, 8192).map(|o| {
+            o.map(|h| {
+                (
+                    h.method,
+                    h.version,
+                    h.path_and_query.to_string(),
+                    h.host.to_string(),
+                    h.body,
+                    h.keep_alive,
+                )
+            })
+        })
+    }
+
+    fn err(raw: &[u8]) -> HttpError {
+        parse(raw).expect_err("request should be refused")
+    }
+
+    #[test]
+    fn simple_get_parses() {
+        let (m, v, p, h, b, ka) = parse(b"GET /a?b=1 HTTP/1.1\r\nHost: Example.com:8080\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((m, v), (Method::Get, Version::Http11));
+        assert_eq!(p, "/a?b=1");
+        assert_eq!(h, "Example.com");
+        assert_eq!(b, BodyFraming::None);
+        assert!(ka);
+    }
+
+    #[test]
+    fn partial_head_asks_for_more() {
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn head_larger_than_limit_is_431() {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', 9000));
+        assert_eq!(err(&raw), HttpError::HeadTooLarge);
+        assert_eq!(HttpError::HeadTooLarge.status(), 431);
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..120 {
+            raw.extend(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        raw.extend(b"\r\n");
+        assert_eq!(err(&raw), HttpError::TooManyHeaders);
+        assert_eq!(HttpError::TooManyHeaders.status(), 431);
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused() {
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(e, HttpError::LengthAndChunked);
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn duplicate_content_length_is_refused() {
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            HttpError::DuplicateContentLength
+        );
+    }
+
+    #[test]
+    fn malformed_content_length_is_refused() {
+        for v in ["+3", "3,3", "-1", "abc", "", "0x3", "99999999999999999999"] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {v}\r\n\r\n");
+            assert_eq!(err(raw.as_bytes()), HttpError::BadContentLength, "{v}");
+        }
+    }
+
+    #[test]
+    fn content_length_zero_is_a_body_of_zero() {
+        let (.., b, _) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(b, BodyFraming::Length(0));
+    }
+
+    #[test]
+    fn chunked_is_accepted_case_insensitively() {
+        let (.., b, _) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
+        assert_eq!(b, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn unknown_transfer_coding_is_501() {
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: foo, chunked\r\n\r\n");
+        assert_eq!(e.status(), 501);
+    }
+
+    #[test]
+    fn known_coding_before_chunked_is_501() {
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(e, HttpError::UnknownTransferCoding);
+    }
+
+    #[test]
+    fn chunked_not_final_is_400() {
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            HttpError::BadTransferEncoding
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n"),
+            HttpError::BadTransferEncoding
+        );
+    }
+
+    #[test]
+    fn chunked_twice_is_400() {
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HttpError::BadTransferEncoding
+        );
+    }
+
+    #[test]
+    fn empty_transfer_encoding_is_400() {
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n"),
+            HttpError::BadTransferEncoding
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_on_http10_is_400() {
+        assert_eq!(
+            err(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            HttpError::TransferEncodingOnHttp10
+        );
+    }
+
+    #[test]
+    fn obs_fold_is_refused() {
+        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n").status(), 400);
+    }
+
+    #[test]
+    fn bare_lf_is_refused() {
+        assert_eq!(err(b"GET / HTTP/1.1\nHost: a\n\n"), HttpError::BareLineEnding);
+    }
+
+    #[test]
+    fn bare_cr_is_refused() {
+        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n").status(), 400);
+    }
+
+    #[test]
+    fn nul_in_header_value_is_refused() {
+        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n"), HttpError::Malformed);
+    }
+
+    #[test]
+    fn invalid_header_name_is_refused() {
+        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX(A): b\r\n\r\n"), HttpError::Malformed);
+        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n"), HttpError::Malformed);
+    }
+
+    #[test]
+    fn missing_host_on_http11_is_400() {
+        assert_eq!(err(b"GET / HTTP/1.1\r\nX: y\r\n\r\n"), HttpError::MissingHost);
+    }
+
+    #[test]
+    fn missing_host_on_http10_is_allowed() {
+        let (.., ka) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!ka, "HTTP/1.0 closes by default");
+    }
+
+    #[test]
+    fn duplicate_host_is_400() {
+        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), HttpError::DuplicateHost);
+    }
+
+    #[test]
+    fn malformed_host_is_400() {
+        for h in ["a b", "a/b", "user@a", "a:port", "a:", "[zz]", "a:123456"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
+            assert_eq!(err(raw.as_bytes()).status(), 400, "{h}");
+        }
+    }
+
+    #[test]
+    fn ipv6_host_is_accepted() {
+        let (.., h, _, _) = parse(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h, "[::1]");
+    }
+
+    #[test]
+    fn absolute_form_overrides_host() {
+        let (.., p, h, _, _) = parse(b"GET http://Other.example/x?y HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((p.as_str(), h.as_str()), ("/x?y", "Other.example"));
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/.%2E/b"] {
+            let raw = format!("GET {p} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(err(raw.as_bytes()), HttpError::BadTarget, "{p}");
+        }
+        assert!(parse(b"GET /a/.well-known/..x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn asterisk_form_only_for_options() {
+        assert!(parse(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().is_some());
+        assert_eq!(err(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"), HttpError::BadTarget);
+    }
+
+    #[test]
+    fn connect_is_501() {
+        assert_eq!(err(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").status(), 501);
+    }
+
+    #[test]
+    fn http2_preface_is_refused() {
+        assert!(parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn connection_close_and_keep_alive() {
+        let (.., ka) = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        assert!(!ka);
+        let (.., ka) = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+        assert!(ka);
+    }
+
+    #[test]
+    fn expect_other_than_100_continue_is_417() {
+        assert_eq!(err(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: fancy\r\n\r\n").status(), 417);
+    }
+}

@@ -1,0 +1,230 @@
+//! Upstream response head parsing. The same strictness as requests: an
+//! upstream that frames its response ambiguously gets a 502, never a guess,
+//! because the bytes after an ambiguous body would be read as the next
+//! response on a pooled connection.
+
+use std::mem::MaybeUninit;
+
+use httparse::Header;
+
+use super::headers::{has_bare_line_ending, list_items, name_is, parse_content_length, trim};
+use super::{BodyFraming, HttpError, Method, Version};
+
+#[derive(Debug)]
+pub struct ResponseHead<'b> {
+    pub version: Version,
+    pub status: u16,
+    pub reason: &'b str,
+    pub headers: &'b [Header<'b>],
+    pub head_len: usize,
+    /// How the body that follows is delimited, given the request method.
+    pub framing: BodyFraming,
+    /// The upstream connection can carry another request after this body.
+    pub reusable: bool,
+    pub has_connection_header: bool,
+}
+
+impl<'b> ResponseHead<'b> {
+    pub fn connection_values(&self) -> impl Iterator<Item = &'b [u8]> + '_ {
+        self.headers
+            .iter()
+            .filter(|h| name_is(h.name, "connection"))
+            .map(|h| h.value)
+    }
+
+    /// 1xx responses are interim: the final response follows.
+    pub fn is_interim(&self) -> bool {
+        (100..200).contains(&self.status)
+    }
+}
+
+/// Parses a response head at the start of `buf`; `Ok(None)` means incomplete.
+pub fn parse_response<'b>(
+    buf: &'b [u8],
+    slots: &'b mut [MaybeUninit<Header<'b>>],
+    max_head: usize,
+    request_method: Method,
+) -> Result<Option<ResponseHead<'b>>, HttpError> {
+    let mut resp = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= max_head {
+                return Err(HttpError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(HttpError::Version),
+        Err(_) => return Err(HttpError::Malformed),
+    };
+    if head_len > max_head {
+        return Err(HttpError::HeadTooLarge);
+    }
+    if has_bare_line_ending(&buf[..head_len]) {
+        return Err(HttpError::BareLineEnding);
+    }
+    let version = match resp.version {
+        Some(1) => Version::Http11,
+        Some(0) => Version::Http10,
+        _ => return Err(HttpError::Version),
+    };
+    let status = resp.code.ok_or(HttpError::Malformed)?;
+    if !(100..=599).contains(&status) {
+        return Err(HttpError::Malformed);
+    }
+    let reason = resp.reason.unwrap_or("");
+    let headers: &'b [Header<'b>] = resp.headers;
+
+    let mut content_length = None;
+    let mut transfer_encoding = false;
+    let mut chunked_only = true;
+    let mut chunked_count = 0;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut has_connection_header = false;
+    for h in headers {
+        if name_is(h.name, "content-length") {
+            let n = parse_content_length(h.value).ok_or(HttpError::BadContentLength)?;
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err(HttpError::DuplicateContentLength);
+            }
+            content_length = Some(n);
+        } else if name_is(h.name, "transfer-encoding") {
+            transfer_encoding = true;
+            for coding in h.value.split(|&b| b == b',').map(trim) {
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked_count += 1;
+                } else {
+                    chunked_only = false;
+                }
+            }
+        } else if name_is(h.name, "connection") {
+            has_connection_header = true;
+            for token in list_items(h.value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                }
+            }
+        }
+    }
+
+    let no_body = request_method == Method::Head
+        || (100..200).contains(&status)
+        || status == 204
+        || status == 304;
+    let framing = if no_body {
+        BodyFraming::None
+    } else if transfer_encoding {
+        // A transfer coding other than chunked cannot be passed on once the
+        // (hop-by-hop) Transfer-Encoding header is dropped, and TE with CL is
+        // the classic smuggling vector: refuse both.
+        if version == Version::Http10
+            || content_length.is_some()
+            || !chunked_only
+            || chunked_count != 1
+        {
+            return Err(HttpError::BadTransferEncoding);
+        }
+        BodyFraming::Chunked
+    } else {
+        match content_length {
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::UntilClose,
+        }
+    };
+    let persistent = match version {
+        Version::Http11 => !close,
+        Version::Http10 => keep_alive_token && !close,
+    };
+    Ok(Some(ResponseHead {
+        version,
+        status,
+        reason,
+        headers,
+        head_len,
+        framing,
+        reusable: persistent && framing != BodyFraming::UntilClose,
+        has_connection_header,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::header_slots;
+
+    fn parse(raw: &[u8], method: Method) -> Result<(u16, BodyFraming, bool), HttpError> {
+        let mut slots = header_slots::<64>();
+        parse_response(raw, &mut slots, 8192, method).map(|r| {
+            let r = r.expect("complete");
+            (r.status, r.framing, r.reusable)
+        })
+    }
+
+    #[test]
+    fn content_length_body() {
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Get).unwrap(),
+            (200, BodyFraming::Length(5), true)
+        );
+    }
+
+    #[test]
+    fn head_response_has_no_body() {
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Head).unwrap().1,
+            BodyFraming::None
+        );
+    }
+
+    #[test]
+    fn status_204_and_304_have_no_body() {
+        for s in [204, 304, 100, 103] {
+            let raw = format!("HTTP/1.1 {s} X\r\nContent-Length: 5\r\n\r\n");
+            assert_eq!(parse(raw.as_bytes(), Method::Get).unwrap().1, BodyFraming::None, "{s}");
+        }
+    }
+
+    #[test]
+    fn no_length_means_until_close_and_not_reusable() {
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\n\r\n", Method::Get).unwrap(),
+            (200, BodyFraming::UntilClose, false)
+        );
+    }
+
+    #[test]
+    fn chunked_response() {
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get).unwrap().1,
+            BodyFraming::Chunked
+        );
+    }
+
+    #[test]
+    fn chunked_with_length_is_refused() {
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            Method::Get
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn conflicting_lengths_are_refused() {
+        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", Method::Get).is_err());
+    }
+
+    #[test]
+    fn http10_without_keep_alive_is_not_reusable() {
+        assert!(!parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::Get).unwrap().2);
+    }
+
+    #[test]
+    fn connection_close_is_not_reusable() {
+        assert!(!parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n", Method::Get).unwrap().2);
+    }
+}

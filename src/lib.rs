@@ -1,0 +1,258 @@
+//! ringgate: a thread-per-core HTTP/1.1 API gateway on io_uring.
+//!
+//! The library entry is [`Gateway::start`]: it validates a [`Config`],
+//! probe-binds every listener on the calling thread (so a busy or bad
+//! address fails here, with a clear error), starts one pinned worker thread
+//! per core and returns a [`Handle`] once every worker is listening. Tests
+//! and benchmarks run the real gateway in-process this way, on port 0.
+//!
+//! Module map (see `docs/ARCHITECTURE.md` for a request's path through them):
+//! - [`config`]: TOML -> validated domain config
+//! - [`worker`]: threads, pinning, event loops, listeners, shutdown
+//! - [`http`]: strict HTTP/1.1 parsing and framing rules
+//! - [`route`]: the route table
+//! - [`proxy`]: the connection task and request relay
+//! - [`upstream`]: balancers and the keep-alive pool
+//! - [`demo`]: the built-in demo origin
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod proxy;
+pub mod route;
+pub mod upstream;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use config::Config;
+pub use error::StartError;
+pub use worker::{DriverKind, WorkerInfo};
+
+use config::ListenerConfig;
+use worker::signal::StopSignal;
+use worker::WorkerSpec;
+
+/// Starts gateways.
+pub struct Gateway;
+
+/// A running gateway: its bound addresses, its workers, and how to stop it.
+/// Dropping the handle stops the gateway and waits for its workers.
+pub struct Handle {
+    listen_addrs: Vec<SocketAddr>,
+    workers: Vec<WorkerInfo>,
+    stops: Vec<Arc<StopSignal>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Validates `config`, binds its listeners and starts the workers.
+    /// Returns once every worker is accepting connections.
+    pub fn start(config: Config) -> Result<Handle, StartError> {
+        config.check()?;
+        let placements = plan_workers(&config)?;
+
+        // Probe-bind on this thread: a busy or invalid address fails here, once,
+        // with its address in the message. Port 0 is resolved to a concrete port
+        // that every worker then binds with SO_REUSEPORT.
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            listeners.push(ListenerConfig {
+                address: probe_bind(l.address)?,
+                backlog: l.backlog,
+            });
+        }
+
+        let config = Arc::new(config);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut handle = Handle {
+            listen_addrs: listeners.iter().map(|l| l.address).collect(),
+            workers: Vec::new(),
+            stops: Vec::new(),
+            threads: Vec::new(),
+        };
+        for (index, core) in placements.into_iter().enumerate() {
+            let stop = Arc::new(StopSignal::default());
+            let spec = WorkerSpec {
+                index,
+                core,
+                config: config.clone(),
+                listeners: listeners.clone(),
+                stop: stop.clone(),
+            };
+            let thread = worker::spawn(spec, ready_tx.clone()).map_err(|e| StartError::Worker {
+                index,
+                reason: format!("cannot start thread: {e}"),
+            })?;
+            handle.stops.push(stop);
+            handle.threads.push(thread);
+        }
+        drop(ready_tx);
+
+        let mut workers = Vec::new();
+        for _ in 0..handle.threads.len() {
+            match ready_rx.recv() {
+                Ok(Ok(info)) => workers.push(info),
+                Ok(Err(reason)) => {
+                    let index = workers.len();
+                    return Err(StartError::Worker { index, reason });
+                }
+                Err(_) => {
+                    return Err(StartError::Worker {
+                        index: workers.len(),
+                        reason: "worker exited during start".to_string(),
+                    })
+                }
+            }
+        }
+        workers.sort_by_key(|w| w.index);
+        let driver = workers.first().map(|w| w.driver);
+        if let Some(driver) = driver {
+            tracing::info!(
+                workers = workers.len(),
+                %driver,
+                listen = ?handle.listen_addrs,
+                "ringgate started"
+            );
+        }
+        handle.workers = workers;
+        Ok(handle)
+    }
+}
+
+/// Which CPU each worker is pinned to (`None` when pinning is off).
+fn plan_workers(config: &Config) -> Result<Vec<Option<core_affinity::CoreId>>, StartError> {
+    let w = &config.workers;
+    let allowed = core_affinity::get_core_ids().unwrap_or_default();
+    let cpus: Vec<core_affinity::CoreId> = match &w.cpus {
+        Some(list) => {
+            let mut chosen = Vec::new();
+            for &cpu in list {
+                match allowed.iter().find(|c| c.id == cpu) {
+                    Some(c) => chosen.push(*c),
+                    None => {
+                        return Err(StartError::Config(config::ConfigError {
+                            file: config.source.clone(),
+                            key: "workers.cpus".to_string(),
+                            reason: format!(
+                                "CPU {cpu} is not available to this process (available: {:?})",
+                                allowed.iter().map(|c| c.id).collect::<Vec<_>>()
+                            ),
+                        }))
+                    }
+                }
+            }
+            chosen
+        }
+        None => allowed,
+    };
+    let count = w.count.unwrap_or(cpus.len().max(1));
+    if !w.pin || cpus.is_empty() {
+        return Ok(vec![None; count]);
+    }
+    if count > cpus.len() {
+        tracing::warn!(
+            workers = count,
+            cpus = cpus.len(),
+            "more workers than CPUs: some CPUs run two workers"
+        );
+    }
+    Ok((0..count).map(|i| Some(cpus[i % cpus.len()])).collect())
+}
+
+fn probe_bind(address: SocketAddr) -> Result<SocketAddr, StartError> {
+    let bind_error = |source| StartError::Bind { address, source };
+    // Without SO_REUSEPORT, so that any socket already listening there (ours
+    // or another program's) makes this fail instead of silently sharing the port.
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.bind(&address.into()).map_err(bind_error)?;
+    let bound = socket
+        .local_addr()
+        .map_err(bind_error)?
+        .as_socket()
+        .ok_or_else(|| bind_error(std::io::Error::other("not an inet address")))?;
+    Ok(bound)
+}
+
+impl Handle {
+    /// The first listener's bound address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addrs[0]
+    }
+
+    /// Every listener's bound address, in config order.
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen_addrs
+    }
+
+    pub fn workers(&self) -> &[WorkerInfo] {
+        &self.workers
+    }
+
+    /// Starts a graceful shutdown without waiting: workers stop accepting,
+    /// close idle connections and finish in-flight requests.
+    pub fn begin_shutdown(&self) {
+        for stop in &self.stops {
+            stop.stop();
+        }
+    }
+
+    /// Graceful shutdown: returns when every worker has finished (at most the
+    /// configured grace period after the last in-flight request started).
+    pub fn shutdown(mut self) {
+        self.begin_shutdown();
+        self.join_workers();
+    }
+
+    /// Waits until the workers exit (after [`Handle::begin_shutdown`], or a signal
+    /// handler calling it from another thread through [`Handle::stopper`]).
+    pub fn wait(mut self) {
+        self.join_workers();
+    }
+
+    /// Something another thread can call to start the shutdown.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            stops: self.stops.clone(),
+        }
+    }
+
+    fn join_workers(&mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.begin_shutdown();
+            self.join_workers();
+        }
+    }
+}
+
+/// Starts a graceful shutdown from any thread.
+#[derive(Clone)]
+pub struct Stopper {
+    stops: Vec<Arc<StopSignal>>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        for stop in &self.stops {
+            stop.stop();
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The `ringgate` command: `run`, `check`, `proxy` (quick mode, no file) and `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ringgate::config::{self, Config};
+use ringgate::demo::DemoOrigin;
+use ringgate::{Gateway, Handle, StartError};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ringgate", version, about = "Thread-per-core HTTP/1.1 API gateway on io_uring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway on a config file.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit (0 when valid).
+    Check {
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Proxy everything from one address to a list of servers, no config file needed.
+    Proxy(QuickArgs),
+    /// Run the gateway on its default config in front of a built-in demo origin.
+    Demo {
+        /// Where the gateway listens (default: the default config's listener, 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+/// Quick mode. Each option maps onto one config field in [`QuickArgs::into_config`].
+#[derive(Args)]
+struct QuickArgs {
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Upstream servers, comma-separated host:port list.
+    #[arg(long, value_delimiter = ',', required = true)]
+    to: Vec<String>,
+    /// Worker threads (default: one per available CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Do not pin workers to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+    /// Largest request body, e.g. 10MiB; 0 = unlimited.
+    #[arg(long)]
+    max_body: Option<String>,
+}
+
+impl QuickArgs {
+    fn into_config(self) -> Result<Config, String> {
+        let mut servers = Vec::new();
+        for s in &self.to {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(s.as_str())
+                .map_err(|e| format!("--to {s}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--to {s}: resolves to no address"))?;
+            servers.push(addr);
+        }
+        let mut config = Config::quick(self.listen, servers);
+        if let Some(n) = self.workers {
+            if n == 0 {
+                return Err("--workers must be at least 1".into());
+            }
+            config.workers.count = Some(n);
+        }
+        if self.no_pin {
+            config.workers.pin = false;
+        }
+        if let Some(size) = self.max_body {
+            let bytes = config::units::parse_size(&size).map_err(|e| format!("--max-body: {e}"))?;
+            config.limits.max_request_body = (bytes > 0).then_some(bytes);
+        }
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} listener(s), {} upstream group(s), {} route(s))",
+                    config.display(),
+                    c.listeners.len(),
+                    c.upstreams.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => match Config::load(&config) {
+            Ok(c) => run(c),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Proxy(args) => match args.into_config() {
+            Ok(c) => run(c),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo { listen } => demo(listen),
+    }
+}
+
+fn start(config: Config) -> Result<Handle, ExitCode> {
+    Gateway::start(config).map_err(|e| {
+        eprintln!("ringgate: {e}");
+        match e {
+            StartError::Config(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains gracefully; a second signal exits at once.
+fn run(config: Config) -> ExitCode {
+    let handle = match start(config) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    wait_for_signal(handle)
+}
+
+fn wait_for_signal(handle: Handle) -> ExitCode {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringgate: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stopper = handle.stopper();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for signal in signals.forever() {
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(signal, "shutting down: finishing in-flight requests");
+                stopper.stop();
+            } else {
+                tracing::warn!(signal, "second signal: exiting now");
+                std::process::exit(1);
+            }
+        }
+    });
+    handle.wait();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn demo(listen: Option<SocketAddr>) -> ExitCode {
+    let mut config = match Config::parse(config::SHIPPED_CONFIG) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringgate: built-in config: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = listen {
+        config.listeners[0].address = addr;
+    }
+    let origin_addr = config.upstreams[0].servers[0].address;
+    let origin = match DemoOrigin::start(origin_addr) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ringgate: cannot start the demo origin on {origin_addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = match start(config) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let gw = handle.listen_addr();
+    println!("ringgate demo: gateway on http://{gw}, demo catalogue origin on http://{}", origin.addr());
+    println!("Try:");
+    println!("  curl -i http://{gw}/products");
+    println!("  curl -i http://{gw}/products/1");
+    println!("  curl -i -H 'If-None-Match: \"1-1\"' http://{gw}/products/1");
+    println!(
+        "  curl -i -X PUT -H 'Content-Type: application/json' -d '{{\"id\":1,\"name\":\"Espresso cup\",\"price_cents\":1100,\"stock\":9}}' http://{gw}/products/1"
+    );
+    println!("Press Ctrl-C to stop.");
+    let code = wait_for_signal(handle);
+    drop(origin);
+    code
+}

@@ -1,0 +1,367 @@
+//! Serialising the heads the gateway sends: the request to the upstream,
+//! the response to the client, and the gateway's own error responses.
+//!
+//! Heads are rebuilt field by field from the parsed head rather than
+//! forwarded as raw bytes, so hop-by-hop fields are dropped, the gateway's
+//! own framing is written, and nothing the parser did not accept can pass.
+
+use std::io::Write;
+
+use crate::config::{ForwardedFor, ProxyHeaders, RouteConfig};
+use crate::http::headers::{is_hop_by_hop, listed_in_connection, name_is, push_decimal};
+use crate::http::request::RequestHead;
+use crate::http::response::ResponseHead;
+use crate::http::{BodyFraming, Version};
+use crate::route::rewrite_path;
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A field named in `Connection` is hop-by-hop too, except the framing
+/// fields: a client must not be able to make the gateway drop them.
+fn dropped_by_connection<'a>(name: &str, has_connection: bool, values: impl Iterator<Item = &'a [u8]>) -> bool {
+    has_connection
+        && !name_is(name, "content-length")
+        && !name_is(name, "host")
+        && listed_in_connection(values, name)
+}
+
+fn version_digit(v: Version) -> &'static str {
+    match v {
+        Version::Http10 => "1.0",
+        Version::Http11 => "1.1",
+    }
+}
+
+/// The request as sent upstream: always HTTP/1.1 on a persistent connection.
+pub struct UpstreamRequest<'a> {
+    pub route: &'a RouteConfig,
+    pub proxy: &'a ProxyHeaders,
+    /// The client's IP as text, for X-Forwarded-For.
+    pub client_ip: &'a str,
+    /// Host to send when the client sent none (HTTP/1.0): the server's address.
+    pub fallback_host: &'a str,
+    /// Drop `Expect: 100-continue`: the gateway answers it itself.
+    pub strip_expect: bool,
+}
+
+pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
+    out.extend_from_slice(req.method_name.as_bytes());
+    out.push(b' ');
+    match &up.route.rewrite_prefix {
+        Some(replacement) if req.path_and_query != "*" => {
+            rewrite_path(out, req.path_and_query, &up.route.path_prefix, replacement)
+        }
+        _ => out.extend_from_slice(req.path_and_query.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let proxy = up.proxy;
+    let mut wrote_host = false;
+    let mut client_forwarded_for = false;
+    for h in req.headers {
+        let name = h.name;
+        if is_hop_by_hop(name) || dropped_by_connection(name, req.has_connection_header, req.connection_values()) {
+            continue;
+        }
+        if name_is(name, "host") {
+            wrote_host = true;
+            let value = if req.absolute_form { req.authority.as_bytes() } else { h.value };
+            push_header(out, b"Host", value);
+            continue;
+        }
+        if up.strip_expect && name_is(name, "expect") {
+            continue;
+        }
+        if name_is(name, "x-forwarded-for") && proxy.x_forwarded_for != ForwardedFor::Off {
+            client_forwarded_for = true;
+            continue;
+        }
+        if (proxy.x_forwarded_proto && name_is(name, "x-forwarded-proto"))
+            || (proxy.x_forwarded_host && name_is(name, "x-forwarded-host"))
+        {
+            continue;
+        }
+        if up.route.remove_request_headers.iter().any(|r| name_is(name, r))
+            || up.route.set_request_headers.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    if !wrote_host {
+        let host = if req.authority.is_empty() { up.fallback_host } else { req.authority };
+        push_header(out, b"Host", host.as_bytes());
+    }
+    for (name, value) in &up.route.set_request_headers {
+        push_header(out, name.as_bytes(), value.as_bytes());
+    }
+    if req.body == BodyFraming::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    match proxy.x_forwarded_for {
+        ForwardedFor::Off => {}
+        ForwardedFor::Replace => push_header(out, b"X-Forwarded-For", up.client_ip.as_bytes()),
+        ForwardedFor::Append => {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            if client_forwarded_for {
+                for h in req.headers.iter().filter(|h| name_is(h.name, "x-forwarded-for")) {
+                    out.extend_from_slice(h.value);
+                    out.extend_from_slice(b", ");
+                }
+            }
+            out.extend_from_slice(up.client_ip.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if proxy.x_forwarded_proto {
+        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    }
+    if proxy.x_forwarded_host && !req.authority.is_empty() {
+        push_header(out, b"X-Forwarded-Host", req.authority.as_bytes());
+    }
+    if proxy.via {
+        let _ = write!(out, "Via: {} {}\r\n", version_digit(req.version), proxy.via_name);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is framed towards the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFraming {
+    /// No body, or a HEAD/304 whose Content-Length describes the selected representation.
+    NoBody,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 client and a body of unknown length: delimited by closing.
+    Close,
+}
+
+/// What the `Connection` field of a response says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionField {
+    /// Nothing: HTTP/1.1 persistence is the default.
+    Omit,
+    Close,
+    /// An HTTP/1.0 client that asked to keep the connection.
+    KeepAlive,
+}
+
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    resp: &ResponseHead<'_>,
+    framing: ClientFraming,
+    connection: ConnectionField,
+    via: Option<&str>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // 1xx and 204 must not carry Content-Length (RFC 9110 section 8.6); HEAD
+    // and 304 keep the upstream's, which describes the representation.
+    let keep_length = framing == ClientFraming::NoBody && resp.status >= 200 && resp.status != 204;
+    for h in resp.headers {
+        let name = h.name;
+        if is_hop_by_hop(name) || dropped_by_connection(name, resp.has_connection_header, resp.connection_values()) {
+            continue;
+        }
+        if name_is(name, "content-length") && !keep_length {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    match framing {
+        ClientFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::NoBody | ClientFraming::Close => {}
+    }
+    if let Some(name) = via {
+        let _ = write!(out, "Via: {} {}\r\n", version_digit(resp.version), name);
+    }
+    match connection {
+        ConnectionField::Omit => {}
+        ConnectionField::Close => out.extend_from_slice(b"Connection: close\r\n"),
+        ConnectionField::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Standard reason phrase of the statuses the gateway itself sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// A short plain-text response generated by the gateway.
+pub fn write_error_response(out: &mut Vec<u8>, status: u16, close: bool, head_only: bool) {
+    let reason = reason(status);
+    let body_len = 3 + 1 + reason.len() + 1;
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        let _ = writeln!(out, "{status} {reason}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostMatch;
+    use crate::http::request::{header_slots, parse_request};
+    use crate::http::response::parse_response;
+    use crate::http::Method;
+
+    fn route() -> RouteConfig {
+        RouteConfig {
+            name: "r".into(),
+            host: HostMatch::Any,
+            path_prefix: "/api".into(),
+            methods: vec![],
+            header: None,
+            upstream: 0,
+            rewrite_prefix: Some("/".into()),
+            set_request_headers: vec![("X-Gateway".into(), "1".into())],
+            remove_request_headers: vec!["x-debug".into()],
+        }
+    }
+
+    fn forward(raw: &[u8], proxy: &ProxyHeaders) -> String {
+        let mut slots = header_slots::<64>();
+        let req = parse_request(raw, &mut slots, 8192).unwrap().unwrap();
+        let mut out = Vec::new();
+        let r = route();
+        write_request_head(
+            &mut out,
+            &req,
+            &UpstreamRequest {
+                route: &r,
+                proxy,
+                client_ip: "10.0.0.9",
+                fallback_host: "127.0.0.1:9000",
+                strip_expect: true,
+            },
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_fields_are_dropped() {
+        let head = forward(
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, Content-Length\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nContent-Length: 0\r\n\r\n",
+            &ProxyHeaders::default(),
+        );
+        for gone in ["Connection", "X-Secret", "Keep-Alive", "TE:", "Upgrade", "Proxy-Connection"] {
+            assert!(!head.contains(gone), "{gone} still in {head}");
+        }
+        assert!(head.contains("Content-Length: 0\r\n"), "{head}");
+    }
+
+    #[test]
+    fn path_is_rewritten_and_route_headers_applied() {
+        let head = forward(b"GET /api/users?q=1 HTTP/1.1\r\nHost: a\r\nX-Debug: 1\r\nX-Gateway: forged\r\n\r\n", &ProxyHeaders::default());
+        assert!(head.starts_with("GET /users?q=1 HTTP/1.1\r\n"), "{head}");
+        assert!(!head.contains("X-Debug") && !head.contains("forged"), "{head}");
+        assert!(head.contains("X-Gateway: 1\r\n"), "{head}");
+    }
+
+    #[test]
+    fn forwarded_headers_are_set() {
+        let head = forward(
+            b"GET /api HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\r\n",
+            &ProxyHeaders::default(),
+        );
+        assert!(head.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n"), "{head}");
+        assert!(head.contains("X-Forwarded-Proto: http\r\n") && !head.contains("https"), "{head}");
+        assert!(head.contains("X-Forwarded-Host: shop.example\r\n"), "{head}");
+        assert!(head.contains("Via: 1.1 ringgate\r\n"), "{head}");
+    }
+
+    #[test]
+    fn forwarded_headers_can_be_turned_off() {
+        let proxy = ProxyHeaders {
+            via: false,
+            via_name: "x".into(),
+            x_forwarded_for: ForwardedFor::Off,
+            x_forwarded_proto: false,
+            x_forwarded_host: false,
+        };
+        let head = forward(b"GET /api HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n", &proxy);
+        assert!(head.contains("X-Forwarded-For: 1.2.3.4\r\n"), "{head}");
+        assert!(!head.contains("Via") && !head.contains("X-Forwarded-Host"), "{head}");
+    }
+
+    #[test]
+    fn http10_request_without_host_gets_one() {
+        let head = forward(b"GET /api HTTP/1.0\r\n\r\n", &ProxyHeaders::default());
+        assert!(head.contains("Host: 127.0.0.1:9000\r\n"), "{head}");
+        assert!(head.contains("Via: 1.0 ringgate\r\n"), "{head}");
+    }
+
+    #[test]
+    fn chunked_request_is_reframed_as_chunked() {
+        let head = forward(b"POST /api HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", &ProxyHeaders::default());
+        assert_eq!(head.matches("Transfer-Encoding").count(), 1, "{head}");
+    }
+
+    #[test]
+    fn response_head_reframes_and_strips() {
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-App: 1\r\n\r\n";
+        let mut slots = header_slots::<64>();
+        let resp = parse_response(raw, &mut slots, 8192, Method::Get).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, &resp, ClientFraming::Length(5), ConnectionField::Close, Some("ringgate"));
+        let head = String::from_utf8(out).unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nX-App: 1\r\nContent-Length: 5\r\nVia: 1.1 ringgate\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn head_response_keeps_content_length() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n";
+        let mut slots = header_slots::<64>();
+        let resp = parse_response(raw, &mut slots, 8192, Method::Head).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, &resp, ClientFraming::NoBody, ConnectionField::Omit, None);
+        assert!(String::from_utf8(out).unwrap().contains("Content-Length: 1234\r\n"));
+    }
+
+    #[test]
+    fn error_response_is_well_framed() {
+        let mut out = Vec::new();
+        write_error_response(&mut out, 502, true, false);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{text}");
+        assert!(head.contains("Connection: close"));
+    }
+}

@@ -1,0 +1,72 @@
+//! Socket reads and writes with timeouts, on monoio's owned buffers.
+//!
+//! A timed-out operation is dropped, which makes monoio submit an io_uring
+//! cancel for it (the `async-cancel` feature); the buffer it owned is then
+//! gone, so callers close the connection after any timeout.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::buf::{IoBuf, SliceMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+/// What a read produced.
+#[derive(Debug)]
+pub enum Read {
+    /// This many bytes were appended to the buffer.
+    Data(usize),
+    /// The peer closed its side.
+    Eof,
+    TimedOut,
+    Failed(io::Error),
+}
+
+/// Appends what the socket has (at least `reserve` bytes of room) to `buf`.
+pub async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, reserve: usize, limit: Duration) -> Read {
+    buf.reserve(reserve);
+    let (len, cap) = (buf.len(), buf.capacity());
+    let owned = SliceMut::new(std::mem::take(buf), len, cap);
+    match monoio::time::timeout(limit, stream.read(owned)).await {
+        Ok((result, owned)) => {
+            *buf = owned.into_inner();
+            match result {
+                Ok(0) => Read::Eof,
+                Ok(n) => Read::Data(n),
+                Err(e) => Read::Failed(e),
+            }
+        }
+        Err(_) => Read::TimedOut,
+    }
+}
+
+/// Why a write did not complete.
+#[derive(Debug)]
+pub enum WriteError {
+    TimedOut,
+    Failed(io::Error),
+}
+
+/// Writes all of `buf`, giving it back for reuse. On failure the buffer is
+/// returned when the kernel gave it back (not after a timeout).
+pub async fn write_all<B: IoBuf + 'static>(
+    stream: &mut TcpStream,
+    buf: B,
+    limit: Duration,
+) -> Result<B, (WriteError, Option<B>)> {
+    match monoio::time::timeout(limit, stream.write_all(buf)).await {
+        Ok((Ok(_), buf)) => Ok(buf),
+        Ok((Err(e), buf)) => Err((WriteError::Failed(e), Some(buf))),
+        Err(_) => Err((WriteError::TimedOut, None)),
+    }
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::TimedOut => f.write_str("write timed out"),
+            WriteError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}

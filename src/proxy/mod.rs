@@ -1,0 +1,681 @@
+//! The connection task: one per client connection, running on the worker
+//! that accepted it. It reads a request head, routes it, relays the request
+//! to an upstream over a pooled keep-alive connection, relays the response
+//! back, and loops for the next request (keep-alive and pipelining: requests
+//! are handled one after another, so responses leave in request order).
+//!
+//! ```text
+//! wait for bytes (keep-alive timeout, drain)
+//!   -> read + parse head (head deadline, size limits)   -> 400/408/413/431/501 + close
+//!   -> route                                            -> 404
+//!   -> pick server, pooled or new connection            -> 502/504
+//!   -> send head (+ body: buffered, or streamed)        -> retry once if a pooled
+//!   -> read response head (response timeout)               connection was dead
+//!   -> send head + stream body to the client
+//!   -> return the upstream connection to the pool
+//! ```
+
+pub mod head;
+pub mod io;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use monoio::net::TcpStream;
+
+use crate::config::MAX_HEADERS_CAP;
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::http::chunked::{ChunkedDecoder, Output};
+use crate::http::headers::push_hex;
+use crate::http::request::{header_slots, parse_request};
+use crate::http::response::parse_response;
+use crate::http::{BodyFraming, HttpError, Method, Version};
+use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::signal::{race, Either};
+use head::{ClientFraming, ConnectionField, UpstreamRequest};
+use io::{read_some, write_all, Read};
+
+/// Response heads from upstreams may carry at most this many fields.
+const MAX_RESPONSE_HEADERS: usize = 256;
+
+struct Client {
+    stream: TcpStream,
+    /// Bytes read from the client and not consumed yet (may hold pipelined requests).
+    buf: BytesMut,
+    peer_ip: String,
+    /// Requests read on this connection.
+    served: u64,
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Serves one client connection until it closes, fails, times out or the worker drains.
+pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut client = Client {
+        stream,
+        buf: BytesMut::with_capacity(ctx.per_core.client_buffer_size),
+        peer_ip: peer.ip().to_string(),
+        served: 0,
+    };
+    while let Next::KeepAlive = exchange(&ctx, &mut client).await {
+        // Give back memory a large head or body made the buffer grow to.
+        if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size {
+            client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
+        }
+    }
+}
+
+/// What to do with a parsed request.
+enum Plan {
+    Forward(Forward),
+    /// Answer locally with this status (no route, body too large).
+    Refuse {
+        status: u16,
+        head_len: usize,
+        body: BodyFraming,
+        keep_alive: bool,
+        head_only: bool,
+    },
+}
+
+struct Forward {
+    head_len: usize,
+    method: Method,
+    version: Version,
+    body: BodyFraming,
+    keep_alive: bool,
+    expect_continue: bool,
+    server: usize,
+}
+
+/// Parses the head in the client buffer and, for a request to forward,
+/// writes the upstream request head into `out`. Synchronous: the parsed
+/// head borrows the buffer and never lives across an await.
+fn plan_request(ctx: &WorkerCtx, client: &Client, out: &mut Vec<u8>) -> Result<Option<Plan>, HttpError> {
+    let limits = &ctx.config.limits;
+    let mut slots = header_slots::<MAX_HEADERS_CAP>();
+    let Some(req) = parse_request(&client.buf, &mut slots[..limits.max_headers], limits.max_request_head)? else {
+        return Ok(None);
+    };
+    let refuse = |status| {
+        Ok(Some(Plan::Refuse {
+            status,
+            head_len: req.head_len,
+            body: req.body,
+            keep_alive: req.keep_alive,
+            head_only: req.method == Method::Head,
+        }))
+    };
+    let Some(route_index) = ctx.router.find(req.host, req.path, req.method_name, req.headers) else {
+        return refuse(404);
+    };
+    if let (BodyFraming::Length(n), Some(max)) = (req.body, limits.max_request_body) {
+        if n > max {
+            return refuse(413);
+        }
+    }
+    let route = ctx.router.route(route_index);
+    let mut upstreams = ctx.upstreams.borrow_mut();
+    let server = upstreams.pick(route.upstream);
+    let fallback_host = upstreams.servers[server].to_string();
+    drop(upstreams);
+    head::write_request_head(
+        out,
+        &req,
+        &UpstreamRequest {
+            route,
+            proxy: &ctx.config.proxy,
+            client_ip: &client.peer_ip,
+            fallback_host: &fallback_host,
+            strip_expect: req.expect_continue,
+        },
+    );
+    Ok(Some(Plan::Forward(Forward {
+        head_len: req.head_len,
+        method: req.method,
+        version: req.version,
+        body: req.body,
+        keep_alive: req.keep_alive,
+        expect_continue: req.expect_continue,
+        server,
+    })))
+}
+
+/// Handles one request on the connection.
+async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
+    let timeouts = &ctx.config.timeouts;
+    if client.buf.is_empty() {
+        if ctx.draining.get() {
+            return Next::Close;
+        }
+        // Idle: wait for the first byte of the next request, but not past the
+        // keep-alive timeout, and not once a graceful shutdown starts.
+        let limit = if client.served == 0 { timeouts.client_header } else { timeouts.keepalive };
+        let read = read_some(&mut client.stream, &mut client.buf, ctx.per_core.client_buffer_size, limit);
+        match race(read, ctx.drain_started()).await {
+            Either::Left(Read::Data(_)) => {}
+            _ => return Next::Close,
+        }
+    }
+
+    let deadline = Instant::now() + timeouts.client_header;
+    let mut out = ctx.take_write_buffer();
+    let plan = loop {
+        match plan_request(ctx, client, &mut out) {
+            Ok(Some(plan)) => break plan,
+            Ok(None) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match read_some(&mut client.stream, &mut client.buf, ctx.per_core.client_buffer_size, left).await {
+                    Read::Data(_) => continue,
+                    Read::TimedOut => {
+                        Stats::bump(&ctx.stats.client_errors);
+                        respond_error(ctx, client, out, 408, true, false).await;
+                        return Next::Close;
+                    }
+                    Read::Eof | Read::Failed(_) => return Next::Close,
+                }
+            }
+            Err(e) => {
+                Stats::bump(&ctx.stats.client_errors);
+                tracing::debug!(worker = ctx.index, error = %e, "refused request");
+                out.clear();
+                respond_error(ctx, client, out, e.status(), true, false).await;
+                return Next::Close;
+            }
+        }
+    };
+    client.served += 1;
+    Stats::bump(&ctx.stats.requests);
+
+    match plan {
+        Plan::Refuse {
+            status,
+            head_len,
+            body,
+            keep_alive,
+            head_only,
+        } => {
+            out.clear();
+            // A body that already sits in the buffer can be skipped; any other
+            // would have to be read and thrown away, so close instead.
+            let skip = match body {
+                BodyFraming::None => Some(0),
+                BodyFraming::Length(n) if (client.buf.len() - head_len) as u64 >= n => Some(n as usize),
+                _ => None,
+            };
+            let keep = keep_alive && skip.is_some() && client_may_continue(ctx, client);
+            client.buf.advance(head_len + skip.unwrap_or(0).min(client.buf.len() - head_len));
+            if respond_error(ctx, client, out, status, !keep, head_only).await && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Plan::Forward(forward) => proxy_request(ctx, client, forward, out).await,
+    }
+}
+
+fn client_may_continue(ctx: &WorkerCtx, client: &Client) -> bool {
+    !ctx.draining.get() && client.served < ctx.config.limits.max_keepalive_requests
+}
+
+/// Writes a gateway-generated error response; false when the client is gone.
+async fn respond_error(ctx: &WorkerCtx, client: &mut Client, mut out: Vec<u8>, status: u16, close: bool, head_only: bool) -> bool {
+    out.clear();
+    head::write_error_response(&mut out, status, close, head_only);
+    match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
+        Ok(out) => {
+            ctx.give_write_buffer(out);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// How far an exchange got, to decide what a failure still allows.
+#[derive(Default)]
+struct Progress {
+    /// The whole request body was read from the client.
+    request_consumed: bool,
+    /// Response bytes were sent to the client: no error status is possible any more.
+    response_started: bool,
+}
+
+async fn proxy_request(ctx: &Rc<WorkerCtx>, client: &mut Client, forward: Forward, mut out: Vec<u8>) -> Next {
+    let mut ubuf = ctx.take_read_buffer();
+    let mut progress = Progress::default();
+    let result = relay(ctx, client, &forward, &mut out, &mut ubuf, &mut progress).await;
+    ctx.give_read_buffer(ubuf);
+    let error = match result {
+        Ok(next) => {
+            ctx.give_write_buffer(out);
+            return next;
+        }
+        Err(error) => error,
+    };
+    match error.side {
+        Side::Upstream => {
+            Stats::bump(&ctx.stats.upstream_errors);
+            tracing::warn!(worker = ctx.index, error = %error, "upstream request failed");
+        }
+        _ => {
+            Stats::bump(&ctx.stats.client_errors);
+            tracing::debug!(worker = ctx.index, error = %error, "request failed");
+        }
+    }
+    match error.status() {
+        Some(status) if !progress.response_started => {
+            let keep = progress.request_consumed
+                && error.side == Side::Upstream
+                && forward.keep_alive
+                && client_may_continue(ctx, client);
+            let sent = respond_error(ctx, client, out, status, !keep, forward.method == Method::Head).await;
+            if sent && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        _ => Next::Close,
+    }
+}
+
+/// What the parsed response head means for the rest of the exchange.
+struct ResponsePlan {
+    framing: BodyFraming,
+    client_framing: ClientFraming,
+    reusable: bool,
+    keep_client: bool,
+}
+
+enum HeadStep {
+    NeedMore,
+    /// An interim response to drop (100 Continue: the gateway already answered it).
+    Skip(usize),
+    /// An interim response serialised into `out`, to send on.
+    Interim(usize),
+    /// The final response head, serialised into `out`.
+    Final(usize, ResponsePlan),
+}
+
+fn response_step(ctx: &WorkerCtx, client: &Client, forward: &Forward, ubuf: &[u8], out: &mut Vec<u8>) -> Result<HeadStep, HttpError> {
+    let mut slots = header_slots::<MAX_RESPONSE_HEADERS>();
+    let Some(resp) = parse_response(ubuf, &mut slots, ctx.config.limits.max_response_head, forward.method)? else {
+        return Ok(HeadStep::NeedMore);
+    };
+    let via = ctx.config.proxy.via.then_some(ctx.config.proxy.via_name.as_str());
+    if resp.is_interim() {
+        // 101 would switch protocols; the gateway never forwards Upgrade, so it is a protocol error.
+        if resp.status == 101 {
+            return Err(HttpError::Malformed);
+        }
+        if resp.status == 100 || forward.version == Version::Http10 {
+            return Ok(HeadStep::Skip(resp.head_len));
+        }
+        out.clear();
+        head::write_response_head(out, &resp, ClientFraming::NoBody, ConnectionField::Omit, via);
+        return Ok(HeadStep::Interim(resp.head_len));
+    }
+    let client_framing = match resp.framing {
+        BodyFraming::None => ClientFraming::NoBody,
+        BodyFraming::Length(n) => ClientFraming::Length(n),
+        BodyFraming::Chunked | BodyFraming::UntilClose => match forward.version {
+            Version::Http11 => ClientFraming::Chunked,
+            Version::Http10 => ClientFraming::Close,
+        },
+    };
+    let keep_client = forward.keep_alive && client_framing != ClientFraming::Close && client_may_continue(ctx, client);
+    let connection = match (keep_client, forward.version) {
+        (false, _) => ConnectionField::Close,
+        (true, Version::Http10) => ConnectionField::KeepAlive,
+        (true, Version::Http11) => ConnectionField::Omit,
+    };
+    out.clear();
+    head::write_response_head(out, &resp, client_framing, connection, via);
+    Ok(HeadStep::Final(
+        resp.head_len,
+        ResponsePlan {
+            framing: resp.framing,
+            client_framing,
+            reusable: resp.reusable,
+            keep_client,
+        },
+    ))
+}
+
+async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
+    match monoio::time::timeout(ctx.config.timeouts.upstream_connect, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Stats::bump(&ctx.stats.upstream_connects);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(ProxyError::upstream(ErrorKind::ConnectRefused, addr, true, Some(e))),
+        Err(_) => Err(ProxyError::upstream(ErrorKind::ConnectTimeout, addr, true, None)),
+    }
+}
+
+async fn relay(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    ubuf: &mut BytesMut,
+    progress: &mut Progress,
+) -> Result<Next, ProxyError> {
+    let timeouts = &ctx.config.timeouts;
+    let addr = ctx.upstreams.borrow().servers[forward.server];
+
+    // A body already in the buffer goes out with the head in one write, and
+    // the request can then be replayed if a pooled connection turns out dead.
+    let head_len = forward.head_len;
+    let buffered = client.buf.len() - head_len;
+    let whole_body = match forward.body {
+        BodyFraming::None => Some(0),
+        BodyFraming::Length(n) if buffered as u64 >= n => Some(n as usize),
+        _ => None,
+    };
+    match whole_body {
+        Some(n) => {
+            out.extend_from_slice(&client.buf[head_len..head_len + n]);
+            client.buf.advance(head_len + n);
+            progress.request_consumed = true;
+        }
+        None => client.buf.advance(head_len),
+    }
+    let replayable = whole_body.is_some() && forward.method.is_idempotent();
+
+    let pooled = ctx.upstreams.borrow_mut().pool.take(forward.server);
+    let (mut upstream, mut reused) = match pooled {
+        Some(stream) => {
+            Stats::bump(&ctx.stats.upstream_reuses);
+            (stream, true)
+        }
+        None => (connect(ctx, addr).await?, false),
+    };
+
+    let (head_len, plan) = loop {
+        let attempt = async {
+            send_request(ctx, client, forward, out, &mut upstream, progress, whole_body.is_some(), addr).await?;
+            read_response_head(ctx, client, forward, out, &mut upstream, ubuf, addr).await
+        };
+        match attempt.await {
+            Ok(done) => break done,
+            // The pool raced the server closing the connection: nothing was
+            // processed, so send the same bytes once more on a fresh connection.
+            Err(e) if e.retry_safe && reused && replayable => {
+                tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
+                Stats::bump(&ctx.stats.upstream_retries);
+                ubuf.clear();
+                upstream = connect(ctx, addr).await?;
+                reused = false;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    ubuf.advance(head_len);
+    progress.response_started = true;
+
+    let broken = |source: Option<std::io::Error>| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
+    let client_gone = |source: Option<std::io::Error>| ProxyError::downstream(ErrorKind::ClientIo, source);
+    let read_size = ctx.per_core.upstream_buffer_size;
+    let mut upstream_clean = plan.reusable;
+
+    match plan.framing {
+        BodyFraming::None => {
+            send_to_client(ctx, client, out).await.map_err(client_gone)?;
+        }
+        BodyFraming::Length(total) => {
+            let take = (ubuf.len() as u64).min(total) as usize;
+            out.extend_from_slice(&ubuf[..take]);
+            ubuf.advance(take);
+            send_to_client(ctx, client, out).await.map_err(client_gone)?;
+            let mut remaining = total - take as u64;
+            while remaining > 0 {
+                if ubuf.is_empty() {
+                    match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
+                        Read::Data(_) => {}
+                        Read::Eof | Read::TimedOut => return Err(broken(None)),
+                        Read::Failed(e) => return Err(broken(Some(e))),
+                    }
+                }
+                let take = (ubuf.len() as u64).min(remaining) as usize;
+                let chunk = ubuf.split_to(take);
+                if let Err((e, _)) = write_all(&mut client.stream, chunk, timeouts.client_send).await {
+                    return Err(client_gone(into_io(e)));
+                }
+                remaining -= take as u64;
+            }
+        }
+        BodyFraming::Chunked => {
+            let mode = if plan.client_framing == ClientFraming::Chunked { Output::Rechunk } else { Output::Raw };
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                let used = decoder.decode(ubuf, out, mode).map_err(|_| broken(None))?;
+                ubuf.advance(used);
+                if !out.is_empty() {
+                    send_to_client(ctx, client, out).await.map_err(client_gone)?;
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
+                    Read::Data(_) => {}
+                    Read::Eof | Read::TimedOut => return Err(broken(None)),
+                    Read::Failed(e) => return Err(broken(Some(e))),
+                }
+            }
+        }
+        BodyFraming::UntilClose => {
+            let rechunk = plan.client_framing == ClientFraming::Chunked;
+            upstream_clean = false;
+            loop {
+                if !ubuf.is_empty() {
+                    if rechunk {
+                        push_hex(out, ubuf.len() as u64);
+                        out.extend_from_slice(b"\r\n");
+                        out.extend_from_slice(ubuf);
+                        out.extend_from_slice(b"\r\n");
+                    } else {
+                        out.extend_from_slice(ubuf);
+                    }
+                    ubuf.clear();
+                }
+                if !out.is_empty() {
+                    send_to_client(ctx, client, out).await.map_err(client_gone)?;
+                }
+                match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
+                    Read::Data(_) => {}
+                    Read::Eof => break,
+                    Read::TimedOut => return Err(broken(None)),
+                    Read::Failed(e) => return Err(broken(Some(e))),
+                }
+            }
+            if rechunk {
+                out.extend_from_slice(b"0\r\n\r\n");
+                send_to_client(ctx, client, out).await.map_err(client_gone)?;
+            }
+        }
+    }
+
+    // Bytes beyond the response mean the upstream and the gateway disagree
+    // about framing: never reuse such a connection.
+    if upstream_clean && ubuf.is_empty() {
+        ctx.upstreams.borrow_mut().pool.put(forward.server, upstream);
+    }
+    Ok(if plan.keep_client { Next::KeepAlive } else { Next::Close })
+}
+
+fn into_io(e: io::WriteError) -> Option<std::io::Error> {
+    match e {
+        io::WriteError::Failed(e) => Some(e),
+        io::WriteError::TimedOut => None,
+    }
+}
+
+/// Writes `out` to the client and clears it, keeping its allocation.
+async fn send_to_client(ctx: &WorkerCtx, client: &mut Client, out: &mut Vec<u8>) -> Result<(), Option<std::io::Error>> {
+    let buf = std::mem::take(out);
+    match write_all(&mut client.stream, buf, ctx.config.timeouts.client_send).await {
+        Ok(mut buf) => {
+            buf.clear();
+            *out = buf;
+            Ok(())
+        }
+        Err((e, _)) => Err(into_io(e)),
+    }
+}
+
+/// Sends the request head (with the body when `body_in_out`), then streams
+/// any body still to come from the client. On success `out` still holds
+/// exactly what was first written, so a retry can resend it.
+#[allow(clippy::too_many_arguments)]
+async fn send_request(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    upstream: &mut TcpStream,
+    progress: &mut Progress,
+    body_in_out: bool,
+    addr: SocketAddr,
+) -> Result<(), ProxyError> {
+    let timeouts = &ctx.config.timeouts;
+    let dead = |source| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, source);
+    let buf = std::mem::take(out);
+    match write_all(upstream, buf, timeouts.upstream_send).await {
+        Ok(buf) => *out = buf,
+        Err((e, buf)) => {
+            if let Some(buf) = buf {
+                *out = buf;
+            }
+            return Err(dead(into_io(e)));
+        }
+    }
+    if body_in_out {
+        return Ok(());
+    }
+    out.clear();
+
+    // The client holds its body back until told to continue.
+    if forward.expect_continue && client.buf.is_empty() {
+        if let Err((e, _)) = write_all(&mut client.stream, &b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.client_send).await {
+            return Err(ProxyError::downstream(ErrorKind::ClientIo, into_io(e)));
+        }
+    }
+
+    let body_read_size = ctx.per_core.upstream_buffer_size;
+    let client_failed = |read: Read| match read {
+        Read::TimedOut => ProxyError::downstream(ErrorKind::ClientTimeout, None),
+        Read::Failed(e) => ProxyError::downstream(ErrorKind::ClientIo, Some(e)),
+        _ => ProxyError::downstream(ErrorKind::ClientIo, None),
+    };
+    // Mid-body, the upstream already has part of the request: never retry.
+    let upstream_failed = |e| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, into_io(e));
+    match forward.body {
+        BodyFraming::Length(total) => {
+            let mut remaining = total;
+            while remaining > 0 {
+                if client.buf.is_empty() {
+                    match read_some(&mut client.stream, &mut client.buf, body_read_size, timeouts.client_body).await {
+                        Read::Data(_) => {}
+                        other => return Err(client_failed(other)),
+                    }
+                }
+                let take = (client.buf.len() as u64).min(remaining) as usize;
+                let chunk = client.buf.split_to(take);
+                write_all(upstream, chunk, timeouts.upstream_send)
+                    .await
+                    .map_err(|(e, _)| upstream_failed(e))?;
+                remaining -= take as u64;
+            }
+        }
+        BodyFraming::Chunked => {
+            let max = ctx.config.limits.max_request_body;
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                let used = decoder
+                    .decode(&client.buf, out, Output::Rechunk)
+                    .map_err(|e| ProxyError::downstream(ErrorKind::BadRequest(e), None))?;
+                client.buf.advance(used);
+                if max.is_some_and(|max| decoder.decoded > max) {
+                    return Err(ProxyError::downstream(ErrorKind::BadRequest(HttpError::BodyTooLarge), None));
+                }
+                if !out.is_empty() {
+                    let buf = std::mem::take(out);
+                    let mut buf = write_all(upstream, buf, timeouts.upstream_send)
+                        .await
+                        .map_err(|(e, _)| upstream_failed(e))?;
+                    buf.clear();
+                    *out = buf;
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                match read_some(&mut client.stream, &mut client.buf, body_read_size, timeouts.client_body).await {
+                    Read::Data(_) => {}
+                    other => return Err(client_failed(other)),
+                }
+            }
+        }
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+    progress.request_consumed = true;
+    Ok(())
+}
+
+/// Reads the upstream's response head, passing interim 1xx responses on.
+/// Returns the head's length in `ubuf` and the plan for the body; the
+/// client's response head is then in `out`.
+async fn read_response_head(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    upstream: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    addr: SocketAddr,
+) -> Result<(usize, ResponsePlan), ProxyError> {
+    let timeouts = &ctx.config.timeouts;
+    let deadline = Instant::now() + timeouts.upstream_response;
+    let mut received_any = false;
+    loop {
+        let step = response_step(ctx, client, forward, ubuf, out)
+            .map_err(|e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None))?;
+        match step {
+            HeadStep::Final(head_len, plan) => return Ok((head_len, plan)),
+            HeadStep::Skip(n) => {
+                ubuf.advance(n);
+                continue;
+            }
+            HeadStep::Interim(n) => {
+                ubuf.advance(n);
+                send_to_client(ctx, client, out)
+                    .await
+                    .map_err(|e| ProxyError::downstream(ErrorKind::ClientIo, e))?;
+                continue;
+            }
+            HeadStep::NeedMore => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = read_some(upstream, ubuf, ctx.per_core.upstream_buffer_size, left).await;
+        // Closed or reset before a single response byte: the request may be retried.
+        let early = !received_any;
+        match read {
+            Read::Data(_) => received_any = true,
+            Read::TimedOut => return Err(ProxyError::upstream(ErrorKind::ResponseTimeout, addr, false, None)),
+            Read::Eof if early => return Err(ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, None)),
+            Read::Failed(e) if early => {
+                return Err(ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, Some(e)))
+            }
+            Read::Eof => return Err(ProxyError::upstream(ErrorKind::BadResponse(HttpError::Malformed), addr, false, None)),
+            Read::Failed(e) => return Err(ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, Some(e))),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Everything one worker owns: its route table, upstream pools, counters,
+//! reusable buffers and shutdown state. Shared between that worker's tasks
+//! through `Rc`; never sent to another thread.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::signal::Notify;
+use crate::config::{Config, PerCoreConfig};
+use crate::route::Router;
+use crate::upstream::Upstreams;
+
+/// Per-worker counters. Plain cells: only this worker touches them.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub accepted: Cell<u64>,
+    pub requests: Cell<u64>,
+    pub upstream_connects: Cell<u64>,
+    pub upstream_reuses: Cell<u64>,
+    pub upstream_retries: Cell<u64>,
+    pub upstream_errors: Cell<u64>,
+    pub client_errors: Cell<u64>,
+    pub panics: Cell<u64>,
+}
+
+impl Stats {
+    pub fn bump(counter: &Cell<u64>) {
+        counter.set(counter.get() + 1);
+    }
+}
+
+/// Buffers kept at most this many per kind; more in flight at once are allocated.
+const BUFFER_POOL_MAX: usize = 256;
+/// A buffer that grew beyond this is dropped rather than kept for reuse.
+const BUFFER_KEEP_MAX: usize = 256 * 1024;
+
+pub struct WorkerCtx {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub per_core: PerCoreConfig,
+    pub router: Router,
+    pub upstreams: RefCell<Upstreams>,
+    pub stats: Stats,
+    /// Set once when a graceful shutdown starts.
+    pub draining: Cell<bool>,
+    /// Client connections open on this worker.
+    pub active: Cell<usize>,
+    /// Notified when draining starts (idle connections close).
+    pub drain_notify: Notify,
+    /// Notified when a connection ends (accept loops and the drain waiter re-check).
+    pub slot_notify: Notify,
+    /// Reusable upstream read buffers and serialisation buffers.
+    read_buffers: RefCell<Vec<BytesMut>>,
+    write_buffers: RefCell<Vec<Vec<u8>>>,
+    /// `Via: 1.1 <name>\r\n`, built once.
+    pub via_line: Vec<u8>,
+}
+
+impl WorkerCtx {
+    pub fn new(index: usize, config: Arc<Config>, per_core: PerCoreConfig) -> WorkerCtx {
+        let router = Router::new(&config.routes);
+        let upstreams = RefCell::new(Upstreams::new(&config, &per_core, index));
+        let via_line = format!("Via: 1.1 {}\r\n", config.proxy.via_name).into_bytes();
+        WorkerCtx {
+            index,
+            router,
+            upstreams,
+            per_core,
+            config,
+            stats: Stats::default(),
+            draining: Cell::new(false),
+            active: Cell::new(0),
+            drain_notify: Notify::default(),
+            slot_notify: Notify::default(),
+            read_buffers: RefCell::new(Vec::new()),
+            write_buffers: RefCell::new(Vec::new()),
+            via_line,
+        }
+    }
+
+    pub fn begin_drain(&self) {
+        if !self.draining.replace(true) {
+            self.drain_notify.notify_all();
+            self.slot_notify.notify_all();
+        }
+    }
+
+    /// Resolves when a graceful shutdown has started.
+    pub async fn drain_started(&self) {
+        self.drain_notify.wait_until(|| self.draining.get()).await
+    }
+
+    pub fn take_read_buffer(&self) -> BytesMut {
+        self.read_buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(self.per_core.upstream_buffer_size))
+    }
+
+    pub fn give_read_buffer(&self, mut buf: BytesMut) {
+        if buf.capacity() <= BUFFER_KEEP_MAX {
+            buf.clear();
+            let mut pool = self.read_buffers.borrow_mut();
+            if pool.len() < BUFFER_POOL_MAX {
+                pool.push(buf);
+            }
+        }
+    }
+
+    pub fn take_write_buffer(&self) -> Vec<u8> {
+        self.write_buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(4096))
+    }
+
+    pub fn give_write_buffer(&self, mut buf: Vec<u8>) {
+        if buf.capacity() <= BUFFER_KEEP_MAX {
+            buf.clear();
+            let mut pool = self.write_buffers.borrow_mut();
+            if pool.len() < BUFFER_POOL_MAX {
+                pool.push(buf);
+            }
+        }
+    }
+}
+
+/// Counts a client connection for as long as it lives.
+pub struct ConnectionGuard {
+    ctx: Rc<WorkerCtx>,
+}
+
+impl ConnectionGuard {
+    pub fn new(ctx: Rc<WorkerCtx>) -> Self {
+        ctx.active.set(ctx.active.get() + 1);
+        ConnectionGuard { ctx }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.ctx.active.set(self.ctx.active.get() - 1);
+        self.ctx.slot_notify.notify_all();
+    }
+}

@@ -1,0 +1,255 @@
+//! Thread-per-core workers: each worker thread pins itself to its core,
+//! builds its own monoio runtime (io_uring, or epoll where io_uring is not
+//! available), binds its own SO_REUSEPORT listeners and serves the
+//! connections the kernel hands it until told to stop.
+
+pub mod context;
+pub mod signal;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, DriverChoice, ListenerConfig};
+use context::WorkerCtx;
+use signal::{panic_message, race, CatchUnwind, Either, StopSignal};
+
+/// The io driver a worker runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    IoUring,
+    Epoll,
+}
+
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DriverKind::IoUring => "io_uring",
+            DriverKind::Epoll => "epoll",
+        })
+    }
+}
+
+/// What a started worker reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub index: usize,
+    /// The CPU the worker pinned itself to, if pinning is on.
+    pub core: Option<usize>,
+    /// The CPUs the worker thread may run on, read back from the kernel after pinning.
+    pub affinity: Vec<usize>,
+    pub driver: DriverKind,
+}
+
+/// What a worker thread needs to start.
+pub(crate) struct WorkerSpec {
+    pub index: usize,
+    pub core: Option<core_affinity::CoreId>,
+    pub config: Arc<Config>,
+    /// Listeners with their concrete (port 0 resolved) addresses.
+    pub listeners: Vec<ListenerConfig>,
+    pub stop: Arc<StopSignal>,
+}
+
+type Runtime = monoio::FusionRuntime<
+    monoio::time::TimeDriver<monoio::IoUringDriver>,
+    monoio::time::TimeDriver<monoio::LegacyDriver>,
+>;
+
+/// Starts a worker thread; it reports `Ok(info)` once it is listening.
+pub(crate) fn spawn(
+    spec: WorkerSpec,
+    ready: mpsc::Sender<Result<WorkerInfo, String>>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("ringgate-w{}", spec.index))
+        .spawn(move || run_worker(spec, ready))
+}
+
+fn run_worker(spec: WorkerSpec, ready: mpsc::Sender<Result<WorkerInfo, String>>) {
+    if let Some(core) = spec.core {
+        if !core_affinity::set_for_current(core) {
+            let _ = ready.send(Err(format!("cannot pin to CPU {}", core.id)));
+            return;
+        }
+    }
+    let (mut runtime, driver) = match build_runtime(&spec.config) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot build the event loop: {e}")));
+            return;
+        }
+    };
+    let info = WorkerInfo {
+        index: spec.index,
+        core: spec.core.map(|c| c.id),
+        affinity: current_affinity(),
+        driver,
+    };
+    runtime.block_on(worker_main(spec, info, ready));
+}
+
+fn build_runtime(config: &Config) -> std::io::Result<(Runtime, DriverKind)> {
+    let workers = &config.workers;
+    let want_uring = match workers.driver {
+        DriverChoice::Epoll => false,
+        DriverChoice::IoUring => true,
+        DriverChoice::Auto => monoio::utils::detect_uring(),
+    };
+    if want_uring {
+        let mut urb = io_uring::IoUring::builder();
+        if let Some(idle) = workers.sqpoll {
+            urb.setup_sqpoll(idle.as_millis().min(u128::from(u32::MAX)) as u32);
+        }
+        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(workers.ring_entries)
+            .uring_builder(urb)
+            .enable_timer()
+            .build();
+        match built {
+            Ok(rt) => return Ok((rt.into(), DriverKind::IoUring)),
+            Err(e) if workers.driver == DriverChoice::IoUring => return Err(e),
+            Err(e) => tracing::warn!(error = %e, "io_uring unavailable, using epoll"),
+        }
+    }
+    let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    Ok((rt.into(), DriverKind::Epoll))
+}
+
+fn current_affinity() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// Binds a listening socket with SO_REUSEPORT, so every worker has its own
+/// accept queue on the same address.
+pub(crate) fn reuseport_socket(address: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
+}
+
+async fn worker_main(spec: WorkerSpec, info: WorkerInfo, ready: mpsc::Sender<Result<WorkerInfo, String>>) {
+    let mut listeners = Vec::new();
+    for l in &spec.listeners {
+        let bound = reuseport_socket(l.address)
+            .and_then(|s| {
+                s.listen(l.backlog.min(i32::MAX as u32) as i32)?;
+                Ok(s)
+            })
+            .and_then(|s| TcpListener::from_std(s.into()));
+        match bound {
+            Ok(listener) => listeners.push(listener),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on {}: {e}", l.address)));
+                return;
+            }
+        }
+    }
+    let core_key = info.core.unwrap_or(spec.index);
+    let per_core = spec.config.workers.for_core(core_key).clone();
+    let ctx = Rc::new(WorkerCtx::new(spec.index, spec.config.clone(), per_core));
+
+    // The stop request from another thread turns into a local drain.
+    {
+        let ctx = ctx.clone();
+        let stop = spec.stop.clone();
+        monoio::spawn(async move {
+            stop.stopped().await;
+            ctx.begin_drain();
+        });
+    }
+    monoio::spawn(sweep_pool(ctx.clone()));
+    for listener in listeners {
+        monoio::spawn(accept_loop(ctx.clone(), listener));
+    }
+    if ready.send(Ok(info)).is_err() {
+        // The starter gave up (another worker failed): stop at once.
+        return;
+    }
+    drop(ready);
+
+    ctx.drain_started().await;
+    let grace = ctx.config.timeouts.shutdown_grace;
+    let all_closed = ctx.slot_notify.wait_until(|| ctx.active.get() == 0);
+    if monoio::time::timeout(grace, all_closed).await.is_err() {
+        tracing::warn!(
+            worker = ctx.index,
+            open = ctx.active.get(),
+            "shutdown grace period over, closing remaining connections"
+        );
+    }
+}
+
+/// Closes pooled upstream connections that stayed idle too long, even when
+/// no request comes to meet them.
+async fn sweep_pool(ctx: Rc<WorkerCtx>) {
+    let period = (ctx.per_core.upstream_idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match race(monoio::time::sleep(period), ctx.drain_started()).await {
+            Either::Left(()) => ctx.upstreams.borrow_mut().pool.sweep(),
+            Either::Right(()) => return,
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
+    let max = ctx.per_core.max_connections;
+    loop {
+        // At the connection cap, stop accepting: new clients wait in the
+        // kernel's backlog (or go to another worker) instead of being reset.
+        ctx.slot_notify
+            .wait_until(|| ctx.draining.get() || ctx.active.get() < max)
+            .await;
+        if ctx.draining.get() {
+            return;
+        }
+        let accepted = match race(listener.accept(), ctx.drain_started()).await {
+            Either::Left(accepted) => accepted,
+            Either::Right(()) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                context::Stats::bump(&ctx.stats.accepted);
+                let task_ctx = ctx.clone();
+                let guard = context::ConnectionGuard::new(ctx.clone());
+                monoio::spawn(async move {
+                    let _guard = guard;
+                    let guarded = CatchUnwind::new(crate::proxy::serve(task_ctx.clone(), stream, peer));
+                    if let Err(panic) = guarded.await {
+                        context::Stats::bump(&task_ctx.stats.panics);
+                        tracing::error!(
+                            worker = task_ctx.index,
+                            %peer,
+                            "connection task panicked: {}",
+                            panic_message(panic.as_ref())
+                        );
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors or memory: back off briefly instead of spinning.
+                tracing::warn!(worker = ctx.index, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
