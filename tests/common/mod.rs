@@ -1,0 +1,513 @@
+//! Shared test support: a real HTTP/1.1 origin on port 0 whose behaviour is
+//! chosen by the request path, a raw-socket HTTP client, and gateway start-up
+//! helpers. Waiting is always for a condition or a socket event with a
+//! deadline, never a fixed sleep.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringgate::config::Config;
+use ringgate::{Gateway, Handle};
+
+/// Longest any single test read waits for the gateway.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ------------------------------------------------------------------ origin
+
+/// What the origin saw, for assertions.
+#[derive(Default)]
+pub struct OriginLog {
+    pub connections: AtomicUsize,
+    pub requests: AtomicUsize,
+    /// Raw request heads, in arrival order.
+    pub heads: Mutex<Vec<String>>,
+    /// Body byte counts of each request.
+    pub body_lengths: Mutex<Vec<u64>>,
+}
+
+/// A test origin. Paths:
+/// - `/echo...`: 200, body is the request head as received, then `body=<bytes>`
+/// - `/bytes/N`: 200 with N bytes (Content-Length), streamed
+/// - `/chunked/N`: 200 with N bytes, chunked in 1000-byte chunks
+/// - `/until-close/N`: 200 with N bytes, no length, then close
+/// - `/status/CODE`: that status, body "status CODE" unless 1xx/204/304
+/// - `/hang`: never answers
+/// - `/gate`: answers once the test opens the gate
+/// - `/then-close`: answers normally (keep-alive) then closes the socket
+/// - `/bad-framing`: a response with both Content-Length and chunked
+/// - `/die-mid-body`: promises 1000 bytes, sends 10, closes
+/// - `/interim`: a 103 Early Hints, then 200
+/// - anything else: 200 "ok"
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub log: Arc<OriginLog>,
+    stop: Arc<AtomicBool>,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl Origin {
+    pub fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(OriginLog::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        {
+            let (log, stop, gate) = (log.clone(), stop.clone(), gate.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    log.connections.fetch_add(1, Ordering::SeqCst);
+                    let (log, gate) = (log.clone(), gate.clone());
+                    std::thread::spawn(move || {
+                        let _ = origin_connection(stream, &log, &gate);
+                    });
+                }
+            });
+        }
+        Origin { addr, log, stop, gate }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.log.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.log.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn last_head(&self) -> String {
+        self.log.heads.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+
+    /// Lets every `/gate` request answer.
+    pub fn open_gate(&self) {
+        let (lock, cv) = &*self.gate;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.open_gate();
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn origin_connection(mut stream: TcpStream, log: &OriginLog, gate: &(Mutex<bool>, std::sync::Condvar)) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    loop {
+        let Some(head) = reader.read_head()? else { return Ok(()) };
+        log.requests.fetch_add(1, Ordering::SeqCst);
+        log.heads.lock().unwrap().push(head.clone());
+        let (request_line, headers) = split_head(&head);
+        let mut parts = request_line.split(' ');
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let version = parts.next().unwrap_or("");
+        let body_len = if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            reader.read_chunked_body()?
+        } else if let Some(n) = headers.get("content-length") {
+            let n: u64 = n.parse().unwrap();
+            reader.discard(n)?;
+            n
+        } else {
+            0
+        };
+        log.body_lengths.lock().unwrap().push(body_len);
+        let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || version == "HTTP/1.0";
+        let head_only = method == "HEAD";
+        let conn_close = if close { "Connection: close\r\n" } else { "" };
+
+        if path.starts_with("/echo") {
+            let body = format!("{head}body={body_len}");
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn_close}\r\n", body.len());
+            stream.write_all(resp.as_bytes())?;
+            if !head_only {
+                stream.write_all(body.as_bytes())?;
+            }
+        } else if let Some(n) = path.strip_prefix("/bytes/") {
+            let n: u64 = n.parse().unwrap();
+            stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n{conn_close}\r\n").as_bytes())?;
+            if !head_only {
+                write_pattern(&mut stream, n)?;
+            }
+        } else if let Some(n) = path.strip_prefix("/chunked/") {
+            let n: u64 = n.parse().unwrap();
+            stream.write_all(format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{conn_close}\r\n").as_bytes())?;
+            let mut sent = 0u64;
+            while sent < n {
+                let len = (n - sent).min(1000);
+                stream.write_all(format!("{len:x}\r\n").as_bytes())?;
+                write_pattern_from(&mut stream, sent, len)?;
+                stream.write_all(b"\r\n")?;
+                sent += len;
+            }
+            stream.write_all(b"0\r\n\r\n")?;
+        } else if let Some(n) = path.strip_prefix("/until-close/") {
+            let n: u64 = n.parse().unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            write_pattern(&mut stream, n)?;
+            return Ok(());
+        } else if let Some(code) = path.strip_prefix("/status/") {
+            let code: u16 = code.parse().unwrap();
+            if code == 204 || code == 304 {
+                stream.write_all(format!("HTTP/1.1 {code} X\r\n{conn_close}\r\n").as_bytes())?;
+            } else {
+                let body = format!("status {code}");
+                stream.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\n{conn_close}\r\n{body}", body.len()).as_bytes())?;
+            }
+        } else if path == "/hang" {
+            // Hold the connection until the peer goes away.
+            let mut sink = [0u8; 1024];
+            while reader.inner.read(&mut sink).map(|n| n > 0).unwrap_or(false) {}
+            return Ok(());
+        } else if path == "/gate" {
+            let (lock, cv) = gate;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cv.wait(open).unwrap();
+            }
+            drop(open);
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\ngated")?;
+        } else if path == "/then-close" {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
+            return Ok(());
+        } else if path == "/bad-framing" {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")?;
+        } else if path == "/die-mid-body" {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")?;
+            return Ok(());
+        } else if path == "/interim" {
+            stream.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")?;
+        } else {
+            stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{conn_close}\r\nok").as_bytes())?;
+        }
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Byte `i` of every generated body, so corruption anywhere is detectable.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+fn write_pattern(stream: &mut TcpStream, n: u64) -> io::Result<()> {
+    write_pattern_from(stream, 0, n)
+}
+
+fn write_pattern_from(stream: &mut TcpStream, start: u64, n: u64) -> io::Result<()> {
+    let mut block = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < n {
+        let len = (n - sent).min(block.len() as u64) as usize;
+        for (j, b) in block[..len].iter_mut().enumerate() {
+            *b = pattern_byte(start + sent + j as u64);
+        }
+        stream.write_all(&block[..len])?;
+        sent += len as u64;
+    }
+    Ok(())
+}
+
+fn split_head(head: &str) -> (String, HashMap<String, String>) {
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    (first, headers)
+}
+
+/// Minimal buffered reader for the origin and the client.
+pub struct BufReader {
+    pub inner: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl BufReader {
+    pub fn new(inner: TcpStream) -> Self {
+        BufReader { inner, buf: Vec::new() }
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.inner.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// The next head, without its final blank line; `None` on a clean EOF.
+    pub fn read_head(&mut self) -> io::Result<Option<String>> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                self.buf.drain(..end + 4);
+                return Ok(Some(head));
+            }
+            if self.fill()? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a head"))
+                };
+            }
+        }
+    }
+
+    pub fn read_exact_vec(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a body"));
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Reads and drops `n` bytes without holding them.
+    pub fn discard(&mut self, mut n: u64) -> io::Result<()> {
+        loop {
+            let take = (self.buf.len() as u64).min(n) as usize;
+            self.buf.drain(..take);
+            n -= take as u64;
+            if n == 0 {
+                return Ok(());
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a body"));
+            }
+        }
+    }
+
+    fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                self.buf.drain(..end + 2);
+                return Ok(line);
+            }
+            if self.fill()? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a line"));
+            }
+        }
+    }
+
+    /// Decodes a chunked body, returning its decoded length (data is checked, not kept).
+    pub fn read_chunked_body(&mut self) -> io::Result<u64> {
+        self.read_chunked(|_| {})
+    }
+
+    fn read_chunked(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let line = self.read_line()?;
+            let size = u64::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                // Trailers until the blank line.
+                while !self.read_line()?.is_empty() {}
+                return Ok(total);
+            }
+            let mut left = size;
+            while left > 0 {
+                if self.buf.is_empty() && self.fill()? == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a chunk"));
+                }
+                let take = (self.buf.len() as u64).min(left) as usize;
+                sink(&self.buf[..take]);
+                self.buf.drain(..take);
+                left -= take as u64;
+            }
+            total += size;
+            if self.read_line()? != "" {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk not followed by CRLF"));
+            }
+        }
+    }
+
+    /// Reads until EOF.
+    fn read_to_end(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<u64> {
+        let mut total = 0;
+        loop {
+            if !self.buf.is_empty() {
+                sink(&self.buf);
+                total += self.buf.len() as u64;
+                self.buf.clear();
+            }
+            if self.fill()? == 0 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ------------------------------------------------------------------ client
+
+/// A response as a client saw it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+}
+
+/// A raw client connection to the gateway.
+pub struct Client {
+    pub reader: BufReader,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.inner.write_all(bytes).unwrap();
+    }
+
+    /// Writes, tolerating a gateway that already closed the connection.
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.reader.inner.write_all(bytes)
+    }
+
+    /// Reads one final response (interim 1xx responses are skipped); for a HEAD request pass `head_request`.
+    pub fn read_response_for(&mut self, head_request: bool) -> io::Result<Response> {
+        loop {
+            let head = self
+                .reader
+                .read_head()?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"))?;
+            let (status_line, _) = split_head(&head);
+            let status: u16 = status_line
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
+            let headers: Vec<(String, String)> = head
+                .split("\r\n")
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                .collect();
+            if (100..200).contains(&status) {
+                continue;
+            }
+            let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let mut body = Vec::new();
+            if !(head_request || status == 204 || status == 304) {
+                if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                    self.reader.read_chunked(|d| body.extend_from_slice(d))?;
+                } else if let Some(n) = get("content-length") {
+                    body = self.reader.read_exact_vec(n.parse().unwrap())?;
+                } else {
+                    self.reader.read_to_end(|d| body.extend_from_slice(d))?;
+                }
+            }
+            return Ok(Response { status, head, headers, body });
+        }
+    }
+
+    pub fn read_response(&mut self) -> io::Result<Response> {
+        self.read_response_for(false)
+    }
+
+    /// Sends `raw` and reads the response.
+    pub fn request(&mut self, raw: &[u8]) -> Response {
+        self.send(raw);
+        self.read_response().unwrap()
+    }
+
+    /// True when the gateway closed the connection (EOF or reset) before `IO_TIMEOUT`.
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.reader.inner.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted),
+        }
+    }
+}
+
+/// One `GET path` on a new connection with `Connection: close`.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    let mut c = Client::connect(addr);
+    c.request(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+// ----------------------------------------------------------------- gateway
+
+/// A one-worker config proxying everything to `origin`, with short timeouts
+/// so timeout tests finish quickly.
+pub fn config_for(origin: SocketAddr) -> Config {
+    let mut config = Config::quick("127.0.0.1:0".parse().unwrap(), vec![origin]);
+    config.workers.count = Some(1);
+    config.timeouts.shutdown_grace = Duration::from_secs(10);
+    config
+}
+
+pub fn start(config: Config) -> Handle {
+    Gateway::start(config).expect("gateway starts")
+}
+
+/// Polls `condition` until it holds, failing the test after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        // A poll interval, not a guess at timing: the loop ends on the condition.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A channel-based one-shot for handing a result from a helper thread.
+pub fn in_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
