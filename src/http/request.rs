@@ -84,7 +84,7 @@ pub fn parse_request<'b>(
             return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HttpError::Version),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
         Err(_) => {
             if buf.len() > max_head {
                 return Err(HttpError::HeadTooLarge);
@@ -273,6 +273,25 @@ pub fn parse_request<'b>(
         expect_continue,
         has_connection_header,
     }))
+}
+
+/// httparse reports any request line it cannot finish as a version error;
+/// only a well-formed `HTTP/x.y` that is not 1.0 or 1.1 deserves a 505.
+fn version_error(buf: &[u8]) -> HttpError {
+    let line_end = memchr::memchr(b'\r', buf).unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let last = line.rsplit(|&b| b == b' ').next().unwrap_or(b"");
+    let well_formed = last.len() == 8
+        && last.starts_with(b"HTTP/")
+        && last[5].is_ascii_digit()
+        && last[6] == b'.'
+        && last[7].is_ascii_digit()
+        && line.iter().filter(|&&b| b == b' ').count() == 2;
+    if well_formed {
+        HttpError::Version
+    } else {
+        HttpError::Malformed
+    }
 }
 
 fn is_registered_coding(coding: &[u8]) -> bool {
@@ -616,6 +635,12 @@ mod tests {
     #[test]
     fn connect_is_501() {
         assert_eq!(err(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").status(), 501);
+    }
+
+    #[test]
+    fn space_in_target_is_400_not_505() {
+        assert_eq!(err(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"), HttpError::Malformed);
+        assert_eq!(err(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"), HttpError::Version);
     }
 
     #[test]
