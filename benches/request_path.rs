@@ -22,7 +22,12 @@ Connection: keep-alive\r\n\
 Sec-Fetch-Mode: cors\r\n\
 X-Request-Id: 6f1c2a9e-3b7d-4f0a-9c8e-2d5b1a7f3e90\r\n\r\n";
 
-fn route(host: HostMatch, prefix: &str, header: Option<(&str, &str)>, upstream: usize) -> RouteConfig {
+fn route(
+    host: HostMatch,
+    prefix: &str,
+    header: Option<(&str, &str)>,
+    upstream: usize,
+) -> RouteConfig {
     RouteConfig {
         name: format!("r{upstream}"),
         host,
@@ -45,7 +50,9 @@ fn parse(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let mut slots = header_slots::<100>();
-                let head = parse_request(black_box(raw), &mut slots, 32 * 1024).unwrap().unwrap();
+                let head = parse_request(black_box(raw), &mut slots, 32 * 1024)
+                    .unwrap()
+                    .unwrap();
                 black_box(head.head_len)
             })
         });
@@ -57,15 +64,39 @@ fn route_match(c: &mut Criterion) {
     // Ten routes; the request matches the ninth, after host, prefix and header checks.
     let mut routes = Vec::new();
     for i in 0..8 {
-        routes.push(route(HostMatch::Exact(format!("svc{i}.example.com")), "/", None, i));
+        routes.push(route(
+            HostMatch::Exact(format!("svc{i}.example.com")),
+            "/",
+            None,
+            i,
+        ));
     }
-    routes.push(route(HostMatch::Suffix(".example.com".into()), "/api/v1/", Some(("x-canary", "1")), 8));
-    routes.push(route(HostMatch::Suffix(".example.com".into()), "/api/v1/", None, 9));
+    routes.push(route(
+        HostMatch::Suffix(".example.com".into()),
+        "/api/v1/",
+        Some(("x-canary", "1")),
+        8,
+    ));
+    routes.push(route(
+        HostMatch::Suffix(".example.com".into()),
+        "/api/v1/",
+        None,
+        9,
+    ));
     let router = Router::new(&routes);
     let mut slots = header_slots::<100>();
-    let head = parse_request(BROWSER_LIKE, &mut slots, 32 * 1024).unwrap().unwrap();
+    let head = parse_request(BROWSER_LIKE, &mut slots, 32 * 1024)
+        .unwrap()
+        .unwrap();
     c.bench_function("route_match_10_routes", |b| {
-        b.iter(|| black_box(router.find(black_box(head.host), head.path, head.method_name, head.headers)))
+        b.iter(|| {
+            black_box(router.find(
+                black_box(head.host),
+                head.path,
+                head.method_name,
+                head.headers,
+            ))
+        })
     });
 }
 

@@ -66,7 +66,12 @@ impl ProxyError {
         }
     }
 
-    pub fn upstream(kind: ErrorKind, upstream: SocketAddr, retry_safe: bool, source: Option<io::Error>) -> ProxyError {
+    pub fn upstream(
+        kind: ErrorKind,
+        upstream: SocketAddr,
+        retry_safe: bool,
+        source: Option<io::Error>,
+    ) -> ProxyError {
         ProxyError {
             side: Side::Upstream,
             kind,
@@ -84,7 +89,9 @@ impl ProxyError {
             ErrorKind::ClientTimeout => Some(408),
             ErrorKind::ClientIo | ErrorKind::UpstreamBroken => None,
             ErrorKind::NoRoute => Some(404),
-            ErrorKind::ConnectRefused | ErrorKind::UpstreamClosedEarly | ErrorKind::BadResponse(_) => Some(502),
+            ErrorKind::ConnectRefused
+            | ErrorKind::UpstreamClosedEarly
+            | ErrorKind::BadResponse(_) => Some(502),
             ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => Some(504),
         }
     }
@@ -123,7 +130,10 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {address}: {source}")]
-    Bind { address: SocketAddr, source: io::Error },
+    Bind {
+        address: SocketAddr,
+        source: io::Error,
+    },
     #[error("worker {index}: {reason}")]
     Worker { index: usize, reason: String },
 }

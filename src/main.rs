@@ -13,7 +13,11 @@ use ringgate::{Gateway, Handle, StartError};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "ringgate", version, about = "Thread-per-core HTTP/1.1 API gateway on io_uring")]
+#[command(
+    name = "ringgate",
+    version,
+    about = "Thread-per-core HTTP/1.1 API gateway on io_uring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -204,7 +208,10 @@ fn demo(listen: Option<SocketAddr>) -> ExitCode {
         Err(code) => return code,
     };
     let gw = handle.listen_addr();
-    println!("ringgate demo: gateway on http://{gw}, demo catalogue origin on http://{}", origin.addr());
+    println!(
+        "ringgate demo: gateway on http://{gw}, demo catalogue origin on http://{}",
+        origin.addr()
+    );
     println!("Try:");
     println!("  curl -i http://{gw}/products");
     println!("  curl -i http://{gw}/products/1");

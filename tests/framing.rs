@@ -33,9 +33,20 @@ fn refused(s: &Setup, raw: &[u8], status: u16) {
     let r = c.read_response().expect("an error response");
     assert_eq!(r.status, status, "for {:?}", String::from_utf8_lossy(raw));
     assert_eq!(r.header("connection"), Some("close"));
-    assert!(c.is_closed_by_peer(), "connection closed after a framing error");
-    assert_eq!(s.origin.requests(), origin_requests, "the refused request never reached the origin");
-    assert_eq!(get(s.gw.listen_addr(), "/after").status, 200, "the worker still serves");
+    assert!(
+        c.is_closed_by_peer(),
+        "connection closed after a framing error"
+    );
+    assert_eq!(
+        s.origin.requests(),
+        origin_requests,
+        "the refused request never reached the origin"
+    );
+    assert_eq!(
+        get(s.gw.listen_addr(), "/after").status,
+        200,
+        "the worker still serves"
+    );
 }
 
 #[test]
@@ -49,53 +60,92 @@ fn content_length_with_transfer_encoding_is_400() {
 
 #[test]
 fn duplicate_content_length_is_400() {
-    refused(&setup(), b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400);
+    refused(
+        &setup(),
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        400,
+    );
 }
 
 #[test]
 fn malformed_content_length_is_400() {
     let s = setup();
     for value in ["+1", "1,1", "-1", "0x1", "1 1", "99999999999999999999"] {
-        refused(&s, format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {value}\r\n\r\nx").as_bytes(), 400);
+        refused(
+            &s,
+            format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {value}\r\n\r\nx").as_bytes(),
+            400,
+        );
     }
 }
 
 #[test]
 fn unknown_transfer_coding_is_501() {
-    refused(&setup(), b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: foo, chunked\r\n\r\n0\r\n\r\n", 501);
+    refused(
+        &setup(),
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: foo, chunked\r\n\r\n0\r\n\r\n",
+        501,
+    );
 }
 
 #[test]
 fn transfer_encoding_other_than_final_chunked_is_400() {
     let s = setup();
-    refused(&s, b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400);
-    refused(&s, b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\n", 400);
+    refused(
+        &s,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        400,
+    );
+    refused(
+        &s,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\n",
+        400,
+    );
     refused(&s, b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400);
 }
 
 #[test]
 fn transfer_encoding_on_http10_is_400() {
-    refused(&setup(), b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400);
+    refused(
+        &setup(),
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
 }
 
 #[test]
 fn bad_chunk_size_is_400_and_not_forwarded_further() {
     let s = setup();
-    for body in ["zz\r\nhello\r\n0\r\n\r\n", "\r\nhello\r\n0\r\n\r\n", "1ffffffffffffffff\r\n", "5\r\nhelloXX0\r\n\r\n"] {
+    for body in [
+        "zz\r\nhello\r\n0\r\n\r\n",
+        "\r\nhello\r\n0\r\n\r\n",
+        "1ffffffffffffffff\r\n",
+        "5\r\nhelloXX0\r\n\r\n",
+    ] {
         let mut c = Client::connect(s.gw.listen_addr());
-        c.send(format!("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}").as_bytes());
+        c.send(
+            format!("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+                .as_bytes(),
+        );
         let r = c.read_response().unwrap();
         assert_eq!(r.status, 400, "{body:?}");
         assert!(c.is_closed_by_peer());
         // The origin got the head but never a complete request it could act on.
-        assert!(s.origin.log.body_lengths.lock().unwrap().is_empty(), "{body:?}");
+        assert!(
+            s.origin.log.body_lengths.lock().unwrap().is_empty(),
+            "{body:?}"
+        );
     }
     assert_eq!(get(s.gw.listen_addr(), "/after").status, 200);
 }
 
 #[test]
 fn obs_fold_is_400() {
-    refused(&setup(), b"GET / HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n", 400);
+    refused(
+        &setup(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Folded: a\r\n b\r\n\r\n",
+        400,
+    );
 }
 
 #[test]
@@ -105,12 +155,20 @@ fn bare_lf_is_400() {
 
 #[test]
 fn bare_cr_is_400() {
-    refused(&setup(), b"GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\rX-B: 2\r\n\r\n", 400);
+    refused(
+        &setup(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\rX-B: 2\r\n\r\n",
+        400,
+    );
 }
 
 #[test]
 fn nul_in_header_is_400() {
-    refused(&setup(), b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n", 400);
+    refused(
+        &setup(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\0b\r\n\r\n",
+        400,
+    );
 }
 
 #[test]
@@ -128,7 +186,11 @@ fn missing_host_is_400() {
 
 #[test]
 fn duplicate_host_is_400() {
-    refused(&setup(), b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400);
+    refused(
+        &setup(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        400,
+    );
 }
 
 #[test]
@@ -145,14 +207,22 @@ fn unsupported_version_is_505() {
 
 #[test]
 fn connect_method_is_501() {
-    refused(&setup(), b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 501);
+    refused(
+        &setup(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        501,
+    );
 }
 
 #[test]
 fn oversized_head_is_431() {
     let s = setup_with(|c| c.limits.max_request_head = 4096);
     let big = "a".repeat(5000);
-    refused(&s, format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n").as_bytes(), 431);
+    refused(
+        &s,
+        format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        431,
+    );
 }
 
 #[test]
@@ -169,7 +239,11 @@ fn too_many_headers_is_431() {
 #[test]
 fn content_length_over_body_limit_is_413() {
     let s = setup_with(|c| c.limits.max_request_body = Some(1000));
-    refused(&s, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n", 413);
+    refused(
+        &s,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n",
+        413,
+    );
 }
 
 #[test]
@@ -204,7 +278,10 @@ fn idle_keep_alive_connection_is_closed_after_the_timeout() {
     let mut c = Client::connect(s.gw.listen_addr());
     assert_eq!(c.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
     let started = std::time::Instant::now();
-    assert!(c.is_closed_by_peer(), "the gateway closes an idle keep-alive connection");
+    assert!(
+        c.is_closed_by_peer(),
+        "the gateway closes an idle keep-alive connection"
+    );
     assert!(started.elapsed() < IO_TIMEOUT);
 }
 
@@ -224,18 +301,32 @@ fn connections_over_the_worker_cap_wait_for_a_free_slot() {
     let addr = s.gw.listen_addr();
     let mut first = Client::connect(addr);
     let mut second = Client::connect(addr);
-    assert_eq!(first.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
-    assert_eq!(second.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    assert_eq!(
+        first.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
+    assert_eq!(
+        second.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
     // The third connection sits in the kernel's backlog: not served while the cap is reached.
     let mut third = Client::connect(addr);
     third.send(b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n");
-    third.reader.inner.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    third
+        .reader
+        .inner
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let waiting = third.read_response();
     assert!(waiting.is_err(), "served beyond max_connections");
     assert_eq!(s.origin.requests(), 2);
     // A slot frees up: the waiting connection is accepted and served.
     drop(first);
-    third.reader.inner.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    third
+        .reader
+        .inner
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .unwrap();
     assert_eq!(third.read_response().unwrap().status, 200);
 }
 
@@ -247,7 +338,11 @@ fn error_does_not_leak_into_the_next_pipelined_request() {
     c.send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(c.read_response().unwrap().status, 400);
     assert!(c.is_closed_by_peer());
-    assert_eq!(s.origin.requests(), 0, "nothing after the bad request was read as a request");
+    assert_eq!(
+        s.origin.requests(),
+        0,
+        "nothing after the bad request was read as a request"
+    );
 }
 
 #[test]
@@ -259,5 +354,8 @@ fn no_route_is_404_and_keeps_the_connection() {
     let mut c = Client::connect(gw.listen_addr());
     let r = c.request(b"GET /other HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 404);
-    assert_eq!(c.request(b"GET /api/x HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    assert_eq!(
+        c.request(b"GET /api/x HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
 }

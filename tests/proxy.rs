@@ -31,7 +31,11 @@ fn keep_alive_reuses_client_and_upstream_connections() {
         assert_eq!(get(gw.listen_addr(), "/x").status, 200);
     }
     assert_eq!(origin.requests(), 60);
-    assert_eq!(origin.connections(), 1, "the upstream connection is reused for every request");
+    assert_eq!(
+        origin.connections(),
+        1,
+        "the upstream connection is reused for every request"
+    );
 }
 
 #[test]
@@ -50,7 +54,11 @@ fn pipelined_requests_are_answered_in_order() {
     c.send(&batch);
     for i in 0..20 {
         let r = c.read_response().unwrap();
-        assert!(r.text().starts_with(&format!("GET /echo/{i} ")), "response {i}: {}", r.text());
+        assert!(
+            r.text().starts_with(&format!("GET /echo/{i} ")),
+            "response {i}: {}",
+            r.text()
+        );
     }
     let post = c.read_response().unwrap();
     assert!(post.text().starts_with("POST /echo/post") && post.text().ends_with("body=5"));
@@ -66,7 +74,11 @@ fn fixed_length_request_body_is_forwarded() {
     let gw = start(config_for(origin.addr));
     let mut c = Client::connect(gw.listen_addr());
     let body = vec![b'x'; 100_000];
-    let mut raw = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     raw.extend(&body);
     let r = c.request(&raw);
     assert_eq!(r.status, 200);
@@ -88,7 +100,11 @@ fn chunked_request_body_is_reframed() {
     assert!(text.contains("Transfer-Encoding: chunked"), "{text}");
     assert!(text.ends_with("body=11"), "{text}");
     // The connection is still in sync for a next request.
-    assert_eq!(c.request(b"GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    assert_eq!(
+        c.request(b"GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -98,11 +114,19 @@ fn fixed_and_chunked_response_bodies_are_relayed() {
     let mut c = Client::connect(gw.listen_addr());
     let r = c.request(b"GET /bytes/300000 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.header("content-length"), Some("300000"));
-    assert!(r.body.iter().enumerate().all(|(i, &b)| b == pattern_byte(i as u64)));
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(i as u64)));
     let r = c.request(b"GET /chunked/25000 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
     assert_eq!(r.body.len(), 25000);
-    assert!(r.body.iter().enumerate().all(|(i, &b)| b == pattern_byte(i as u64)));
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == pattern_byte(i as u64)));
 }
 
 #[test]
@@ -149,11 +173,22 @@ fn hop_by_hop_headers_are_stripped_and_end_to_end_kept() {
         b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: websocket\r\nProxy-Connection: keep-alive\r\nX-End: kept\r\nContent-Length: 0\r\n\r\n",
     );
     let seen = r.text();
-    for gone in ["Connection:", "X-Hop:", "Keep-Alive:", "TE:", "Trailer:", "Upgrade:", "Proxy-Connection:"] {
+    for gone in [
+        "Connection:",
+        "X-Hop:",
+        "Keep-Alive:",
+        "TE:",
+        "Trailer:",
+        "Upgrade:",
+        "Proxy-Connection:",
+    ] {
         assert!(!seen.contains(gone), "{gone} reached the origin:\n{seen}");
     }
     assert!(seen.contains("X-End: kept"));
-    assert!(seen.contains("Content-Length: 0"), "Content-Length: 0 passes unchanged:\n{seen}");
+    assert!(
+        seen.contains("Content-Length: 0"),
+        "Content-Length: 0 passes unchanged:\n{seen}"
+    );
     assert!(seen.contains("Host: shop.example"));
 }
 
@@ -164,11 +199,21 @@ fn forwarded_headers_and_via_are_set() {
     let mut c = Client::connect(gw.listen_addr());
     let r = c.request(b"GET /echo HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.7\r\nVia: 1.1 edge\r\n\r\n");
     let seen = r.text();
-    assert!(seen.contains("X-Forwarded-For: 203.0.113.7, 127.0.0.1"), "{seen}");
+    assert!(
+        seen.contains("X-Forwarded-For: 203.0.113.7, 127.0.0.1"),
+        "{seen}"
+    );
     assert!(seen.contains("X-Forwarded-Proto: http"), "{seen}");
     assert!(seen.contains("X-Forwarded-Host: shop.example"), "{seen}");
-    assert!(seen.contains("Via: 1.1 edge") && seen.contains("Via: 1.1 ringgate"), "{seen}");
-    assert_eq!(r.header("via"), Some("1.1 ringgate"), "responses carry Via too");
+    assert!(
+        seen.contains("Via: 1.1 edge") && seen.contains("Via: 1.1 ringgate"),
+        "{seen}"
+    );
+    assert_eq!(
+        r.header("via"),
+        Some("1.1 ringgate"),
+        "responses carry Via too"
+    );
 }
 
 #[test]
@@ -182,7 +227,12 @@ fn forwarded_headers_can_be_disabled() {
     let gw = start(config);
     let r = get(gw.listen_addr(), "/echo");
     let seen = r.text();
-    for absent in ["Via:", "X-Forwarded-For:", "X-Forwarded-Proto:", "X-Forwarded-Host:"] {
+    for absent in [
+        "Via:",
+        "X-Forwarded-For:",
+        "X-Forwarded-Proto:",
+        "X-Forwarded-Host:",
+    ] {
         assert!(!seen.contains(absent), "{absent}:\n{seen}");
     }
     assert!(r.header("via").is_none());
@@ -242,13 +292,19 @@ fn expect_100_continue_is_answered_before_the_body() {
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 200);
     assert!(r.text().ends_with("body=4"));
-    assert!(!r.text().contains("Expect:"), "the gateway answered the expectation itself");
+    assert!(
+        !r.text().contains("Expect:"),
+        "the gateway answered the expectation itself"
+    );
 }
 
 #[test]
 fn connect_failure_is_502() {
     // A port with nothing listening: bind, note the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let gw = start(config_for(dead));
     let r = get(gw.listen_addr(), "/");
     assert_eq!(r.status, 502);
@@ -295,8 +351,16 @@ fn dead_pooled_connection_is_retried_for_idempotent_requests() {
     let gw = start(config_for(origin.addr));
     let mut c = Client::connect(gw.listen_addr());
     // The origin answers keep-alive style, then closes: the pooled connection is dead.
-    assert_eq!(c.request(b"GET /then-close HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
-    wait_until(Duration::from_secs(5), "origin saw the first request", || origin.requests() == 1);
+    assert_eq!(
+        c.request(b"GET /then-close HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "origin saw the first request",
+        || origin.requests() == 1,
+    );
     let r = c.request(b"GET /echo/retried HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(origin.connections(), 2);
@@ -307,9 +371,16 @@ fn dead_pooled_connection_is_not_retried_for_post() {
     let origin = Origin::start();
     let gw = start(config_for(origin.addr));
     let mut c = Client::connect(gw.listen_addr());
-    assert_eq!(c.request(b"GET /then-close HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    assert_eq!(
+        c.request(b"GET /then-close HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
     let r = c.request(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
-    assert_eq!(r.status, 502, "a POST that may have reached the server is never replayed");
+    assert_eq!(
+        r.status, 502,
+        "a POST that may have reached the server is never replayed"
+    );
     assert_eq!(origin.requests(), 1);
 }
 
@@ -327,13 +398,17 @@ fn many_concurrent_connections_each_get_their_own_response() {
                 for i in 0..25 {
                     let path = format!("/echo/{t}/{i}");
                     let r = c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-                    assert!(r.text().starts_with(&format!("GET {path} ")), "wrong response for {path}");
+                    assert!(
+                        r.text().starts_with(&format!("GET {path} ")),
+                        "wrong response for {path}"
+                    );
                 }
             })
         })
         .collect();
     for h in handles {
-        h.recv_timeout(Duration::from_secs(60)).expect("client thread finished");
+        h.recv_timeout(Duration::from_secs(60))
+            .expect("client thread finished");
     }
     assert_eq!(origin.requests(), 400);
 }

@@ -305,14 +305,15 @@ impl Config {
             key: String::new(),
             reason: format!("cannot read the file: {e}"),
         })?;
-        Config::parse(&text).map_err(|mut e| {
-            e.file = Some(path.to_path_buf());
-            e
-        })
-        .map(|mut c| {
-            c.source = Some(path.to_path_buf());
-            c
-        })
+        Config::parse(&text)
+            .map_err(|mut e| {
+                e.file = Some(path.to_path_buf());
+                e
+            })
+            .map(|mut c| {
+                c.source = Some(path.to_path_buf());
+                c
+            })
     }
 
     /// Parses and validates config text.
@@ -407,7 +408,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     for (i, l) in raw.listeners.iter().enumerate() {
         let address = parse_socket_addr(&l.address)
             .map_err(|reason| invalid(format!("listeners[{i}].address"), reason))?;
-        if listeners.iter().any(|x: &ListenerConfig| x.address == address) {
+        if listeners
+            .iter()
+            .any(|x: &ListenerConfig| x.address == address)
+        {
             return Err(invalid(
                 format!("listeners[{i}].address"),
                 format!("{address} is listed twice"),
@@ -415,7 +419,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         let backlog = l.backlog.unwrap_or(4096);
         if backlog == 0 {
-            return Err(invalid(format!("listeners[{i}].backlog"), "must be at least 1"));
+            return Err(invalid(
+                format!("listeners[{i}].backlog"),
+                "must be at least 1",
+            ));
         }
         listeners.push(ListenerConfig { address, backlog });
     }
@@ -510,7 +517,10 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
         Some(toml::Value::String(s)) if s == "auto" => None,
         Some(toml::Value::Integer(n)) if *n >= 1 && *n <= 1024 => Some(*n as usize),
         Some(toml::Value::Integer(_)) => {
-            return Err(invalid("workers.count", "must be between 1 and 1024, or \"auto\""))
+            return Err(invalid(
+                "workers.count",
+                "must be between 1 and 1024, or \"auto\"",
+            ))
         }
         Some(other) => {
             return Err(invalid(
@@ -521,12 +531,18 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
     };
     if let Some(cpus) = &raw.cpus {
         if cpus.is_empty() {
-            return Err(invalid("workers.cpus", "an empty list pins to nothing; remove the key to use every CPU"));
+            return Err(invalid(
+                "workers.cpus",
+                "an empty list pins to nothing; remove the key to use every CPU",
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for cpu in cpus {
             if !seen.insert(cpu) {
-                return Err(invalid("workers.cpus", format!("CPU {cpu} is listed twice")));
+                return Err(invalid(
+                    "workers.cpus",
+                    format!("CPU {cpu} is listed twice"),
+                ));
             }
         }
         if let Some(n) = count {
@@ -557,10 +573,17 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
         ));
     }
     let sqpoll = if raw.sqpoll.unwrap_or(false) {
-        Some(raw.sqpoll_idle.map(|d| d.0).unwrap_or(Duration::from_millis(1000)))
+        Some(
+            raw.sqpoll_idle
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_millis(1000)),
+        )
     } else {
         if raw.sqpoll_idle.is_some() {
-            return Err(invalid("workers.sqpoll_idle", "only applies with `sqpoll = true`"));
+            return Err(invalid(
+                "workers.sqpoll_idle",
+                "only applies with `sqpoll = true`",
+            ));
         }
         None
     };
@@ -625,7 +648,10 @@ fn apply_per_core(
     let mut out = base.clone();
     if let Some(n) = fields.max_connections {
         if n == 0 {
-            return Err(invalid(format!("{prefix}.max_connections"), "must be at least 1"));
+            return Err(invalid(
+                format!("{prefix}.max_connections"),
+                "must be at least 1",
+            ));
         }
         out.max_connections = n;
     }
@@ -642,8 +668,16 @@ fn apply_per_core(
         out.upstream_idle_timeout = d;
     }
     for (name, value, slot) in [
-        ("client_buffer_size", fields.client_buffer_size, &mut out.client_buffer_size),
-        ("upstream_buffer_size", fields.upstream_buffer_size, &mut out.upstream_buffer_size),
+        (
+            "client_buffer_size",
+            fields.client_buffer_size,
+            &mut out.client_buffer_size,
+        ),
+        (
+            "upstream_buffer_size",
+            fields.upstream_buffer_size,
+            &mut out.upstream_buffer_size,
+        ),
     ] {
         if let Some(v) = value {
             if !(1024..=16 << 20).contains(&v) {
@@ -665,15 +699,26 @@ fn validate_timeouts(raw: &raw::RawTimeouts) -> Result<Timeouts, ConfigError> {
         ("client_body", raw.client_body, &mut t.client_body),
         ("client_send", raw.client_send, &mut t.client_send),
         ("keepalive", raw.keepalive, &mut t.keepalive),
-        ("upstream_connect", raw.upstream_connect, &mut t.upstream_connect),
-        ("upstream_response", raw.upstream_response, &mut t.upstream_response),
+        (
+            "upstream_connect",
+            raw.upstream_connect,
+            &mut t.upstream_connect,
+        ),
+        (
+            "upstream_response",
+            raw.upstream_response,
+            &mut t.upstream_response,
+        ),
         ("upstream_read", raw.upstream_read, &mut t.upstream_read),
         ("upstream_send", raw.upstream_send, &mut t.upstream_send),
         ("shutdown_grace", raw.shutdown_grace, &mut t.shutdown_grace),
     ] {
         if let Some(d) = value {
             if d.0.is_zero() && name != "shutdown_grace" {
-                return Err(invalid(format!("timeouts.{name}"), "must be longer than zero"));
+                return Err(invalid(
+                    format!("timeouts.{name}"),
+                    "must be longer than zero",
+                ));
             }
             *slot = d.0;
         }
@@ -685,13 +730,19 @@ fn validate_limits(raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
     let mut l = Limits::default();
     if let Some(size) = raw.max_request_head {
         if !(1024..=1 << 20).contains(&size.0) {
-            return Err(invalid("limits.max_request_head", "must be between 1KiB and 1MiB"));
+            return Err(invalid(
+                "limits.max_request_head",
+                "must be between 1KiB and 1MiB",
+            ));
         }
         l.max_request_head = size.0 as usize;
     }
     if let Some(size) = raw.max_response_head {
         if !(1024..=1 << 20).contains(&size.0) {
-            return Err(invalid("limits.max_response_head", "must be between 1KiB and 1MiB"));
+            return Err(invalid(
+                "limits.max_response_head",
+                "must be between 1KiB and 1MiB",
+            ));
         }
         l.max_response_head = size.0 as usize;
     }
@@ -710,7 +761,10 @@ fn validate_limits(raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
     }
     if let Some(n) = raw.max_keepalive_requests {
         if n == 0 {
-            return Err(invalid("limits.max_keepalive_requests", "must be at least 1"));
+            return Err(invalid(
+                "limits.max_keepalive_requests",
+                "must be at least 1",
+            ));
         }
         l.max_keepalive_requests = n;
     }
@@ -767,7 +821,12 @@ fn validate_server(key: &str, value: &toml::Value) -> Result<ServerConfig, Confi
             }
             let address = match table.get("address") {
                 Some(toml::Value::String(s)) => s.as_str(),
-                Some(_) => return Err(invalid(format!("{key}.address"), "must be a string \"host:port\"")),
+                Some(_) => {
+                    return Err(invalid(
+                        format!("{key}.address"),
+                        "must be a string \"host:port\"",
+                    ))
+                }
                 None => return Err(invalid(key, "missing field `address`")),
             };
             let weight = match table.get("weight") {
@@ -789,7 +848,7 @@ fn validate_server(key: &str, value: &toml::Value) -> Result<ServerConfig, Confi
             ))
         }
     };
-    let address = parse_socket_addr(address).map_err(|reason| invalid(format!("{key}"), reason))?;
+    let address = parse_socket_addr(address).map_err(|reason| invalid(key.to_string(), reason))?;
     Ok(ServerConfig { address, weight })
 }
 
@@ -809,7 +868,11 @@ fn validate_route(
                 format!(
                     "no upstream group named `{}` (defined: {})",
                     r.upstream,
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             )
         })?;
@@ -823,7 +886,9 @@ fn validate_route(
             };
             if name.is_empty()
                 || name.contains('*')
-                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
             {
                 return Err(invalid(
                     key("host"),
@@ -844,7 +909,10 @@ fn validate_route(
     let mut methods = Vec::new();
     for m in r.methods.iter().flatten() {
         if m.is_empty() || !m.bytes().all(is_token_byte) {
-            return Err(invalid(key("methods"), format!("`{m}` is not a method name")));
+            return Err(invalid(
+                key("methods"),
+                format!("`{m}` is not a method name"),
+            ));
         }
         methods.push(m.to_ascii_uppercase());
     }
@@ -852,7 +920,10 @@ fn validate_route(
         None => None,
         Some(h) => {
             if h.name.is_empty() || !h.name.bytes().all(is_token_byte) {
-                return Err(invalid(key("header.name"), format!("`{}` is not a header name", h.name)));
+                return Err(invalid(
+                    key("header.name"),
+                    format!("`{}` is not a header name", h.name),
+                ));
             }
             Some(HeaderMatch {
                 name: h.name.to_ascii_lowercase(),
@@ -865,7 +936,10 @@ fn validate_route(
             return Err(invalid(key("rewrite_prefix"), "must start with `/`"));
         }
         if !rewrite.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(key("rewrite_prefix"), "must be visible ASCII without spaces"));
+            return Err(invalid(
+                key("rewrite_prefix"),
+                "must be visible ASCII without spaces",
+            ));
         }
     }
     let mut set_request_headers = Vec::new();
@@ -971,7 +1045,10 @@ upstream = "app"
 
     #[test]
     fn wrong_type_names_the_key() {
-        let text = MINIMAL.replace("address = \"127.0.0.1:8080\"", "address = \"127.0.0.1:8080\"\nbacklog = \"lots\"");
+        let text = MINIMAL.replace(
+            "address = \"127.0.0.1:8080\"",
+            "address = \"127.0.0.1:8080\"\nbacklog = \"lots\"",
+        );
         let e = Config::parse(&text).unwrap_err();
         assert_eq!(e.key, "listeners[0].backlog", "{e}");
     }
@@ -993,7 +1070,10 @@ upstream = "app"
 
     #[test]
     fn wildcard_host_becomes_suffix() {
-        let text = MINIMAL.replace("upstream = \"app\"", "upstream = \"app\"\nhost = \"*.Example.com\"");
+        let text = MINIMAL.replace(
+            "upstream = \"app\"",
+            "upstream = \"app\"\nhost = \"*.Example.com\"",
+        );
         let c = Config::parse(&text).unwrap();
         assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
     }

@@ -26,7 +26,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!("`{text}` is not a duration (expected e.g. \"500ms\", \"5s\", \"2m\")"));
+        return Err(format!(
+            "`{text}` is not a duration (expected e.g. \"500ms\", \"5s\", \"2m\")"
+        ));
     }
     let value: f64 = number
         .parse()
@@ -52,10 +54,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// all powers of 1024 as nginx does).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!("`{text}` is not a size (expected e.g. \"16KiB\", \"64MiB\")"));
+        return Err(format!(
+            "`{text}` is not a size (expected e.g. \"16KiB\", \"64MiB\")"
+        ));
     }
     let value: u64 = number
         .parse()

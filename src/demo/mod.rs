@@ -50,11 +50,12 @@ impl DemoOrigin {
                         }
                         let Ok(stream) = stream else { continue };
                         let catalogue = catalogue.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("demo-conn".into())
-                            .spawn(move || {
-                                let _ = serve_connection(stream, &catalogue);
-                            });
+                        let _ =
+                            std::thread::Builder::new()
+                                .name("demo-conn".into())
+                                .spawn(move || {
+                                    let _ = serve_connection(stream, &catalogue);
+                                });
                     }
                 })?
         };
@@ -91,7 +92,8 @@ fn initial_catalogue() -> BTreeMap<u64, Product> {
     items
         .into_iter()
         .map(|(id, name, price, stock)| {
-            let json = format!(r#"{{"id":{id},"name":"{name}","price_cents":{price},"stock":{stock}}}"#);
+            let json =
+                format!(r#"{{"id":{id},"name":"{name}","price_cents":{price},"stock":{stock}}}"#);
             (id, Product { json, version: 1 })
         })
         .collect()
@@ -132,10 +134,21 @@ fn serve_connection(mut stream: TcpStream, catalogue: &Catalogue) -> io::Result<
                             .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
                     };
                     if find("transfer-encoding").is_some() {
-                        write_response(&mut stream, &Response::json(411, "Length Required", r#"{"error":"send a Content-Length"}"#.into()), true, false)?;
+                        write_response(
+                            &mut stream,
+                            &Response::json(
+                                411,
+                                "Length Required",
+                                r#"{"error":"send a Content-Length"}"#.into(),
+                            ),
+                            true,
+                            false,
+                        )?;
                         return Ok(());
                     }
-                    let content_length: usize = find("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let content_length: usize = find("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
                     let close = find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
                         || req.version == Some(0);
                     break (
@@ -159,13 +172,27 @@ fn serve_connection(mut stream: TcpStream, catalogue: &Catalogue) -> io::Result<
                     buf.extend_from_slice(&chunk[..n]);
                 }
                 Err(_) => {
-                    write_response(&mut stream, &Response::json(400, "Bad Request", r#"{"error":"bad request"}"#.into()), true, false)?;
+                    write_response(
+                        &mut stream,
+                        &Response::json(400, "Bad Request", r#"{"error":"bad request"}"#.into()),
+                        true,
+                        false,
+                    )?;
                     return Ok(());
                 }
             }
         };
         if content_length > 1 << 20 {
-            write_response(&mut stream, &Response::json(413, "Content Too Large", r#"{"error":"body over 1MiB"}"#.into()), true, false)?;
+            write_response(
+                &mut stream,
+                &Response::json(
+                    413,
+                    "Content Too Large",
+                    r#"{"error":"body over 1MiB"}"#.into(),
+                ),
+                true,
+                false,
+            )?;
             return Ok(());
         }
         while buf.len() < head_len + content_length {
@@ -187,7 +214,13 @@ fn serve_connection(mut stream: TcpStream, catalogue: &Catalogue) -> io::Result<
     }
 }
 
-fn handle(method: &str, path: &str, if_none_match: Option<&str>, body: &str, catalogue: &Catalogue) -> Response {
+fn handle(
+    method: &str,
+    path: &str,
+    if_none_match: Option<&str>,
+    body: &str,
+    catalogue: &Catalogue,
+) -> Response {
     let path = path.split('?').next().unwrap_or("");
     let mut catalogue = catalogue.lock().unwrap_or_else(|e| e.into_inner());
     match (method, path) {
@@ -208,16 +241,28 @@ fn handle(method: &str, path: &str, if_none_match: Option<&str>, body: &str, cat
                         let etag = format!("\"{id}-{}\"", product.version);
                         cacheable(product.json.clone(), etag, 30, if_none_match)
                     }
-                    None => Response::json(404, "Not Found", r#"{"error":"no such product"}"#.into()),
+                    None => {
+                        Response::json(404, "Not Found", r#"{"error":"no such product"}"#.into())
+                    }
                 },
                 "PUT" => {
                     let trimmed = body.trim();
                     if !(trimmed.starts_with('{') && trimmed.ends_with('}')) {
-                        return Response::json(400, "Bad Request", r#"{"error":"body must be a JSON object"}"#.into());
+                        return Response::json(
+                            400,
+                            "Bad Request",
+                            r#"{"error":"body must be a JSON object"}"#.into(),
+                        );
                     }
                     let created = !catalogue.contains_key(&id);
                     let version = catalogue.get(&id).map_or(1, |p| p.version + 1);
-                    catalogue.insert(id, Product { json: trimmed.to_string(), version });
+                    catalogue.insert(
+                        id,
+                        Product {
+                            json: trimmed.to_string(),
+                            version,
+                        },
+                    );
                     let mut r = Response::json(
                         if created { 201 } else { 200 },
                         if created { "Created" } else { "OK" },
@@ -234,7 +279,11 @@ fn handle(method: &str, path: &str, if_none_match: Option<&str>, body: &str, cat
 }
 
 fn cacheable(body: String, etag: String, max_age: u32, if_none_match: Option<&str>) -> Response {
-    let matches = if_none_match.is_some_and(|v| v == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag));
+    let matches = if_none_match.is_some_and(|v| {
+        v == "*"
+            || v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag)
+    });
     let mut r = if matches {
         Response {
             status: 304,
@@ -246,18 +295,31 @@ fn cacheable(body: String, etag: String, max_age: u32, if_none_match: Option<&st
         Response::json(200, "OK", body)
     };
     r.headers.push(("ETag", etag));
-    r.headers.push(("Cache-Control", format!("public, max-age={max_age}")));
+    r.headers
+        .push(("Cache-Control", format!("public, max-age={max_age}")));
     r
 }
 
 fn method_not_allowed(allow: &str) -> Response {
-    let mut r = Response::json(405, "Method Not Allowed", r#"{"error":"method not allowed"}"#.into());
+    let mut r = Response::json(
+        405,
+        "Method Not Allowed",
+        r#"{"error":"method not allowed"}"#.into(),
+    );
     r.headers.push(("Allow", allow.to_string()));
     r
 }
 
-fn write_response(stream: &mut TcpStream, r: &Response, close: bool, head_only: bool) -> io::Result<()> {
-    let mut out = format!("HTTP/1.1 {} {}\r\nServer: ringgate-demo-origin\r\n", r.status, r.reason);
+fn write_response(
+    stream: &mut TcpStream,
+    r: &Response,
+    close: bool,
+    head_only: bool,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nServer: ringgate-demo-origin\r\n",
+        r.status, r.reason
+    );
     for (name, value) in &r.headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }

@@ -69,7 +69,12 @@ impl ChunkedDecoder {
 
     /// Decodes from `input`, appending to `out`. Returns the bytes consumed;
     /// stops early when it needs more input or the body ended.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>, mode: Output) -> Result<usize, HttpError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        mode: Output,
+    ) -> Result<usize, HttpError> {
         let mut pos = 0;
         loop {
             let rest = &input[pos..];
@@ -106,7 +111,11 @@ impl ChunkedDecoder {
                     self.decoded += take as u64;
                     pos += take;
                     let left = remaining - take as u64;
-                    self.state = if left == 0 { State::DataEnd } else { State::Data(left) };
+                    self.state = if left == 0 {
+                        State::DataEnd
+                    } else {
+                        State::Data(left)
+                    };
                 }
                 State::DataEnd => {
                     if rest.len() < 2 {
@@ -180,7 +189,10 @@ fn parse_size_line(line: &[u8]) -> Result<u64, HttpError> {
             .ok_or(HttpError::BadChunk)?;
     }
     let ext = &line[digits_end..];
-    let ext_start = ext.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(ext.len());
+    let ext_start = ext
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(ext.len());
     let ext = &ext[ext_start..];
     if !ext.is_empty() {
         if ext[0] != b';' {
@@ -206,7 +218,11 @@ mod tests {
 
     #[test]
     fn decodes_and_rechunks() {
-        let (out, used, done) = decode_all(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT", Output::Rechunk).unwrap();
+        let (out, used, done) = decode_all(
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nNEXT",
+            Output::Rechunk,
+        )
+        .unwrap();
         assert_eq!(out, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
         assert_eq!(used, 26, "stops at the end of the body, before NEXT");
         assert!(done);
@@ -237,7 +253,10 @@ mod tests {
 
     #[test]
     fn empty_size_is_refused() {
-        assert_eq!(decode_all(b"\r\nhello\r\n", Output::Raw).unwrap_err(), HttpError::BadChunk);
+        assert_eq!(
+            decode_all(b"\r\nhello\r\n", Output::Raw).unwrap_err(),
+            HttpError::BadChunk
+        );
     }
 
     #[test]

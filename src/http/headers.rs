@@ -24,7 +24,10 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// Iterates the comma-separated elements of a list-valued field, trimmed,
 /// skipping empty elements (RFC 9110 section 5.6.1).
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|&b| b == b',').map(trim).filter(|s| !s.is_empty())
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// Trims optional whitespace (SP / HTAB) from both ends.
@@ -39,7 +42,10 @@ pub fn trim(mut s: &[u8]) -> &[u8] {
 }
 
 /// True when `name` appears as a token in any `Connection` header value.
-pub fn listed_in_connection<'a>(connection_values: impl Iterator<Item = &'a [u8]>, name: &str) -> bool {
+pub fn listed_in_connection<'a>(
+    connection_values: impl Iterator<Item = &'a [u8]>,
+    name: &str,
+) -> bool {
     for value in connection_values {
         for token in list_items(value) {
             if token.eq_ignore_ascii_case(name.as_bytes()) {
@@ -123,7 +129,15 @@ mod tests {
 
     #[test]
     fn hop_by_hop_names_match_case_insensitively() {
-        for n in ["Connection", "KEEP-ALIVE", "te", "Trailer", "Transfer-Encoding", "upgrade", "Proxy-Connection"] {
+        for n in [
+            "Connection",
+            "KEEP-ALIVE",
+            "te",
+            "Trailer",
+            "Transfer-Encoding",
+            "upgrade",
+            "Proxy-Connection",
+        ] {
             assert!(is_hop_by_hop(n), "{n}");
         }
         for n in ["Content-Length", "Host", "tea", "Via", "Cookie"] {
@@ -135,8 +149,21 @@ mod tests {
     fn content_length_is_digits_only() {
         assert_eq!(parse_content_length(b"0"), Some(0));
         assert_eq!(parse_content_length(b"1234"), Some(1234));
-        for bad in [&b""[..], b"+1", b"-1", b"1,1", b" 1", b"0x10", b"99999999999999999999"] {
-            assert_eq!(parse_content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1,1",
+            b" 1",
+            b"0x10",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -144,7 +171,9 @@ mod tests {
     fn bare_lf_and_bare_cr_are_found() {
         assert!(!has_bare_line_ending(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert!(has_bare_line_ending(b"GET / HTTP/1.1\nHost: a\r\n\r\n"));
-        assert!(has_bare_line_ending(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"));
+        assert!(has_bare_line_ending(
+            b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -173,14 +173,12 @@ pub fn parse_request<'b>(
                     }
                 }
             }
-            6 if name_is(name, "expect") => {
-                // RFC 9110 section 10.1.1: ignore 100-continue from an HTTP/1.0 client.
-                if version == Version::Http11 {
-                    if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
-                        expect_continue = true;
-                    } else {
-                        return Err(HttpError::BadExpect);
-                    }
+            // RFC 9110 section 10.1.1: ignore 100-continue from an HTTP/1.0 client.
+            6 if name_is(name, "expect") && version == Version::Http11 => {
+                if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                    expect_continue = true;
+                } else {
+                    return Err(HttpError::BadExpect);
                 }
             }
             _ => {}
@@ -295,9 +293,18 @@ fn version_error(buf: &[u8]) -> HttpError {
 }
 
 fn is_registered_coding(coding: &[u8]) -> bool {
-    ["gzip", "x-gzip", "deflate", "compress", "x-compress", "identity", "br", "zstd"]
-        .iter()
-        .any(|c| coding.eq_ignore_ascii_case(c.as_bytes()))
+    [
+        "gzip",
+        "x-gzip",
+        "deflate",
+        "compress",
+        "x-compress",
+        "identity",
+        "br",
+        "zstd",
+    ]
+    .iter()
+    .any(|c| coding.eq_ignore_ascii_case(c.as_bytes()))
 }
 
 /// Splits a request target into the origin-form path-and-query and, for an
@@ -341,7 +348,9 @@ fn split_target(method: Method, target: &str) -> Result<(&str, Option<&str>), Ht
 }
 
 fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()) {
+    if s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    {
         Some(&s[prefix.len()..])
     } else {
         None
@@ -361,7 +370,11 @@ fn validate_authority(authority: &str, version: Version) -> Result<&str, HttpErr
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let close = rest.find(']').ok_or(HttpError::BadHost)?;
         let inside = &rest[..close];
-        if inside.is_empty() || !inside.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if inside.is_empty()
+            || !inside
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return Err(HttpError::BadHost);
         }
         let after = &rest[close + 1..];
@@ -414,7 +427,10 @@ fn has_dot_segment(path: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(raw: &[u8]) -> Result<Option<(Method, Version, String, String, BodyFraming, bool)>, HttpError> {
+    /// Method, version, path-and-query, host, body framing, keep-alive.
+    type Summary = (Method, Version, String, String, BodyFraming, bool);
+
+    fn parse(raw: &[u8]) -> Result<Option<Summary>, HttpError> {
         let mut slots = header_slots::<100>();
         parse_request(raw, &mut slots, 8192).map(|o| {
             o.map(|h| {
@@ -495,13 +511,17 @@ mod tests {
 
     #[test]
     fn content_length_zero_is_a_body_of_zero() {
-        let (.., b, _) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap();
+        let (.., b, _) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(b, BodyFraming::Length(0));
     }
 
     #[test]
     fn chunked_is_accepted_case_insensitively() {
-        let (.., b, _) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
+        let (.., b, _) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(b, BodyFraming::Chunked);
     }
 
@@ -555,33 +575,54 @@ mod tests {
 
     #[test]
     fn obs_fold_is_refused() {
-        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n").status(), 400);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n").status(),
+            400
+        );
     }
 
     #[test]
     fn bare_lf_is_refused() {
-        assert_eq!(err(b"GET / HTTP/1.1\nHost: a\n\n"), HttpError::BareLineEnding);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\nHost: a\n\n"),
+            HttpError::BareLineEnding
+        );
     }
 
     #[test]
     fn bare_cr_is_refused() {
-        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n").status(), 400);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n").status(),
+            400
+        );
     }
 
     #[test]
     fn nul_in_header_value_is_refused() {
-        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n"), HttpError::Malformed);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n"),
+            HttpError::Malformed
+        );
     }
 
     #[test]
     fn invalid_header_name_is_refused() {
-        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX(A): b\r\n\r\n"), HttpError::Malformed);
-        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n"), HttpError::Malformed);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nX(A): b\r\n\r\n"),
+            HttpError::Malformed
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n"),
+            HttpError::Malformed
+        );
     }
 
     #[test]
     fn missing_host_on_http11_is_400() {
-        assert_eq!(err(b"GET / HTTP/1.1\r\nX: y\r\n\r\n"), HttpError::MissingHost);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nX: y\r\n\r\n"),
+            HttpError::MissingHost
+        );
     }
 
     #[test]
@@ -592,7 +633,10 @@ mod tests {
 
     #[test]
     fn duplicate_host_is_400() {
-        assert_eq!(err(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), HttpError::DuplicateHost);
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            HttpError::DuplicateHost
+        );
     }
 
     #[test]
@@ -605,7 +649,9 @@ mod tests {
 
     #[test]
     fn ipv6_host_is_accepted() {
-        let (.., h, _, _) = parse(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n").unwrap().unwrap();
+        let (.., h, _, _) = parse(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h, "[::1]");
     }
 
@@ -623,24 +669,40 @@ mod tests {
             let raw = format!("GET {p} HTTP/1.1\r\nHost: a\r\n\r\n");
             assert_eq!(err(raw.as_bytes()), HttpError::BadTarget, "{p}");
         }
-        assert!(parse(b"GET /a/.well-known/..x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().is_some());
+        assert!(parse(b"GET /a/.well-known/..x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .is_some());
     }
 
     #[test]
     fn asterisk_form_only_for_options() {
-        assert!(parse(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().is_some());
-        assert_eq!(err(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"), HttpError::BadTarget);
+        assert!(parse(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            err(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HttpError::BadTarget
+        );
     }
 
     #[test]
     fn connect_is_501() {
-        assert_eq!(err(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").status(), 501);
+        assert_eq!(
+            err(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n").status(),
+            501
+        );
     }
 
     #[test]
     fn space_in_target_is_400_not_505() {
-        assert_eq!(err(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"), HttpError::Malformed);
-        assert_eq!(err(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"), HttpError::Version);
+        assert_eq!(
+            err(b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
+            HttpError::Malformed
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"),
+            HttpError::Version
+        );
     }
 
     #[test]
@@ -650,14 +712,21 @@ mod tests {
 
     #[test]
     fn connection_close_and_keep_alive() {
-        let (.., ka) = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        let (.., ka) = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!ka);
-        let (.., ka) = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().unwrap();
+        let (.., ka) = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(ka);
     }
 
     #[test]
     fn expect_other_than_100_continue_is_417() {
-        assert_eq!(err(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: fancy\r\n\r\n").status(), 417);
+        assert_eq!(
+            err(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: fancy\r\n\r\n").status(),
+            417
+        );
     }
 }

@@ -46,7 +46,9 @@ pub fn parse_response<'b>(
     request_method: Method,
 ) -> Result<Option<ResponseHead<'b>>, HttpError> {
     let mut resp = httparse::Response::new(&mut []);
-    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, slots) {
+    let head_len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             if buf.len() >= max_head {
@@ -175,7 +177,12 @@ mod tests {
     #[test]
     fn head_response_has_no_body() {
         assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::Head).unwrap().1,
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::Head
+            )
+            .unwrap()
+            .1,
             BodyFraming::None
         );
     }
@@ -184,7 +191,11 @@ mod tests {
     fn status_204_and_304_have_no_body() {
         for s in [204, 304, 100, 103] {
             let raw = format!("HTTP/1.1 {s} X\r\nContent-Length: 5\r\n\r\n");
-            assert_eq!(parse(raw.as_bytes(), Method::Get).unwrap().1, BodyFraming::None, "{s}");
+            assert_eq!(
+                parse(raw.as_bytes(), Method::Get).unwrap().1,
+                BodyFraming::None,
+                "{s}"
+            );
         }
     }
 
@@ -199,7 +210,12 @@ mod tests {
     #[test]
     fn chunked_response() {
         assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Method::Get).unwrap().1,
+            parse(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::Get
+            )
+            .unwrap()
+            .1,
             BodyFraming::Chunked
         );
     }
@@ -215,16 +231,31 @@ mod tests {
 
     #[test]
     fn conflicting_lengths_are_refused() {
-        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", Method::Get).is_err());
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            Method::Get
+        )
+        .is_err());
     }
 
     #[test]
     fn http10_without_keep_alive_is_not_reusable() {
-        assert!(!parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::Get).unwrap().2);
+        assert!(
+            !parse(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", Method::Get)
+                .unwrap()
+                .2
+        );
     }
 
     #[test]
     fn connection_close_is_not_reusable() {
-        assert!(!parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n", Method::Get).unwrap().2);
+        assert!(
+            !parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
+                Method::Get
+            )
+            .unwrap()
+            .2
+        );
     }
 }

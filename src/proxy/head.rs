@@ -23,7 +23,11 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// A field named in `Connection` is hop-by-hop too, except the framing
 /// fields: a client must not be able to make the gateway drop them.
-fn dropped_by_connection<'a>(name: &str, has_connection: bool, values: impl Iterator<Item = &'a [u8]>) -> bool {
+fn dropped_by_connection<'a>(
+    name: &str,
+    has_connection: bool,
+    values: impl Iterator<Item = &'a [u8]>,
+) -> bool {
     has_connection
         && !name_is(name, "content-length")
         && !name_is(name, "host")
@@ -65,12 +69,18 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
     let mut client_forwarded_for = false;
     for h in req.headers {
         let name = h.name;
-        if is_hop_by_hop(name) || dropped_by_connection(name, req.has_connection_header, req.connection_values()) {
+        if is_hop_by_hop(name)
+            || dropped_by_connection(name, req.has_connection_header, req.connection_values())
+        {
             continue;
         }
         if name_is(name, "host") {
             wrote_host = true;
-            let value = if req.absolute_form { req.authority.as_bytes() } else { h.value };
+            let value = if req.absolute_form {
+                req.authority.as_bytes()
+            } else {
+                h.value
+            };
             push_header(out, b"Host", value);
             continue;
         }
@@ -86,15 +96,27 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
         {
             continue;
         }
-        if up.route.remove_request_headers.iter().any(|r| name_is(name, r))
-            || up.route.set_request_headers.iter().any(|(n, _)| name.eq_ignore_ascii_case(n))
+        if up
+            .route
+            .remove_request_headers
+            .iter()
+            .any(|r| name_is(name, r))
+            || up
+                .route
+                .set_request_headers
+                .iter()
+                .any(|(n, _)| name.eq_ignore_ascii_case(n))
         {
             continue;
         }
         push_header(out, name.as_bytes(), h.value);
     }
     if !wrote_host {
-        let host = if req.authority.is_empty() { up.fallback_host } else { req.authority };
+        let host = if req.authority.is_empty() {
+            up.fallback_host
+        } else {
+            req.authority
+        };
         push_header(out, b"Host", host.as_bytes());
     }
     for (name, value) in &up.route.set_request_headers {
@@ -109,7 +131,11 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
         ForwardedFor::Append => {
             out.extend_from_slice(b"X-Forwarded-For: ");
             if client_forwarded_for {
-                for h in req.headers.iter().filter(|h| name_is(h.name, "x-forwarded-for")) {
+                for h in req
+                    .headers
+                    .iter()
+                    .filter(|h| name_is(h.name, "x-forwarded-for"))
+                {
                     out.extend_from_slice(h.value);
                     out.extend_from_slice(b", ");
                 }
@@ -125,7 +151,12 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
         push_header(out, b"X-Forwarded-Host", req.authority.as_bytes());
     }
     if proxy.via {
-        let _ = write!(out, "Via: {} {}\r\n", version_digit(req.version), proxy.via_name);
+        let _ = write!(
+            out,
+            "Via: {} {}\r\n",
+            version_digit(req.version),
+            proxy.via_name
+        );
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -168,7 +199,9 @@ pub fn write_response_head(
     let keep_length = framing == ClientFraming::NoBody && resp.status >= 200 && resp.status != 204;
     for h in resp.headers {
         let name = h.name;
-        if is_hop_by_hop(name) || dropped_by_connection(name, resp.has_connection_header, resp.connection_values()) {
+        if is_hop_by_hop(name)
+            || dropped_by_connection(name, resp.has_connection_header, resp.connection_values())
+        {
             continue;
         }
         if name_is(name, "content-length") && !keep_length {
@@ -221,7 +254,10 @@ pub fn reason(status: u16) -> &'static str {
 pub fn write_error_response(out: &mut Vec<u8>, status: u16, close: bool, head_only: bool) {
     let reason = reason(status);
     let body_len = 3 + 1 + reason.len() + 1;
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n");
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n"
+    );
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -278,7 +314,14 @@ mod tests {
             b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, Content-Length\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nContent-Length: 0\r\n\r\n",
             &ProxyHeaders::default(),
         );
-        for gone in ["Connection", "X-Secret", "Keep-Alive", "TE:", "Upgrade", "Proxy-Connection"] {
+        for gone in [
+            "Connection",
+            "X-Secret",
+            "Keep-Alive",
+            "TE:",
+            "Upgrade",
+            "Proxy-Connection",
+        ] {
             assert!(!head.contains(gone), "{gone} still in {head}");
         }
         assert!(head.contains("Content-Length: 0\r\n"), "{head}");
@@ -286,9 +329,15 @@ mod tests {
 
     #[test]
     fn path_is_rewritten_and_route_headers_applied() {
-        let head = forward(b"GET /api/users?q=1 HTTP/1.1\r\nHost: a\r\nX-Debug: 1\r\nX-Gateway: forged\r\n\r\n", &ProxyHeaders::default());
+        let head = forward(
+            b"GET /api/users?q=1 HTTP/1.1\r\nHost: a\r\nX-Debug: 1\r\nX-Gateway: forged\r\n\r\n",
+            &ProxyHeaders::default(),
+        );
         assert!(head.starts_with("GET /users?q=1 HTTP/1.1\r\n"), "{head}");
-        assert!(!head.contains("X-Debug") && !head.contains("forged"), "{head}");
+        assert!(
+            !head.contains("X-Debug") && !head.contains("forged"),
+            "{head}"
+        );
         assert!(head.contains("X-Gateway: 1\r\n"), "{head}");
     }
 
@@ -298,9 +347,18 @@ mod tests {
             b"GET /api HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\r\n",
             &ProxyHeaders::default(),
         );
-        assert!(head.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n"), "{head}");
-        assert!(head.contains("X-Forwarded-Proto: http\r\n") && !head.contains("https"), "{head}");
-        assert!(head.contains("X-Forwarded-Host: shop.example\r\n"), "{head}");
+        assert!(
+            head.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.9\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("X-Forwarded-Proto: http\r\n") && !head.contains("https"),
+            "{head}"
+        );
+        assert!(
+            head.contains("X-Forwarded-Host: shop.example\r\n"),
+            "{head}"
+        );
         assert!(head.contains("Via: 1.1 ringgate\r\n"), "{head}");
     }
 
@@ -313,9 +371,15 @@ mod tests {
             x_forwarded_proto: false,
             x_forwarded_host: false,
         };
-        let head = forward(b"GET /api HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n", &proxy);
+        let head = forward(
+            b"GET /api HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+            &proxy,
+        );
         assert!(head.contains("X-Forwarded-For: 1.2.3.4\r\n"), "{head}");
-        assert!(!head.contains("Via") && !head.contains("X-Forwarded-Host"), "{head}");
+        assert!(
+            !head.contains("Via") && !head.contains("X-Forwarded-Host"),
+            "{head}"
+        );
     }
 
     #[test]
@@ -327,7 +391,10 @@ mod tests {
 
     #[test]
     fn chunked_request_is_reframed_as_chunked() {
-        let head = forward(b"POST /api HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", &ProxyHeaders::default());
+        let head = forward(
+            b"POST /api HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &ProxyHeaders::default(),
+        );
         assert_eq!(head.matches("Transfer-Encoding").count(), 1, "{head}");
     }
 
@@ -335,9 +402,17 @@ mod tests {
     fn response_head_reframes_and_strips() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-App: 1\r\n\r\n";
         let mut slots = header_slots::<64>();
-        let resp = parse_response(raw, &mut slots, 8192, Method::Get).unwrap().unwrap();
+        let resp = parse_response(raw, &mut slots, 8192, Method::Get)
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
-        write_response_head(&mut out, &resp, ClientFraming::Length(5), ConnectionField::Close, Some("ringgate"));
+        write_response_head(
+            &mut out,
+            &resp,
+            ClientFraming::Length(5),
+            ConnectionField::Close,
+            Some("ringgate"),
+        );
         let head = String::from_utf8(out).unwrap();
         assert_eq!(
             head,
@@ -349,10 +424,20 @@ mod tests {
     fn head_response_keeps_content_length() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n";
         let mut slots = header_slots::<64>();
-        let resp = parse_response(raw, &mut slots, 8192, Method::Head).unwrap().unwrap();
+        let resp = parse_response(raw, &mut slots, 8192, Method::Head)
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
-        write_response_head(&mut out, &resp, ClientFraming::NoBody, ConnectionField::Omit, None);
-        assert!(String::from_utf8(out).unwrap().contains("Content-Length: 1234\r\n"));
+        write_response_head(
+            &mut out,
+            &resp,
+            ClientFraming::NoBody,
+            ConnectionField::Omit,
+            None,
+        );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Content-Length: 1234\r\n"));
     }
 
     #[test]
@@ -361,7 +446,10 @@ mod tests {
         write_error_response(&mut out, 502, true, false);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{text}");
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{text}"
+        );
         assert!(head.contains("Connection: close"));
     }
 }

@@ -24,7 +24,12 @@ pub enum Read {
 }
 
 /// Appends what the socket has (at least `reserve` bytes of room) to `buf`.
-pub async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, reserve: usize, limit: Duration) -> Read {
+pub async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    reserve: usize,
+    limit: Duration,
+) -> Read {
     buf.reserve(reserve);
     let (len, cap) = (buf.len(), buf.capacity());
     let owned = SliceMut::new(std::mem::take(buf), len, cap);

@@ -63,12 +63,18 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
         peer_ip: peer.ip().to_string(),
         served: 0,
     };
-    while let Next::KeepAlive = exchange(&ctx, &mut client).await {
-        // Give back memory a large head or body made the buffer grow to.
-        if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size {
-            client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
+    let work = async {
+        while let Next::KeepAlive = exchange(&ctx, &mut client).await {
+            // Give back memory a large head or body made the buffer grow to.
+            if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size
+            {
+                client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
+            }
         }
-    }
+    };
+    // After the shutdown grace period the work is dropped mid-flight: its
+    // sockets close and its pending I/O is cancelled.
+    race(work, ctx.forced_closed()).await;
 }
 
 /// What to do with a parsed request.
@@ -97,10 +103,19 @@ struct Forward {
 /// Parses the head in the client buffer and, for a request to forward,
 /// writes the upstream request head into `out`. Synchronous: the parsed
 /// head borrows the buffer and never lives across an await.
-fn plan_request(ctx: &WorkerCtx, client: &Client, out: &mut Vec<u8>) -> Result<Option<Plan>, HttpError> {
+fn plan_request(
+    ctx: &WorkerCtx,
+    client: &Client,
+    out: &mut Vec<u8>,
+) -> Result<Option<Plan>, HttpError> {
     let limits = &ctx.config.limits;
     let mut slots = header_slots::<MAX_HEADERS_CAP>();
-    let Some(req) = parse_request(&client.buf, &mut slots[..limits.max_headers], limits.max_request_head)? else {
+    let Some(req) = parse_request(
+        &client.buf,
+        &mut slots[..limits.max_headers],
+        limits.max_request_head,
+    )?
+    else {
         return Ok(None);
     };
     let refuse = |status| {
@@ -112,7 +127,10 @@ fn plan_request(ctx: &WorkerCtx, client: &Client, out: &mut Vec<u8>) -> Result<O
             head_only: req.method == Method::Head,
         }))
     };
-    let Some(route_index) = ctx.router.find(req.host, req.path, req.method_name, req.headers) else {
+    let Some(route_index) = ctx
+        .router
+        .find(req.host, req.path, req.method_name, req.headers)
+    else {
         return refuse(404);
     };
     if let (BodyFraming::Length(n), Some(max)) = (req.body, limits.max_request_body) {
@@ -156,8 +174,17 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
         }
         // Idle: wait for the first byte of the next request, but not past the
         // keep-alive timeout, and not once a graceful shutdown starts.
-        let limit = if client.served == 0 { timeouts.client_header } else { timeouts.keepalive };
-        let read = read_some(&mut client.stream, &mut client.buf, ctx.per_core.client_buffer_size, limit);
+        let limit = if client.served == 0 {
+            timeouts.client_header
+        } else {
+            timeouts.keepalive
+        };
+        let read = read_some(
+            &mut client.stream,
+            &mut client.buf,
+            ctx.per_core.client_buffer_size,
+            limit,
+        );
         match race(read, ctx.drain_started()).await {
             Either::Left(Read::Data(_)) => {}
             _ => return Next::Close,
@@ -171,7 +198,14 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             Ok(Some(plan)) => break plan,
             Ok(None) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match read_some(&mut client.stream, &mut client.buf, ctx.per_core.client_buffer_size, left).await {
+                match read_some(
+                    &mut client.stream,
+                    &mut client.buf,
+                    ctx.per_core.client_buffer_size,
+                    left,
+                )
+                .await
+                {
                     Read::Data(_) => continue,
                     Read::TimedOut => {
                         Stats::bump(&ctx.stats.client_errors);
@@ -206,11 +240,15 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             // would have to be read and thrown away, so close instead.
             let skip = match body {
                 BodyFraming::None => Some(0),
-                BodyFraming::Length(n) if (client.buf.len() - head_len) as u64 >= n => Some(n as usize),
+                BodyFraming::Length(n) if (client.buf.len() - head_len) as u64 >= n => {
+                    Some(n as usize)
+                }
                 _ => None,
             };
             let keep = keep_alive && skip.is_some() && client_may_continue(ctx, client);
-            client.buf.advance(head_len + skip.unwrap_or(0).min(client.buf.len() - head_len));
+            client
+                .buf
+                .advance(head_len + skip.unwrap_or(0).min(client.buf.len() - head_len));
             if respond_error(ctx, client, out, status, !keep, head_only).await && keep {
                 Next::KeepAlive
             } else {
@@ -226,7 +264,14 @@ fn client_may_continue(ctx: &WorkerCtx, client: &Client) -> bool {
 }
 
 /// Writes a gateway-generated error response; false when the client is gone.
-async fn respond_error(ctx: &WorkerCtx, client: &mut Client, mut out: Vec<u8>, status: u16, close: bool, head_only: bool) -> bool {
+async fn respond_error(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    mut out: Vec<u8>,
+    status: u16,
+    close: bool,
+    head_only: bool,
+) -> bool {
     out.clear();
     head::write_error_response(&mut out, status, close, head_only);
     match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
@@ -247,7 +292,12 @@ struct Progress {
     response_started: bool,
 }
 
-async fn proxy_request(ctx: &Rc<WorkerCtx>, client: &mut Client, forward: Forward, mut out: Vec<u8>) -> Next {
+async fn proxy_request(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    forward: Forward,
+    mut out: Vec<u8>,
+) -> Next {
     let mut ubuf = ctx.take_read_buffer();
     let mut progress = Progress::default();
     let result = relay(ctx, client, &forward, &mut out, &mut ubuf, &mut progress).await;
@@ -275,7 +325,15 @@ async fn proxy_request(ctx: &Rc<WorkerCtx>, client: &mut Client, forward: Forwar
                 && error.side == Side::Upstream
                 && forward.keep_alive
                 && client_may_continue(ctx, client);
-            let sent = respond_error(ctx, client, out, status, !keep, forward.method == Method::Head).await;
+            let sent = respond_error(
+                ctx,
+                client,
+                out,
+                status,
+                !keep,
+                forward.method == Method::Head,
+            )
+            .await;
             if sent && keep {
                 Next::KeepAlive
             } else {
@@ -304,12 +362,28 @@ enum HeadStep {
     Final(usize, ResponsePlan),
 }
 
-fn response_step(ctx: &WorkerCtx, client: &Client, forward: &Forward, ubuf: &[u8], out: &mut Vec<u8>) -> Result<HeadStep, HttpError> {
+fn response_step(
+    ctx: &WorkerCtx,
+    client: &Client,
+    forward: &Forward,
+    ubuf: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<HeadStep, HttpError> {
     let mut slots = header_slots::<MAX_RESPONSE_HEADERS>();
-    let Some(resp) = parse_response(ubuf, &mut slots, ctx.config.limits.max_response_head, forward.method)? else {
+    let Some(resp) = parse_response(
+        ubuf,
+        &mut slots,
+        ctx.config.limits.max_response_head,
+        forward.method,
+    )?
+    else {
         return Ok(HeadStep::NeedMore);
     };
-    let via = ctx.config.proxy.via.then_some(ctx.config.proxy.via_name.as_str());
+    let via = ctx
+        .config
+        .proxy
+        .via
+        .then_some(ctx.config.proxy.via_name.as_str());
     if resp.is_interim() {
         // 101 would switch protocols; the gateway never forwards Upgrade, so it is a protocol error.
         if resp.status == 101 {
@@ -319,7 +393,13 @@ fn response_step(ctx: &WorkerCtx, client: &Client, forward: &Forward, ubuf: &[u8
             return Ok(HeadStep::Skip(resp.head_len));
         }
         out.clear();
-        head::write_response_head(out, &resp, ClientFraming::NoBody, ConnectionField::Omit, via);
+        head::write_response_head(
+            out,
+            &resp,
+            ClientFraming::NoBody,
+            ConnectionField::Omit,
+            via,
+        );
         return Ok(HeadStep::Interim(resp.head_len));
     }
     let client_framing = match resp.framing {
@@ -330,7 +410,9 @@ fn response_step(ctx: &WorkerCtx, client: &Client, forward: &Forward, ubuf: &[u8
             Version::Http10 => ClientFraming::Close,
         },
     };
-    let keep_client = forward.keep_alive && client_framing != ClientFraming::Close && client_may_continue(ctx, client);
+    let keep_client = forward.keep_alive
+        && client_framing != ClientFraming::Close
+        && client_may_continue(ctx, client);
     let connection = match (keep_client, forward.version) {
         (false, _) => ConnectionField::Close,
         (true, Version::Http10) => ConnectionField::KeepAlive,
@@ -350,14 +432,29 @@ fn response_step(ctx: &WorkerCtx, client: &Client, forward: &Forward, ubuf: &[u8
 }
 
 async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(ctx.config.timeouts.upstream_connect, TcpStream::connect_addr(addr)).await {
+    match monoio::time::timeout(
+        ctx.config.timeouts.upstream_connect,
+        TcpStream::connect_addr(addr),
+    )
+    .await
+    {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Stats::bump(&ctx.stats.upstream_connects);
             Ok(stream)
         }
-        Ok(Err(e)) => Err(ProxyError::upstream(ErrorKind::ConnectRefused, addr, true, Some(e))),
-        Err(_) => Err(ProxyError::upstream(ErrorKind::ConnectTimeout, addr, true, None)),
+        Ok(Err(e)) => Err(ProxyError::upstream(
+            ErrorKind::ConnectRefused,
+            addr,
+            true,
+            Some(e),
+        )),
+        Err(_) => Err(ProxyError::upstream(
+            ErrorKind::ConnectTimeout,
+            addr,
+            true,
+            None,
+        )),
     }
 }
 
@@ -402,7 +499,17 @@ async fn relay(
 
     let (head_len, plan) = loop {
         let attempt = async {
-            send_request(ctx, client, forward, out, &mut upstream, progress, whole_body.is_some(), addr).await?;
+            send_request(
+                ctx,
+                client,
+                forward,
+                out,
+                &mut upstream,
+                progress,
+                whole_body.is_some(),
+                addr,
+            )
+            .await?;
             read_response_head(ctx, client, forward, out, &mut upstream, ubuf, addr).await
         };
         match attempt.await {
@@ -422,20 +529,27 @@ async fn relay(
     ubuf.advance(head_len);
     progress.response_started = true;
 
-    let broken = |source: Option<std::io::Error>| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
-    let client_gone = |source: Option<std::io::Error>| ProxyError::downstream(ErrorKind::ClientIo, source);
+    let broken = |source: Option<std::io::Error>| {
+        ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source)
+    };
+    let client_gone =
+        |source: Option<std::io::Error>| ProxyError::downstream(ErrorKind::ClientIo, source);
     let read_size = ctx.per_core.upstream_buffer_size;
     let mut upstream_clean = plan.reusable;
 
     match plan.framing {
         BodyFraming::None => {
-            send_to_client(ctx, client, out).await.map_err(client_gone)?;
+            send_to_client(ctx, client, out)
+                .await
+                .map_err(client_gone)?;
         }
         BodyFraming::Length(total) => {
             let take = (ubuf.len() as u64).min(total) as usize;
             out.extend_from_slice(&ubuf[..take]);
             ubuf.advance(take);
-            send_to_client(ctx, client, out).await.map_err(client_gone)?;
+            send_to_client(ctx, client, out)
+                .await
+                .map_err(client_gone)?;
             let mut remaining = total - take as u64;
             while remaining > 0 {
                 if ubuf.is_empty() {
@@ -447,20 +561,28 @@ async fn relay(
                 }
                 let take = (ubuf.len() as u64).min(remaining) as usize;
                 let chunk = ubuf.split_to(take);
-                if let Err((e, _)) = write_all(&mut client.stream, chunk, timeouts.client_send).await {
+                if let Err((e, _)) =
+                    write_all(&mut client.stream, chunk, timeouts.client_send).await
+                {
                     return Err(client_gone(into_io(e)));
                 }
                 remaining -= take as u64;
             }
         }
         BodyFraming::Chunked => {
-            let mode = if plan.client_framing == ClientFraming::Chunked { Output::Rechunk } else { Output::Raw };
+            let mode = if plan.client_framing == ClientFraming::Chunked {
+                Output::Rechunk
+            } else {
+                Output::Raw
+            };
             let mut decoder = ChunkedDecoder::new();
             loop {
                 let used = decoder.decode(ubuf, out, mode).map_err(|_| broken(None))?;
                 ubuf.advance(used);
                 if !out.is_empty() {
-                    send_to_client(ctx, client, out).await.map_err(client_gone)?;
+                    send_to_client(ctx, client, out)
+                        .await
+                        .map_err(client_gone)?;
                 }
                 if decoder.is_done() {
                     break;
@@ -488,7 +610,9 @@ async fn relay(
                     ubuf.clear();
                 }
                 if !out.is_empty() {
-                    send_to_client(ctx, client, out).await.map_err(client_gone)?;
+                    send_to_client(ctx, client, out)
+                        .await
+                        .map_err(client_gone)?;
                 }
                 match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
                     Read::Data(_) => {}
@@ -499,7 +623,9 @@ async fn relay(
             }
             if rechunk {
                 out.extend_from_slice(b"0\r\n\r\n");
-                send_to_client(ctx, client, out).await.map_err(client_gone)?;
+                send_to_client(ctx, client, out)
+                    .await
+                    .map_err(client_gone)?;
             }
         }
     }
@@ -507,9 +633,16 @@ async fn relay(
     // Bytes beyond the response mean the upstream and the gateway disagree
     // about framing: never reuse such a connection.
     if upstream_clean && ubuf.is_empty() {
-        ctx.upstreams.borrow_mut().pool.put(forward.server, upstream);
+        ctx.upstreams
+            .borrow_mut()
+            .pool
+            .put(forward.server, upstream);
     }
-    Ok(if plan.keep_client { Next::KeepAlive } else { Next::Close })
+    Ok(if plan.keep_client {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
 }
 
 fn into_io(e: io::WriteError) -> Option<std::io::Error> {
@@ -520,7 +653,11 @@ fn into_io(e: io::WriteError) -> Option<std::io::Error> {
 }
 
 /// Writes `out` to the client and clears it, keeping its allocation.
-async fn send_to_client(ctx: &WorkerCtx, client: &mut Client, out: &mut Vec<u8>) -> Result<(), Option<std::io::Error>> {
+async fn send_to_client(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    out: &mut Vec<u8>,
+) -> Result<(), Option<std::io::Error>> {
     let buf = std::mem::take(out);
     match write_all(&mut client.stream, buf, ctx.config.timeouts.client_send).await {
         Ok(mut buf) => {
@@ -565,7 +702,13 @@ async fn send_request(
 
     // The client holds its body back until told to continue.
     if forward.expect_continue && client.buf.is_empty() {
-        if let Err((e, _)) = write_all(&mut client.stream, &b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.client_send).await {
+        if let Err((e, _)) = write_all(
+            &mut client.stream,
+            &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+            timeouts.client_send,
+        )
+        .await
+        {
             return Err(ProxyError::downstream(ErrorKind::ClientIo, into_io(e)));
         }
     }
@@ -577,13 +720,21 @@ async fn send_request(
         _ => ProxyError::downstream(ErrorKind::ClientIo, None),
     };
     // Mid-body, the upstream already has part of the request: never retry.
-    let upstream_failed = |e| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, into_io(e));
+    let upstream_failed =
+        |e| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, into_io(e));
     match forward.body {
         BodyFraming::Length(total) => {
             let mut remaining = total;
             while remaining > 0 {
                 if client.buf.is_empty() {
-                    match read_some(&mut client.stream, &mut client.buf, body_read_size, timeouts.client_body).await {
+                    match read_some(
+                        &mut client.stream,
+                        &mut client.buf,
+                        body_read_size,
+                        timeouts.client_body,
+                    )
+                    .await
+                    {
                         Read::Data(_) => {}
                         other => return Err(client_failed(other)),
                     }
@@ -605,7 +756,10 @@ async fn send_request(
                     .map_err(|e| ProxyError::downstream(ErrorKind::BadRequest(e), None))?;
                 client.buf.advance(used);
                 if max.is_some_and(|max| decoder.decoded > max) {
-                    return Err(ProxyError::downstream(ErrorKind::BadRequest(HttpError::BodyTooLarge), None));
+                    return Err(ProxyError::downstream(
+                        ErrorKind::BadRequest(HttpError::BodyTooLarge),
+                        None,
+                    ));
                 }
                 if !out.is_empty() {
                     let buf = std::mem::take(out);
@@ -618,7 +772,14 @@ async fn send_request(
                 if decoder.is_done() {
                     break;
                 }
-                match read_some(&mut client.stream, &mut client.buf, body_read_size, timeouts.client_body).await {
+                match read_some(
+                    &mut client.stream,
+                    &mut client.buf,
+                    body_read_size,
+                    timeouts.client_body,
+                )
+                .await
+                {
                     Read::Data(_) => {}
                     other => return Err(client_failed(other)),
                 }
@@ -669,13 +830,46 @@ async fn read_response_head(
         let early = !received_any;
         match read {
             Read::Data(_) => received_any = true,
-            Read::TimedOut => return Err(ProxyError::upstream(ErrorKind::ResponseTimeout, addr, false, None)),
-            Read::Eof if early => return Err(ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, None)),
-            Read::Failed(e) if early => {
-                return Err(ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, Some(e)))
+            Read::TimedOut => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::ResponseTimeout,
+                    addr,
+                    false,
+                    None,
+                ))
             }
-            Read::Eof => return Err(ProxyError::upstream(ErrorKind::BadResponse(HttpError::Malformed), addr, false, None)),
-            Read::Failed(e) => return Err(ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, Some(e))),
+            Read::Eof if early => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamClosedEarly,
+                    addr,
+                    true,
+                    None,
+                ))
+            }
+            Read::Failed(e) if early => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamClosedEarly,
+                    addr,
+                    true,
+                    Some(e),
+                ))
+            }
+            Read::Eof => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::BadResponse(HttpError::Malformed),
+                    addr,
+                    false,
+                    None,
+                ))
+            }
+            Read::Failed(e) => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamClosedEarly,
+                    addr,
+                    false,
+                    Some(e),
+                ))
+            }
         }
     }
 }

@@ -28,7 +28,13 @@ impl Router {
 
     /// Index of the first matching route. `host` is the request host
     /// without port, in any case.
-    pub fn find(&self, host: &str, path: &str, method: &str, headers: &[Header<'_>]) -> Option<usize> {
+    pub fn find(
+        &self,
+        host: &str,
+        path: &str,
+        method: &str,
+        headers: &[Header<'_>],
+    ) -> Option<usize> {
         let host = host.strip_suffix('.').unwrap_or(host);
         self.routes.iter().position(|r| {
             host_matches(&r.host, host)
@@ -37,7 +43,10 @@ impl Router {
                 && r.header.as_ref().is_none_or(|hm| {
                     headers.iter().any(|h| {
                         name_is(h.name, &hm.name)
-                            && hm.value.as_ref().is_none_or(|v| trim(h.value) == v.as_bytes())
+                            && hm
+                                .value
+                                .as_ref()
+                                .is_none_or(|v| trim(h.value) == v.as_bytes())
                     })
                 })
         })
@@ -50,7 +59,8 @@ fn host_matches(rule: &HostMatch, host: &str) -> bool {
         HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
         HostMatch::Suffix(suffix) => {
             host.len() > suffix.len()
-                && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                && host.as_bytes()[host.len() - suffix.len()..]
+                    .eq_ignore_ascii_case(suffix.as_bytes())
         }
     }
 }
@@ -72,7 +82,13 @@ mod tests {
     use super::*;
     use crate::config::HeaderMatch;
 
-    fn route(host: HostMatch, prefix: &str, methods: &[&str], header: Option<(&str, Option<&str>)>, upstream: usize) -> RouteConfig {
+    fn route(
+        host: HostMatch,
+        prefix: &str,
+        methods: &[&str],
+        header: Option<(&str, Option<&str>)>,
+        upstream: usize,
+    ) -> RouteConfig {
         RouteConfig {
             name: format!("r{upstream}"),
             host,
@@ -105,7 +121,13 @@ mod tests {
 
     #[test]
     fn exact_host_is_case_insensitive() {
-        let r = Router::new(&[route(HostMatch::Exact("api.example.com".into()), "/", &[], None, 0)]);
+        let r = Router::new(&[route(
+            HostMatch::Exact("api.example.com".into()),
+            "/",
+            &[],
+            None,
+            0,
+        )]);
         assert_eq!(r.find("API.Example.com", "/", "GET", &[]), Some(0));
         assert_eq!(r.find("api.example.com.", "/", "GET", &[]), Some(0));
         assert_eq!(r.find("www.example.com", "/", "GET", &[]), None);
@@ -113,7 +135,13 @@ mod tests {
 
     #[test]
     fn wildcard_host_matches_subdomains_only() {
-        let r = Router::new(&[route(HostMatch::Suffix(".example.com".into()), "/", &[], None, 0)]);
+        let r = Router::new(&[route(
+            HostMatch::Suffix(".example.com".into()),
+            "/",
+            &[],
+            None,
+            0,
+        )]);
         assert_eq!(r.find("a.example.com", "/", "GET", &[]), Some(0));
         assert_eq!(r.find("a.b.Example.COM", "/", "GET", &[]), Some(0));
         assert_eq!(r.find("example.com", "/", "GET", &[]), None);

@@ -12,8 +12,14 @@ pub struct Balancer {
 
 #[derive(Debug)]
 enum Kind {
-    RoundRobin { next: usize },
-    SmoothWeighted { weights: Vec<i64>, current: Vec<i64>, total: i64 },
+    RoundRobin {
+        next: usize,
+    },
+    SmoothWeighted {
+        weights: Vec<i64>,
+        current: Vec<i64>,
+        total: i64,
+    },
 }
 
 impl Balancer {
@@ -38,14 +44,22 @@ impl Balancer {
     }
 
     /// The server for the next request.
-    pub fn next(&mut self) -> usize {
+    pub fn pick(&mut self) -> usize {
         match &mut self.kind {
             Kind::RoundRobin { next } => {
                 let i = *next;
-                *next = if i + 1 == self.servers.len() { 0 } else { i + 1 };
+                *next = if i + 1 == self.servers.len() {
+                    0
+                } else {
+                    i + 1
+                };
                 self.servers[i]
             }
-            Kind::SmoothWeighted { weights, current, total } => {
+            Kind::SmoothWeighted {
+                weights,
+                current,
+                total,
+            } => {
                 let mut best = 0;
                 for i in 0..weights.len() {
                     current[i] += weights[i];
@@ -67,20 +81,20 @@ mod tests {
     #[test]
     fn round_robin_cycles() {
         let mut b = Balancer::new(&[(10, 1), (11, 1), (12, 1)], 0);
-        let picks: Vec<usize> = (0..6).map(|_| b.next()).collect();
+        let picks: Vec<usize> = (0..6).map(|_| b.pick()).collect();
         assert_eq!(picks, vec![10, 11, 12, 10, 11, 12]);
     }
 
     #[test]
     fn workers_start_at_different_servers() {
         let mut b = Balancer::new(&[(0, 1), (1, 1)], 1);
-        assert_eq!(b.next(), 1);
+        assert_eq!(b.pick(), 1);
     }
 
     #[test]
     fn smooth_weighted_spreads_the_heavy_server() {
         let mut b = Balancer::new(&[(0, 5), (1, 1), (2, 1)], 0);
-        let picks: Vec<usize> = (0..7).map(|_| b.next()).collect();
+        let picks: Vec<usize> = (0..7).map(|_| b.pick()).collect();
         // nginx's documented sequence for weights 5,1,1.
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
     }
@@ -90,7 +104,7 @@ mod tests {
         let mut b = Balancer::new(&[(0, 3), (1, 1)], 0);
         let mut counts = [0; 2];
         for _ in 0..400 {
-            counts[b.next()] += 1;
+            counts[b.pick()] += 1;
         }
         assert_eq!(counts, [300, 100]);
     }

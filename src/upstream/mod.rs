@@ -31,12 +31,20 @@ impl Upstreams {
             }
             groups.push(Balancer::new(&members, worker_index));
         }
-        let pool = Pool::new(servers.len(), per_core.upstream_pool_size, per_core.upstream_idle_timeout);
-        Upstreams { servers, groups, pool }
+        let pool = Pool::new(
+            servers.len(),
+            per_core.upstream_pool_size,
+            per_core.upstream_idle_timeout,
+        );
+        Upstreams {
+            servers,
+            groups,
+            pool,
+        }
     }
 
     /// Picks the server for the next request to `group`.
     pub fn pick(&mut self, group: usize) -> usize {
-        self.groups[group].next()
+        self.groups[group].pick()
     }
 }

@@ -46,6 +46,8 @@ pub struct WorkerCtx {
     pub stats: Stats,
     /// Set once when a graceful shutdown starts.
     pub draining: Cell<bool>,
+    /// Set when the shutdown grace period is over: open connections are dropped.
+    pub hard_stop: Cell<bool>,
     /// Client connections open on this worker.
     pub active: Cell<usize>,
     /// Notified when draining starts (idle connections close).
@@ -72,6 +74,7 @@ impl WorkerCtx {
             config,
             stats: Stats::default(),
             draining: Cell::new(false),
+            hard_stop: Cell::new(false),
             active: Cell::new(0),
             drain_notify: Notify::default(),
             slot_notify: Notify::default(),
@@ -86,6 +89,18 @@ impl WorkerCtx {
             self.drain_notify.notify_all();
             self.slot_notify.notify_all();
         }
+    }
+
+    /// Ends every open connection: each connection task races its work
+    /// against this, so dropping the work closes its sockets and cancels its I/O.
+    pub fn force_close(&self) {
+        self.hard_stop.set(true);
+        self.drain_notify.notify_all();
+    }
+
+    /// Resolves when [`WorkerCtx::force_close`] was called.
+    pub async fn forced_closed(&self) {
+        self.drain_notify.wait_until(|| self.hard_stop.get()).await
     }
 
     /// Resolves when a graceful shutdown has started.

@@ -139,7 +139,11 @@ fn current_affinity() -> Vec<usize> {
 /// Binds a listening socket with SO_REUSEPORT, so every worker has its own
 /// accept queue on the same address.
 pub(crate) fn reuseport_socket(address: SocketAddr) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -147,7 +151,11 @@ pub(crate) fn reuseport_socket(address: SocketAddr) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
-async fn worker_main(spec: WorkerSpec, info: WorkerInfo, ready: mpsc::Sender<Result<WorkerInfo, String>>) {
+async fn worker_main(
+    spec: WorkerSpec,
+    info: WorkerInfo,
+    ready: mpsc::Sender<Result<WorkerInfo, String>>,
+) {
     let mut listeners = Vec::new();
     for l in &spec.listeners {
         let bound = reuseport_socket(l.address)
@@ -196,13 +204,17 @@ async fn worker_main(spec: WorkerSpec, info: WorkerInfo, ready: mpsc::Sender<Res
             open = ctx.active.get(),
             "shutdown grace period over, closing remaining connections"
         );
+        ctx.force_close();
+        // Each connection task drops its work (and its sockets) when next polled.
+        ctx.slot_notify.wait_until(|| ctx.active.get() == 0).await;
     }
 }
 
 /// Closes pooled upstream connections that stayed idle too long, even when
 /// no request comes to meet them.
 async fn sweep_pool(ctx: Rc<WorkerCtx>) {
-    let period = (ctx.per_core.upstream_idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let period = (ctx.per_core.upstream_idle_timeout / 2)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match race(monoio::time::sleep(period), ctx.drain_started()).await {
             Either::Left(()) => ctx.upstreams.borrow_mut().pool.sweep(),
@@ -233,7 +245,8 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
                 let guard = context::ConnectionGuard::new(ctx.clone());
                 monoio::spawn(async move {
                     let _guard = guard;
-                    let guarded = CatchUnwind::new(crate::proxy::serve(task_ctx.clone(), stream, peer));
+                    let guarded =
+                        CatchUnwind::new(crate::proxy::serve(task_ctx.clone(), stream, peer));
                     if let Err(panic) = guarded.await {
                         context::Stats::bump(&task_ctx.stats.panics);
                         tracing::error!(

@@ -74,7 +74,12 @@ impl Origin {
                 }
             });
         }
-        Origin { addr, log, stop, gate }
+        Origin {
+            addr,
+            log,
+            stop,
+            gate,
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -86,7 +91,13 @@ impl Origin {
     }
 
     pub fn last_head(&self) -> String {
-        self.log.heads.lock().unwrap().last().cloned().unwrap_or_default()
+        self.log
+            .heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Lets every `/gate` request answer.
@@ -105,11 +116,17 @@ impl Drop for Origin {
     }
 }
 
-fn origin_connection(mut stream: TcpStream, log: &OriginLog, gate: &(Mutex<bool>, std::sync::Condvar)) -> io::Result<()> {
+fn origin_connection(
+    mut stream: TcpStream,
+    log: &OriginLog,
+    gate: &(Mutex<bool>, std::sync::Condvar),
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     loop {
-        let Some(head) = reader.read_head()? else { return Ok(()) };
+        let Some(head) = reader.read_head()? else {
+            return Ok(());
+        };
         log.requests.fetch_add(1, Ordering::SeqCst);
         log.heads.lock().unwrap().push(head.clone());
         let (request_line, headers) = split_head(&head);
@@ -117,7 +134,10 @@ fn origin_connection(mut stream: TcpStream, log: &OriginLog, gate: &(Mutex<bool>
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
         let version = parts.next().unwrap_or("");
-        let body_len = if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let body_len = if headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
             reader.read_chunked_body()?
         } else if let Some(n) = headers.get("content-length") {
             let n: u64 = n.parse().unwrap();
@@ -127,26 +147,37 @@ fn origin_connection(mut stream: TcpStream, log: &OriginLog, gate: &(Mutex<bool>
             0
         };
         log.body_lengths.lock().unwrap().push(body_len);
-        let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || version == "HTTP/1.0";
+        let close = headers
+            .get("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+            || version == "HTTP/1.0";
         let head_only = method == "HEAD";
         let conn_close = if close { "Connection: close\r\n" } else { "" };
 
         if path.starts_with("/echo") {
             let body = format!("{head}body={body_len}");
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn_close}\r\n", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn_close}\r\n",
+                body.len()
+            );
             stream.write_all(resp.as_bytes())?;
             if !head_only {
                 stream.write_all(body.as_bytes())?;
             }
         } else if let Some(n) = path.strip_prefix("/bytes/") {
             let n: u64 = n.parse().unwrap();
-            stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n{conn_close}\r\n").as_bytes())?;
+            stream.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n{conn_close}\r\n").as_bytes(),
+            )?;
             if !head_only {
                 write_pattern(&mut stream, n)?;
             }
         } else if let Some(n) = path.strip_prefix("/chunked/") {
             let n: u64 = n.parse().unwrap();
-            stream.write_all(format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{conn_close}\r\n").as_bytes())?;
+            stream.write_all(
+                format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n{conn_close}\r\n")
+                    .as_bytes(),
+            )?;
             let mut sent = 0u64;
             while sent < n {
                 let len = (n - sent).min(1000);
@@ -167,7 +198,13 @@ fn origin_connection(mut stream: TcpStream, log: &OriginLog, gate: &(Mutex<bool>
                 stream.write_all(format!("HTTP/1.1 {code} X\r\n{conn_close}\r\n").as_bytes())?;
             } else {
                 let body = format!("status {code}");
-                stream.write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: {}\r\n{conn_close}\r\n{body}", body.len()).as_bytes())?;
+                stream.write_all(
+                    format!(
+                        "HTTP/1.1 {code} X\r\nContent-Length: {}\r\n{conn_close}\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )?;
             }
         } else if path == "/hang" {
             // Hold the connection until the peer goes away.
@@ -193,7 +230,9 @@ fn origin_connection(mut stream: TcpStream, log: &OriginLog, gate: &(Mutex<bool>
         } else if path == "/interim" {
             stream.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal")?;
         } else {
-            stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{conn_close}\r\nok").as_bytes())?;
+            stream.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{conn_close}\r\nok").as_bytes(),
+            )?;
         }
         if close {
             return Ok(());
@@ -244,7 +283,10 @@ pub struct BufReader {
 
 impl BufReader {
     pub fn new(inner: TcpStream) -> Self {
-        BufReader { inner, buf: Vec::new() }
+        BufReader {
+            inner,
+            buf: Vec::new(),
+        }
     }
 
     fn fill(&mut self) -> io::Result<usize> {
@@ -266,16 +308,33 @@ impl BufReader {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a head"))
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "EOF inside a head",
+                    ))
                 };
             }
         }
     }
 
+    /// Like `Read::read`: buffered bytes first, then the socket.
+    pub fn read_into(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.buf.is_empty() {
+            let n = self.buf.len().min(out.len());
+            out[..n].copy_from_slice(&self.buf[..n]);
+            self.buf.drain(..n);
+            return Ok(n);
+        }
+        self.inner.read(out)
+    }
+
     pub fn read_exact_vec(&mut self, n: usize) -> io::Result<Vec<u8>> {
         while self.buf.len() < n {
             if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a body"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF inside a body",
+                ));
             }
         }
         Ok(self.buf.drain(..n).collect())
@@ -291,7 +350,10 @@ impl BufReader {
                 return Ok(());
             }
             if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a body"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF inside a body",
+                ));
             }
         }
     }
@@ -304,7 +366,10 @@ impl BufReader {
                 return Ok(line);
             }
             if self.fill()? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a line"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "EOF inside a line",
+                ));
             }
         }
     }
@@ -319,7 +384,12 @@ impl BufReader {
         loop {
             let line = self.read_line()?;
             let size = u64::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {line:?}")))?;
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size {line:?}"),
+                    )
+                })?;
             if size == 0 {
                 // Trailers until the blank line.
                 while !self.read_line()?.is_empty() {}
@@ -328,7 +398,10 @@ impl BufReader {
             let mut left = size;
             while left > 0 {
                 if self.buf.is_empty() && self.fill()? == 0 {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside a chunk"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "EOF inside a chunk",
+                    ));
                 }
                 let take = (self.buf.len() as u64).min(left) as usize;
                 sink(&self.buf[..take]);
@@ -336,8 +409,11 @@ impl BufReader {
                 left -= take as u64;
             }
             total += size;
-            if self.read_line()? != "" {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk not followed by CRLF"));
+            if !self.read_line()?.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "chunk not followed by CRLF",
+                ));
             }
         }
     }
@@ -382,7 +458,10 @@ impl Response {
     }
 
     pub fn header_count(&self, name: &str) -> usize {
-        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count()
     }
 
     pub fn text(&self) -> String {
@@ -417,16 +496,23 @@ impl Client {
     /// Reads one final response (interim 1xx responses are skipped); for a HEAD request pass `head_request`.
     pub fn read_response_for(&mut self, head_request: bool) -> io::Result<Response> {
         loop {
-            let head = self
-                .reader
-                .read_head()?
-                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"))?;
+            let head = self.reader.read_head()?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                )
+            })?;
             let (status_line, _) = split_head(&head);
             let status: u16 = status_line
                 .split(' ')
                 .nth(1)
                 .and_then(|s| s.parse().ok())
-                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}")))?;
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad status line {status_line:?}"),
+                    )
+                })?;
             let headers: Vec<(String, String)> = head
                 .split("\r\n")
                 .skip(1)
@@ -436,7 +522,12 @@ impl Client {
             if (100..200).contains(&status) {
                 continue;
             }
-            let get = |name: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let get = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            };
             let mut body = Vec::new();
             if !(head_request || status == 204 || status == 304) {
                 if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
@@ -447,7 +538,12 @@ impl Client {
                     self.reader.read_to_end(|d| body.extend_from_slice(d))?;
                 }
             }
-            return Ok(Response { status, head, headers, body });
+            return Ok(Response {
+                status,
+                head,
+                headers,
+                body,
+            });
         }
     }
 
@@ -467,7 +563,10 @@ impl Client {
         match self.reader.inner.read(&mut byte) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted),
+            Err(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+            ),
         }
     }
 }

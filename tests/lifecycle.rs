@@ -1,0 +1,147 @@
+//! Starting and stopping: workers pinned to distinct cores, the epoll
+//! fallback, a busy port refused at start, and graceful shutdown that
+//! finishes an in-flight request while refusing new connections.
+
+mod common;
+
+use common::*;
+use ringgate::{DriverKind, Gateway, StartError};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[test]
+fn two_workers_are_pinned_to_different_cores() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.workers.count = Some(2);
+    let gw = start(config);
+    let workers = gw.workers();
+    assert_eq!(workers.len(), 2);
+    let cores: Vec<usize> = workers.iter().map(|w| w.core.expect("pinned")).collect();
+    assert_ne!(cores[0], cores[1], "each worker has its own core");
+    for w in workers {
+        // Read back from the kernel: the thread may run on its core only.
+        assert_eq!(
+            w.affinity,
+            vec![w.core.unwrap()],
+            "worker {} affinity",
+            w.index
+        );
+    }
+    // Both serve: many short connections spread over the SO_REUSEPORT listeners.
+    for _ in 0..20 {
+        assert_eq!(get(gw.listen_addr(), "/").status, 200);
+    }
+}
+
+#[test]
+fn io_uring_is_used_when_available() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let expected = if monoio::utils::detect_uring() {
+        DriverKind::IoUring
+    } else {
+        DriverKind::Epoll
+    };
+    assert_eq!(gw.workers()[0].driver, expected);
+}
+
+#[test]
+fn epoll_driver_serves_the_same() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.workers.driver = ringgate::config::DriverChoice::Epoll;
+    let gw = start(config);
+    assert_eq!(gw.workers()[0].driver, DriverKind::Epoll);
+    let mut c = Client::connect(gw.listen_addr());
+    for _ in 0..5 {
+        assert_eq!(
+            c.request(b"GET /bytes/50000 HTTP/1.1\r\nHost: t\r\n\r\n")
+                .body
+                .len(),
+            50000
+        );
+    }
+    let r = get(gw.listen_addr(), "/hang-not");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn busy_port_fails_at_start_with_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.listeners[0].address = addr;
+    match Gateway::start(config) {
+        Err(StartError::Bind { address, .. }) => assert_eq!(address, addr),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("started on a busy port"),
+    }
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_requests_and_stops_accepting() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let addr = gw.listen_addr();
+
+    // An idle keep-alive connection and an in-flight request.
+    let mut idle = Client::connect(addr);
+    assert_eq!(
+        idle.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
+        200
+    );
+    let mut busy = Client::connect(addr);
+    busy.send(b"GET /gate HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until(
+        Duration::from_secs(5),
+        "the gated request reached the origin",
+        || {
+            origin
+                .log
+                .heads
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.starts_with("GET /gate"))
+        },
+    );
+
+    gw.begin_shutdown();
+    // The idle connection is closed, and new connections are refused.
+    assert!(
+        idle.is_closed_by_peer(),
+        "idle keep-alive connection closed on shutdown"
+    );
+    wait_until(Duration::from_secs(5), "listener closed", || {
+        TcpStream::connect(addr).is_err()
+    });
+
+    // The in-flight request still completes, with Connection: close.
+    origin.open_gate();
+    let r = busy.read_response().unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "gated"));
+    assert_eq!(r.header("connection"), Some("close"));
+
+    let done = in_thread(move || gw.shutdown());
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("workers exit after draining");
+}
+
+#[test]
+fn shutdown_grace_period_bounds_the_wait() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.timeouts.shutdown_grace = Duration::from_millis(200);
+    let gw = start(config);
+    let mut stuck = Client::connect(gw.listen_addr());
+    stuck.send(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until(Duration::from_secs(5), "request reached the origin", || {
+        origin.requests() == 1
+    });
+    let done = in_thread(move || gw.shutdown());
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("shutdown returns after the grace period");
+    assert!(stuck.is_closed_by_peer());
+}
