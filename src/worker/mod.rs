@@ -102,19 +102,35 @@ fn build_runtime(config: &Config) -> std::io::Result<(Runtime, DriverKind)> {
         DriverChoice::Auto => monoio::utils::detect_uring(),
     };
     if want_uring {
-        let mut urb = io_uring::IoUring::builder();
-        if let Some(idle) = workers.sqpoll {
-            urb.setup_sqpoll(idle.as_millis().min(u128::from(u32::MAX)) as u32);
+        // Each worker is the only thread submitting to its ring, so the kernel
+        // can skip cross-CPU task-work notification and run completions only
+        // when the worker asks for them (SINGLE_ISSUER + DEFER_TASKRUN, Linux
+        // 6.1+). Kernels without them get a plain ring.
+        let mut last_error = None;
+        for tuned in [true, false] {
+            let mut urb = io_uring::IoUring::builder();
+            if tuned && workers.sqpoll.is_none() {
+                urb.setup_single_issuer().setup_defer_taskrun();
+            } else if tuned {
+                continue;
+            }
+            if let Some(idle) = workers.sqpoll {
+                urb.setup_sqpoll(idle.as_millis().min(u128::from(u32::MAX)) as u32);
+            }
+            let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(workers.ring_entries)
+                .uring_builder(urb)
+                .enable_timer()
+                .build();
+            match built {
+                Ok(rt) => return Ok((rt.into(), DriverKind::IoUring)),
+                Err(e) => last_error = Some(e),
+            }
         }
-        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(workers.ring_entries)
-            .uring_builder(urb)
-            .enable_timer()
-            .build();
-        match built {
-            Ok(rt) => return Ok((rt.into(), DriverKind::IoUring)),
-            Err(e) if workers.driver == DriverChoice::IoUring => return Err(e),
-            Err(e) => tracing::warn!(error = %e, "io_uring unavailable, using epoll"),
+        match last_error {
+            Some(e) if workers.driver == DriverChoice::IoUring => return Err(e),
+            Some(e) => tracing::warn!(error = %e, "io_uring unavailable, using epoll"),
+            None => {}
         }
     }
     let rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
