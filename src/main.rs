@@ -64,6 +64,9 @@ struct QuickArgs {
     /// Largest request body, e.g. 10MiB; 0 = unlimited.
     #[arg(long)]
     max_body: Option<String>,
+    /// Event loop: auto (io_uring, else epoll), io_uring or epoll.
+    #[arg(long, value_parser = ["auto", "io_uring", "epoll"])]
+    driver: Option<String>,
 }
 
 impl QuickArgs {
@@ -85,6 +88,13 @@ impl QuickArgs {
         }
         if self.no_pin {
             config.workers.pin = false;
+        }
+        if let Some(driver) = self.driver.as_deref() {
+            config.workers.driver = match driver {
+                "io_uring" => config::DriverChoice::IoUring,
+                "epoll" => config::DriverChoice::Epoll,
+                _ => config::DriverChoice::Auto,
+            };
         }
         if let Some(size) = self.max_body {
             let bytes = config::units::parse_size(&size).map_err(|e| format!("--max-body: {e}"))?;

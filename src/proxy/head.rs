@@ -34,13 +34,6 @@ fn dropped_by_connection<'a>(
         && listed_in_connection(values, name)
 }
 
-fn version_digit(v: Version) -> &'static str {
-    match v {
-        Version::Http10 => "1.0",
-        Version::Http11 => "1.1",
-    }
-}
-
 /// The request as sent upstream: always HTTP/1.1 on a persistent connection.
 pub struct UpstreamRequest<'a> {
     pub route: &'a RouteConfig,
@@ -51,6 +44,8 @@ pub struct UpstreamRequest<'a> {
     pub fallback_host: &'a str,
     /// Drop `Expect: 100-continue`: the gateway answers it itself.
     pub strip_expect: bool,
+    /// The worker's pre-built `Via: 1.1 <name>\r\n` line.
+    pub via_line: &'a [u8],
 }
 
 pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
@@ -151,14 +146,21 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
         push_header(out, b"X-Forwarded-Host", req.authority.as_bytes());
     }
     if proxy.via {
-        let _ = write!(
-            out,
-            "Via: {} {}\r\n",
-            version_digit(req.version),
-            proxy.via_name
-        );
+        write_via(out, req.version, up.via_line);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `Via` names the protocol version the message was received with (RFC 9110
+/// section 7.6.3); the common HTTP/1.1 case uses the pre-built line.
+fn write_via(out: &mut Vec<u8>, received: Version, via_line: &[u8]) {
+    match received {
+        Version::Http11 => out.extend_from_slice(via_line),
+        Version::Http10 => {
+            out.extend_from_slice(b"Via: 1.0");
+            out.extend_from_slice(&via_line[b"Via: 1.1".len()..]);
+        }
+    }
 }
 
 /// How the response body is framed towards the client.
@@ -187,7 +189,7 @@ pub fn write_response_head(
     resp: &ResponseHead<'_>,
     framing: ClientFraming,
     connection: ConnectionField,
-    via: Option<&str>,
+    via_line: Option<&[u8]>,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(resp.status));
@@ -218,8 +220,8 @@ pub fn write_response_head(
         ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         ClientFraming::NoBody | ClientFraming::Close => {}
     }
-    if let Some(name) = via {
-        let _ = write!(out, "Via: {} {}\r\n", version_digit(resp.version), name);
+    if let Some(line) = via_line {
+        write_via(out, resp.version, line);
     }
     match connection {
         ConnectionField::Omit => {}
@@ -303,6 +305,7 @@ mod tests {
                 client_ip: "10.0.0.9",
                 fallback_host: "127.0.0.1:9000",
                 strip_expect: true,
+                via_line: b"Via: 1.1 ringgate\r\n",
             },
         );
         String::from_utf8(out).unwrap()
@@ -411,7 +414,7 @@ mod tests {
             &resp,
             ClientFraming::Length(5),
             ConnectionField::Close,
-            Some("ringgate"),
+            Some(b"Via: 1.1 ringgate\r\n"),
         );
         let head = String::from_utf8(out).unwrap();
         assert_eq!(

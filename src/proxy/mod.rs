@@ -141,8 +141,6 @@ fn plan_request(
     let route = ctx.router.route(route_index);
     let mut upstreams = ctx.upstreams.borrow_mut();
     let server = upstreams.pick(route.upstream);
-    let fallback_host = upstreams.servers[server].to_string();
-    drop(upstreams);
     head::write_request_head(
         out,
         &req,
@@ -150,10 +148,12 @@ fn plan_request(
             route,
             proxy: &ctx.config.proxy,
             client_ip: &client.peer_ip,
-            fallback_host: &fallback_host,
+            fallback_host: &upstreams.server_hosts[server],
             strip_expect: req.expect_continue,
+            via_line: &ctx.via_line,
         },
     );
+    drop(upstreams);
     Ok(Some(Plan::Forward(Forward {
         head_len: req.head_len,
         method: req.method,
@@ -379,11 +379,7 @@ fn response_step(
     else {
         return Ok(HeadStep::NeedMore);
     };
-    let via = ctx
-        .config
-        .proxy
-        .via
-        .then_some(ctx.config.proxy.via_name.as_str());
+    let via = ctx.config.proxy.via.then_some(ctx.via_line.as_slice());
     if resp.is_interim() {
         // 101 would switch protocols; the gateway never forwards Upgrade, so it is a protocol error.
         if resp.status == 101 {

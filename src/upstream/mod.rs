@@ -15,6 +15,8 @@ use pool::Pool;
 pub struct Upstreams {
     /// Every server of every group; a server's index is its identity in the pool.
     pub servers: Vec<SocketAddr>,
+    /// `ip:port` of each server, for the Host header of HTTP/1.0 requests that had none.
+    pub server_hosts: Vec<String>,
     groups: Vec<Balancer>,
     pub pool: Pool,
 }
@@ -36,8 +38,10 @@ impl Upstreams {
             per_core.upstream_pool_size,
             per_core.upstream_idle_timeout,
         );
+        let server_hosts = servers.iter().map(SocketAddr::to_string).collect();
         Upstreams {
             servers,
+            server_hosts,
             groups,
             pool,
         }
