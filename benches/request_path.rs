@@ -41,6 +41,7 @@ fn route(
         rewrite_prefix: None,
         set_request_headers: vec![],
         remove_request_headers: vec![],
+        cache: None,
     }
 }
 

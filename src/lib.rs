@@ -15,6 +15,7 @@
 //! - [`upstream`]: balancers and the keep-alive pool
 //! - [`demo`]: the built-in demo origin
 
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -64,6 +64,13 @@ struct QuickArgs {
     /// Largest request body, e.g. 10MiB; 0 = unlimited.
     #[arg(long)]
     max_body: Option<String>,
+    /// Cache size per worker (core), e.g. 64MiB. Responses are cached as
+    /// their Cache-Control allows (RFC 9111).
+    #[arg(long)]
+    cache_size: Option<String>,
+    /// Do not cache: pure pass-through.
+    #[arg(long, conflicts_with = "cache_size")]
+    no_cache: bool,
     /// Event loop: auto (io_uring, else epoll), io_uring or epoll.
     #[arg(long, value_parser = ["auto", "io_uring", "epoll"])]
     driver: Option<String>,
@@ -88,6 +95,13 @@ impl QuickArgs {
         }
         if self.no_pin {
             config.workers.pin = false;
+        }
+        if self.no_cache {
+            config.routes[0].cache = None;
+        }
+        if let Some(size) = self.cache_size {
+            config.workers.per_core.cache_size =
+                config::units::parse_size(&size).map_err(|e| format!("--cache-size: {e}"))?;
         }
         if let Some(driver) = self.driver.as_deref() {
             config.workers.driver = match driver {

@@ -79,6 +79,10 @@ pub struct PerCoreConfig {
     pub client_buffer_size: usize,
     /// Read buffer of an upstream connection.
     pub upstream_buffer_size: usize,
+    /// Bytes of responses this worker's cache shard holds; 0 disables caching.
+    pub cache_size: u64,
+    /// Largest response body the shard stores (a route may set a smaller one).
+    pub cache_max_object: u64,
 }
 
 impl Default for PerCoreConfig {
@@ -89,6 +93,8 @@ impl Default for PerCoreConfig {
             upstream_idle_timeout: Duration::from_secs(60),
             client_buffer_size: 4 * 1024,
             upstream_buffer_size: 32 * 1024,
+            cache_size: 64 << 20,
+            cache_max_object: 4 << 20,
         }
     }
 }
@@ -276,6 +282,8 @@ pub struct RouteConfig {
     pub set_request_headers: Vec<(String, String)>,
     /// Lower-case names of headers removed from the forwarded request.
     pub remove_request_headers: Vec<String>,
+    /// The route's cache policy; `None` means the route does not cache.
+    pub cache: Option<crate::cache::policy::CachePolicy>,
 }
 
 /// The validated configuration the gateway runs on.
@@ -365,6 +373,7 @@ impl Config {
                 rewrite_prefix: None,
                 set_request_headers: Vec::new(),
                 remove_request_headers: Vec::new(),
+                cache: Some(crate::cache::policy::CachePolicy::default()),
             }],
         }
     }
@@ -596,6 +605,8 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
             upstream_idle_timeout: raw.upstream_idle_timeout.map(|d| d.0),
             client_buffer_size: raw.client_buffer_size.map(|s| s.0),
             upstream_buffer_size: raw.upstream_buffer_size.map(|s| s.0),
+            cache_size: raw.cache_size.map(|s| s.0),
+            cache_max_object: raw.cache_max_object.map(|s| s.0),
         },
     )?;
     let mut overrides = HashMap::new();
@@ -616,6 +627,8 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
                 upstream_idle_timeout: o.upstream_idle_timeout.map(|d| d.0),
                 client_buffer_size: o.client_buffer_size.map(|s| s.0),
                 upstream_buffer_size: o.upstream_buffer_size.map(|s| s.0),
+                cache_size: o.cache_size.map(|s| s.0),
+                cache_max_object: o.cache_max_object.map(|s| s.0),
             },
         )?;
         overrides.insert(o.core, settings);
@@ -638,6 +651,8 @@ struct PerCoreFields {
     upstream_idle_timeout: Option<Duration>,
     client_buffer_size: Option<u64>,
     upstream_buffer_size: Option<u64>,
+    cache_size: Option<u64>,
+    cache_max_object: Option<u64>,
 }
 
 fn apply_per_core(
@@ -688,6 +703,18 @@ fn apply_per_core(
             }
             *slot = v as usize;
         }
+    }
+    if let Some(size) = fields.cache_size {
+        out.cache_size = size;
+    }
+    if let Some(size) = fields.cache_max_object {
+        if size == 0 {
+            return Err(invalid(
+                format!("{prefix}.cache_max_object"),
+                "must be larger than zero",
+            ));
+        }
+        out.cache_max_object = size;
     }
     Ok(out)
 }
@@ -974,7 +1001,12 @@ fn validate_route(
         }
         remove_request_headers.push(name.to_ascii_lowercase());
     }
+    let cache = match &r.cache {
+        Some(c) if c.enabled.unwrap_or(true) => Some(validate_route_cache(i, c)?),
+        _ => None,
+    };
     Ok(RouteConfig {
+        cache,
         name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
         host,
         path_prefix,
@@ -985,6 +1017,72 @@ fn validate_route(
         set_request_headers,
         remove_request_headers,
     })
+}
+
+fn validate_route_cache(
+    i: usize,
+    c: &raw::RawRouteCache,
+) -> Result<crate::cache::policy::CachePolicy, ConfigError> {
+    use crate::cache::policy::{AuthorizationPolicy, CachePolicy, QueryKey};
+    let key = |field: &str| format!("routes[{i}].cache.{field}");
+    let mut policy = CachePolicy::default();
+    for name in &c.key_headers {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(invalid(
+                key("key_headers"),
+                format!("`{name}` is not a header name"),
+            ));
+        }
+        policy.key_headers.push(name.to_ascii_lowercase());
+    }
+    for name in &c.key_cookies {
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(invalid(
+                key("key_cookies"),
+                format!("`{name}` is not a cookie name"),
+            ));
+        }
+        policy.key_cookies.push(name.clone());
+    }
+    policy.query = match (
+        c.ignore_query.unwrap_or(false),
+        c.ignore_query_params.is_empty(),
+    ) {
+        (true, true) => QueryKey::Ignore,
+        (true, false) => {
+            return Err(invalid(
+                key("ignore_query_params"),
+                "has no effect with `ignore_query = true`; use one or the other",
+            ))
+        }
+        (false, true) => QueryKey::Full,
+        (false, false) => QueryKey::IgnoreParams(c.ignore_query_params.clone()),
+    };
+    policy.default_ttl = c.default_ttl.map(|d| d.0).filter(|d| !d.is_zero());
+    policy.max_ttl = c.max_ttl.map(|d| d.0);
+    policy.ttl_override = c.ttl_override.map(|d| d.0);
+    policy.authorization = match c.authorization.as_deref() {
+        None | Some("rfc") => AuthorizationPolicy::Rfc,
+        Some("never") => AuthorizationPolicy::Never,
+        Some(other) => {
+            return Err(invalid(
+                key("authorization"),
+                format!("`{other}` is not a policy (use \"rfc\" or \"never\")"),
+            ))
+        }
+    };
+    policy.store_set_cookie = c.store_set_cookie.unwrap_or(false);
+    if let Some(size) = c.max_object_size {
+        if size.0 == 0 {
+            return Err(invalid(key("max_object_size"), "must be larger than zero"));
+        }
+        policy.max_object_size = Some(size.0);
+    }
+    if let Some(t) = c.coalesce_timeout {
+        policy.coalesce_timeout = t.0;
+    }
+    policy.invalidate_on_write = c.invalidate_on_write.unwrap_or(true);
+    Ok(policy)
 }
 
 fn is_hop_by_hop_or_framing(name: &str) -> bool {
@@ -1115,6 +1213,28 @@ upstream = "app"
         let text = format!("{MINIMAL}\n[workers]\ncount = \"many\"\n");
         let e = Config::parse(&text).unwrap_err();
         assert_eq!(e.key, "workers.count", "{e}");
+    }
+
+    #[test]
+    fn route_cache_table_enables_caching() {
+        let text = format!(
+            "{MINIMAL}\n[routes.cache]\nkey_headers = [\"X-Tenant\"]\nignore_query_params = [\"utm_source\"]\ndefault_ttl = \"10s\"\n"
+        );
+        let c = Config::parse(&text).unwrap();
+        let policy = c.routes[0].cache.as_ref().expect("cache on");
+        assert_eq!(policy.key_headers, vec!["x-tenant"]);
+        assert_eq!(policy.default_ttl, Some(Duration::from_secs(10)));
+        assert!(
+            Config::parse(MINIMAL).unwrap().routes[0].cache.is_none(),
+            "off unless configured"
+        );
+    }
+
+    #[test]
+    fn route_cache_bad_value_names_the_key() {
+        let text = format!("{MINIMAL}\n[routes.cache]\nauthorization = \"sometimes\"\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "routes[0].cache.authorization", "{e}");
     }
 
     #[test]

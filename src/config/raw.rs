@@ -50,6 +50,8 @@ pub struct RawWorkers {
     pub upstream_idle_timeout: Option<ConfigDuration>,
     pub client_buffer_size: Option<ByteSize>,
     pub upstream_buffer_size: Option<ByteSize>,
+    pub cache_size: Option<ByteSize>,
+    pub cache_max_object: Option<ByteSize>,
     #[serde(default, rename = "override")]
     pub overrides: Vec<RawCoreOverride>,
 }
@@ -63,6 +65,8 @@ pub struct RawCoreOverride {
     pub upstream_idle_timeout: Option<ConfigDuration>,
     pub client_buffer_size: Option<ByteSize>,
     pub upstream_buffer_size: Option<ByteSize>,
+    pub cache_size: Option<ByteSize>,
+    pub cache_max_object: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +125,29 @@ pub struct RawRoute {
     pub set_request_headers: BTreeMap<String, String>,
     #[serde(default)]
     pub remove_request_headers: Vec<String>,
+    pub cache: Option<RawRouteCache>,
+}
+
+/// `[routes.cache]`: present means the route caches (unless `enabled = false`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+    #[serde(default)]
+    pub key_cookies: Vec<String>,
+    pub ignore_query: Option<bool>,
+    #[serde(default)]
+    pub ignore_query_params: Vec<String>,
+    pub default_ttl: Option<ConfigDuration>,
+    pub max_ttl: Option<ConfigDuration>,
+    pub ttl_override: Option<ConfigDuration>,
+    pub authorization: Option<String>,
+    pub store_set_cookie: Option<bool>,
+    pub max_object_size: Option<ByteSize>,
+    pub coalesce_timeout: Option<ConfigDuration>,
+    pub invalidate_on_write: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@
 
 use std::io::Write;
 
+use super::cache::Validators;
 use crate::config::{ForwardedFor, ProxyHeaders, RouteConfig};
 use crate::http::headers::{is_hop_by_hop, listed_in_connection, name_is, push_decimal};
 use crate::http::request::RequestHead;
@@ -46,10 +47,14 @@ pub struct UpstreamRequest<'a> {
     pub strip_expect: bool,
     /// The worker's pre-built `Via: 1.1 <name>\r\n` line.
     pub via_line: &'a [u8],
+    /// The cache revalidates: send these validators instead of the client's.
+    pub validators: Option<&'a Validators>,
+    /// Send this method instead of the client's (a background refresh is a GET).
+    pub method_override: Option<&'a str>,
 }
 
 pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
-    out.extend_from_slice(req.method_name.as_bytes());
+    out.extend_from_slice(up.method_override.unwrap_or(req.method_name).as_bytes());
     out.push(b' ');
     match &up.route.rewrite_prefix {
         Some(replacement) if req.path_and_query != "*" => {
@@ -80,6 +85,11 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
             continue;
         }
         if up.strip_expect && name_is(name, "expect") {
+            continue;
+        }
+        if up.validators.is_some()
+            && (name_is(name, "if-none-match") || name_is(name, "if-modified-since"))
+        {
             continue;
         }
         if name_is(name, "x-forwarded-for") && proxy.x_forwarded_for != ForwardedFor::Off {
@@ -116,6 +126,14 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
     }
     for (name, value) in &up.route.set_request_headers {
         push_header(out, name.as_bytes(), value.as_bytes());
+    }
+    if let Some(v) = up.validators {
+        if let Some(etag) = &v.etag {
+            push_header(out, b"If-None-Match", etag);
+        }
+        if let Some(date) = &v.last_modified {
+            push_header(out, b"If-Modified-Since", date);
+        }
     }
     if req.body == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -190,6 +208,7 @@ pub fn write_response_head(
     framing: ClientFraming,
     connection: ConnectionField,
     via_line: Option<&[u8]>,
+    extra: &[u8],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(resp.status));
@@ -223,6 +242,7 @@ pub fn write_response_head(
     if let Some(line) = via_line {
         write_via(out, resp.version, line);
     }
+    out.extend_from_slice(extra);
     match connection {
         ConnectionField::Omit => {}
         ConnectionField::Close => out.extend_from_slice(b"Connection: close\r\n"),
@@ -288,6 +308,7 @@ mod tests {
             rewrite_prefix: Some("/".into()),
             set_request_headers: vec![("X-Gateway".into(), "1".into())],
             remove_request_headers: vec!["x-debug".into()],
+            cache: None,
         }
     }
 
@@ -306,6 +327,8 @@ mod tests {
                 fallback_host: "127.0.0.1:9000",
                 strip_expect: true,
                 via_line: b"Via: 1.1 ringgate\r\n",
+                validators: None,
+                method_override: None,
             },
         );
         String::from_utf8(out).unwrap()
@@ -415,6 +438,7 @@ mod tests {
             ClientFraming::Length(5),
             ConnectionField::Close,
             Some(b"Via: 1.1 ringgate\r\n"),
+            b"",
         );
         let head = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -437,6 +461,7 @@ mod tests {
             ClientFraming::NoBody,
             ConnectionField::Omit,
             None,
+            b"",
         );
         assert!(String::from_utf8(out)
             .unwrap()

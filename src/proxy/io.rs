@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use monoio::buf::{IoBuf, SliceMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 /// What a read produced.
@@ -65,6 +65,28 @@ pub async fn write_all<B: IoBuf + 'static>(
         Ok((Err(e), buf)) => Err((WriteError::Failed(e), Some(buf))),
         Err(_) => Err((WriteError::TimedOut, None)),
     }
+}
+
+/// Writes a prepared cache hit with vectored writes until all of it is out.
+pub async fn write_hit(
+    stream: &mut TcpStream,
+    mut buf: crate::cache::hit::HitBuf,
+    limit: Duration,
+) -> Result<crate::cache::hit::HitBuf, WriteError> {
+    buf.prepare();
+    while buf.remaining() > 0 {
+        match monoio::time::timeout(limit, stream.writev(buf)).await {
+            Ok((Ok(0), _)) => return Err(WriteError::Failed(io::ErrorKind::WriteZero.into())),
+            Ok((Ok(n), written)) => {
+                buf = written;
+                buf.consume(n);
+            }
+            Ok((Err(e), _)) => return Err(WriteError::Failed(e)),
+            Err(_) => return Err(WriteError::TimedOut),
+        }
+    }
+    buf.release();
+    Ok(buf)
 }
 
 impl std::fmt::Display for WriteError {

@@ -15,6 +15,8 @@
 //!   -> return the upstream connection to the pool
 //! ```
 
+pub mod cache;
+pub mod fetch;
 pub mod head;
 pub mod io;
 
@@ -47,6 +49,8 @@ struct Client {
     peer_ip: String,
     /// Requests read on this connection.
     served: u64,
+    /// The vectored-write buffer for cache hits, reused across requests.
+    hit_buf: Option<crate::cache::hit::HitBuf>,
 }
 
 enum Next {
@@ -62,6 +66,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
         buf: BytesMut::with_capacity(ctx.per_core.client_buffer_size),
         peer_ip: peer.ip().to_string(),
         served: 0,
+        hit_buf: None,
     };
     let work = async {
         while let Next::KeepAlive = exchange(&ctx, &mut client).await {
@@ -83,11 +88,22 @@ enum Plan {
     /// Answer locally with this status (no route, body too large).
     Refuse {
         status: u16,
-        head_len: usize,
-        body: BodyFraming,
-        keep_alive: bool,
-        head_only: bool,
+        request: Answered,
     },
+    /// Answer from the cache.
+    Hit {
+        request: Answered,
+        hit: cache::HitPlan,
+    },
+}
+
+/// A request answered without the upstream: what is needed to finish it.
+struct Answered {
+    head_len: usize,
+    body: BodyFraming,
+    keep_alive: bool,
+    head_only: bool,
+    version: Version,
 }
 
 struct Forward {
@@ -98,6 +114,8 @@ struct Forward {
     keep_alive: bool,
     expect_continue: bool,
     server: usize,
+    /// What the cache does with the response, on caching routes.
+    cache: Option<Box<cache::CacheWork>>,
 }
 
 /// Parses the head in the client buffer and, for a request to forward,
@@ -118,27 +136,37 @@ fn plan_request(
     else {
         return Ok(None);
     };
-    let refuse = |status| {
-        Ok(Some(Plan::Refuse {
-            status,
-            head_len: req.head_len,
-            body: req.body,
-            keep_alive: req.keep_alive,
-            head_only: req.method == Method::Head,
-        }))
+    let answered = Answered {
+        head_len: req.head_len,
+        body: req.body,
+        keep_alive: req.keep_alive,
+        head_only: req.method == Method::Head,
+        version: req.version,
     };
+    let refuse = |status, request| Ok(Some(Plan::Refuse { status, request }));
     let Some(route_index) = ctx
         .router
         .find(req.host, req.path, req.method_name, req.headers)
     else {
-        return refuse(404);
+        return refuse(404, answered);
     };
     if let (BodyFraming::Length(n), Some(max)) = (req.body, limits.max_request_body) {
         if n > max {
-            return refuse(413);
+            return refuse(413, answered);
         }
     }
     let route = ctx.router.route(route_index);
+    let (cache_work, validators) = match cache::decide(ctx, route_index, route, &req, &client.buf) {
+        cache::Decision::NotCached => (None, None),
+        cache::Decision::Hit(hit) => {
+            return Ok(Some(Plan::Hit {
+                request: answered,
+                hit,
+            }))
+        }
+        cache::Decision::OnlyIfCachedMiss => return refuse(504, answered),
+        cache::Decision::Forward(work, validators) => (Some(work), validators),
+    };
     let mut upstreams = ctx.upstreams.borrow_mut();
     let server = upstreams.pick(route.upstream);
     head::write_request_head(
@@ -151,6 +179,8 @@ fn plan_request(
             fallback_host: &upstreams.server_hosts[server],
             strip_expect: req.expect_continue,
             via_line: &ctx.via_line,
+            validators: validators.as_ref(),
+            method_override: None,
         },
     );
     drop(upstreams);
@@ -162,6 +192,7 @@ fn plan_request(
         keep_alive: req.keep_alive,
         expect_continue: req.expect_continue,
         server,
+        cache: cache_work,
     })))
 }
 
@@ -228,34 +259,113 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     Stats::bump(&ctx.stats.requests);
 
     match plan {
-        Plan::Refuse {
-            status,
-            head_len,
-            body,
-            keep_alive,
-            head_only,
-        } => {
+        Plan::Refuse { status, request } => {
             out.clear();
-            // A body that already sits in the buffer can be skipped; any other
-            // would have to be read and thrown away, so close instead.
-            let skip = match body {
-                BodyFraming::None => Some(0),
-                BodyFraming::Length(n) if (client.buf.len() - head_len) as u64 >= n => {
-                    Some(n as usize)
-                }
-                _ => None,
-            };
-            let keep = keep_alive && skip.is_some() && client_may_continue(ctx, client);
-            client
-                .buf
-                .advance(head_len + skip.unwrap_or(0).min(client.buf.len() - head_len));
-            if respond_error(ctx, client, out, status, !keep, head_only).await && keep {
+            let keep = finish_unforwarded(ctx, client, &request);
+            if respond_error(ctx, client, out, status, !keep, request.head_only).await && keep {
                 Next::KeepAlive
             } else {
                 Next::Close
             }
         }
+        Plan::Hit { request, mut hit } => {
+            if let Some(job) = hit.refresh.take() {
+                monoio::spawn(cache::refresh(ctx.clone(), job));
+            }
+            answer_from_cache(ctx, client, &request, &hit, out).await
+        }
         Plan::Forward(forward) => proxy_request(ctx, client, forward, out).await,
+    }
+}
+
+/// Consumes a request answered without the upstream. A body that already
+/// sits in the buffer is skipped; any other would have to be read and thrown
+/// away, so the connection is closed instead. Returns whether it may stay open.
+fn finish_unforwarded(ctx: &WorkerCtx, client: &mut Client, request: &Answered) -> bool {
+    let available = client.buf.len() - request.head_len;
+    let skip = match request.body {
+        BodyFraming::None => Some(0),
+        BodyFraming::Length(n) if available as u64 >= n => Some(n as usize),
+        _ => None,
+    };
+    client
+        .buf
+        .advance(request.head_len + skip.unwrap_or(available));
+    request.keep_alive && skip.is_some() && client_may_continue(ctx, client)
+}
+
+/// Answers a request from a stored response (a hit, a 304 from it, or a
+/// stale stand-in for an error).
+async fn answer_from_cache(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    request: &Answered,
+    hit: &cache::HitPlan,
+    out: Vec<u8>,
+) -> Next {
+    let keep = finish_unforwarded(ctx, client, request);
+    if send_cached(
+        ctx,
+        client,
+        hit,
+        request.head_only,
+        keep,
+        request.version,
+        out,
+    )
+    .await
+        && keep
+    {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Writes a stored response (or a 304 from it) to the client; false when the client is gone.
+async fn send_cached(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    hit: &cache::HitPlan,
+    head_only: bool,
+    keep: bool,
+    version: Version,
+    mut out: Vec<u8>,
+) -> bool {
+    if let Some(c) = &ctx.cache {
+        match hit.kind {
+            cache::HitKind::Fresh | cache::HitKind::Collapsed | cache::HitKind::Revalidated => {
+                crate::cache::bump(&c.stats.hits)
+            }
+            _ => crate::cache::bump(&c.stats.stale_served),
+        }
+    }
+    let connection: &[u8] = match (keep, version) {
+        (false, _) => b"Connection: close\r\n",
+        (true, Version::Http10) => b"Connection: keep-alive\r\n",
+        (true, Version::Http11) => b"",
+    };
+    let limit = ctx.config.timeouts.client_send;
+    if hit.not_modified {
+        out.clear();
+        cache::write_not_modified(&mut out, hit, ctx.via(), connection);
+        return match write_all(&mut client.stream, out, limit).await {
+            Ok(out) => {
+                ctx.give_write_buffer(out);
+                true
+            }
+            Err(_) => false,
+        };
+    }
+    ctx.give_write_buffer(out);
+    let mut buf = client.hit_buf.take().unwrap_or_default();
+    cache::write_hit(&mut buf, hit, head_only, connection);
+    match io::write_hit(&mut client.stream, buf, limit).await {
+        Ok(buf) => {
+            client.hit_buf = Some(buf);
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -298,6 +408,27 @@ async fn proxy_request(
     forward: Forward,
     mut out: Vec<u8>,
 ) -> Next {
+    // Concurrent misses for one key: the first fetches, the others wait for it.
+    let mut _leader = None;
+    if let (Some(work), Some(worker_cache)) = (forward.cache.as_deref(), &ctx.cache) {
+        if matches!(work.kind, cache::WorkKind::Fill { .. }) {
+            match worker_cache.coalescer.join(&work.key) {
+                crate::cache::coalesce::Join::Leader(guard) => _leader = Some(guard),
+                crate::cache::coalesce::Join::Follower(flight) => {
+                    crate::cache::bump(&worker_cache.stats.coalesced);
+                    let _ = monoio::time::timeout(
+                        cache::coalesce_timeout(ctx, work),
+                        flight.finished(),
+                    )
+                    .await;
+                    if let Some(hit) = cache::lookup_after_wait(ctx, work) {
+                        return answer_from_cache(ctx, client, &forward.answered(), &hit, out)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
     let mut ubuf = ctx.take_read_buffer();
     let mut progress = Progress::default();
     let result = relay(ctx, client, &forward, &mut out, &mut ubuf, &mut progress).await;
@@ -320,6 +451,44 @@ async fn proxy_request(
         }
     }
     match error.status() {
+        Some(502 | 504) if !progress.response_started && error.side == Side::Upstream => {
+            if let Some(hit) = forward.cache.as_deref().and_then(cache::stale_for_error) {
+                let keep = progress.request_consumed
+                    && forward.keep_alive
+                    && client_may_continue(ctx, client);
+                return match send_cached(
+                    ctx,
+                    client,
+                    &hit,
+                    forward.method == Method::Head,
+                    keep,
+                    forward.version,
+                    out,
+                )
+                .await
+                {
+                    true if keep => Next::KeepAlive,
+                    _ => Next::Close,
+                };
+            }
+            let status = error.status().unwrap_or(502);
+            let keep =
+                progress.request_consumed && forward.keep_alive && client_may_continue(ctx, client);
+            let sent = respond_error(
+                ctx,
+                client,
+                out,
+                status,
+                !keep,
+                forward.method == Method::Head,
+            )
+            .await;
+            if sent && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
         Some(status) if !progress.response_started => {
             let keep = progress.request_consumed
                 && error.side == Side::Upstream
@@ -350,6 +519,26 @@ struct ResponsePlan {
     client_framing: ClientFraming,
     reusable: bool,
     keep_client: bool,
+    /// The body is being collected for the cache.
+    capture: Option<crate::cache::entry::Capture>,
+}
+
+impl Forward {
+    fn answered(&self) -> Answered {
+        Answered {
+            head_len: self.head_len,
+            body: self.body,
+            keep_alive: self.keep_alive,
+            head_only: self.method == Method::Head,
+            version: self.version,
+        }
+    }
+}
+
+/// The outcome of the upstream's response head.
+enum Answer {
+    Relay(ResponsePlan),
+    Serve(cache::HitPlan, bool),
 }
 
 enum HeadStep {
@@ -360,6 +549,9 @@ enum HeadStep {
     Interim(usize),
     /// The final response head, serialised into `out`.
     Final(usize, ResponsePlan),
+    /// Answer from the cache instead (304 to a revalidation, or stale-if-error);
+    /// the flag says whether the upstream connection is reusable right away.
+    Serve(usize, cache::HitPlan, bool),
 }
 
 fn response_step(
@@ -395,9 +587,23 @@ fn response_step(
             ClientFraming::NoBody,
             ConnectionField::Omit,
             via,
+            b"",
         );
         return Ok(HeadStep::Interim(resp.head_len));
     }
+    let (capture, cache_status) = match forward.cache.as_deref() {
+        None => (None, Vec::new()),
+        Some(work) => match cache::on_response_head(ctx, work, &resp, forward.method) {
+            cache::Action::Relay {
+                capture,
+                status_line,
+            } => (capture, status_line),
+            cache::Action::Serve(hit) => {
+                let reusable_now = resp.reusable && resp.framing == BodyFraming::None;
+                return Ok(HeadStep::Serve(resp.head_len, hit, reusable_now));
+            }
+        },
+    };
     let client_framing = match resp.framing {
         BodyFraming::None => ClientFraming::NoBody,
         BodyFraming::Length(n) => ClientFraming::Length(n),
@@ -415,7 +621,7 @@ fn response_step(
         (true, Version::Http11) => ConnectionField::Omit,
     };
     out.clear();
-    head::write_response_head(out, &resp, client_framing, connection, via);
+    head::write_response_head(out, &resp, client_framing, connection, via, &cache_status);
     Ok(HeadStep::Final(
         resp.head_len,
         ResponsePlan {
@@ -423,6 +629,7 @@ fn response_step(
             client_framing,
             reusable: resp.reusable,
             keep_client,
+            capture,
         },
     ))
 }
@@ -493,7 +700,7 @@ async fn relay(
         None => (connect(ctx, addr).await?, false),
     };
 
-    let (head_len, plan) = loop {
+    let (head_len, answer) = loop {
         let attempt = async {
             send_request(
                 ctx,
@@ -524,6 +731,34 @@ async fn relay(
     };
     ubuf.advance(head_len);
     progress.response_started = true;
+    let mut plan = match answer {
+        Answer::Relay(plan) => plan,
+        Answer::Serve(hit, reusable_now) => {
+            if reusable_now && ubuf.is_empty() {
+                ctx.upstreams
+                    .borrow_mut()
+                    .pool
+                    .put(forward.server, upstream);
+            }
+            let keep =
+                progress.request_consumed && forward.keep_alive && client_may_continue(ctx, client);
+            let sent = send_cached(
+                ctx,
+                client,
+                &hit,
+                forward.method == Method::Head,
+                keep,
+                forward.version,
+                std::mem::take(out),
+            )
+            .await;
+            return Ok(if sent && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            });
+        }
+    };
 
     let broken = |source: Option<std::io::Error>| {
         ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source)
@@ -542,6 +777,9 @@ async fn relay(
         BodyFraming::Length(total) => {
             let take = (ubuf.len() as u64).min(total) as usize;
             out.extend_from_slice(&ubuf[..take]);
+            if let Some(c) = plan.capture.as_mut() {
+                c.push(&ubuf[..take]);
+            }
             ubuf.advance(take);
             send_to_client(ctx, client, out)
                 .await
@@ -557,6 +795,9 @@ async fn relay(
                 }
                 let take = (ubuf.len() as u64).min(remaining) as usize;
                 let chunk = ubuf.split_to(take);
+                if let Some(c) = plan.capture.as_mut() {
+                    c.push(&chunk);
+                }
                 if let Err((e, _)) =
                     write_all(&mut client.stream, chunk, timeouts.client_send).await
                 {
@@ -572,8 +813,33 @@ async fn relay(
                 Output::Raw
             };
             let mut decoder = ChunkedDecoder::new();
+            let mut raw = Vec::new();
             loop {
-                let used = decoder.decode(ubuf, out, mode).map_err(|_| broken(None))?;
+                let used = match plan.capture.as_mut() {
+                    None => decoder.decode(ubuf, out, mode).map_err(|_| broken(None))?,
+                    Some(capture) => {
+                        // Decode once; the plain data goes to the cache and, framed, to the client.
+                        raw.clear();
+                        let used = decoder
+                            .decode(ubuf, &mut raw, Output::Raw)
+                            .map_err(|_| broken(None))?;
+                        capture.push(&raw);
+                        if mode == Output::Rechunk {
+                            if !raw.is_empty() {
+                                push_hex(out, raw.len() as u64);
+                                out.extend_from_slice(b"\r\n");
+                                out.extend_from_slice(&raw);
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            if decoder.is_done() {
+                                out.extend_from_slice(b"0\r\n\r\n");
+                            }
+                        } else {
+                            out.extend_from_slice(&raw);
+                        }
+                        used
+                    }
+                };
                 ubuf.advance(used);
                 if !out.is_empty() {
                     send_to_client(ctx, client, out)
@@ -594,6 +860,9 @@ async fn relay(
             let rechunk = plan.client_framing == ClientFraming::Chunked;
             upstream_clean = false;
             loop {
+                if let Some(c) = plan.capture.as_mut() {
+                    c.push(ubuf);
+                }
                 if !ubuf.is_empty() {
                     if rechunk {
                         push_hex(out, ubuf.len() as u64);
@@ -626,6 +895,9 @@ async fn relay(
         }
     }
 
+    if let (Some(capture), Some(work)) = (plan.capture.take(), forward.cache.as_deref()) {
+        cache::store(ctx, work, capture);
+    }
     // Bytes beyond the response mean the upstream and the gateway disagree
     // about framing: never reuse such a connection.
     if upstream_clean && ubuf.is_empty() {
@@ -798,7 +1070,7 @@ async fn read_response_head(
     upstream: &mut TcpStream,
     ubuf: &mut BytesMut,
     addr: SocketAddr,
-) -> Result<(usize, ResponsePlan), ProxyError> {
+) -> Result<(usize, Answer), ProxyError> {
     let timeouts = &ctx.config.timeouts;
     let deadline = Instant::now() + timeouts.upstream_response;
     let mut received_any = false;
@@ -806,7 +1078,10 @@ async fn read_response_head(
         let step = response_step(ctx, client, forward, ubuf, out)
             .map_err(|e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None))?;
         match step {
-            HeadStep::Final(head_len, plan) => return Ok((head_len, plan)),
+            HeadStep::Final(head_len, plan) => return Ok((head_len, Answer::Relay(plan))),
+            HeadStep::Serve(head_len, hit, reusable_now) => {
+                return Ok((head_len, Answer::Serve(hit, reusable_now)))
+            }
             HeadStep::Skip(n) => {
                 ubuf.advance(n);
                 continue;

@@ -102,6 +102,7 @@ mod tests {
             rewrite_prefix: None,
             set_request_headers: vec![],
             remove_request_headers: vec![],
+            cache: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::signal::Notify;
+use crate::cache::WorkerCache;
 use crate::config::{Config, PerCoreConfig};
 use crate::route::Router;
 use crate::upstream::Upstreams;
@@ -59,6 +60,10 @@ pub struct WorkerCtx {
     write_buffers: RefCell<Vec<Vec<u8>>>,
     /// `Via: 1.1 <name>\r\n`, built once.
     pub via_line: Vec<u8>,
+    /// The worker's cache, when a route caches and `cache_size` is not 0.
+    pub cache: Option<WorkerCache>,
+    /// Reused buffer for building cache keys.
+    pub key_buf: RefCell<Vec<u8>>,
 }
 
 impl WorkerCtx {
@@ -66,7 +71,12 @@ impl WorkerCtx {
         let router = Router::new(&config.routes);
         let upstreams = RefCell::new(Upstreams::new(&config, &per_core, index));
         let via_line = format!("Via: 1.1 {}\r\n", config.proxy.via_name).into_bytes();
+        let any_route_caches = config.routes.iter().any(|r| r.cache.is_some());
+        let cache = (any_route_caches && per_core.cache_size > 0)
+            .then(|| WorkerCache::new(per_core.cache_size, per_core.cache_max_object));
         WorkerCtx {
+            cache,
+            key_buf: RefCell::new(Vec::with_capacity(256)),
             index,
             router,
             upstreams,
@@ -82,6 +92,11 @@ impl WorkerCtx {
             write_buffers: RefCell::new(Vec::new()),
             via_line,
         }
+    }
+
+    /// The via line, when `Via` is configured.
+    pub fn via(&self) -> Option<&[u8]> {
+        self.config.proxy.via.then_some(self.via_line.as_slice())
     }
 
     pub fn begin_drain(&self) {

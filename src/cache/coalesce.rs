@@ -1,0 +1,102 @@
+//! Request coalescing on one worker: while one request fetches a key from
+//! the origin, other misses for the same key wait for it (up to a timeout)
+//! and are then answered from what it stored, instead of each going to the
+//! origin.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::worker::signal::Notify;
+
+/// One origin fetch others may wait for.
+#[derive(Default)]
+pub struct Flight {
+    done: Cell<bool>,
+    notify: Notify,
+}
+
+impl Flight {
+    /// Resolves when the leading fetch finished (stored or not).
+    pub async fn finished(&self) {
+        self.notify.wait_until(|| self.done.get()).await
+    }
+}
+
+#[derive(Default)]
+pub struct Coalescer {
+    flights: Rc<RefCell<HashMap<Box<[u8]>, Rc<Flight>>>>,
+}
+
+/// How a miss joins the fetches under way.
+pub enum Join {
+    /// First for this key: fetch; waiters are released when the guard drops.
+    Leader(LeaderGuard),
+    /// Someone is fetching this key: wait for it.
+    Follower(Rc<Flight>),
+}
+
+pub struct LeaderGuard {
+    flights: Rc<RefCell<HashMap<Box<[u8]>, Rc<Flight>>>>,
+    key: Box<[u8]>,
+    flight: Rc<Flight>,
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        self.flights.borrow_mut().remove(&self.key);
+        self.flight.done.set(true);
+        self.flight.notify.notify_all();
+    }
+}
+
+impl Coalescer {
+    pub fn join(&self, key: &[u8]) -> Join {
+        let mut flights = self.flights.borrow_mut();
+        if let Some(flight) = flights.get(key) {
+            return Join::Follower(flight.clone());
+        }
+        let flight = Rc::new(Flight::default());
+        flights.insert(key.into(), flight.clone());
+        Join::Leader(LeaderGuard {
+            flights: self.flights.clone(),
+            key: key.into(),
+            flight,
+        })
+    }
+
+    /// Fetches under way.
+    pub fn in_flight(&self) -> usize {
+        self.flights.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_join_follows_until_the_leader_is_done() {
+        let c = Coalescer::default();
+        let leader = match c.join(b"k") {
+            Join::Leader(g) => g,
+            Join::Follower(_) => panic!("first join leads"),
+        };
+        let flight = match c.join(b"k") {
+            Join::Follower(f) => f,
+            Join::Leader(_) => panic!("second join follows"),
+        };
+        assert!(!flight.done.get());
+        drop(leader);
+        assert!(flight.done.get());
+        assert_eq!(c.in_flight(), 0);
+        assert!(matches!(c.join(b"k"), Join::Leader(_)));
+    }
+
+    #[test]
+    fn different_keys_do_not_wait_for_each_other() {
+        let c = Coalescer::default();
+        let _a = c.join(b"a");
+        assert!(matches!(c.join(b"b"), Join::Leader(_)));
+    }
+}

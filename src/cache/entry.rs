@@ -1,0 +1,480 @@
+//! A stored response and how it is built, refreshed and written out.
+//!
+//! The head is serialised once, when the response is stored: status line,
+//! stored header fields, `Via` and `Content-Length`. A hit then only adds
+//! `Age`, `Cache-Status` and `Connection` (see [`super::hit`]).
+
+use std::cell::Cell;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use httparse::Header;
+
+use super::control::{FieldScope, ResponseDirectives};
+use super::freshness::{corrected_initial_age, freshness_lifetime, ResponseFacts, StoredFreshness};
+use super::policy::CachePolicy;
+use super::vary::{parse_vary, VarySpec};
+use crate::http::headers::{is_hop_by_hop, listed_in_connection, name_is, trim};
+
+/// Fixed cost counted per entry beyond its bytes (struct, key, bookkeeping).
+const ENTRY_OVERHEAD: u64 = 256;
+
+/// Derives the cache-relevant facts from a response's header fields.
+pub fn response_facts<'a>(
+    status: u16,
+    fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+) -> ResponseFacts {
+    let values = |name: &'static str| {
+        fields
+            .clone()
+            .filter(move |(n, _)| name_is(n, name))
+            .map(|(_, v)| v)
+    };
+    let date_of = |v: &[u8]| {
+        std::str::from_utf8(trim(v))
+            .ok()
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+    };
+    ResponseFacts {
+        status,
+        cc: ResponseDirectives::parse(values("cache-control")),
+        date: values("date").next().and_then(date_of),
+        // An invalid Expires (such as "0") means "already expired" (RFC 9111 section 5.3).
+        expires: values("expires").next().map(date_of),
+        last_modified: values("last-modified").next().and_then(date_of),
+        age: values("age").next().and_then(|v| {
+            let v = trim(v);
+            (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .flatten()
+                .map(|a| a.min(super::control::DELTA_MAX))
+        }),
+        etag: values("etag")
+            .next()
+            .map(|v| String::from_utf8_lossy(trim(v)).to_string()),
+        set_cookie: values("set-cookie").next().is_some(),
+        vary_star: parse_vary(values("vary")) == VarySpec::Star,
+    }
+}
+
+/// Header fields that are about the connection or the framing, or that the
+/// cache writes itself: never stored, never taken from a 304.
+fn managed_field(name: &str) -> bool {
+    is_hop_by_hop(name) || name_is(name, "content-length") || name_is(name, "age")
+}
+
+/// Fields a response must not hand to later requests (RFC 9111 sections
+/// 5.2.2.4 and 5.2.2.7: `no-cache="f"`, `private="f"`).
+fn withheld(name: &str, cc: &ResponseDirectives) -> bool {
+    let listed = |scope: &FieldScope| matches!(scope, FieldScope::Fields(f) if f.iter().any(|x| name_is(name, x)));
+    listed(&cc.no_cache) || listed(&cc.private)
+}
+
+/// The header fields of a response worth storing, in order.
+pub fn storable_fields(headers: &[Header<'_>], cc: &ResponseDirectives) -> Vec<(String, Vec<u8>)> {
+    let connection: Vec<&[u8]> = headers
+        .iter()
+        .filter(|h| name_is(h.name, "connection"))
+        .map(|h| h.value)
+        .collect();
+    headers
+        .iter()
+        .filter(|h| !managed_field(h.name) && !withheld(h.name, cc))
+        .filter(|h| {
+            connection.is_empty() || !listed_in_connection(connection.iter().copied(), h.name)
+        })
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .collect()
+}
+
+/// A response in the cache.
+#[derive(Debug)]
+pub struct Stored {
+    pub status: u16,
+    pub reason: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// Status line, fields, Via and Content-Length, each line CRLF-terminated,
+    /// without the blank line that ends the head.
+    pub head: Bytes,
+    pub body: Bytes,
+    pub freshness: StoredFreshness,
+    pub initial_age: Duration,
+    /// When the response arrived (the start of its resident time).
+    pub received: Instant,
+    /// After this the entry is of no use any more and is dropped when met.
+    pub discard_at: Instant,
+    pub etag: Option<Vec<u8>>,
+    pub last_modified: Option<SystemTime>,
+    pub date: Option<SystemTime>,
+    pub vary: VarySpec,
+    /// A background refresh (stale-while-revalidate) is under way.
+    pub refreshing: Cell<bool>,
+}
+
+/// Times of the exchange that produced a response (RFC 9111 section 4.2.3).
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeTimes {
+    pub request_time: SystemTime,
+    pub response_time: SystemTime,
+    pub received: Instant,
+}
+
+impl ExchangeTimes {
+    pub fn now(request_time: SystemTime) -> ExchangeTimes {
+        ExchangeTimes {
+            request_time,
+            response_time: SystemTime::now(),
+            received: Instant::now(),
+        }
+    }
+}
+
+impl Stored {
+    /// Builds an entry from stored fields and a complete body.
+    pub fn build(
+        status: u16,
+        reason: &str,
+        fields: Vec<(String, Vec<u8>)>,
+        body: Bytes,
+        times: ExchangeTimes,
+        policy: &CachePolicy,
+        via_line: Option<&[u8]>,
+    ) -> Stored {
+        let facts = response_facts(
+            status,
+            fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+        );
+        let lifetime = freshness_lifetime(&facts, times.response_time, policy);
+        let freshness = StoredFreshness::from_directives(&facts.cc, lifetime);
+        let initial_age = corrected_initial_age(&facts, times.request_time, times.response_time);
+        let etag = facts.etag.clone().map(String::into_bytes);
+        let keep = freshness.keep_for(etag.is_some() || facts.last_modified.is_some());
+        let vary = parse_vary(
+            fields
+                .iter()
+                .filter(|(n, _)| name_is(n, "vary"))
+                .map(|(_, v)| v.as_slice()),
+        );
+
+        let mut head = Vec::with_capacity(256);
+        let _ = write!(head, "HTTP/1.1 {status} {reason}\r\n");
+        for (name, value) in &fields {
+            head.extend_from_slice(name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        }
+        if let Some(via) = via_line {
+            head.extend_from_slice(via);
+        }
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
+
+        Stored {
+            status,
+            reason: reason.to_string(),
+            head: Bytes::from(head),
+            body,
+            freshness,
+            initial_age,
+            received: times.received,
+            discard_at: times.received + keep.saturating_sub(initial_age.min(keep)),
+            etag,
+            last_modified: facts.last_modified,
+            date: facts.date,
+            vary,
+            fields,
+            refreshing: Cell::new(false),
+        }
+    }
+
+    /// RFC 9111 section 4.2.3: `current_age = corrected_initial_age + resident_time`.
+    pub fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.received)
+    }
+
+    /// Seconds of freshness left (negative once stale), for `Cache-Status: ttl`.
+    pub fn ttl(&self, now: Instant) -> i64 {
+        self.freshness.lifetime.as_secs() as i64 - self.age(now).as_secs() as i64
+    }
+
+    pub fn weight(&self) -> u64 {
+        self.head.len() as u64 + self.body.len() as u64 + ENTRY_OVERHEAD
+    }
+
+    /// Section 3.2 and 4.3.4: the entry refreshed by a 304, with the 304's
+    /// header fields replacing the stored ones (framing fields excepted).
+    pub fn freshen(
+        &self,
+        not_modified: &[Header<'_>],
+        times: ExchangeTimes,
+        policy: &CachePolicy,
+        via_line: Option<&[u8]>,
+    ) -> Stored {
+        let cc = self.directives();
+        let mut fields: Vec<(String, Vec<u8>)> = self
+            .fields
+            .iter()
+            .filter(|(name, _)| {
+                !not_modified
+                    .iter()
+                    .any(|h| name_is(h.name, name) && !managed_field(h.name))
+            })
+            .cloned()
+            .collect();
+        fields.extend(storable_fields(not_modified, &cc));
+        Stored::build(
+            self.status,
+            &self.reason,
+            fields,
+            self.body.clone(),
+            times,
+            policy,
+            via_line,
+        )
+    }
+
+    fn directives(&self) -> ResponseDirectives {
+        ResponseDirectives::parse(
+            self.fields
+                .iter()
+                .filter(|(n, _)| name_is(n, "cache-control"))
+                .map(|(_, v)| v.as_slice()),
+        )
+    }
+
+    /// The fields a 304 from the cache carries (RFC 9110 section 15.4.5).
+    pub fn not_modified_fields(&self) -> impl Iterator<Item = &(String, Vec<u8>)> {
+        let has_etag = self.etag.is_some();
+        self.fields.iter().filter(move |(name, _)| {
+            [
+                "cache-control",
+                "content-location",
+                "date",
+                "etag",
+                "expires",
+                "vary",
+            ]
+            .iter()
+            .any(|n| name_is(name, n))
+                || (!has_etag && name_is(name, "last-modified"))
+        })
+    }
+
+    /// The `Vary` names, when the response varies.
+    pub fn vary_names(&self) -> Option<&[String]> {
+        match &self.vary {
+            VarySpec::Names(names) => Some(names),
+            _ => None,
+        }
+    }
+}
+
+/// A response being received for storage: its fields, and its body as it streams past.
+#[derive(Debug)]
+pub struct Capture {
+    pub status: u16,
+    pub reason: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+    pub body: BytesMut,
+    /// Largest body that will be stored.
+    pub limit: u64,
+    /// The body outgrew the limit: stop collecting, do not store.
+    pub abandoned: bool,
+    pub request_time: SystemTime,
+}
+
+impl Capture {
+    pub fn push(&mut self, data: &[u8]) {
+        if self.abandoned {
+            return;
+        }
+        if self.body.len() as u64 + data.len() as u64 > self.limit {
+            self.abandoned = true;
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times() -> ExchangeTimes {
+        let now = SystemTime::now();
+        ExchangeTimes {
+            request_time: now,
+            response_time: now,
+            received: Instant::now(),
+        }
+    }
+
+    fn fields(list: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn stored_head_has_via_and_length_but_no_age() {
+        let s = Stored::build(
+            200,
+            "OK",
+            fields(&[
+                ("Cache-Control", "max-age=60"),
+                ("Content-Type", "text/plain"),
+            ]),
+            Bytes::from_static(b"hello"),
+            times(),
+            &CachePolicy::default(),
+            Some(b"Via: 1.1 ringgate\r\n"),
+        );
+        let head = String::from_utf8(s.head.to_vec()).unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Type: text/plain\r\nVia: 1.1 ringgate\r\nContent-Length: 5\r\n"
+        );
+        assert_eq!(s.freshness.lifetime, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn framing_hop_by_hop_and_age_fields_are_not_stored() {
+        let hs = [
+            Header {
+                name: "Connection",
+                value: b"X-Conn",
+            },
+            Header {
+                name: "X-Conn",
+                value: b"1",
+            },
+            Header {
+                name: "Transfer-Encoding",
+                value: b"chunked",
+            },
+            Header {
+                name: "Content-Length",
+                value: b"5",
+            },
+            Header {
+                name: "Age",
+                value: b"10",
+            },
+            Header {
+                name: "Keep-Alive",
+                value: b"timeout=5",
+            },
+            Header {
+                name: "ETag",
+                value: b"\"a\"",
+            },
+        ];
+        let stored = storable_fields(&hs, &ResponseDirectives::default());
+        let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, vec!["ETag"]);
+    }
+
+    #[test]
+    fn no_cache_and_private_named_fields_are_withheld() {
+        let cc = ResponseDirectives::parse(std::iter::once(
+            &b"no-cache=\"set-cookie\", private=\"x-user\", max-age=5"[..],
+        ));
+        let hs = [
+            Header {
+                name: "Set-Cookie",
+                value: b"a=1",
+            },
+            Header {
+                name: "X-User",
+                value: b"bob",
+            },
+            Header {
+                name: "X-Ok",
+                value: b"1",
+            },
+        ];
+        let names: Vec<String> = storable_fields(&hs, &cc)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, vec!["X-Ok"]);
+    }
+
+    #[test]
+    fn a_304_replaces_stored_fields_except_framing() {
+        let old = Stored::build(
+            200,
+            "OK",
+            fields(&[
+                ("Cache-Control", "max-age=1"),
+                ("ETag", "\"v1\""),
+                ("X-Version", "old"),
+            ]),
+            Bytes::from_static(b"body"),
+            times(),
+            &CachePolicy::default(),
+            None,
+        );
+        let update = [
+            Header {
+                name: "Cache-Control",
+                value: b"max-age=100",
+            },
+            Header {
+                name: "X-Version",
+                value: b"new",
+            },
+            Header {
+                name: "Content-Length",
+                value: b"0",
+            },
+        ];
+        let fresh = old.freshen(&update, times(), &CachePolicy::default(), None);
+        assert_eq!(fresh.freshness.lifetime, Duration::from_secs(100));
+        assert_eq!(fresh.body, old.body);
+        let head = String::from_utf8(fresh.head.to_vec()).unwrap();
+        assert!(
+            head.contains("X-Version: new") && !head.contains("old"),
+            "{head}"
+        );
+        assert!(head.contains("Content-Length: 4"), "{head}");
+        assert!(head.contains("ETag: \"v1\""), "{head}");
+    }
+
+    #[test]
+    fn age_grows_with_resident_time() {
+        let mut t = times();
+        t.received = Instant::now() - Duration::from_secs(30);
+        let s = Stored::build(
+            200,
+            "OK",
+            fields(&[("Cache-Control", "max-age=60"), ("Age", "5")]),
+            Bytes::new(),
+            t,
+            &CachePolicy::default(),
+            None,
+        );
+        let age = s.age(Instant::now()).as_secs();
+        assert!((35..=36).contains(&age), "{age}");
+        assert!(s.ttl(Instant::now()) <= 25);
+    }
+
+    #[test]
+    fn capture_gives_up_beyond_the_limit() {
+        let mut c = Capture {
+            status: 200,
+            reason: "OK".into(),
+            fields: vec![],
+            body: BytesMut::new(),
+            limit: 10,
+            abandoned: false,
+            request_time: SystemTime::now(),
+        };
+        c.push(b"12345");
+        c.push(b"123456");
+        assert!(c.abandoned);
+        assert!(c.body.is_empty());
+    }
+}

@@ -1,0 +1,72 @@
+//! The per-worker HTTP cache (RFC 9111, shared cache).
+//!
+//! - [`control`]: `Cache-Control` / `Pragma` parsing
+//! - [`freshness`]: storage rules, freshness lifetime, age, stale use
+//! - [`policy`]: a route's cache policy
+//! - [`key`]: cache keys; [`vary`]: variants
+//! - [`conditional`]: client preconditions answered from the cache
+//! - [`entry`]: stored responses; [`shard`]: the worker's store
+//! - [`coalesce`]: one origin fetch for concurrent misses
+//! - [`hit`]: the vectored hit write
+//!
+//! Each worker owns one [`WorkerCache`]; nothing here is shared across cores.
+
+pub mod coalesce;
+pub mod conditional;
+pub mod control;
+pub mod entry;
+pub mod freshness;
+pub mod hit;
+pub mod key;
+pub mod policy;
+pub mod shard;
+pub mod vary;
+
+use std::cell::{Cell, RefCell};
+
+use coalesce::Coalescer;
+use shard::Shard;
+
+/// Per-worker cache counters.
+#[derive(Default, Debug)]
+pub struct CacheStats {
+    pub hits: Cell<u64>,
+    pub misses: Cell<u64>,
+    pub stale_served: Cell<u64>,
+    pub revalidations: Cell<u64>,
+    pub coalesced: Cell<u64>,
+    pub stores: Cell<u64>,
+    pub invalidations: Cell<u64>,
+}
+
+/// A worker's cache: its shard, its in-flight fetches and its counters.
+pub struct WorkerCache {
+    pub shard: RefCell<Shard>,
+    pub coalescer: Coalescer,
+    pub stats: CacheStats,
+    /// Largest body stored, unless a route sets its own.
+    pub max_object: u64,
+}
+
+impl WorkerCache {
+    pub fn new(capacity: u64, max_object: u64) -> WorkerCache {
+        WorkerCache {
+            shard: RefCell::new(Shard::new(capacity)),
+            coalescer: Coalescer::default(),
+            stats: CacheStats::default(),
+            max_object,
+        }
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.shard.borrow().evictions()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.shard.borrow().weight()
+    }
+}
+
+pub fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}

@@ -1,0 +1,68 @@
+//! A route's cache policy, from its `[routes.cache]` table.
+
+use std::time::Duration;
+
+/// Responses to requests carrying `Authorization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthorizationPolicy {
+    /// RFC 9111 section 3.5: stored only when the response says `public`,
+    /// `s-maxage` or `must-revalidate`.
+    #[default]
+    Rfc,
+    /// Never stored.
+    Never,
+}
+
+/// How the query string enters the cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QueryKey {
+    /// The whole query, as received.
+    #[default]
+    Full,
+    /// No query at all.
+    Ignore,
+    /// The query without these parameters (e.g. tracking parameters).
+    IgnoreParams(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Lower-case request header names added to the key.
+    pub key_headers: Vec<String>,
+    /// Cookie names whose values are added to the key.
+    pub key_cookies: Vec<String>,
+    pub query: QueryKey,
+    /// Freshness for responses that carry none (off by default: such responses are not stored).
+    pub default_ttl: Option<Duration>,
+    /// Upper bound on any freshness lifetime.
+    pub max_ttl: Option<Duration>,
+    /// Freshness that replaces whatever the origin said.
+    pub ttl_override: Option<Duration>,
+    pub authorization: AuthorizationPolicy,
+    /// Store responses that set cookies (off by default).
+    pub store_set_cookie: bool,
+    /// Largest body stored for this route; `None` means the worker's `cache_max_object`.
+    pub max_object_size: Option<u64>,
+    /// How long concurrent misses wait for the first one's origin fetch.
+    pub coalesce_timeout: Duration,
+    /// Invalidate stored responses on successful unsafe requests (RFC 9111 section 4.4).
+    pub invalidate_on_write: bool,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            key_headers: Vec::new(),
+            key_cookies: Vec::new(),
+            query: QueryKey::Full,
+            default_ttl: None,
+            max_ttl: None,
+            ttl_override: None,
+            authorization: AuthorizationPolicy::Rfc,
+            store_set_cookie: false,
+            max_object_size: None,
+            coalesce_timeout: Duration::from_secs(5),
+            invalidate_on_write: true,
+        }
+    }
+}

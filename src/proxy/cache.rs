@@ -1,0 +1,668 @@
+//! The cache on the request path.
+//!
+//! - [`decide`] runs while the request head is parsed: a usable stored
+//!   response makes the request a hit; otherwise the request is forwarded
+//!   with a [`CacheWork`] saying what to do with the answer (store it,
+//!   revalidate a stale entry, invalidate on a write, or only label it).
+//! - [`on_response_head`] runs when the upstream's head arrives: a 304 to a
+//!   revalidation freshens the entry, a 5xx may be replaced by a stale
+//!   entry (stale-if-error), a storable response starts a [`Capture`].
+//! - [`store`] inserts a captured response; [`write_hit`] and
+//!   [`write_not_modified`] answer from a stored response;
+//!   [`refresh`] is the background revalidation of stale-while-revalidate.
+
+use std::io::Write;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use httparse::Header;
+
+use crate::cache::conditional::Preconditions;
+use crate::cache::control::{RequestDirectives, DELTA_MAX};
+use crate::cache::entry::{response_facts, storable_fields, Capture, ExchangeTimes, Stored};
+use crate::cache::freshness::{may_serve_stale_on_error, may_store, usability, RequestFacts, Use};
+use crate::cache::hit::HitBuf;
+use crate::cache::key::primary_key;
+use crate::cache::policy::CachePolicy;
+use crate::cache::shard::Lookup;
+use crate::cache::{bump, WorkerCache};
+use crate::config::RouteConfig;
+use crate::http::headers::{name_is, trim};
+use crate::http::request::{header_slots, RequestHead};
+use crate::http::response::ResponseHead;
+use crate::http::Method;
+use crate::worker::context::WorkerCtx;
+
+/// What the cache does with a forwarded request's response.
+pub enum WorkKind {
+    /// A GET that missed, or whose stored response must be revalidated:
+    /// store the response if allowed. `stale` is the stored response, kept
+    /// for a 304 (when `conditional`) and for stale-if-error.
+    Fill {
+        stale: Option<Rc<Stored>>,
+        conditional: bool,
+    },
+    /// An unsafe method: on a non-error response, invalidate the target URI
+    /// and same-origin `Location` / `Content-Location` (RFC 9111 section 4.4).
+    Invalidate,
+    /// Only label the response with `Cache-Status`.
+    Observe,
+}
+
+pub struct CacheWork {
+    pub route: usize,
+    pub key: Box<[u8]>,
+    /// A copy of the client's request head, for `Vary` and the key of `Location`.
+    pub request_head: Bytes,
+    pub authority: String,
+    pub kind: WorkKind,
+    pub facts: RequestFacts,
+    /// The `fwd` parameter of `Cache-Status`.
+    pub fwd: &'static str,
+    pub request_time: SystemTime,
+}
+
+/// Why a stored response answers the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitKind {
+    Fresh,
+    /// Stale, accepted by the client's `max-stale`.
+    StaleAllowed,
+    /// Stale, refreshed in the background.
+    StaleWhileRevalidate,
+    /// Stored by a concurrent request this one waited for.
+    Collapsed,
+    /// Revalidated just now with a 304.
+    Revalidated,
+    /// Stale, standing in for an upstream error with this status (0: no response).
+    StaleIfError(u16),
+}
+
+pub struct HitPlan {
+    pub stored: Rc<Stored>,
+    pub kind: HitKind,
+    /// The client's preconditions hold: answer 304.
+    pub not_modified: bool,
+    pub refresh: Option<Refresh>,
+}
+
+/// A background refresh for stale-while-revalidate.
+pub struct Refresh {
+    pub route: usize,
+    pub key: Box<[u8]>,
+    pub request_head: Bytes,
+    pub upstream_head: Vec<u8>,
+    pub server: usize,
+    pub stored: Rc<Stored>,
+}
+
+/// Validators the cache sends when it revalidates.
+pub struct Validators {
+    pub etag: Option<Vec<u8>>,
+    pub last_modified: Option<Vec<u8>>,
+}
+
+pub enum Decision {
+    /// The route does not cache.
+    NotCached,
+    Hit(HitPlan),
+    /// Forward, then handle the response as `CacheWork` says; send
+    /// `validators` instead of the client's conditionals when present.
+    Forward(Box<CacheWork>, Option<Validators>),
+    /// `only-if-cached` and nothing usable stored: 504.
+    OnlyIfCachedMiss,
+}
+
+fn values<'a>(
+    headers: &'a [Header<'a>],
+    name: &'static str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| name_is(h.name, name))
+        .map(|h| h.value)
+}
+
+fn field<'a>(stored: &'a Stored, name: &str) -> Option<&'a [u8]> {
+    stored
+        .fields
+        .iter()
+        .find(|(n, _)| name_is(n, name))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// Decides, while the head is borrowed, how the cache takes part in a request.
+pub fn decide(
+    ctx: &WorkerCtx,
+    route_index: usize,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    buf: &[u8],
+) -> Decision {
+    let (Some(cache), Some(policy)) = (&ctx.cache, &route.cache) else {
+        return Decision::NotCached;
+    };
+    let facts = RequestFacts {
+        authorization: req.header("authorization").is_some(),
+        cc: RequestDirectives::parse(
+            values(req.headers, "cache-control"),
+            values(req.headers, "pragma"),
+        ),
+    };
+    let mut key = ctx.key_buf.borrow_mut();
+    primary_key(
+        &mut key,
+        req.authority,
+        req.path_and_query,
+        policy,
+        req.headers,
+    );
+    let work = |kind, fwd, facts| {
+        Box::new(CacheWork {
+            route: route_index,
+            key: key.as_slice().into(),
+            request_head: Bytes::copy_from_slice(&buf[..req.head_len]),
+            authority: req.authority.to_string(),
+            kind,
+            facts,
+            fwd,
+            request_time: SystemTime::now(),
+        })
+    };
+    match req.method {
+        Method::Get | Method::Head => {}
+        Method::Post | Method::Put | Method::Patch | Method::Delete
+            if policy.invalidate_on_write =>
+        {
+            return Decision::Forward(work(WorkKind::Invalidate, "method", facts), None);
+        }
+        _ => return Decision::Forward(work(WorkKind::Observe, "method", facts), None),
+    }
+    let preconditions = Preconditions::from_headers(req.headers);
+    if preconditions.unsupported {
+        // If-Match, If-Unmodified-Since, If-Range: the origin decides.
+        return Decision::Forward(work(WorkKind::Observe, "request", facts), None);
+    }
+    let now = Instant::now();
+    let found = cache.shard.borrow_mut().lookup(&key, req.headers, now);
+    let (fwd, stale) = match found {
+        Lookup::Found(stored) => {
+            let age = stored.age(now);
+            let kind = match usability(&stored.freshness, age, &facts.cc) {
+                Use::Fresh => Some(HitKind::Fresh),
+                Use::StaleAllowed => Some(HitKind::StaleAllowed),
+                Use::StaleWhileRevalidate => Some(HitKind::StaleWhileRevalidate),
+                Use::Revalidate => None,
+            };
+            if let Some(kind) = kind {
+                let refresh = (kind == HitKind::StaleWhileRevalidate && !stored.refreshing.get())
+                    .then(|| refresh_plan(ctx, route_index, route, req, buf, &key, &stored));
+                return Decision::Hit(HitPlan {
+                    not_modified: stored.status / 100 == 2 && !preconditions.is_empty() && {
+                        preconditions.not_modified(
+                            stored.etag.as_deref(),
+                            stored.last_modified,
+                            stored.date,
+                        )
+                    },
+                    stored,
+                    kind,
+                    refresh,
+                });
+            }
+            (
+                if facts.cc.no_cache {
+                    "request"
+                } else {
+                    "stale"
+                },
+                Some(stored),
+            )
+        }
+        Lookup::UriMiss => ("uri-miss", None),
+        Lookup::VaryMiss => ("vary-miss", None),
+    };
+    if facts.cc.only_if_cached {
+        return Decision::OnlyIfCachedMiss;
+    }
+    if req.method == Method::Head {
+        // A HEAD never fills the cache: its response has no body to store as the GET.
+        return Decision::Forward(work(WorkKind::Observe, fwd, facts), None);
+    }
+    let validators = stale.as_ref().and_then(|s| {
+        let v = Validators {
+            etag: s.etag.clone(),
+            last_modified: field(s, "last-modified").map(<[u8]>::to_vec),
+        };
+        (v.etag.is_some() || v.last_modified.is_some()).then_some(v)
+    });
+    let conditional = validators.is_some();
+    Decision::Forward(
+        work(WorkKind::Fill { stale, conditional }, fwd, facts),
+        validators,
+    )
+}
+
+fn refresh_plan(
+    ctx: &WorkerCtx,
+    route_index: usize,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    buf: &[u8],
+    key: &[u8],
+    stored: &Rc<Stored>,
+) -> Refresh {
+    stored.refreshing.set(true);
+    let mut upstreams = ctx.upstreams.borrow_mut();
+    let server = upstreams.pick(route.upstream);
+    let mut upstream_head = Vec::with_capacity(512);
+    let validators = Validators {
+        etag: stored.etag.clone(),
+        last_modified: field(stored, "last-modified").map(<[u8]>::to_vec),
+    };
+    super::head::write_request_head(
+        &mut upstream_head,
+        req,
+        &super::head::UpstreamRequest {
+            route,
+            proxy: &ctx.config.proxy,
+            client_ip: "127.0.0.1",
+            fallback_host: &upstreams.server_hosts[server],
+            strip_expect: true,
+            via_line: &ctx.via_line,
+            validators: Some(&validators),
+            method_override: Some("GET"),
+        },
+    );
+    Refresh {
+        route: route_index,
+        key: key.into(),
+        request_head: Bytes::copy_from_slice(&buf[..req.head_len]),
+        upstream_head,
+        server,
+        stored: stored.clone(),
+    }
+}
+
+/// What to do with the upstream's response.
+pub enum Action {
+    /// Relay it; capture the body for storage when `capture` is set.
+    /// `status_line` is the `Cache-Status` field to add.
+    Relay {
+        capture: Option<Capture>,
+        status_line: Vec<u8>,
+    },
+    /// Answer from this stored response instead (304 freshened it, or stale-if-error).
+    Serve(HitPlan),
+}
+
+fn status_line(fwd: &str, upstream_status: u16, stored: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(80);
+    let _ = write!(
+        line,
+        "Cache-Status: ringgate; fwd={fwd}; fwd-status={upstream_status}"
+    );
+    if stored {
+        line.extend_from_slice(b"; stored");
+    }
+    line.extend_from_slice(b"\r\n");
+    line
+}
+
+fn policy<'a>(ctx: &'a WorkerCtx, route: usize) -> &'a CachePolicy {
+    ctx.config.routes[route]
+        .cache
+        .as_ref()
+        .expect("cache work only exists for caching routes")
+}
+
+/// Runs the request head stored in `head` through httparse again, for its headers.
+fn with_request_headers<T>(head: &[u8], f: impl FnOnce(&[Header<'_>]) -> T) -> T {
+    let mut slots = header_slots::<{ crate::config::MAX_HEADERS_CAP }>();
+    let mut req = httparse::Request::new(&mut []);
+    let _ = req.parse_with_uninit_headers(head, &mut slots);
+    f(req.headers)
+}
+
+/// Decides, while the upstream's head is borrowed, what happens to the response.
+pub fn on_response_head(
+    ctx: &WorkerCtx,
+    work: &CacheWork,
+    resp: &ResponseHead<'_>,
+    method: Method,
+) -> Action {
+    let cache = ctx.cache.as_ref().expect("cache work implies a cache");
+    let policy = policy(ctx, work.route);
+    match &work.kind {
+        WorkKind::Observe => Action::Relay {
+            capture: None,
+            status_line: status_line(work.fwd, resp.status, false),
+        },
+        WorkKind::Invalidate => {
+            if resp.status < 400 {
+                invalidate_after_write(ctx, cache, work, policy, resp);
+            }
+            Action::Relay {
+                capture: None,
+                status_line: status_line(work.fwd, resp.status, false),
+            }
+        }
+        WorkKind::Fill { stale, conditional } => {
+            let times = ExchangeTimes::now(work.request_time);
+            if let Some(stale) = stale {
+                if *conditional && resp.status == 304 {
+                    bump(&cache.stats.revalidations);
+                    let fresh = Rc::new(stale.freshen(resp.headers, times, policy, ctx.via()));
+                    with_request_headers(&work.request_head, |headers| {
+                        cache
+                            .shard
+                            .borrow_mut()
+                            .insert(&work.key, headers, fresh.clone())
+                    });
+                    return Action::Serve(HitPlan {
+                        stored: fresh,
+                        kind: HitKind::Revalidated,
+                        not_modified: false,
+                        refresh: None,
+                    });
+                }
+                if resp.status >= 500
+                    && may_serve_stale_on_error(
+                        &stale.freshness,
+                        stale.age(Instant::now()),
+                        &work.facts.cc,
+                    )
+                {
+                    return Action::Serve(HitPlan {
+                        stored: stale.clone(),
+                        kind: HitKind::StaleIfError(resp.status),
+                        not_modified: false,
+                        refresh: None,
+                    });
+                }
+            }
+            bump(&cache.stats.misses);
+            let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
+            let limit = policy
+                .max_object_size
+                .unwrap_or(cache.max_object)
+                .min(cache.max_object);
+            let too_large =
+                matches!(resp.framing, crate::http::BodyFraming::Length(n) if n > limit);
+            let storable = method == Method::Get
+                && !too_large
+                && may_store(&work.facts, &facts, policy).is_ok();
+            if !storable && stale.is_some() {
+                // The origin's newer answer is not storable: the old one must not outlive it.
+                cache.shard.borrow_mut().remove_uri(&work.key);
+            }
+            let capture = storable.then(|| Capture {
+                status: resp.status,
+                reason: resp.reason.to_string(),
+                fields: storable_fields(resp.headers, &facts.cc),
+                body: BytesMut::new(),
+                limit,
+                abandoned: false,
+                request_time: work.request_time,
+            });
+            Action::Relay {
+                status_line: status_line(work.fwd, resp.status, capture.is_some()),
+                capture,
+            }
+        }
+    }
+}
+
+/// Stores a captured response that arrived whole.
+pub fn store(ctx: &WorkerCtx, work: &CacheWork, capture: Capture) {
+    if capture.abandoned {
+        return;
+    }
+    let cache = ctx.cache.as_ref().expect("cache work implies a cache");
+    let stored = Rc::new(Stored::build(
+        capture.status,
+        &capture.reason,
+        capture.fields,
+        capture.body.freeze(),
+        ExchangeTimes::now(capture.request_time),
+        policy(ctx, work.route),
+        ctx.via(),
+    ));
+    with_request_headers(&work.request_head, |headers| {
+        cache.shard.borrow_mut().insert(&work.key, headers, stored)
+    });
+    bump(&cache.stats.stores);
+}
+
+fn invalidate_after_write(
+    ctx: &WorkerCtx,
+    cache: &WorkerCache,
+    work: &CacheWork,
+    policy: &CachePolicy,
+    resp: &ResponseHead<'_>,
+) {
+    let mut shard = cache.shard.borrow_mut();
+    let mut removed = shard.remove_uri(&work.key);
+    let mut key = ctx.key_buf.borrow_mut();
+    for h in resp
+        .headers
+        .iter()
+        .filter(|h| name_is(h.name, "location") || name_is(h.name, "content-location"))
+    {
+        let Ok(target) = std::str::from_utf8(trim(h.value)) else {
+            continue;
+        };
+        // Only same-origin targets (RFC 9111 section 4.4): relative, or our own authority.
+        let path = if target.starts_with('/') {
+            Some(target)
+        } else {
+            target
+                .strip_prefix("http://")
+                .and_then(|rest| {
+                    rest.split_once('/')
+                        .map(|(authority, _)| (authority, &rest[authority.len()..]))
+                })
+                .filter(|(authority, _)| authority.eq_ignore_ascii_case(&work.authority))
+                .map(|(_, path)| path)
+        };
+        if let Some(path) = path {
+            with_request_headers(&work.request_head, |headers| {
+                primary_key(&mut key, &work.authority, path, policy, headers)
+            });
+            removed += shard.remove_uri(&key);
+        }
+    }
+    for _ in 0..removed {
+        bump(&cache.stats.invalidations);
+    }
+}
+
+/// The per-response lines of a hit: Age and Cache-Status.
+fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
+    let stored = &plan.stored;
+    let age = stored.age(now).as_secs().min(DELTA_MAX);
+    let _ = write!(out, "Age: {age}\r\nCache-Status: ringgate; ");
+    let ttl = stored.ttl(now);
+    let _ = match plan.kind {
+        HitKind::Fresh | HitKind::StaleAllowed => write!(out, "hit; ttl={ttl}"),
+        HitKind::StaleWhileRevalidate => {
+            write!(out, "hit; ttl={ttl}; detail=stale-while-revalidate")
+        }
+        HitKind::Collapsed => write!(out, "fwd=uri-miss; collapsed; ttl={ttl}"),
+        HitKind::Revalidated => write!(out, "fwd=stale; fwd-status=304; ttl={ttl}"),
+        HitKind::StaleIfError(0) => write!(out, "fwd=stale; ttl={ttl}; detail=stale-if-error"),
+        HitKind::StaleIfError(status) => write!(
+            out,
+            "fwd=stale; fwd-status={status}; ttl={ttl}; detail=stale-if-error"
+        ),
+    };
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Prepares `buf` for a full hit (`head_only` for HEAD); `connection` is the
+/// `Connection` line to add, if any.
+pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool, connection: &[u8]) {
+    let body = if head_only {
+        Bytes::new()
+    } else {
+        plan.stored.body.clone()
+    };
+    buf.set(plan.stored.head.clone(), body);
+    let suffix = buf.suffix();
+    hit_lines(suffix, plan, Instant::now());
+    suffix.extend_from_slice(connection);
+    suffix.extend_from_slice(b"\r\n");
+}
+
+/// Writes a 304 answered from the stored response into `out`.
+pub fn write_not_modified(
+    out: &mut Vec<u8>,
+    plan: &HitPlan,
+    via: Option<&[u8]>,
+    connection: &[u8],
+) {
+    out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
+    for (name, value) in plan.stored.not_modified_fields() {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    hit_lines(out, plan, Instant::now());
+    if let Some(via) = via {
+        out.extend_from_slice(via);
+    }
+    out.extend_from_slice(connection);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// After waiting for a concurrent fetch: the response it stored, if usable.
+pub fn lookup_after_wait(ctx: &WorkerCtx, work: &CacheWork) -> Option<HitPlan> {
+    let cache = ctx.cache.as_ref()?;
+    let now = Instant::now();
+    let found = with_request_headers(&work.request_head, |headers| {
+        cache.shard.borrow_mut().lookup(&work.key, headers, now)
+    });
+    match found {
+        Lookup::Found(stored)
+            if usability(&stored.freshness, stored.age(now), &work.facts.cc) == Use::Fresh =>
+        {
+            let not_modified = stored.status / 100 == 2
+                && with_request_headers(&work.request_head, |headers| {
+                    let p = Preconditions::from_headers(headers);
+                    !p.is_empty()
+                        && p.not_modified(stored.etag.as_deref(), stored.last_modified, stored.date)
+                });
+            Some(HitPlan {
+                stored,
+                kind: HitKind::Collapsed,
+                not_modified,
+                refresh: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A stale entry that may answer in place of an upstream failure (connect
+/// error or timeout), under stale-if-error.
+pub fn stale_for_error(work: &CacheWork) -> Option<HitPlan> {
+    match &work.kind {
+        WorkKind::Fill {
+            stale: Some(stale), ..
+        } if may_serve_stale_on_error(
+            &stale.freshness,
+            stale.age(Instant::now()),
+            &work.facts.cc,
+        ) =>
+        {
+            Some(HitPlan {
+                stored: stale.clone(),
+                kind: HitKind::StaleIfError(0),
+                not_modified: false,
+                refresh: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Background revalidation for stale-while-revalidate: one at a time per
+/// entry, result stored (or the entry freshened) when it arrives.
+pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
+    let Some(cache) = ctx.cache.as_ref() else {
+        return;
+    };
+    // Coalesce with any foreground fetch of the same key.
+    let _leader = match cache.coalescer.join(&job.key) {
+        crate::cache::coalesce::Join::Leader(guard) => guard,
+        crate::cache::coalesce::Join::Follower(_) => {
+            job.stored.refreshing.set(false);
+            return;
+        }
+    };
+    let request_time = SystemTime::now();
+    let policy = policy(&ctx, job.route).clone();
+    let limit = policy
+        .max_object_size
+        .unwrap_or(cache.max_object)
+        .min(cache.max_object);
+    let fetched = super::fetch::fetch_whole(&ctx, job.server, job.upstream_head, limit).await;
+    job.stored.refreshing.set(false);
+    let fetched = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(worker = ctx.index, error = %e, "background refresh failed");
+            return;
+        }
+    };
+    let mut slots = header_slots::<256>();
+    let Ok(Some(resp)) = crate::http::response::parse_response(
+        &fetched.head,
+        &mut slots,
+        fetched.head.len(),
+        Method::Get,
+    ) else {
+        return;
+    };
+    let times = ExchangeTimes::now(request_time);
+    let stored = if resp.status == 304 {
+        bump(&cache.stats.revalidations);
+        job.stored.freshen(resp.headers, times, &policy, ctx.via())
+    } else {
+        let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
+        let req_facts = with_request_headers(&job.request_head, |headers| RequestFacts {
+            authorization: headers.iter().any(|h| name_is(h.name, "authorization")),
+            cc: RequestDirectives::parse(
+                values(headers, "cache-control"),
+                values(headers, "pragma"),
+            ),
+        });
+        if may_store(&req_facts, &facts, &policy).is_err() {
+            cache.shard.borrow_mut().remove_uri(&job.key);
+            return;
+        }
+        Stored::build(
+            resp.status,
+            resp.reason,
+            storable_fields(resp.headers, &facts.cc),
+            fetched.body,
+            times,
+            &policy,
+            ctx.via(),
+        )
+    };
+    with_request_headers(&job.request_head, |headers| {
+        cache
+            .shard
+            .borrow_mut()
+            .insert(&job.key, headers, Rc::new(stored))
+    });
+    bump(&cache.stats.stores);
+}
+
+/// How long a waiter for a concurrent fetch of this route waits.
+pub fn coalesce_timeout(ctx: &WorkerCtx, work: &CacheWork) -> Duration {
+    policy(ctx, work.route).coalesce_timeout
+}
