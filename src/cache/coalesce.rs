@@ -23,9 +23,11 @@ impl Flight {
     }
 }
 
+type Flights = Rc<RefCell<HashMap<Box<[u8]>, Rc<Flight>>>>;
+
 #[derive(Default)]
 pub struct Coalescer {
-    flights: Rc<RefCell<HashMap<Box<[u8]>, Rc<Flight>>>>,
+    flights: Flights,
 }
 
 /// How a miss joins the fetches under way.
@@ -37,7 +39,7 @@ pub enum Join {
 }
 
 pub struct LeaderGuard {
-    flights: Rc<RefCell<HashMap<Box<[u8]>, Rc<Flight>>>>,
+    flights: Flights,
     key: Box<[u8]>,
     flight: Rc<Flight>,
 }

@@ -232,17 +232,15 @@ impl RequestDirectives {
                 "max-age" => {
                     d.max_age.get_or_insert(Delta::parse(arg));
                 }
-                "max-stale" => {
-                    if d.max_stale.is_none() {
-                        d.max_stale = Some(match arg {
-                            None => None,
-                            Some(a) => match Delta::parse(Some(a)) {
-                                Delta::Seconds(n) => Some(n),
-                                // An unparseable max-stale grants nothing.
-                                Delta::Invalid => Some(0),
-                            },
-                        });
-                    }
+                "max-stale" if d.max_stale.is_none() => {
+                    d.max_stale = Some(match arg {
+                        None => None,
+                        Some(a) => match Delta::parse(Some(a)) {
+                            Delta::Seconds(n) => Some(n),
+                            // An unparseable max-stale grants nothing.
+                            Delta::Invalid => Some(0),
+                        },
+                    });
                 }
                 "min-fresh" => {
                     d.min_fresh.get_or_insert(Delta::parse(arg));

@@ -155,7 +155,7 @@ impl Shard {
                 let key: Box<[u8]> = self.scratch.as_slice().into();
                 {
                     let mut keys = index.keys.borrow_mut();
-                    if !keys.iter().any(|k| *k == key) {
+                    if !keys.contains(&key) {
                         keys.push(key.clone());
                     }
                 }

@@ -310,7 +310,7 @@ fn status_line(fwd: &str, upstream_status: u16, stored: bool) -> Vec<u8> {
     line
 }
 
-fn policy<'a>(ctx: &'a WorkerCtx, route: usize) -> &'a CachePolicy {
+fn policy(ctx: &WorkerCtx, route: usize) -> &CachePolicy {
     ctx.config.routes[route]
         .cache
         .as_ref()
