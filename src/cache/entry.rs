@@ -58,10 +58,11 @@ pub fn response_facts<'a>(
     }
 }
 
-/// Header fields that are about the connection or the framing, or that the
-/// cache writes itself: never stored, never taken from a 304.
+/// Header fields that are about the connection or the framing: never
+/// stored, never taken from a 304. (`Age` is read for the age calculation,
+/// then dropped by [`Stored::build`]: the cache writes its own.)
 fn managed_field(name: &str) -> bool {
-    is_hop_by_hop(name) || name_is(name, "content-length") || name_is(name, "age")
+    is_hop_by_hop(name) || name_is(name, "content-length")
 }
 
 /// Fields a response must not hand to later requests (RFC 9111 sections
@@ -131,11 +132,12 @@ impl ExchangeTimes {
 }
 
 impl Stored {
-    /// Builds an entry from stored fields and a complete body.
+    /// Builds an entry from a response's storable fields (an `Age` among
+    /// them counts towards the entry's age, then is dropped) and its body.
     pub fn build(
         status: u16,
         reason: &str,
-        fields: Vec<(String, Vec<u8>)>,
+        mut fields: Vec<(String, Vec<u8>)>,
         body: Bytes,
         times: ExchangeTimes,
         policy: &CachePolicy,
@@ -373,7 +375,11 @@ mod tests {
         ];
         let stored = storable_fields(&hs, &ResponseDirectives::default());
         let names: Vec<&str> = stored.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, vec!["ETag"]);
+        assert_eq!(
+            names,
+            vec!["Age", "ETag"],
+            "Age is kept for the age calculation"
+        );
     }
 
     #[test]

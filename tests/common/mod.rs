@@ -29,6 +29,8 @@ pub struct OriginLog {
     pub heads: Mutex<Vec<String>>,
     /// Body byte counts of each request.
     pub body_lengths: Mutex<Vec<u64>>,
+    /// Requests per target (path and query).
+    pub per_target: Mutex<HashMap<String, usize>>,
 }
 
 /// A test origin. Paths:
@@ -43,6 +45,7 @@ pub struct OriginLog {
 /// - `/bad-framing`: a response with both Content-Length and chunked
 /// - `/die-mid-body`: promises 1000 bytes, sends 10, closes
 /// - `/interim`: a 103 Early Hints, then 200
+/// - `/c?...`: a cacheable resource described by its query (see [`cacheable`])
 /// - anything else: 200 "ok"
 pub struct Origin {
     pub addr: SocketAddr,
@@ -88,6 +91,30 @@ impl Origin {
 
     pub fn requests(&self) -> usize {
         self.log.requests.load(Ordering::SeqCst)
+    }
+
+    /// Requests the origin received for exactly this target.
+    pub fn hits_on(&self, target: &str) -> usize {
+        self.log
+            .per_target
+            .lock()
+            .unwrap()
+            .get(target)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The heads received for this target, oldest first.
+    pub fn heads_for(&self, target: &str) -> Vec<String> {
+        let prefix = format!(" {target} ");
+        self.log
+            .heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.split("\r\n").next().unwrap_or("").contains(&prefix))
+            .cloned()
+            .collect()
     }
 
     pub fn last_head(&self) -> String {
@@ -147,6 +174,12 @@ fn origin_connection(
             0
         };
         log.body_lengths.lock().unwrap().push(body_len);
+        let seen = {
+            let mut per_target = log.per_target.lock().unwrap();
+            let n = per_target.entry(path.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
         let close = headers
             .get("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))
@@ -154,7 +187,17 @@ fn origin_connection(
         let head_only = method == "HEAD";
         let conn_close = if close { "Connection: close\r\n" } else { "" };
 
-        if path.starts_with("/echo") {
+        if let Some(query) = path.strip_prefix("/c?") {
+            cacheable(
+                &mut stream,
+                query,
+                &headers,
+                seen,
+                head_only,
+                conn_close,
+                gate,
+            )?;
+        } else if path.starts_with("/echo") {
             let body = format!("{head}body={body_len}");
             let resp = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{conn_close}\r\n",
@@ -238,6 +281,119 @@ fn origin_connection(
             return Ok(());
         }
     }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// A cacheable resource, described by the query of `/c?...`:
+/// `cc` (Cache-Control), `etag`, `lm` (Last-Modified), `vary`, `age`,
+/// `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
+/// number), `size=N` (N pattern bytes), `chunked=1`, `after=K&after_status=S`
+/// (requests beyond the K-th get status S), `gate_after=K` (requests beyond
+/// the K-th wait for the gate). `If-None-Match` matching `etag` gets a 304.
+fn cacheable(
+    stream: &mut TcpStream,
+    query: &str,
+    headers: &HashMap<String, String>,
+    seen: usize,
+    head_only: bool,
+    conn_close: &str,
+    gate: &(Mutex<bool>, std::sync::Condvar),
+) -> io::Result<()> {
+    let params: HashMap<String, String> = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+    let get = |k: &str| params.get(k).cloned();
+    let num = |k: &str| get(k).and_then(|v| v.parse::<usize>().ok());
+    if num("gate_after").is_some_and(|k| seen > k) {
+        let (lock, cv) = gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }
+    let mut status: u16 = get("status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    if num("after").is_some_and(|k| seen > k) {
+        status = get("after_status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(500);
+    }
+    let mut fields = String::new();
+    for (param, header) in [
+        ("cc", "Cache-Control"),
+        ("etag", "ETag"),
+        ("lm", "Last-Modified"),
+        ("vary", "Vary"),
+        ("age", "Age"),
+        ("expires", "Expires"),
+    ] {
+        if let Some(v) = get(param) {
+            fields.push_str(&format!("{header}: {v}\r\n"));
+        }
+    }
+    if get("cookie").is_some() {
+        fields.push_str("Set-Cookie: session=abc\r\n");
+    }
+    fields.push_str(&format!("X-Origin-Request: {seen}\r\n"));
+    if let (Some(etag), Some(inm)) = (get("etag"), headers.get("if-none-match")) {
+        if status == 200 && inm.split(',').any(|t| t.trim() == etag) {
+            return stream.write_all(
+                format!("HTTP/1.1 304 Not Modified\r\n{fields}{conn_close}\r\n").as_bytes(),
+            );
+        }
+    }
+    let body: Vec<u8> = match num("size") {
+        Some(n) => (0..n as u64).map(pattern_byte).collect(),
+        None => get("body")
+            .unwrap_or_else(|| format!("v{seen}"))
+            .into_bytes(),
+    };
+    if get("chunked").is_some() {
+        stream.write_all(
+            format!(
+                "HTTP/1.1 {status} X\r\n{fields}Transfer-Encoding: chunked\r\n{conn_close}\r\n"
+            )
+            .as_bytes(),
+        )?;
+        if !head_only {
+            for piece in body.chunks(700) {
+                stream.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                stream.write_all(piece)?;
+                stream.write_all(b"\r\n")?;
+            }
+            stream.write_all(b"0\r\n\r\n")?;
+        }
+        return Ok(());
+    }
+    stream.write_all(
+        format!(
+            "HTTP/1.1 {status} X\r\n{fields}Content-Length: {}\r\n{conn_close}\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    if !head_only {
+        stream.write_all(&body)?;
+    }
+    Ok(())
 }
 
 /// Byte `i` of every generated body, so corruption anywhere is detectable.
