@@ -70,7 +70,9 @@ fn age_includes_the_age_the_origin_reported() {
     let mut c = Client::connect(gw.listen_addr());
     let t = "/c?cc=max-age%3D600&age=100";
     fetch(&mut c, t, "");
-    let age: u64 = fetch(&mut c, t, "").header("age").unwrap().parse().unwrap();
+    let hit = fetch(&mut c, t, "");
+    assert_eq!(hit.header_count("age"), 1, "the cache writes the only Age");
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
     assert!((100..110).contains(&age), "{age}");
 }
 

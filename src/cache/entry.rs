@@ -158,6 +158,7 @@ impl Stored {
                 .filter(|(n, _)| name_is(n, "vary"))
                 .map(|(_, v)| v.as_slice()),
         );
+        fields.retain(|(name, _)| !name_is(name, "age"));
 
         let mut head = Vec::with_capacity(256);
         let _ = write!(head, "HTTP/1.1 {status} {reason}\r\n");
