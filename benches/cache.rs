@@ -3,7 +3,7 @@
 //! Run with `cargo bench --bench cache`.
 
 use std::hint::black_box;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,8 +14,8 @@ use ringgate::cache::policy::CachePolicy;
 use ringgate::cache::shard::{Lookup, Shard};
 use ringgate::proxy::cache::{write_hit, HitKind, HitPlan};
 
-fn stored(body: usize) -> Rc<Stored> {
-    Rc::new(Stored::build(
+fn stored(body: usize) -> Arc<Stored> {
+    Arc::new(Stored::build(
         200,
         "OK",
         vec![

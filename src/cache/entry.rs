@@ -4,8 +4,8 @@
 //! stored header fields, `Via` and `Content-Length`. A hit then only adds
 //! `Age`, `Cache-Status` and `Connection` (see [`super::hit`]).
 
-use std::cell::Cell;
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -109,8 +109,10 @@ pub struct Stored {
     pub last_modified: Option<SystemTime>,
     pub date: Option<SystemTime>,
     pub vary: VarySpec,
-    /// A background refresh (stale-while-revalidate) is under way.
-    pub refreshing: Cell<bool>,
+    /// Tags from the configured tag headers (`Surrogate-Key`, `Cache-Tag`), for purge by tag.
+    pub tags: Vec<String>,
+    /// A background refresh (stale-while-revalidate) is under way, on any core.
+    pub refreshing: AtomicBool,
 }
 
 /// Times of the exchange that produced a response (RFC 9111 section 4.2.3).
@@ -186,8 +188,48 @@ impl Stored {
             last_modified: facts.last_modified,
             date: facts.date,
             vary,
+            tags: Vec::new(),
             fields,
-            refreshing: Cell::new(false),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    /// Reads tags from the named header fields: space- or comma-separated.
+    pub fn with_tags(mut self, tag_headers: &[String]) -> Stored {
+        for (name, value) in &self.fields {
+            if tag_headers.iter().any(|t| name_is(name, t)) {
+                for tag in value
+                    .split(|&b| b == b' ' || b == b',' || b == b'\t')
+                    .filter(|t| !t.is_empty())
+                {
+                    self.tags.push(String::from_utf8_lossy(tag).to_string());
+                }
+            }
+        }
+        self
+    }
+
+    /// The same response, but stale from now on (soft purge): it can still be
+    /// served under stale-while-revalidate / stale-if-error, and revalidated.
+    pub fn made_stale(&self) -> Stored {
+        let mut freshness = self.freshness;
+        freshness.lifetime = Duration::ZERO;
+        Stored {
+            status: self.status,
+            reason: self.reason.clone(),
+            fields: self.fields.clone(),
+            head: self.head.clone(),
+            body: self.body.clone(),
+            freshness,
+            initial_age: self.initial_age,
+            received: self.received,
+            discard_at: self.discard_at,
+            etag: self.etag.clone(),
+            last_modified: self.last_modified,
+            date: self.date,
+            vary: self.vary.clone(),
+            tags: self.tags.clone(),
+            refreshing: AtomicBool::new(false),
         }
     }
 

@@ -8,7 +8,9 @@
 //! nobody asks for again are evicted by S3-FIFO or by the periodic sweep.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use httparse::Header;
@@ -20,9 +22,18 @@ use super::vary::{variant_key, VarySpec};
 /// A cache slot.
 #[derive(Clone)]
 pub enum Slot {
-    Response(Rc<Stored>),
+    /// `owned`: this worker fetched it and its bytes count against this
+    /// shard; an entry offered by another worker shares that worker's body
+    /// and counts here only for its bookkeeping.
+    Response {
+        stored: Arc<Stored>,
+        owned: bool,
+    },
     Variants(Rc<VariantIndex>),
 }
+
+/// Bookkeeping weight of an entry whose bytes another shard counts.
+const SHARED_ENTRY_WEIGHT: u64 = 256;
 
 /// The variants stored for one URL.
 pub struct VariantIndex {
@@ -38,7 +49,11 @@ impl Weighter<Box<[u8]>, Slot> for SlotWeight {
     fn weight(&self, key: &Box<[u8]>, slot: &Slot) -> u64 {
         key.len() as u64
             + match slot {
-                Slot::Response(stored) => stored.weight(),
+                Slot::Response {
+                    stored,
+                    owned: true,
+                } => stored.weight(),
+                Slot::Response { owned: false, .. } => SHARED_ENTRY_WEIGHT,
                 Slot::Variants(index) => {
                     64 + index.names.iter().map(|n| n.len() as u64).sum::<u64>()
                 }
@@ -62,7 +77,7 @@ type Inner =
 
 /// What a lookup found.
 pub enum Lookup {
-    Found(Rc<Stored>),
+    Found(Arc<Stored>),
     /// Nothing stored for the URL.
     UriMiss,
     /// The URL has variants, none for this request's header values.
@@ -74,6 +89,18 @@ pub struct Shard {
     evictions: Rc<Cell<u64>>,
     /// Reused buffer for secondary keys.
     scratch: Vec<u8>,
+    /// Tag -> keys stored with it (may name keys already gone).
+    tags: HashMap<String, Vec<Box<[u8]>>>,
+}
+
+/// What an invalidation does to what it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Remove the entries.
+    Hard,
+    /// Keep them, stale: still usable under stale-while-revalidate,
+    /// stale-if-error, or as a base for revalidation.
+    Soft,
 }
 
 impl Shard {
@@ -91,6 +118,7 @@ impl Shard {
             ),
             evictions: counter,
             scratch: Vec::new(),
+            tags: HashMap::new(),
         }
     }
 
@@ -101,7 +129,7 @@ impl Shard {
             Some(slot) => slot.clone(),
         };
         match slot {
-            Slot::Response(stored) => {
+            Slot::Response { stored, .. } => {
                 if now >= stored.discard_at {
                     self.inner.remove(primary);
                     return Lookup::UriMiss;
@@ -111,7 +139,7 @@ impl Shard {
             Slot::Variants(index) => {
                 variant_key(&mut self.scratch, primary, &index.names, headers);
                 match self.inner.get(self.scratch.as_slice()) {
-                    Some(Slot::Response(stored)) if now < stored.discard_at => {
+                    Some(Slot::Response { stored, .. }) if now < stored.discard_at => {
                         Lookup::Found(stored.clone())
                     }
                     Some(_) => {
@@ -127,11 +155,37 @@ impl Shard {
     }
 
     /// Stores `stored` for `primary`, under its variant key when it varies.
-    pub fn insert(&mut self, primary: &[u8], headers: &[Header<'_>], stored: Rc<Stored>) {
-        match stored.vary.clone() {
-            VarySpec::Star => {}
-            VarySpec::None => self.inner.insert(primary.into(), Slot::Response(stored)),
+    pub fn insert(
+        &mut self,
+        primary: &[u8],
+        headers: &[Header<'_>],
+        stored: Arc<Stored>,
+    ) -> Option<Box<[u8]>> {
+        let variant = match &stored.vary {
+            VarySpec::Star => return None,
+            VarySpec::None => None,
             VarySpec::Names(names) => {
+                variant_key(&mut self.scratch, primary, names, headers);
+                Some(self.scratch.as_slice().into())
+            }
+        };
+        self.insert_keyed(primary, variant.as_deref(), stored, true);
+        variant
+    }
+
+    /// Stores `stored` under `primary` (and `variant`, its secondary key,
+    /// when it varies). `owned` says whether this shard counts its bytes.
+    pub fn insert_keyed(
+        &mut self,
+        primary: &[u8],
+        variant: Option<&[u8]>,
+        stored: Arc<Stored>,
+        owned: bool,
+    ) {
+        let key: Box<[u8]> = match (&stored.vary, variant) {
+            (VarySpec::Star, _) => return,
+            (VarySpec::Names(names), Some(variant)) => {
+                let names = names.clone();
                 let index = match self.inner.get(primary) {
                     Some(Slot::Variants(index)) if index.names == names => index.clone(),
                     existing => {
@@ -143,7 +197,7 @@ impl Shard {
                             }
                         }
                         let index = Rc::new(VariantIndex {
-                            names: names.clone(),
+                            names,
                             keys: RefCell::new(Vec::new()),
                         });
                         self.inner
@@ -151,24 +205,26 @@ impl Shard {
                         index
                     }
                 };
-                variant_key(&mut self.scratch, primary, &names, headers);
-                let key: Box<[u8]> = self.scratch.as_slice().into();
-                {
-                    let mut keys = index.keys.borrow_mut();
-                    if !keys.contains(&key) {
-                        keys.push(key.clone());
-                    }
+                let key: Box<[u8]> = variant.into();
+                let mut keys = index.keys.borrow_mut();
+                if !keys.contains(&key) {
+                    keys.push(key.clone());
                 }
-                self.inner.insert(key, Slot::Response(stored));
+                key
             }
+            _ => primary.into(),
+        };
+        for tag in &stored.tags {
+            self.tags.entry(tag.clone()).or_default().push(key.clone());
         }
+        self.inner.insert(key, Slot::Response { stored, owned });
     }
 
     /// Removes a URL and all its variants; returns how many responses went.
     pub fn remove_uri(&mut self, primary: &[u8]) -> usize {
         match self.inner.remove(primary) {
             None => 0,
-            Some((_, Slot::Response(_))) => 1,
+            Some((_, Slot::Response { .. })) => 1,
             Some((_, Slot::Variants(index))) => index
                 .keys
                 .borrow()
@@ -178,13 +234,105 @@ impl Shard {
         }
     }
 
+    /// Purges a URL (all its variants): removed, or made stale.
+    pub fn purge_uri(&mut self, primary: &[u8], removal: Removal) -> usize {
+        match removal {
+            Removal::Hard => self.remove_uri(primary),
+            Removal::Soft => {
+                let keys: Vec<Box<[u8]>> = match self.inner.get(primary) {
+                    None => Vec::new(),
+                    Some(Slot::Response { .. }) => vec![primary.into()],
+                    Some(Slot::Variants(index)) => index.keys.borrow().clone(),
+                };
+                keys.iter().filter(|k| self.make_stale(k)).count()
+            }
+        }
+    }
+
+    fn make_stale(&mut self, key: &[u8]) -> bool {
+        let (stored, owned) = match self.inner.get(key) {
+            Some(Slot::Response { stored, owned }) => (stored.clone(), *owned),
+            _ => return false,
+        };
+        self.inner.insert(
+            key.into(),
+            Slot::Response {
+                stored: Arc::new(stored.made_stale()),
+                owned,
+            },
+        );
+        true
+    }
+
+    /// Invalidates every response whose key satisfies `matches`. A full pass
+    /// over the shard: it runs in the worker's bus task, between requests.
+    pub fn ban(&mut self, matches: impl Fn(&[u8]) -> bool, removal: Removal) -> usize {
+        let keys: Vec<Box<[u8]>> = self
+            .inner
+            .iter()
+            .filter(|(key, slot)| matches!(slot, Slot::Response { .. }) && matches(key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        match removal {
+            Removal::Hard => keys
+                .iter()
+                .filter(|k| self.inner.remove(k.as_ref()).is_some())
+                .count(),
+            Removal::Soft => keys.iter().filter(|k| self.make_stale(k)).count(),
+        }
+    }
+
+    /// Invalidates every response stored with `tag`.
+    pub fn purge_tag(&mut self, tag: &str, removal: Removal) -> usize {
+        let Some(keys) = self.tags.remove(tag) else {
+            return 0;
+        };
+        let live: Vec<&Box<[u8]>> = keys
+            .iter()
+            .filter(|k| matches!(self.inner.peek(k.as_ref()), Some(Slot::Response { stored, .. }) if stored.tags.iter().any(|t| t == tag)))
+            .collect();
+        let count = match removal {
+            Removal::Hard => live
+                .iter()
+                .filter(|k| self.inner.remove(k.as_ref()).is_some())
+                .count(),
+            Removal::Soft => {
+                let live: Vec<Box<[u8]>> = live.into_iter().cloned().collect();
+                live.iter().filter(|k| self.make_stale(k)).count()
+            }
+        };
+        count
+    }
+
+    /// Invalidates everything.
+    pub fn purge_all(&mut self, removal: Removal) -> usize {
+        match removal {
+            Removal::Hard => {
+                let n = self
+                    .inner
+                    .iter()
+                    .filter(|(_, s)| matches!(s, Slot::Response { .. }))
+                    .count();
+                self.inner.clear();
+                self.tags.clear();
+                n
+            }
+            Removal::Soft => self.ban(|_| true, Removal::Soft),
+        }
+    }
+
     /// Drops every entry past its useful life. A full pass: run it from a
     /// background task, never on the request path.
     pub fn sweep(&mut self, now: Instant) -> usize {
         let before = self.inner.len();
         self.inner.retain(|_, slot| match slot {
-            Slot::Response(stored) => now < stored.discard_at,
+            Slot::Response { stored, .. } => now < stored.discard_at,
             Slot::Variants(_) => true,
+        });
+        let inner = &self.inner;
+        self.tags.retain(|_, keys| {
+            keys.retain(|k| inner.peek(k.as_ref()).is_some());
+            !keys.is_empty()
         });
         before - self.inner.len()
     }
@@ -215,14 +363,14 @@ mod tests {
     use bytes::Bytes;
     use std::time::{Duration, SystemTime};
 
-    fn stored(extra: &[(&str, &str)], body: &'static [u8]) -> Rc<Stored> {
+    fn stored(extra: &[(&str, &str)], body: &'static [u8]) -> Arc<Stored> {
         let mut fields = vec![("Cache-Control".to_string(), b"max-age=60".to_vec())];
         fields.extend(
             extra
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
         );
-        Rc::new(Stored::build(
+        Arc::new(Stored::build(
             200,
             "OK",
             fields,
@@ -293,6 +441,59 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(3600);
         assert!(matches!(shard.lookup(b"k", &[], later), Lookup::UriMiss));
         assert!(shard.is_empty());
+    }
+
+    #[test]
+    fn soft_purge_keeps_a_stale_copy() {
+        let mut shard = Shard::new(1 << 20);
+        shard.insert(b"k", &[], stored(&[], b"v"));
+        assert_eq!(shard.purge_uri(b"k", Removal::Soft), 1);
+        match shard.lookup(b"k", &[], Instant::now()) {
+            Lookup::Found(s) => assert_eq!(s.freshness.lifetime, Duration::ZERO),
+            _ => panic!("soft purge keeps the entry"),
+        }
+    }
+
+    #[test]
+    fn ban_matches_keys() {
+        let mut shard = Shard::new(1 << 20);
+        shard.insert(b"http://a/x/1", &[], stored(&[], b"v"));
+        shard.insert(b"http://a/x/2", &[], stored(&[], b"v"));
+        shard.insert(b"http://a/y/1", &[], stored(&[], b"v"));
+        assert_eq!(
+            shard.ban(|k| k.starts_with(b"http://a/x/"), Removal::Hard),
+            2
+        );
+        assert!(matches!(
+            shard.lookup(b"http://a/y/1", &[], Instant::now()),
+            Lookup::Found(_)
+        ));
+    }
+
+    #[test]
+    fn purge_by_tag() {
+        let mut shard = Shard::new(1 << 20);
+        let tagged = |body| {
+            Arc::new(
+                Arc::try_unwrap(stored(&[("Surrogate-Key", "product-1 list")], body))
+                    .unwrap()
+                    .with_tags(&["surrogate-key".into()]),
+            )
+        };
+        shard.insert(b"k1", &[], tagged(b"a"));
+        shard.insert(b"k2", &[], tagged(b"b"));
+        shard.insert(b"k3", &[], stored(&[], b"c"));
+        assert_eq!(shard.purge_tag("list", Removal::Hard), 2);
+        assert_eq!(shard.purge_tag("list", Removal::Hard), 0);
+        assert_eq!(shard.len(), 1);
+    }
+
+    #[test]
+    fn offered_entries_count_only_their_bookkeeping() {
+        let mut shard = Shard::new(1 << 20);
+        static BIG: [u8; 100_000] = [0; 100_000];
+        shard.insert_keyed(b"k", None, stored(&[], &BIG), false);
+        assert!(shard.weight() < 1000, "{}", shard.weight());
     }
 
     #[test]

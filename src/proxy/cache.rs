@@ -13,6 +13,8 @@
 
 use std::io::Write;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -40,7 +42,7 @@ pub enum WorkKind {
     /// store the response if allowed. `stale` is the stored response, kept
     /// for a 304 (when `conditional`) and for stale-if-error.
     Fill {
-        stale: Option<Rc<Stored>>,
+        stale: Option<Arc<Stored>>,
         conditional: bool,
     },
     /// An unsafe method: on a non-error response, invalidate the target URI
@@ -80,7 +82,7 @@ pub enum HitKind {
 }
 
 pub struct HitPlan {
-    pub stored: Rc<Stored>,
+    pub stored: Arc<Stored>,
     pub kind: HitKind,
     /// The client's preconditions hold: answer 304.
     pub not_modified: bool,
@@ -94,7 +96,7 @@ pub struct Refresh {
     pub request_head: Bytes,
     pub upstream_head: Vec<u8>,
     pub server: usize,
-    pub stored: Rc<Stored>,
+    pub stored: Arc<Stored>,
 }
 
 /// Validators the cache sends when it revalidates.
@@ -196,8 +198,9 @@ pub fn decide(
                 Use::Revalidate => None,
             };
             if let Some(kind) = kind {
-                let refresh = (kind == HitKind::StaleWhileRevalidate && !stored.refreshing.get())
-                    .then(|| refresh_plan(ctx, route_index, route, req, buf, &key, &stored));
+                let refresh = (kind == HitKind::StaleWhileRevalidate
+                    && !stored.refreshing.load(Ordering::Acquire))
+                .then(|| refresh_plan(ctx, route_index, route, req, buf, &key, &stored));
                 return Decision::Hit(HitPlan {
                     not_modified: stored.status / 100 == 2 && !preconditions.is_empty() && {
                         preconditions.not_modified(
@@ -251,9 +254,9 @@ fn refresh_plan(
     req: &RequestHead<'_>,
     buf: &[u8],
     key: &[u8],
-    stored: &Rc<Stored>,
+    stored: &Arc<Stored>,
 ) -> Refresh {
-    stored.refreshing.set(true);
+    stored.refreshing.store(true, Ordering::Release);
     let mut upstreams = ctx.upstreams.borrow_mut();
     let server = upstreams.pick(route.upstream);
     let mut upstream_head = Vec::with_capacity(512);
@@ -353,7 +356,7 @@ pub fn on_response_head(
             if let Some(stale) = stale {
                 if *conditional && resp.status == 304 {
                     bump(&cache.stats.revalidations);
-                    let fresh = Rc::new(stale.freshen(resp.headers, times, policy, ctx.via()));
+                    let fresh = Arc::new(stale.freshen(resp.headers, times, policy, ctx.via()));
                     with_request_headers(&work.request_head, |headers| {
                         cache
                             .shard
@@ -420,7 +423,7 @@ pub fn store(ctx: &WorkerCtx, work: &CacheWork, capture: Capture) {
         return;
     }
     let cache = ctx.cache.as_ref().expect("cache work implies a cache");
-    let stored = Rc::new(Stored::build(
+    let stored = Arc::new(Stored::build(
         capture.status,
         &capture.reason,
         capture.fields,
@@ -598,7 +601,7 @@ pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
     let _leader = match cache.coalescer.join(&job.key) {
         crate::cache::coalesce::Join::Leader(guard) => guard,
         crate::cache::coalesce::Join::Follower(_) => {
-            job.stored.refreshing.set(false);
+            job.stored.refreshing.store(false, Ordering::Release);
             return;
         }
     };
@@ -609,7 +612,7 @@ pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
         .unwrap_or(cache.max_object)
         .min(cache.max_object);
     let fetched = super::fetch::fetch_whole(&ctx, job.server, job.upstream_head, limit).await;
-    job.stored.refreshing.set(false);
+    job.stored.refreshing.store(false, Ordering::Release);
     let fetched = match fetched {
         Ok(f) => f,
         Err(e) => {
@@ -657,7 +660,7 @@ pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
         cache
             .shard
             .borrow_mut()
-            .insert(&job.key, headers, Rc::new(stored))
+            .insert(&job.key, headers, Arc::new(stored))
     });
     bump(&cache.stats.stores);
 }
