@@ -15,6 +15,8 @@
 //! - [`upstream`]: balancers and the keep-alive pool
 //! - [`demo`]: the built-in demo origin
 
+pub mod admin;
+pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -45,6 +47,7 @@ pub struct Gateway;
 /// Dropping the handle stops the gateway and waits for its workers.
 pub struct Handle {
     listen_addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     workers: Vec<WorkerInfo>,
     stops: Vec<Arc<StopSignal>>,
     threads: Vec<JoinHandle<()>>,
@@ -68,9 +71,17 @@ impl Gateway {
             });
         }
 
+        let admin_addr = match &config.admin {
+            Some(admin) => Some(probe_bind(admin.listen)?),
+            None => None,
+        };
+
         let config = Arc::new(config);
+        let (bus, mut receivers) = bus::Bus::new(placements.len(), config.cache.bus_capacity);
+        let claims = Arc::new(cache::claims::Claims::new(4096));
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut handle = Handle {
+            admin_addr,
             listen_addrs: listeners.iter().map(|l| l.address).collect(),
             workers: Vec::new(),
             stops: Vec::new(),
@@ -78,12 +89,16 @@ impl Gateway {
         };
         for (index, core) in placements.into_iter().enumerate() {
             let stop = Arc::new(StopSignal::default());
+            let (receiver, worker) = receivers.remove(0);
             let spec = WorkerSpec {
                 index,
                 core,
                 config: config.clone(),
                 listeners: listeners.clone(),
                 stop: stop.clone(),
+                mailbox: bus::Mailbox::new(bus.clone(), receiver, worker),
+                claims: claims.clone(),
+                admin: if index == 0 { admin_addr } else { None },
             };
             let thread = worker::spawn(spec, ready_tx.clone()).map_err(|e| StartError::Worker {
                 index,
@@ -189,6 +204,11 @@ impl Handle {
     /// The first listener's bound address.
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addrs[0]
+    }
+
+    /// The admin API's bound address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Every listener's bound address, in config order.

@@ -14,6 +14,7 @@ fn demo_catalogue_through_the_shipped_config() {
     config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
     config.upstreams[0].servers[0].address = origin.addr();
     config.workers.count = Some(1);
+    config.admin = None;
     let gw = start(config);
     let mut c = Client::connect(gw.listen_addr());
 

@@ -21,7 +21,13 @@ servers = ["{}"]
 "#,
         a.addr, b.addr
     );
-    Config::parse(&text).unwrap()
+    without_admin(Config::parse(&text).unwrap())
+}
+
+/// These tests run in parallel: none may take the admin API's fixed port.
+fn without_admin(mut config: Config) -> Config {
+    config.admin = None;
+    config
 }
 
 fn request(addr: std::net::SocketAddr, raw: &str) -> Response {
@@ -217,7 +223,7 @@ upstream = "app"
 "#,
         a.addr, b.addr
     );
-    let gw = start(Config::parse(&text).unwrap());
+    let gw = start(without_admin(Config::parse(&text).unwrap()));
     let mut c = Client::connect(gw.listen_addr());
     for _ in 0..40 {
         assert_eq!(c.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
@@ -232,7 +238,7 @@ fn equal_servers_share_requests_round_robin() {
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[workers]\ncount = 1\n[upstreams.app]\nservers = [\"{}\", \"{}\"]\n[[routes]]\nupstream = \"app\"\n",
         a.addr, b.addr
     );
-    let gw = start(Config::parse(&text).unwrap());
+    let gw = start(without_admin(Config::parse(&text).unwrap()));
     let mut c = Client::connect(gw.listen_addr());
     for _ in 0..10 {
         c.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");

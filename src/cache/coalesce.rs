@@ -28,6 +28,8 @@ type Flights = Rc<RefCell<HashMap<Box<[u8]>, Rc<Flight>>>>;
 #[derive(Default)]
 pub struct Coalescer {
     flights: Flights,
+    /// Keys another worker is fetching, with this worker's requests waiting for it.
+    remote: RefCell<HashMap<Box<[u8]>, Rc<Flight>>>,
 }
 
 /// How a miss joins the fetches under way.
@@ -71,6 +73,23 @@ impl Coalescer {
     pub fn in_flight(&self) -> usize {
         self.flights.borrow().len()
     }
+
+    /// Waits for another worker's fetch of `key` (released by [`Coalescer::release_remote`]).
+    pub fn wait_remote(&self, key: &[u8]) -> Rc<Flight> {
+        self.remote
+            .borrow_mut()
+            .entry(key.into())
+            .or_default()
+            .clone()
+    }
+
+    /// Another worker finished fetching `key`: wake this worker's requests waiting for it.
+    pub fn release_remote(&self, key: &[u8]) {
+        if let Some(flight) = self.remote.borrow_mut().remove(key) {
+            flight.done.set(true);
+            flight.notify.notify_all();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +112,17 @@ mod tests {
         assert!(flight.done.get());
         assert_eq!(c.in_flight(), 0);
         assert!(matches!(c.join(b"k"), Join::Leader(_)));
+    }
+
+    #[test]
+    fn remote_waits_are_released_by_key() {
+        let c = Coalescer::default();
+        let flight = c.wait_remote(b"k");
+        assert!(Rc::ptr_eq(&flight, &c.wait_remote(b"k")));
+        c.release_remote(b"other");
+        assert!(!flight.done.get());
+        c.release_remote(b"k");
+        assert!(flight.done.get());
     }
 
     #[test]

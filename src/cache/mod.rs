@@ -11,6 +11,7 @@
 //!
 //! Each worker owns one [`WorkerCache`]; nothing here is shared across cores.
 
+pub mod claims;
 pub mod coalesce;
 pub mod conditional;
 pub mod control;
@@ -36,7 +37,14 @@ pub struct CacheStats {
     pub revalidations: Cell<u64>,
     pub coalesced: Cell<u64>,
     pub stores: Cell<u64>,
+    /// Responses removed or made stale by invalidations.
     pub invalidations: Cell<u64>,
+    /// Invalidation messages applied.
+    pub purges: Cell<u64>,
+    /// Entries taken from other workers' offers.
+    pub offers_taken: Cell<u64>,
+    /// Misses that waited for another worker's fetch.
+    pub remote_waits: Cell<u64>,
 }
 
 /// A worker's cache: its shard, its in-flight fetches and its counters.

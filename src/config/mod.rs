@@ -286,6 +286,105 @@ pub struct RouteConfig {
     pub cache: Option<crate::cache::policy::CachePolicy>,
 }
 
+/// An address range: `10.0.0.0/8`, `::1/128`, or a bare address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    pub network: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpRange {
+    pub fn parse(text: &str) -> Result<IpRange, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not an address or CIDR range"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}` has a bad prefix length"))?,
+        };
+        Ok(IpRange { network, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket appears as ::ffff:a.b.c.d.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Settings shared by every caching route (`[cache]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Lower-case names of response headers whose values tag an entry.
+    pub tag_headers: Vec<String>,
+    /// Sources allowed to send `PURGE` on the proxy listener.
+    pub purge_allow: Vec<IpRange>,
+    /// Offer stored responses to every worker (one logical cache across cores).
+    pub share: bool,
+    /// Messages each worker's bus queue holds.
+    pub bus_capacity: usize,
+    /// How long a purge or a write's invalidation waits for every worker.
+    pub invalidation_timeout: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            tag_headers: vec!["surrogate-key".into(), "cache-tag".into()],
+            purge_allow: vec![
+                IpRange::parse("127.0.0.0/8").expect("valid"),
+                IpRange::parse("::1").expect("valid"),
+            ],
+            share: true,
+            bus_capacity: crate::bus::DEFAULT_CAPACITY,
+            invalidation_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// When set, every admin request needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// The admin API's default address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -297,6 +396,9 @@ pub struct Config {
     pub proxy: ProxyHeaders,
     pub upstreams: Vec<UpstreamGroup>,
     pub routes: Vec<RouteConfig>,
+    pub cache: CacheSettings,
+    /// `None`: no admin API.
+    pub admin: Option<AdminConfig>,
 }
 
 /// The config `ringgate run` uses when no `--config` is given.
@@ -375,6 +477,8 @@ impl Config {
                 remove_request_headers: Vec::new(),
                 cache: Some(crate::cache::policy::CachePolicy::default()),
             }],
+            cache: CacheSettings::default(),
+            admin: None,
         }
     }
 
@@ -475,6 +579,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
 
+    let cache = validate_cache_settings(&raw.cache)?;
+    let admin = validate_admin(raw.admin.as_ref())?;
+    if let Some(admin) = &admin {
+        if listeners.iter().any(|l| l.address == admin.listen) {
+            return Err(invalid(
+                "admin.listen",
+                format!("{} is also a proxy listener", admin.listen),
+            ));
+        }
+    }
     let config = Config {
         source: None,
         listeners,
@@ -484,6 +598,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         proxy,
         upstreams,
         routes,
+        cache,
+        admin,
     };
     config.check()?;
     Ok(config)
@@ -1019,6 +1135,79 @@ fn validate_route(
     })
 }
 
+fn validate_cache_settings(raw: &raw::RawCacheSettings) -> Result<CacheSettings, ConfigError> {
+    let mut c = CacheSettings::default();
+    if let Some(headers) = &raw.tag_headers {
+        c.tag_headers.clear();
+        for h in headers {
+            if h.is_empty() || !h.bytes().all(is_token_byte) {
+                return Err(invalid(
+                    "cache.tag_headers",
+                    format!("`{h}` is not a header name"),
+                ));
+            }
+            c.tag_headers.push(h.to_ascii_lowercase());
+        }
+    }
+    if let Some(list) = &raw.purge_allow {
+        c.purge_allow = list
+            .iter()
+            .map(|r| IpRange::parse(r))
+            .collect::<Result<_, _>>()
+            .map_err(|reason| invalid("cache.purge_allow", reason))?;
+    }
+    c.share = match raw.share.as_deref() {
+        None | Some("all") => true,
+        Some("isolated") => false,
+        Some(other) => {
+            return Err(invalid(
+                "cache.share",
+                format!("`{other}` is not a policy (use \"all\" or \"isolated\")"),
+            ))
+        }
+    };
+    if let Some(n) = raw.bus_capacity {
+        if !(16..=1 << 20).contains(&n) {
+            return Err(invalid(
+                "cache.bus_capacity",
+                "must be between 16 and 1048576",
+            ));
+        }
+        c.bus_capacity = n;
+    }
+    if let Some(t) = raw.invalidation_timeout {
+        if t.0.is_zero() {
+            return Err(invalid(
+                "cache.invalidation_timeout",
+                "must be longer than zero",
+            ));
+        }
+        c.invalidation_timeout = t.0;
+    }
+    Ok(c)
+}
+
+fn validate_admin(raw: Option<&raw::RawAdmin>) -> Result<Option<AdminConfig>, ConfigError> {
+    let enabled = raw.and_then(|a| a.enabled).unwrap_or(true);
+    if !enabled {
+        return Ok(None);
+    }
+    let listen = raw
+        .and_then(|a| a.listen.as_deref())
+        .unwrap_or(DEFAULT_ADMIN_LISTEN);
+    let listen = parse_socket_addr(listen).map_err(|reason| invalid("admin.listen", reason))?;
+    let token = match raw.and_then(|a| a.token.clone()) {
+        Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(invalid(
+                "admin.token",
+                "must be non-empty visible ASCII without spaces",
+            ))
+        }
+        other => other,
+    };
+    Ok(Some(AdminConfig { listen, token }))
+}
+
 fn validate_route_cache(
     i: usize,
     c: &raw::RawRouteCache,
@@ -1235,6 +1424,33 @@ upstream = "app"
         let text = format!("{MINIMAL}\n[routes.cache]\nauthorization = \"sometimes\"\n");
         let e = Config::parse(&text).unwrap_err();
         assert_eq!(e.key, "routes[0].cache.authorization", "{e}");
+    }
+
+    #[test]
+    fn admin_listens_on_the_default_address_unless_disabled() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(
+            c.admin.unwrap().listen,
+            DEFAULT_ADMIN_LISTEN.parse().unwrap()
+        );
+        let off = Config::parse(&format!("{MINIMAL}\n[admin]\nenabled = false\n")).unwrap();
+        assert!(off.admin.is_none());
+    }
+
+    #[test]
+    fn purge_allow_takes_cidr_ranges() {
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[cache]\npurge_allow = [\"10.0.0.0/8\", \"::1\"]\n"
+        ))
+        .unwrap();
+        assert!(c.cache.purge_allow[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(!c.cache.purge_allow[0].contains("11.0.0.1".parse().unwrap()));
+        assert!(c.cache.purge_allow[1].contains("::1".parse().unwrap()));
+        let e = Config::parse(&format!(
+            "{MINIMAL}\n[cache]\npurge_allow = [\"10.0.0.0/33\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "cache.purge_allow");
     }
 
     #[test]

@@ -25,6 +25,29 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub cache: RawCacheSettings,
+    pub admin: Option<RawAdmin>,
+}
+
+/// `[cache]`: settings shared by every caching route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheSettings {
+    pub tag_headers: Option<Vec<String>>,
+    pub purge_allow: Option<Vec<String>>,
+    pub share: Option<String>,
+    pub bus_capacity: Option<usize>,
+    pub invalidation_timeout: Option<ConfigDuration>,
+}
+
+/// `[admin]`: the admin API listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use httparse::Header;
 
+use crate::cache::bump;
 use crate::cache::conditional::Preconditions;
 use crate::cache::control::{RequestDirectives, DELTA_MAX};
 use crate::cache::entry::{response_facts, storable_fields, Capture, ExchangeTimes, Stored};
@@ -28,7 +29,6 @@ use crate::cache::hit::HitBuf;
 use crate::cache::key::primary_key;
 use crate::cache::policy::CachePolicy;
 use crate::cache::shard::Lookup;
-use crate::cache::{bump, WorkerCache};
 use crate::config::RouteConfig;
 use crate::http::headers::{name_is, trim};
 use crate::http::request::{header_slots, RequestHead};
@@ -291,10 +291,12 @@ fn refresh_plan(
 /// What to do with the upstream's response.
 pub enum Action {
     /// Relay it; capture the body for storage when `capture` is set.
-    /// `status_line` is the `Cache-Status` field to add.
+    /// `status_line` is the `Cache-Status` field to add; `invalidate` lists
+    /// keys every worker must drop before the response goes out (a write).
     Relay {
         capture: Option<Capture>,
         status_line: Vec<u8>,
+        invalidate: Option<Vec<Box<[u8]>>>,
     },
     /// Answer from this stored response instead (304 freshened it, or stale-if-error).
     Serve(HitPlan),
@@ -341,28 +343,26 @@ pub fn on_response_head(
         WorkKind::Observe => Action::Relay {
             capture: None,
             status_line: status_line(work.fwd, resp.status, false),
+            invalidate: None,
         },
-        WorkKind::Invalidate => {
-            if resp.status < 400 {
-                invalidate_after_write(ctx, cache, work, policy, resp);
-            }
-            Action::Relay {
-                capture: None,
-                status_line: status_line(work.fwd, resp.status, false),
-            }
-        }
+        WorkKind::Invalidate => Action::Relay {
+            capture: None,
+            status_line: status_line(work.fwd, resp.status, false),
+            invalidate: (resp.status < 400).then(|| keys_written(ctx, work, policy, resp)),
+        },
         WorkKind::Fill { stale, conditional } => {
             let times = ExchangeTimes::now(work.request_time);
             if let Some(stale) = stale {
                 if *conditional && resp.status == 304 {
                     bump(&cache.stats.revalidations);
                     let fresh = Arc::new(stale.freshen(resp.headers, times, policy, ctx.via()));
-                    with_request_headers(&work.request_head, |headers| {
+                    let variant = with_request_headers(&work.request_head, |headers| {
                         cache
                             .shard
                             .borrow_mut()
                             .insert(&work.key, headers, fresh.clone())
                     });
+                    offer(ctx, &work.key, variant, &fresh);
                     return Action::Serve(HitPlan {
                         stored: fresh,
                         kind: HitKind::Revalidated,
@@ -412,6 +412,7 @@ pub fn on_response_head(
             Action::Relay {
                 status_line: status_line(work.fwd, resp.status, capture.is_some()),
                 capture,
+                invalidate: None,
             }
         }
     }
@@ -423,30 +424,109 @@ pub fn store(ctx: &WorkerCtx, work: &CacheWork, capture: Capture) {
         return;
     }
     let cache = ctx.cache.as_ref().expect("cache work implies a cache");
-    let stored = Arc::new(Stored::build(
-        capture.status,
-        &capture.reason,
-        capture.fields,
-        capture.body.freeze(),
-        ExchangeTimes::now(capture.request_time),
-        policy(ctx, work.route),
-        ctx.via(),
-    ));
-    with_request_headers(&work.request_head, |headers| {
-        cache.shard.borrow_mut().insert(&work.key, headers, stored)
+    let stored = Arc::new(
+        Stored::build(
+            capture.status,
+            &capture.reason,
+            capture.fields,
+            capture.body.freeze(),
+            ExchangeTimes::now(capture.request_time),
+            policy(ctx, work.route),
+            ctx.via(),
+        )
+        .with_tags(&ctx.config.cache.tag_headers),
+    );
+    let variant = with_request_headers(&work.request_head, |headers| {
+        cache
+            .shard
+            .borrow_mut()
+            .insert(&work.key, headers, stored.clone())
     });
     bump(&cache.stats.stores);
+    offer(ctx, &work.key, variant, &stored);
 }
 
-fn invalidate_after_write(
+/// Offers a stored response to the other workers (one logical cache): they
+/// keep the same `Arc`, so the body exists once.
+fn offer(ctx: &WorkerCtx, primary: &[u8], variant: Option<Box<[u8]>>, stored: &Arc<Stored>) {
+    if !ctx.config.cache.share || ctx.bus.workers() < 2 {
+        return;
+    }
+    let message = crate::bus::Message::Offer {
+        from: ctx.index,
+        primary: primary.into(),
+        variant: variant.map(Into::into),
+        stored: stored.clone(),
+    };
+    if let Err(e) = ctx.bus.broadcast(&message, Some(ctx.index)) {
+        tracing::warn!(worker = ctx.index, error = %e, "could not offer a stored response to every worker");
+    }
+}
+
+/// While this worker fetches a cold key, other workers wait for it instead
+/// of fetching it too; dropping the guard releases them.
+pub struct ClaimGuard {
+    ctx: Rc<WorkerCtx>,
+    key: Arc<[u8]>,
+    token: Option<crate::cache::claims::ClaimToken>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(token) = self.token.take() {
+            self.ctx.claims.release(token);
+            let message = crate::bus::Message::FetchDone {
+                from: self.ctx.index,
+                key: self.key.clone(),
+            };
+            if let Err(e) = self.ctx.bus.broadcast(&message, Some(self.ctx.index)) {
+                tracing::warn!(worker = self.ctx.index, error = %e, "could not tell every worker a fetch ended");
+            }
+        }
+    }
+}
+
+/// How a cold miss takes part in cross-core coalescing.
+pub enum CrossCore {
+    /// Fetch; the guard (if any) releases other workers when dropped.
+    Fetch(Option<ClaimGuard>),
+    /// Another worker is fetching this key: wait with [`wait_for_other_worker`].
+    Wait,
+}
+
+/// Claims a cold key across workers.
+pub fn claim(ctx: &Rc<WorkerCtx>, work: &CacheWork) -> CrossCore {
+    if !ctx.config.cache.share || ctx.bus.workers() < 2 {
+        return CrossCore::Fetch(None);
+    }
+    match ctx.claims.try_claim(&work.key) {
+        crate::cache::claims::Claim::Won(token) => CrossCore::Fetch(Some(ClaimGuard {
+            ctx: ctx.clone(),
+            key: work.key.as_ref().into(),
+            token: Some(token),
+        })),
+        crate::cache::claims::Claim::Taken => CrossCore::Wait,
+        crate::cache::claims::Claim::Busy => CrossCore::Fetch(None),
+    }
+}
+
+/// Waits (up to the coalescing timeout) for another worker's fetch of this key.
+pub async fn wait_for_other_worker(ctx: &WorkerCtx, work: &CacheWork) {
+    let Some(cache) = &ctx.cache else { return };
+    bump(&cache.stats.remote_waits);
+    let flight = cache.coalescer.wait_remote(&work.key);
+    let _ = monoio::time::timeout(coalesce_timeout(ctx, work), flight.finished()).await;
+}
+
+/// The keys a successful write invalidates: its target, and a same-origin
+/// `Location` or `Content-Location` (RFC 9111 section 4.4).
+fn keys_written(
     ctx: &WorkerCtx,
-    cache: &WorkerCache,
     work: &CacheWork,
     policy: &CachePolicy,
     resp: &ResponseHead<'_>,
-) {
-    let mut shard = cache.shard.borrow_mut();
-    let mut removed = shard.remove_uri(&work.key);
+) -> Vec<Box<[u8]>> {
+    let mut keys = vec![work.key.clone()];
     let mut key = ctx.key_buf.borrow_mut();
     for h in resp
         .headers
@@ -456,16 +536,12 @@ fn invalidate_after_write(
         let Ok(target) = std::str::from_utf8(trim(h.value)) else {
             continue;
         };
-        // Only same-origin targets (RFC 9111 section 4.4): relative, or our own authority.
         let path = if target.starts_with('/') {
             Some(target)
         } else {
             target
                 .strip_prefix("http://")
-                .and_then(|rest| {
-                    rest.split_once('/')
-                        .map(|(authority, _)| (authority, &rest[authority.len()..]))
-                })
+                .and_then(|rest| rest.find('/').map(|i| (&rest[..i], &rest[i..])))
                 .filter(|(authority, _)| authority.eq_ignore_ascii_case(&work.authority))
                 .map(|(_, path)| path)
         };
@@ -473,12 +549,10 @@ fn invalidate_after_write(
             with_request_headers(&work.request_head, |headers| {
                 primary_key(&mut key, &work.authority, path, policy, headers)
             });
-            removed += shard.remove_uri(&key);
+            keys.push(key.as_slice().into());
         }
     }
-    for _ in 0..removed {
-        bump(&cache.stats.invalidations);
-    }
+    keys
 }
 
 /// The per-response lines of a hit: Age and Cache-Status.
@@ -656,13 +730,15 @@ pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
             ctx.via(),
         )
     };
-    with_request_headers(&job.request_head, |headers| {
+    let stored = Arc::new(stored.with_tags(&ctx.config.cache.tag_headers));
+    let variant = with_request_headers(&job.request_head, |headers| {
         cache
             .shard
             .borrow_mut()
-            .insert(&job.key, headers, Arc::new(stored))
+            .insert(&job.key, headers, stored.clone())
     });
     bump(&cache.stats.stores);
+    offer(&ctx, &job.key, variant, &stored);
 }
 
 /// How long a waiter for a concurrent fetch of this route waits.

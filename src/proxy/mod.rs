@@ -47,6 +47,7 @@ struct Client {
     /// Bytes read from the client and not consumed yet (may hold pipelined requests).
     buf: BytesMut,
     peer_ip: String,
+    peer: std::net::IpAddr,
     /// Requests read on this connection.
     served: u64,
     /// The vectored-write buffer for cache hits, reused across requests.
@@ -65,6 +66,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
         stream,
         buf: BytesMut::with_capacity(ctx.per_core.client_buffer_size),
         peer_ip: peer.ip().to_string(),
+        peer: peer.ip(),
         served: 0,
         hit_buf: None,
     };
@@ -94,6 +96,12 @@ enum Plan {
     Hit {
         request: Answered,
         hit: cache::HitPlan,
+    },
+    /// `PURGE` of a URL from an allowed client (`allowed: false`: refuse).
+    Purge {
+        request: Answered,
+        key: Box<[u8]>,
+        allowed: bool,
     },
 }
 
@@ -144,6 +152,28 @@ fn plan_request(
         version: req.version,
     };
     let refuse = |status, request| Ok(Some(Plan::Refuse { status, request }));
+    // PURGE /path (Varnish and nginx convention): handled here when this gateway caches.
+    if req.method_name == "PURGE" && ctx.cache.is_some() {
+        let mut key = Vec::new();
+        crate::cache::key::primary_key(
+            &mut key,
+            req.authority,
+            req.path_and_query,
+            &Default::default(),
+            &[],
+        );
+        let allowed = ctx
+            .config
+            .cache
+            .purge_allow
+            .iter()
+            .any(|r| r.contains(client.peer));
+        return Ok(Some(Plan::Purge {
+            request: answered,
+            key: key.into(),
+            allowed,
+        }));
+    }
     let Some(route_index) = ctx
         .router
         .find(req.host, req.path, req.method_name, req.headers)
@@ -268,6 +298,11 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                 Next::Close
             }
         }
+        Plan::Purge {
+            request,
+            key,
+            allowed,
+        } => purge(ctx, client, &request, key, allowed, out).await,
         Plan::Hit { request, mut hit } => {
             if let Some(job) = hit.refresh.take() {
                 monoio::spawn(cache::refresh(ctx.clone(), job));
@@ -369,6 +404,62 @@ async fn send_cached(
     }
 }
 
+/// `PURGE`: invalidates the URL on every worker, then answers 200 with how
+/// many responses went, 404 when none, 403 for clients not allowed to purge.
+async fn purge(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    request: &Answered,
+    key: Box<[u8]>,
+    allowed: bool,
+    out: Vec<u8>,
+) -> Next {
+    let keep = finish_unforwarded(ctx, client, request);
+    if !allowed {
+        return if respond_error(ctx, client, out, 403, !keep, request.head_only).await && keep {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        };
+    }
+    let message = crate::bus::Message::Invalidate {
+        what: crate::bus::Invalidation::Keys(std::sync::Arc::new(vec![key])),
+        removal: crate::cache::shard::Removal::Hard,
+    };
+    let (status, body) = match ctx
+        .bus
+        .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
+        .await
+    {
+        Ok(b) if b.removed > 0 => (
+            200,
+            format!("{{\"removed\":{},\"workers\":{}}}\n", b.removed, b.workers),
+        ),
+        Ok(b) => (
+            404,
+            format!("{{\"removed\":0,\"workers\":{}}}\n", b.workers),
+        ),
+        Err(e) => (503, format!("{{\"error\":\"{e}\"}}\n")),
+    };
+    let mut out = out;
+    out.clear();
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
+        if status == 200 { "OK" } else { head::reason(status) },
+        body.len(),
+        if keep { "" } else { "Connection: close\r\n" }
+    );
+    match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
+        Ok(out) if keep => {
+            ctx.give_write_buffer(out);
+            Next::KeepAlive
+        }
+        _ => Next::Close,
+    }
+}
+
 fn client_may_continue(ctx: &WorkerCtx, client: &Client) -> bool {
     !ctx.draining.get() && client.served < ctx.config.limits.max_keepalive_requests
 }
@@ -410,10 +501,29 @@ async fn proxy_request(
 ) -> Next {
     // Concurrent misses for one key: the first fetches, the others wait for it.
     let mut _leader = None;
+    let mut _claim = None;
     if let (Some(work), Some(worker_cache)) = (forward.cache.as_deref(), &ctx.cache) {
         if matches!(work.kind, cache::WorkKind::Fill { .. }) {
             match worker_cache.coalescer.join(&work.key) {
-                crate::cache::coalesce::Join::Leader(guard) => _leader = Some(guard),
+                crate::cache::coalesce::Join::Leader(guard) => {
+                    _leader = Some(guard);
+                    match cache::claim(ctx, work) {
+                        cache::CrossCore::Fetch(claim) => _claim = claim,
+                        cache::CrossCore::Wait => {
+                            cache::wait_for_other_worker(ctx, work).await;
+                            if let Some(hit) = cache::lookup_after_wait(ctx, work) {
+                                return answer_from_cache(
+                                    ctx,
+                                    client,
+                                    &forward.answered(),
+                                    &hit,
+                                    out,
+                                )
+                                .await;
+                            }
+                        }
+                    }
+                }
                 crate::cache::coalesce::Join::Follower(flight) => {
                     crate::cache::bump(&worker_cache.stats.coalesced);
                     let _ = monoio::time::timeout(
@@ -521,6 +631,8 @@ struct ResponsePlan {
     keep_client: bool,
     /// The body is being collected for the cache.
     capture: Option<crate::cache::entry::Capture>,
+    /// Keys every worker drops before this response goes out (a successful write).
+    invalidate: Option<Vec<Box<[u8]>>>,
 }
 
 impl Forward {
@@ -591,13 +703,14 @@ fn response_step(
         );
         return Ok(HeadStep::Interim(resp.head_len));
     }
-    let (capture, cache_status) = match forward.cache.as_deref() {
-        None => (None, Vec::new()),
+    let (capture, cache_status, invalidate) = match forward.cache.as_deref() {
+        None => (None, Vec::new(), None),
         Some(work) => match cache::on_response_head(ctx, work, &resp, forward.method) {
             cache::Action::Relay {
                 capture,
                 status_line,
-            } => (capture, status_line),
+                invalidate,
+            } => (capture, status_line, invalidate),
             cache::Action::Serve(hit) => {
                 let reusable_now = resp.reusable && resp.framing == BodyFraming::None;
                 return Ok(HeadStep::Serve(resp.head_len, hit, reusable_now));
@@ -630,6 +743,7 @@ fn response_step(
             reusable: resp.reusable,
             keep_client,
             capture,
+            invalidate,
         },
     ))
 }
@@ -759,6 +873,21 @@ async fn relay(
             });
         }
     };
+    // A write's invalidation reaches every worker before its response reaches
+    // the client, so the client's next read misses whichever core it lands on.
+    if let Some(keys) = plan.invalidate.take() {
+        let message = crate::bus::Message::Invalidate {
+            what: crate::bus::Invalidation::Keys(std::sync::Arc::new(keys)),
+            removal: crate::cache::shard::Removal::Hard,
+        };
+        if let Err(e) = ctx
+            .bus
+            .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
+            .await
+        {
+            tracing::warn!(worker = ctx.index, error = %e, "invalidation after a write did not reach every worker");
+        }
+    }
 
     let broken = |source: Option<std::io::Error>| {
         ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source)

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::signal::Notify;
+use crate::bus::Bus;
+use crate::cache::claims::Claims;
 use crate::cache::WorkerCache;
 use crate::config::{Config, PerCoreConfig};
 use crate::route::Router;
@@ -64,10 +66,20 @@ pub struct WorkerCtx {
     pub cache: Option<WorkerCache>,
     /// Reused buffer for building cache keys.
     pub key_buf: RefCell<Vec<u8>>,
+    /// Senders to every worker.
+    pub bus: Arc<Bus>,
+    /// Cold keys being fetched, across workers.
+    pub claims: Arc<Claims>,
 }
 
 impl WorkerCtx {
-    pub fn new(index: usize, config: Arc<Config>, per_core: PerCoreConfig) -> WorkerCtx {
+    pub fn new(
+        index: usize,
+        config: Arc<Config>,
+        per_core: PerCoreConfig,
+        bus: Arc<Bus>,
+        claims: Arc<Claims>,
+    ) -> WorkerCtx {
         let router = Router::new(&config.routes);
         let upstreams = RefCell::new(Upstreams::new(&config, &per_core, index));
         let via_line = format!("Via: 1.1 {}\r\n", config.proxy.via_name).into_bytes();
@@ -76,6 +88,8 @@ impl WorkerCtx {
             .then(|| WorkerCache::new(per_core.cache_size, per_core.cache_max_object));
         WorkerCtx {
             cache,
+            bus,
+            claims,
             key_buf: RefCell::new(Vec::with_capacity(256)),
             index,
             router,
@@ -92,6 +106,46 @@ impl WorkerCtx {
             write_buffers: RefCell::new(Vec::new()),
             via_line,
         }
+    }
+
+    /// This worker's counters, for `/stats` and `/metrics`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let s = &self.stats;
+        let upstreams = self.upstreams.borrow();
+        let idle: usize = upstreams.pool.idle_counts().iter().sum();
+        let mut v = serde_json::json!({
+            "worker": self.index,
+            "connections": self.active.get(),
+            "accepted": s.accepted.get(),
+            "requests": s.requests.get(),
+            "upstream_connects": s.upstream_connects.get(),
+            "upstream_reuses": s.upstream_reuses.get(),
+            "upstream_retries": s.upstream_retries.get(),
+            "upstream_errors": s.upstream_errors.get(),
+            "client_errors": s.client_errors.get(),
+            "upstream_pool_idle": idle,
+            "panics": s.panics.get(),
+        });
+        if let Some(cache) = &self.cache {
+            let c = &cache.stats;
+            let shard = cache.shard.borrow();
+            v["cache"] = serde_json::json!({
+                "hits": c.hits.get(),
+                "misses": c.misses.get(),
+                "stale": c.stale_served.get(),
+                "revalidations": c.revalidations.get(),
+                "coalesced": c.coalesced.get(),
+                "remote_waits": c.remote_waits.get(),
+                "stores": c.stores.get(),
+                "offers_taken": c.offers_taken.get(),
+                "evictions": shard.evictions(),
+                "entries": shard.len(),
+                "bytes": shard.weight(),
+                "purges": c.purges.get(),
+                "invalidated": c.invalidations.get(),
+            });
+        }
+        v
     }
 
     /// The via line, when `Via` is configured.

@@ -4,6 +4,7 @@
 //! connections the kernel hands it until told to stop.
 
 pub mod context;
+pub mod inbox;
 pub mod signal;
 
 use std::net::SocketAddr;
@@ -54,6 +55,10 @@ pub(crate) struct WorkerSpec {
     /// Listeners with their concrete (port 0 resolved) addresses.
     pub listeners: Vec<ListenerConfig>,
     pub stop: Arc<StopSignal>,
+    pub mailbox: crate::bus::Mailbox,
+    pub claims: Arc<crate::cache::claims::Claims>,
+    /// The admin API's concrete address, on the worker that serves it.
+    pub admin: Option<SocketAddr>,
 }
 
 type Runtime = monoio::FusionRuntime<
@@ -190,7 +195,31 @@ async fn worker_main(
     }
     let core_key = info.core.unwrap_or(spec.index);
     let per_core = spec.config.workers.for_core(core_key).clone();
-    let ctx = Rc::new(WorkerCtx::new(spec.index, spec.config.clone(), per_core));
+    let admin_listener = match spec.admin {
+        None => None,
+        Some(address) => match reuseport_socket(address).and_then(|s| {
+            s.listen(128)?;
+            TcpListener::from_std(s.into())
+        }) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on {address} (admin): {e}")));
+                return;
+            }
+        },
+    };
+    let bus = spec.mailbox.bus().clone();
+    let ctx = Rc::new(WorkerCtx::new(
+        spec.index,
+        spec.config.clone(),
+        per_core,
+        bus,
+        spec.claims.clone(),
+    ));
+    monoio::spawn(inbox::run(ctx.clone(), spec.mailbox));
+    if let Some(listener) = admin_listener {
+        monoio::spawn(crate::admin::serve(ctx.clone(), listener));
+    }
 
     // The stop request from another thread turns into a local drain.
     {

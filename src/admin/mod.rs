@@ -1,0 +1,638 @@
+//! The admin API, on its own listener, served by worker 0.
+//!
+//! - `GET /health`: 200 when every worker answers over the bus, else 503
+//! - `GET /stats`: JSON counters per worker and totals
+//! - `GET /metrics`: the same, in Prometheus text format, labelled by worker
+//! - `POST /cache/purge`: invalidate by `url`, `prefix` (+`host`), `regex`
+//!   (+`host`), `tag` or `all`, optionally `"soft": true`; answers once
+//!   every worker applied it
+//!
+//! With `[admin] token` set, every request needs `Authorization: Bearer <token>`.
+//! Bad requests get 400 with a JSON body naming the problem.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use monoio::net::{TcpListener, TcpStream};
+use serde_json::{json, Map, Value};
+
+use crate::bus::{BusError, Invalidation, Message, StatsRequest};
+use crate::cache::key::primary_key;
+use crate::cache::policy::CachePolicy;
+use crate::cache::shard::Removal;
+use crate::http::request::{header_slots, parse_request};
+use crate::http::BodyFraming;
+use crate::proxy::io::{read_some, write_all, Read};
+use crate::worker::context::WorkerCtx;
+use crate::worker::signal::{race, CatchUnwind, Either};
+
+/// Largest admin request body.
+const MAX_BODY: u64 = 64 * 1024;
+/// How long `/health`, `/stats` and `/metrics` wait for the workers.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Accepts admin connections until the worker drains.
+pub async fn serve(ctx: Rc<WorkerCtx>, listener: TcpListener) {
+    loop {
+        let accepted = match race(listener.accept(), ctx.drain_started()).await {
+            Either::Left(accepted) => accepted,
+            Either::Right(()) => return,
+        };
+        if let Ok((stream, _)) = accepted {
+            let ctx = ctx.clone();
+            monoio::spawn(async move {
+                if CatchUnwind::new(connection(ctx, stream)).await.is_err() {
+                    tracing::error!("admin connection panicked");
+                }
+            });
+        }
+    }
+}
+
+struct Request {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: Vec<u8>,
+    close: bool,
+}
+
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+fn json_reply(status: u16, value: Value) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json",
+        body: value.to_string() + "\n",
+    }
+}
+
+fn error(status: u16, message: impl Into<String>) -> Reply {
+    json_reply(status, json!({ "error": message.into() }))
+}
+
+async fn connection(ctx: Rc<WorkerCtx>, mut stream: TcpStream) {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let request = match read_request(&ctx, &mut stream, &mut buf).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(reply) => {
+                let _ = send(&ctx, &mut stream, reply, true).await;
+                return;
+            }
+        };
+        let close = request.close;
+        let reply = handle(&ctx, request).await;
+        if !send(&ctx, &mut stream, reply, close).await || close {
+            return;
+        }
+    }
+}
+
+async fn read_request(
+    ctx: &WorkerCtx,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<Request>, Reply> {
+    let timeouts = &ctx.config.timeouts;
+    loop {
+        let parsed = {
+            let mut slots = header_slots::<64>();
+            match parse_request(buf, &mut slots, 16 * 1024) {
+                Ok(Some(head)) => {
+                    let length = match head.body {
+                        BodyFraming::None => 0,
+                        BodyFraming::Length(n) if n <= MAX_BODY => n as usize,
+                        BodyFraming::Length(_) => return Err(error(413, "body over 64 KiB")),
+                        _ => return Err(error(411, "send the body with Content-Length")),
+                    };
+                    Some((
+                        head.head_len,
+                        length,
+                        head.method_name.to_string(),
+                        head.path.to_string(),
+                        head.header("authorization")
+                            .map(|v| String::from_utf8_lossy(v).trim().to_string()),
+                        !head.keep_alive,
+                    ))
+                }
+                Ok(None) => None,
+                Err(e) => return Err(error(e.status(), format!("bad request: {e}"))),
+            }
+        };
+        if let Some((head_len, length, method, path, authorization, close)) = parsed {
+            while buf.len() < head_len + length {
+                match read_some(stream, buf, 4096, timeouts.client_body).await {
+                    Read::Data(_) => {}
+                    _ => return Ok(None),
+                }
+            }
+            let body = buf[head_len..head_len + length].to_vec();
+            buf.advance(head_len + length);
+            return Ok(Some(Request {
+                method,
+                path,
+                authorization,
+                body,
+                close,
+            }));
+        }
+        let limit = if buf.is_empty() {
+            timeouts.keepalive
+        } else {
+            timeouts.client_header
+        };
+        match read_some(stream, buf, 4096, limit).await {
+            Read::Data(_) => {}
+            _ => return Ok(None),
+        }
+    }
+}
+
+async fn send(ctx: &WorkerCtx, stream: &mut TcpStream, reply: Reply, close: bool) -> bool {
+    let reason = crate::proxy::head::reason(reply.status);
+    let reason = if reason == "Error" {
+        match reply.status {
+            200 => "OK",
+            401 => "Unauthorized",
+            405 => "Method Not Allowed",
+            411 => "Length Required",
+            _ => reason,
+        }
+    } else {
+        reason
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        reply.status,
+        reply.content_type,
+        reply.body.len()
+    );
+    if reply.status == 401 {
+        out.push_str("WWW-Authenticate: Bearer\r\n");
+    }
+    if close {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&reply.body);
+    write_all(stream, out.into_bytes(), ctx.config.timeouts.client_send)
+        .await
+        .is_ok()
+}
+
+async fn handle(ctx: &WorkerCtx, request: Request) -> Reply {
+    if let Some(token) = ctx.config.admin.as_ref().and_then(|a| a.token.as_deref()) {
+        let expected = format!("Bearer {token}");
+        if request.authorization.as_deref() != Some(expected.as_str()) {
+            return error(401, "missing or wrong bearer token");
+        }
+    }
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/health") => health(ctx).await,
+        ("GET", "/stats") => match collect(ctx).await {
+            Ok(workers) => json_reply(
+                200,
+                json!({ "workers": workers, "totals": totals(&workers) }),
+            ),
+            Err(e) => error(503, e.to_string()),
+        },
+        ("GET", "/metrics") => match collect(ctx).await {
+            Ok(workers) => Reply {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: prometheus(&workers),
+            },
+            Err(e) => error(503, e.to_string()),
+        },
+        ("POST", "/cache/purge") => purge(ctx, &request.body).await,
+        (_, "/health" | "/stats" | "/metrics") => error(405, "use GET"),
+        (_, "/cache/purge") => error(405, "use POST"),
+        (_, path) => error(
+            404,
+            format!("no admin endpoint {path}; try /health, /stats, /metrics, POST /cache/purge"),
+        ),
+    }
+}
+
+async fn health(ctx: &WorkerCtx) -> Reply {
+    let workers = ctx.bus.workers();
+    match collect(ctx).await {
+        Ok(replies) if replies.len() == workers => {
+            json_reply(200, json!({ "status": "ready", "workers": workers }))
+        }
+        Ok(replies) => json_reply(
+            503,
+            json!({ "status": "not ready", "workers": workers, "responding": replies.len() }),
+        ),
+        Err(e) => json_reply(
+            503,
+            json!({ "status": "not ready", "workers": workers, "error": e.to_string() }),
+        ),
+    }
+}
+
+/// Every worker's counters, sorted by worker.
+async fn collect(ctx: &WorkerCtx) -> Result<Vec<Value>, BusError> {
+    let request = Arc::new(StatsRequest {
+        replies: std::sync::Mutex::new(Vec::new()),
+    });
+    ctx.bus
+        .broadcast_and_wait(Message::Stats(request.clone()), STATS_TIMEOUT)
+        .await?;
+    let mut replies =
+        std::mem::take(&mut *request.replies.lock().unwrap_or_else(|e| e.into_inner()));
+    replies.sort_by_key(|v| v["worker"].as_u64());
+    Ok(replies)
+}
+
+/// Sums every numeric field across workers (gauges included: totals of gauges are totals too).
+fn totals(workers: &[Value]) -> Value {
+    fn add(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+        for (k, v) in from {
+            if k == "worker" {
+                continue;
+            }
+            match v {
+                Value::Number(n) => {
+                    let sum =
+                        into.get(k).and_then(Value::as_u64).unwrap_or(0) + n.as_u64().unwrap_or(0);
+                    into.insert(k.clone(), json!(sum));
+                }
+                Value::Object(inner) => {
+                    let entry = into.entry(k.clone()).or_insert_with(|| json!({}));
+                    if let Value::Object(target) = entry {
+                        add(target, inner);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Map::new();
+    for w in workers {
+        if let Value::Object(map) = w {
+            add(&mut out, map);
+        }
+    }
+    Value::Object(out)
+}
+
+/// Metric name, help, type and where it is in a worker's snapshot.
+const METRICS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "ringgate_connections_open",
+        "Client connections open.",
+        "gauge",
+        &["connections"],
+    ),
+    (
+        "ringgate_connections_accepted_total",
+        "Client connections accepted.",
+        "counter",
+        &["accepted"],
+    ),
+    (
+        "ringgate_requests_total",
+        "Requests read from clients.",
+        "counter",
+        &["requests"],
+    ),
+    (
+        "ringgate_client_errors_total",
+        "Requests refused or failed on the client side.",
+        "counter",
+        &["client_errors"],
+    ),
+    (
+        "ringgate_upstream_connects_total",
+        "New upstream connections.",
+        "counter",
+        &["upstream_connects"],
+    ),
+    (
+        "ringgate_upstream_reuses_total",
+        "Requests sent on pooled upstream connections.",
+        "counter",
+        &["upstream_reuses"],
+    ),
+    (
+        "ringgate_upstream_retries_total",
+        "Requests retried after a dead pooled connection.",
+        "counter",
+        &["upstream_retries"],
+    ),
+    (
+        "ringgate_upstream_errors_total",
+        "Upstream failures (502/504).",
+        "counter",
+        &["upstream_errors"],
+    ),
+    (
+        "ringgate_upstream_pool_idle",
+        "Idle pooled upstream connections.",
+        "gauge",
+        &["upstream_pool_idle"],
+    ),
+    (
+        "ringgate_panics_total",
+        "Connection tasks that panicked (contained).",
+        "counter",
+        &["panics"],
+    ),
+    (
+        "ringgate_cache_hits_total",
+        "Requests answered from the cache.",
+        "counter",
+        &["cache", "hits"],
+    ),
+    (
+        "ringgate_cache_misses_total",
+        "Cacheable requests forwarded to the origin.",
+        "counter",
+        &["cache", "misses"],
+    ),
+    (
+        "ringgate_cache_stale_total",
+        "Stale responses served.",
+        "counter",
+        &["cache", "stale"],
+    ),
+    (
+        "ringgate_cache_revalidations_total",
+        "Stored responses revalidated with a 304.",
+        "counter",
+        &["cache", "revalidations"],
+    ),
+    (
+        "ringgate_cache_coalesced_total",
+        "Misses that waited for a concurrent fetch on the same worker.",
+        "counter",
+        &["cache", "coalesced"],
+    ),
+    (
+        "ringgate_cache_remote_waits_total",
+        "Misses that waited for another worker's fetch.",
+        "counter",
+        &["cache", "remote_waits"],
+    ),
+    (
+        "ringgate_cache_stores_total",
+        "Responses stored.",
+        "counter",
+        &["cache", "stores"],
+    ),
+    (
+        "ringgate_cache_offers_taken_total",
+        "Responses taken from other workers.",
+        "counter",
+        &["cache", "offers_taken"],
+    ),
+    (
+        "ringgate_cache_evictions_total",
+        "Entries evicted to fit the capacity.",
+        "counter",
+        &["cache", "evictions"],
+    ),
+    (
+        "ringgate_cache_entries",
+        "Entries in the shard.",
+        "gauge",
+        &["cache", "entries"],
+    ),
+    (
+        "ringgate_cache_bytes",
+        "Bytes the shard counts.",
+        "gauge",
+        &["cache", "bytes"],
+    ),
+    (
+        "ringgate_cache_purges_total",
+        "Invalidation messages applied.",
+        "counter",
+        &["cache", "purges"],
+    ),
+    (
+        "ringgate_cache_invalidated_total",
+        "Responses removed or made stale by invalidations.",
+        "counter",
+        &["cache", "invalidated"],
+    ),
+];
+
+fn prometheus(workers: &[Value]) -> String {
+    let mut out = String::new();
+    for (name, help, kind, path) in METRICS {
+        let values: Vec<(u64, u64)> = workers
+            .iter()
+            .filter_map(|w| {
+                let mut v = w;
+                for p in *path {
+                    v = v.get(p)?;
+                }
+                Some((w["worker"].as_u64()?, v.as_u64()?))
+            })
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (worker, value) in values {
+            out.push_str(&format!("{name}{{worker=\"{worker}\"}} {value}\n"));
+        }
+    }
+    out
+}
+
+/// Turns a purge request body into an invalidation.
+pub fn parse_purge(body: &[u8]) -> Result<(Invalidation, Removal), String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err("body must be a JSON object".into());
+    };
+    for key in map.keys() {
+        if !["url", "prefix", "host", "regex", "tag", "all", "soft"].contains(&key.as_str()) {
+            return Err(format!(
+                "unknown field `{key}` (expected url, prefix, host, regex, tag, all, soft)"
+            ));
+        }
+    }
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match map.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(format!("`{k}` must be a non-empty string")),
+        }
+    };
+    let removal = match map.get("soft") {
+        None | Some(Value::Bool(false)) => Removal::Hard,
+        Some(Value::Bool(true)) => Removal::Soft,
+        Some(_) => return Err("`soft` must be true or false".into()),
+    };
+    let host = text("host")?;
+    let kinds: Vec<&str> = ["url", "prefix", "regex", "tag", "all"]
+        .into_iter()
+        .filter(|k| map.contains_key(*k))
+        .collect();
+    if kinds.len() != 1 {
+        return Err("name exactly one of url, prefix, regex, tag or all".into());
+    }
+    let what = match kinds[0] {
+        "url" => {
+            if host.is_some() {
+                return Err("`host` goes with prefix or regex; a url names its own host".into());
+            }
+            Invalidation::Keys(Arc::new(vec![url_key(&text("url")?.unwrap_or_default())?]))
+        }
+        "prefix" => {
+            let prefix = text("prefix")?.unwrap_or_default();
+            if !prefix.starts_with('/') {
+                return Err("`prefix` is a path and must start with `/`".into());
+            }
+            Invalidation::Prefix {
+                host: host.map(Into::into),
+                prefix: prefix.into(),
+            }
+        }
+        "regex" => {
+            let regex = regex::Regex::new(&text("regex")?.unwrap_or_default())
+                .map_err(|e| format!("bad regex: {e}"))?;
+            Invalidation::Regex {
+                host: host.map(Into::into),
+                regex: Arc::new(regex),
+            }
+        }
+        "tag" => Invalidation::Tag(text("tag")?.unwrap_or_default().into()),
+        _ => match map.get("all") {
+            Some(Value::Bool(true)) => Invalidation::All,
+            _ => return Err("`all` must be true".into()),
+        },
+    };
+    Ok((what, removal))
+}
+
+/// The cache key of an absolute URL (`http://host[:port]/path?query`).
+pub fn url_key(url: &str) -> Result<Box<[u8]>, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{url}` is not an absolute http(s) URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    let mut key = Vec::new();
+    primary_key(&mut key, authority, path, &CachePolicy::default(), &[]);
+    Ok(key.into())
+}
+
+async fn purge(ctx: &WorkerCtx, body: &[u8]) -> Reply {
+    let (what, removal) = match parse_purge(body) {
+        Ok(p) => p,
+        Err(e) => return error(400, e),
+    };
+    let message = Message::Invalidate { what, removal };
+    match ctx
+        .bus
+        .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
+        .await
+    {
+        Ok(b) => json_reply(
+            200,
+            json!({ "workers": b.workers, "acked": b.acked, "removed": b.removed }),
+        ),
+        Err(BusError::Timeout { workers, acked, .. }) => json_reply(
+            504,
+            json!({ "error": "not every worker acknowledged in time", "workers": workers, "acked": acked }),
+        ),
+        Err(e) => error(503, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_bodies_name_one_kind() {
+        assert!(matches!(
+            parse_purge(br#"{"url":"http://shop.test/a?b=1"}"#),
+            Ok((Invalidation::Keys(_), Removal::Hard))
+        ));
+        assert!(matches!(
+            parse_purge(br#"{"prefix":"/api/","host":"shop.test","soft":true}"#),
+            Ok((Invalidation::Prefix { .. }, Removal::Soft))
+        ));
+        assert!(matches!(
+            parse_purge(br#"{"regex":"^/p/[0-9]+$"}"#),
+            Ok((Invalidation::Regex { .. }, _))
+        ));
+        assert!(matches!(
+            parse_purge(br#"{"tag":"product-1"}"#),
+            Ok((Invalidation::Tag(_), _))
+        ));
+        assert!(matches!(
+            parse_purge(br#"{"all":true}"#),
+            Ok((Invalidation::All, _))
+        ));
+    }
+
+    #[test]
+    fn bad_purge_bodies_say_why() {
+        assert!(parse_purge(b"not json").unwrap_err().contains("JSON"));
+        assert!(parse_purge(br#"{"url":"http://a/","tag":"x"}"#)
+            .unwrap_err()
+            .contains("exactly one"));
+        assert!(parse_purge(br#"{"colour":"red"}"#)
+            .unwrap_err()
+            .contains("unknown field `colour`"));
+        assert!(parse_purge(br#"{"regex":"("}"#)
+            .unwrap_err()
+            .contains("bad regex"));
+        assert!(parse_purge(br#"{"prefix":"api"}"#)
+            .unwrap_err()
+            .contains("start with"));
+        assert!(parse_purge(br#"{"url":"/relative"}"#)
+            .unwrap_err()
+            .contains("absolute"));
+    }
+
+    #[test]
+    fn url_keys_match_request_keys() {
+        let mut from_request = Vec::new();
+        primary_key(
+            &mut from_request,
+            "Shop.Test:80",
+            "/a?b=1",
+            &CachePolicy::default(),
+            &[],
+        );
+        assert_eq!(
+            url_key("http://shop.test/a?b=1").unwrap().as_ref(),
+            from_request.as_slice()
+        );
+    }
+
+    #[test]
+    fn metrics_are_labelled_by_worker() {
+        let text = prometheus(&[
+            json!({"worker": 0, "requests": 3, "cache": {"hits": 2}}),
+            json!({"worker": 1, "requests": 4}),
+        ]);
+        assert!(text.contains("# TYPE ringgate_requests_total counter\n"));
+        assert!(text.contains("ringgate_requests_total{worker=\"0\"} 3\n"));
+        assert!(text.contains("ringgate_requests_total{worker=\"1\"} 4\n"));
+        assert!(text.contains("ringgate_cache_hits_total{worker=\"0\"} 2\n"));
+    }
+}

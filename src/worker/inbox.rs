@@ -1,0 +1,153 @@
+//! A worker's bus task: applies what other workers and the admin API send
+//! (invalidations, offered cache entries, fetch completions, stats
+//! requests), in order, between requests.
+
+use std::rc::Rc;
+
+use super::context::WorkerCtx;
+use crate::bus::{Envelope, Invalidation, Mailbox, Message};
+use crate::cache::shard::Shard;
+
+/// Runs until the worker stops.
+pub async fn run(ctx: Rc<WorkerCtx>, mailbox: Mailbox) {
+    loop {
+        let envelope = mailbox.next().await;
+        apply(&ctx, envelope);
+        // Drain what else is queued before yielding back to connections.
+        while let Some(envelope) = mailbox.try_next() {
+            apply(&ctx, envelope);
+        }
+    }
+}
+
+fn apply(ctx: &WorkerCtx, envelope: Envelope) {
+    let mut removed = 0u64;
+    match envelope.message {
+        Message::Invalidate { what, removal } => {
+            if let Some(cache) = &ctx.cache {
+                let mut shard = cache.shard.borrow_mut();
+                removed = invalidate(&mut shard, &what, removal) as u64;
+                cache.stats.purges.set(cache.stats.purges.get() + 1);
+                cache
+                    .stats
+                    .invalidations
+                    .set(cache.stats.invalidations.get() + removed);
+            }
+        }
+        Message::Offer {
+            from,
+            primary,
+            variant,
+            stored,
+        } => {
+            if let Some(cache) = &ctx.cache {
+                if from != ctx.index {
+                    cache.shard.borrow_mut().insert_keyed(
+                        &primary,
+                        variant.as_deref(),
+                        stored,
+                        false,
+                    );
+                    cache
+                        .stats
+                        .offers_taken
+                        .set(cache.stats.offers_taken.get() + 1);
+                }
+            }
+        }
+        Message::FetchDone { key, .. } => {
+            if let Some(cache) = &ctx.cache {
+                cache.coalescer.release_remote(&key);
+            }
+        }
+        Message::Stats(request) => {
+            let snapshot = ctx.snapshot();
+            request
+                .replies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(snapshot);
+        }
+    }
+    if let Some(ack) = envelope.ack {
+        ack.done(removed);
+    }
+}
+
+/// Applies one invalidation to a shard; returns the responses it touched.
+pub fn invalidate(
+    shard: &mut Shard,
+    what: &Invalidation,
+    removal: crate::cache::shard::Removal,
+) -> usize {
+    match what {
+        Invalidation::Keys(keys) => keys.iter().map(|k| shard.purge_uri(k, removal)).sum(),
+        Invalidation::Prefix { host, prefix } => shard.ban(
+            |key| {
+                key_matches(key, host.as_deref(), |path| {
+                    path.starts_with(prefix.as_ref())
+                })
+            },
+            removal,
+        ),
+        Invalidation::Regex { host, regex } => shard.ban(
+            |key| key_matches(key, host.as_deref(), |path| regex.is_match(path)),
+            removal,
+        ),
+        Invalidation::Tag(tag) => shard.purge_tag(tag, removal),
+        Invalidation::All => shard.purge_all(removal),
+    }
+}
+
+/// Splits a cache key `http://host/path?query[\n...]` and tests its host and path.
+fn key_matches(key: &[u8], host: Option<&str>, path_matches: impl Fn(&str) -> bool) -> bool {
+    let Ok(key) = std::str::from_utf8(key) else {
+        return false;
+    };
+    let Some(rest) = key.strip_prefix("http://") else {
+        return false;
+    };
+    let rest = rest.split(['\n', '\0']).next().unwrap_or("");
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let key_host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            authority
+        }
+    });
+    host.is_none_or(|h| h.eq_ignore_ascii_case(key_host)) && path_matches(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_matched_on_host_and_path() {
+        assert!(key_matches(
+            b"http://shop.test/api/x?y=1",
+            Some("shop.test"),
+            |p| p.starts_with("/api/")
+        ));
+        assert!(key_matches(
+            b"http://shop.test:8080/api/x",
+            Some("SHOP.test"),
+            |p| p.starts_with("/api/")
+        ));
+        assert!(!key_matches(
+            b"http://other.test/api/x",
+            Some("shop.test"),
+            |p| p.starts_with("/api/")
+        ));
+        assert!(key_matches(
+            b"http://other.test/api/x\nh:x-tenant=a",
+            None,
+            |p| p == "/api/x"
+        ));
+        assert!(key_matches(b"http://h/p\0vary\0accept=x", None, |p| p == "/p"));
+    }
+}
