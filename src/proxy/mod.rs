@@ -910,10 +910,13 @@ async fn relay(
                 c.push(&ubuf[..take]);
             }
             ubuf.advance(take);
+            let mut remaining = total - take as u64;
+            if remaining == 0 {
+                store_captured(ctx, forward, &mut plan);
+            }
             send_to_client(ctx, client, out)
                 .await
                 .map_err(client_gone)?;
-            let mut remaining = total - take as u64;
             while remaining > 0 {
                 if ubuf.is_empty() {
                     match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
@@ -927,12 +930,15 @@ async fn relay(
                 if let Some(c) = plan.capture.as_mut() {
                     c.push(&chunk);
                 }
+                remaining -= take as u64;
+                if remaining == 0 {
+                    store_captured(ctx, forward, &mut plan);
+                }
                 if let Err((e, _)) =
                     write_all(&mut client.stream, chunk, timeouts.client_send).await
                 {
                     return Err(client_gone(into_io(e)));
                 }
-                remaining -= take as u64;
             }
         }
         BodyFraming::Chunked => {
@@ -970,6 +976,9 @@ async fn relay(
                     }
                 };
                 ubuf.advance(used);
+                if decoder.is_done() {
+                    store_captured(ctx, forward, &mut plan);
+                }
                 if !out.is_empty() {
                     send_to_client(ctx, client, out)
                         .await
@@ -1015,6 +1024,7 @@ async fn relay(
                     Read::Failed(e) => return Err(broken(Some(e))),
                 }
             }
+            store_captured(ctx, forward, &mut plan);
             if rechunk {
                 out.extend_from_slice(b"0\r\n\r\n");
                 send_to_client(ctx, client, out)
@@ -1024,9 +1034,6 @@ async fn relay(
         }
     }
 
-    if let (Some(capture), Some(work)) = (plan.capture.take(), forward.cache.as_deref()) {
-        cache::store(ctx, work, capture);
-    }
     // Bytes beyond the response mean the upstream and the gateway disagree
     // about framing: never reuse such a connection.
     if upstream_clean && ubuf.is_empty() {
@@ -1040,6 +1047,14 @@ async fn relay(
     } else {
         Next::Close
     })
+}
+
+/// Stores a completely captured body, before its last bytes go to the client:
+/// once the client has the whole response, every worker can answer from the cache.
+fn store_captured(ctx: &WorkerCtx, forward: &Forward, plan: &mut ResponsePlan) {
+    if let (Some(capture), Some(work)) = (plan.capture.take(), forward.cache.as_deref()) {
+        cache::store(ctx, work, capture);
+    }
 }
 
 fn into_io(e: io::WriteError) -> Option<std::io::Error> {

@@ -303,7 +303,7 @@ fn percent_decode(s: &str) -> String {
 
 /// A cacheable resource, described by the query of `/c?...`:
 /// `cc` (Cache-Control), `etag`, `lm` (Last-Modified), `vary`, `age`,
-/// `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
+/// `tag` (Surrogate-Key), `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
 /// number), `size=N` (N pattern bytes), `chunked=1`, `after=K&after_status=S`
 /// (requests beyond the K-th get status S), `gate_after=K` (requests beyond
 /// the K-th wait for the gate). `If-None-Match` matching `etag` gets a 304.
@@ -344,6 +344,7 @@ fn cacheable(
         ("vary", "Vary"),
         ("age", "Age"),
         ("expires", "Expires"),
+        ("tag", "Surrogate-Key"),
     ] {
         if let Some(v) = get(param) {
             fields.push_str(&format!("{header}: {v}\r\n"));
