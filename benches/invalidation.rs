@@ -47,7 +47,10 @@ fn gateway(origin: &Origin, share: bool) -> ringgate::Handle {
 fn raise_fd_limit() {
     // SAFETY: plain getrlimit/setrlimit on this process.
     unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
@@ -58,18 +61,27 @@ fn raise_fd_limit() {
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
 }
 
 fn cold_key(concurrent: usize) -> usize {
     let origin = Origin::start();
     let gw = gateway(&origin, true);
     let t = "/c?cc=max-age%3D60&gate_after=0&body=cold";
-    let mut clients: Vec<Client> = (0..concurrent).map(|_| Client::connect(gw.listen_addr())).collect();
+    let mut clients: Vec<Client> = (0..concurrent)
+        .map(|_| Client::connect(gw.listen_addr()))
+        .collect();
     for c in &mut clients {
         c.send(format!("GET {t} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes());
     }
-    wait_until(Duration::from_secs(10), "first fetch", || origin.hits_on(t) >= 1);
+    wait_until(Duration::from_secs(10), "first fetch", || {
+        origin.hits_on(t) >= 1
+    });
     origin.open_gate();
     for c in &mut clients {
         assert_eq!(c.read_response().unwrap().text(), "cold");
@@ -122,7 +134,10 @@ fn purge_latency(purges: usize) -> (Duration, Duration, Duration, u64) {
     let mut times = Vec::with_capacity(purges);
     for i in 0..purges {
         let body = format!(r#"{{"url":"http://bench/other/{i}"}}"#);
-        let request = format!("POST /cache/purge HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let request = format!(
+            "POST /cache/purge HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         let started = Instant::now();
         c.reader.inner.write_all(request.as_bytes()).unwrap();
         let r = c.read_response().unwrap();
@@ -134,7 +149,12 @@ fn purge_latency(purges: usize) -> (Duration, Duration, Duration, u64) {
         l.recv_timeout(Duration::from_secs(10)).unwrap();
     }
     times.sort();
-    (percentile(&times, 0.5), percentile(&times, 0.99), *times.last().unwrap(), served.load(Ordering::Relaxed))
+    (
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        *times.last().unwrap(),
+        served.load(Ordering::Relaxed),
+    )
 }
 
 fn main() {
@@ -149,7 +169,9 @@ fn main() {
     let shared = large_object(true, size);
     let isolated = large_object(false, size);
     println!("| RSS added by one 64 MiB object hit on every worker, shared | {shared:.2} copies | about 1 |");
-    println!("| the same with isolated shards (`share = \"isolated\"`) | {isolated:.2} copies | - |");
+    println!(
+        "| the same with isolated shards (`share = \"isolated\"`) | {isolated:.2} copies | - |"
+    );
     let (p50, p99, max, served) = purge_latency(1000);
     println!(
         "| purge to all workers, admin call round trip, 1,000 purges under load ({served} hits served meanwhile) | p50 {:.0} us, p99 {:.0} us, max {:.0} us | p99 < 1 ms |",

@@ -71,7 +71,7 @@ struct QuickArgs {
     /// Do not cache: pure pass-through.
     #[arg(long, conflicts_with = "cache_size")]
     no_cache: bool,
-        /// Serve the admin API (health, stats, metrics, purge) on this address.
+    /// Serve the admin API (health, stats, metrics, purge) on this address.
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// Event loop: auto (io_uring, else epoll), io_uring or epoll.
@@ -99,8 +99,11 @@ impl QuickArgs {
         if self.no_pin {
             config.workers.pin = false;
         }
-                if let Some(listen) = self.admin {
-            config.admin = Some(config::AdminConfig { listen, token: None });
+        if let Some(listen) = self.admin {
+            config.admin = Some(config::AdminConfig {
+                listen,
+                token: None,
+            });
         }
         if self.no_cache {
             config.routes[0].cache = None;
