@@ -91,7 +91,7 @@ impl Default for PerCoreConfig {
             max_connections: 10_000,
             upstream_pool_size: 128,
             upstream_idle_timeout: Duration::from_secs(60),
-            client_buffer_size: 4 * 1024,
+            client_buffer_size: 1024,
             upstream_buffer_size: 32 * 1024,
             cache_size: 64 << 20,
             cache_max_object: 4 << 20,

@@ -70,7 +70,8 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
         served: 0,
         hit_buf: None,
     };
-    let work = async {
+    // Boxed so the connection task holds this state once, not once more inside `race`.
+    let work = Box::pin(async {
         while let Next::KeepAlive = exchange(&ctx, &mut client).await {
             // Give back memory a large head or body made the buffer grow to.
             if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size
@@ -78,7 +79,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
                 client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
             }
         }
-    };
+    });
     // After the shutdown grace period the work is dropped mid-flight: its
     // sockets close and its pending I/O is cancelled.
     race(work, ctx.forced_closed()).await;
@@ -309,7 +310,9 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             }
             answer_from_cache(ctx, client, &request, &hit, out).await
         }
-        Plan::Forward(forward) => proxy_request(ctx, client, forward, out).await,
+        // Boxed: the forwarding state is large, and an idle or cache-hit
+        // connection should not carry it (see connection_future_stays_small).
+        Plan::Forward(forward) => Box::pin(proxy_request(ctx, client, forward, out)).await,
     }
 }
 
@@ -1286,5 +1289,52 @@ async fn read_response_head(
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// An idle keep-alive connection holds its task's future (`serve`) and
+    /// the boxed exchange loop: together they must stay a few KiB, or 10,000
+    /// idle connections stop fitting in 64 MiB.
+    #[test]
+    fn connection_future_stays_small() {
+        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stream = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
+            let config = std::sync::Arc::new(crate::config::Config::quick(addr, vec![addr]));
+            let (bus, mut receivers) = crate::bus::Bus::new(1, 16);
+            let _receiver = receivers.remove(0);
+            let claims = std::sync::Arc::new(crate::cache::claims::Claims::new(1));
+            let ctx = std::rc::Rc::new(crate::worker::context::WorkerCtx::new(
+                0,
+                config,
+                Default::default(),
+                bus,
+                claims,
+            ));
+            let mut client = super::Client {
+                stream: monoio::net::TcpStream::connect_addr(addr).await.unwrap(),
+                buf: bytes::BytesMut::new(),
+                peer_ip: String::new(),
+                peer: addr.ip(),
+                served: 0,
+                hit_buf: None,
+            };
+            let exchange = size_of_future(&super::exchange(&ctx, &mut client));
+            let serve = size_of_future(&super::serve(ctx.clone(), stream, addr));
+            assert!(
+                serve + exchange <= 4 * 1024,
+                "serve {serve} + exchange {exchange} bytes"
+            );
+        });
     }
 }
