@@ -17,7 +17,10 @@ fn workers(workers: usize) -> (Arc<Bus>, Vec<std::thread::JoinHandle<()>>) {
         .map(|(receiver, index)| {
             let mailbox = Mailbox::new(bus.clone(), receiver, index);
             std::thread::spawn(move || {
-                let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+                let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+                    .enable_timer()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
                     loop {
                         let envelope = mailbox.next().await;
@@ -38,7 +41,10 @@ fn workers(workers: usize) -> (Arc<Bus>, Vec<std::thread::JoinHandle<()>>) {
 fn round_trip(c: &mut Criterion) {
     let n = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (bus, threads) = workers(n);
-    let mut sender = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer().build().unwrap();
+    let mut sender = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
     let message = Message::Invalidate {
         what: Invalidation::Keys(Arc::new(vec![b"http://bench/key".to_vec().into()])),
         removal: Removal::Hard,
@@ -48,7 +54,9 @@ fn round_trip(c: &mut Criterion) {
             sender.block_on(async {
                 let started = Instant::now();
                 for _ in 0..iters {
-                    bus.broadcast_and_wait(message.clone(), Duration::from_secs(1)).await.unwrap();
+                    bus.broadcast_and_wait(message.clone(), Duration::from_secs(1))
+                        .await
+                        .unwrap();
                 }
                 started.elapsed()
             })

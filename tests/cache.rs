@@ -289,30 +289,9 @@ fn fifty_concurrent_misses_cause_one_origin_request() {
     let addr = gw.listen_addr();
     // The first request is held at the origin until every client has sent.
     let t = "/c?cc=max-age%3D60&gate_after=0&body=shared";
-    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
-    let clients: Vec<_> = (0..50)
-        .map(|_| {
-            let sent_tx = sent_tx.clone();
-            in_thread(move || {
-                let mut c = Client::connect(addr);
-                c.send(format!("GET {t} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
-                sent_tx.send(()).unwrap();
-                c.read_response().unwrap()
-            })
-        })
-        .collect();
-    for _ in 0..50 {
-        sent_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    }
-    wait_until(
-        Duration::from_secs(5),
-        "the first fetch reached the origin",
-        || origin.hits_on(t) == 1,
-    );
-    origin.open_gate();
+    let responses = concurrent_gets_through_gate(addr, &origin, t, 50);
     let mut forwarded = 0;
-    for rx in clients {
-        let r = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    for r in responses {
         assert_eq!(r.text(), "shared");
         let status = status_of(&r);
         if status.contains("fwd-status") {

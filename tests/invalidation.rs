@@ -10,7 +10,6 @@ use ringgate::cache::policy::CachePolicy;
 use ringgate::config::{AdminConfig, IpRange};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 const CONNECTIONS: usize = 24;
 
@@ -110,32 +109,8 @@ fn concurrent_cold_misses_across_workers_make_one_origin_request() {
     let gw = two_workers(&origin, |_| {});
     let addr = gw.listen_addr();
     let t = "/c?cc=max-age%3D60&gate_after=0&body=cold";
-    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
-    let clients: Vec<_> = (0..40)
-        .map(|_| {
-            let sent_tx = sent_tx.clone();
-            in_thread(move || {
-                let mut c = Client::connect(addr);
-                c.send(format!("GET {t} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
-                sent_tx.send(()).unwrap();
-                c.read_response().unwrap()
-            })
-        })
-        .collect();
-    for _ in 0..40 {
-        sent_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    }
-    wait_until(
-        Duration::from_secs(5),
-        "the first fetch reached the origin",
-        || origin.hits_on(t) == 1,
-    );
-    origin.open_gate();
-    for rx in clients {
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(20)).unwrap().text(),
-            "cold"
-        );
+    for r in concurrent_gets_through_gate(addr, &origin, t, 40) {
+        assert_eq!(r.text(), "cold");
     }
     assert_eq!(origin.hits_on(t), 1);
 }

@@ -563,66 +563,29 @@ async fn proxy_request(
             tracing::debug!(worker = ctx.index, error = %error, "request failed");
         }
     }
-    match error.status() {
-        Some(502 | 504) if !progress.response_started && error.side == Side::Upstream => {
-            if let Some(hit) = forward.cache.as_deref().and_then(cache::stale_for_error) {
-                let keep = progress.request_consumed
-                    && forward.keep_alive
-                    && client_may_continue(ctx, client);
-                return match send_cached(
-                    ctx,
-                    client,
-                    &hit,
-                    forward.method == Method::Head,
-                    keep,
-                    forward.version,
-                    out,
-                )
-                .await
-                {
-                    true if keep => Next::KeepAlive,
-                    _ => Next::Close,
-                };
-            }
-            let status = error.status().unwrap_or(502);
-            let keep =
-                progress.request_consumed && forward.keep_alive && client_may_continue(ctx, client);
-            let sent = respond_error(
-                ctx,
-                client,
-                out,
-                status,
-                !keep,
-                forward.method == Method::Head,
-            )
-            .await;
-            if sent && keep {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            }
+    let Some(status) = error.status().filter(|_| !progress.response_started) else {
+        return Next::Close;
+    };
+    let keep = progress.request_consumed
+        && error.side == Side::Upstream
+        && forward.keep_alive
+        && client_may_continue(ctx, client);
+    let head_only = forward.method == Method::Head;
+    // stale-if-error: a stored response may stand in for the upstream's failure.
+    let stale = match status {
+        502 | 504 if error.side == Side::Upstream => {
+            forward.cache.as_deref().and_then(cache::stale_for_error)
         }
-        Some(status) if !progress.response_started => {
-            let keep = progress.request_consumed
-                && error.side == Side::Upstream
-                && forward.keep_alive
-                && client_may_continue(ctx, client);
-            let sent = respond_error(
-                ctx,
-                client,
-                out,
-                status,
-                !keep,
-                forward.method == Method::Head,
-            )
-            .await;
-            if sent && keep {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            }
-        }
-        _ => Next::Close,
+        _ => None,
+    };
+    let sent = match stale {
+        Some(hit) => send_cached(ctx, client, &hit, head_only, keep, forward.version, out).await,
+        None => respond_error(ctx, client, out, status, !keep, head_only).await,
+    };
+    if sent && keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
     }
 }
 

@@ -759,6 +759,42 @@ pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
     }
 }
 
+/// Sends `count` GETs for `target` at once, each on its own connection, while
+/// the origin holds the first one (`gate_after=0` in the target) until every
+/// client has sent; then opens the gate and returns all the responses.
+pub fn concurrent_gets_through_gate(
+    addr: SocketAddr,
+    origin: &Origin,
+    target: &'static str,
+    count: usize,
+) -> Vec<Response> {
+    let (sent_tx, sent_rx) = mpsc::channel();
+    let clients: Vec<_> = (0..count)
+        .map(|_| {
+            let sent_tx = sent_tx.clone();
+            in_thread(move || {
+                let mut c = Client::connect(addr);
+                c.send(format!("GET {target} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
+                sent_tx.send(()).unwrap();
+                c.read_response().unwrap()
+            })
+        })
+        .collect();
+    for _ in 0..count {
+        sent_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "the first fetch reached the origin",
+        || origin.hits_on(target) >= 1,
+    );
+    origin.open_gate();
+    clients
+        .into_iter()
+        .map(|rx| rx.recv_timeout(Duration::from_secs(20)).unwrap())
+        .collect()
+}
+
 /// A channel-based one-shot for handing a result from a helper thread.
 pub fn in_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> mpsc::Receiver<T> {
     let (tx, rx) = mpsc::channel();
