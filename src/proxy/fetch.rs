@@ -104,18 +104,7 @@ pub async fn fetch_whole(
                 return Err(too_large());
             }
             while (buf.len() as u64) < n {
-                match read_some(
-                    &mut stream,
-                    &mut buf,
-                    ctx.per_core.upstream_buffer_size,
-                    timeouts.upstream_read,
-                )
-                .await
-                {
-                    Read::Data(_) => {}
-                    Read::Failed(e) => return Err(broken(Some(e))),
-                    _ => return Err(broken(None)),
-                }
+                super::read_body_piece(ctx, &mut stream, &mut buf, addr).await?;
             }
             body.extend_from_slice(&buf.split_to(n as usize));
         }
@@ -130,18 +119,7 @@ pub async fn fetch_whole(
                 if decoder.is_done() {
                     break;
                 }
-                match read_some(
-                    &mut stream,
-                    &mut buf,
-                    ctx.per_core.upstream_buffer_size,
-                    timeouts.upstream_read,
-                )
-                .await
-                {
-                    Read::Data(_) => {}
-                    Read::Failed(e) => return Err(broken(Some(e))),
-                    _ => return Err(broken(None)),
-                }
+                super::read_body_piece(ctx, &mut stream, &mut buf, addr).await?;
             }
         }
         BodyFraming::UntilClose => loop {

@@ -885,11 +885,7 @@ async fn relay(
                 .map_err(client_gone)?;
             while remaining > 0 {
                 if ubuf.is_empty() {
-                    match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
-                        Read::Data(_) => {}
-                        Read::Eof | Read::TimedOut => return Err(broken(None)),
-                        Read::Failed(e) => return Err(broken(Some(e))),
-                    }
+                    read_body_piece(ctx, &mut upstream, ubuf, addr).await?;
                 }
                 let take = (ubuf.len() as u64).min(remaining) as usize;
                 let chunk = ubuf.split_to(take);
@@ -953,11 +949,7 @@ async fn relay(
                 if decoder.is_done() {
                     break;
                 }
-                match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
-                    Read::Data(_) => {}
-                    Read::Eof | Read::TimedOut => return Err(broken(None)),
-                    Read::Failed(e) => return Err(broken(Some(e))),
-                }
+                read_body_piece(ctx, &mut upstream, ubuf, addr).await?;
             }
         }
         BodyFraming::UntilClose => {
@@ -1020,6 +1012,30 @@ async fn relay(
 fn store_captured(ctx: &WorkerCtx, forward: &Forward, plan: &mut ResponsePlan) {
     if let (Some(capture), Some(work)) = (plan.capture.take(), forward.cache.as_deref()) {
         cache::store(ctx, work, capture);
+    }
+}
+
+/// Reads the next piece of a response body. The upstream closing, failing or
+/// stalling before the body is complete is `UpstreamBroken`: the response is
+/// already under way, so the client connection will be closed.
+async fn read_body_piece(
+    ctx: &WorkerCtx,
+    upstream: &mut TcpStream,
+    buf: &mut BytesMut,
+    addr: SocketAddr,
+) -> Result<(), ProxyError> {
+    let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
+    match read_some(
+        upstream,
+        buf,
+        ctx.per_core.upstream_buffer_size,
+        ctx.config.timeouts.upstream_read,
+    )
+    .await
+    {
+        Read::Data(_) => Ok(()),
+        Read::Failed(e) => Err(broken(Some(e))),
+        Read::Eof | Read::TimedOut => Err(broken(None)),
     }
 }
 
