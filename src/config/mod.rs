@@ -242,10 +242,38 @@ pub struct ServerConfig {
     pub weight: u32,
 }
 
+/// How a group spreads requests over its servers (see `upstream::balancer`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum BalancePolicy {
+    /// Round-robin; smooth weighted round-robin when weights differ.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Power of two random choices on outstanding requests.
+    LeastRequest,
+    /// Power of two random choices on latency (peak EWMA) times outstanding requests.
+    PeakEwma,
+    /// Consistent hashing (ketama) on a key of the request.
+    Hash(HashKey),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    ClientIp,
+    Path,
+    /// A request header (lower-case name).
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamGroup {
     pub name: String,
     pub servers: Vec<ServerConfig>,
+    pub balance: BalancePolicy,
 }
 
 /// How a route matches the request's host.
@@ -459,6 +487,7 @@ impl Config {
             limits: Limits::default(),
             proxy: ProxyHeaders::default(),
             upstreams: vec![UpstreamGroup {
+                balance: BalancePolicy::RoundRobin,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -562,9 +591,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             let key = format!("{key}[{j}]");
             servers.push(validate_server(&key, value)?);
         }
+        let balance = validate_balance(name, group)?;
         upstreams.push(UpstreamGroup {
             name: name.clone(),
             servers,
+            balance,
         });
     }
 
@@ -948,6 +979,51 @@ fn validate_proxy(raw: &raw::RawProxy) -> Result<ProxyHeaders, ConfigError> {
         p.x_forwarded_host = v;
     }
     Ok(p)
+}
+
+fn validate_balance(name: &str, group: &raw::RawUpstream) -> Result<BalancePolicy, ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    let policy = match group.balance.as_deref() {
+        None | Some("round_robin") => BalancePolicy::RoundRobin,
+        Some("random") => BalancePolicy::Random,
+        Some("least_request") => BalancePolicy::LeastRequest,
+        Some("peak_ewma") => BalancePolicy::PeakEwma,
+        Some("hash") => {
+            let on = group.hash_on.as_deref().ok_or_else(|| {
+                invalid(key("hash_on"), "balance = \"hash\" needs hash_on: \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\"")
+            })?;
+            let hash_key = match on.split_once(':') {
+                None if on == "client_ip" => HashKey::ClientIp,
+                None if on == "path" => HashKey::Path,
+                Some(("header", h)) if !h.is_empty() && h.bytes().all(is_token_byte) => {
+                    HashKey::Header(h.to_ascii_lowercase())
+                }
+                Some(("cookie", c)) if !c.is_empty() && c.bytes().all(is_token_byte) => {
+                    HashKey::Cookie(c.to_string())
+                }
+                _ => return Err(invalid(
+                    key("hash_on"),
+                    format!(
+                        "`{on}` is not \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\""
+                    ),
+                )),
+            };
+            return Ok(BalancePolicy::Hash(hash_key));
+        }
+        Some(other) => return Err(invalid(
+            key("balance"),
+            format!(
+                "`{other}` is not a policy (round_robin, random, least_request, peak_ewma, hash)"
+            ),
+        )),
+    };
+    if group.hash_on.is_some() {
+        return Err(invalid(
+            key("hash_on"),
+            "only applies with balance = \"hash\"",
+        ));
+    }
+    Ok(policy)
 }
 
 fn validate_server(key: &str, value: &toml::Value) -> Result<ServerConfig, ConfigError> {
@@ -1451,6 +1527,35 @@ upstream = "app"
         ))
         .unwrap_err();
         assert_eq!(e.key, "cache.purge_allow");
+    }
+
+    #[test]
+    fn balance_policies_parse() {
+        let text = MINIMAL.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [\"127.0.0.1:9000\"]\nbalance = \"hash\"\nhash_on = \"cookie:session\"",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(
+            c.upstreams[0].balance,
+            BalancePolicy::Hash(HashKey::Cookie("session".into()))
+        );
+        let bad = MINIMAL.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [\"127.0.0.1:9000\"]\nbalance = \"fastest\"",
+        );
+        assert_eq!(
+            Config::parse(&bad).unwrap_err().key,
+            "upstreams.app.balance"
+        );
+        let missing = MINIMAL.replace(
+            "servers = [\"127.0.0.1:9000\"]",
+            "servers = [\"127.0.0.1:9000\"]\nbalance = \"hash\"",
+        );
+        assert_eq!(
+            Config::parse(&missing).unwrap_err().key,
+            "upstreams.app.hash_on"
+        );
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct RawUpstream {
     /// Each server is `"host:port"` or `{ address = "host:port", weight = 3 }`;
     /// kept as TOML values so validation can say precisely what is wrong.
     pub servers: Vec<toml::Value>,
+    pub balance: Option<String>,
+    pub hash_on: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -258,7 +258,9 @@ fn refresh_plan(
 ) -> Refresh {
     stored.refreshing.store(true, Ordering::Release);
     let mut upstreams = ctx.upstreams.borrow_mut();
-    let server = upstreams.pick(route.upstream);
+    // A background refresh goes where the policy would send this request.
+    let balance_key = upstreams.request_key(route.upstream, "127.0.0.1", req.path, req.headers);
+    let server = upstreams.pick(route.upstream, balance_key);
     let mut upstream_head = Vec::with_capacity(512);
     let validators = Validators {
         etag: stored.etag.clone(),

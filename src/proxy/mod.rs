@@ -199,7 +199,8 @@ fn plan_request(
         cache::Decision::Forward(work, validators) => (Some(work), validators),
     };
     let mut upstreams = ctx.upstreams.borrow_mut();
-    let server = upstreams.pick(route.upstream);
+    let key = upstreams.request_key(route.upstream, &client.peer_ip, req.path, req.headers);
+    let server = upstreams.pick(route.upstream, key);
     head::write_request_head(
         out,
         &req,
@@ -542,6 +543,7 @@ async fn proxy_request(
             }
         }
     }
+    let _in_flight = InFlight::new(ctx, forward.server);
     let mut ubuf = ctx.take_read_buffer();
     let mut progress = Progress::default();
     let result = relay(ctx, client, &forward, &mut out, &mut ubuf, &mut progress).await;
@@ -586,6 +588,30 @@ async fn proxy_request(
         Next::KeepAlive
     } else {
         Next::Close
+    }
+}
+
+/// Counts a request as outstanding to its server (for `least_request` and
+/// `peak_ewma`) for as long as it is being relayed.
+struct InFlight<'a> {
+    ctx: &'a WorkerCtx,
+    server: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(ctx: &'a WorkerCtx, server: usize) -> Self {
+        let upstreams = ctx.upstreams.borrow();
+        let load = &upstreams.loads[server].outstanding;
+        load.set(load.get() + 1);
+        InFlight { ctx, server }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let upstreams = self.ctx.upstreams.borrow();
+        let load = &upstreams.loads[self.server].outstanding;
+        load.set(load.get().saturating_sub(1));
     }
 }
 
@@ -780,6 +806,7 @@ async fn relay(
         None => (connect(ctx, addr).await?, false),
     };
 
+    let sent_at = Instant::now();
     let (head_len, answer) = loop {
         let attempt = async {
             send_request(
@@ -811,6 +838,8 @@ async fn relay(
     };
     ubuf.advance(head_len);
     progress.response_started = true;
+    let now = Instant::now();
+    ctx.upstreams.borrow().loads[forward.server].record_latency(now - sent_at, now);
     let mut plan = match answer {
         Answer::Relay(plan) => plan,
         Answer::Serve(hit, reusable_now) => {

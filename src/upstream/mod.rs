@@ -7,8 +7,8 @@ pub mod pool;
 
 use std::net::SocketAddr;
 
-use crate::config::{Config, PerCoreConfig};
-use balancer::Balancer;
+use crate::config::{BalancePolicy, Config, PerCoreConfig};
+use balancer::{Balancer, RequestKey, Rng, ServerLoad};
 use pool::Pool;
 
 /// One worker's view of every upstream group.
@@ -18,6 +18,11 @@ pub struct Upstreams {
     /// `ip:port` of each server, for the Host header of HTTP/1.0 requests that had none.
     pub server_hosts: Vec<String>,
     groups: Vec<Balancer>,
+    /// Each group's policy (for what a `hash` group reads from the request).
+    policies: Vec<BalancePolicy>,
+    /// This worker's view of each server's load, indexed like `servers`.
+    pub loads: Vec<ServerLoad>,
+    rng: Rng,
     pub pool: Pool,
 }
 
@@ -28,10 +33,10 @@ impl Upstreams {
         for group in &config.upstreams {
             let mut members = Vec::new();
             for s in &group.servers {
-                members.push((servers.len(), s.weight));
+                members.push((servers.len(), s.weight, s.address.to_string()));
                 servers.push(s.address);
             }
-            groups.push(Balancer::new(&members, worker_index));
+            groups.push(Balancer::new(&members, &group.balance, worker_index));
         }
         let pool = Pool::new(
             servers.len(),
@@ -40,6 +45,11 @@ impl Upstreams {
         );
         let server_hosts = servers.iter().map(SocketAddr::to_string).collect();
         Upstreams {
+            loads: servers.iter().map(|_| ServerLoad::default()).collect(),
+            rng: Rng::new(
+                0x9E37_79B9_7F4A_7C15 ^ (worker_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            ),
+            policies: config.upstreams.iter().map(|g| g.balance.clone()).collect(),
             servers,
             server_hosts,
             groups,
@@ -48,7 +58,23 @@ impl Upstreams {
     }
 
     /// Picks the server for the next request to `group`.
-    pub fn pick(&mut self, group: usize) -> usize {
-        self.groups[group].pick()
+    pub fn pick(&mut self, group: usize, key: RequestKey) -> usize {
+        self.groups[group].pick(key, &self.loads, &mut self.rng)
+    }
+
+    /// What the group's policy reads from the request (only `hash` reads anything).
+    pub fn request_key(
+        &self,
+        group: usize,
+        client_ip: &str,
+        path: &str,
+        headers: &[httparse::Header<'_>],
+    ) -> RequestKey {
+        match &self.policies[group] {
+            BalancePolicy::Hash(on) => RequestKey {
+                hash: balancer::request_hash(on, client_ip, path, headers),
+            },
+            _ => RequestKey::default(),
+        }
     }
 }

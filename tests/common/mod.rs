@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,8 @@ pub struct OriginLog {
     pub body_lengths: Mutex<Vec<u64>>,
     /// Requests per target (path and query).
     pub per_target: Mutex<HashMap<String, usize>>,
+    /// Milliseconds every response is delayed by (a slow server).
+    pub delay_ms: AtomicU64,
 }
 
 /// A test origin. Paths:
@@ -91,6 +93,13 @@ impl Origin {
 
     pub fn requests(&self) -> usize {
         self.log.requests.load(Ordering::SeqCst)
+    }
+
+    /// Makes every later response wait this long (a slow server).
+    pub fn set_delay(&self, delay: Duration) {
+        self.log
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Requests the origin received for exactly this target.
@@ -187,6 +196,11 @@ fn origin_connection(
         let head_only = method == "HEAD";
         let conn_close = if close { "Connection: close\r\n" } else { "" };
 
+        let delay = log.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            // A slow server on purpose (Origin::set_delay): the delay is the behaviour under test.
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         if let Some(query) = path.strip_prefix("/c?") {
             cacheable(
                 &mut stream,

@@ -1,0 +1,166 @@
+//! Load-balancing policies over real origins: each policy's distribution,
+//! least-outstanding and peak-EWMA steering away from a slow server, and
+//! consistent hashing keeping a client on one server across connections
+//! (and so across workers).
+
+mod common;
+
+use common::*;
+use ringgate::config::{BalancePolicy, Config, HashKey, ServerConfig, UpstreamGroup};
+use std::time::Duration;
+
+fn gateway(origins: &[&Origin], balance: BalancePolicy, workers: usize) -> ringgate::Handle {
+    let mut config: Config = config_for(origins[0].addr);
+    config.workers.count = Some(workers);
+    config.routes[0].cache = None;
+    config.upstreams = vec![UpstreamGroup {
+        name: "app".into(),
+        servers: origins
+            .iter()
+            .map(|o| ServerConfig {
+                address: o.addr,
+                weight: 1,
+            })
+            .collect(),
+        balance,
+    }];
+    start(config)
+}
+
+#[test]
+fn random_spreads_requests_over_all_servers() {
+    let (a, b) = (Origin::start(), Origin::start());
+    let gw = gateway(&[&a, &b], BalancePolicy::Random, 1);
+    let mut c = Client::connect(gw.listen_addr());
+    for _ in 0..400 {
+        assert_eq!(c.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    }
+    assert!(
+        (140..260).contains(&a.requests()),
+        "a {} b {}",
+        a.requests(),
+        b.requests()
+    );
+    assert_eq!(a.requests() + b.requests(), 400);
+}
+
+#[test]
+fn least_request_avoids_a_server_with_requests_stuck_in_flight() {
+    let (slow, fast) = (Origin::start(), Origin::start());
+    let gw = gateway(&[&slow, &fast], BalancePolicy::LeastRequest, 1);
+    let addr = gw.listen_addr();
+    // Requests held at the slow origin stay outstanding; the fast one answers at once.
+    let stuck: Vec<_> = (0..3)
+        .map(|_| {
+            in_thread(move || {
+                let mut c = Client::connect(addr);
+                c.request(b"GET /gate HTTP/1.1\r\nHost: t\r\n\r\n")
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(5), "requests stuck in flight", || {
+        slow.requests() + fast.requests() >= 3
+    });
+    // Wherever the gated requests landed, the server holding them now has the most outstanding.
+    let busy_is_slow = slow.requests() >= fast.requests();
+    let (busy, idle) = if busy_is_slow {
+        (&slow, &fast)
+    } else {
+        (&fast, &slow)
+    };
+    let (busy_before, idle_before) = (busy.requests(), idle.requests());
+    let mut c = Client::connect(addr);
+    for _ in 0..50 {
+        c.request(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    let to_busy = busy.requests() - busy_before;
+    let to_idle = idle.requests() - idle_before;
+    assert!(
+        to_busy <= 5,
+        "least_request sent {to_busy} of 50 to the busy server ({to_idle} to the idle one)"
+    );
+    slow.open_gate();
+    fast.open_gate();
+    for s in stuck {
+        s.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+}
+
+#[test]
+fn peak_ewma_avoids_a_slow_server() {
+    let (slow, fast) = (Origin::start(), Origin::start());
+    slow.set_delay(Duration::from_millis(30));
+    let gw = gateway(&[&slow, &fast], BalancePolicy::PeakEwma, 1);
+    let mut c = Client::connect(gw.listen_addr());
+    for _ in 0..60 {
+        assert_eq!(c.request(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    }
+    // Each server is tried while unmeasured; once measured, the slow one is avoided.
+    assert!(
+        slow.requests() <= 4,
+        "slow {} fast {}",
+        slow.requests(),
+        fast.requests()
+    );
+}
+
+#[test]
+fn hash_on_a_header_keeps_a_client_on_one_server_across_connections() {
+    let origins = [Origin::start(), Origin::start(), Origin::start()];
+    let gw = gateway(
+        &origins.iter().collect::<Vec<_>>(),
+        BalancePolicy::Hash(HashKey::Header("x-user".into())),
+        2,
+    );
+    for user in ["alice", "bob", "carol", "dave"] {
+        let before: Vec<usize> = origins.iter().map(Origin::requests).collect();
+        for _ in 0..12 {
+            // A new connection each time: the requests spread over both workers.
+            let mut c = Client::connect(gw.listen_addr());
+            let r = c.request(
+                format!(
+                    "GET /x HTTP/1.1\r\nHost: t\r\nX-User: {user}\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            assert_eq!(r.status, 200);
+        }
+        let served: Vec<usize> = origins
+            .iter()
+            .zip(&before)
+            .map(|(o, b)| o.requests() - b)
+            .collect();
+        assert_eq!(
+            served.iter().filter(|&&n| n > 0).count(),
+            1,
+            "{user} spread over {served:?}"
+        );
+    }
+}
+
+#[test]
+fn hash_on_a_cookie_is_sticky_and_spreads_different_sessions() {
+    let origins = [Origin::start(), Origin::start(), Origin::start()];
+    let gw = gateway(
+        &origins.iter().collect::<Vec<_>>(),
+        BalancePolicy::Hash(HashKey::Cookie("session".into())),
+        2,
+    );
+    let mut owners = std::collections::HashSet::new();
+    for session in 0..30 {
+        let before: Vec<usize> = origins.iter().map(Origin::requests).collect();
+        for _ in 0..4 {
+            let mut c = Client::connect(gw.listen_addr());
+            c.request(format!("GET /x HTTP/1.1\r\nHost: t\r\nCookie: theme=dark; session=s{session}\r\nConnection: close\r\n\r\n").as_bytes());
+        }
+        let served: Vec<usize> = origins
+            .iter()
+            .zip(&before)
+            .map(|(o, b)| o.requests() - b)
+            .collect();
+        let owner: Vec<usize> = (0..3).filter(|&i| served[i] > 0).collect();
+        assert_eq!(owner.len(), 1, "session {session} spread over {served:?}");
+        owners.insert(owner[0]);
+    }
+    assert_eq!(owners.len(), 3, "30 sessions use every server");
+}
