@@ -10,6 +10,15 @@ use ringgate::config::{BalancePolicy, Config, HashKey, ServerConfig, UpstreamGro
 use std::time::Duration;
 
 fn gateway(origins: &[&Origin], balance: BalancePolicy, workers: usize) -> ringgate::Handle {
+    gateway_with(origins, balance, workers, |_| {})
+}
+
+fn gateway_with(
+    origins: &[&Origin],
+    balance: BalancePolicy,
+    workers: usize,
+    tune: impl FnOnce(&mut UpstreamGroup),
+) -> ringgate::Handle {
     let mut config: Config = config_for(origins[0].addr);
     config.workers.count = Some(workers);
     config.routes[0].cache = None;
@@ -23,7 +32,10 @@ fn gateway(origins: &[&Origin], balance: BalancePolicy, workers: usize) -> ringg
             })
             .collect(),
         balance,
+        max_pending: 0,
+        max_pending_per_server: 0,
     }];
+    tune(&mut config.upstreams[0]);
     start(config)
 }
 
@@ -163,4 +175,29 @@ fn hash_on_a_cookie_is_sticky_and_spreads_different_sessions() {
         owners.insert(owner[0]);
     }
     assert_eq!(owners.len(), 3, "30 sessions use every server");
+}
+
+#[test]
+fn circuit_breaker_fails_fast_over_the_cap() {
+    let origin = Origin::start();
+    let gw = gateway_with(&[&origin], BalancePolicy::RoundRobin, 1, |g| {
+        g.max_pending_per_server = 1
+    });
+    let addr = gw.listen_addr();
+    let stuck =
+        in_thread(move || Client::connect(addr).request(b"GET /gate HTTP/1.1\r\nHost: t\r\n\r\n"));
+    wait_until(Duration::from_secs(5), "one request in flight", || {
+        origin.requests() == 1
+    });
+    // The server already has its one allowed request in flight: refused at once, not queued.
+    let refused = get(addr, "/x");
+    assert_eq!(refused.status, 503);
+    assert_eq!(origin.requests(), 1);
+    origin.open_gate();
+    assert_eq!(
+        stuck.recv_timeout(Duration::from_secs(10)).unwrap().status,
+        200
+    );
+    // Below the cap again: served.
+    assert_eq!(get(addr, "/x").status, 200);
 }

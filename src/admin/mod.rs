@@ -348,6 +348,12 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["panics"],
     ),
     (
+        "ringgate_breaker_trips_total",
+        "Requests refused with 503 by a circuit breaker.",
+        "counter",
+        &["breaker_trips"],
+    ),
+    (
         "ringgate_cache_hits_total",
         "Requests answered from the cache.",
         "counter",

@@ -274,6 +274,10 @@ pub struct UpstreamGroup {
     pub name: String,
     pub servers: Vec<ServerConfig>,
     pub balance: BalancePolicy,
+    /// Circuit breaker: requests a worker may have in flight to the whole group (0: no cap).
+    pub max_pending: u32,
+    /// Circuit breaker: requests a worker may have in flight to one server (0: no cap).
+    pub max_pending_per_server: u32,
 }
 
 /// How a route matches the request's host.
@@ -488,6 +492,8 @@ impl Config {
             proxy: ProxyHeaders::default(),
             upstreams: vec![UpstreamGroup {
                 balance: BalancePolicy::RoundRobin,
+                max_pending: 0,
+                max_pending_per_server: 0,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -596,6 +602,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             name: name.clone(),
             servers,
             balance,
+            max_pending: group.max_pending.unwrap_or(0),
+            max_pending_per_server: group.max_pending_per_server.unwrap_or(0),
         });
     }
 
@@ -1001,21 +1009,25 @@ fn validate_balance(name: &str, group: &raw::RawUpstream) -> Result<BalancePolic
                 Some(("cookie", c)) if !c.is_empty() && c.bytes().all(is_token_byte) => {
                     HashKey::Cookie(c.to_string())
                 }
-                _ => return Err(invalid(
-                    key("hash_on"),
-                    format!(
+                _ => {
+                    return Err(invalid(
+                        key("hash_on"),
+                        format!(
                         "`{on}` is not \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\""
                     ),
-                )),
+                    ))
+                }
             };
             return Ok(BalancePolicy::Hash(hash_key));
         }
-        Some(other) => return Err(invalid(
-            key("balance"),
-            format!(
+        Some(other) => {
+            return Err(invalid(
+                key("balance"),
+                format!(
                 "`{other}` is not a policy (round_robin, random, least_request, peak_ewma, hash)"
             ),
-        )),
+            ))
+        }
     };
     if group.hash_on.is_some() {
         return Err(invalid(

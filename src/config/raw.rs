@@ -134,6 +134,8 @@ pub struct RawUpstream {
     pub servers: Vec<toml::Value>,
     pub balance: Option<String>,
     pub hash_on: Option<String>,
+    pub max_pending: Option<u32>,
+    pub max_pending_per_server: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -201,6 +201,11 @@ fn plan_request(
     let mut upstreams = ctx.upstreams.borrow_mut();
     let key = upstreams.request_key(route.upstream, &client.peer_ip, req.path, req.headers);
     let server = upstreams.pick(route.upstream, key);
+    if upstreams.over_capacity(route.upstream, server) {
+        // Fail fast rather than pile more work on a saturated server or group.
+        Stats::bump(&ctx.stats.breaker_trips);
+        return refuse(503, answered);
+    }
     head::write_request_head(
         out,
         &req,

@@ -20,6 +20,9 @@ pub struct Upstreams {
     groups: Vec<Balancer>,
     /// Each group's policy (for what a `hash` group reads from the request).
     policies: Vec<BalancePolicy>,
+    /// Each group's server indices and circuit-breaker caps (0: none).
+    members: Vec<Vec<usize>>,
+    caps: Vec<(u32, u32)>,
     /// This worker's view of each server's load, indexed like `servers`.
     pub loads: Vec<ServerLoad>,
     rng: Rng,
@@ -50,6 +53,23 @@ impl Upstreams {
                 0x9E37_79B9_7F4A_7C15 ^ (worker_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
             ),
             policies: config.upstreams.iter().map(|g| g.balance.clone()).collect(),
+            caps: config
+                .upstreams
+                .iter()
+                .map(|g| (g.max_pending, g.max_pending_per_server))
+                .collect(),
+            members: {
+                let mut next = 0;
+                config
+                    .upstreams
+                    .iter()
+                    .map(|g| {
+                        let ids = (next..next + g.servers.len()).collect();
+                        next += g.servers.len();
+                        ids
+                    })
+                    .collect()
+            },
             servers,
             server_hosts,
             groups,
@@ -60,6 +80,19 @@ impl Upstreams {
     /// Picks the server for the next request to `group`.
     pub fn pick(&mut self, group: usize, key: RequestKey) -> usize {
         self.groups[group].pick(key, &self.loads, &mut self.rng)
+    }
+
+    /// Circuit breaking: true when one more request to `server` of `group`
+    /// would exceed the group's or the server's cap on requests in flight.
+    pub fn over_capacity(&self, group: usize, server: usize) -> bool {
+        let (group_cap, server_cap) = self.caps[group];
+        (server_cap > 0 && self.loads[server].outstanding.get() >= server_cap)
+            || (group_cap > 0
+                && self.members[group]
+                    .iter()
+                    .map(|&s| self.loads[s].outstanding.get())
+                    .sum::<u32>()
+                    >= group_cap)
     }
 
     /// What the group's policy reads from the request (only `hash` reads anything).

@@ -27,6 +27,8 @@ pub struct Stats {
     pub upstream_errors: Cell<u64>,
     pub client_errors: Cell<u64>,
     pub panics: Cell<u64>,
+    /// Requests refused with 503 because a circuit breaker's cap was reached.
+    pub breaker_trips: Cell<u64>,
 }
 
 impl Stats {
@@ -124,7 +126,8 @@ impl WorkerCtx {
             "upstream_errors": s.upstream_errors.get(),
             "client_errors": s.client_errors.get(),
             "upstream_pool_idle": idle,
-            "panics": s.panics.get(),
+                        "panics": s.panics.get(),
+            "breaker_trips": s.breaker_trips.get(),
         });
         if let Some(cache) = &self.cache {
             let c = &cache.stats;
