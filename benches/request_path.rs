@@ -42,6 +42,7 @@ fn route(
         set_request_headers: vec![],
         remove_request_headers: vec![],
         cache: None,
+        retry: None,
     }
 }
 

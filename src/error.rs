@@ -40,6 +40,9 @@ pub enum ErrorKind {
     BadResponse(HttpError),
     /// The upstream failed while a response was already being relayed.
     UpstreamBroken,
+    /// The upstream answered with a status the route retries on (the
+    /// response was not relayed).
+    RetryStatus(u16),
 }
 
 /// A failed exchange.
@@ -92,6 +95,7 @@ impl ProxyError {
             ErrorKind::ConnectRefused
             | ErrorKind::UpstreamClosedEarly
             | ErrorKind::BadResponse(_) => Some(502),
+            ErrorKind::RetryStatus(status) => Some(status),
             ErrorKind::ConnectTimeout | ErrorKind::ResponseTimeout => Some(504),
         }
     }
@@ -110,6 +114,9 @@ impl fmt::Display for ProxyError {
             ErrorKind::UpstreamClosedEarly => "upstream closed before responding",
             ErrorKind::ResponseTimeout => "upstream response timed out",
             ErrorKind::UpstreamBroken => "upstream failed mid-response",
+            ErrorKind::RetryStatus(status) => {
+                return write!(f, "upstream answered {status}, retrying")
+            }
         };
         f.write_str(what)?;
         if let Some(addr) = self.upstream {

@@ -316,7 +316,28 @@ pub struct RouteConfig {
     pub remove_request_headers: Vec<String>,
     /// The route's cache policy; `None` means the route does not cache.
     pub cache: Option<crate::cache::policy::CachePolicy>,
+    /// Retries to other servers; `None`: only the dead-pooled-connection retry.
+    pub retry: Option<RetryPolicy>,
 }
+
+/// When and how often a failed request is sent to another server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Retry when the connection could not be made (nothing was sent: safe for any method).
+    pub on_connect_failure: bool,
+    /// Retry an idempotent request when the server closed or reset before any response byte.
+    pub on_reset: bool,
+    /// Retry an idempotent request answered with one of these statuses.
+    pub statuses: Vec<u16>,
+    /// Retries may be at most this share of the route's recent requests (per worker).
+    pub budget: f64,
+    /// Retries always allowed per second whatever the budget (per worker).
+    pub min_per_second: u32,
+}
+
+impl Eq for RetryPolicy {}
 
 /// An address range: `10.0.0.0/8`, `::1/128`, or a bare address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,6 +532,7 @@ impl Config {
                 set_request_headers: Vec::new(),
                 remove_request_headers: Vec::new(),
                 cache: Some(crate::cache::policy::CachePolicy::default()),
+                retry: None,
             }],
             cache: CacheSettings::default(),
             admin: None,
@@ -1209,7 +1231,12 @@ fn validate_route(
         Some(c) if c.enabled.unwrap_or(true) => Some(validate_route_cache(i, c)?),
         _ => None,
     };
+    let retry = match &r.retry {
+        None => None,
+        Some(raw) => Some(validate_retry(i, raw)?),
+    };
     Ok(RouteConfig {
+        retry,
         cache,
         name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
         host,
@@ -1221,6 +1248,49 @@ fn validate_route(
         set_request_headers,
         remove_request_headers,
     })
+}
+
+fn validate_retry(i: usize, raw: &raw::RawRetry) -> Result<RetryPolicy, ConfigError> {
+    let key = |field: &str| format!("routes[{i}].retry.{field}");
+    let mut policy = RetryPolicy {
+        attempts: raw.attempts.unwrap_or(1),
+        on_connect_failure: false,
+        on_reset: false,
+        statuses: Vec::new(),
+        budget: raw.budget.unwrap_or(0.2),
+        min_per_second: raw.min_per_second.unwrap_or(3),
+    };
+    if policy.attempts > 10 {
+        return Err(invalid(key("attempts"), "at most 10"));
+    }
+    if !(0.0..=1.0).contains(&policy.budget) {
+        return Err(invalid(
+            key("budget"),
+            "a share of requests between 0.0 and 1.0",
+        ));
+    }
+    let on = raw
+        .on
+        .clone()
+        .unwrap_or_else(|| vec!["connect-failure".into(), "reset".into()]);
+    for condition in &on {
+        match condition.as_str() {
+            "connect-failure" => policy.on_connect_failure = true,
+            "reset" => policy.on_reset = true,
+            status => {
+                match status.parse::<u16>() {
+                    Ok(code) if (500..=599).contains(&code) => policy.statuses.push(code),
+                    _ => return Err(invalid(
+                        key("on"),
+                        format!(
+                            "`{condition}` is not \"connect-failure\", \"reset\" or a 5xx status"
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+    Ok(policy)
 }
 
 fn validate_cache_settings(raw: &raw::RawCacheSettings) -> Result<CacheSettings, ConfigError> {

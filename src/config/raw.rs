@@ -153,6 +153,17 @@ pub struct RawRoute {
     #[serde(default)]
     pub remove_request_headers: Vec<String>,
     pub cache: Option<RawRouteCache>,
+    pub retry: Option<RawRetry>,
+}
+
+/// `[routes.retry]`: retries to other servers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<String>>,
+    pub budget: Option<f64>,
+    pub min_per_second: Option<u32>,
 }
 
 /// `[routes.cache]`: present means the route caches (unless `enabled = false`).

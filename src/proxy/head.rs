@@ -309,6 +309,7 @@ mod tests {
             set_request_headers: vec![("X-Gateway".into(), "1".into())],
             remove_request_headers: vec!["x-debug".into()],
             cache: None,
+            retry: None,
         }
     }
 

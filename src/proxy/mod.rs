@@ -123,6 +123,12 @@ struct Forward {
     keep_alive: bool,
     expect_continue: bool,
     server: usize,
+    /// The route and group, and what the balancer hashed, for retries elsewhere.
+    route: usize,
+    group: usize,
+    balance_key: crate::upstream::balancer::RequestKey,
+    /// This attempt may turn a configured status into a retry.
+    may_retry_status: bool,
     /// What the cache does with the response, on caching routes.
     cache: Option<Box<cache::CacheWork>>,
 }
@@ -229,6 +235,10 @@ fn plan_request(
         keep_alive: req.keep_alive,
         expect_continue: req.expect_continue,
         server,
+        route: route_index,
+        group: route.upstream,
+        balance_key: key,
+        may_retry_status: false,
         cache: cache_work,
     })))
 }
@@ -505,7 +515,7 @@ struct Progress {
 async fn proxy_request(
     ctx: &Rc<WorkerCtx>,
     client: &mut Client,
-    forward: Forward,
+    mut forward: Forward,
     mut out: Vec<u8>,
 ) -> Next {
     // Concurrent misses for one key: the first fetches, the others wait for it.
@@ -548,10 +558,75 @@ async fn proxy_request(
             }
         }
     }
-    let _in_flight = InFlight::new(ctx, forward.server);
     let mut ubuf = ctx.take_read_buffer();
     let mut progress = Progress::default();
-    let result = relay(ctx, client, &forward, &mut out, &mut ubuf, &mut progress).await;
+    let body_in_out = take_request_bytes(client, &forward, &mut out, &mut progress);
+    let retry = ctx.config.routes[forward.route].retry.as_ref();
+    ctx.retry_budgets[forward.route]
+        .borrow_mut()
+        .record_request(Instant::now());
+    let mut retries_left = retry.map_or(0, |r| r.attempts);
+    let mut tried = vec![forward.server];
+    let result = loop {
+        // The whole request is in `out`: it can be sent again elsewhere.
+        let replayable = body_in_out && forward.method.is_idempotent() && !out.is_empty();
+        forward.may_retry_status = replayable
+            && retries_left > 0
+            && retry.is_some_and(|r| {
+                !r.statuses.is_empty()
+                    && ctx.retry_budgets[forward.route]
+                        .borrow_mut()
+                        .allows(r, Instant::now())
+            });
+        let attempt = {
+            let _in_flight = InFlight::new(ctx, forward.server);
+            relay(
+                ctx,
+                client,
+                &forward,
+                &mut out,
+                &mut ubuf,
+                &mut progress,
+                body_in_out,
+            )
+            .await
+        };
+        let error = match attempt {
+            Err(e) if retries_left > 0 && !progress.response_started => e,
+            other => break other,
+        };
+        let policy = retry.expect("retries_left > 0 only with a retry policy");
+        // `out` may have lost the request during the attempt (a write timed out,
+        // an interim response was relayed): then it cannot be sent again.
+        let resendable = replayable && !out.is_empty();
+        let allowed = match error.kind {
+            // Nothing reached a server: safe for any method.
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => {
+                policy.on_connect_failure && !out.is_empty()
+            }
+            // Closed or reset before any response byte: only what may be repeated.
+            ErrorKind::UpstreamClosedEarly => policy.on_reset && error.retry_safe && resendable,
+            ErrorKind::RetryStatus(_) => resendable,
+            _ => false,
+        };
+        if !allowed
+            || !ctx.retry_budgets[forward.route]
+                .borrow_mut()
+                .try_take(policy, Instant::now())
+        {
+            break Err(error);
+        }
+        retries_left -= 1;
+        Stats::bump(&ctx.stats.upstream_retries);
+        let next =
+            ctx.upstreams
+                .borrow_mut()
+                .pick_other(forward.group, forward.balance_key, &tried);
+        tracing::debug!(worker = ctx.index, error = %error, "retrying on another server");
+        tried.push(next);
+        forward.server = next;
+        ubuf.clear();
+    };
     ctx.give_read_buffer(ubuf);
     let error = match result {
         Ok(next) => {
@@ -661,6 +736,8 @@ enum HeadStep {
     /// Answer from the cache instead (304 to a revalidation, or stale-if-error);
     /// the flag says whether the upstream connection is reusable right away.
     Serve(usize, cache::HitPlan, bool),
+    /// A status the route retries on: nothing relayed, try another server.
+    Retry(u16),
 }
 
 fn response_step(
@@ -699,6 +776,14 @@ fn response_step(
             b"",
         );
         return Ok(HeadStep::Interim(resp.head_len));
+    }
+    if forward.may_retry_status
+        && ctx.config.routes[forward.route]
+            .retry
+            .as_ref()
+            .is_some_and(|r| r.statuses.contains(&resp.status))
+    {
+        return Ok(HeadStep::Retry(resp.status));
     }
     let (capture, cache_status, invalidate) = match forward.cache.as_deref() {
         None => (None, Vec::new(), None),
@@ -772,19 +857,16 @@ async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ProxyEr
     }
 }
 
-async fn relay(
-    ctx: &Rc<WorkerCtx>,
+/// Moves the request out of the client buffer: the head (already rebuilt in
+/// `out`), and the body too when it is all there, so that head and body go
+/// out in one write and the request can be sent again. Returns whether the
+/// body is in `out`.
+fn take_request_bytes(
     client: &mut Client,
     forward: &Forward,
     out: &mut Vec<u8>,
-    ubuf: &mut BytesMut,
     progress: &mut Progress,
-) -> Result<Next, ProxyError> {
-    let timeouts = &ctx.config.timeouts;
-    let addr = ctx.upstreams.borrow().servers[forward.server];
-
-    // A body already in the buffer goes out with the head in one write, and
-    // the request can then be replayed if a pooled connection turns out dead.
+) -> bool {
     let head_len = forward.head_len;
     let buffered = client.buf.len() - head_len;
     let whole_body = match forward.body {
@@ -797,10 +879,29 @@ async fn relay(
             out.extend_from_slice(&client.buf[head_len..head_len + n]);
             client.buf.advance(head_len + n);
             progress.request_consumed = true;
+            true
         }
-        None => client.buf.advance(head_len),
+        None => {
+            client.buf.advance(head_len);
+            false
+        }
     }
-    let replayable = whole_body.is_some() && forward.method.is_idempotent();
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    ubuf: &mut BytesMut,
+    progress: &mut Progress,
+    body_in_out: bool,
+) -> Result<Next, ProxyError> {
+    let timeouts = &ctx.config.timeouts;
+    let addr = ctx.upstreams.borrow().servers[forward.server];
+    // A pooled connection that turns out dead may be replaced once for a request it can resend.
+    let replayable = body_in_out && forward.method.is_idempotent();
 
     let pooled = ctx.upstreams.borrow_mut().pool.take(forward.server);
     let (mut upstream, mut reused) = match pooled {
@@ -821,7 +922,7 @@ async fn relay(
                 out,
                 &mut upstream,
                 progress,
-                whole_body.is_some(),
+                body_in_out,
                 addr,
             )
             .await?;
@@ -831,7 +932,7 @@ async fn relay(
             Ok(done) => break done,
             // The pool raced the server closing the connection: nothing was
             // processed, so send the same bytes once more on a fresh connection.
-            Err(e) if e.retry_safe && reused && replayable => {
+            Err(e) if e.retry_safe && reused && replayable && !out.is_empty() => {
                 tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
                 Stats::bump(&ctx.stats.upstream_retries);
                 ubuf.clear();
@@ -1241,6 +1342,14 @@ async fn read_response_head(
             HeadStep::Final(head_len, plan) => return Ok((head_len, Answer::Relay(plan))),
             HeadStep::Serve(head_len, hit, reusable_now) => {
                 return Ok((head_len, Answer::Serve(hit, reusable_now)))
+            }
+            HeadStep::Retry(status) => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::RetryStatus(status),
+                    addr,
+                    true,
+                    None,
+                ))
             }
             HeadStep::Skip(n) => {
                 ubuf.advance(n);

@@ -103,6 +103,7 @@ mod tests {
             set_request_headers: vec![],
             remove_request_headers: vec![],
             cache: None,
+            retry: None,
         }
     }
 

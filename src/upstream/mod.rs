@@ -4,6 +4,7 @@
 
 pub mod balancer;
 pub mod pool;
+pub mod retry;
 
 use std::net::SocketAddr;
 
@@ -75,6 +76,26 @@ impl Upstreams {
             groups,
             pool,
         }
+    }
+
+    /// Picks a server of `group` other than those in `avoid` (when there is one).
+    pub fn pick_other(&mut self, group: usize, key: RequestKey, avoid: &[usize]) -> usize {
+        let mut server = self.pick(group, key);
+        for _ in 0..self.members[group].len() * 2 {
+            if !avoid.contains(&server) {
+                return server;
+            }
+            // A hash policy keeps picking the same server: step to the next member instead.
+            let members = &self.members[group];
+            let at = members.iter().position(|&s| s == server).unwrap_or(0);
+            let next = members[(at + 1) % members.len()];
+            server = if matches!(self.policies[group], BalancePolicy::Hash(_)) {
+                next
+            } else {
+                self.pick(group, key)
+            };
+        }
+        server
     }
 
     /// Picks the server for the next request to `group`.

@@ -72,6 +72,8 @@ pub struct WorkerCtx {
     pub bus: Arc<Bus>,
     /// Cold keys being fetched, across workers.
     pub claims: Arc<Claims>,
+    /// Each route's retry budget on this worker.
+    pub retry_budgets: Vec<RefCell<crate::upstream::retry::RetryBudget>>,
 }
 
 impl WorkerCtx {
@@ -89,6 +91,7 @@ impl WorkerCtx {
         let cache = (any_route_caches && per_core.cache_size > 0)
             .then(|| WorkerCache::new(per_core.cache_size, per_core.cache_max_object));
         WorkerCtx {
+            retry_budgets: config.routes.iter().map(|_| RefCell::default()).collect(),
             cache,
             bus,
             claims,

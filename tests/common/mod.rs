@@ -33,6 +33,10 @@ pub struct OriginLog {
     pub per_target: Mutex<HashMap<String, usize>>,
     /// Milliseconds every response is delayed by (a slow server).
     pub delay_ms: AtomicU64,
+    /// When not 0, every request is answered with this status (a failing server).
+    pub fail_status: AtomicU64,
+    /// When set, every request is read and its connection closed unanswered.
+    pub drop_requests: AtomicBool,
 }
 
 /// A test origin. Paths:
@@ -93,6 +97,18 @@ impl Origin {
 
     pub fn requests(&self) -> usize {
         self.log.requests.load(Ordering::SeqCst)
+    }
+
+    /// Answers every later request with `status` (a failing server).
+    pub fn fail_with(&self, status: u16) {
+        self.log
+            .fail_status
+            .store(u64::from(status), Ordering::SeqCst);
+    }
+
+    /// Closes every later request's connection without an answer.
+    pub fn drop_requests(&self) {
+        self.log.drop_requests.store(true, Ordering::SeqCst);
     }
 
     /// Makes every later response wait this long (a slow server).
@@ -196,6 +212,20 @@ fn origin_connection(
         let head_only = method == "HEAD";
         let conn_close = if close { "Connection: close\r\n" } else { "" };
 
+        if log.drop_requests.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let fail = log.fail_status.load(Ordering::SeqCst);
+        if fail != 0 {
+            stream.write_all(
+                format!("HTTP/1.1 {fail} Failing\r\nContent-Length: 4\r\n{conn_close}\r\nfail")
+                    .as_bytes(),
+            )?;
+            if close {
+                return Ok(());
+            }
+            continue;
+        }
         let delay = log.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             // A slow server on purpose (Origin::set_delay): the delay is the behaviour under test.
