@@ -34,6 +34,7 @@ fn gateway_with(
         balance,
         max_pending: 0,
         max_pending_per_server: 0,
+        outlier: None,
     }];
     tune(&mut config.upstreams[0]);
     start(config)
@@ -200,4 +201,29 @@ fn circuit_breaker_fails_fast_over_the_cap() {
     );
     // Below the cap again: served.
     assert_eq!(get(addr, "/x").status, 200);
+}
+
+#[test]
+fn a_failing_server_is_ejected_after_consecutive_failures() {
+    let (failing, good) = (Origin::start(), Origin::start());
+    failing.fail_with(503);
+    let gw = gateway_with(&[&failing, &good], BalancePolicy::RoundRobin, 1, |g| {
+        g.outlier = Some(ringgate::config::OutlierPolicy {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        })
+    });
+    let mut c = Client::connect(gw.listen_addr());
+    let statuses: Vec<u16> = (0..30)
+        .map(|_| c.request(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").status)
+        .collect();
+    assert_eq!(
+        failing.requests(),
+        3,
+        "ejected after its third failure: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 3);
+    assert_eq!(good.requests(), 27);
 }

@@ -28,6 +28,7 @@ fn gateway(servers: &[SocketAddr], retry: Option<RetryPolicy>) -> ringgate::Hand
         balance: BalancePolicy::RoundRobin,
         max_pending: 0,
         max_pending_per_server: 0,
+        outlier: None,
     }];
     start(config)
 }

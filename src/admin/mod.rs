@@ -433,8 +433,52 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
     ),
 ];
 
+/// Per-server series: name, help, type, field of a `servers` entry.
+const SERVER_METRICS: &[(&str, &str, &str, &str)] = &[
+    (
+        "ringgate_upstream_server_outstanding",
+        "Requests in flight to the server from this worker.",
+        "gauge",
+        "outstanding",
+    ),
+    (
+        "ringgate_upstream_server_latency_ewma_microseconds",
+        "Peak-EWMA of the server's response-head latency.",
+        "gauge",
+        "latency_ewma_us",
+    ),
+    (
+        "ringgate_upstream_server_ejected",
+        "1 while passive health checking has ejected the server.",
+        "gauge",
+        "ejected",
+    ),
+    (
+        "ringgate_upstream_server_ejections_total",
+        "Ejections of the server by passive health checking.",
+        "counter",
+        "ejections",
+    ),
+];
+
 fn prometheus(workers: &[Value]) -> String {
     let mut out = String::new();
+    for (name, help, kind, field) in SERVER_METRICS {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for w in workers {
+            let worker = w["worker"].as_u64().unwrap_or(0);
+            for server in w["servers"].as_array().into_iter().flatten() {
+                let value = match &server[*field] {
+                    Value::Bool(b) => u64::from(*b),
+                    v => v.as_u64().unwrap_or(0),
+                };
+                let address = server["address"].as_str().unwrap_or("");
+                out.push_str(&format!(
+                    "{name}{{worker=\"{worker}\",server=\"{address}\"}} {value}\n"
+                ));
+            }
+        }
+    }
     for (name, help, kind, path) in METRICS {
         let values: Vec<(u64, u64)> = workers
             .iter()

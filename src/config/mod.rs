@@ -278,6 +278,21 @@ pub struct UpstreamGroup {
     pub max_pending: u32,
     /// Circuit breaker: requests a worker may have in flight to one server (0: no cap).
     pub max_pending_per_server: u32,
+    /// Passive health checking; `None`: servers are never ejected.
+    pub outlier: Option<OutlierPolicy>,
+}
+
+/// Passive health: eject a server after consecutive failures, for a back-off
+/// that doubles with each ejection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Consecutive connect failures, resets, timeouts or 5xx that eject a server.
+    pub consecutive_failures: u32,
+    /// First ejection's length; each further one doubles it.
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// At most this share of the group's servers is ejected at once.
+    pub max_ejected_percent: u32,
 }
 
 /// How a route matches the request's host.
@@ -515,6 +530,7 @@ impl Config {
                 balance: BalancePolicy::RoundRobin,
                 max_pending: 0,
                 max_pending_per_server: 0,
+                outlier: None,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -626,6 +642,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             balance,
             max_pending: group.max_pending.unwrap_or(0),
             max_pending_per_server: group.max_pending_per_server.unwrap_or(0),
+            outlier: match &group.outlier {
+                None => None,
+                Some(o) => Some(validate_outlier(name, o)?),
+            },
         });
     }
 
@@ -1060,6 +1080,35 @@ fn validate_balance(name: &str, group: &raw::RawUpstream) -> Result<BalancePolic
     Ok(policy)
 }
 
+fn validate_outlier(name: &str, raw: &raw::RawOutlier) -> Result<OutlierPolicy, ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.outlier.{field}");
+    let policy = OutlierPolicy {
+        consecutive_failures: raw.consecutive_failures.unwrap_or(5),
+        base_ejection: raw.base_ejection.map_or(Duration::from_secs(30), |d| d.0),
+        max_ejection: raw.max_ejection.map_or(Duration::from_secs(300), |d| d.0),
+        max_ejected_percent: raw.max_ejected_percent.unwrap_or(50),
+    };
+    if policy.consecutive_failures == 0 {
+        return Err(invalid(
+            key("consecutive_failures"),
+            "must be at least 1 (remove the table to turn ejection off)",
+        ));
+    }
+    if policy.base_ejection.is_zero() || policy.max_ejection < policy.base_ejection {
+        return Err(invalid(
+            key("max_ejection"),
+            "must be at least base_ejection, which must be longer than zero",
+        ));
+    }
+    if policy.max_ejected_percent > 100 {
+        return Err(invalid(
+            key("max_ejected_percent"),
+            "a percentage, 0 to 100",
+        ));
+    }
+    Ok(policy)
+}
+
 fn validate_server(key: &str, value: &toml::Value) -> Result<ServerConfig, ConfigError> {
     let (address, weight) = match value {
         toml::Value::String(s) => (s.as_str(), 1),
@@ -1277,17 +1326,17 @@ fn validate_retry(i: usize, raw: &raw::RawRetry) -> Result<RetryPolicy, ConfigEr
         match condition.as_str() {
             "connect-failure" => policy.on_connect_failure = true,
             "reset" => policy.on_reset = true,
-            status => {
-                match status.parse::<u16>() {
-                    Ok(code) if (500..=599).contains(&code) => policy.statuses.push(code),
-                    _ => return Err(invalid(
+            status => match status.parse::<u16>() {
+                Ok(code) if (500..=599).contains(&code) => policy.statuses.push(code),
+                _ => {
+                    return Err(invalid(
                         key("on"),
                         format!(
                             "`{condition}` is not \"connect-failure\", \"reset\" or a 5xx status"
                         ),
-                    )),
+                    ))
                 }
-            }
+            },
         }
     }
     Ok(policy)

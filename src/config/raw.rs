@@ -136,6 +136,17 @@ pub struct RawUpstream {
     pub hash_on: Option<String>,
     pub max_pending: Option<u32>,
     pub max_pending_per_server: Option<u32>,
+    pub outlier: Option<RawOutlier>,
+}
+
+/// `[upstreams.NAME.outlier]`: passive health checking.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection: Option<ConfigDuration>,
+    pub max_ejection: Option<ConfigDuration>,
+    pub max_ejected_percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -206,7 +206,7 @@ fn plan_request(
     };
     let mut upstreams = ctx.upstreams.borrow_mut();
     let key = upstreams.request_key(route.upstream, &client.peer_ip, req.path, req.headers);
-    let server = upstreams.pick(route.upstream, key);
+    let server = upstreams.pick_healthy(route.upstream, key, Instant::now());
     if upstreams.over_capacity(route.upstream, server) {
         // Fail fast rather than pile more work on a saturated server or group.
         Stats::bump(&ctx.stats.breaker_trips);
@@ -591,6 +591,17 @@ async fn proxy_request(
             )
             .await
         };
+        if let Err(e) = &attempt {
+            // Passive health: the server failed this request (statuses are counted at the head).
+            if e.side == Side::Upstream && !matches!(e.kind, ErrorKind::RetryStatus(_)) {
+                ctx.upstreams.borrow().record_outcome(
+                    forward.group,
+                    forward.server,
+                    true,
+                    Instant::now(),
+                );
+            }
+        }
         let error = match attempt {
             Err(e) if retries_left > 0 && !progress.response_started => e,
             other => break other,
@@ -777,6 +788,12 @@ fn response_step(
         );
         return Ok(HeadStep::Interim(resp.head_len));
     }
+    ctx.upstreams.borrow().record_outcome(
+        forward.group,
+        forward.server,
+        resp.status >= 500,
+        Instant::now(),
+    );
     if forward.may_retry_status
         && ctx.config.routes[forward.route]
             .retry

@@ -27,6 +27,11 @@ pub struct ServerLoad {
     /// Peak-EWMA of response-head latency, in nanoseconds (0 until measured).
     ewma_ns: Cell<f64>,
     last_sample: Cell<Option<Instant>>,
+    /// Passive health: failures in a row, and the ejection in force, if any.
+    pub consecutive_failures: Cell<u32>,
+    pub ejected_until: Cell<Option<Instant>>,
+    /// Ejections so far (each doubles the next one's length).
+    pub ejections: Cell<u32>,
 }
 
 /// How fast a latency peak decays.
@@ -38,6 +43,9 @@ impl Default for ServerLoad {
             outstanding: Cell::new(0),
             ewma_ns: Cell::new(0.0),
             last_sample: Cell::new(None),
+            consecutive_failures: Cell::new(0),
+            ejected_until: Cell::new(None),
+            ejections: Cell::new(0),
         }
     }
 }
@@ -60,6 +68,10 @@ impl ServerLoad {
         };
         self.ewma_ns.set(updated);
         self.last_sample.set(Some(now));
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.get().is_some_and(|until| now < until)
     }
 
     pub fn ewma(&self) -> Duration {

@@ -8,7 +8,9 @@ pub mod retry;
 
 use std::net::SocketAddr;
 
-use crate::config::{BalancePolicy, Config, PerCoreConfig};
+use std::time::Instant;
+
+use crate::config::{BalancePolicy, Config, OutlierPolicy, PerCoreConfig};
 use balancer::{Balancer, RequestKey, Rng, ServerLoad};
 use pool::Pool;
 
@@ -24,6 +26,7 @@ pub struct Upstreams {
     /// Each group's server indices and circuit-breaker caps (0: none).
     members: Vec<Vec<usize>>,
     caps: Vec<(u32, u32)>,
+    outliers: Vec<Option<OutlierPolicy>>,
     /// This worker's view of each server's load, indexed like `servers`.
     pub loads: Vec<ServerLoad>,
     rng: Rng,
@@ -59,6 +62,7 @@ impl Upstreams {
                 .iter()
                 .map(|g| (g.max_pending, g.max_pending_per_server))
                 .collect(),
+            outliers: config.upstreams.iter().map(|g| g.outlier.clone()).collect(),
             members: {
                 let mut next = 0;
                 config
@@ -76,6 +80,77 @@ impl Upstreams {
             groups,
             pool,
         }
+    }
+
+    /// Picks a server for `group`, passing over servers ejected by passive health
+    /// checking (unless every server is ejected).
+    pub fn pick_healthy(&mut self, group: usize, key: RequestKey, now: Instant) -> usize {
+        let server = self.pick(group, key);
+        if !self.loads[server].is_ejected(now) {
+            return server;
+        }
+        let ejected: Vec<usize> = self.members[group]
+            .iter()
+            .copied()
+            .filter(|&s| self.loads[s].is_ejected(now))
+            .collect();
+        if ejected.len() == self.members[group].len() {
+            return server;
+        }
+        self.pick_other(group, key, &ejected)
+    }
+
+    /// Records how a request to `server` went, for passive health checking:
+    /// `failed` is a connect failure, reset, timeout or 5xx.
+    pub fn record_outcome(&self, group: usize, server: usize, failed: bool, now: Instant) {
+        let Some(policy) = &self.outliers[group] else {
+            return;
+        };
+        let load = &self.loads[server];
+        if !failed {
+            load.consecutive_failures.set(0);
+            return;
+        }
+        let failures = load.consecutive_failures.get() + 1;
+        load.consecutive_failures.set(failures);
+        if failures < policy.consecutive_failures || load.is_ejected(now) {
+            return;
+        }
+        let members = &self.members[group];
+        let ejected = members
+            .iter()
+            .filter(|&&s| self.loads[s].is_ejected(now))
+            .count();
+        // The cap keeps some servers in rotation even when many look bad.
+        if (ejected + 1) * 100 > members.len() * policy.max_ejected_percent as usize {
+            return;
+        }
+        let length = policy
+            .base_ejection
+            .saturating_mul(1u32 << load.ejections.get().min(16))
+            .min(policy.max_ejection);
+        load.ejections.set(load.ejections.get() + 1);
+        load.ejected_until.set(Some(now + length));
+        load.consecutive_failures.set(0);
+        tracing::warn!(upstream = %self.servers[server], ejected_for = ?length, "server ejected after consecutive failures");
+    }
+
+    /// Per-server state for `/stats`.
+    pub fn server_snapshot(&self, now: Instant) -> Vec<serde_json::Value> {
+        self.servers
+            .iter()
+            .zip(&self.loads)
+            .map(|(addr, load)| {
+                serde_json::json!({
+                    "address": addr.to_string(),
+                    "outstanding": load.outstanding.get(),
+                    "latency_ewma_us": load.ewma().as_micros() as u64,
+                    "consecutive_failures": load.consecutive_failures.get(),
+                    "ejected": load.is_ejected(now),
+                    "ejections": load.ejections.get(),
+                })
+            })
+            .collect()
     }
 
     /// Picks a server of `group` other than those in `avoid` (when there is one).
@@ -129,6 +204,86 @@ impl Upstreams {
                 hash: balancer::request_hash(on, client_ip, path, headers),
             },
             _ => RequestKey::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn upstreams(servers: usize, percent: u32) -> Upstreams {
+        let addrs = (0..servers)
+            .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
+            .collect();
+        let mut config = Config::quick("127.0.0.1:8080".parse().unwrap(), addrs);
+        config.upstreams[0].outlier = Some(OutlierPolicy {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(100),
+            max_ejected_percent: percent,
+        });
+        Upstreams::new(&config, &PerCoreConfig::default(), 0)
+    }
+
+    fn fail(u: &Upstreams, server: usize, times: u32, now: Instant) {
+        for _ in 0..times {
+            u.record_outcome(0, server, true, now);
+        }
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_success_resets_the_count() {
+        let u = upstreams(2, 50);
+        let now = Instant::now();
+        fail(&u, 0, 2, now);
+        u.record_outcome(0, 0, false, now);
+        fail(&u, 0, 2, now);
+        assert!(
+            !u.loads[0].is_ejected(now),
+            "a success in between resets the count"
+        );
+        fail(&u, 0, 1, now);
+        assert!(u.loads[0].is_ejected(now));
+        assert!(!u.loads[0].is_ejected(now + Duration::from_secs(31)));
+    }
+
+    #[test]
+    fn ejection_backs_off_and_is_capped() {
+        let u = upstreams(2, 50);
+        let mut now = Instant::now();
+        let mut lengths = Vec::new();
+        for _ in 0..4 {
+            fail(&u, 0, 3, now);
+            let until = u.loads[0].ejected_until.get().unwrap();
+            lengths.push(until - now);
+            now = until;
+        }
+        let secs: Vec<u64> = lengths.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, vec![30, 60, 100, 100]);
+    }
+
+    #[test]
+    fn no_more_than_the_allowed_share_is_ejected() {
+        let u = upstreams(2, 50);
+        let now = Instant::now();
+        fail(&u, 0, 3, now);
+        fail(&u, 1, 3, now);
+        assert!(u.loads[0].is_ejected(now));
+        assert!(
+            !u.loads[1].is_ejected(now),
+            "50% of 2 servers: one may be out, not both"
+        );
+    }
+
+    #[test]
+    fn picks_pass_over_ejected_servers() {
+        let mut u = upstreams(3, 50);
+        let now = Instant::now();
+        fail(&u, 1, 3, now);
+        for _ in 0..30 {
+            assert_ne!(u.pick_healthy(0, RequestKey::default(), now), 1);
         }
     }
 }

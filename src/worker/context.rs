@@ -130,7 +130,8 @@ impl WorkerCtx {
             "client_errors": s.client_errors.get(),
             "upstream_pool_idle": idle,
                         "panics": s.panics.get(),
-            "breaker_trips": s.breaker_trips.get(),
+                        "breaker_trips": s.breaker_trips.get(),
+            "servers": upstreams.server_snapshot(std::time::Instant::now()),
         });
         if let Some(cache) = &self.cache {
             let c = &cache.stats;
