@@ -35,6 +35,7 @@ fn gateway_with(
         max_pending: 0,
         max_pending_per_server: 0,
         outlier: None,
+        health: None,
     }];
     tune(&mut config.upstreams[0]);
     start(config)
@@ -226,4 +227,95 @@ fn a_failing_server_is_ejected_after_consecutive_failures() {
     );
     assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 3);
     assert_eq!(good.requests(), 27);
+}
+
+fn server_health(gw: &ringgate::Handle) -> Vec<Vec<bool>> {
+    let mut c = Client::connect(gw.admin_addr().unwrap());
+    let r = c.request(b"GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            w["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["healthy"].as_bool().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn active_health_checks_take_a_failing_server_out_of_every_worker_and_back() {
+    let (flaky, steady) = (Origin::start(), Origin::start());
+    let mut config: Config = config_for(flaky.addr);
+    config.workers.count = Some(2);
+    config.routes[0].cache = None;
+    config.admin = Some(ringgate::config::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+    });
+    config.upstreams = vec![UpstreamGroup {
+        name: "app".into(),
+        servers: [&flaky, &steady]
+            .iter()
+            .map(|o| ServerConfig {
+                address: o.addr,
+                weight: 1,
+            })
+            .collect(),
+        balance: BalancePolicy::RoundRobin,
+        max_pending: 0,
+        max_pending_per_server: 0,
+        outlier: None,
+        health: Some(ringgate::config::HealthCheck {
+            method: "GET".into(),
+            path: "/health".into(),
+            host: None,
+            expect_status: vec![200],
+            expect_body: Some("ok".into()),
+            interval: Duration::from_millis(50),
+            jitter: Duration::ZERO,
+            timeout: Duration::from_millis(500),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            worker: 0,
+            fail_open: true,
+        }),
+    }];
+    let gw = start(config);
+    let traffic = |origin: &Origin| origin.requests() - origin.hits_on("/health");
+
+    flaky.fail_with(503);
+    wait_until(
+        Duration::from_secs(10),
+        "every worker sees the failing server down",
+        || server_health(&gw).iter().all(|w| w == &vec![false, true]),
+    );
+    let before = traffic(&flaky);
+    for _ in 0..24 {
+        assert_eq!(get(gw.listen_addr(), "/x").status, 200);
+    }
+    assert_eq!(
+        traffic(&flaky),
+        before,
+        "no traffic to a server that is down, on any worker"
+    );
+
+    flaky.fail_with(0);
+    wait_until(
+        Duration::from_secs(10),
+        "every worker sees it back up",
+        || server_health(&gw).iter().all(|w| w == &vec![true, true]),
+    );
+    for _ in 0..24 {
+        get(gw.listen_addr(), "/x");
+    }
+    assert!(
+        traffic(&flaky) > before,
+        "traffic returns once it is healthy again"
+    );
 }

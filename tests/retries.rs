@@ -29,6 +29,7 @@ fn gateway(servers: &[SocketAddr], retry: Option<RetryPolicy>) -> ringgate::Hand
         max_pending: 0,
         max_pending_per_server: 0,
         outlier: None,
+        health: None,
     }];
     start(config)
 }

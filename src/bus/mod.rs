@@ -68,6 +68,8 @@ pub enum Message {
     FetchDone { from: usize, key: Arc<[u8]> },
     /// Report counters into the collector.
     Stats(Arc<StatsRequest>),
+    /// Active health checking found `server` (an index into every worker's server list) up or down.
+    Health { server: usize, healthy: bool },
 }
 
 /// A request for every worker's counters, filled in by each worker.

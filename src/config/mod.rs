@@ -280,6 +280,31 @@ pub struct UpstreamGroup {
     pub max_pending_per_server: u32,
     /// Passive health checking; `None`: servers are never ejected.
     pub outlier: Option<OutlierPolicy>,
+    /// Active health checks; `None`: no probes, every server counts as healthy.
+    pub health: Option<HealthCheck>,
+}
+
+/// Active health checks of a group's servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub method: String,
+    pub path: String,
+    /// Host header of the probe (default: the server's address).
+    pub host: Option<String>,
+    /// Statuses that count as healthy (default: any 2xx or 3xx).
+    pub expect_status: Vec<u16>,
+    /// Text the response body must contain.
+    pub expect_body: Option<String>,
+    pub interval: Duration,
+    /// Up to this much is added to each interval, at random, so probes do not align.
+    pub jitter: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// The worker that runs the probes.
+    pub worker: usize,
+    /// With every server down: send to all of them anyway (`true`), or answer 503.
+    pub fail_open: bool,
 }
 
 /// Passive health: eject a server after consecutive failures, for a back-off
@@ -531,6 +556,7 @@ impl Config {
                 max_pending: 0,
                 max_pending_per_server: 0,
                 outlier: None,
+                health: None,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -645,6 +671,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             outlier: match &group.outlier {
                 None => None,
                 Some(o) => Some(validate_outlier(name, o)?),
+            },
+            health: match &group.health {
+                None => None,
+                Some(h) => Some(validate_health(name, h)?),
             },
         });
     }
@@ -1078,6 +1108,63 @@ fn validate_balance(name: &str, group: &raw::RawUpstream) -> Result<BalancePolic
         ));
     }
     Ok(policy)
+}
+
+fn validate_health(name: &str, raw: &raw::RawHealth) -> Result<HealthCheck, ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.health.{field}");
+    let check = HealthCheck {
+        method: raw.method.clone().unwrap_or_else(|| "GET".into()),
+        path: raw.path.clone().unwrap_or_else(|| "/".into()),
+        host: raw.host.clone(),
+        expect_status: raw.expect_status.clone().unwrap_or_default(),
+        expect_body: raw.expect_body.clone(),
+        interval: raw.interval.map_or(Duration::from_secs(5), |d| d.0),
+        jitter: raw.jitter.map_or(Duration::from_millis(500), |d| d.0),
+        timeout: raw.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        healthy_threshold: raw.healthy_threshold.unwrap_or(2),
+        unhealthy_threshold: raw.unhealthy_threshold.unwrap_or(3),
+        worker: raw.worker.unwrap_or(0),
+        fail_open: match raw.when_all_down.as_deref() {
+            None | Some("fail_open") => true,
+            Some("503") => false,
+            Some(other) => {
+                return Err(invalid(
+                    key("when_all_down"),
+                    format!("`{other}` is not \"fail_open\" or \"503\""),
+                ))
+            }
+        },
+    };
+    if check.method.is_empty() || !check.method.bytes().all(is_token_byte) {
+        return Err(invalid(key("method"), "not a method name"));
+    }
+    if !check.path.starts_with('/') || !check.path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            key("path"),
+            "must start with `/`, visible ASCII only",
+        ));
+    }
+    if check.interval.is_zero() || check.timeout.is_zero() {
+        return Err(invalid(
+            key("interval"),
+            "interval and timeout must be longer than zero",
+        ));
+    }
+    if check.healthy_threshold == 0 || check.unhealthy_threshold == 0 {
+        return Err(invalid(
+            key("healthy_threshold"),
+            "thresholds must be at least 1",
+        ));
+    }
+    if check.expect_status.iter().any(|s| !(100..=599).contains(s)) {
+        return Err(invalid(key("expect_status"), "statuses are 100 to 599"));
+    }
+    if let Some(host) = &check.host {
+        if host.bytes().any(|b| b == b'\r' || b == b'\n' || b == b' ') {
+            return Err(invalid(key("host"), "not a host"));
+        }
+    }
+    Ok(check)
 }
 
 fn validate_outlier(name: &str, raw: &raw::RawOutlier) -> Result<OutlierPolicy, ConfigError> {

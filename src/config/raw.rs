@@ -137,6 +137,25 @@ pub struct RawUpstream {
     pub max_pending: Option<u32>,
     pub max_pending_per_server: Option<u32>,
     pub outlier: Option<RawOutlier>,
+    pub health: Option<RawHealth>,
+}
+
+/// `[upstreams.NAME.health]`: active health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub expect_status: Option<Vec<u16>>,
+    pub expect_body: Option<String>,
+    pub interval: Option<ConfigDuration>,
+    pub jitter: Option<ConfigDuration>,
+    pub timeout: Option<ConfigDuration>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+    pub worker: Option<usize>,
+    pub when_all_down: Option<String>,
 }
 
 /// `[upstreams.NAME.outlier]`: passive health checking.

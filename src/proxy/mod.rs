@@ -206,7 +206,10 @@ fn plan_request(
     };
     let mut upstreams = ctx.upstreams.borrow_mut();
     let key = upstreams.request_key(route.upstream, &client.peer_ip, req.path, req.headers);
-    let server = upstreams.pick_healthy(route.upstream, key, Instant::now());
+    let Some(server) = upstreams.pick_healthy(route.upstream, key, Instant::now()) else {
+        // Every server is down and the group does not fail open.
+        return refuse(503, answered);
+    };
     if upstreams.over_capacity(route.upstream, server) {
         // Fail fast rather than pile more work on a saturated server or group.
         Stats::bump(&ctx.stats.breaker_trips);

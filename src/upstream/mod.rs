@@ -3,6 +3,7 @@
 //! worker; nothing here is shared between cores.
 
 pub mod balancer;
+pub mod health;
 pub mod pool;
 pub mod retry;
 
@@ -27,6 +28,10 @@ pub struct Upstreams {
     members: Vec<Vec<usize>>,
     caps: Vec<(u32, u32)>,
     outliers: Vec<Option<OutlierPolicy>>,
+    /// Servers active health checks found down (per server index).
+    down: Vec<std::cell::Cell<bool>>,
+    /// Per group: with every server down, send anyway (`true`) or refuse.
+    fail_open: Vec<bool>,
     /// This worker's view of each server's load, indexed like `servers`.
     pub loads: Vec<ServerLoad>,
     rng: Rng,
@@ -63,6 +68,15 @@ impl Upstreams {
                 .map(|g| (g.max_pending, g.max_pending_per_server))
                 .collect(),
             outliers: config.upstreams.iter().map(|g| g.outlier.clone()).collect(),
+            down: servers
+                .iter()
+                .map(|_| std::cell::Cell::new(false))
+                .collect(),
+            fail_open: config
+                .upstreams
+                .iter()
+                .map(|g| g.health.as_ref().is_none_or(|h| h.fail_open))
+                .collect(),
             members: {
                 let mut next = 0;
                 config
@@ -82,22 +96,37 @@ impl Upstreams {
         }
     }
 
-    /// Picks a server for `group`, passing over servers ejected by passive health
-    /// checking (unless every server is ejected).
-    pub fn pick_healthy(&mut self, group: usize, key: RequestKey, now: Instant) -> usize {
+    /// Picks a server for `group`, passing over servers that active health
+    /// checks found down or that passive health checking ejected. With every
+    /// server unavailable: any server when the group fails open, else `None` (503).
+    pub fn pick_healthy(&mut self, group: usize, key: RequestKey, now: Instant) -> Option<usize> {
         let server = self.pick(group, key);
-        if !self.loads[server].is_ejected(now) {
-            return server;
+        let unavailable = |s: usize| self.down[s].get() || self.loads[s].is_ejected(now);
+        if !unavailable(server) {
+            return Some(server);
         }
-        let ejected: Vec<usize> = self.members[group]
+        let out: Vec<usize> = self.members[group]
             .iter()
             .copied()
-            .filter(|&s| self.loads[s].is_ejected(now))
+            .filter(|&s| unavailable(s))
             .collect();
-        if ejected.len() == self.members[group].len() {
-            return server;
+        if out.len() == self.members[group].len() {
+            let all_down = self.members[group].iter().all(|&s| self.down[s].get());
+            return (!all_down || self.fail_open[group]).then_some(server);
         }
-        self.pick_other(group, key, &ejected)
+        Some(self.pick_other(group, key, &out))
+    }
+
+    /// Applies an active health check's verdict (sent to every worker over the bus).
+    pub fn set_health(&self, server: usize, healthy: bool) {
+        if let Some(flag) = self.down.get(server) {
+            flag.set(!healthy);
+        }
+    }
+
+    /// Server indices of `group`.
+    pub fn members(&self, group: usize) -> &[usize] {
+        &self.members[group]
     }
 
     /// Records how a request to `server` went, for passive health checking:
@@ -140,13 +169,15 @@ impl Upstreams {
         self.servers
             .iter()
             .zip(&self.loads)
-            .map(|(addr, load)| {
+            .enumerate()
+            .map(|(i, (addr, load))| {
                 serde_json::json!({
                     "address": addr.to_string(),
                     "outstanding": load.outstanding.get(),
                     "latency_ewma_us": load.ewma().as_micros() as u64,
                     "consecutive_failures": load.consecutive_failures.get(),
-                    "ejected": load.is_ejected(now),
+                                        "ejected": load.is_ejected(now),
+                    "healthy": !self.down[i].get(),
                     "ejections": load.ejections.get(),
                 })
             })
@@ -283,7 +314,22 @@ mod tests {
         let now = Instant::now();
         fail(&u, 1, 3, now);
         for _ in 0..30 {
-            assert_ne!(u.pick_healthy(0, RequestKey::default(), now), 1);
+            assert_ne!(u.pick_healthy(0, RequestKey::default(), now), Some(1));
         }
+    }
+
+    #[test]
+    fn servers_found_down_are_passed_over_and_all_down_fails_open_or_closed() {
+        let mut u = upstreams(2, 50);
+        let now = Instant::now();
+        u.set_health(0, false);
+        assert!((0..20).all(|_| u.pick_healthy(0, RequestKey::default(), now) == Some(1)));
+        u.set_health(1, false);
+        assert!(
+            u.pick_healthy(0, RequestKey::default(), now).is_some(),
+            "fails open by default"
+        );
+        u.fail_open[0] = false;
+        assert_eq!(u.pick_healthy(0, RequestKey::default(), now), None);
     }
 }

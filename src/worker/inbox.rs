@@ -60,6 +60,7 @@ fn apply(ctx: &WorkerCtx, envelope: Envelope) {
                 cache.coalescer.release_remote(&key);
             }
         }
+        Message::Health { server, healthy } => ctx.upstreams.borrow().set_health(server, healthy),
         Message::Stats(request) => {
             let snapshot = ctx.snapshot();
             request

@@ -217,6 +217,7 @@ async fn worker_main(
         spec.claims.clone(),
     ));
     monoio::spawn(inbox::run(ctx.clone(), spec.mailbox));
+    crate::upstream::health::start(&ctx);
     if let Some(listener) = admin_listener {
         monoio::spawn(crate::admin::serve(ctx.clone(), listener));
     }

@@ -99,7 +99,7 @@ impl Origin {
         self.log.requests.load(Ordering::SeqCst)
     }
 
-    /// Answers every later request with `status` (a failing server).
+    /// Answers every later request with `status` (a failing server); 0 heals it.
     pub fn fail_with(&self, status: u16) {
         self.log
             .fail_status

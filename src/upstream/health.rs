@@ -1,0 +1,135 @@
+//! Active health checks: one worker probes every server of a group over
+//! HTTP and broadcasts each change of verdict to all workers over the bus,
+//! so the probes run once, not once per core, and every core routes around
+//! a server that is down.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::bus::Message;
+use crate::config::HealthCheck;
+use crate::worker::context::WorkerCtx;
+use crate::worker::signal::{race, Either};
+
+/// Largest probe response read.
+const MAX_PROBE_RESPONSE: usize = 64 * 1024;
+
+/// Starts the probe loops of every group this worker checks.
+pub fn start(ctx: &Rc<WorkerCtx>) {
+    let workers = ctx.bus.workers().max(1);
+    for (group, config) in ctx.config.upstreams.iter().enumerate() {
+        let Some(check) = &config.health else {
+            continue;
+        };
+        if check.worker % workers != ctx.index {
+            continue;
+        }
+        for &server in ctx.upstreams.borrow().members(group) {
+            monoio::spawn(probe_loop(ctx.clone(), check.clone(), server));
+        }
+    }
+}
+
+async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, server: usize) {
+    let addr = ctx.upstreams.borrow().servers[server];
+    let mut healthy = true;
+    let (mut passes, mut failures) = (0u32, 0u32);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (server as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+    loop {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let jitter = if check.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(seed % check.jitter.as_nanos().max(1) as u64)
+        };
+        if let Either::Right(()) = race(
+            monoio::time::sleep(check.interval + jitter),
+            ctx.drain_started(),
+        )
+        .await
+        {
+            return;
+        }
+        let ok = matches!(
+            monoio::time::timeout(check.timeout, probe(&check, addr)).await,
+            Ok(Ok(true))
+        );
+        if ok {
+            passes += 1;
+            failures = 0;
+        } else {
+            failures += 1;
+            passes = 0;
+        }
+        let verdict = if healthy && failures >= check.unhealthy_threshold {
+            Some(false)
+        } else if !healthy && passes >= check.healthy_threshold {
+            Some(true)
+        } else {
+            None
+        };
+        if let Some(now_healthy) = verdict {
+            healthy = now_healthy;
+            if now_healthy {
+                tracing::info!(upstream = %addr, "health check: server is up");
+            } else {
+                tracing::warn!(upstream = %addr, "health check: server is down");
+            }
+            if let Err(e) = ctx
+                .bus
+                .broadcast(&Message::Health { server, healthy }, None)
+            {
+                tracing::warn!(upstream = %addr, error = %e, "could not tell every worker about a health change");
+            }
+        }
+    }
+}
+
+/// One probe: true when the server answered with an expected status (and body).
+async fn probe(check: &HealthCheck, addr: std::net::SocketAddr) -> std::io::Result<bool> {
+    let mut stream = TcpStream::connect_addr(addr).await?;
+    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+    let request = format!(
+        "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
+        check.method, check.path
+    );
+    let (result, _) = stream.write_all(request.into_bytes()).await;
+    result?;
+    // Read until the server closes (we asked it to), bounded.
+    let mut response = BytesMut::with_capacity(4096);
+    loop {
+        if response.len() >= MAX_PROBE_RESPONSE {
+            break;
+        }
+        response.reserve(4096);
+        let (len, cap) = (response.len(), response.capacity());
+        let (result, buf) = stream
+            .read(monoio::buf::SliceMut::new(response, len, cap))
+            .await;
+        response = buf.into_inner();
+        if result? == 0 {
+            break;
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(&response) else {
+        return Ok(false);
+    };
+    let status = parsed.code.unwrap_or(0);
+    let status_ok = if check.expect_status.is_empty() {
+        (200..400).contains(&status)
+    } else {
+        check.expect_status.contains(&status)
+    };
+    let body_ok = check.expect_body.as_ref().is_none_or(|needle| {
+        memchr::memmem::find(&response[head_len..], needle.as_bytes()).is_some()
+    });
+    Ok(status_ok && body_ok)
+}
