@@ -36,6 +36,7 @@ fn gateway_with(
         max_pending_per_server: 0,
         outlier: None,
         health: None,
+        sticky: None,
     }];
     tune(&mut config.upstreams[0]);
     start(config)
@@ -285,6 +286,7 @@ fn active_health_checks_take_a_failing_server_out_of_every_worker_and_back() {
             worker: 0,
             fail_open: true,
         }),
+        sticky: None,
     }];
     let gw = start(config);
     let traffic = |origin: &Origin| origin.requests() - origin.hits_on("/health");
@@ -317,5 +319,110 @@ fn active_health_checks_take_a_failing_server_out_of_every_worker_and_back() {
     assert!(
         traffic(&flaky) > before,
         "traffic returns once it is healthy again"
+    );
+}
+
+fn sticky_gateway(origins: &[&Origin]) -> ringgate::Handle {
+    gateway_with(origins, BalancePolicy::RoundRobin, 2, |g| {
+        g.sticky = Some(ringgate::config::StickyCookie {
+            cookie: "rg_sticky".into(),
+            secret: "a secret of sixteen+".into(),
+            ttl: Some(Duration::from_secs(3600)),
+            path: "/".into(),
+            http_only: true,
+            secure: false,
+            same_site: "Lax".into(),
+        });
+        g.outlier = Some(ringgate::config::OutlierPolicy {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(60),
+            max_ejection: Duration::from_secs(60),
+            max_ejected_percent: 50,
+        });
+    })
+}
+
+/// A request on a new connection (so on either worker) with the cookie, if any.
+fn with_cookie(addr: std::net::SocketAddr, cookie: Option<&str>) -> Response {
+    let header = cookie
+        .map(|c| format!("Cookie: theme=dark; {c}\r\n"))
+        .unwrap_or_default();
+    Client::connect(addr).request(
+        format!("GET /echo HTTP/1.1\r\nHost: t\r\n{header}Connection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn cookie_of(r: &Response) -> String {
+    let line = r.header("set-cookie").expect("Set-Cookie");
+    assert!(
+        line.contains("HttpOnly") && line.contains("Max-Age=3600") && line.contains("SameSite=Lax"),
+        "{line}"
+    );
+    line.split(';').next().unwrap().to_string()
+}
+
+#[test]
+fn sticky_cookie_keeps_a_client_on_one_server_across_connections_and_re_pins_on_failure() {
+    let origins = [Origin::start(), Origin::start(), Origin::start()];
+    let gw = sticky_gateway(&origins.iter().collect::<Vec<_>>());
+    let addr = gw.listen_addr();
+    let cookie = cookie_of(&with_cookie(addr, None));
+    let before: Vec<usize> = origins.iter().map(Origin::requests).collect();
+    for _ in 0..20 {
+        let r = with_cookie(addr, Some(&cookie));
+        assert_eq!(r.status, 200);
+        assert!(
+            r.header("set-cookie").is_none(),
+            "a valid pin is not re-issued"
+        );
+    }
+    let served: Vec<usize> = origins
+        .iter()
+        .zip(&before)
+        .map(|(o, b)| o.requests() - b)
+        .collect();
+    let pinned = served
+        .iter()
+        .position(|&n| n == 20)
+        .unwrap_or_else(|| panic!("spread over {served:?}"));
+
+    // The pinned server fails: ejected, and the client is re-pinned elsewhere.
+    origins[pinned].fail_with(503);
+    assert_eq!(with_cookie(addr, Some(&cookie)).status, 503);
+    // Both workers must have seen the failure to eject it; go through until a new pin comes.
+    let mut new_cookie = None;
+    for _ in 0..10 {
+        let r = with_cookie(addr, Some(&cookie));
+        if r.status == 200 {
+            new_cookie = Some(cookie_of(&r));
+            break;
+        }
+    }
+    let new_cookie = new_cookie.expect("re-pinned to a healthy server");
+    assert_ne!(new_cookie, cookie);
+    let before: Vec<usize> = origins.iter().map(Origin::requests).collect();
+    for _ in 0..10 {
+        assert_eq!(with_cookie(addr, Some(&new_cookie)).status, 200);
+    }
+    let served: Vec<usize> = origins
+        .iter()
+        .zip(&before)
+        .map(|(o, b)| o.requests() - b)
+        .collect();
+    assert_eq!(served.iter().filter(|&&n| n > 0).count(), 1, "{served:?}");
+    assert_eq!(served[pinned], 0);
+}
+
+#[test]
+fn a_forged_sticky_cookie_is_ignored() {
+    let origins = [Origin::start(), Origin::start()];
+    let gw = sticky_gateway(&origins.iter().collect::<Vec<_>>());
+    let cookie = cookie_of(&with_cookie(gw.listen_addr(), None));
+    let forged = format!("{}0", &cookie[..cookie.len() - 1]);
+    let r = with_cookie(gw.listen_addr(), Some(&forged));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("set-cookie").is_some(),
+        "a forged pin is replaced by a genuine one"
     );
 }

@@ -30,6 +30,7 @@ fn gateway(servers: &[SocketAddr], retry: Option<RetryPolicy>) -> ringgate::Hand
         max_pending_per_server: 0,
         outlier: None,
         health: None,
+        sticky: None,
     }];
     start(config)
 }

@@ -282,6 +282,22 @@ pub struct UpstreamGroup {
     pub outlier: Option<OutlierPolicy>,
     /// Active health checks; `None`: no probes, every server counts as healthy.
     pub health: Option<HealthCheck>,
+    /// Sticky sessions; `None`: the policy alone picks.
+    pub sticky: Option<StickyCookie>,
+}
+
+/// Sticky sessions: a signed cookie names the server a client stays on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub cookie: String,
+    /// HMAC key; the same on every gateway node that must agree.
+    pub secret: String,
+    /// `Max-Age`; `None`: a session cookie.
+    pub ttl: Option<Duration>,
+    pub path: String,
+    pub http_only: bool,
+    pub secure: bool,
+    pub same_site: String,
 }
 
 /// Active health checks of a group's servers.
@@ -557,6 +573,7 @@ impl Config {
                 max_pending_per_server: 0,
                 outlier: None,
                 health: None,
+                sticky: None,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -675,6 +692,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             health: match &group.health {
                 None => None,
                 Some(h) => Some(validate_health(name, h)?),
+            },
+            sticky: match &group.sticky {
+                None => None,
+                Some(s) => Some(validate_sticky(name, s)?),
             },
         });
     }
@@ -1108,6 +1129,46 @@ fn validate_balance(name: &str, group: &raw::RawUpstream) -> Result<BalancePolic
         ));
     }
     Ok(policy)
+}
+
+fn validate_sticky(name: &str, raw: &raw::RawSticky) -> Result<StickyCookie, ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.sticky.{field}");
+    let sticky = StickyCookie {
+        cookie: raw.cookie.clone().unwrap_or_else(|| "rg_sticky".into()),
+        secret: raw.secret.clone(),
+        ttl: raw.ttl.map(|d| d.0).filter(|d| !d.is_zero()),
+        path: raw.path.clone().unwrap_or_else(|| "/".into()),
+        http_only: raw.http_only.unwrap_or(true),
+        secure: raw.secure.unwrap_or(false),
+        same_site: raw.same_site.clone().unwrap_or_else(|| "Lax".into()),
+    };
+    if sticky.cookie.is_empty() || !sticky.cookie.bytes().all(is_token_byte) {
+        return Err(invalid(key("cookie"), "not a cookie name"));
+    }
+    if sticky.secret.len() < 16 {
+        return Err(invalid(key("secret"), "use at least 16 characters"));
+    }
+    if !sticky.path.starts_with('/')
+        || sticky
+            .path
+            .bytes()
+            .any(|b| b == b';' || b.is_ascii_control() || b == b' ')
+    {
+        return Err(invalid(
+            key("path"),
+            "must start with `/`, without spaces or `;`",
+        ));
+    }
+    if !["Strict", "Lax", "None"].contains(&sticky.same_site.as_str()) {
+        return Err(invalid(key("same_site"), "Strict, Lax or None"));
+    }
+    if sticky.same_site == "None" && !sticky.secure {
+        return Err(invalid(
+            key("same_site"),
+            "SameSite=None needs secure = true (browsers refuse it otherwise)",
+        ));
+    }
+    Ok(sticky)
 }
 
 fn validate_health(name: &str, raw: &raw::RawHealth) -> Result<HealthCheck, ConfigError> {

@@ -138,6 +138,20 @@ pub struct RawUpstream {
     pub max_pending_per_server: Option<u32>,
     pub outlier: Option<RawOutlier>,
     pub health: Option<RawHealth>,
+    pub sticky: Option<RawSticky>,
+}
+
+/// `[upstreams.NAME.sticky]`: sticky sessions with a signed cookie.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<String>,
+    pub secret: String,
+    pub ttl: Option<ConfigDuration>,
+    pub path: Option<String>,
+    pub http_only: Option<bool>,
+    pub secure: Option<bool>,
+    pub same_site: Option<String>,
 }
 
 /// `[upstreams.NAME.health]`: active health checks.

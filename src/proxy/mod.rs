@@ -129,6 +129,8 @@ struct Forward {
     balance_key: crate::upstream::balancer::RequestKey,
     /// This attempt may turn a configured status into a retry.
     may_retry_status: bool,
+    /// `Set-Cookie` line pinning the client to the server (sticky groups).
+    pin_cookie: Option<Vec<u8>>,
     /// What the cache does with the response, on caching routes.
     cache: Option<Box<cache::CacheWork>>,
 }
@@ -206,9 +208,17 @@ fn plan_request(
     };
     let mut upstreams = ctx.upstreams.borrow_mut();
     let key = upstreams.request_key(route.upstream, &client.peer_ip, req.path, req.headers);
-    let Some(server) = upstreams.pick_healthy(route.upstream, key, Instant::now()) else {
-        // Every server is down and the group does not fail open.
-        return refuse(503, answered);
+    let now = Instant::now();
+    let (server, pin_cookie) = match upstreams.pinned_server(route.upstream, req.headers, now) {
+        Some(server) => (server, None),
+        None => {
+            let Some(server) = upstreams.pick_healthy(route.upstream, key, now) else {
+                // Every server is down and the group does not fail open.
+                return refuse(503, answered);
+            };
+            // Sticky groups pin (or re-pin) the client to the server chosen.
+            (server, upstreams.pin_cookie(route.upstream, server))
+        }
     };
     if upstreams.over_capacity(route.upstream, server) {
         // Fail fast rather than pile more work on a saturated server or group.
@@ -242,6 +252,7 @@ fn plan_request(
         group: route.upstream,
         balance_key: key,
         may_retry_status: false,
+        pin_cookie,
         cache: cache_work,
     })))
 }
@@ -639,6 +650,8 @@ async fn proxy_request(
         tracing::debug!(worker = ctx.index, error = %error, "retrying on another server");
         tried.push(next);
         forward.server = next;
+        // Sticky groups re-pin the client to the server that now answers.
+        forward.pin_cookie = ctx.upstreams.borrow().pin_cookie(forward.group, next);
         ubuf.clear();
     };
     ctx.give_read_buffer(ubuf);
@@ -836,7 +849,11 @@ fn response_step(
         (true, Version::Http11) => ConnectionField::Omit,
     };
     out.clear();
-    head::write_response_head(out, &resp, client_framing, connection, via, &cache_status);
+    let mut extra = cache_status;
+    if let Some(line) = &forward.pin_cookie {
+        extra.extend_from_slice(line);
+    }
+    head::write_response_head(out, &resp, client_framing, connection, via, &extra);
     Ok(HeadStep::Final(
         resp.head_len,
         ResponsePlan {

@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod health;
 pub mod pool;
 pub mod retry;
+pub mod sticky;
 
 use std::net::SocketAddr;
 
@@ -32,6 +33,13 @@ pub struct Upstreams {
     down: Vec<std::cell::Cell<bool>>,
     /// Per group: with every server down, send anyway (`true`) or refuse.
     fail_open: Vec<bool>,
+    /// Per group: sticky-cookie settings, and server id -> server index.
+    sticky: Vec<
+        Option<(
+            crate::config::StickyCookie,
+            std::collections::HashMap<u64, usize>,
+        )>,
+    >,
     /// This worker's view of each server's load, indexed like `servers`.
     pub loads: Vec<ServerLoad>,
     rng: Rng,
@@ -77,6 +85,23 @@ impl Upstreams {
                 .iter()
                 .map(|g| g.health.as_ref().is_none_or(|h| h.fail_open))
                 .collect(),
+            sticky: {
+                let mut next = 0;
+                config
+                    .upstreams
+                    .iter()
+                    .map(|g| {
+                        let ids = g
+                            .servers
+                            .iter()
+                            .enumerate()
+                            .map(|(i, s)| (sticky::server_id(&s.address.to_string()), next + i))
+                            .collect();
+                        next += g.servers.len();
+                        g.sticky.clone().map(|s| (s, ids))
+                    })
+                    .collect()
+            },
             members: {
                 let mut next = 0;
                 config
@@ -115,6 +140,29 @@ impl Upstreams {
             return (!all_down || self.fail_open[group]).then_some(server);
         }
         Some(self.pick_other(group, key, &out))
+    }
+
+    /// The server a valid sticky cookie pins this request to, if it is available.
+    pub fn pinned_server(
+        &self,
+        group: usize,
+        headers: &[httparse::Header<'_>],
+        now: Instant,
+    ) -> Option<usize> {
+        let (sticky, ids) = self.sticky[group].as_ref()?;
+        let value = crate::cache::key::cookie_value(headers, &sticky.cookie)?;
+        let id = sticky::verify(sticky.secret.as_bytes(), value)?;
+        let server = *ids.get(&id)?;
+        (!self.down[server].get() && !self.loads[server].is_ejected(now)).then_some(server)
+    }
+
+    /// The `Set-Cookie` line pinning a client to `server`, for sticky groups.
+    pub fn pin_cookie(&self, group: usize, server: usize) -> Option<Vec<u8>> {
+        let (sticky, _) = self.sticky[group].as_ref()?;
+        Some(sticky::set_cookie_line(
+            sticky,
+            sticky::server_id(&self.server_hosts[server]),
+        ))
     }
 
     /// Applies an active health check's verdict (sent to every worker over the bus).
