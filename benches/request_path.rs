@@ -43,6 +43,7 @@ fn route(
         remove_request_headers: vec![],
         cache: None,
         retry: None,
+        auth: None,
     }
 }
 

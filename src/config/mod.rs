@@ -374,6 +374,46 @@ pub struct RouteConfig {
     pub cache: Option<crate::cache::policy::CachePolicy>,
     /// Retries to other servers; `None`: only the dead-pooled-connection retry.
     pub retry: Option<RetryPolicy>,
+    /// Session tokens verified at the edge; `None`: no verification.
+    pub auth: Option<AuthPolicy>,
+}
+
+/// Where a route reads its session token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// A cookie.
+    Cookie(String),
+}
+
+/// HS256 session tokens verified by the gateway (see `route::auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// `(kid, secret)`: several keys allow rotation.
+    pub keys: Vec<(String, String)>,
+    pub source: TokenSource,
+    /// Refuse requests without a token (401); otherwise they pass, without identity.
+    pub required: bool,
+    /// Header carrying the verified `sub` claim upstream.
+    pub subject_header: String,
+    /// `(claim, header)` pairs forwarded upstream.
+    pub claims: Vec<(String, String)>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+}
+
+impl AuthPolicy {
+    /// True for headers the gateway sets from a verified token: never taken from the client.
+    pub fn owns_header(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(&self.subject_header)
+            || self
+                .claims
+                .iter()
+                .any(|(_, h)| name.eq_ignore_ascii_case(h))
+    }
 }
 
 /// When and how often a failed request is sent to another server.
@@ -592,6 +632,7 @@ impl Config {
                 remove_request_headers: Vec::new(),
                 cache: Some(crate::cache::policy::CachePolicy::default()),
                 retry: None,
+                auth: None,
             }],
             cache: CacheSettings::default(),
             admin: None,
@@ -1432,7 +1473,12 @@ fn validate_route(
         None => None,
         Some(raw) => Some(validate_retry(i, raw)?),
     };
+    let auth = match &r.auth {
+        None => None,
+        Some(raw) => Some(validate_auth(i, raw)?),
+    };
     Ok(RouteConfig {
+        auth,
         retry,
         cache,
         name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
@@ -1444,6 +1490,68 @@ fn validate_route(
         rewrite_prefix: r.rewrite_prefix.clone(),
         set_request_headers,
         remove_request_headers,
+    })
+}
+
+fn validate_auth(i: usize, raw: &raw::RawAuth) -> Result<AuthPolicy, ConfigError> {
+    let key = |field: &str| format!("routes[{i}].auth.{field}");
+    if raw.keys.is_empty() {
+        return Err(invalid(
+            key("keys"),
+            "name at least one key: keys = { kid = \"secret\" }",
+        ));
+    }
+    for (kid, secret) in &raw.keys {
+        if secret.len() < 16 {
+            return Err(invalid(
+                format!("routes[{i}].auth.keys.{kid}"),
+                "use a secret of at least 16 characters",
+            ));
+        }
+    }
+    let header_name = |field: &str, name: &str| {
+        if name.is_empty() || !name.bytes().all(is_token_byte) || is_hop_by_hop_or_framing(name) {
+            Err(invalid(
+                key(field),
+                format!("`{name}` is not a header the gateway may set"),
+            ))
+        } else {
+            Ok(name.to_string())
+        }
+    };
+    let source = match raw.token.as_deref() {
+        None | Some("bearer") => TokenSource::Bearer,
+        Some(t) => match t.strip_prefix("cookie:") {
+            Some(name) if !name.is_empty() && name.bytes().all(is_token_byte) => {
+                TokenSource::Cookie(name.to_string())
+            }
+            _ => {
+                return Err(invalid(
+                    key("token"),
+                    format!("`{t}` is not \"bearer\" or \"cookie:NAME\""),
+                ))
+            }
+        },
+    };
+    let mut claims = Vec::new();
+    for (claim, header) in &raw.claims {
+        claims.push((claim.clone(), header_name("claims", header)?));
+    }
+    Ok(AuthPolicy {
+        keys: raw
+            .keys
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        source,
+        required: raw.required.unwrap_or(true),
+        subject_header: header_name(
+            "subject_header",
+            raw.subject_header.as_deref().unwrap_or("X-Auth-Subject"),
+        )?,
+        claims,
+        leeway: raw.leeway.map_or(Duration::from_secs(30), |d| d.0),
+        require_exp: raw.require_exp.unwrap_or(true),
     })
 }
 

@@ -198,6 +198,21 @@ pub struct RawRoute {
     pub remove_request_headers: Vec<String>,
     pub cache: Option<RawRouteCache>,
     pub retry: Option<RawRetry>,
+    pub auth: Option<RawAuth>,
+}
+
+/// `[routes.auth]`: session tokens verified at the edge.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub keys: BTreeMap<String, String>,
+    pub token: Option<String>,
+    pub required: Option<bool>,
+    pub subject_header: Option<String>,
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    pub leeway: Option<ConfigDuration>,
+    pub require_exp: Option<bool>,
 }
 
 /// `[routes.retry]`: retries to other servers.

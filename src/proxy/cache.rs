@@ -278,6 +278,7 @@ fn refresh_plan(
             via_line: &ctx.via_line,
             validators: Some(&validators),
             method_override: Some("GET"),
+            identity: &[],
         },
     );
     Refresh {

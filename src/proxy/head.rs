@@ -51,6 +51,8 @@ pub struct UpstreamRequest<'a> {
     pub validators: Option<&'a Validators>,
     /// Send this method instead of the client's (a background refresh is a GET).
     pub method_override: Option<&'a str>,
+    /// Headers from a verified session token.
+    pub identity: &'a [(String, String)],
 }
 
 pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
@@ -101,11 +103,12 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
         {
             continue;
         }
-        if up
-            .route
-            .remove_request_headers
-            .iter()
-            .any(|r| name_is(name, r))
+        if up.route.auth.as_ref().is_some_and(|a| a.owns_header(name))
+            || up
+                .route
+                .remove_request_headers
+                .iter()
+                .any(|r| name_is(name, r))
             || up
                 .route
                 .set_request_headers
@@ -124,7 +127,7 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
         };
         push_header(out, b"Host", host.as_bytes());
     }
-    for (name, value) in &up.route.set_request_headers {
+    for (name, value) in up.route.set_request_headers.iter().chain(up.identity) {
         push_header(out, name.as_bytes(), value.as_bytes());
     }
     if let Some(v) = up.validators {
@@ -256,6 +259,7 @@ pub fn reason(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         408 => "Request Timeout",
@@ -280,6 +284,9 @@ pub fn write_error_response(out: &mut Vec<u8>, status: u16, close: bool, head_on
         out,
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\n"
     );
+    if status == 401 {
+        out.extend_from_slice(b"WWW-Authenticate: Bearer error=\"invalid_token\"\r\n");
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -310,6 +317,7 @@ mod tests {
             remove_request_headers: vec!["x-debug".into()],
             cache: None,
             retry: None,
+            auth: None,
         }
     }
 
@@ -330,6 +338,7 @@ mod tests {
                 via_line: b"Via: 1.1 ringgate\r\n",
                 validators: None,
                 method_override: None,
+                identity: &[],
             },
         );
         String::from_utf8(out).unwrap()

@@ -195,6 +195,21 @@ fn plan_request(
         }
     }
     let route = ctx.router.route(route_index);
+    // Session tokens are checked before anything else may answer, the cache included.
+    let identity = match &route.auth {
+        None => None,
+        Some(policy) => match crate::route::auth::verify_request(
+            policy,
+            req.headers,
+            std::time::SystemTime::now(),
+        ) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::debug!(worker = ctx.index, route = %route.name, error = %e, "session token refused");
+                return refuse(401, answered);
+            }
+        },
+    };
     let (cache_work, validators) = match cache::decide(ctx, route_index, route, &req, &client.buf) {
         cache::Decision::NotCached => (None, None),
         cache::Decision::Hit(hit) => {
@@ -237,6 +252,7 @@ fn plan_request(
             via_line: &ctx.via_line,
             validators: validators.as_ref(),
             method_override: None,
+            identity: identity.as_deref().unwrap_or(&[]),
         },
     );
     drop(upstreams);

@@ -4,6 +4,8 @@
 //!
 //! Matching works on the borrowed request head and allocates nothing.
 
+pub mod auth;
+
 use httparse::Header;
 
 use crate::config::{HostMatch, RouteConfig};
@@ -104,6 +106,7 @@ mod tests {
             remove_request_headers: vec![],
             cache: None,
             retry: None,
+            auth: None,
         }
     }
 
