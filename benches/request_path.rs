@@ -44,6 +44,7 @@ fn route(
         cache: None,
         retry: None,
         auth: None,
+        timeouts: Default::default(),
     }
 }
 

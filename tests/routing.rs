@@ -245,3 +245,53 @@ fn equal_servers_share_requests_round_robin() {
     }
     assert_eq!((a.requests(), b.requests()), (5, 5));
 }
+
+#[test]
+fn route_timeouts_override_the_gateway_wide_ones() {
+    let (a, b) = (Origin::start(), Origin::start());
+    // Every answer of origin `a` takes 600 ms: longer than the gateway-wide
+    // response timeout, shorter than the one of the `/slow/` route.
+    a.log
+        .delay_ms
+        .store(600, std::sync::atomic::Ordering::Relaxed);
+    let gw = start(two_origin_config(
+        &a,
+        &b,
+        r#"
+[timeouts]
+upstream_response = "200ms"
+[[routes]]
+path_prefix = "/slow/"
+upstream = "a"
+[routes.timeouts]
+upstream_response = "5s"
+[[routes]]
+path_prefix = "/"
+upstream = "a"
+"#,
+    ));
+    let addr = gw.listen_addr();
+    let slow = request(addr, "GET /slow/x HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(slow.status, 200, "the route's longer timeout applies");
+    let other = request(addr, "GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(other.status, 504, "other routes keep the gateway-wide one");
+}
+
+#[test]
+fn a_zero_route_timeout_is_refused_with_its_key() {
+    let text = r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[upstreams.a]
+servers = ["127.0.0.1:1"]
+[[routes]]
+upstream = "a"
+[routes.timeouts]
+upstream_read = "0s"
+"#;
+    let err = Config::parse(text).unwrap_err().to_string();
+    assert!(
+        err.contains("routes[0].timeouts.upstream_read"),
+        "error names the key: {err}"
+    );
+}

@@ -376,6 +376,36 @@ pub struct RouteConfig {
     pub retry: Option<RetryPolicy>,
     /// Session tokens verified at the edge; `None`: no verification.
     pub auth: Option<AuthPolicy>,
+    /// Upstream timeouts of this route; `None` fields use `[timeouts]`.
+    pub timeouts: RouteTimeouts,
+}
+
+/// A route's own upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteTimeouts {
+    pub upstream_connect: Option<Duration>,
+    pub upstream_response: Option<Duration>,
+    pub upstream_read: Option<Duration>,
+}
+
+/// The upstream timeouts a request runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    pub connect: Duration,
+    /// From the request sent to the response head.
+    pub response: Duration,
+    /// Between two pieces of a response body.
+    pub read: Duration,
+}
+
+impl RouteTimeouts {
+    pub fn resolve(&self, defaults: &Timeouts) -> UpstreamTimeouts {
+        UpstreamTimeouts {
+            connect: self.upstream_connect.unwrap_or(defaults.upstream_connect),
+            response: self.upstream_response.unwrap_or(defaults.upstream_response),
+            read: self.upstream_read.unwrap_or(defaults.upstream_read),
+        }
+    }
 }
 
 /// Where a route reads its session token.
@@ -633,6 +663,7 @@ impl Config {
                 cache: Some(crate::cache::policy::CachePolicy::default()),
                 retry: None,
                 auth: None,
+                timeouts: RouteTimeouts::default(),
             }],
             cache: CacheSettings::default(),
             admin: None,
@@ -1477,7 +1508,38 @@ fn validate_route(
         None => None,
         Some(raw) => Some(validate_auth(i, raw)?),
     };
+    let mut timeouts = RouteTimeouts::default();
+    if let Some(t) = &r.timeouts {
+        for (name, value, slot) in [
+            (
+                "upstream_connect",
+                t.upstream_connect,
+                &mut timeouts.upstream_connect,
+            ),
+            (
+                "upstream_response",
+                t.upstream_response,
+                &mut timeouts.upstream_response,
+            ),
+            (
+                "upstream_read",
+                t.upstream_read,
+                &mut timeouts.upstream_read,
+            ),
+        ] {
+            if let Some(d) = value {
+                if d.0.is_zero() {
+                    return Err(invalid(
+                        format!("routes[{i}].timeouts.{name}"),
+                        "must be longer than zero",
+                    ));
+                }
+                *slot = Some(d.0);
+            }
+        }
+    }
     Ok(RouteConfig {
+        timeouts,
         auth,
         retry,
         cache,

@@ -199,6 +199,16 @@ pub struct RawRoute {
     pub cache: Option<RawRouteCache>,
     pub retry: Option<RawRetry>,
     pub auth: Option<RawAuth>,
+    pub timeouts: Option<RawRouteTimeouts>,
+}
+
+/// `[routes.timeouts]`: upstream timeouts for this route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteTimeouts {
+    pub upstream_connect: Option<ConfigDuration>,
+    pub upstream_response: Option<ConfigDuration>,
+    pub upstream_read: Option<ConfigDuration>,
 }
 
 /// `[routes.auth]`: session tokens verified at the edge.

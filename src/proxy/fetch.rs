@@ -34,7 +34,7 @@ pub async fn fetch_whole(
     let pooled = ctx.upstreams.borrow_mut().pool.take(server);
     let mut stream = match pooled {
         Some(s) => s,
-        None => super::connect(ctx, addr).await?,
+        None => super::connect(ctx, addr, timeouts.upstream_connect).await?,
     };
     write_all(&mut stream, request_head, timeouts.upstream_send)
         .await
@@ -104,7 +104,8 @@ pub async fn fetch_whole(
                 return Err(too_large());
             }
             while (buf.len() as u64) < n {
-                super::read_body_piece(ctx, &mut stream, &mut buf, addr).await?;
+                super::read_body_piece(ctx, &mut stream, &mut buf, addr, timeouts.upstream_read)
+                    .await?;
             }
             body.extend_from_slice(&buf.split_to(n as usize));
         }
@@ -119,7 +120,8 @@ pub async fn fetch_whole(
                 if decoder.is_done() {
                     break;
                 }
-                super::read_body_piece(ctx, &mut stream, &mut buf, addr).await?;
+                super::read_body_piece(ctx, &mut stream, &mut buf, addr, timeouts.upstream_read)
+                    .await?;
             }
         }
         BodyFraming::UntilClose => loop {

@@ -318,6 +318,7 @@ mod tests {
             cache: None,
             retry: None,
             auth: None,
+            timeouts: Default::default(),
         }
     }
 

@@ -131,6 +131,8 @@ struct Forward {
     may_retry_status: bool,
     /// `Set-Cookie` line pinning the client to the server (sticky groups).
     pin_cookie: Option<Vec<u8>>,
+    /// The route's upstream timeouts.
+    timeouts: crate::config::UpstreamTimeouts,
     /// What the cache does with the response, on caching routes.
     cache: Option<Box<cache::CacheWork>>,
 }
@@ -269,6 +271,7 @@ fn plan_request(
         balance_key: key,
         may_retry_status: false,
         pin_cookie,
+        timeouts: route.timeouts.resolve(&ctx.config.timeouts),
         cache: cache_work,
     })))
 }
@@ -883,13 +886,12 @@ fn response_step(
     ))
 }
 
-async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(
-        ctx.config.timeouts.upstream_connect,
-        TcpStream::connect_addr(addr),
-    )
-    .await
-    {
+async fn connect(
+    ctx: &WorkerCtx,
+    addr: SocketAddr,
+    limit: std::time::Duration,
+) -> Result<TcpStream, ProxyError> {
+    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Stats::bump(&ctx.stats.upstream_connects);
@@ -962,7 +964,7 @@ async fn relay(
             Stats::bump(&ctx.stats.upstream_reuses);
             (stream, true)
         }
-        None => (connect(ctx, addr).await?, false),
+        None => (connect(ctx, addr, forward.timeouts.connect).await?, false),
     };
 
     let sent_at = Instant::now();
@@ -989,7 +991,7 @@ async fn relay(
                 tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
                 Stats::bump(&ctx.stats.upstream_retries);
                 ubuf.clear();
-                upstream = connect(ctx, addr).await?;
+                upstream = connect(ctx, addr, forward.timeouts.connect).await?;
                 reused = false;
             }
             Err(e) => return Err(e),
@@ -1073,7 +1075,7 @@ async fn relay(
                 .map_err(client_gone)?;
             while remaining > 0 {
                 if ubuf.is_empty() {
-                    read_body_piece(ctx, &mut upstream, ubuf, addr).await?;
+                    read_body_piece(ctx, &mut upstream, ubuf, addr, forward.timeouts.read).await?;
                 }
                 let take = (ubuf.len() as u64).min(remaining) as usize;
                 let chunk = ubuf.split_to(take);
@@ -1137,7 +1139,7 @@ async fn relay(
                 if decoder.is_done() {
                     break;
                 }
-                read_body_piece(ctx, &mut upstream, ubuf, addr).await?;
+                read_body_piece(ctx, &mut upstream, ubuf, addr, forward.timeouts.read).await?;
             }
         }
         BodyFraming::UntilClose => {
@@ -1163,7 +1165,7 @@ async fn relay(
                         .await
                         .map_err(client_gone)?;
                 }
-                match read_some(&mut upstream, ubuf, read_size, timeouts.upstream_read).await {
+                match read_some(&mut upstream, ubuf, read_size, forward.timeouts.read).await {
                     Read::Data(_) => {}
                     Read::Eof => break,
                     Read::TimedOut => return Err(broken(None)),
@@ -1211,16 +1213,10 @@ async fn read_body_piece(
     upstream: &mut TcpStream,
     buf: &mut BytesMut,
     addr: SocketAddr,
+    limit: std::time::Duration,
 ) -> Result<(), ProxyError> {
     let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
-    match read_some(
-        upstream,
-        buf,
-        ctx.per_core.upstream_buffer_size,
-        ctx.config.timeouts.upstream_read,
-    )
-    .await
-    {
+    match read_some(upstream, buf, ctx.per_core.upstream_buffer_size, limit).await {
         Read::Data(_) => Ok(()),
         Read::Failed(e) => Err(broken(Some(e))),
         Read::Eof | Read::TimedOut => Err(broken(None)),
@@ -1385,8 +1381,7 @@ async fn read_response_head(
     ubuf: &mut BytesMut,
     addr: SocketAddr,
 ) -> Result<(usize, Answer), ProxyError> {
-    let timeouts = &ctx.config.timeouts;
-    let deadline = Instant::now() + timeouts.upstream_response;
+    let deadline = Instant::now() + forward.timeouts.response;
     let mut received_any = false;
     loop {
         let step = response_step(ctx, client, forward, ubuf, out)

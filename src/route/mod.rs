@@ -107,6 +107,7 @@ mod tests {
             cache: None,
             retry: None,
             auth: None,
+            timeouts: Default::default(),
         }
     }
 
