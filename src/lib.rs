@@ -51,6 +51,8 @@ pub struct Handle {
     workers: Vec<WorkerInfo>,
     stops: Vec<Arc<StopSignal>>,
     threads: Vec<JoinHandle<()>>,
+    /// Service discovery's thread, when a group uses it.
+    discovery: Option<upstream::discovery::Discoverer>,
 }
 
 impl Gateway {
@@ -86,6 +88,7 @@ impl Gateway {
             workers: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
+            discovery: None,
         };
         for (index, core) in placements.into_iter().enumerate() {
             let stop = Arc::new(StopSignal::default());
@@ -136,6 +139,11 @@ impl Gateway {
             );
         }
         handle.workers = workers;
+        handle.discovery =
+            upstream::discovery::start(&config, bus).map_err(|e| StartError::Worker {
+                index: 0,
+                reason: format!("cannot start the service discovery thread: {e}"),
+            })?;
         Ok(handle)
     }
 }
@@ -249,6 +257,7 @@ impl Handle {
     }
 
     fn join_workers(&mut self) {
+        drop(self.discovery.take());
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

@@ -37,6 +37,7 @@ fn gateway_with(
         outlier: None,
         health: None,
         sticky: None,
+        discovery: None,
     }];
     tune(&mut config.upstreams[0]);
     start(config)
@@ -287,6 +288,7 @@ fn active_health_checks_take_a_failing_server_out_of_every_worker_and_back() {
             fail_open: true,
         }),
         sticky: None,
+        discovery: None,
     }];
     let gw = start(config);
     let traffic = |origin: &Origin| origin.requests() - origin.hits_on("/health");

@@ -31,6 +31,7 @@ fn gateway(servers: &[SocketAddr], retry: Option<RetryPolicy>) -> ringgate::Hand
         outlier: None,
         health: None,
         sticky: None,
+        discovery: None,
     }];
     start(config)
 }

@@ -70,6 +70,11 @@ pub enum Message {
     Stats(Arc<StatsRequest>),
     /// Active health checking found `server` (an index into every worker's server list) up or down.
     Health { server: usize, healthy: bool },
+    /// Service discovery found a new server list for `group`.
+    Servers {
+        group: usize,
+        servers: crate::upstream::discovery::ServerList,
+    },
 }
 
 /// A request for every worker's counters, filled in by each worker.

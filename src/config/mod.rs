@@ -284,6 +284,49 @@ pub struct UpstreamGroup {
     pub health: Option<HealthCheck>,
     /// Sticky sessions; `None`: the policy alone picks.
     pub sticky: Option<StickyCookie>,
+    /// Servers that change at run time; `None`: `servers` is fixed at start.
+    pub discovery: Option<Discovery>,
+}
+
+/// Where a group's servers come from while it runs (`upstream::discovery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// The group's `servers` entries, names kept unresolved.
+    pub entries: Vec<ServerEntry>,
+    /// Names are resolved again this often; `None`: only at start.
+    pub resolve_every: Option<Duration>,
+    /// A file of `host:port [weight]` lines, watched for changes.
+    pub servers_file: Option<PathBuf>,
+    pub watch_every: Duration,
+    /// `[resolver] hosts_file`: names answered before the system resolver.
+    pub hosts_file: Option<PathBuf>,
+}
+
+/// One configured server: a fixed address, or a name whose every address
+/// becomes a server.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServerEntry {
+    Fixed(SocketAddr, u32),
+    Name(String, u16, u32),
+}
+
+impl ServerEntry {
+    /// `text` is `ip:port`, `[ipv6]:port` or `name:port`.
+    pub fn parse(text: &str, weight: u32) -> Result<ServerEntry, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(ServerEntry::Fixed(addr, weight));
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("`{text}` needs a port, e.g. \"{text}:8080\""));
+        };
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{text}`: `{port}` is not a port"))?;
+        if host.is_empty() || host.contains(['[', ']', ' ', '/']) {
+            return Err(format!("`{text}` is not host:port"));
+        }
+        Ok(ServerEntry::Name(host.to_string(), port, weight))
+    }
 }
 
 /// Sticky sessions: a signed cookie names the server a client stays on.
@@ -644,6 +687,7 @@ impl Config {
                 outlier: None,
                 health: None,
                 sticky: None,
+                discovery: None,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -742,14 +786,24 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut upstreams = Vec::new();
     for (name, group) in &raw.upstreams {
         let key = format!("upstreams.{name}.servers");
-        if group.servers.is_empty() {
+        let has_file = group
+            .discovery
+            .as_ref()
+            .is_some_and(|d| d.servers_file.is_some());
+        if group.servers.is_empty() && !has_file {
             return Err(invalid(key, "an upstream group needs at least one server"));
         }
-        let mut servers = Vec::new();
-        for (j, value) in group.servers.iter().enumerate() {
-            let key = format!("{key}[{j}]");
-            servers.push(validate_server(&key, value)?);
-        }
+        let (servers, discovery) = match &group.discovery {
+            None => {
+                let mut servers = Vec::new();
+                for (j, value) in group.servers.iter().enumerate() {
+                    let key = format!("{key}[{j}]");
+                    servers.push(validate_server(&key, value)?);
+                }
+                (servers, None)
+            }
+            Some(d) => validate_discovery(name, group, d, &raw.resolver)?,
+        };
         let balance = validate_balance(name, group)?;
         upstreams.push(UpstreamGroup {
             name: name.clone(),
@@ -769,6 +823,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 None => None,
                 Some(s) => Some(validate_sticky(name, s)?),
             },
+            discovery,
         });
     }
 
@@ -1330,7 +1385,99 @@ fn validate_outlier(name: &str, raw: &raw::RawOutlier) -> Result<OutlierPolicy, 
 }
 
 fn validate_server(key: &str, value: &toml::Value) -> Result<ServerConfig, ConfigError> {
-    let (address, weight) = match value {
+    let (address, weight) = server_text(key, value)?;
+    let address = parse_socket_addr(address).map_err(|reason| invalid(key.to_string(), reason))?;
+    Ok(ServerConfig { address, weight })
+}
+
+/// A group whose servers change at run time: its entries kept as written,
+/// and the servers they stand for at start (names resolved now, so a name
+/// that does not resolve is refused here as it is without discovery).
+fn validate_discovery(
+    name: &str,
+    group: &raw::RawUpstream,
+    raw: &raw::RawDiscovery,
+    resolver: &raw::RawResolver,
+) -> Result<(Vec<ServerConfig>, Option<Discovery>), ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.discovery.{field}");
+    let positive = |field: &str, d: Option<units::ConfigDuration>| match d {
+        Some(d) if d.0.is_zero() => Err(invalid(key(field), "must be longer than zero")),
+        other => Ok(other.map(|d| d.0)),
+    };
+    let resolve_every = positive("resolve_every", raw.resolve_every)?;
+    let watch_every = positive("watch_every", raw.watch_every)?.unwrap_or(Duration::from_secs(2));
+    let hosts_file = resolver.hosts_file.as_ref().map(PathBuf::from);
+    let hosts = match &hosts_file {
+        None => Default::default(),
+        Some(path) => crate::upstream::discovery::read_hosts(path).map_err(|e| {
+            invalid(
+                "resolver.hosts_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?,
+    };
+    let mut entries = Vec::new();
+    for (j, value) in group.servers.iter().enumerate() {
+        let key = format!("upstreams.{name}.servers[{j}]");
+        let (text, weight) = server_text(&key, value)?;
+        entries.push(ServerEntry::parse(text, weight).map_err(|reason| invalid(key, reason))?);
+    }
+    let servers_file = raw.servers_file.as_ref().map(PathBuf::from);
+    let mut from_file = Vec::new();
+    if let Some(path) = &servers_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                key("servers_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        from_file = crate::upstream::discovery::parse_servers_file(&text).map_err(|reason| {
+            invalid(key("servers_file"), format!("{}: {reason}", path.display()))
+        })?;
+    }
+    let mut servers: Vec<ServerConfig> = Vec::new();
+    for entry in entries.iter().chain(from_file.iter()) {
+        match entry {
+            ServerEntry::Fixed(address, weight) => servers.push(ServerConfig {
+                address: *address,
+                weight: *weight,
+            }),
+            ServerEntry::Name(host, port, weight) => {
+                let addrs =
+                    crate::upstream::discovery::resolve(host, *port, &hosts).map_err(|e| {
+                        invalid(
+                            format!("upstreams.{name}.servers"),
+                            format!("`{host}:{port}` does not resolve: {e}"),
+                        )
+                    })?;
+                servers.extend(addrs.into_iter().map(|address| ServerConfig {
+                    address,
+                    weight: *weight,
+                }));
+            }
+        }
+    }
+    servers.sort_by_key(|s| s.address);
+    servers.dedup_by_key(|s| s.address);
+    if servers.is_empty() {
+        return Err(invalid(
+            format!("upstreams.{name}.servers"),
+            "no servers: neither `servers` nor the servers file names one",
+        ));
+    }
+    let discovery = Discovery {
+        entries,
+        resolve_every,
+        servers_file,
+        watch_every,
+        hosts_file,
+    };
+    Ok((servers, Some(discovery)))
+}
+
+/// The address text and weight of one `servers` entry.
+fn server_text<'a>(key: &str, value: &'a toml::Value) -> Result<(&'a str, u32), ConfigError> {
+    Ok(match value {
         toml::Value::String(s) => (s.as_str(), 1),
         toml::Value::Table(table) => {
             for k in table.keys() {
@@ -1369,9 +1516,7 @@ fn validate_server(key: &str, value: &toml::Value) -> Result<ServerConfig, Confi
                 "a server is \"host:port\" or { address = \"host:port\", weight = N }",
             ))
         }
-    };
-    let address = parse_socket_addr(address).map_err(|reason| invalid(key.to_string(), reason))?;
-    Ok(ServerConfig { address, weight })
+    })
 }
 
 fn validate_route(

@@ -28,6 +28,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: RawCacheSettings,
     pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub resolver: RawResolver,
 }
 
 /// `[cache]`: settings shared by every caching route.
@@ -139,6 +141,23 @@ pub struct RawUpstream {
     pub outlier: Option<RawOutlier>,
     pub health: Option<RawHealth>,
     pub sticky: Option<RawSticky>,
+    pub discovery: Option<RawDiscovery>,
+}
+
+/// `[upstreams.NAME.discovery]`: servers re-resolved and read from a file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub resolve_every: Option<ConfigDuration>,
+    pub servers_file: Option<String>,
+    pub watch_every: Option<ConfigDuration>,
+}
+
+/// `[resolver]`: how upstream names are resolved.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawResolver {
+    pub hosts_file: Option<String>,
 }
 
 /// `[upstreams.NAME.sticky]`: sticky sessions with a signed cookie.

@@ -20,21 +20,31 @@ const MAX_PROBE_RESPONSE: usize = 64 * 1024;
 
 /// Starts the probe loops of every group this worker checks.
 pub fn start(ctx: &Rc<WorkerCtx>) {
-    let workers = ctx.bus.workers().max(1);
-    for (group, config) in ctx.config.upstreams.iter().enumerate() {
-        let Some(check) = &config.health else {
-            continue;
-        };
-        if check.worker % workers != ctx.index {
-            continue;
-        }
-        for &server in ctx.upstreams.borrow().members(group) {
-            monoio::spawn(probe_loop(ctx.clone(), check.clone(), server));
+    for group in 0..ctx.config.upstreams.len() {
+        let members = ctx.upstreams.borrow().members(group).to_vec();
+        watch(ctx, group, &members);
+    }
+}
+
+/// Starts probing `servers` of `group` if this worker checks that group and
+/// no probe loop runs for them yet (service discovery adds servers later).
+pub fn watch(ctx: &Rc<WorkerCtx>, group: usize, servers: &[usize]) {
+    let Some(check) = &ctx.config.upstreams[group].health else {
+        return;
+    };
+    if check.worker % ctx.bus.workers().max(1) != ctx.index {
+        return;
+    }
+    for &server in servers {
+        let upstreams = ctx.upstreams.borrow();
+        let running = &upstreams.probing[server];
+        if !running.replace(true) {
+            monoio::spawn(probe_loop(ctx.clone(), check.clone(), group, server));
         }
     }
 }
 
-async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, server: usize) {
+async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server: usize) {
     let addr = ctx.upstreams.borrow().servers[server];
     let mut healthy = true;
     let (mut passes, mut failures) = (0u32, 0u32);
@@ -54,6 +64,11 @@ async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, server: usize) {
         )
         .await
         {
+            return;
+        }
+        // A server that discovery removed is no longer probed.
+        if !ctx.upstreams.borrow().members(group).contains(&server) {
+            ctx.upstreams.borrow().probing[server].set(false);
             return;
         }
         let ok = matches!(

@@ -3,6 +3,7 @@
 //! worker; nothing here is shared between cores.
 
 pub mod balancer;
+pub mod discovery;
 pub mod health;
 pub mod pool;
 pub mod retry;
@@ -40,6 +41,11 @@ pub struct Upstreams {
             std::collections::HashMap<u64, usize>,
         )>,
     >,
+    /// The group each server belongs to, indexed like `servers`.
+    owner: Vec<usize>,
+    /// Whether a probe loop runs for each server (on the probing worker).
+    pub probing: Vec<std::cell::Cell<bool>>,
+    worker_index: usize,
     /// This worker's view of each server's load, indexed like `servers`.
     pub loads: Vec<ServerLoad>,
     rng: Rng,
@@ -50,11 +56,13 @@ impl Upstreams {
     pub fn new(config: &Config, per_core: &PerCoreConfig, worker_index: usize) -> Upstreams {
         let mut servers = Vec::new();
         let mut groups = Vec::new();
-        for group in &config.upstreams {
+        let mut owner = Vec::new();
+        for (g, group) in config.upstreams.iter().enumerate() {
             let mut members = Vec::new();
             for s in &group.servers {
                 members.push((servers.len(), s.weight, s.address.to_string()));
                 servers.push(s.address);
+                owner.push(g);
             }
             groups.push(Balancer::new(&members, &group.balance, worker_index));
         }
@@ -65,6 +73,12 @@ impl Upstreams {
         );
         let server_hosts = servers.iter().map(SocketAddr::to_string).collect();
         Upstreams {
+            owner,
+            probing: servers
+                .iter()
+                .map(|_| std::cell::Cell::new(false))
+                .collect(),
+            worker_index,
             loads: servers.iter().map(|_| ServerLoad::default()).collect(),
             rng: Rng::new(
                 0x9E37_79B9_7F4A_7C15 ^ (worker_index as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
@@ -177,6 +191,54 @@ impl Upstreams {
         &self.members[group]
     }
 
+    /// Replaces `group`'s servers with `list` (service discovery). An address
+    /// the group had keeps its index, and with it its pooled connections,
+    /// load and health; a new one gets a fresh index. Requests in flight to
+    /// a removed server finish on the connection they have; only its idle
+    /// connections are closed. Returns the servers that joined the group.
+    pub fn set_servers(&mut self, group: usize, list: &[(SocketAddr, u32)]) -> Vec<usize> {
+        if list.is_empty() || group >= self.groups.len() {
+            return Vec::new();
+        }
+        let mut joined = Vec::new();
+        let mut members = Vec::with_capacity(list.len());
+        for &(address, weight) in list {
+            let known = (0..self.servers.len())
+                .find(|&i| self.owner[i] == group && self.servers[i] == address);
+            let index = match known {
+                Some(i) => i,
+                None => {
+                    self.servers.push(address);
+                    self.server_hosts.push(address.to_string());
+                    self.owner.push(group);
+                    self.down.push(std::cell::Cell::new(false));
+                    self.probing.push(std::cell::Cell::new(false));
+                    self.loads.push(ServerLoad::default());
+                    self.pool.add_server();
+                    self.servers.len() - 1
+                }
+            };
+            if !self.members[group].contains(&index) {
+                joined.push(index);
+            }
+            members.push((index, weight, address.to_string()));
+        }
+        for &old in &self.members[group] {
+            if !members.iter().any(|m| m.0 == old) {
+                self.pool.close_idle(old);
+            }
+        }
+        self.groups[group] = Balancer::new(&members, &self.policies[group], self.worker_index);
+        if let Some((_, ids)) = &mut self.sticky[group] {
+            *ids = members
+                .iter()
+                .map(|m| (sticky::server_id(&m.2), m.0))
+                .collect();
+        }
+        self.members[group] = members.iter().map(|m| m.0).collect();
+        joined
+    }
+
     /// Records how a request to `server` went, for passive health checking:
     /// `failed` is a connect failure, reset, timeout or 5xx.
     pub fn record_outcome(&self, group: usize, server: usize, failed: bool, now: Instant) {
@@ -227,6 +289,7 @@ impl Upstreams {
                                         "ejected": load.is_ejected(now),
                     "healthy": !self.down[i].get(),
                     "ejections": load.ejections.get(),
+                    "in_rotation": self.members[self.owner[i]].contains(&i),
                 })
             })
             .collect()

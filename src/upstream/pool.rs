@@ -30,6 +30,18 @@ impl Pool {
         }
     }
 
+    /// Makes room for a server that discovery added.
+    pub fn add_server(&mut self) {
+        self.idle.push(VecDeque::new());
+    }
+
+    /// Closes the idle connections to a server that left its group.
+    pub fn close_idle(&mut self, server: usize) {
+        if let Some(idle) = self.idle.get_mut(server) {
+            idle.clear();
+        }
+    }
+
     /// The most recently returned live connection to `server`, if any.
     pub fn take(&mut self, server: usize) -> Option<TcpStream> {
         let now = Instant::now();

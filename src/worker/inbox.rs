@@ -1,6 +1,6 @@
 //! A worker's bus task: applies what other workers and the admin API send
-//! (invalidations, offered cache entries, fetch completions, stats
-//! requests), in order, between requests.
+//! (invalidations, offered cache entries, fetch completions, health
+//! verdicts, new server lists, stats requests), in order, between requests.
 
 use std::rc::Rc;
 
@@ -20,7 +20,7 @@ pub async fn run(ctx: Rc<WorkerCtx>, mailbox: Mailbox) {
     }
 }
 
-fn apply(ctx: &WorkerCtx, envelope: Envelope) {
+fn apply(ctx: &Rc<WorkerCtx>, envelope: Envelope) {
     let mut removed = 0u64;
     match envelope.message {
         Message::Invalidate { what, removal } => {
@@ -61,6 +61,10 @@ fn apply(ctx: &WorkerCtx, envelope: Envelope) {
             }
         }
         Message::Health { server, healthy } => ctx.upstreams.borrow().set_health(server, healthy),
+        Message::Servers { group, servers } => {
+            let joined = ctx.upstreams.borrow_mut().set_servers(group, &servers);
+            crate::upstream::health::watch(ctx, group, &joined);
+        }
         Message::Stats(request) => {
             let snapshot = ctx.snapshot();
             request

@@ -62,7 +62,12 @@ pub struct Origin {
 
 impl Origin {
     pub fn start() -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Origin::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// An origin on `address` (e.g. another loopback address, same port).
+    pub fn start_on(address: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(address).unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(OriginLog::default());
         let stop = Arc::new(AtomicBool::new(false));
