@@ -230,5 +230,15 @@ fn a_server_discovery_adds_is_health_checked_on_every_worker() {
         before,
         "no traffic to the new server while it fails its probes"
     );
+    let mut c = Client::connect(gw.admin_addr().unwrap());
+    let metrics = c
+        .request(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .text();
+    for worker in 0..2 {
+        let line = format!(
+            "ringgate_upstream_server_healthy{{worker=\"{worker}\",server=\"{flaky_name}\"}} 0"
+        );
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
     std::fs::remove_file(&file).ok();
 }

@@ -459,6 +459,24 @@ const SERVER_METRICS: &[(&str, &str, &str, &str)] = &[
         "counter",
         "ejections",
     ),
+    (
+        "ringgate_upstream_server_healthy",
+        "0 while active health checks find the server down.",
+        "gauge",
+        "healthy",
+    ),
+    (
+        "ringgate_upstream_server_in_rotation",
+        "0 once service discovery removed the server from its group.",
+        "gauge",
+        "in_rotation",
+    ),
+    (
+        "ringgate_upstream_server_idle_connections",
+        "Keep-alive connections to the server idle in this worker's pool.",
+        "gauge",
+        "idle_connections",
+    ),
 ];
 
 fn prometheus(workers: &[Value]) -> String {

@@ -276,6 +276,7 @@ impl Upstreams {
 
     /// Per-server state for `/stats`.
     pub fn server_snapshot(&self, now: Instant) -> Vec<serde_json::Value> {
+        let idle = self.pool.idle_counts();
         self.servers
             .iter()
             .zip(&self.loads)
@@ -290,6 +291,7 @@ impl Upstreams {
                     "healthy": !self.down[i].get(),
                     "ejections": load.ejections.get(),
                     "in_rotation": self.members[self.owner[i]].contains(&i),
+                    "idle_connections": idle.get(i).copied().unwrap_or(0),
                 })
             })
             .collect()
