@@ -242,3 +242,47 @@ fn a_server_discovery_adds_is_health_checked_on_every_worker() {
     }
     std::fs::remove_file(&file).ok();
 }
+
+#[test]
+fn dns_answers_are_refreshed_when_their_ttl_runs_out() {
+    let a = Origin::start();
+    let port = a.addr.port();
+    let b = Origin::start_on(std::net::SocketAddr::from(([127, 0, 0, 2], port)));
+    let dns = DnsServer::start();
+    dns.set("app.internal", &["127.0.0.1"], 1);
+    // The interval is a minute: only the one-second TTL can explain a move
+    // within the test's deadline.
+    let gw = start(config(
+        &format!(
+            "[upstreams.app]\nservers = [\"app.internal:{port}\"]\n[upstreams.app.discovery]\nresolve_every = \"60s\""
+        ),
+        &format!("[resolver]\nnameservers = [\"{}\"]\ntimeout = \"1s\"", dns.addr),
+    ));
+    let addr = gw.listen_addr();
+    for _ in 0..4 {
+        get_ok(addr);
+    }
+    assert_eq!((a.requests(), b.requests()), (4, 0));
+
+    dns.set("app.internal", &["127.0.0.2"], 1);
+    wait_until(
+        Duration::from_secs(10),
+        "the TTL expired and b took over",
+        || {
+            get_ok(addr);
+            b.requests() > 0
+        },
+    );
+
+    // The name disappears: the last good answer keeps serving.
+    dns.remove("app.internal");
+    let asked = dns.queries();
+    wait_until(Duration::from_secs(10), "a failed re-resolution", || {
+        dns.queries() >= asked + 2
+    });
+    let (seen_a, seen_b) = (a.requests(), b.requests());
+    for _ in 0..10 {
+        get_ok(addr);
+    }
+    assert_eq!((a.requests(), b.requests()), (seen_a, seen_b + 10));
+}

@@ -298,8 +298,28 @@ pub struct Discovery {
     /// A file of `host:port [weight]` lines, watched for changes.
     pub servers_file: Option<PathBuf>,
     pub watch_every: Duration,
-    /// `[resolver] hosts_file`: names answered before the system resolver.
+    pub resolver: ResolverSettings,
+}
+
+/// `[resolver]`: how upstream names become addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// Names answered from this hosts-style file before anything else.
     pub hosts_file: Option<PathBuf>,
+    /// Asked directly (so TTLs are known); empty: the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    /// Per query to one nameserver.
+    pub timeout: Duration,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> Self {
+        ResolverSettings {
+            hosts_file: None,
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// One configured server: a fixed address, or a name whose every address
@@ -782,6 +802,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let timeouts = validate_timeouts(&raw.timeouts)?;
     let limits = validate_limits(&raw.limits)?;
     let proxy = validate_proxy(&raw.proxy)?;
+    // Checked even when no group uses discovery, so a typo is never silent.
+    validate_resolver(&raw.resolver)?;
 
     let mut upstreams = Vec::new();
     for (name, group) in &raw.upstreams {
@@ -1406,8 +1428,8 @@ fn validate_discovery(
     };
     let resolve_every = positive("resolve_every", raw.resolve_every)?;
     let watch_every = positive("watch_every", raw.watch_every)?.unwrap_or(Duration::from_secs(2));
-    let hosts_file = resolver.hosts_file.as_ref().map(PathBuf::from);
-    let hosts = match &hosts_file {
+    let resolver = validate_resolver(resolver)?;
+    let hosts = match &resolver.hosts_file {
         None => Default::default(),
         Some(path) => crate::upstream::discovery::read_hosts(path).map_err(|e| {
             invalid(
@@ -1443,14 +1465,14 @@ fn validate_discovery(
                 weight: *weight,
             }),
             ServerEntry::Name(host, port, weight) => {
-                let addrs =
-                    crate::upstream::discovery::resolve(host, *port, &hosts).map_err(|e| {
+                let resolved = crate::upstream::discovery::resolve(host, *port, &hosts, &resolver)
+                    .map_err(|e| {
                         invalid(
                             format!("upstreams.{name}.servers"),
                             format!("`{host}:{port}` does not resolve: {e}"),
                         )
                     })?;
-                servers.extend(addrs.into_iter().map(|address| ServerConfig {
+                servers.extend(resolved.addrs.into_iter().map(|address| ServerConfig {
                     address,
                     weight: *weight,
                 }));
@@ -1470,9 +1492,38 @@ fn validate_discovery(
         resolve_every,
         servers_file,
         watch_every,
-        hosts_file,
+        resolver,
     };
     Ok((servers, Some(discovery)))
+}
+
+fn validate_resolver(raw: &raw::RawResolver) -> Result<ResolverSettings, ConfigError> {
+    let mut settings = ResolverSettings {
+        hosts_file: raw.hosts_file.as_ref().map(PathBuf::from),
+        ..ResolverSettings::default()
+    };
+    for (i, text) in raw.nameservers.iter().enumerate() {
+        let addr = match text.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, 53),
+                Err(_) => {
+                    return Err(invalid(
+                        format!("resolver.nameservers[{i}]"),
+                        format!("`{text}` is not an IP address (optionally with :port)"),
+                    ))
+                }
+            },
+        };
+        settings.nameservers.push(addr);
+    }
+    if let Some(t) = raw.timeout {
+        if t.0.is_zero() {
+            return Err(invalid("resolver.timeout", "must be longer than zero"));
+        }
+        settings.timeout = t.0;
+    }
+    Ok(settings)
 }
 
 /// The address text and weight of one `servers` entry.

@@ -158,6 +158,9 @@ pub struct RawDiscovery {
 #[serde(deny_unknown_fields)]
 pub struct RawResolver {
     pub hosts_file: Option<String>,
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    pub timeout: Option<ConfigDuration>,
 }
 
 /// `[upstreams.NAME.sticky]`: sticky sessions with a signed cookie.

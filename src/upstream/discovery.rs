@@ -1,4 +1,5 @@
-//! Service discovery: the servers of a group re-resolved from DNS names and
+//! Service discovery: the servers of a group re-resolved from DNS names (at
+//! their TTL when ringgate asks the nameservers itself, see `dns`) and
 //! read from a watched file, off the workers' loops.
 //!
 //! One plain thread does the blocking work (name resolution, file reads) so
@@ -15,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::bus::{Bus, Message};
-use crate::config::{Config, Discovery, ServerEntry};
+use crate::config::{Config, Discovery, ResolverSettings, ServerEntry};
 
 /// How often the thread looks at its timers; the finest interval it honours.
 const TICK: Duration = Duration::from_millis(100);
@@ -77,16 +78,39 @@ pub fn read_hosts(path: &Path) -> std::io::Result<HashMap<String, Vec<IpAddr>>> 
     Ok(hosts)
 }
 
+/// Addresses a name resolved to, and for how long the answer holds when
+/// the source said (DNS answers through `[resolver] nameservers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub addrs: Vec<SocketAddr>,
+    pub ttl: Option<Duration>,
+}
+
 /// Every address of `host:port`, sorted so that two answers compare equal
-/// when they hold the same addresses. Blocking: never call it on a worker.
+/// when they hold the same addresses: from the hosts override, else the
+/// configured nameservers, else the system resolver. Blocking: never call
+/// it on a worker.
 pub fn resolve(
     host: &str,
     port: u16,
     hosts: &HashMap<String, Vec<IpAddr>>,
-) -> std::io::Result<Vec<SocketAddr>> {
-    let mut addrs: Vec<SocketAddr> = match hosts.get(&host.to_ascii_lowercase()) {
-        Some(ips) => ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
-        None => (host, port).to_socket_addrs()?.collect(),
+    resolver: &ResolverSettings,
+) -> std::io::Result<Resolved> {
+    let (mut addrs, ttl): (Vec<SocketAddr>, _) = match hosts.get(&host.to_ascii_lowercase()) {
+        Some(ips) => (
+            ips.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
+            None,
+        ),
+        None if !resolver.nameservers.is_empty() => {
+            let answer = super::dns::lookup(host, &resolver.nameservers, resolver.timeout)?;
+            let addrs = answer
+                .addresses
+                .iter()
+                .map(|&ip| SocketAddr::new(ip, port))
+                .collect();
+            (addrs, Some(answer.ttl))
+        }
+        None => ((host, port).to_socket_addrs()?.collect(), None),
     };
     addrs.sort();
     addrs.dedup();
@@ -95,8 +119,26 @@ pub fn resolve(
             "`{host}` resolved to no address"
         )));
     }
-    Ok(addrs)
+    Ok(Resolved { addrs, ttl })
 }
+
+/// When a name's answer is next refreshed: at its TTL (never sooner than
+/// [`MIN_TTL`]) or after `resolve_every`, whichever comes first; never when
+/// re-resolution is off.
+fn next_due(now: Instant, every: Option<Duration>, ttl: Option<Duration>) -> Option<Instant> {
+    let every = every?;
+    let wait = match ttl {
+        Some(ttl) => ttl.max(MIN_TTL).min(every),
+        None => every,
+    };
+    Some(now + wait)
+}
+
+/// A TTL of 0 would mean resolving on every tick.
+const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// A failed resolution is tried again this soon (or at `resolve_every`, if sooner).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// The discovery thread; dropping it stops the thread and waits for it.
 pub struct Discoverer {
@@ -129,7 +171,6 @@ pub fn start(config: &Config, bus: Arc<Bus>) -> std::io::Result<Option<Discovere
                 file_entries: Vec::new(),
                 file_stamp: None,
                 answers: HashMap::new(),
-                next_resolve: Instant::now() + d.resolve_every.unwrap_or(Duration::MAX / 4),
                 next_watch: Instant::now(),
             })
         })
@@ -156,9 +197,9 @@ struct GroupState {
     /// The servers file's entries as last read successfully.
     file_entries: Vec<ServerEntry>,
     file_stamp: Option<(SystemTime, u64)>,
-    /// Last good answer for each `host:port` name.
-    answers: HashMap<(String, u16), Vec<SocketAddr>>,
-    next_resolve: Instant,
+    /// Last good answer for each `host:port` name, and when to refresh it
+    /// (`None`: never).
+    answers: HashMap<(String, u16), (Vec<SocketAddr>, Option<Instant>)>,
     next_watch: Instant,
 }
 
@@ -177,16 +218,10 @@ fn run(mut groups: Vec<GroupState>, bus: Arc<Bus>, stopped: Receiver<()>) {
                     changed |= group.reread_file(&path);
                 }
             }
-            let resolve_all = now >= group.next_resolve;
-            if resolve_all {
-                if let Some(every) = group.discovery.resolve_every {
-                    group.next_resolve = now + every;
-                }
-            }
-            if !changed && !resolve_all {
+            if !changed && !group.names_due(now) {
                 continue;
             }
-            let list = group.compute(resolve_all);
+            let list = group.compute(now);
             if list.is_empty() {
                 tracing::warn!(upstream = %group.name, kept = group.applied.len(),
                     "discovery found no servers; keeping the previous list");
@@ -239,17 +274,39 @@ impl GroupState {
         }
     }
 
+    fn name_entries(&self) -> impl Iterator<Item = (&String, u16)> {
+        self.discovery
+            .entries
+            .iter()
+            .chain(self.file_entries.iter())
+            .filter_map(|e| match e {
+                ServerEntry::Name(host, port, _) => Some((host, *port)),
+                ServerEntry::Fixed(..) => None,
+            })
+    }
+
+    /// Whether some name was never resolved or its answer is due a refresh.
+    fn names_due(&self, now: Instant) -> bool {
+        self.name_entries().any(
+            |(host, port)| match self.answers.get(&(host.clone(), port)) {
+                None => true,
+                Some((_, due)) => due.is_some_and(|due| now >= due),
+            },
+        )
+    }
+
     /// The group's servers now: fixed addresses as they are, names from
-    /// their last good answer, re-resolved when `resolve_all` (and always
-    /// when a name was never resolved).
-    fn compute(&mut self, resolve_all: bool) -> Vec<(SocketAddr, u32)> {
-        let hosts = match &self.discovery.hosts_file {
+    /// their last good answer, resolved again where due.
+    fn compute(&mut self, now: Instant) -> Vec<(SocketAddr, u32)> {
+        let resolver = self.discovery.resolver.clone();
+        let hosts = match &resolver.hosts_file {
             None => HashMap::new(),
             Some(path) => read_hosts(path).unwrap_or_else(|e| {
                 tracing::warn!(file = %path.display(), error = %e, "hosts file unreadable");
                 HashMap::new()
             }),
         };
+        let every = self.discovery.resolve_every;
         let mut list = Vec::new();
         let entries: Vec<ServerEntry> = self
             .discovery
@@ -263,18 +320,30 @@ impl GroupState {
                 ServerEntry::Fixed(addr, weight) => list.push((addr, weight)),
                 ServerEntry::Name(host, port, weight) => {
                     let key = (host.clone(), port);
-                    if resolve_all || !self.answers.contains_key(&key) {
-                        match resolve(&host, port, &hosts) {
-                            Ok(addrs) => {
-                                self.answers.insert(key.clone(), addrs);
+                    let due = match self.answers.get(&key) {
+                        None => true,
+                        Some((_, due)) => due.is_some_and(|due| now >= due),
+                    };
+                    if due {
+                        match resolve(&host, port, &hosts, &resolver) {
+                            Ok(answer) => {
+                                let refresh = next_due(now, every, answer.ttl);
+                                self.answers.insert(key.clone(), (answer.addrs, refresh));
                             }
                             Err(e) => {
                                 tracing::warn!(upstream = %self.name, name = %host, error = %e,
-                                "re-resolution failed; keeping the last answer")
+                                    "re-resolution failed; keeping the last answer");
+                                let retry = every.map(|e| now + e.min(RETRY_AFTER_FAILURE));
+                                let kept = self
+                                    .answers
+                                    .remove(&key)
+                                    .map(|(a, _)| a)
+                                    .unwrap_or_default();
+                                self.answers.insert(key.clone(), (kept, retry));
                             }
                         }
                     }
-                    for &addr in self.answers.get(&key).into_iter().flatten() {
+                    for &addr in self.answers.get(&key).map(|(a, _)| a).into_iter().flatten() {
                         list.push((addr, weight));
                     }
                 }
@@ -314,14 +383,30 @@ mod tests {
     }
 
     #[test]
+    fn refresh_follows_the_ttl_within_the_interval() {
+        let now = Instant::now();
+        let minute = Some(Duration::from_secs(60));
+        let due = |ttl| next_due(now, minute, ttl).map(|t| t - now);
+        assert_eq!(due(None), minute);
+        assert_eq!(
+            due(Some(Duration::from_secs(5))),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(due(Some(Duration::from_secs(3600))), minute);
+        assert_eq!(due(Some(Duration::ZERO)), Some(MIN_TTL));
+        assert_eq!(next_due(now, None, Some(Duration::from_secs(5))), None);
+    }
+
+    #[test]
     fn hosts_override_answers_before_the_system() {
         let hosts = HashMap::from([(
             "svc.test".to_string(),
             vec!["127.0.0.3".parse().unwrap(), "127.0.0.2".parse().unwrap()],
         )]);
-        let addrs = resolve("SVC.test", 8080, &hosts).unwrap();
+        let resolved = resolve("SVC.test", 8080, &hosts, &ResolverSettings::default()).unwrap();
+        assert_eq!(resolved.ttl, None);
         assert_eq!(
-            addrs,
+            resolved.addrs,
             vec![
                 "127.0.0.2:8080".parse().unwrap(),
                 "127.0.0.3:8080".parse().unwrap()

@@ -4,6 +4,7 @@
 
 pub mod balancer;
 pub mod discovery;
+pub mod dns;
 pub mod health;
 pub mod pool;
 pub mod retry;

@@ -852,3 +852,113 @@ pub fn in_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> m
     });
     rx
 }
+
+/// Name -> (addresses, TTL in seconds).
+type DnsRecords = HashMap<String, (Vec<std::net::Ipv4Addr>, u32)>;
+
+/// A DNS server for tests (UDP, A records only) whose answers the test
+/// changes while the gateway runs.
+pub struct DnsServer {
+    pub addr: SocketAddr,
+    records: Arc<Mutex<DnsRecords>>,
+    queries: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DnsServer {
+    pub fn start() -> DnsServer {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Lets the thread notice `stop` when no query comes.
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let records: Arc<Mutex<DnsRecords>> = Arc::default();
+        let queries = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (records, queries, stop) = (records.clone(), queries.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::Acquire) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    queries.fetch_add(1, Ordering::SeqCst);
+                    if let Some(reply) = dns_reply(&buf[..n], &records.lock().unwrap()) {
+                        let _ = socket.send_to(&reply, from);
+                    }
+                }
+            });
+        }
+        DnsServer {
+            addr,
+            records,
+            queries,
+            stop,
+        }
+    }
+
+    /// From now on `name` answers `ips` with `ttl` seconds.
+    pub fn set(&self, name: &str, ips: &[&str], ttl: u32) {
+        let ips = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        self.records
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), (ips, ttl));
+    }
+
+    /// From now on `name` gets NXDOMAIN.
+    pub fn remove(&self, name: &str) {
+        self.records.lock().unwrap().remove(name);
+    }
+
+    pub fn queries(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The answer to one query: A records for a known name, an empty answer for
+/// other types, NXDOMAIN for unknown names.
+fn dns_reply(query: &[u8], records: &DnsRecords) -> Option<Vec<u8>> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *query.get(at)? as usize;
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_string());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    let question_end = at + 4;
+    let name = labels.join(".");
+    let mut reply = query.get(..question_end)?.to_vec();
+    reply[2] = 0x81; // response, recursion desired
+    reply[3] = 0x80; // recursion available, no error
+    let answers: Vec<std::net::Ipv4Addr> = match records.get(&name) {
+        None => {
+            reply[3] |= 3; // NXDOMAIN
+            Vec::new()
+        }
+        Some(_) if qtype != 1 => Vec::new(),
+        Some((ips, _)) => ips.clone(),
+    };
+    let ttl = records.get(&name).map_or(0, |r| r.1);
+    reply[6..8].copy_from_slice(&(answers.len() as u16).to_be_bytes());
+    for ip in answers {
+        reply.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+        reply.extend_from_slice(&ttl.to_be_bytes());
+        reply.extend_from_slice(&[0, 4]);
+        reply.extend_from_slice(&ip.octets());
+    }
+    Some(reply)
+}
