@@ -863,7 +863,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let cache = validate_cache_settings(&raw.cache)?;
     let admin = validate_admin(raw.admin.as_ref())?;
     if let Some(admin) = &admin {
-        if listeners.iter().any(|l| l.address == admin.listen) {
+        // Port 0 asks the kernel for a free port, so two of them never collide.
+        let taken = admin.listen.port() != 0;
+        if taken && listeners.iter().any(|l| l.address == admin.listen) {
             return Err(invalid(
                 "admin.listen",
                 format!("{} is also a proxy listener", admin.listen),
