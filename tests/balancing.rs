@@ -428,3 +428,62 @@ fn a_forged_sticky_cookie_is_ignored() {
         "a forged pin is replaced by a genuine one"
     );
 }
+
+#[test]
+fn a_stopped_server_is_probed_down_on_every_worker_and_back_when_it_restarts() {
+    let (stopping, steady) = (Origin::start(), Origin::start());
+    let stopped_addr = stopping.addr;
+    let text = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[workers]
+count = 2
+pin = false
+[admin]
+listen = "127.0.0.1:0"
+[upstreams.app]
+servers = ["{stopped_addr}", "{}"]
+[upstreams.app.health]
+path = "/health"
+interval = "50ms"
+jitter = "0s"
+timeout = "500ms"
+healthy_threshold = 2
+unhealthy_threshold = 2
+[[routes]]
+upstream = "app"
+"#,
+        steady.addr
+    );
+    let gw = start(Config::parse(&text).unwrap());
+
+    // Stopped: its port refuses connections, so probes fail to connect.
+    drop(stopping);
+    wait_until(
+        Duration::from_secs(10),
+        "every worker sees the stopped server down",
+        || server_health(&gw).iter().all(|w| w == &vec![false, true]),
+    );
+    let traffic = |o: &Origin| o.requests() - o.hits_on("/health");
+    let served = traffic(&steady);
+    for _ in 0..20 {
+        assert_eq!(get(gw.listen_addr(), "/x").status, 200);
+    }
+    assert_eq!(
+        traffic(&steady),
+        served + 20,
+        "all traffic went to the server still running"
+    );
+
+    let restarted = Origin::start_on(stopped_addr);
+    wait_until(
+        Duration::from_secs(10),
+        "every worker sees it back up",
+        || server_health(&gw).iter().all(|w| w == &vec![true, true]),
+    );
+    wait_until(Duration::from_secs(5), "traffic reaches it again", || {
+        get(gw.listen_addr(), "/x");
+        traffic(&restarted) > 0
+    });
+}
