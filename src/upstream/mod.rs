@@ -195,8 +195,8 @@ impl Upstreams {
     /// Replaces `group`'s servers with `list` (service discovery). An address
     /// the group had keeps its index, and with it its pooled connections,
     /// load and health; a new one gets a fresh index. Requests in flight to
-    /// a removed server finish on the connection they have; only its idle
-    /// connections are closed. Returns the servers that joined the group.
+    /// a removed server finish on the connection they have, which is then
+    /// closed instead of pooled; its idle connections are closed at once. Returns the servers that joined the group.
     pub fn set_servers(&mut self, group: usize, list: &[(SocketAddr, u32)]) -> Vec<usize> {
         if list.is_empty() || group >= self.groups.len() {
             return Vec::new();
@@ -220,13 +220,14 @@ impl Upstreams {
                 }
             };
             if !self.members[group].contains(&index) {
+                self.pool.reinstate(index);
                 joined.push(index);
             }
             members.push((index, weight, address.to_string()));
         }
         for &old in &self.members[group] {
             if !members.iter().any(|m| m.0 == old) {
-                self.pool.close_idle(old);
+                self.pool.retire(old);
             }
         }
         self.groups[group] = Balancer::new(&members, &self.policies[group], self.worker_index);

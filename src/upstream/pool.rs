@@ -19,12 +19,15 @@ pub struct Pool {
     idle: Vec<VecDeque<Idle>>,
     cap_per_server: usize,
     idle_timeout: Duration,
+    /// Servers that left their group: their connections are not kept.
+    retired: Vec<bool>,
 }
 
 impl Pool {
     pub fn new(servers: usize, cap_per_server: usize, idle_timeout: Duration) -> Pool {
         Pool {
             idle: (0..servers).map(|_| VecDeque::new()).collect(),
+            retired: vec![false; servers],
             cap_per_server,
             idle_timeout,
         }
@@ -33,12 +36,22 @@ impl Pool {
     /// Makes room for a server that discovery added.
     pub fn add_server(&mut self) {
         self.idle.push(VecDeque::new());
+        self.retired.push(false);
     }
 
-    /// Closes the idle connections to a server that left its group.
-    pub fn close_idle(&mut self, server: usize) {
+    /// A server left its group: closes its idle connections now, and those
+    /// of requests still in flight when they come back.
+    pub fn retire(&mut self, server: usize) {
         if let Some(idle) = self.idle.get_mut(server) {
             idle.clear();
+            self.retired[server] = true;
+        }
+    }
+
+    /// A server is back in its group: its connections are kept again.
+    pub fn reinstate(&mut self, server: usize) {
+        if let Some(retired) = self.retired.get_mut(server) {
+            *retired = false;
         }
     }
 
@@ -58,7 +71,7 @@ impl Pool {
 
     /// Returns a connection that finished an exchange cleanly.
     pub fn put(&mut self, server: usize, stream: TcpStream) {
-        if self.cap_per_server == 0 {
+        if self.cap_per_server == 0 || self.retired[server] {
             return;
         }
         let idle = &mut self.idle[server];
