@@ -232,17 +232,10 @@ fn a_failing_server_is_ejected_after_consecutive_failures() {
 }
 
 fn server_health(gw: &ringgate::Handle) -> Vec<Vec<bool>> {
-    let mut c = Client::connect(gw.admin_addr().unwrap());
-    let r = c.request(b"GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
-    v["workers"]
-        .as_array()
-        .unwrap()
+    servers_per_worker(gw)
         .iter()
-        .map(|w| {
-            w["servers"]
-                .as_array()
-                .unwrap()
+        .map(|servers| {
+            servers
                 .iter()
                 .map(|s| s["healthy"].as_bool().unwrap())
                 .collect()

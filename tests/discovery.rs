@@ -196,17 +196,10 @@ fn a_server_discovery_adds_is_health_checked_on_every_worker() {
     let gw = start(gw_config);
     let flaky_name = flaky.addr.to_string();
     let flaky_health = |gw: &ringgate::Handle| -> Vec<Option<bool>> {
-        let mut c = Client::connect(gw.admin_addr().unwrap());
-        let r = c.request(b"GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-        let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
-        v["workers"]
-            .as_array()
-            .unwrap()
+        servers_per_worker(gw)
             .iter()
-            .map(|w| {
-                w["servers"]
-                    .as_array()
-                    .unwrap()
+            .map(|servers| {
+                servers
                     .iter()
                     .find(|s| s["address"] == flaky_name.as_str())
                     .map(|s| s["healthy"].as_bool().unwrap())

@@ -798,6 +798,19 @@ pub fn start(config: Config) -> Handle {
     Gateway::start(config).expect("gateway starts")
 }
 
+/// Each worker's `servers` entries from the admin API's `/stats`.
+pub fn servers_per_worker(gw: &Handle) -> Vec<Vec<serde_json::Value>> {
+    let mut c = Client::connect(gw.admin_addr().expect("the admin API is on"));
+    let r = c.request(b"GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["servers"].as_array().unwrap().clone())
+        .collect()
+}
+
 /// Polls `condition` until it holds, failing the test after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
