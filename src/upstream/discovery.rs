@@ -274,25 +274,28 @@ impl GroupState {
         }
     }
 
-    fn name_entries(&self) -> impl Iterator<Item = (&String, u16)> {
+    /// The configured entries and the servers file's, in that order.
+    fn entries(&self) -> impl Iterator<Item = &ServerEntry> {
         self.discovery
             .entries
             .iter()
             .chain(self.file_entries.iter())
-            .filter_map(|e| match e {
-                ServerEntry::Name(host, port, _) => Some((host, *port)),
-                ServerEntry::Fixed(..) => None,
-            })
     }
 
-    /// Whether some name was never resolved or its answer is due a refresh.
+    /// Whether `name` was never resolved or its answer is due a refresh.
+    fn is_due(&self, name: &(String, u16), now: Instant) -> bool {
+        match self.answers.get(name) {
+            None => true,
+            Some((_, due)) => due.is_some_and(|due| now >= due),
+        }
+    }
+
+    /// Whether some name of the group needs resolving now.
     fn names_due(&self, now: Instant) -> bool {
-        self.name_entries().any(
-            |(host, port)| match self.answers.get(&(host.clone(), port)) {
-                None => true,
-                Some((_, due)) => due.is_some_and(|due| now >= due),
-            },
-        )
+        self.entries().any(|e| match e {
+            ServerEntry::Name(host, port, _) => self.is_due(&(host.clone(), *port), now),
+            ServerEntry::Fixed(..) => false,
+        })
     }
 
     /// The group's servers now: fixed addresses as they are, names from
@@ -308,23 +311,19 @@ impl GroupState {
         };
         let every = self.discovery.resolve_every;
         let mut list = Vec::new();
-        let entries: Vec<ServerEntry> = self
-            .discovery
-            .entries
-            .iter()
-            .chain(self.file_entries.iter())
-            .cloned()
-            .collect();
+        let entries: Vec<ServerEntry> = self.entries().cloned().collect();
+        // Answers of names no longer listed are dropped with them.
+        self.answers.retain(|(host, port), _| {
+            entries
+                .iter()
+                .any(|e| matches!(e, ServerEntry::Name(h, p, _) if h == host && p == port))
+        });
         for entry in entries {
             match entry {
                 ServerEntry::Fixed(addr, weight) => list.push((addr, weight)),
                 ServerEntry::Name(host, port, weight) => {
                     let key = (host.clone(), port);
-                    let due = match self.answers.get(&key) {
-                        None => true,
-                        Some((_, due)) => due.is_some_and(|due| now >= due),
-                    };
-                    if due {
+                    if self.is_due(&key, now) {
                         match resolve(&host, port, &hosts, &resolver) {
                             Ok(answer) => {
                                 let refresh = next_due(now, every, answer.ttl);
@@ -333,13 +332,8 @@ impl GroupState {
                             Err(e) => {
                                 tracing::warn!(upstream = %self.name, name = %host, error = %e,
                                     "re-resolution failed; keeping the last answer");
-                                let retry = every.map(|e| now + e.min(RETRY_AFTER_FAILURE));
-                                let kept = self
-                                    .answers
-                                    .remove(&key)
-                                    .map(|(a, _)| a)
-                                    .unwrap_or_default();
-                                self.answers.insert(key.clone(), (kept, retry));
+                                let answer = self.answers.entry(key.clone()).or_default();
+                                answer.1 = every.map(|e| now + e.min(RETRY_AFTER_FAILURE));
                             }
                         }
                     }
