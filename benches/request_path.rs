@@ -29,22 +29,13 @@ fn route(
     upstream: usize,
 ) -> RouteConfig {
     RouteConfig {
-        name: format!("r{upstream}"),
         host,
         path_prefix: prefix.to_string(),
-        methods: vec![],
         header: header.map(|(n, v)| HeaderMatch {
             name: n.to_string(),
             value: Some(v.to_string()),
         }),
-        upstream,
-        rewrite_prefix: None,
-        set_request_headers: vec![],
-        remove_request_headers: vec![],
-        cache: None,
-        retry: None,
-        auth: None,
-        timeouts: Default::default(),
+        ..RouteConfig::to(&format!("r{upstream}"), upstream)
     }
 }
 

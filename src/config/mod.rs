@@ -443,6 +443,29 @@ pub struct RouteConfig {
     pub timeouts: RouteTimeouts,
 }
 
+impl RouteConfig {
+    /// A route matching every request, sending it to `upstream` unchanged:
+    /// no cache, retries, auth, header edits or timeouts of its own. The
+    /// starting point for routes built in code.
+    pub fn to(name: &str, upstream: usize) -> RouteConfig {
+        RouteConfig {
+            name: name.to_string(),
+            host: HostMatch::Any,
+            path_prefix: "/".to_string(),
+            methods: Vec::new(),
+            header: None,
+            upstream,
+            rewrite_prefix: None,
+            set_request_headers: Vec::new(),
+            remove_request_headers: Vec::new(),
+            cache: None,
+            retry: None,
+            auth: None,
+            timeouts: RouteTimeouts::default(),
+        }
+    }
+}
+
 /// A route's own upstream timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RouteTimeouts {
@@ -715,19 +738,8 @@ impl Config {
                     .collect(),
             }],
             routes: vec![RouteConfig {
-                name: "default".to_string(),
-                host: HostMatch::Any,
-                path_prefix: "/".to_string(),
-                methods: Vec::new(),
-                header: None,
-                upstream: 0,
-                rewrite_prefix: None,
-                set_request_headers: Vec::new(),
-                remove_request_headers: Vec::new(),
                 cache: Some(crate::cache::policy::CachePolicy::default()),
-                retry: None,
-                auth: None,
-                timeouts: RouteTimeouts::default(),
+                ..RouteConfig::to("default", 0)
             }],
             cache: CacheSettings::default(),
             admin: None,

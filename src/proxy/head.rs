@@ -299,26 +299,17 @@ pub fn write_error_response(out: &mut Vec<u8>, status: u16, close: bool, head_on
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::HostMatch;
     use crate::http::request::{header_slots, parse_request};
     use crate::http::response::parse_response;
     use crate::http::Method;
 
     fn route() -> RouteConfig {
         RouteConfig {
-            name: "r".into(),
-            host: HostMatch::Any,
             path_prefix: "/api".into(),
-            methods: vec![],
-            header: None,
-            upstream: 0,
             rewrite_prefix: Some("/".into()),
             set_request_headers: vec![("X-Gateway".into(), "1".into())],
             remove_request_headers: vec!["x-debug".into()],
-            cache: None,
-            retry: None,
-            auth: None,
-            timeouts: Default::default(),
+            ..RouteConfig::to("r", 0)
         }
     }
 

@@ -92,7 +92,6 @@ mod tests {
         upstream: usize,
     ) -> RouteConfig {
         RouteConfig {
-            name: format!("r{upstream}"),
             host,
             path_prefix: prefix.to_string(),
             methods: methods.iter().map(|m| m.to_string()).collect(),
@@ -100,14 +99,7 @@ mod tests {
                 name: n.to_string(),
                 value: v.map(str::to_string),
             }),
-            upstream,
-            rewrite_prefix: None,
-            set_request_headers: vec![],
-            remove_request_headers: vec![],
-            cache: None,
-            retry: None,
-            auth: None,
-            timeouts: Default::default(),
+            ..RouteConfig::to(&format!("r{upstream}"), upstream)
         }
     }
 
