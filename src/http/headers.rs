@@ -72,6 +72,27 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// The checks every parsed head gets, request or response, once httparse
+/// found its end: the size limit, line endings, and HTTP/1.0 or 1.1 only.
+pub fn check_head(
+    head: &[u8],
+    max_head: usize,
+    minor_version: Option<u8>,
+) -> Result<super::Version, super::HttpError> {
+    use super::{HttpError, Version};
+    if head.len() > max_head {
+        return Err(HttpError::HeadTooLarge);
+    }
+    if has_bare_line_ending(head) {
+        return Err(HttpError::BareLineEnding);
+    }
+    match minor_version {
+        Some(1) => Ok(Version::Http11),
+        Some(0) => Ok(Version::Http10),
+        _ => Err(HttpError::Version),
+    }
+}
+
 /// Checks that every LF in a head is preceded by CR and every CR is followed
 /// by LF: httparse accepts bare LF line endings, which we refuse because
 /// peers disagree about them (request smuggling).

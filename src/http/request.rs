@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use httparse::Header;
 
-use super::headers::{has_bare_line_ending, list_items, name_is, parse_content_length, trim};
+use super::headers::{check_head, list_items, name_is, parse_content_length, trim};
 use super::{BodyFraming, HttpError, Method, Version};
 
 /// A parsed and validated request head, borrowing the connection's buffer.
@@ -92,17 +92,7 @@ pub fn parse_request<'b>(
             return Err(HttpError::Malformed);
         }
     };
-    if head_len > max_head {
-        return Err(HttpError::HeadTooLarge);
-    }
-    if has_bare_line_ending(&buf[..head_len]) {
-        return Err(HttpError::BareLineEnding);
-    }
-    let version = match req.version {
-        Some(1) => Version::Http11,
-        Some(0) => Version::Http10,
-        _ => return Err(HttpError::Version),
-    };
+    let version = check_head(&buf[..head_len], max_head, req.version)?;
     let method_name = req.method.ok_or(HttpError::Malformed)?;
     let method = Method::from_bytes(method_name.as_bytes());
     if method == Method::Connect {

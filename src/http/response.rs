@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 
 use httparse::Header;
 
-use super::headers::{has_bare_line_ending, list_items, name_is, parse_content_length, trim};
+use super::headers::{check_head, list_items, name_is, parse_content_length, trim};
 use super::{BodyFraming, HttpError, Method, Version};
 
 #[derive(Debug)]
@@ -60,17 +60,7 @@ pub fn parse_response<'b>(
         Err(httparse::Error::Version) => return Err(HttpError::Version),
         Err(_) => return Err(HttpError::Malformed),
     };
-    if head_len > max_head {
-        return Err(HttpError::HeadTooLarge);
-    }
-    if has_bare_line_ending(&buf[..head_len]) {
-        return Err(HttpError::BareLineEnding);
-    }
-    let version = match resp.version {
-        Some(1) => Version::Http11,
-        Some(0) => Version::Http10,
-        _ => return Err(HttpError::Version),
-    };
+    let version = check_head(&buf[..head_len], max_head, resp.version)?;
     let status = resp.code.ok_or(HttpError::Malformed)?;
     if !(100..=599).contains(&status) {
         return Err(HttpError::Malformed);
