@@ -487,6 +487,17 @@ pub struct BufReader {
     buf: Vec<u8>,
 }
 
+/// `Read::read` that retries when a signal interrupted it, as `read_exact`
+/// does: an interrupted read says nothing about the peer.
+fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 impl BufReader {
     pub fn new(inner: TcpStream) -> Self {
         BufReader {
@@ -497,7 +508,7 @@ impl BufReader {
 
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
-        let n = self.inner.read(&mut chunk)?;
+        let n = read_retrying(&mut self.inner, &mut chunk)?;
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(n)
     }
@@ -531,7 +542,7 @@ impl BufReader {
             self.buf.drain(..n);
             return Ok(n);
         }
-        self.inner.read(out)
+        read_retrying(&mut self.inner, out)
     }
 
     pub fn read_exact_vec(&mut self, n: usize) -> io::Result<Vec<u8>> {
@@ -766,7 +777,7 @@ impl Client {
     /// True when the gateway closed the connection (EOF or reset) before `IO_TIMEOUT`.
     pub fn is_closed_by_peer(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        match self.reader.inner.read(&mut byte) {
+        match read_retrying(&mut self.reader.inner, &mut byte) {
             Ok(0) => true,
             Ok(_) => false,
             Err(e) => matches!(
