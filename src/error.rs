@@ -104,8 +104,14 @@ impl ProxyError {
 impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.kind {
-            ErrorKind::BadRequest(e) => return write!(f, "bad request: {e}"),
-            ErrorKind::BadResponse(e) => return write!(f, "bad upstream response: {e}"),
+            ErrorKind::BadRequest(e) => return write!(f, "bad request from the client: {e}"),
+            ErrorKind::BadResponse(e) => {
+                write!(f, "bad upstream response: {e}")?;
+                if let Some(addr) = self.upstream {
+                    write!(f, " ({addr})")?;
+                }
+                return Ok(());
+            }
             ErrorKind::ClientTimeout => "client timed out",
             ErrorKind::ClientIo => "client connection failed",
             ErrorKind::NoRoute => "no route matches",

@@ -78,6 +78,15 @@ impl Gateway {
             None => None,
         };
 
+        let cores: Vec<usize> = placements
+            .iter()
+            .enumerate()
+            .map(|(i, core)| core.map_or(i, |c| c.id))
+            .collect();
+        if let Err(e) = worker::rlimit::raise(&config, &cores) {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+        }
+
         let config = Arc::new(config);
         let (bus, mut receivers) = bus::Bus::new(placements.len(), config.cache.bus_capacity);
         let claims = Arc::new(cache::claims::Claims::new(4096));

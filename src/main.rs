@@ -74,6 +74,10 @@ struct QuickArgs {
     /// Serve the admin API (health, stats, metrics, purge) on this address.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Bearer token the admin API asks for (required when --admin is not a
+    /// loopback address). Default: the RINGGATE_ADMIN_TOKEN environment variable.
+    #[arg(long, env = "RINGGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Event loop: auto (io_uring, else epoll), io_uring or epoll.
     #[arg(long, value_parser = ["auto", "io_uring", "epoll"])]
     driver: Option<String>,
@@ -100,10 +104,20 @@ impl QuickArgs {
             config.workers.pin = false;
         }
         if let Some(listen) = self.admin {
+            if let Some(t) = &self.admin_token {
+                if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err("--admin-token: must be non-empty visible ASCII without spaces".into());
+                }
+            }
             config.admin = Some(config::AdminConfig {
                 listen,
-                token: None,
+                token: self.admin_token.clone(),
             });
+            if let Some(admin) = &config.admin {
+                admin.check().map_err(|e| format!("--admin {listen}: {}", e.reason))?;
+            }
+        } else if self.admin_token.is_some() && std::env::var_os("RINGGATE_ADMIN_TOKEN").is_none() {
+            return Err("--admin-token needs --admin ADDR".into());
         }
         if self.no_cache {
             config.routes[0].cache = None;
@@ -128,11 +142,14 @@ impl QuickArgs {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file or journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -181,27 +198,42 @@ fn start(config: Config) -> Result<Handle, ExitCode> {
 }
 
 /// Runs until SIGTERM or SIGINT, then drains gracefully; a second signal exits at once.
+/// SIGHUP is logged and ignored until live reload exists: it must not kill
+/// the process (its default action) and cut the responses in flight.
 fn run(config: Config) -> ExitCode {
+    let signals = match install_signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let handle = match start(config) {
         Ok(h) => h,
         Err(code) => return code,
     };
-    wait_for_signal(handle)
+    wait_for_signal(handle, signals)
 }
 
-fn wait_for_signal(handle: Handle) -> ExitCode {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ringgate: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// Installed before the gateway starts, so a SIGHUP during start-up is ignored too.
+fn install_signals() -> Result<signal_hook::iterator::Signals, ExitCode> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| {
+        eprintln!("ringgate: cannot install signal handlers: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+fn wait_for_signal(handle: Handle, mut signals: signal_hook::iterator::Signals) -> ExitCode {
+    use signal_hook::consts::SIGHUP;
     let stopper = handle.stopper();
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {
+            if signal == SIGHUP {
+                tracing::warn!(
+                    signal,
+                    "SIGHUP ignored: live configuration reload is not supported yet; restart to apply a new config"
+                );
+                continue;
+            }
             seen += 1;
             if seen == 1 {
                 tracing::info!(signal, "shutting down: finishing in-flight requests");
@@ -236,6 +268,10 @@ fn demo(listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let signals = match install_signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let handle = match start(config) {
         Ok(h) => h,
         Err(code) => return code,
@@ -253,7 +289,7 @@ fn demo(listen: Option<SocketAddr>) -> ExitCode {
         "  curl -i -X PUT -H 'Content-Type: application/json' -d '{{\"id\":1,\"name\":\"Espresso cup\",\"price_cents\":1100,\"stock\":9}}' http://{gw}/products/1"
     );
     println!("Press Ctrl-C to stop.");
-    let code = wait_for_signal(handle);
+    let code = wait_for_signal(handle, signals);
     drop(origin);
     code
 }

@@ -189,9 +189,8 @@ async fn send(ctx: &WorkerCtx, stream: &mut TcpStream, reply: Reply, close: bool
 }
 
 async fn handle(ctx: &WorkerCtx, request: Request) -> Reply {
-    if let Some(token) = ctx.config.admin.as_ref().and_then(|a| a.token.as_deref()) {
-        let expected = format!("Bearer {token}");
-        if request.authorization.as_deref() != Some(expected.as_str()) {
+    if let Some(admin) = &ctx.config.admin {
+        if !admin.authorizes(request.authorization.as_deref()) {
             return error(401, "missing or wrong bearer token");
         }
     }

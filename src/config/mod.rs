@@ -158,6 +158,23 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
 }
 
+impl Timeouts {
+    /// Every timeout with its key under `[timeouts]`.
+    pub fn named(&self) -> [(&'static str, Duration); 9] {
+        [
+            ("client_header", self.client_header),
+            ("client_body", self.client_body),
+            ("client_send", self.client_send),
+            ("keepalive", self.keepalive),
+            ("upstream_connect", self.upstream_connect),
+            ("upstream_response", self.upstream_response),
+            ("upstream_read", self.upstream_read),
+            ("upstream_send", self.upstream_send),
+            ("shutdown_grace", self.shutdown_grace),
+        ]
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
@@ -190,6 +207,12 @@ pub struct Limits {
 
 /// Hard cap on `max_headers`: the parser keeps its header slots on the stack.
 pub const MAX_HEADERS_CAP: usize = 512;
+
+/// Most client connections one worker may be configured for.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Most idle connections kept per upstream server by one worker.
+pub const MAX_POOL_SIZE: usize = 100_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -647,6 +670,52 @@ pub struct AdminConfig {
     pub token: Option<String>,
 }
 
+impl AdminConfig {
+    /// An admin API reachable from other hosts must ask for a token: without
+    /// one, anyone who reaches it can read the counters and purge the cache.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let loopback = match self.listen.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback(),
+            std::net::IpAddr::V6(ip) => {
+                ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            }
+        };
+        if !loopback && self.token.is_none() {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address and the admin API has no token: anyone who can reach it could purge the cache. \
+                     Set `token = \"<a long random secret>\"` under [admin] (quick mode: --admin-token or RINGGATE_ADMIN_TOKEN), \
+                     or listen on 127.0.0.1",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether an `Authorization` value carries the token (compared in
+    /// constant time, so the answer's timing does not leak the token).
+    pub fn authorizes(&self, authorization: Option<&str>) -> bool {
+        let Some(token) = self.token.as_deref() else {
+            return true;
+        };
+        let Some(given) = authorization.and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| v[7..].trim())
+        }) else {
+            return false;
+        };
+        let (a, b) = (given.as_bytes(), token.as_bytes());
+        let mut diff = a.len() ^ b.len();
+        for i in 0..a.len().max(b.len()) {
+            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+        }
+        diff == 0
+    }
+}
+
 /// The admin API's default address.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
@@ -754,11 +823,54 @@ impl Config {
         if self.workers.count == Some(0) {
             return Err(invalid("workers.count", "must be at least 1"));
         }
+        // Configs built in code skip the file's unit parsing: bound them here too,
+        // so no deadline on the request path can overflow.
+        for (name, d) in self.timeouts.named() {
+            if d > units::MAX_DURATION {
+                return Err(invalid(
+                    format!("timeouts.{name}"),
+                    "is out of range (at most 365 days)",
+                ));
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let t = &route.timeouts;
+            for (name, d) in [
+                ("upstream_connect", t.upstream_connect),
+                ("upstream_response", t.upstream_response),
+                ("upstream_read", t.upstream_read),
+            ] {
+                if d.is_some_and(|d| d > units::MAX_DURATION) {
+                    return Err(invalid(
+                        format!("routes[{i}].timeouts.{name}"),
+                        "is out of range (at most 365 days)",
+                    ));
+                }
+            }
+        }
+        let per_core = std::iter::once(&self.workers.per_core).chain(self.workers.overrides.values());
+        for p in per_core {
+            if p.upstream_idle_timeout > units::MAX_DURATION {
+                return Err(invalid(
+                    "workers.upstream_idle_timeout",
+                    "is out of range (at most 365 days)",
+                ));
+            }
+            if p.max_connections == 0 || p.max_connections > MAX_CONNECTIONS {
+                return Err(invalid(
+                    "workers.max_connections",
+                    format!("must be between 1 and {MAX_CONNECTIONS}"),
+                ));
+            }
+        }
         if self.limits.max_headers == 0 || self.limits.max_headers > MAX_HEADERS_CAP {
             return Err(invalid(
                 "limits.max_headers",
                 format!("must be between 1 and {MAX_HEADERS_CAP}"),
             ));
+        }
+        if let Some(admin) = &self.admin {
+            admin.check()?;
         }
         for (i, group) in self.upstreams.iter().enumerate() {
             if group.servers.is_empty() {
@@ -1073,15 +1185,21 @@ fn apply_per_core(
 ) -> Result<PerCoreConfig, ConfigError> {
     let mut out = base.clone();
     if let Some(n) = fields.max_connections {
-        if n == 0 {
+        if n == 0 || n > MAX_CONNECTIONS {
             return Err(invalid(
                 format!("{prefix}.max_connections"),
-                "must be at least 1",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
             ));
         }
         out.max_connections = n;
     }
     if let Some(n) = fields.upstream_pool_size {
+        if n > MAX_POOL_SIZE {
+            return Err(invalid(
+                format!("{prefix}.upstream_pool_size"),
+                format!("must be at most {MAX_POOL_SIZE}"),
+            ));
+        }
         out.upstream_pool_size = n;
     }
     if let Some(d) = fields.upstream_idle_timeout {
@@ -2231,5 +2349,62 @@ upstream = "app"
         );
         let e = Config::parse(&text).unwrap_err();
         assert!(e.key.contains("set_request_headers"), "{e}");
+    }
+
+    #[test]
+    fn unbounded_durations_and_sizes_are_refused_naming_the_key() {
+        let huge = "9223372036854775807";
+        for (table, line, key) in [
+            ("[timeouts]", format!("client_header = {huge}"), "timeouts.client_header"),
+            ("[timeouts]", "keepalive = \"400d\"".to_string(), "timeouts.keepalive"),
+            ("[limits]", format!("max_request_body = {huge}"), "limits.max_request_body"),
+            ("[workers]", format!("cache_size = {huge}"), "workers.cache_size"),
+            ("[workers]", format!("upstream_idle_timeout = {huge}"), "workers.upstream_idle_timeout"),
+            ("[workers]", "max_connections = 2000000".to_string(), "workers.max_connections"),
+            ("[workers]", "upstream_pool_size = 2000000".to_string(), "workers.upstream_pool_size"),
+            ("[cache]", format!("invalidation_timeout = {huge}"), "cache.invalidation_timeout"),
+        ] {
+            let text = format!("{MINIMAL}{table}\n{line}\n");
+            let e = Config::parse(&text).unwrap_err();
+            assert_eq!(e.key, key, "{line}: {e}");
+            assert!(e.reason.contains("range") || e.reason.contains("between") || e.reason.contains("at most"), "{line}: {e}");
+        }
+        let route = MINIMAL.replace(
+            "upstream = \"app\"",
+            &format!("upstream = \"app\"\n[routes.cache]\nmax_ttl = {huge}"),
+        );
+        assert_eq!(Config::parse(&route).unwrap_err().key, "routes[0].cache.max_ttl");
+    }
+
+    #[test]
+    fn a_public_admin_listener_needs_a_token() {
+        let text = format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9901\"\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "admin.listen", "{e}");
+        assert!(e.reason.contains("token"), "{e}");
+        let with_token = format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef0123\"\n");
+        assert!(Config::parse(&with_token).is_ok());
+        let loopback = format!("{MINIMAL}[admin]\nlisten = \"[::1]:9901\"\n");
+        assert!(Config::parse(&loopback).is_ok());
+    }
+
+    #[test]
+    fn the_admin_token_is_a_bearer_token() {
+        let admin = AdminConfig {
+            listen: "127.0.0.1:1".parse().unwrap(),
+            token: Some("s3cret-token".into()),
+        };
+        assert!(admin.authorizes(Some("Bearer s3cret-token")));
+        assert!(admin.authorizes(Some("bearer s3cret-token")));
+        for wrong in [None, Some("Bearer s3cret"), Some("Bearer s3cret-token2"), Some("s3cret-token"), Some("Bearer ")] {
+            assert!(!admin.authorizes(wrong), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn configs_built_in_code_are_bounded_too() {
+        let mut c = Config::quick("127.0.0.1:0".parse().unwrap(), vec!["127.0.0.1:9".parse().unwrap()]);
+        c.timeouts.client_header = Duration::from_secs(u64::MAX / 2);
+        assert_eq!(c.check().unwrap_err().key, "timeouts.client_header");
     }
 }

@@ -1,5 +1,5 @@
 //! Human-friendly units used in the config file: durations (`"250ms"`, `"5s"`,
-//! `"2m"`, `"1h"`) and byte sizes (`"16KiB"`, `"64MiB"`, `"1GiB"`, plain integers).
+//! `"2m"`, `"1h"`, `"7d"`, at most 365 days) and byte sizes (`"16KiB"`, `"64MiB"`, `"1GiB"`, plain integers).
 //!
 //! Both accept either a string with a unit or a bare integer (seconds for
 //! durations, bytes for sizes), so `timeout = 5` and `timeout = "5s"` agree.
@@ -9,6 +9,29 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+
+/// Longest duration any key accepts: longer values are typos or overflow
+/// attempts (`Instant + Duration` must never overflow on the request path).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// Largest size any key accepts (1 TiB): sums and products of sizes stay far from `u64::MAX`.
+pub const MAX_SIZE: u64 = 1 << 40;
+
+fn duration_from_secs(seconds: u64) -> Result<Duration, String> {
+    if seconds > MAX_DURATION.as_secs() {
+        return Err(format!(
+            "{seconds} seconds is out of range (at most 365 days)"
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+fn size_in_range(bytes: u64) -> Result<u64, String> {
+    if bytes > MAX_SIZE {
+        return Err(format!("{bytes} bytes is out of range (at most 1TiB)"));
+    }
+    Ok(bytes)
+}
 
 /// A duration as written in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,14 +61,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "`{text}` has unknown duration unit `{other}` (use ms, s, m or h)"
+                "`{text}` has unknown duration unit `{other}` (use ms, s, m, h or d)"
             ))
         }
     };
-    if !seconds.is_finite() || seconds > 10.0 * 365.0 * 86400.0 {
-        return Err(format!("`{text}` is out of range"));
+    if !seconds.is_finite() || seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!("`{text}` is out of range (at most 365 days)"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -79,7 +103,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     };
     value
         .checked_mul(multiplier)
-        .ok_or_else(|| format!("`{text}` is out of range"))
+        .filter(|&bytes| bytes <= MAX_SIZE)
+        .ok_or_else(|| format!("`{text}` is out of range (at most 1TiB)"))
 }
 
 impl<'de> Deserialize<'de> for ConfigDuration {
@@ -91,12 +116,14 @@ impl<'de> Deserialize<'de> for ConfigDuration {
                 f.write_str("a duration such as \"500ms\", \"5s\" or a number of seconds")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(|s| ConfigDuration(Duration::from_secs(s)))
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                let seconds =
+                    u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+                self.visit_u64(seconds)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(ConfigDuration(Duration::from_secs(v)))
+                duration_from_secs(v)
+                    .map(ConfigDuration)
+                    .map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 parse_duration(v).map(ConfigDuration).map_err(E::custom)
@@ -115,12 +142,11 @@ impl<'de> Deserialize<'de> for ByteSize {
                 f.write_str("a size such as \"16KiB\", \"64MiB\" or a number of bytes")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                let bytes = u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))?;
+                self.visit_u64(bytes)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(ByteSize(v))
+                size_in_range(v).map(ByteSize).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 parse_size(v).map(ByteSize).map_err(E::custom)
@@ -159,5 +185,16 @@ mod tests {
         assert_eq!(parse_size("1g").unwrap(), 1 << 30);
         assert!(parse_size("1 parsec").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+        assert!(parse_size("2048GiB").is_err(), "over 1TiB");
+        assert!(parse_size("1024GiB").is_ok());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        assert!(parse_duration("366d").is_err());
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("9000h").is_err());
+        assert!(parse_duration("8760h").is_ok());
+        assert!(duration_from_secs(9_223_372_036_854_775_807).is_err());
     }
 }

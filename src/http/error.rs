@@ -1,21 +1,23 @@
 //! Why a message was refused, and the status code each reason maps to.
+//! The same reasons serve requests and upstream responses, so their wording
+//! names neither side: the error that carries one says which side it was.
 
 use thiserror::Error;
 
 /// A request (or upstream response) the gateway will not accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum HttpError {
-    #[error("malformed request line or header")]
+    #[error("malformed start line or header field")]
     Malformed,
     #[error("bare LF or CR in the head")]
     BareLineEnding,
     #[error("unsupported HTTP version")]
     Version,
-    #[error("request head too large")]
+    #[error("head too large")]
     HeadTooLarge,
     #[error("too many header fields")]
     TooManyHeaders,
-    #[error("invalid request target")]
+    #[error("invalid request target or path")]
     BadTarget,
     #[error("missing Host header")]
     MissingHost,
@@ -37,7 +39,7 @@ pub enum HttpError {
     TransferEncodingOnHttp10,
     #[error("malformed chunked body")]
     BadChunk,
-    #[error("request body too large")]
+    #[error("body too large")]
     BodyTooLarge,
     #[error("unsupported Expect")]
     BadExpect,

@@ -41,7 +41,7 @@ pub async fn fetch_whole(
         .map_err(|(e, _)| broken(super::into_io(e)))?;
 
     let mut buf = BytesMut::with_capacity(ctx.per_core.upstream_buffer_size);
-    let deadline = std::time::Instant::now() + timeouts.upstream_response;
+    let deadline = super::io::deadline_in(timeouts.upstream_response);
     let (head_len, framing, reusable) = loop {
         let parsed = {
             let mut slots = header_slots::<256>();

@@ -12,6 +12,13 @@ use monoio::buf::{IoBuf, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+/// `now + limit`, saturating: a deadline never overflows, whatever the limit.
+pub fn deadline_in(limit: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(limit)
+        .unwrap_or_else(|| now + crate::config::units::MAX_DURATION)
+}
+
 /// What a read produced.
 #[derive(Debug)]
 pub enum Read {

@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod inbox;
+pub mod rlimit;
 pub mod signal;
 
 use std::net::SocketAddr;
