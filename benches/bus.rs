@@ -46,7 +46,7 @@ fn round_trip(c: &mut Criterion) {
         .build()
         .unwrap();
     let message = Message::Invalidate {
-        what: Invalidation::Keys(Arc::new(vec![b"http://bench/key".to_vec().into()])),
+        what: Invalidation::Urls(Arc::new(vec![b"http://bench/key".to_vec().into()])),
         removal: Removal::Hard,
     };
     c.bench_function(&format!("bus_broadcast_ack_{n}_workers"), |b| {

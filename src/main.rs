@@ -106,7 +106,9 @@ impl QuickArgs {
         if let Some(listen) = self.admin {
             if let Some(t) = &self.admin_token {
                 if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err("--admin-token: must be non-empty visible ASCII without spaces".into());
+                    return Err(
+                        "--admin-token: must be non-empty visible ASCII without spaces".into(),
+                    );
                 }
             }
             config.admin = Some(config::AdminConfig {
@@ -114,7 +116,9 @@ impl QuickArgs {
                 token: self.admin_token.clone(),
             });
             if let Some(admin) = &config.admin {
-                admin.check().map_err(|e| format!("--admin {listen}: {}", e.reason))?;
+                admin
+                    .check()
+                    .map_err(|e| format!("--admin {listen}: {}", e.reason))?;
             }
         } else if self.admin_token.is_some() && std::env::var_os("RINGGATE_ADMIN_TOKEN").is_none() {
             return Err("--admin-token needs --admin ADDR".into());

@@ -19,10 +19,11 @@ use monoio::net::{TcpListener, TcpStream};
 use serde_json::{json, Map, Value};
 
 use crate::bus::{BusError, Invalidation, Message, StatsRequest};
-use crate::cache::key::primary_key;
-use crate::cache::policy::CachePolicy;
+use crate::cache::key;
 use crate::cache::shard::Removal;
+use crate::config::Config;
 use crate::http::request::{header_slots, parse_request};
+use crate::http::target;
 use crate::http::BodyFraming;
 use crate::proxy::io::{read_some, write_all, Read};
 use crate::worker::context::WorkerCtx;
@@ -518,8 +519,9 @@ fn prometheus(workers: &[Value]) -> String {
     out
 }
 
-/// Turns a purge request body into an invalidation.
-pub fn parse_purge(body: &[u8]) -> Result<(Invalidation, Removal), String> {
+/// Turns a purge request body into an invalidation; URLs are read in the
+/// canonical form `config` gives requests.
+pub fn parse_purge(config: &Config, body: &[u8]) -> Result<(Invalidation, Removal), String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let Value::Object(map) = value else {
@@ -557,7 +559,10 @@ pub fn parse_purge(body: &[u8]) -> Result<(Invalidation, Removal), String> {
             if host.is_some() {
                 return Err("`host` goes with prefix or regex; a url names its own host".into());
             }
-            Invalidation::Keys(Arc::new(vec![url_key(&text("url")?.unwrap_or_default())?]))
+            Invalidation::Urls(Arc::new(url_keys(
+                config,
+                &text("url")?.unwrap_or_default(),
+            )?))
         }
         "prefix" => {
             let prefix = text("prefix")?.unwrap_or_default();
@@ -586,26 +591,36 @@ pub fn parse_purge(body: &[u8]) -> Result<(Invalidation, Removal), String> {
     Ok((what, removal))
 }
 
-/// The cache key of an absolute URL (`http://host[:port]/path?query`).
-pub fn url_key(url: &str) -> Result<Box<[u8]>, String> {
+/// The URL parts an absolute URL (`http://host[:port]/path?query`) may be
+/// stored under: its host and path in canonical form, its query as each
+/// caching route keys it.
+pub fn url_keys(config: &Config, url: &str) -> Result<Vec<Box<[u8]>>, String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| format!("`{url}` is not an absolute http(s) URL"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
+        Some(_) => return Err(format!("`{url}` has a query but no path")),
         None => (rest, "/"),
     };
-    if authority.is_empty() {
+    if authority.is_empty() || authority.contains('@') {
         return Err(format!("`{url}` has no host"));
     }
-    let mut key = Vec::new();
-    primary_key(&mut key, authority, path, &CachePolicy::default(), &[]);
-    Ok(key.into())
+    let (mut host_scratch, mut path_scratch) = (String::new(), String::new());
+    let (authority, _) = target::normalize_authority(authority, &mut host_scratch)
+        .map_err(|_| format!("`{url}` has an invalid host"))?;
+    let (_, path_and_query) = target::normalize_target(path, config.paths, &mut path_scratch)
+        .map_err(|e| format!("`{url}`: {e}"))?;
+    Ok(key::url_keys(
+        authority,
+        path_and_query,
+        config.routes.iter().filter_map(|r| r.cache.as_ref()),
+    ))
 }
 
 async fn purge(ctx: &WorkerCtx, body: &[u8]) -> Reply {
-    let (what, removal) = match parse_purge(body) {
+    let (what, removal) = match parse_purge(&ctx.config, body) {
         Ok(p) => p,
         Err(e) => return error(400, e),
     };
@@ -631,11 +646,22 @@ async fn purge(ctx: &WorkerCtx, body: &[u8]) -> Reply {
 mod tests {
     use super::*;
 
+    fn config() -> Config {
+        Config::quick(
+            "127.0.0.1:0".parse().unwrap(),
+            vec!["127.0.0.1:9".parse().unwrap()],
+        )
+    }
+
+    fn parse_purge(body: &[u8]) -> Result<(Invalidation, Removal), String> {
+        super::parse_purge(&config(), body)
+    }
+
     #[test]
     fn purge_bodies_name_one_kind() {
         assert!(matches!(
             parse_purge(br#"{"url":"http://shop.test/a?b=1"}"#),
-            Ok((Invalidation::Keys(_), Removal::Hard))
+            Ok((Invalidation::Urls(_), Removal::Hard))
         ));
         assert!(matches!(
             parse_purge(br#"{"prefix":"/api/","host":"shop.test","soft":true}"#),
@@ -678,17 +704,18 @@ mod tests {
     #[test]
     fn url_keys_match_request_keys() {
         let mut from_request = Vec::new();
-        primary_key(
+        key::primary_key(
             &mut from_request,
-            "Shop.Test:80",
+            "shop.test",
             "/a?b=1",
-            &CachePolicy::default(),
+            &Default::default(),
             &[],
         );
         assert_eq!(
-            url_key("http://shop.test/a?b=1").unwrap().as_ref(),
+            url_keys(&config(), "http://Shop.Test:80/%61?b=1").unwrap()[0].as_ref(),
             from_request.as_slice()
         );
+        assert!(url_keys(&config(), "http://h/a%2fb").is_err());
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 /// What the cache should invalidate.
 #[derive(Clone, Debug)]
 pub enum Invalidation {
-    /// These primary keys, with all their variants.
-    Keys(Arc<Vec<Box<[u8]>>>),
+    /// Everything stored for these URLs (URL parts of keys, see
+    /// `cache::key`): all variants, whatever key headers or cookies.
+    Urls(Arc<Vec<Box<[u8]>>>),
     /// Keys of `http://host` (any host when `None`) whose path starts with `prefix`.
     Prefix {
         host: Option<Arc<str>>,

@@ -1,24 +1,29 @@
-//! Cache keys: `http://host[:port]/path?query`, plus any request headers
-//! and cookies the route adds. The host is lower-cased and the default port
-//! dropped, so `Example.com:80` and `example.com` share entries; the scheme
-//! and host are always part of the key (a path-only key lets one host
-//! poison another's entries). Keys are compared in full by the shard.
+//! Cache keys, and the only code that knows their format.
+//!
+//! A primary key is the **URL part** `http://host[:port]/path?query`, then
+//! one `\nh:name=value` per header and `\nc:name=value` per cookie the
+//! route adds. A `Vary` variant's secondary key is the primary key, `\0vary`
+//! and the varied values (`super::vary`). The authority and path come in
+//! canonical form (`http::target`: lower-case host, no default port, one
+//! spelling per path), so every spelling of a URL shares one entry; the
+//! scheme and host are always in the key (a path-only key lets one host
+//! poison another's entries). The query enters as the route's policy says.
+//!
+//! Purges name URLs: [`url_keys`] turns one into the URL parts it may be
+//! stored under, and the shard finds every primary key (whatever its extra
+//! parts) and every variant under each. Bans read keys back with [`url_of`].
 
 use httparse::Header;
 
 use super::policy::{CachePolicy, QueryKey};
 use crate::http::headers::{name_is, trim};
 
-/// Writes the primary key for a request into `out` (cleared first).
-pub fn primary_key(
-    out: &mut Vec<u8>,
-    authority: &str,
-    path_and_query: &str,
-    policy: &CachePolicy,
-    headers: &[Header<'_>],
-) {
+/// Writes the URL part of a key into `out` (cleared first): scheme, the
+/// canonical authority, the canonical path and the query as `query` keeps it.
+pub fn url_key(out: &mut Vec<u8>, authority: &str, path_and_query: &str, query_policy: &QueryKey) {
     out.clear();
     out.extend_from_slice(b"http://");
+    // Defensive: the authority is canonical already on the request path.
     let authority = authority.strip_suffix(":80").unwrap_or(authority);
     out.extend(authority.bytes().map(|b| b.to_ascii_lowercase()));
     let (path, query) = match path_and_query.split_once('?') {
@@ -26,7 +31,7 @@ pub fn primary_key(
         None => (path_and_query, None),
     };
     out.extend_from_slice(path.as_bytes());
-    match (&policy.query, query) {
+    match (query_policy, query) {
         (_, None) | (QueryKey::Ignore, _) => {}
         (QueryKey::Full, Some(q)) => {
             out.push(b'?');
@@ -45,6 +50,19 @@ pub fn primary_key(
             }
         }
     }
+}
+
+/// Writes the primary key for a request into `out` (cleared first): the URL
+/// part, then the route's key headers and cookies from `headers` (the
+/// request as forwarded).
+pub fn primary_key(
+    out: &mut Vec<u8>,
+    authority: &str,
+    path_and_query: &str,
+    policy: &CachePolicy,
+    headers: &[Header<'_>],
+) {
+    url_key(out, authority, path_and_query, &policy.query);
     for name in &policy.key_headers {
         out.extend_from_slice(b"\nh:");
         out.extend_from_slice(name.as_bytes());
@@ -61,6 +79,56 @@ pub fn primary_key(
             out.extend_from_slice(value);
         }
     }
+}
+
+/// The URL parts a URL may be stored under: one per distinct query policy
+/// among `policies` (the caching routes), so a purge finds the entry whether
+/// the route keeps the whole query, ignores it or drops some parameters.
+pub fn url_keys<'a>(
+    authority: &str,
+    path_and_query: &str,
+    policies: impl Iterator<Item = &'a CachePolicy>,
+) -> Vec<Box<[u8]>> {
+    let mut keys: Vec<Box<[u8]>> = Vec::new();
+    let mut out = Vec::new();
+    let mut any = false;
+    for policy in policies {
+        any = true;
+        url_key(&mut out, authority, path_and_query, &policy.query);
+        if !keys.iter().any(|k| **k == *out) {
+            keys.push(out.as_slice().into());
+        }
+    }
+    if !any {
+        url_key(&mut out, authority, path_and_query, &QueryKey::Full);
+        keys.push(out.as_slice().into());
+    }
+    keys
+}
+
+/// The URL part of a primary or secondary key.
+pub fn url_part(key: &[u8]) -> &[u8] {
+    let end = key
+        .iter()
+        .position(|&b| b == b'\n' || b == 0)
+        .unwrap_or(key.len());
+    &key[..end]
+}
+
+/// A key read back as `(host without port, path and query)`, for bans.
+pub fn url_of(key: &[u8]) -> Option<(&str, &str)> {
+    let rest = std::str::from_utf8(url_part(key))
+        .ok()?
+        .strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    Some((host, path))
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -122,6 +190,29 @@ mod tests {
             key("h", "/p?utm_source=x&id=2&utm_source=y", &some, &[]),
             "http://h/p?id=2"
         );
+    }
+
+    #[test]
+    fn url_parts_and_urls_are_read_back() {
+        let k = b"http://shop.test:8080/api/x?y=1\nh:x-tenant=a\0vary\0accept=x";
+        assert_eq!(url_part(k), b"http://shop.test:8080/api/x?y=1");
+        assert_eq!(url_of(k), Some(("shop.test", "/api/x?y=1")));
+        assert_eq!(url_of(b"http://h"), Some(("h", "/")));
+        assert_eq!(url_of(b"ftp://h/x"), None);
+    }
+
+    #[test]
+    fn a_url_maps_to_one_key_per_query_policy() {
+        let full = CachePolicy::default();
+        let ignore = CachePolicy {
+            query: QueryKey::Ignore,
+            key_headers: vec!["x-tenant".into()],
+            ..Default::default()
+        };
+        let keys = url_keys("h", "/p?a=1", [&full, &ignore, &full].into_iter());
+        assert_eq!(keys.len(), 2);
+        assert_eq!(&*keys[0], b"http://h/p?a=1");
+        assert_eq!(&*keys[1], b"http://h/p");
     }
 
     #[test]

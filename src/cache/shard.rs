@@ -8,7 +8,7 @@
 //! nobody asks for again are evicted by S3-FIFO or by the periodic sweep.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use httparse::Header;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 
 use super::entry::Stored;
+use super::key::url_part;
 use super::vary::{variant_key, VarySpec};
 
 /// A cache slot.
@@ -91,6 +92,10 @@ pub struct Shard {
     scratch: Vec<u8>,
     /// Tag -> keys stored with it (may name keys already gone).
     tags: HashMap<String, Vec<Box<[u8]>>>,
+    /// URL part -> primary keys with extra parts (key headers or cookies)
+    /// stored for that URL (may name keys already gone), so a URL purge
+    /// finds them all.
+    by_url: HashMap<Box<[u8]>, HashSet<Box<[u8]>>>,
 }
 
 /// What an invalidation does to what it matches.
@@ -119,6 +124,7 @@ impl Shard {
             evictions: counter,
             scratch: Vec::new(),
             tags: HashMap::new(),
+            by_url: HashMap::new(),
         }
     }
 
@@ -217,7 +223,40 @@ impl Shard {
         for tag in &stored.tags {
             self.tags.entry(tag.clone()).or_default().push(key.clone());
         }
+        let url = url_part(primary);
+        if url.len() != primary.len() {
+            match self.by_url.get_mut(url) {
+                Some(primaries) => {
+                    if !primaries.contains(primary) {
+                        primaries.insert(primary.into());
+                    }
+                }
+                None => {
+                    self.by_url
+                        .insert(url.into(), HashSet::from([Box::<[u8]>::from(primary)]));
+                }
+            }
+        }
         self.inner.insert(key, Slot::Response { stored, owned });
+    }
+
+    /// Purges every response stored for a URL (its URL part, see
+    /// `cache::key`): the entry of that exact key with all its variants, and
+    /// every entry whose key adds header or cookie parts to that URL.
+    pub fn purge_url(&mut self, url: &[u8], removal: Removal) -> usize {
+        let mut count = self.purge_uri(url, removal);
+        let primaries: Vec<Box<[u8]>> = match removal {
+            Removal::Hard => self.by_url.remove(url).into_iter().flatten().collect(),
+            Removal::Soft => self
+                .by_url
+                .get(url)
+                .map(|p| p.iter().cloned().collect())
+                .unwrap_or_default(),
+        };
+        for primary in primaries {
+            count += self.purge_uri(&primary, removal);
+        }
+        count
     }
 
     /// Removes a URL and all its variants; returns how many responses went.
@@ -315,6 +354,7 @@ impl Shard {
                     .count();
                 self.inner.clear();
                 self.tags.clear();
+                self.by_url.clear();
                 n
             }
             Removal::Soft => self.ban(|_| true, Removal::Soft),
@@ -333,6 +373,10 @@ impl Shard {
         self.tags.retain(|_, keys| {
             keys.retain(|k| inner.peek(k.as_ref()).is_some());
             !keys.is_empty()
+        });
+        self.by_url.retain(|_, primaries| {
+            primaries.retain(|k| inner.peek(k.as_ref()).is_some());
+            !primaries.is_empty()
         });
         before - self.inner.len()
     }
@@ -432,6 +476,34 @@ mod tests {
             shard.lookup(b"http://a/x", &gzip, now),
             Lookup::UriMiss
         ));
+    }
+
+    #[test]
+    fn a_url_purge_reaches_entries_with_extra_key_parts_and_variants() {
+        let mut shard = Shard::new(1 << 20);
+        let gzip = [Header {
+            name: "Accept-Encoding",
+            value: b"gzip",
+        }];
+        shard.insert(b"http://a/x\nh:x-tenant=blue", &[], stored(&[], b"b"));
+        shard.insert(
+            b"http://a/x\nh:x-tenant=red",
+            &gzip,
+            stored(&[("Vary", "Accept-Encoding")], b"r"),
+        );
+        shard.insert(b"http://a/x", &[], stored(&[], b"plain"));
+        shard.insert(b"http://a/y\nh:x-tenant=blue", &[], stored(&[], b"other"));
+        assert_eq!(shard.purge_url(b"http://a/x", Removal::Hard), 3);
+        let now = Instant::now();
+        assert!(matches!(
+            shard.lookup(b"http://a/x\nh:x-tenant=red", &gzip, now),
+            Lookup::UriMiss
+        ));
+        assert!(matches!(
+            shard.lookup(b"http://a/y\nh:x-tenant=blue", &[], now),
+            Lookup::Found(_)
+        ));
+        assert_eq!(shard.purge_url(b"http://a/x", Removal::Hard), 0);
     }
 
     #[test]

@@ -464,7 +464,15 @@ pub struct RouteConfig {
     pub auth: Option<AuthPolicy>,
     /// Upstream timeouts of this route; `None` fields use `[timeouts]`.
     pub timeouts: RouteTimeouts,
+    /// Request bodies up to this size are read whole before a server is
+    /// picked (0: never); larger ones stream.
+    pub request_buffering: u64,
 }
+
+/// Default of `routes.request_buffering`, as nginx's `client_body_buffer_size` order of magnitude.
+pub const DEFAULT_REQUEST_BUFFERING: u64 = 64 * 1024;
+/// Largest `routes.request_buffering`: a buffered body is held in memory.
+pub const MAX_REQUEST_BUFFERING: u64 = 64 << 20;
 
 impl RouteConfig {
     /// A route matching every request, sending it to `upstream` unchanged:
@@ -485,6 +493,7 @@ impl RouteConfig {
             retry: None,
             auth: None,
             timeouts: RouteTimeouts::default(),
+            request_buffering: DEFAULT_REQUEST_BUFFERING,
         }
     }
 }
@@ -728,6 +737,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub proxy: ProxyHeaders,
+    /// How request paths are brought to their canonical form (`[paths]`).
+    pub paths: crate::http::target::PathRules,
     pub upstreams: Vec<UpstreamGroup>,
     pub routes: Vec<RouteConfig>,
     pub cache: CacheSettings,
@@ -792,6 +803,7 @@ impl Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             proxy: ProxyHeaders::default(),
+            paths: Default::default(),
             upstreams: vec![UpstreamGroup {
                 balance: BalancePolicy::RoundRobin,
                 max_pending: 0,
@@ -848,7 +860,8 @@ impl Config {
                 }
             }
         }
-        let per_core = std::iter::once(&self.workers.per_core).chain(self.workers.overrides.values());
+        let per_core =
+            std::iter::once(&self.workers.per_core).chain(self.workers.overrides.values());
         for p in per_core {
             if p.upstream_idle_timeout > units::MAX_DURATION {
                 return Err(invalid(
@@ -926,6 +939,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let timeouts = validate_timeouts(&raw.timeouts)?;
     let limits = validate_limits(&raw.limits)?;
     let proxy = validate_proxy(&raw.proxy)?;
+    let paths = validate_paths(&raw.paths)?;
     // Checked even when no group uses discovery, so a typo is never silent.
     validate_resolver(&raw.resolver)?;
 
@@ -975,7 +989,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        routes.push(validate_route(i, r, &upstreams)?);
+        routes.push(validate_route(i, r, &upstreams, paths)?);
     }
     if routes.is_empty() {
         return Err(invalid(
@@ -1003,6 +1017,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         timeouts,
         limits,
         proxy,
+        paths,
         upstreams,
         routes,
         cache,
@@ -1363,6 +1378,27 @@ fn validate_proxy(raw: &raw::RawProxy) -> Result<ProxyHeaders, ConfigError> {
     Ok(p)
 }
 
+fn validate_paths(raw: &raw::RawPaths) -> Result<crate::http::target::PathRules, ConfigError> {
+    use crate::http::target::{EscapedSlashes, PathRules};
+    let mut rules = PathRules::default();
+    if let Some(merge) = raw.merge_slashes {
+        rules.merge_slashes = merge;
+    }
+    if let Some(mode) = raw.escaped_slashes.as_deref() {
+        rules.escaped_slashes = match mode {
+            "reject" => EscapedSlashes::Reject,
+            "keep" => EscapedSlashes::Keep,
+            other => {
+                return Err(invalid(
+                    "paths.escaped_slashes",
+                    format!("`{other}` is not a mode (use \"reject\" or \"keep\")"),
+                ))
+            }
+        };
+    }
+    Ok(rules)
+}
+
 fn validate_balance(name: &str, group: &raw::RawUpstream) -> Result<BalancePolicy, ConfigError> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
     let policy = match group.balance.as_deref() {
@@ -1706,6 +1742,7 @@ fn validate_route(
     i: usize,
     r: &raw::RawRoute,
     upstreams: &[UpstreamGroup],
+    paths: crate::http::target::PathRules,
 ) -> Result<RouteConfig, ConfigError> {
     let key = |field: &str| format!("routes[{i}].{field}");
     let upstream = upstreams
@@ -1756,6 +1793,16 @@ fn validate_route(
     if !path_prefix.starts_with('/') {
         return Err(invalid(key("path_prefix"), "must start with `/`"));
     }
+    // Requests are matched in canonical form, so the prefix must be in it too.
+    let path_prefix = crate::http::target::normalize_path(&path_prefix, paths).map_err(|_| {
+        invalid(
+            key("path_prefix"),
+            format!(
+                "`{path_prefix}` has no canonical form (a dot segment, `%00`, a bad `%` escape, \
+                 or an encoded slash while paths.escaped_slashes = \"reject\"), so no request could match it"
+            ),
+        )
+    })?;
     let mut methods = Vec::new();
     for m in r.methods.iter().flatten() {
         if m.is_empty() || !m.bytes().all(is_token_byte) {
@@ -1866,7 +1913,16 @@ fn validate_route(
             }
         }
     }
+    let request_buffering = match r.request_buffering {
+        None => DEFAULT_REQUEST_BUFFERING,
+        Some(size) if size.0 > MAX_REQUEST_BUFFERING => return Err(invalid(
+            key("request_buffering"),
+            "must be at most 64MiB (each buffered body is held in memory); larger bodies stream",
+        )),
+        Some(size) => size.0,
+    };
     Ok(RouteConfig {
+        request_buffering,
         timeouts,
         auth,
         retry,
@@ -2355,25 +2411,65 @@ upstream = "app"
     fn unbounded_durations_and_sizes_are_refused_naming_the_key() {
         let huge = "9223372036854775807";
         for (table, line, key) in [
-            ("[timeouts]", format!("client_header = {huge}"), "timeouts.client_header"),
-            ("[timeouts]", "keepalive = \"400d\"".to_string(), "timeouts.keepalive"),
-            ("[limits]", format!("max_request_body = {huge}"), "limits.max_request_body"),
-            ("[workers]", format!("cache_size = {huge}"), "workers.cache_size"),
-            ("[workers]", format!("upstream_idle_timeout = {huge}"), "workers.upstream_idle_timeout"),
-            ("[workers]", "max_connections = 2000000".to_string(), "workers.max_connections"),
-            ("[workers]", "upstream_pool_size = 2000000".to_string(), "workers.upstream_pool_size"),
-            ("[cache]", format!("invalidation_timeout = {huge}"), "cache.invalidation_timeout"),
+            (
+                "[timeouts]",
+                format!("client_header = {huge}"),
+                "timeouts.client_header",
+            ),
+            (
+                "[timeouts]",
+                "keepalive = \"400d\"".to_string(),
+                "timeouts.keepalive",
+            ),
+            (
+                "[limits]",
+                format!("max_request_body = {huge}"),
+                "limits.max_request_body",
+            ),
+            (
+                "[workers]",
+                format!("cache_size = {huge}"),
+                "workers.cache_size",
+            ),
+            (
+                "[workers]",
+                format!("upstream_idle_timeout = {huge}"),
+                "workers.upstream_idle_timeout",
+            ),
+            (
+                "[workers]",
+                "max_connections = 2000000".to_string(),
+                "workers.max_connections",
+            ),
+            (
+                "[workers]",
+                "upstream_pool_size = 2000000".to_string(),
+                "workers.upstream_pool_size",
+            ),
+            (
+                "[cache]",
+                format!("invalidation_timeout = {huge}"),
+                "cache.invalidation_timeout",
+            ),
         ] {
             let text = format!("{MINIMAL}{table}\n{line}\n");
             let e = Config::parse(&text).unwrap_err();
             assert_eq!(e.key, key, "{line}: {e}");
-            assert!(e.reason.contains("range") || e.reason.contains("between") || e.reason.contains("at most"), "{line}: {e}");
+            assert!(
+                e.reason.contains("range")
+                    || e.reason.contains("between")
+                    || e.reason.contains("at most"),
+                "{line}: {e}"
+            );
         }
         let route = MINIMAL.replace(
             "upstream = \"app\"",
             &format!("upstream = \"app\"\n[routes.cache]\nmax_ttl = {huge}"),
         );
-        assert_eq!(Config::parse(&route).unwrap_err().key, "routes[0].cache.max_ttl");
+        assert_eq!(
+            Config::parse(&route).unwrap_err().key,
+            "routes[0].cache.max_ttl"
+        );
     }
 
     #[test]
@@ -2382,7 +2478,9 @@ upstream = "app"
         let e = Config::parse(&text).unwrap_err();
         assert_eq!(e.key, "admin.listen", "{e}");
         assert!(e.reason.contains("token"), "{e}");
-        let with_token = format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef0123\"\n");
+        let with_token = format!(
+            "{MINIMAL}[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef0123\"\n"
+        );
         assert!(Config::parse(&with_token).is_ok());
         let loopback = format!("{MINIMAL}[admin]\nlisten = \"[::1]:9901\"\n");
         assert!(Config::parse(&loopback).is_ok());
@@ -2396,14 +2494,23 @@ upstream = "app"
         };
         assert!(admin.authorizes(Some("Bearer s3cret-token")));
         assert!(admin.authorizes(Some("bearer s3cret-token")));
-        for wrong in [None, Some("Bearer s3cret"), Some("Bearer s3cret-token2"), Some("s3cret-token"), Some("Bearer ")] {
+        for wrong in [
+            None,
+            Some("Bearer s3cret"),
+            Some("Bearer s3cret-token2"),
+            Some("s3cret-token"),
+            Some("Bearer "),
+        ] {
             assert!(!admin.authorizes(wrong), "{wrong:?}");
         }
     }
 
     #[test]
     fn configs_built_in_code_are_bounded_too() {
-        let mut c = Config::quick("127.0.0.1:0".parse().unwrap(), vec!["127.0.0.1:9".parse().unwrap()]);
+        let mut c = Config::quick(
+            "127.0.0.1:0".parse().unwrap(),
+            vec!["127.0.0.1:9".parse().unwrap()],
+        );
         c.timeouts.client_header = Duration::from_secs(u64::MAX / 2);
         assert_eq!(c.check().unwrap_err().key, "timeouts.client_header");
     }

@@ -22,6 +22,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub proxy: RawProxy,
     #[serde(default)]
+    pub paths: RawPaths,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -128,6 +130,13 @@ pub struct RawProxy {
     pub x_forwarded_host: Option<bool>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
@@ -222,6 +231,7 @@ pub struct RawRoute {
     pub retry: Option<RawRetry>,
     pub auth: Option<RawAuth>,
     pub timeouts: Option<RawRouteTimeouts>,
+    pub request_buffering: Option<ByteSize>,
 }
 
 /// `[routes.timeouts]`: upstream timeouts for this route.

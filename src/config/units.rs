@@ -121,9 +121,7 @@ impl<'de> Deserialize<'de> for ConfigDuration {
                 self.visit_u64(seconds)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                duration_from_secs(v)
-                    .map(ConfigDuration)
-                    .map_err(E::custom)
+                duration_from_secs(v).map(ConfigDuration).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
                 parse_duration(v).map(ConfigDuration).map_err(E::custom)

@@ -38,6 +38,8 @@ pub enum Output {
     Rechunk,
     /// As plain bytes (the receiver gets a close-delimited or length-delimited body).
     Raw,
+    /// Nowhere: only find where the body ends (and check it).
+    Discard,
 }
 
 #[derive(Debug)]
@@ -100,13 +102,15 @@ impl ChunkedDecoder {
                         return Ok(pos);
                     }
                     let take = remaining.min(rest.len() as u64) as usize;
-                    if mode == Output::Rechunk {
-                        push_hex(out, take as u64);
-                        out.extend_from_slice(b"\r\n");
-                        out.extend_from_slice(&rest[..take]);
-                        out.extend_from_slice(b"\r\n");
-                    } else {
-                        out.extend_from_slice(&rest[..take]);
+                    match mode {
+                        Output::Rechunk => {
+                            push_hex(out, take as u64);
+                            out.extend_from_slice(b"\r\n");
+                            out.extend_from_slice(&rest[..take]);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        Output::Raw => out.extend_from_slice(&rest[..take]),
+                        Output::Discard => {}
                     }
                     self.decoded += take as u64;
                     pos += take;
@@ -148,6 +152,14 @@ impl ChunkedDecoder {
             }
         }
     }
+}
+
+/// Scans a chunked body that starts `body`: where it ends (its raw length,
+/// `None` while more must arrive) and how many data bytes it holds so far.
+pub fn scan_body(body: &[u8]) -> Result<(Option<usize>, u64), HttpError> {
+    let mut decoder = ChunkedDecoder::new();
+    let used = decoder.decode(body, &mut Vec::new(), Output::Discard)?;
+    Ok((decoder.is_done().then_some(used), decoder.decoded))
 }
 
 /// Finds the CRLF ending a line; errors on a bare LF or CR, or a line over `max`.

@@ -1,5 +1,6 @@
 //! HTTP/1.1 wire handling: strict request and response head parsing
-//! (httparse plus our own framing rules), the chunked body decoder, header
+//! (httparse plus our own framing rules), the canonical form of a request's
+//! host and path (`target`), the chunked body decoder, header
 //! classification, and the small serialisation helpers the proxy needs.
 //!
 //! Nothing here does I/O: every function works on byte slices, so each
@@ -10,6 +11,7 @@ pub mod error;
 pub mod headers;
 pub mod request;
 pub mod response;
+pub mod target;
 
 pub use error::HttpError;
 

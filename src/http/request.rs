@@ -18,13 +18,15 @@ pub struct RequestHead<'b> {
     pub method: Method,
     pub method_name: &'b str,
     pub version: Version,
-    /// Path and query as forwarded upstream (origin-form), or `*`.
+    /// Path and query as forwarded upstream (origin-form), or `*`;
+    /// canonical after [`RequestHead::normalize`].
     pub path_and_query: &'b str,
     /// The path alone, used for routing; `*` becomes `/`.
     pub path: &'b str,
-    /// `host[:port]` from an absolute-form target, else from the Host header.
+    /// `host[:port]` from an absolute-form target, else from the Host header;
+    /// canonical (lower case, no default port) after [`RequestHead::normalize`].
     pub authority: &'b str,
-    /// The authority without its port, as received (compare case-insensitively).
+    /// The authority without its port.
     pub host: &'b str,
     /// True when the target was absolute-form: its authority replaces Host upstream.
     pub absolute_form: bool,
@@ -47,6 +49,25 @@ impl<'b> RequestHead<'b> {
             .iter()
             .filter(|h| name_is(h.name, "connection"))
             .map(|h| h.value)
+    }
+
+    /// Brings the authority, host and path to the one canonical form that
+    /// routing, the cache key and the forwarded request use
+    /// ([`super::target`]); rewritten forms live in the two scratch strings.
+    pub fn normalize(
+        &mut self,
+        rules: super::target::PathRules,
+        host_scratch: &'b mut String,
+        path_scratch: &'b mut String,
+    ) -> Result<(), HttpError> {
+        let (authority, host) = super::target::normalize_authority(self.authority, host_scratch)?;
+        let (path, path_and_query) =
+            super::target::normalize_target(self.path_and_query, rules, path_scratch)?;
+        self.authority = authority;
+        self.host = host;
+        self.path = path;
+        self.path_and_query = path_and_query;
+        Ok(())
     }
 
     /// The first value of header `lower_name`.
@@ -236,9 +257,6 @@ pub fn parse_request<'b>(
             None => path_and_query,
         }
     };
-    if has_dot_segment(path) {
-        return Err(HttpError::BadTarget);
-    }
 
     let keep_alive = match version {
         Version::Http11 => !close,
@@ -394,23 +412,6 @@ fn validate_authority(authority: &str, version: Version) -> Result<&str, HttpErr
         return Err(HttpError::BadHost);
     }
     Ok(host)
-}
-
-/// True when the path has a `.` or `..` segment, also percent-encoded.
-/// Such paths are refused: routing on a prefix must not be escapable by
-/// `/api/../admin`, and the gateway never rewrites a path it did not understand.
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let bytes = segment.as_bytes();
-        match bytes.len() {
-            1 => bytes == b".",
-            2 => bytes == b"..",
-            3 => bytes.eq_ignore_ascii_case(b"%2e"),
-            4 => bytes.eq_ignore_ascii_case(b".%2e") || bytes.eq_ignore_ascii_case(b"%2e."),
-            6 => bytes.eq_ignore_ascii_case(b"%2e%2e"),
-            _ => false,
-        }
-    })
 }
 
 #[cfg(test)]
@@ -651,17 +652,6 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((p.as_str(), h.as_str()), ("/x?y", "Other.example"));
-    }
-
-    #[test]
-    fn dot_segments_are_refused() {
-        for p in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/.%2E/b"] {
-            let raw = format!("GET {p} HTTP/1.1\r\nHost: a\r\n\r\n");
-            assert_eq!(err(raw.as_bytes()), HttpError::BadTarget, "{p}");
-        }
-        assert!(parse(b"GET /a/.well-known/..x HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap()
-            .is_some());
     }
 
     #[test]

@@ -26,13 +26,14 @@ use crate::cache::control::{RequestDirectives, DELTA_MAX};
 use crate::cache::entry::{response_facts, storable_fields, Capture, ExchangeTimes, Stored};
 use crate::cache::freshness::{may_serve_stale_on_error, may_store, usability, RequestFacts, Use};
 use crate::cache::hit::HitBuf;
-use crate::cache::key::primary_key;
+use crate::cache::key::{primary_key, url_key, url_part};
 use crate::cache::policy::CachePolicy;
 use crate::cache::shard::Lookup;
 use crate::config::RouteConfig;
 use crate::http::headers::{name_is, trim};
 use crate::http::request::{header_slots, RequestHead};
 use crate::http::response::ResponseHead;
+use crate::http::target::{normalize_authority, normalize_target};
 use crate::http::Method;
 use crate::worker::context::WorkerCtx;
 
@@ -135,133 +136,153 @@ fn field<'a>(stored: &'a Stored, name: &str) -> Option<&'a [u8]> {
 }
 
 /// Decides, while the head is borrowed, how the cache takes part in a request.
+///
+/// Everything here reads the request **as forwarded** (`forwarded_head`:
+/// the head the upstream will get, after the route's header edits and the
+/// verified identity replaced what the client sent), never the client's own
+/// fields: that is the request the origin answers, so it is what the key,
+/// the `Vary` variant and the request directives are taken from (RFC 9111
+/// section 4.1). `req` gives the canonical target and method.
 pub fn decide(
     ctx: &WorkerCtx,
     route_index: usize,
     route: &RouteConfig,
     req: &RequestHead<'_>,
-    buf: &[u8],
+    upstream: &super::head::UpstreamRequest<'_>,
+    forwarded_head: &[u8],
 ) -> Decision {
     let (Some(cache), Some(policy)) = (&ctx.cache, &route.cache) else {
         return Decision::NotCached;
     };
-    let facts = RequestFacts {
-        authorization: req.header("authorization").is_some(),
-        cc: RequestDirectives::parse(
-            values(req.headers, "cache-control"),
-            values(req.headers, "pragma"),
-        ),
-    };
-    let mut key = ctx.key_buf.borrow_mut();
-    primary_key(
-        &mut key,
-        req.authority,
-        req.path_and_query,
-        policy,
-        req.headers,
-    );
-    let work = |kind, fwd, facts| {
-        Box::new(CacheWork {
-            route: route_index,
-            key: key.as_slice().into(),
-            request_head: Bytes::copy_from_slice(&buf[..req.head_len]),
-            authority: req.authority.to_string(),
-            kind,
-            facts,
-            fwd,
-            request_time: SystemTime::now(),
-        })
-    };
-    match req.method {
-        Method::Get | Method::Head => {}
-        Method::Post | Method::Put | Method::Patch | Method::Delete
-            if policy.invalidate_on_write =>
-        {
-            return Decision::Forward(work(WorkKind::Invalidate, "method", facts), None);
-        }
-        _ => return Decision::Forward(work(WorkKind::Observe, "method", facts), None),
-    }
-    let preconditions = Preconditions::from_headers(req.headers);
-    if preconditions.unsupported {
-        // If-Match, If-Unmodified-Since, If-Range: the origin decides.
-        return Decision::Forward(work(WorkKind::Observe, "request", facts), None);
-    }
-    let now = Instant::now();
-    let found = cache.shard.borrow_mut().lookup(&key, req.headers, now);
-    let (fwd, stale) = match found {
-        Lookup::Found(stored) => {
-            let age = stored.age(now);
-            let kind = match usability(&stored.freshness, age, &facts.cc) {
-                Use::Fresh => Some(HitKind::Fresh),
-                Use::StaleAllowed => Some(HitKind::StaleAllowed),
-                Use::StaleWhileRevalidate => Some(HitKind::StaleWhileRevalidate),
-                Use::Revalidate => None,
-            };
-            if let Some(kind) = kind {
-                let refresh = (kind == HitKind::StaleWhileRevalidate
-                    && !stored.refreshing.load(Ordering::Acquire))
-                .then(|| refresh_plan(ctx, route_index, route, req, buf, &key, &stored));
-                return Decision::Hit(HitPlan {
-                    not_modified: stored.status / 100 == 2 && !preconditions.is_empty() && {
-                        preconditions.not_modified(
-                            stored.etag.as_deref(),
-                            stored.last_modified,
-                            stored.date,
-                        )
-                    },
-                    stored,
-                    kind,
-                    refresh,
-                });
-            }
-            (
-                if facts.cc.no_cache {
-                    "request"
-                } else {
-                    "stale"
-                },
-                Some(stored),
-            )
-        }
-        Lookup::UriMiss => ("uri-miss", None),
-        Lookup::VaryMiss => ("vary-miss", None),
-    };
-    if facts.cc.only_if_cached {
-        return Decision::OnlyIfCachedMiss;
-    }
-    if req.method == Method::Head {
-        // A HEAD never fills the cache: its response has no body to store as the GET.
-        return Decision::Forward(work(WorkKind::Observe, fwd, facts), None);
-    }
-    let validators = stale.as_ref().and_then(|s| {
-        let v = Validators {
-            etag: s.etag.clone(),
-            last_modified: field(s, "last-modified").map(<[u8]>::to_vec),
+    with_request_headers(forwarded_head, |headers| {
+        let facts = RequestFacts {
+            authorization: headers.iter().any(|h| name_is(h.name, "authorization")),
+            cc: RequestDirectives::parse(
+                values(headers, "cache-control"),
+                values(headers, "pragma"),
+            ),
         };
-        (v.etag.is_some() || v.last_modified.is_some()).then_some(v)
-    });
-    let conditional = validators.is_some();
-    Decision::Forward(
-        work(WorkKind::Fill { stale, conditional }, fwd, facts),
-        validators,
-    )
+        let mut key = ctx.key_buf.borrow_mut();
+        primary_key(&mut key, req.authority, req.path_and_query, policy, headers);
+        let work = |kind, fwd, facts| {
+            Box::new(CacheWork {
+                route: route_index,
+                key: key.as_slice().into(),
+                request_head: Bytes::copy_from_slice(forwarded_head),
+                authority: req.authority.to_string(),
+                kind,
+                facts,
+                fwd,
+                request_time: SystemTime::now(),
+            })
+        };
+        match req.method {
+            Method::Get | Method::Head => {}
+            Method::Post | Method::Put | Method::Patch | Method::Delete
+                if policy.invalidate_on_write =>
+            {
+                return Decision::Forward(work(WorkKind::Invalidate, "method", facts), None);
+            }
+            _ => return Decision::Forward(work(WorkKind::Observe, "method", facts), None),
+        }
+        let preconditions = Preconditions::from_headers(headers);
+        if preconditions.unsupported {
+            // If-Match, If-Unmodified-Since, If-Range: the origin decides.
+            return Decision::Forward(work(WorkKind::Observe, "request", facts), None);
+        }
+        let now = Instant::now();
+        let found = cache.shard.borrow_mut().lookup(&key, headers, now);
+        let (fwd, stale) = match found {
+            Lookup::Found(stored) => {
+                let age = stored.age(now);
+                let kind = match usability(&stored.freshness, age, &facts.cc) {
+                    Use::Fresh => Some(HitKind::Fresh),
+                    Use::StaleAllowed => Some(HitKind::StaleAllowed),
+                    Use::StaleWhileRevalidate => Some(HitKind::StaleWhileRevalidate),
+                    Use::Revalidate => None,
+                };
+                if let Some(kind) = kind {
+                    let refresh = (kind == HitKind::StaleWhileRevalidate
+                        && !stored.refreshing.load(Ordering::Acquire))
+                    .then(|| {
+                        refresh_plan(
+                            ctx,
+                            route_index,
+                            route,
+                            req,
+                            upstream,
+                            &key,
+                            forwarded_head,
+                            &stored,
+                        )
+                    });
+                    return Decision::Hit(HitPlan {
+                        not_modified: stored.status / 100 == 2 && !preconditions.is_empty() && {
+                            preconditions.not_modified(
+                                stored.etag.as_deref(),
+                                stored.last_modified,
+                                stored.date,
+                            )
+                        },
+                        stored,
+                        kind,
+                        refresh,
+                    });
+                }
+                (
+                    if facts.cc.no_cache {
+                        "request"
+                    } else {
+                        "stale"
+                    },
+                    Some(stored),
+                )
+            }
+            Lookup::UriMiss => ("uri-miss", None),
+            Lookup::VaryMiss => ("vary-miss", None),
+        };
+        if facts.cc.only_if_cached {
+            return Decision::OnlyIfCachedMiss;
+        }
+        if req.method == Method::Head {
+            // A HEAD never fills the cache: its response has no body to store as the GET.
+            return Decision::Forward(work(WorkKind::Observe, fwd, facts), None);
+        }
+        let validators = stale.as_ref().and_then(|s| {
+            let v = Validators {
+                etag: s.etag.clone(),
+                last_modified: field(s, "last-modified").map(<[u8]>::to_vec),
+            };
+            (v.etag.is_some() || v.last_modified.is_some()).then_some(v)
+        });
+        let conditional = validators.is_some();
+        Decision::Forward(
+            work(WorkKind::Fill { stale, conditional }, fwd, facts),
+            validators,
+        )
+    })
 }
 
+/// A background refresh sends what the triggering request sent upstream
+/// (its identity, its header edits), as a GET carrying the stored validators.
+#[allow(clippy::too_many_arguments)]
 fn refresh_plan(
     ctx: &WorkerCtx,
     route_index: usize,
     route: &RouteConfig,
     req: &RequestHead<'_>,
-    buf: &[u8],
+    upstream: &super::head::UpstreamRequest<'_>,
     key: &[u8],
+    forwarded_head: &[u8],
     stored: &Arc<Stored>,
 ) -> Refresh {
     stored.refreshing.store(true, Ordering::Release);
     let mut upstreams = ctx.upstreams.borrow_mut();
     // A background refresh goes where the policy would send this request.
-    let balance_key = upstreams.request_key(route.upstream, "127.0.0.1", req.path, req.headers);
+    let balance_key =
+        upstreams.request_key(route.upstream, upstream.client_ip, req.path, req.headers);
     let server = upstreams.pick(route.upstream, balance_key);
-    let mut upstream_head = Vec::with_capacity(512);
+    let mut upstream_head = Vec::with_capacity(forwarded_head.len() + 64);
     let validators = Validators {
         etag: stored.etag.clone(),
         last_modified: field(stored, "last-modified").map(<[u8]>::to_vec),
@@ -270,21 +291,16 @@ fn refresh_plan(
         &mut upstream_head,
         req,
         &super::head::UpstreamRequest {
-            route,
-            proxy: &ctx.config.proxy,
-            client_ip: "127.0.0.1",
-            fallback_host: &upstreams.server_hosts[server],
             strip_expect: true,
-            via_line: &ctx.via_line,
             validators: Some(&validators),
             method_override: Some("GET"),
-            identity: &[],
+            ..*upstream
         },
     );
     Refresh {
         route: route_index,
         key: key.into(),
-        request_head: Bytes::copy_from_slice(&buf[..req.head_len]),
+        request_head: Bytes::copy_from_slice(forwarded_head),
         upstream_head,
         server,
         stored: stored.clone(),
@@ -521,15 +537,17 @@ pub async fn wait_for_other_worker(ctx: &WorkerCtx, work: &CacheWork) {
     let _ = monoio::time::timeout(coalesce_timeout(ctx, work), flight.finished()).await;
 }
 
-/// The keys a successful write invalidates: its target, and a same-origin
-/// `Location` or `Content-Location` (RFC 9111 section 4.4).
+/// The URLs a successful write invalidates (as URL parts of keys): its
+/// target, and a same-origin `Location` or `Content-Location` (RFC 9111
+/// section 4.4). Every entry stored for them goes, whatever its key
+/// headers, cookies or variants.
 fn keys_written(
     ctx: &WorkerCtx,
     work: &CacheWork,
     policy: &CachePolicy,
     resp: &ResponseHead<'_>,
 ) -> Vec<Box<[u8]>> {
-    let mut keys = vec![work.key.clone()];
+    let mut keys = vec![Box::<[u8]>::from(url_part(&work.key))];
     let mut key = ctx.key_buf.borrow_mut();
     for h in resp
         .headers
@@ -545,15 +563,20 @@ fn keys_written(
             target
                 .strip_prefix("http://")
                 .and_then(|rest| rest.find('/').map(|i| (&rest[..i], &rest[i..])))
-                .filter(|(authority, _)| authority.eq_ignore_ascii_case(&work.authority))
+                .filter(|(authority, _)| {
+                    let mut scratch = String::new();
+                    normalize_authority(authority, &mut scratch)
+                        .is_ok_and(|(a, _)| a == work.authority)
+                })
                 .map(|(_, path)| path)
         };
-        if let Some(path) = path {
-            with_request_headers(&work.request_head, |headers| {
-                primary_key(&mut key, &work.authority, path, policy, headers)
-            });
-            keys.push(key.as_slice().into());
-        }
+        let mut scratch = String::new();
+        let Some(Ok((_, path))) = path.map(|p| normalize_target(p, ctx.config.paths, &mut scratch))
+        else {
+            continue;
+        };
+        url_key(&mut key, &work.authority, path, &policy.query);
+        keys.push(key.as_slice().into());
     }
     keys
 }

@@ -34,6 +34,7 @@ use crate::http::headers::push_hex;
 use crate::http::request::{header_slots, parse_request};
 use crate::http::response::parse_response;
 use crate::http::{BodyFraming, HttpError, Method, Version};
+use crate::route::Found;
 use crate::worker::context::{Stats, WorkerCtx};
 use crate::worker::signal::{race, Either};
 use head::{ClientFraming, ConnectionField, UpstreamRequest};
@@ -52,6 +53,8 @@ struct Client {
     served: u64,
     /// The vectored-write buffer for cache hits, reused across requests.
     hit_buf: Option<crate::cache::hit::HitBuf>,
+    /// `100 Continue` was already sent for the current request.
+    sent_continue: bool,
 }
 
 enum Next {
@@ -69,6 +72,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
         peer: peer.ip(),
         served: 0,
         hit_buf: None,
+        sent_continue: false,
     };
     // Boxed so the connection task holds this state once, not once more inside `race`.
     let work = Box::pin(async {
@@ -98,12 +102,21 @@ enum Plan {
         request: Answered,
         hit: cache::HitPlan,
     },
-    /// `PURGE` of a URL from an allowed client (`allowed: false`: refuse).
+    /// `PURGE` of a URL (the URL parts it may be stored under) from an
+    /// allowed client (`allowed: false`: refuse).
     Purge {
         request: Answered,
-        key: Box<[u8]>,
+        urls: Vec<Box<[u8]>>,
         allowed: bool,
     },
+    /// A route's prefix without its trailing slash: redirect to add it.
+    Redirect {
+        request: Answered,
+        status: u16,
+        location: String,
+    },
+    /// Read more of the body before planning again (request buffering).
+    ReadBody(BodyWait),
 }
 
 /// A request answered without the upstream: what is needed to finish it.
@@ -137,8 +150,10 @@ struct Forward {
     cache: Option<Box<cache::CacheWork>>,
 }
 
-/// Parses the head in the client buffer and, for a request to forward,
-/// writes the upstream request head into `out`. Synchronous: the parsed
+/// Parses the head in the client buffer and runs the request's phases up
+/// to the choice of a server, in order: normalise, route, admit (session
+/// token), buffer the body, cache, pick a server. For a request to forward,
+/// the upstream request head is written into `out`. Synchronous: the parsed
 /// head borrows the buffer and never lives across an await.
 fn plan_request(
     ctx: &WorkerCtx,
@@ -146,8 +161,10 @@ fn plan_request(
     out: &mut Vec<u8>,
 ) -> Result<Option<Plan>, HttpError> {
     let limits = &ctx.config.limits;
+    let mut scratch = ctx.target_scratch.borrow_mut();
+    let (host_scratch, path_scratch) = &mut *scratch;
     let mut slots = header_slots::<MAX_HEADERS_CAP>();
-    let Some(req) = parse_request(
+    let Some(mut req) = parse_request(
         &client.buf,
         &mut slots[..limits.max_headers],
         limits.max_request_head,
@@ -155,6 +172,8 @@ fn plan_request(
     else {
         return Ok(None);
     };
+    // 1. Normalise: one canonical host and path for routing, the key and the upstream.
+    req.normalize(ctx.config.paths, host_scratch, path_scratch)?;
     let answered = Answered {
         head_len: req.head_len,
         body: req.body,
@@ -165,13 +184,10 @@ fn plan_request(
     let refuse = |status, request| Ok(Some(Plan::Refuse { status, request }));
     // PURGE /path (Varnish and nginx convention): handled here when this gateway caches.
     if req.method_name == "PURGE" && ctx.cache.is_some() {
-        let mut key = Vec::new();
-        crate::cache::key::primary_key(
-            &mut key,
+        let urls = crate::cache::key::url_keys(
             req.authority,
             req.path_and_query,
-            &Default::default(),
-            &[],
+            ctx.config.routes.iter().filter_map(|r| r.cache.as_ref()),
         );
         let allowed = ctx
             .config
@@ -181,15 +197,30 @@ fn plan_request(
             .any(|r| r.contains(client.peer));
         return Ok(Some(Plan::Purge {
             request: answered,
-            key: key.into(),
+            urls,
             allowed,
         }));
     }
-    let Some(route_index) = ctx
+    // 2. Route.
+    let route_index = match ctx
         .router
         .find(req.host, req.path, req.method_name, req.headers)
-    else {
-        return refuse(404, answered);
+    {
+        None => return refuse(404, answered),
+        Some(Found::AddSlash(_)) => {
+            let query = &req.path_and_query[req.path.len()..];
+            return Ok(Some(Plan::Redirect {
+                request: answered,
+                // 308 keeps the method and body; browsers follow 301 for GET as nginx sends it.
+                status: if matches!(req.method, Method::Get | Method::Head) {
+                    301
+                } else {
+                    308
+                },
+                location: format!("{}/{query}", req.path),
+            }));
+        }
+        Some(Found::Route(i)) => i,
     };
     if let (BodyFraming::Length(n), Some(max)) = (req.body, limits.max_request_body) {
         if n > max {
@@ -197,7 +228,7 @@ fn plan_request(
         }
     }
     let route = ctx.router.route(route_index);
-    // Session tokens are checked before anything else may answer, the cache included.
+    // 3. Admit: session tokens are checked before anything else may answer, the cache included.
     let identity = match &route.auth {
         None => None,
         Some(policy) => match crate::route::auth::verify_request(
@@ -212,17 +243,56 @@ fn plan_request(
             }
         },
     };
-    let (cache_work, validators) = match cache::decide(ctx, route_index, route, &req, &client.buf) {
-        cache::Decision::NotCached => (None, None),
-        cache::Decision::Hit(hit) => {
-            return Ok(Some(Plan::Hit {
-                request: answered,
-                hit,
-            }))
-        }
-        cache::Decision::OnlyIfCachedMiss => return refuse(504, answered),
-        cache::Decision::Forward(work, validators) => (Some(work), validators),
+    // 4. Buffer a small body whole before a server is chosen: a slow sender
+    //    then holds no upstream connection, and the request can be resent.
+    if let Some(wait) = body_to_buffer(route, limits.max_request_body, &req, &client.buf)? {
+        return Ok(Some(Plan::ReadBody(wait)));
+    }
+    let upstream_request = |fallback_host| UpstreamRequest {
+        route,
+        proxy: &ctx.config.proxy,
+        client_ip: &client.peer_ip,
+        fallback_host,
+        strip_expect: req.expect_continue,
+        via_line: &ctx.via_line,
+        validators: None,
+        method_override: None,
+        identity: identity.as_deref().unwrap_or(&[]),
     };
+    // 5. Cache: decided on the request as it will be forwarded. A request
+    //    without a host has no key that could not mix sites: never cached.
+    let caches = route.cache.is_some() && ctx.cache.is_some() && !req.authority.is_empty();
+    let mut cache_work = None;
+    if caches {
+        let forwarded = upstream_request("");
+        head::write_request_head(out, &req, &forwarded);
+        match cache::decide(ctx, route_index, route, &req, &forwarded, out) {
+            cache::Decision::NotCached => {}
+            cache::Decision::Hit(hit) => {
+                return Ok(Some(Plan::Hit {
+                    request: answered,
+                    hit,
+                }))
+            }
+            cache::Decision::OnlyIfCachedMiss => return refuse(504, answered),
+            cache::Decision::Forward(work, validators) => {
+                if let Some(validators) = validators {
+                    // A revalidation sends the stored validators instead of the client's.
+                    out.clear();
+                    head::write_request_head(
+                        out,
+                        &req,
+                        &UpstreamRequest {
+                            validators: Some(&validators),
+                            ..forwarded
+                        },
+                    );
+                }
+                cache_work = Some(work);
+            }
+        }
+    }
+    // 6. Pick a server.
     let mut upstreams = ctx.upstreams.borrow_mut();
     let key = upstreams.request_key(route.upstream, &client.peer_ip, req.path, req.headers);
     let now = Instant::now();
@@ -242,21 +312,14 @@ fn plan_request(
         Stats::bump(&ctx.stats.breaker_trips);
         return refuse(503, answered);
     }
-    head::write_request_head(
-        out,
-        &req,
-        &UpstreamRequest {
-            route,
-            proxy: &ctx.config.proxy,
-            client_ip: &client.peer_ip,
-            fallback_host: &upstreams.server_hosts[server],
-            strip_expect: req.expect_continue,
-            via_line: &ctx.via_line,
-            validators: validators.as_ref(),
-            method_override: None,
-            identity: identity.as_deref().unwrap_or(&[]),
-        },
-    );
+    if !caches {
+        out.clear();
+        head::write_request_head(
+            out,
+            &req,
+            &upstream_request(&upstreams.server_hosts[server]),
+        );
+    }
     drop(upstreams);
     Ok(Some(Plan::Forward(Forward {
         head_len: req.head_len,
@@ -264,7 +327,7 @@ fn plan_request(
         version: req.version,
         body: req.body,
         keep_alive: req.keep_alive,
-        expect_continue: req.expect_continue,
+        expect_continue: req.expect_continue && !client.sent_continue,
         server,
         route: route_index,
         group: route.upstream,
@@ -276,9 +339,46 @@ fn plan_request(
     })))
 }
 
+/// More of the request body to read before planning goes on.
+#[derive(Debug, Clone, Copy)]
+struct BodyWait {
+    /// Answer `Expect: 100-continue` first (no body byte has come yet).
+    send_continue: bool,
+}
+
+/// Whether the body must be read further before a server is picked: it is
+/// no larger than the route's `request_buffering` and not all here yet.
+/// A chunked body too large to buffer, or one whose end is not in sight
+/// once the buffer holds that much, streams instead.
+fn body_to_buffer(
+    route: &crate::config::RouteConfig,
+    max_body: Option<u64>,
+    req: &crate::http::request::RequestHead<'_>,
+    buf: &[u8],
+) -> Result<Option<BodyWait>, HttpError> {
+    let limit = route.request_buffering;
+    let have = &buf[req.head_len..];
+    let complete = match req.body {
+        BodyFraming::None | BodyFraming::UntilClose => true,
+        BodyFraming::Length(n) => n > limit || have.len() as u64 >= n,
+        BodyFraming::Chunked if limit == 0 => true,
+        BodyFraming::Chunked => {
+            let (end, decoded) = crate::http::chunked::scan_body(have)?;
+            if max_body.is_some_and(|max| decoded > max) {
+                return Err(HttpError::BodyTooLarge);
+            }
+            end.is_some() || have.len() as u64 >= limit
+        }
+    };
+    Ok((!complete).then_some(BodyWait {
+        send_continue: req.expect_continue && have.is_empty(),
+    }))
+}
+
 /// Handles one request on the connection.
 async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     let timeouts = &ctx.config.timeouts;
+    client.sent_continue = false;
     if client.buf.is_empty() {
         if ctx.draining.get() {
             return Next::Close;
@@ -302,30 +402,31 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
         }
     }
 
-    let deadline = Instant::now() + timeouts.client_header;
+    let deadline = io::deadline_in(timeouts.client_header);
     let mut out = ctx.take_write_buffer();
     let plan = loop {
-        match plan_request(ctx, client, &mut out) {
-            Ok(Some(plan)) => break plan,
-            Ok(None) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match read_some(
-                    &mut client.stream,
-                    &mut client.buf,
-                    ctx.per_core.client_buffer_size,
-                    left,
-                )
-                .await
-                {
-                    Read::Data(_) => continue,
-                    Read::TimedOut => {
-                        Stats::bump(&ctx.stats.client_errors);
-                        respond_error(ctx, client, out, 408, true, false).await;
+        let (reserve, limit) = match plan_request(ctx, client, &mut out) {
+            Ok(Some(Plan::ReadBody(wait))) => {
+                if wait.send_continue && !client.sent_continue {
+                    client.sent_continue = true;
+                    if write_all(
+                        &mut client.stream,
+                        &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+                        timeouts.client_send,
+                    )
+                    .await
+                    .is_err()
+                    {
                         return Next::Close;
                     }
-                    Read::Eof | Read::Failed(_) => return Next::Close,
                 }
+                (ctx.per_core.upstream_buffer_size, timeouts.client_body)
             }
+            Ok(Some(plan)) => break plan,
+            Ok(None) => (
+                ctx.per_core.client_buffer_size,
+                deadline.saturating_duration_since(Instant::now()),
+            ),
             Err(e) => {
                 Stats::bump(&ctx.stats.client_errors);
                 tracing::debug!(worker = ctx.index, error = %e, "refused request");
@@ -333,6 +434,15 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                 respond_error(ctx, client, out, e.status(), true, false).await;
                 return Next::Close;
             }
+        };
+        match read_some(&mut client.stream, &mut client.buf, reserve, limit).await {
+            Read::Data(_) => continue,
+            Read::TimedOut => {
+                Stats::bump(&ctx.stats.client_errors);
+                respond_error(ctx, client, out, 408, true, false).await;
+                return Next::Close;
+            }
+            Read::Eof | Read::Failed(_) => return Next::Close,
         }
     };
     client.served += 1;
@@ -348,11 +458,28 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                 Next::Close
             }
         }
+        Plan::Redirect {
+            request,
+            status,
+            location,
+        } => {
+            out.clear();
+            let keep = finish_unforwarded(ctx, client, &request);
+            head::write_redirect(&mut out, status, &location, !keep);
+            match write_all(&mut client.stream, out, timeouts.client_send).await {
+                Ok(out) if keep => {
+                    ctx.give_write_buffer(out);
+                    Next::KeepAlive
+                }
+                _ => Next::Close,
+            }
+        }
+        Plan::ReadBody(_) => unreachable!("read before the plan is final"),
         Plan::Purge {
             request,
-            key,
+            urls,
             allowed,
-        } => purge(ctx, client, &request, key, allowed, out).await,
+        } => purge(ctx, client, &request, urls, allowed, out).await,
         Plan::Hit { request, mut hit } => {
             if let Some(job) = hit.refresh.take() {
                 monoio::spawn(cache::refresh(ctx.clone(), job));
@@ -462,7 +589,7 @@ async fn purge(
     ctx: &WorkerCtx,
     client: &mut Client,
     request: &Answered,
-    key: Box<[u8]>,
+    urls: Vec<Box<[u8]>>,
     allowed: bool,
     out: Vec<u8>,
 ) -> Next {
@@ -475,7 +602,7 @@ async fn purge(
         };
     }
     let message = crate::bus::Message::Invalidate {
-        what: crate::bus::Invalidation::Keys(std::sync::Arc::new(vec![key])),
+        what: crate::bus::Invalidation::Urls(std::sync::Arc::new(urls)),
         removal: crate::cache::shard::Removal::Hard,
     };
     let (status, body) = match ctx
@@ -927,6 +1054,21 @@ fn take_request_bytes(
     let whole_body = match forward.body {
         BodyFraming::None => Some(0),
         BodyFraming::Length(n) if buffered as u64 >= n => Some(n as usize),
+        BodyFraming::Chunked => {
+            // A chunked body buffered whole goes out re-chunked in the same write.
+            let body = &client.buf[head_len..];
+            if let Ok((Some(raw), _)) = crate::http::chunked::scan_body(body) {
+                let start = out.len();
+                let decoded = ChunkedDecoder::new().decode(&body[..raw], out, Output::Rechunk);
+                if decoded.is_ok() {
+                    client.buf.advance(head_len + raw);
+                    progress.request_consumed = true;
+                    return true;
+                }
+                out.truncate(start);
+            }
+            None
+        }
         _ => None,
     };
     match whole_body {
@@ -1033,7 +1175,7 @@ async fn relay(
     // the client, so the client's next read misses whichever core it lands on.
     if let Some(keys) = plan.invalidate.take() {
         let message = crate::bus::Message::Invalidate {
-            what: crate::bus::Invalidation::Keys(std::sync::Arc::new(keys)),
+            what: crate::bus::Invalidation::Urls(std::sync::Arc::new(keys)),
             removal: crate::cache::shard::Removal::Hard,
         };
         if let Err(e) = ctx
@@ -1381,7 +1523,7 @@ async fn read_response_head(
     ubuf: &mut BytesMut,
     addr: SocketAddr,
 ) -> Result<(usize, Answer), ProxyError> {
-    let deadline = Instant::now() + forward.timeouts.response;
+    let deadline = io::deadline_in(forward.timeouts.response);
     let mut received_any = false;
     loop {
         let step = response_step(ctx, client, forward, ubuf, out)
@@ -1498,6 +1640,7 @@ mod tests {
                 peer: addr.ip(),
                 served: 0,
                 hit_buf: None,
+                sent_continue: false,
             };
             let exchange = size_of_future(&super::exchange(&ctx, &mut client));
             let serve = size_of_future(&super::serve(ctx.clone(), stream, addr));

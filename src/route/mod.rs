@@ -2,7 +2,13 @@
 //! prefix, method and header conditions all hold picks the upstream group
 //! (Envoy's and Traefik's rule; put specific routes before general ones).
 //!
-//! Matching works on the borrowed request head and allocates nothing.
+//! Matching works on the canonical host and path (`http::target`), on the
+//! borrowed request head, and allocates nothing.
+//!
+//! A request for a route's prefix without its trailing slash (`/admin` for
+//! `/admin/`) is answered with a redirect that adds it, as nginx does for
+//! such locations: otherwise it would fall through to a later, usually less
+//! protected, route while the origin may serve it as the same directory.
 
 pub mod auth;
 
@@ -28,19 +34,17 @@ impl Router {
         &self.routes[index]
     }
 
-    /// Index of the first matching route. `host` is the request host
-    /// without port, in any case.
+    /// The first route, in order, that matches. `host` is the canonical
+    /// request host (lower case, no port, no trailing dot).
     pub fn find(
         &self,
         host: &str,
         path: &str,
         method: &str,
         headers: &[Header<'_>],
-    ) -> Option<usize> {
-        let host = host.strip_suffix('.').unwrap_or(host);
-        self.routes.iter().position(|r| {
-            host_matches(&r.host, host)
-                && path.starts_with(r.path_prefix.as_str())
+    ) -> Option<Found> {
+        self.routes.iter().enumerate().find_map(|(i, r)| {
+            let applies = host_matches(&r.host, host)
                 && (r.methods.is_empty() || r.methods.iter().any(|m| m == method))
                 && r.header.as_ref().is_none_or(|hm| {
                     headers.iter().any(|h| {
@@ -50,9 +54,29 @@ impl Router {
                                 .as_ref()
                                 .is_none_or(|v| trim(h.value) == v.as_bytes())
                     })
-                })
+                });
+            if !applies {
+                return None;
+            }
+            let prefix = r.path_prefix.as_str();
+            if path.starts_with(prefix) {
+                Some(Found::Route(i))
+            } else if prefix.len() > 1 && prefix.strip_suffix('/') == Some(path) {
+                Some(Found::AddSlash(i))
+            } else {
+                None
+            }
         })
     }
+}
+
+/// What matched a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    Route(usize),
+    /// The path is this route's prefix without its trailing slash: answer
+    /// with a redirect to the path with the slash added.
+    AddSlash(usize),
 }
 
 fn host_matches(rule: &HostMatch, host: &str) -> bool {
@@ -113,8 +137,8 @@ mod tests {
             route(HostMatch::Any, "/api", &[], None, 0),
             route(HostMatch::Any, "/", &[], None, 1),
         ]);
-        assert_eq!(r.find("a", "/api/x", "GET", &[]), Some(0));
-        assert_eq!(r.find("a", "/web", "GET", &[]), Some(1));
+        assert_eq!(r.find("a", "/api/x", "GET", &[]), Some(Found::Route(0)));
+        assert_eq!(r.find("a", "/web", "GET", &[]), Some(Found::Route(1)));
     }
 
     #[test]
@@ -126,8 +150,10 @@ mod tests {
             None,
             0,
         )]);
-        assert_eq!(r.find("API.Example.com", "/", "GET", &[]), Some(0));
-        assert_eq!(r.find("api.example.com.", "/", "GET", &[]), Some(0));
+        assert_eq!(
+            r.find("API.Example.com", "/", "GET", &[]),
+            Some(Found::Route(0))
+        );
         assert_eq!(r.find("www.example.com", "/", "GET", &[]), None);
     }
 
@@ -140,8 +166,14 @@ mod tests {
             None,
             0,
         )]);
-        assert_eq!(r.find("a.example.com", "/", "GET", &[]), Some(0));
-        assert_eq!(r.find("a.b.Example.COM", "/", "GET", &[]), Some(0));
+        assert_eq!(
+            r.find("a.example.com", "/", "GET", &[]),
+            Some(Found::Route(0))
+        );
+        assert_eq!(
+            r.find("a.b.Example.COM", "/", "GET", &[]),
+            Some(Found::Route(0))
+        );
         assert_eq!(r.find("example.com", "/", "GET", &[]), None);
         assert_eq!(r.find("badexample.com", "/", "GET", &[]), None);
     }
@@ -149,7 +181,7 @@ mod tests {
     #[test]
     fn method_condition() {
         let r = Router::new(&[route(HostMatch::Any, "/", &["POST", "PUT"], None, 0)]);
-        assert_eq!(r.find("a", "/", "PUT", &[]), Some(0));
+        assert_eq!(r.find("a", "/", "PUT", &[]), Some(Found::Route(0)));
         assert_eq!(r.find("a", "/", "GET", &[]), None);
     }
 
@@ -159,9 +191,26 @@ mod tests {
             route(HostMatch::Any, "/", &[], Some(("x-canary", Some("1"))), 0),
             route(HostMatch::Any, "/", &[], Some(("x-debug", None)), 1),
         ]);
-        assert_eq!(r.find("a", "/", "GET", &[hdr("X-Canary", b"1")]), Some(0));
+        assert_eq!(
+            r.find("a", "/", "GET", &[hdr("X-Canary", b"1")]),
+            Some(Found::Route(0))
+        );
         assert_eq!(r.find("a", "/", "GET", &[hdr("X-Canary", b"2")]), None);
-        assert_eq!(r.find("a", "/", "GET", &[hdr("x-debug", b"")]), Some(1));
+        assert_eq!(
+            r.find("a", "/", "GET", &[hdr("x-debug", b"")]),
+            Some(Found::Route(1))
+        );
+    }
+
+    #[test]
+    fn a_prefix_without_its_slash_redirects_before_later_routes_match() {
+        let r = Router::new(&[
+            route(HostMatch::Any, "/admin/", &[], None, 0),
+            route(HostMatch::Any, "/", &[], None, 1),
+        ]);
+        assert_eq!(r.find("a", "/admin", "GET", &[]), Some(Found::AddSlash(0)));
+        assert_eq!(r.find("a", "/admin/x", "GET", &[]), Some(Found::Route(0)));
+        assert_eq!(r.find("a", "/adminx", "GET", &[]), Some(Found::Route(1)));
     }
 
     #[test]

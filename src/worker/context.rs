@@ -68,6 +68,9 @@ pub struct WorkerCtx {
     pub cache: Option<WorkerCache>,
     /// Reused buffer for building cache keys.
     pub key_buf: RefCell<Vec<u8>>,
+    /// Reused buffers for a request's canonical host and path (when they
+    /// differ from what the client sent).
+    pub target_scratch: RefCell<(String, String)>,
     /// Senders to every worker.
     pub bus: Arc<Bus>,
     /// Cold keys being fetched, across workers.
@@ -96,6 +99,7 @@ impl WorkerCtx {
             bus,
             claims,
             key_buf: RefCell::new(Vec::with_capacity(256)),
+            target_scratch: RefCell::default(),
             index,
             router,
             upstreams,

@@ -86,7 +86,7 @@ pub fn invalidate(
     removal: crate::cache::shard::Removal,
 ) -> usize {
     match what {
-        Invalidation::Keys(keys) => keys.iter().map(|k| shard.purge_uri(k, removal)).sum(),
+        Invalidation::Urls(urls) => urls.iter().map(|u| shard.purge_url(u, removal)).sum(),
         Invalidation::Prefix { host, prefix } => shard.ban(
             |key| {
                 key_matches(key, host.as_deref(), |path| {
@@ -104,27 +104,11 @@ pub fn invalidate(
     }
 }
 
-/// Splits a cache key `http://host/path?query[\n...]` and tests its host and path.
+/// Tests a key's host and path (read back by `cache::key`, which owns the format).
 fn key_matches(key: &[u8], host: Option<&str>, path_matches: impl Fn(&str) -> bool) -> bool {
-    let Ok(key) = std::str::from_utf8(key) else {
-        return false;
-    };
-    let Some(rest) = key.strip_prefix("http://") else {
-        return false;
-    };
-    let rest = rest.split(['\n', '\0']).next().unwrap_or("");
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let key_host = authority.rsplit_once(':').map_or(authority, |(h, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) {
-            h
-        } else {
-            authority
-        }
-    });
-    host.is_none_or(|h| h.eq_ignore_ascii_case(key_host)) && path_matches(path)
+    crate::cache::key::url_of(key).is_some_and(|(key_host, path)| {
+        host.is_none_or(|h| h.eq_ignore_ascii_case(key_host)) && path_matches(path)
+    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,11 @@ pub struct FileLimit {
 /// connections, one upstream connection per client in flight, its idle
 /// pool to every server, and its listeners.
 pub fn needed(config: &Config, workers: &[usize]) -> u64 {
-    let servers: u64 = config.upstreams.iter().map(|g| g.servers.len() as u64).sum();
+    let servers: u64 = config
+        .upstreams
+        .iter()
+        .map(|g| g.servers.len() as u64)
+        .sum();
     let listeners = config.listeners.len() as u64 + u64::from(config.admin.is_some());
     workers
         .iter()

@@ -986,3 +986,123 @@ fn dns_reply(query: &[u8], records: &DnsRecords) -> Option<Vec<u8>> {
     }
     Some(reply)
 }
+
+// ------------------------------------------------------------------ tokens
+
+/// An HS256 JWT signed with `key`, naming `kid`.
+pub fn sign_jwt(kid: &str, key: &str, claims: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let header = format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#);
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A route policy verifying HS256 tokens signed with [`TEST_KEY`], the
+/// subject forwarded as `X-User`.
+pub fn test_auth_policy() -> ringgate::config::AuthPolicy {
+    ringgate::config::AuthPolicy {
+        keys: vec![("k1".into(), TEST_KEY.into())],
+        source: ringgate::config::TokenSource::Bearer,
+        required: true,
+        subject_header: "X-User".into(),
+        claims: Vec::new(),
+        leeway: Duration::from_secs(5),
+        require_exp: true,
+    }
+}
+
+pub const TEST_KEY: &str = "a test key of some length";
+
+/// A bearer token for `user`, valid for five minutes, for [`test_auth_policy`].
+pub fn token_for(user: &str) -> String {
+    sign_jwt(
+        "k1",
+        TEST_KEY,
+        &format!(r#"{{"sub":"{user}","exp":{}}}"#, unix_now() + 300),
+    )
+}
+
+// ------------------------------------------------------- a decoding origin
+
+/// An origin that interprets paths loosely, as many application servers
+/// do: it percent-decodes every escape (`%2F` included), takes `\` for `/`,
+/// merges slashes and resolves dot segments. `/admin/...` answers
+/// `secret <path>`, anything else `public <path>`; the raw request line is
+/// echoed in `X-Raw-Target`.
+pub struct DecodingOrigin {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl DecodingOrigin {
+    pub fn start() -> DecodingOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    while let Ok(Some(head)) = reader.read_head() {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        let target = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let path = loose_path(target.split('?').next().unwrap_or(""));
+                        let body = if path.starts_with("/admin/") || path == "/admin" {
+                            format!("secret {path}")
+                        } else {
+                            format!("public {path}")
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nX-Raw-Target: {target}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        DecodingOrigin { addr, requests }
+    }
+}
+
+/// How a lenient server reads a path: decode everything, `\` is `/`, merge
+/// slashes, resolve `.` and `..`.
+fn loose_path(raw: &str) -> String {
+    let decoded = percent_decode(raw).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
