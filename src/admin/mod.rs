@@ -342,6 +342,12 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["upstream_pool_idle"],
     ),
     (
+        "ringgate_upstream_pool_discarded_total",
+        "Idle upstream connections discarded when taken: closed by the server or holding unasked bytes.",
+        "counter",
+        &["upstream_pool_discarded"],
+    ),
+    (
         "ringgate_panics_total",
         "Connection tasks that panicked (contained).",
         "counter",

@@ -670,6 +670,9 @@ struct Progress {
     request_consumed: bool,
     /// Response bytes were sent to the client: no error status is possible any more.
     response_started: bool,
+    /// Bytes of a streamed request body were taken from the client: the
+    /// request cannot be sent again.
+    body_streamed: bool,
 }
 
 async fn proxy_request(
@@ -1097,8 +1100,6 @@ async fn relay(
 ) -> Result<Next, ProxyError> {
     let timeouts = &ctx.config.timeouts;
     let addr = ctx.upstreams.borrow().servers[forward.server];
-    // A pooled connection that turns out dead may be replaced once for a request it can resend.
-    let replayable = body_in_out && forward.method.is_idempotent();
 
     let pooled = ctx.upstreams.borrow_mut().pool.take(forward.server);
     let (mut upstream, mut reused) = match pooled {
@@ -1125,11 +1126,16 @@ async fn relay(
             .await?;
             read_response_head(ctx, client, forward, out, &mut upstream, ubuf, addr).await
         };
-        match attempt.await {
+        // A pooled connection the server closed while the request was on its
+        // way fails before any response byte: the server never read the
+        // request, so it goes once more on a fresh connection, whatever the
+        // method, when all of it can be sent again (the whole request is in
+        // `out`, or no byte of a streamed body was taken from the client yet).
+        let result = attempt.await;
+        let resendable = !out.is_empty() && (body_in_out || !progress.body_streamed);
+        match result {
             Ok(done) => break done,
-            // The pool raced the server closing the connection: nothing was
-            // processed, so send the same bytes once more on a fresh connection.
-            Err(e) if e.retry_safe && reused && replayable && !out.is_empty() => {
+            Err(e) if e.retry_safe && reused && resendable => {
                 tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
                 Stats::bump(&ctx.stats.upstream_retries);
                 ubuf.clear();
@@ -1420,8 +1426,15 @@ async fn send_request(
     }
     out.clear();
 
+    let has_body = match forward.body {
+        BodyFraming::Length(n) => n > 0,
+        BodyFraming::Chunked => true,
+        BodyFraming::None | BodyFraming::UntilClose => false,
+    };
+    progress.body_streamed |= has_body;
     // The client holds its body back until told to continue.
-    if forward.expect_continue && client.buf.is_empty() {
+    if forward.expect_continue && client.buf.is_empty() && !client.sent_continue {
+        client.sent_continue = true;
         if let Err((e, _)) = write_all(
             &mut client.stream,
             &b"HTTP/1.1 100 Continue\r\n\r\n"[..],

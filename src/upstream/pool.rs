@@ -4,11 +4,39 @@
 //! connection is least likely to have been closed by the server), capped
 //! per server, and closed once idle longer than the idle timeout: lazily
 //! when met, and by the worker's periodic sweep.
+//!
+//! A connection is checked before it is handed out ([`is_quiet`], a
+//! non-blocking peek): one the server closed, or on which it sent bytes
+//! nobody asked for (a late or duplicated response), is discarded. Such
+//! bytes would otherwise be read as the answer to the next request sent on
+//! that connection: another client's response, and perhaps cached.
 
 use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+
+/// True when nothing is waiting to be read on an idle connection: no
+/// byte, no end of stream, no error. One non-blocking `recv(MSG_PEEK)`.
+pub fn is_quiet(stream: &TcpStream) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most one byte into `byte`, which outlives the
+    // call; the descriptor belongs to `stream`, borrowed for the call, and
+    // an idle pooled connection has no io_uring operation in flight.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && {
+        let e = std::io::Error::last_os_error().raw_os_error();
+        e == Some(libc::EAGAIN) || e == Some(libc::EWOULDBLOCK)
+    }
+}
 
 struct Idle {
     stream: TcpStream,
@@ -21,6 +49,9 @@ pub struct Pool {
     idle_timeout: Duration,
     /// Servers that left their group: their connections are not kept.
     retired: Vec<bool>,
+    /// Idle connections discarded when taken: closed by the server, or
+    /// holding bytes it sent unasked.
+    pub discarded: u64,
 }
 
 impl Pool {
@@ -30,6 +61,7 @@ impl Pool {
             retired: vec![false; servers],
             cap_per_server,
             idle_timeout,
+            discarded: 0,
         }
     }
 
@@ -55,16 +87,21 @@ impl Pool {
         }
     }
 
-    /// The most recently returned live connection to `server`, if any.
+    /// The most recently returned connection to `server` that is still
+    /// open and quiet, if any; the others met on the way are closed.
     pub fn take(&mut self, server: usize) -> Option<TcpStream> {
         let now = Instant::now();
         let idle = &mut self.idle[server];
         while let Some(conn) = idle.pop_back() {
-            if now.duration_since(conn.since) < self.idle_timeout {
+            if now.duration_since(conn.since) >= self.idle_timeout {
+                // Everything older is expired too.
+                idle.clear();
+                return None;
+            }
+            if is_quiet(&conn.stream) {
                 return Some(conn.stream);
             }
-            // Everything older is expired too.
-            idle.clear();
+            self.discarded += 1;
         }
         None
     }

@@ -133,6 +133,7 @@ impl WorkerCtx {
             "upstream_errors": s.upstream_errors.get(),
             "client_errors": s.client_errors.get(),
             "upstream_pool_idle": idle,
+            "upstream_pool_discarded": upstreams.pool.discarded,
                         "panics": s.panics.get(),
                         "breaker_trips": s.breaker_trips.get(),
             "servers": upstreams.server_snapshot(std::time::Instant::now()),

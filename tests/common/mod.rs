@@ -1106,3 +1106,19 @@ fn loose_path(raw: &str) -> String {
     }
     format!("/{}", segments.join("/"))
 }
+
+/// `config` with the admin API on a free loopback port.
+pub fn with_admin(mut config: Config) -> Config {
+    config.admin = Some(ringgate::config::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+    });
+    config
+}
+
+/// The admin API's `/stats`.
+pub fn admin_stats(gw: &Handle) -> serde_json::Value {
+    let mut c = Client::connect(gw.admin_addr().expect("the admin API is on"));
+    let r = c.request(b"GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    serde_json::from_str(&r.text()).unwrap()
+}
