@@ -353,7 +353,7 @@ fn percent_decode(s: &str) -> String {
 /// A cacheable resource, described by the query of `/c?...`:
 /// `cc` (Cache-Control), `etag`, `lm` (Last-Modified), `vary`, `age`,
 /// `tag` (Surrogate-Key), `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
-/// number), `size=N` (N pattern bytes), `chunked=1`, `after=K&after_status=S`
+/// number), `echo=NAME` (body `name=<that request header's value>`), `size=N` (N pattern bytes), `chunked=1`, `after=K&after_status=S`
 /// (requests beyond the K-th get status S), `gate_after=K` (requests beyond
 /// the K-th wait for the gate). `If-None-Match` matching `etag` gets a 304.
 fn cacheable(
@@ -410,9 +410,14 @@ fn cacheable(
             );
         }
     }
-    let body: Vec<u8> = match num("size") {
-        Some(n) => (0..n as u64).map(pattern_byte).collect(),
-        None => get("body")
+    let body: Vec<u8> = match (num("size"), get("echo")) {
+        (Some(n), _) => (0..n as u64).map(pattern_byte).collect(),
+        (None, Some(name)) => {
+            let name = name.to_ascii_lowercase();
+            let value = headers.get(&name).cloned().unwrap_or_default();
+            format!("{name}={value}").into_bytes()
+        }
+        (None, None) => get("body")
             .unwrap_or_else(|| format!("v{seen}"))
             .into_bytes(),
     };
