@@ -299,15 +299,16 @@ fn slow_body_gets_408() {
 fn connections_over_the_worker_cap_wait_for_a_free_slot() {
     let s = setup_with(|c| c.workers.per_core.max_connections = 2);
     let addr = s.gw.listen_addr();
+    // Both slots busy (their requests held by the origin): none is idle to give way.
     let mut first = Client::connect(addr);
     let mut second = Client::connect(addr);
-    assert_eq!(
-        first.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
-        200
-    );
-    assert_eq!(
-        second.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").status,
-        200
+    let held = b"POST /gate HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n";
+    first.send(held);
+    second.send(held);
+    wait_until(
+        Duration::from_secs(5),
+        "both requests are in flight",
+        || s.origin.requests() == 2,
     );
     // The third connection sits in the kernel's backlog: not served while the cap is reached.
     let mut third = Client::connect(addr);
@@ -318,10 +319,15 @@ fn connections_over_the_worker_cap_wait_for_a_free_slot() {
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
     let waiting = third.read_response();
-    assert!(waiting.is_err(), "served beyond max_connections");
+    assert!(
+        waiting.is_err(),
+        "served beyond max_connections: {waiting:?}"
+    );
     assert_eq!(s.origin.requests(), 2);
     // A slot frees up: the waiting connection is accepted and served.
-    drop(first);
+    s.origin.open_gate();
+    assert_eq!(first.read_response().unwrap().status, 200);
+    assert_eq!(second.read_response().unwrap().status, 200);
     third
         .reader
         .inner

@@ -360,6 +360,24 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["breaker_trips"],
     ),
     (
+        "ringgate_connection_cap_reached_total",
+        "Times max_connections was reached with no idle connection to close.",
+        "counter",
+        &["connection_cap_reached"],
+    ),
+    (
+        "ringgate_idle_connections_closed_for_room_total",
+        "Idle client connections closed to make room at a connection cap.",
+        "counter",
+        &["idle_closed_for_room"],
+    ),
+    (
+        "ringgate_connections_refused_per_ip_total",
+        "Connections refused with 503 at max_connections_per_ip.",
+        "counter",
+        &["per_ip_refused"],
+    ),
+    (
         "ringgate_cache_hits_total",
         "Requests answered from the cache.",
         "counter",

@@ -69,8 +69,11 @@ pub struct ListenerConfig {
 /// Settings each worker holds for itself; may differ per core.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PerCoreConfig {
-    /// Client connections a worker serves at once; above it, it stops accepting.
+    /// Client connections a worker serves at once; at the cap it closes its
+    /// oldest idle connection for a newcomer, or stops accepting.
     pub max_connections: usize,
+    /// Client connections one address may hold on a worker (`None`: no cap).
+    pub max_connections_per_ip: Option<usize>,
     /// Idle keep-alive connections kept per upstream server by each worker.
     pub upstream_pool_size: usize,
     /// An idle pooled upstream connection older than this is closed.
@@ -89,6 +92,7 @@ impl Default for PerCoreConfig {
     fn default() -> Self {
         PerCoreConfig {
             max_connections: 10_000,
+            max_connections_per_ip: None,
             upstream_pool_size: 128,
             upstream_idle_timeout: Duration::from_secs(60),
             client_buffer_size: 1024,
@@ -1139,6 +1143,7 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
         &PerCoreConfig::default(),
         PerCoreFields {
             max_connections: raw.max_connections,
+            max_connections_per_ip: raw.max_connections_per_ip,
             upstream_pool_size: raw.upstream_pool_size,
             upstream_idle_timeout: raw.upstream_idle_timeout.map(|d| d.0),
             client_buffer_size: raw.client_buffer_size.map(|s| s.0),
@@ -1161,6 +1166,7 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
             &per_core,
             PerCoreFields {
                 max_connections: o.max_connections,
+                max_connections_per_ip: o.max_connections_per_ip,
                 upstream_pool_size: o.upstream_pool_size,
                 upstream_idle_timeout: o.upstream_idle_timeout.map(|d| d.0),
                 client_buffer_size: o.client_buffer_size.map(|s| s.0),
@@ -1185,6 +1191,7 @@ fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError>
 
 struct PerCoreFields {
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     upstream_pool_size: Option<usize>,
     upstream_idle_timeout: Option<Duration>,
     client_buffer_size: Option<u64>,
@@ -1207,6 +1214,16 @@ fn apply_per_core(
             ));
         }
         out.max_connections = n;
+    }
+    if let Some(n) = fields.max_connections_per_ip {
+        // 0 turns the cap off.
+        if n > MAX_CONNECTIONS {
+            return Err(invalid(
+                format!("{prefix}.max_connections_per_ip"),
+                format!("must be at most {MAX_CONNECTIONS} (0: no cap)"),
+            ));
+        }
+        out.max_connections_per_ip = (n > 0).then_some(n);
     }
     if let Some(n) = fields.upstream_pool_size {
         if n > MAX_POOL_SIZE {

@@ -73,6 +73,7 @@ pub struct RawWorkers {
     pub sqpoll: Option<bool>,
     pub sqpoll_idle: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub upstream_pool_size: Option<usize>,
     pub upstream_idle_timeout: Option<ConfigDuration>,
     pub client_buffer_size: Option<ByteSize>,
@@ -88,6 +89,7 @@ pub struct RawWorkers {
 pub struct RawCoreOverride {
     pub core: usize,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub upstream_pool_size: Option<usize>,
     pub upstream_idle_timeout: Option<ConfigDuration>,
     pub client_buffer_size: Option<ByteSize>,

@@ -45,6 +45,8 @@ const MAX_RESPONSE_HEADERS: usize = 256;
 
 struct Client {
     stream: TcpStream,
+    /// Its key in the worker's connection table (idle tracking, caps).
+    conn: usize,
     /// Bytes read from the client and not consumed yet (may hold pipelined requests).
     buf: BytesMut,
     peer_ip: String,
@@ -62,10 +64,12 @@ enum Next {
     Close,
 }
 
-/// Serves one client connection until it closes, fails, times out or the worker drains.
-pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one client connection until it closes, fails, times out, the
+/// worker drains or it is closed while idle to make room at a cap.
+pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr, conn: usize) {
     let _ = stream.set_nodelay(true);
     let mut client = Client {
+        conn,
         stream,
         buf: BytesMut::with_capacity(ctx.per_core.client_buffer_size),
         peer_ip: peer.ip().to_string(),
@@ -396,7 +400,15 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             ctx.per_core.client_buffer_size,
             limit,
         );
-        match race(read, ctx.drain_started()).await {
+        ctx.conns.set_idle(client.conn);
+        if ctx.active.get() >= ctx.per_core.max_connections {
+            // The accept loop may be waiting for an idle connection to close.
+            ctx.slot_notify.notify_all();
+        }
+        let stop = race(ctx.drain_started(), ctx.conns.evicted(client.conn));
+        let woke = race(read, stop).await;
+        ctx.conns.set_busy(client.conn);
+        match woke {
             Either::Left(Read::Data(_)) => {}
             _ => return Next::Close,
         }
@@ -1647,6 +1659,7 @@ mod tests {
                 claims,
             ));
             let mut client = super::Client {
+                conn: 0,
                 stream: monoio::net::TcpStream::connect_addr(addr).await.unwrap(),
                 buf: bytes::BytesMut::new(),
                 peer_ip: String::new(),
@@ -1656,7 +1669,7 @@ mod tests {
                 sent_continue: false,
             };
             let exchange = size_of_future(&super::exchange(&ctx, &mut client));
-            let serve = size_of_future(&super::serve(ctx.clone(), stream, addr));
+            let serve = size_of_future(&super::serve(ctx.clone(), stream, addr, 0));
             assert!(
                 serve + exchange <= 4 * 1024,
                 "serve {serve} + exchange {exchange} bytes"

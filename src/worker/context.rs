@@ -29,6 +29,39 @@ pub struct Stats {
     pub panics: Cell<u64>,
     /// Requests refused with 503 because a circuit breaker's cap was reached.
     pub breaker_trips: Cell<u64>,
+    /// Times the worker reached `max_connections` with no idle connection to close.
+    pub connection_cap_reached: Cell<u64>,
+    /// Idle connections closed to make room at a connection cap.
+    pub idle_closed_for_room: Cell<u64>,
+    /// Connections refused (503) at `max_connections_per_ip`.
+    pub per_ip_refused: Cell<u64>,
+}
+
+/// A warning logged at most once per interval, with how often it was
+/// suppressed meanwhile: a flood must not turn into a flood of log lines.
+#[derive(Default)]
+pub struct RateLimitedLog {
+    last: Cell<Option<std::time::Instant>>,
+    suppressed: Cell<u64>,
+}
+
+impl RateLimitedLog {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Returns `Some(times suppressed since the last line)` when a line may be logged now.
+    pub fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last.get() {
+            Some(last) if now.duration_since(last) < Self::EVERY => {
+                self.suppressed.set(self.suppressed.get() + 1);
+                None
+            }
+            _ => {
+                self.last.set(Some(now));
+                Some(self.suppressed.replace(0))
+            }
+        }
+    }
 }
 
 impl Stats {
@@ -59,6 +92,10 @@ pub struct WorkerCtx {
     pub drain_notify: Notify,
     /// Notified when a connection ends (accept loops and the drain waiter re-check).
     pub slot_notify: Notify,
+    /// Open client connections by address, and which are idle.
+    pub conns: super::conns::Conns,
+    /// The connection-cap warnings.
+    pub cap_log: RateLimitedLog,
     /// Reusable upstream read buffers and serialisation buffers.
     read_buffers: RefCell<Vec<BytesMut>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
@@ -111,6 +148,8 @@ impl WorkerCtx {
             active: Cell::new(0),
             drain_notify: Notify::default(),
             slot_notify: Notify::default(),
+            conns: Default::default(),
+            cap_log: RateLimitedLog::default(),
             read_buffers: RefCell::new(Vec::new()),
             write_buffers: RefCell::new(Vec::new()),
             via_line,
@@ -134,8 +173,11 @@ impl WorkerCtx {
             "client_errors": s.client_errors.get(),
             "upstream_pool_idle": idle,
             "upstream_pool_discarded": upstreams.pool.discarded,
-                        "panics": s.panics.get(),
-                        "breaker_trips": s.breaker_trips.get(),
+            "panics": s.panics.get(),
+            "breaker_trips": s.breaker_trips.get(),
+            "connection_cap_reached": s.connection_cap_reached.get(),
+            "idle_closed_for_room": s.idle_closed_for_room.get(),
+            "per_ip_refused": s.per_ip_refused.get(),
             "servers": upstreams.server_snapshot(std::time::Instant::now()),
         });
         if let Some(cache) = &self.cache {
@@ -224,20 +266,24 @@ impl WorkerCtx {
     }
 }
 
-/// Counts a client connection for as long as it lives.
+/// Counts a client connection, and registers it by address, for as long as it lives.
 pub struct ConnectionGuard {
     ctx: Rc<WorkerCtx>,
+    /// Its key in [`WorkerCtx::conns`].
+    pub key: usize,
 }
 
 impl ConnectionGuard {
-    pub fn new(ctx: Rc<WorkerCtx>) -> Self {
+    pub fn new(ctx: Rc<WorkerCtx>, ip: std::net::IpAddr) -> Self {
         ctx.active.set(ctx.active.get() + 1);
-        ConnectionGuard { ctx }
+        let key = ctx.conns.register(ip);
+        ConnectionGuard { ctx, key }
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        self.ctx.conns.unregister(self.key);
         self.ctx.active.set(self.ctx.active.get() - 1);
         self.ctx.slot_notify.notify_all();
     }

@@ -3,6 +3,7 @@
 //! available), binds its own SO_REUSEPORT listeners and serves the
 //! connections the kernel hands it until told to stop.
 
+pub mod conns;
 pub mod context;
 pub mod inbox;
 pub mod rlimit;
@@ -271,14 +272,11 @@ async fn sweep_pool(ctx: Rc<WorkerCtx>) {
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
-    let max = ctx.per_core.max_connections;
     loop {
-        // At the connection cap, stop accepting: new clients wait in the
-        // kernel's backlog (or go to another worker) instead of being reset.
-        ctx.slot_notify
-            .wait_until(|| ctx.draining.get() || ctx.active.get() < max)
-            .await;
-        if ctx.draining.get() {
+        // At the connection cap with nothing idle to close, stop accepting:
+        // new clients wait in the kernel's backlog (or go to another worker)
+        // instead of being reset.
+        if !wait_for_room(&ctx).await {
             return;
         }
         let accepted = match race(listener.accept(), ctx.drain_started()).await {
@@ -287,13 +285,26 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Connections may have turned busy while the accept was
+                // pending: this one waits (accepted, unread) for room too.
+                if !wait_for_room(&ctx).await {
+                    return;
+                }
                 context::Stats::bump(&ctx.stats.accepted);
+                if !make_room(&ctx, peer.ip()) {
+                    monoio::spawn(refuse_connection(ctx.clone(), stream));
+                    continue;
+                }
                 let task_ctx = ctx.clone();
-                let guard = context::ConnectionGuard::new(ctx.clone());
+                let guard = context::ConnectionGuard::new(ctx.clone(), peer.ip());
                 monoio::spawn(async move {
+                    let guarded = CatchUnwind::new(crate::proxy::serve(
+                        task_ctx.clone(),
+                        stream,
+                        peer,
+                        guard.key,
+                    ));
                     let _guard = guard;
-                    let guarded =
-                        CatchUnwind::new(crate::proxy::serve(task_ctx.clone(), stream, peer));
                     if let Err(panic) = guarded.await {
                         context::Stats::bump(&task_ctx.stats.panics);
                         tracing::error!(
@@ -312,4 +323,76 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Waits until the worker is below `max_connections` or has an idle
+/// connection it may close; false once it drains.
+async fn wait_for_room(ctx: &WorkerCtx) -> bool {
+    let max = ctx.per_core.max_connections;
+    let room = || ctx.active.get() < max || ctx.conns.any_idle();
+    if !room() && !ctx.draining.get() {
+        context::Stats::bump(&ctx.stats.connection_cap_reached);
+        if let Some(suppressed) = ctx.cap_log.allow() {
+            tracing::warn!(
+                worker = ctx.index,
+                open = ctx.active.get(),
+                max_connections = max,
+                suppressed,
+                "connection cap reached and no connection idle: new clients wait in the backlog"
+            );
+        }
+    }
+    ctx.slot_notify
+        .wait_until(|| ctx.draining.get() || room())
+        .await;
+    !ctx.draining.get()
+}
+
+/// Makes room for a connection from `ip` at the caps: closes the oldest idle
+/// connection (of that address, at its per-address cap; of anyone, at
+/// `max_connections`). False when the address is at its cap with nothing idle.
+fn make_room(ctx: &WorkerCtx, ip: std::net::IpAddr) -> bool {
+    if let Some(cap) = ctx.per_core.max_connections_per_ip {
+        if ctx.conns.count_for(ip) >= cap {
+            if ctx.conns.evict_oldest_idle(Some(ip)) {
+                context::Stats::bump(&ctx.stats.idle_closed_for_room);
+            } else {
+                context::Stats::bump(&ctx.stats.per_ip_refused);
+                if let Some(suppressed) = ctx.cap_log.allow() {
+                    tracing::warn!(
+                        worker = ctx.index,
+                        %ip,
+                        max_connections_per_ip = cap,
+                        suppressed,
+                        "per-address connection cap reached and none of its connections idle: refused with 503"
+                    );
+                }
+                return false;
+            }
+        }
+    }
+    if ctx.active.get() >= ctx.per_core.max_connections && ctx.conns.evict_oldest_idle(None) {
+        context::Stats::bump(&ctx.stats.idle_closed_for_room);
+        if let Some(suppressed) = ctx.cap_log.allow() {
+            tracing::warn!(
+                worker = ctx.index,
+                max_connections = ctx.per_core.max_connections,
+                suppressed,
+                "connection cap reached: closed the oldest idle connection for a new client"
+            );
+        }
+    }
+    true
+}
+
+/// Answers a connection over its address's cap with a 503 and closes it.
+async fn refuse_connection(ctx: Rc<WorkerCtx>, stream: monoio::net::TcpStream) {
+    let mut stream = stream;
+    let body = "503 Service Unavailable: too many connections from your address\n";
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let limit = ctx.config.timeouts.client_send.min(Duration::from_secs(5));
+    let _ = crate::proxy::io::write_all(&mut stream, reply.into_bytes(), limit).await;
 }

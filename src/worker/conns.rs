@@ -1,0 +1,235 @@
+//! The worker's client connections as a whole: how many each address holds,
+//! which are idle (waiting for the first byte of a request), and closing the
+//! oldest idle ones when a cap is reached, as nginx reclaims its keep-alive
+//! connections, so that one client parking idle connections cannot lock
+//! everybody else out.
+//!
+//! Idle connections are kept in the order they went idle (a queue of
+//! `(slot, generation)` entries, checked lazily), so finding the oldest is
+//! O(1) amortised and marking a connection idle or busy costs a push and a
+//! field write per request. Only this worker's tasks touch it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use slab::Slab;
+
+struct Slot {
+    ip: IpAddr,
+    /// The generation of its entry in the idle queue while idle.
+    idle: Option<u64>,
+    /// Told to close (it was idle when a cap was reached).
+    evicted: bool,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+pub struct Conns {
+    slots: RefCell<Slab<Slot>>,
+    per_ip: RefCell<HashMap<IpAddr, usize>>,
+    idle: RefCell<VecDeque<(usize, u64)>>,
+    generation: Cell<u64>,
+    /// Connections idle now (and not told to close).
+    idle_count: Cell<usize>,
+}
+
+/// An IPv4 client on a dual-stack socket counts as its IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Conns {
+    /// Records a new connection from `ip`; returns its key.
+    pub fn register(&self, ip: IpAddr) -> usize {
+        let ip = canonical(ip);
+        *self.per_ip.borrow_mut().entry(ip).or_default() += 1;
+        self.slots.borrow_mut().insert(Slot {
+            ip,
+            idle: None,
+            evicted: false,
+            waker: None,
+        })
+    }
+
+    pub fn unregister(&self, key: usize) {
+        let slot = self.slots.borrow_mut().remove(key);
+        if slot.idle.is_some() {
+            self.idle_count.set(self.idle_count.get() - 1);
+        }
+        let mut per_ip = self.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&slot.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&slot.ip);
+            }
+        }
+    }
+
+    /// Connections open from `ip`.
+    pub fn count_for(&self, ip: IpAddr) -> usize {
+        self.per_ip
+            .borrow()
+            .get(&canonical(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The connection waits for the first byte of a request.
+    pub fn set_idle(&self, key: usize) {
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        match self.slots.borrow_mut().get_mut(key) {
+            Some(slot) if !slot.evicted => {
+                if slot.idle.replace(generation).is_none() {
+                    self.idle_count.set(self.idle_count.get() + 1);
+                }
+            }
+            _ => return,
+        }
+        let mut idle = self.idle.borrow_mut();
+        idle.push_back((key, generation));
+        // Entries of connections that became busy again are dropped lazily;
+        // keep the queue from growing past twice the live connections.
+        if idle.len() > 64 && idle.len() > 2 * self.slots.borrow().len() {
+            let slots = self.slots.borrow();
+            idle.retain(|(k, g)| slots.get(*k).is_some_and(|s| s.idle == Some(*g)));
+        }
+    }
+
+    /// The connection is reading or answering a request.
+    pub fn set_busy(&self, key: usize) {
+        if let Some(slot) = self.slots.borrow_mut().get_mut(key) {
+            if slot.idle.take().is_some() {
+                self.idle_count.set(self.idle_count.get() - 1);
+            }
+        }
+    }
+
+    /// True while some connection is idle and could be closed for a newcomer.
+    pub fn any_idle(&self) -> bool {
+        self.idle_count.get() > 0
+    }
+
+    /// Tells the oldest idle connection (of `ip`, when given) to close.
+    /// Returns false when there is none.
+    pub fn evict_oldest_idle(&self, ip: Option<IpAddr>) -> bool {
+        let ip = ip.map(canonical);
+        let mut slots = self.slots.borrow_mut();
+        let mut idle = self.idle.borrow_mut();
+        let position = idle.iter().position(|(k, g)| {
+            slots
+                .get(*k)
+                .is_some_and(|s| s.idle == Some(*g) && !s.evicted && ip.is_none_or(|ip| s.ip == ip))
+        });
+        let Some(position) = position else {
+            if ip.is_none() {
+                // Nothing idle at all: every entry is stale.
+                idle.clear();
+            }
+            return false;
+        };
+        let (key, _) = idle.remove(position).expect("found above");
+        let slot = &mut slots[key];
+        slot.evicted = true;
+        slot.idle = None;
+        self.idle_count.set(self.idle_count.get() - 1);
+        if let Some(waker) = slot.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Resolves once the connection `key` was told to close.
+    pub fn evicted(&self, key: usize) -> Evicted<'_> {
+        Evicted { conns: self, key }
+    }
+}
+
+pub struct Evicted<'a> {
+    conns: &'a Conns,
+    key: usize,
+}
+
+impl Future for Evicted<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slots = self.conns.slots.borrow_mut();
+        match slots.get_mut(self.key) {
+            Some(slot) if !slot.evicted => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_oldest_idle_connection_goes_first() {
+        let c = Conns::default();
+        let a = c.register(ip("10.0.0.1"));
+        let b = c.register(ip("10.0.0.1"));
+        let busy = c.register(ip("10.0.0.2"));
+        c.set_idle(b);
+        c.set_idle(a);
+        c.set_idle(busy);
+        c.set_busy(busy);
+        assert!(c.evict_oldest_idle(None));
+        assert!(c.slots.borrow()[b].evicted, "b went idle first");
+        assert!(c.evict_oldest_idle(None));
+        assert!(c.slots.borrow()[a].evicted);
+        assert!(
+            !c.evict_oldest_idle(None),
+            "a busy connection is never closed"
+        );
+        assert!(!c.slots.borrow()[busy].evicted);
+        assert!(!c.any_idle());
+    }
+
+    #[test]
+    fn connections_are_counted_per_address() {
+        let c = Conns::default();
+        let a = c.register(ip("10.0.0.1"));
+        let _b = c.register(ip("::ffff:10.0.0.1"));
+        let other = c.register(ip("10.0.0.2"));
+        assert_eq!(c.count_for(ip("10.0.0.1")), 2);
+        c.set_idle(other);
+        assert!(
+            !c.evict_oldest_idle(Some(ip("10.0.0.1"))),
+            "only that address's connections"
+        );
+        c.set_idle(a);
+        assert!(c.evict_oldest_idle(Some(ip("10.0.0.1"))));
+        c.unregister(a);
+        assert_eq!(c.count_for(ip("10.0.0.1")), 1);
+    }
+
+    #[test]
+    fn a_connection_idle_again_gets_a_new_place_in_line() {
+        let c = Conns::default();
+        let a = c.register(ip("10.0.0.1"));
+        let b = c.register(ip("10.0.0.1"));
+        c.set_idle(a);
+        c.set_idle(b);
+        c.set_busy(a);
+        c.set_idle(a);
+        assert!(c.evict_oldest_idle(None));
+        assert!(c.slots.borrow()[b].evicted);
+    }
+}
