@@ -154,7 +154,8 @@ fn store_variants(gw: &ringgate::Handle, target: &str) {
         let r = fetch_keyed(gw, target, tenant, lang);
         assert!(
             r.header("cache-status").unwrap().contains("stored"),
-            "{tenant} {lang}"
+            "{tenant} {lang}: {}",
+            r.head
         );
         let r = fetch_keyed(gw, target, tenant, lang);
         assert!(

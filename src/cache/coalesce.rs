@@ -1,18 +1,21 @@
 //! Request coalescing on one worker: while one request fetches a key from
 //! the origin, other misses for the same key wait for it (up to a timeout)
-//! and are then answered from what it stored, instead of each going to the
-//! origin.
+//! and are then answered from what it stored, or from the fill while it is
+//! being stored (`super::fill`), instead of each going to the origin.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use super::fill::Fill;
 use crate::worker::signal::Notify;
 
 /// One origin fetch others may wait for.
 #[derive(Default)]
 pub struct Flight {
     done: Cell<bool>,
+    /// The response being stored, once its head arrived (read-while-fill).
+    fill: RefCell<Option<Rc<Fill>>>,
     notify: Notify,
 }
 
@@ -20,6 +23,18 @@ impl Flight {
     /// Resolves when the leading fetch finished (stored or not).
     pub async fn finished(&self) {
         self.notify.wait_until(|| self.done.get()).await
+    }
+
+    /// Resolves when the leading fetch finished, or started a fill that
+    /// waiters may read while it arrives (returned then).
+    pub async fn fill_or_finished(&self) -> Option<Rc<Fill>> {
+        self.notify
+            .wait_until(|| self.done.get() || self.fill.borrow().is_some())
+            .await;
+        if self.done.get() {
+            return None;
+        }
+        self.fill.borrow().clone()
     }
 }
 
@@ -46,9 +61,18 @@ pub struct LeaderGuard {
     flight: Rc<Flight>,
 }
 
+impl LeaderGuard {
+    /// Offers the response being stored to the requests waiting on the key.
+    pub fn attach(&self, fill: Rc<Fill>) {
+        *self.flight.fill.borrow_mut() = Some(fill);
+        self.flight.notify.notify_all();
+    }
+}
+
 impl Drop for LeaderGuard {
     fn drop(&mut self) {
         self.flights.borrow_mut().remove(&self.key);
+        self.flight.fill.borrow_mut().take();
         self.flight.done.set(true);
         self.flight.notify.notify_all();
     }

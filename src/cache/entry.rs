@@ -133,18 +133,38 @@ impl ExchangeTimes {
     }
 }
 
-impl Stored {
-    /// Builds an entry from a response's storable fields (an `Age` among
-    /// them counts towards the entry's age, then is dropped) and its body.
+/// Everything about a response to be stored but its body: known when its
+/// head arrives, so clients can be answered from a response still being
+/// received (see `super::fill`).
+#[derive(Debug, Clone)]
+pub struct StoredHead {
+    pub status: u16,
+    pub reason: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// Status line, fields and Via, each line CRLF-terminated; no framing field.
+    pub lines: Bytes,
+    pub freshness: StoredFreshness,
+    pub initial_age: Duration,
+    pub received: Instant,
+    /// How long the entry is of use, counted from its age zero.
+    keep: Duration,
+    pub etag: Option<Vec<u8>>,
+    pub last_modified: Option<SystemTime>,
+    pub date: Option<SystemTime>,
+    pub vary: VarySpec,
+}
+
+impl StoredHead {
+    /// The head of an entry from a response's storable fields (an `Age`
+    /// among them counts towards the entry's age, then is dropped).
     pub fn build(
         status: u16,
         reason: &str,
         mut fields: Vec<(String, Vec<u8>)>,
-        body: Bytes,
         times: ExchangeTimes,
         policy: &CachePolicy,
         via_line: Option<&[u8]>,
-    ) -> Stored {
+    ) -> StoredHead {
         let facts = response_facts(
             status,
             fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
@@ -162,34 +182,77 @@ impl Stored {
         );
         fields.retain(|(name, _)| !name_is(name, "age"));
 
-        let mut head = Vec::with_capacity(256);
-        let _ = write!(head, "HTTP/1.1 {status} {reason}\r\n");
+        let mut lines = Vec::with_capacity(256);
+        let _ = write!(lines, "HTTP/1.1 {status} {reason}\r\n");
         for (name, value) in &fields {
-            head.extend_from_slice(name.as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value);
-            head.extend_from_slice(b"\r\n");
+            lines.extend_from_slice(name.as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value);
+            lines.extend_from_slice(b"\r\n");
         }
         if let Some(via) = via_line {
-            head.extend_from_slice(via);
+            lines.extend_from_slice(via);
         }
-        let _ = write!(head, "Content-Length: {}\r\n", body.len());
-
-        Stored {
+        StoredHead {
             status,
             reason: reason.to_string(),
-            head: Bytes::from(head),
-            body,
+            fields,
+            lines: Bytes::from(lines),
             freshness,
             initial_age,
             received: times.received,
-            discard_at: times.received + keep.saturating_sub(initial_age.min(keep)),
+            keep,
             etag,
             last_modified: facts.last_modified,
             date: facts.date,
             vary,
+        }
+    }
+
+    /// RFC 9111 section 4.2.3: `current_age = corrected_initial_age + resident_time`.
+    pub fn age(&self, now: Instant) -> Duration {
+        self.initial_age + now.saturating_duration_since(self.received)
+    }
+}
+
+impl Stored {
+    /// Builds an entry from a response's storable fields (an `Age` among
+    /// them counts towards the entry's age, then is dropped) and its body.
+    pub fn build(
+        status: u16,
+        reason: &str,
+        fields: Vec<(String, Vec<u8>)>,
+        body: Bytes,
+        times: ExchangeTimes,
+        policy: &CachePolicy,
+        via_line: Option<&[u8]>,
+    ) -> Stored {
+        Stored::from_head(
+            StoredHead::build(status, reason, fields, times, policy, via_line),
+            body,
+        )
+    }
+
+    /// The entry for a head and the whole body that came with it.
+    pub fn from_head(head: StoredHead, body: Bytes) -> Stored {
+        let mut lines = Vec::with_capacity(head.lines.len() + 32);
+        lines.extend_from_slice(&head.lines);
+        let _ = write!(lines, "Content-Length: {}\r\n", body.len());
+        Stored {
+            status: head.status,
+            reason: head.reason,
+            head: Bytes::from(lines),
+            body,
+            freshness: head.freshness,
+            initial_age: head.initial_age,
+            received: head.received,
+            discard_at: head.received + head.keep.saturating_sub(head.initial_age.min(head.keep)),
+            etag: head.etag,
+            last_modified: head.last_modified,
+            date: head.date,
+            vary: head.vary,
             tags: Vec::new(),
-            fields,
+            fields: head.fields,
             refreshing: AtomicBool::new(false),
         }
     }

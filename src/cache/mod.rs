@@ -7,6 +7,7 @@
 //! - [`conditional`]: client preconditions answered from the cache
 //! - [`entry`]: stored responses; [`shard`]: the worker's store
 //! - [`coalesce`]: one origin fetch for concurrent misses
+//! - [`fill`]: read-while-fill, a response being stored served to every waiter
 //! - [`hit`]: the vectored hit write
 //!
 //! Each worker owns one [`WorkerCache`]; nothing here is shared across cores.
@@ -16,6 +17,7 @@ pub mod coalesce;
 pub mod conditional;
 pub mod control;
 pub mod entry;
+pub mod fill;
 pub mod freshness;
 pub mod hit;
 pub mod key;

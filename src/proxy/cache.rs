@@ -23,12 +23,16 @@ use httparse::Header;
 use crate::cache::bump;
 use crate::cache::conditional::Preconditions;
 use crate::cache::control::{RequestDirectives, DELTA_MAX};
-use crate::cache::entry::{response_facts, storable_fields, Capture, ExchangeTimes, Stored};
+use crate::cache::entry::{
+    response_facts, storable_fields, Capture, ExchangeTimes, Stored, StoredHead,
+};
+use crate::cache::fill::Fill;
 use crate::cache::freshness::{may_serve_stale_on_error, may_store, usability, RequestFacts, Use};
 use crate::cache::hit::HitBuf;
 use crate::cache::key::{primary_key, url_key, url_part};
 use crate::cache::policy::CachePolicy;
 use crate::cache::shard::Lookup;
+use crate::cache::vary::{variant_key, VarySpec};
 use crate::config::RouteConfig;
 use crate::http::headers::{name_is, trim};
 use crate::http::request::{header_slots, RequestHead};
@@ -350,11 +354,16 @@ fn with_request_headers<T>(head: &[u8], f: impl FnOnce(&[Header<'_>]) -> T) -> T
 }
 
 /// Decides, while the upstream's head is borrowed, what happens to the response.
+///
+/// `body_complete` says whether the whole body came with the head: only
+/// then is it stored before the head goes out, and only then may the head
+/// say `stored` (a longer body is still filling, and may yet fail).
 pub fn on_response_head(
     ctx: &WorkerCtx,
     work: &CacheWork,
     resp: &ResponseHead<'_>,
     method: Method,
+    body_complete: bool,
 ) -> Action {
     let cache = ctx.cache.as_ref().expect("cache work implies a cache");
     let policy = policy(ctx, work.route);
@@ -406,15 +415,8 @@ pub fn on_response_head(
             }
             bump(&cache.stats.misses);
             let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
-            let limit = policy
-                .max_object_size
-                .unwrap_or(cache.max_object)
-                .min(cache.max_object);
-            let too_large =
-                matches!(resp.framing, crate::http::BodyFraming::Length(n) if n > limit);
-            let storable = method == Method::Get
-                && !too_large
-                && may_store(&work.facts, &facts, policy).is_ok();
+            let limit = store_limit(ctx, policy);
+            let storable = storable(ctx, work, resp, method, &facts);
             if !storable && stale.is_some() {
                 // The origin's newer answer is not storable: the old one must not outlive it.
                 cache.shard.borrow_mut().remove_uri(&work.key);
@@ -429,7 +431,7 @@ pub fn on_response_head(
                 request_time: work.request_time,
             });
             Action::Relay {
-                status_line: status_line(work.fwd, resp.status, capture.is_some()),
+                status_line: status_line(work.fwd, resp.status, capture.is_some() && body_complete),
                 capture,
                 invalidate: None,
             }
@@ -437,32 +439,151 @@ pub fn on_response_head(
     }
 }
 
+/// The largest body stored for a route.
+fn store_limit(ctx: &WorkerCtx, policy: &CachePolicy) -> u64 {
+    let max = ctx.cache.as_ref().map_or(0, |c| c.max_object);
+    policy.max_object_size.unwrap_or(max).min(max)
+}
+
+/// Whether this response to a fill will be stored (RFC 9111 section 3 and the route's policy).
+fn storable(
+    ctx: &WorkerCtx,
+    work: &CacheWork,
+    resp: &ResponseHead<'_>,
+    method: Method,
+    facts: &crate::cache::freshness::ResponseFacts,
+) -> bool {
+    let policy = policy(ctx, work.route);
+    let too_large =
+        matches!(resp.framing, crate::http::BodyFraming::Length(n) if n > store_limit(ctx, policy));
+    method == Method::Get
+        && matches!(work.kind, WorkKind::Fill { .. })
+        && !too_large
+        && may_store(&work.facts, facts, policy).is_ok()
+}
+
+/// Whether a fill's response will be stored, asked before anything else is
+/// decided about it (to read a small body whole before answering).
+pub fn will_store(
+    ctx: &WorkerCtx,
+    work: &CacheWork,
+    resp: &ResponseHead<'_>,
+    method: Method,
+) -> bool {
+    let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
+    storable(ctx, work, resp, method, &facts)
+}
+
 /// Stores a captured response that arrived whole.
 pub fn store(ctx: &WorkerCtx, work: &CacheWork, capture: Capture) {
     if capture.abandoned {
         return;
     }
-    let cache = ctx.cache.as_ref().expect("cache work implies a cache");
-    let stored = Arc::new(
-        Stored::build(
-            capture.status,
-            &capture.reason,
-            capture.fields,
-            capture.body.freeze(),
-            ExchangeTimes::now(capture.request_time),
-            policy(ctx, work.route),
-            ctx.via(),
-        )
-        .with_tags(&ctx.config.cache.tag_headers),
+    let head = StoredHead::build(
+        capture.status,
+        &capture.reason,
+        capture.fields,
+        ExchangeTimes::now(capture.request_time),
+        policy(ctx, work.route),
+        ctx.via(),
     );
-    let variant = with_request_headers(&work.request_head, |headers| {
+    insert(
+        ctx,
+        &work.key,
+        &work.request_head,
+        Stored::from_head(head, capture.body.freeze()),
+    );
+}
+
+/// What a fill needs to store its response once the body is in.
+pub struct FillStore {
+    pub key: Box<[u8]>,
+    /// The request as forwarded, for the `Vary` variant.
+    pub request_head: Bytes,
+}
+
+/// Starts a fill for a storable response whose body is still to come:
+/// its stored head, and the variant it will be stored under.
+pub fn start_fill(
+    ctx: &WorkerCtx,
+    work: &CacheWork,
+    capture: Capture,
+    length: Option<u64>,
+) -> (Fill, FillStore) {
+    let head = StoredHead::build(
+        capture.status,
+        &capture.reason,
+        capture.fields,
+        ExchangeTimes::now(capture.request_time),
+        policy(ctx, work.route),
+        ctx.via(),
+    );
+    let variant = match &head.vary {
+        VarySpec::Names(names) => with_request_headers(&work.request_head, |headers| {
+            let mut key = Vec::new();
+            variant_key(&mut key, &work.key, names, headers);
+            Some(key.into_boxed_slice())
+        }),
+        _ => None,
+    };
+    (
+        Fill::new(head, length, variant),
+        FillStore {
+            key: work.key.clone(),
+            request_head: work.request_head.clone(),
+        },
+    )
+}
+
+/// Stores the body a fill completed.
+pub fn store_fill(ctx: &WorkerCtx, job: &FillStore, head: StoredHead, body: Bytes) -> Arc<Stored> {
+    insert(
+        ctx,
+        &job.key,
+        &job.request_head,
+        Stored::from_head(head, body),
+    )
+}
+
+/// Whether a request waiting for `fill` may be answered from it: it must
+/// ask for what is being stored (its variant, its freshness demands) and
+/// have no preconditions (those are answered from the entry once stored).
+pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
+    with_request_headers(&work.request_head, |headers| {
+        if !Preconditions::from_headers(headers).is_empty() {
+            return false;
+        }
+        let same_variant = match (&fill.head.vary, &fill.variant) {
+            (VarySpec::None, _) => true,
+            (VarySpec::Names(names), Some(leader)) => {
+                let mut key = Vec::new();
+                variant_key(&mut key, &work.key, names, headers);
+                key == **leader
+            }
+            _ => false,
+        };
+        same_variant
+            && usability(
+                &fill.head.freshness,
+                fill.head.age(Instant::now()),
+                &work.facts.cc,
+            ) == Use::Fresh
+    })
+}
+
+/// Inserts an entry into this worker's shard and offers it to the others.
+fn insert(ctx: &WorkerCtx, key: &[u8], request_head: &[u8], stored: Stored) -> Arc<Stored> {
+    let cache = ctx.cache.as_ref().expect("cache work implies a cache");
+    let stored = Arc::new(stored.with_tags(&ctx.config.cache.tag_headers));
+    let variant = with_request_headers(request_head, |headers| {
         cache
             .shard
             .borrow_mut()
-            .insert(&work.key, headers, stored.clone())
+            .insert(key, headers, stored.clone())
     });
     bump(&cache.stats.stores);
-    offer(ctx, &work.key, variant, &stored);
+    offer(ctx, key, variant, &stored);
+    stored
 }
 
 /// Offers a stored response to the other workers (one logical cache): they
@@ -756,15 +877,7 @@ pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
             ctx.via(),
         )
     };
-    let stored = Arc::new(stored.with_tags(&ctx.config.cache.tag_headers));
-    let variant = with_request_headers(&job.request_head, |headers| {
-        cache
-            .shard
-            .borrow_mut()
-            .insert(&job.key, headers, stored.clone())
-    });
-    bump(&cache.stats.stores);
-    offer(&ctx, &job.key, variant, &stored);
+    insert(&ctx, &job.key, &job.request_head, stored);
 }
 
 /// How long a waiter for a concurrent fetch of this route waits.

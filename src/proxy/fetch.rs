@@ -34,11 +34,11 @@ pub async fn fetch_whole(
     let pooled = ctx.upstreams.borrow_mut().pool.take(server);
     let mut stream = match pooled {
         Some(s) => s,
-        None => super::connect(ctx, addr, timeouts.upstream_connect).await?,
+        None => super::upstream::connect(ctx, addr, timeouts.upstream_connect).await?,
     };
     write_all(&mut stream, request_head, timeouts.upstream_send)
         .await
-        .map_err(|(e, _)| broken(super::into_io(e)))?;
+        .map_err(|(e, _)| broken(super::relay::into_io(e)))?;
 
     let mut buf = BytesMut::with_capacity(ctx.per_core.upstream_buffer_size);
     let deadline = super::io::deadline_in(timeouts.upstream_response);
@@ -104,8 +104,14 @@ pub async fn fetch_whole(
                 return Err(too_large());
             }
             while (buf.len() as u64) < n {
-                super::read_body_piece(ctx, &mut stream, &mut buf, addr, timeouts.upstream_read)
-                    .await?;
+                super::relay::read_body_piece(
+                    ctx,
+                    &mut stream,
+                    &mut buf,
+                    addr,
+                    timeouts.upstream_read,
+                )
+                .await?;
             }
             body.extend_from_slice(&buf.split_to(n as usize));
         }
@@ -120,8 +126,14 @@ pub async fn fetch_whole(
                 if decoder.is_done() {
                     break;
                 }
-                super::read_body_piece(ctx, &mut stream, &mut buf, addr, timeouts.upstream_read)
-                    .await?;
+                super::relay::read_body_piece(
+                    ctx,
+                    &mut stream,
+                    &mut buf,
+                    addr,
+                    timeouts.upstream_read,
+                )
+                .await?;
             }
         }
         BodyFraming::UntilClose => loop {

@@ -17,8 +17,11 @@
 
 pub mod cache;
 pub mod fetch;
+mod fill;
 pub mod head;
 pub mod io;
+mod relay;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -28,16 +31,13 @@ use bytes::{Buf, BytesMut};
 use monoio::net::TcpStream;
 
 use crate::config::MAX_HEADERS_CAP;
-use crate::error::{ErrorKind, ProxyError, Side};
-use crate::http::chunked::{ChunkedDecoder, Output};
-use crate::http::headers::push_hex;
+use crate::error::{ProxyError, Side};
 use crate::http::request::{header_slots, parse_request};
-use crate::http::response::parse_response;
 use crate::http::{BodyFraming, HttpError, Method, Version};
 use crate::route::Found;
 use crate::worker::context::{Stats, WorkerCtx};
 use crate::worker::signal::{race, Either};
-use head::{ClientFraming, ConnectionField, UpstreamRequest};
+use head::UpstreamRequest;
 use io::{read_some, write_all, Read};
 
 /// Response heads from upstreams may carry at most this many fields.
@@ -687,6 +687,22 @@ struct Progress {
     body_streamed: bool,
 }
 
+/// This request's part in coalescing: while it holds these, concurrent
+/// misses for its key (on this worker, and on the others) wait for it.
+#[derive(Default)]
+struct Coalescing {
+    leader: Option<crate::cache::coalesce::LeaderGuard>,
+    claim: Option<cache::ClaimGuard>,
+}
+
+impl Coalescing {
+    /// Lets the waiting requests go: the response is stored, or will not be.
+    fn release(&mut self) {
+        self.leader = None;
+        self.claim = None;
+    }
+}
+
 async fn proxy_request(
     ctx: &Rc<WorkerCtx>,
     client: &mut Client,
@@ -694,15 +710,14 @@ async fn proxy_request(
     mut out: Vec<u8>,
 ) -> Next {
     // Concurrent misses for one key: the first fetches, the others wait for it.
-    let mut _leader = None;
-    let mut _claim = None;
+    let mut coalescing = Coalescing::default();
     if let (Some(work), Some(worker_cache)) = (forward.cache.as_deref(), &ctx.cache) {
         if matches!(work.kind, cache::WorkKind::Fill { .. }) {
             match worker_cache.coalescer.join(&work.key) {
                 crate::cache::coalesce::Join::Leader(guard) => {
-                    _leader = Some(guard);
+                    coalescing.leader = Some(guard);
                     match cache::claim(ctx, work) {
-                        cache::CrossCore::Fetch(claim) => _claim = claim,
+                        cache::CrossCore::Fetch(claim) => coalescing.claim = claim,
                         cache::CrossCore::Wait => {
                             cache::wait_for_other_worker(ctx, work).await;
                             if let Some(hit) = cache::lookup_after_wait(ctx, work) {
@@ -720,11 +735,29 @@ async fn proxy_request(
                 }
                 crate::cache::coalesce::Join::Follower(flight) => {
                     crate::cache::bump(&worker_cache.stats.coalesced);
-                    let _ = monoio::time::timeout(
-                        cache::coalesce_timeout(ctx, work),
-                        flight.finished(),
-                    )
-                    .await;
+                    let limit = cache::coalesce_timeout(ctx, work);
+                    if let Ok(Some(fill)) =
+                        monoio::time::timeout(limit, flight.fill_or_finished()).await
+                    {
+                        // Read-while-fill: answered from the response as it arrives.
+                        if let Some(reader) = cache::fill_serves(work, &fill)
+                            .then(|| fill.reader())
+                            .flatten()
+                        {
+                            drop(flight);
+                            return fill::serve_waiter(
+                                ctx,
+                                client,
+                                &forward.answered(),
+                                reader,
+                                out,
+                            )
+                            .await;
+                        }
+                        // Another variant, or preconditions: wait for the entry.
+                        drop(fill);
+                        let _ = monoio::time::timeout(limit, flight.finished()).await;
+                    }
                     if let Some(hit) = cache::lookup_after_wait(ctx, work) {
                         return answer_from_cache(ctx, client, &forward.answered(), &hit, out)
                             .await;
@@ -735,40 +768,128 @@ async fn proxy_request(
     }
     let mut ubuf = ctx.take_read_buffer();
     let mut progress = Progress::default();
-    let body_in_out = take_request_bytes(client, &forward, &mut out, &mut progress);
-    let retry = ctx.config.routes[forward.route].retry.as_ref();
-    ctx.retry_budgets[forward.route]
-        .borrow_mut()
-        .record_request(Instant::now());
-    let mut retries_left = retry.map_or(0, |r| r.attempts);
-    let mut tried = vec![forward.server];
-    let result = loop {
-        // The whole request is in `out`: it can be sent again elsewhere.
-        let replayable = body_in_out && forward.method.is_idempotent() && !out.is_empty();
-        forward.may_retry_status = replayable
-            && retries_left > 0
-            && retry.is_some_and(|r| {
-                !r.statuses.is_empty()
-                    && ctx.retry_budgets[forward.route]
-                        .borrow_mut()
-                        .allows(r, Instant::now())
-            });
-        let attempt = {
-            let _in_flight = InFlight::new(ctx, forward.server);
-            relay(
-                ctx,
-                client,
-                &forward,
-                &mut out,
-                &mut ubuf,
-                &mut progress,
-                body_in_out,
+    let body_in_out = upstream::take_request_bytes(client, &forward, &mut out, &mut progress);
+    let head = upstream::exchange(
+        ctx,
+        client,
+        &mut forward,
+        &mut out,
+        &mut ubuf,
+        &mut progress,
+        body_in_out,
+    )
+    .await;
+    match head {
+        Ok(head) => {
+            respond(
+                ctx, client, &forward, out, ubuf, head, &progress, coalescing,
             )
             .await
+        }
+        Err(error) => {
+            ctx.give_read_buffer(ubuf);
+            answer_failure(ctx, client, &forward, out, error, &progress).await
+        }
+    }
+}
+
+/// Answers the client once the upstream's response head is in: from the
+/// cache (a 304 freshened the entry, or stale-if-error), from a fill
+/// (a storable body still to come), or by relaying the body.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    forward: &Forward,
+    mut out: Vec<u8>,
+    mut ubuf: BytesMut,
+    head: upstream::UpstreamHead,
+    progress: &Progress,
+    mut coalescing: Coalescing,
+) -> Next {
+    let upstream::UpstreamHead {
+        stream,
+        addr,
+        answer,
+        in_flight,
+    } = head;
+    let mut plan = match answer {
+        upstream::Answer::Relay(plan) => plan,
+        upstream::Answer::Serve(hit, reusable_now) => {
+            if reusable_now && ubuf.is_empty() {
+                ctx.upstreams.borrow_mut().pool.put(forward.server, stream);
+            }
+            ctx.give_read_buffer(ubuf);
+            coalescing.release();
+            let keep =
+                progress.request_consumed && forward.keep_alive && client_may_continue(ctx, client);
+            let sent = send_cached(
+                ctx,
+                client,
+                &hit,
+                forward.method == Method::Head,
+                keep,
+                forward.version,
+                out,
+            )
+            .await;
+            return if sent && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+        }
+    };
+    // A write's invalidation reaches every worker before its response reaches
+    // the client, so the client's next read misses whichever core it lands on.
+    if let Some(urls) = plan.invalidate.take() {
+        let message = crate::bus::Message::Invalidate {
+            what: crate::bus::Invalidation::Urls(std::sync::Arc::new(urls)),
+            removal: crate::cache::shard::Removal::Hard,
         };
-        if let Err(e) = &attempt {
-            // Passive health: the server failed this request (statuses are counted at the head).
-            if e.side == Side::Upstream && !matches!(e.kind, ErrorKind::RetryStatus(_)) {
+        if let Err(e) = ctx
+            .bus
+            .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
+            .await
+        {
+            tracing::warn!(worker = ctx.index, error = %e, "invalidation after a write did not reach every worker");
+        }
+    }
+    if plan.fill {
+        let first = ubuf.split();
+        ctx.give_read_buffer(ubuf);
+        let (framing, keep) = (plan.client_framing, plan.keep_client);
+        let connection = (stream, addr, in_flight);
+        let fill = fill::start(ctx, forward, &mut plan, connection, first, coalescing);
+        let reader = fill.reader().expect("a new fill has its first byte");
+        return fill::serve(ctx, client, reader, out, framing, keep).await;
+    }
+    if plan.capture.is_none() {
+        // Nothing will be stored: requests waiting on the key need not wait
+        // for this client to take its body.
+        coalescing.release();
+    }
+    let relayed = relay::body(
+        ctx,
+        client,
+        forward,
+        &mut out,
+        &mut ubuf,
+        stream,
+        addr,
+        &mut plan,
+        &mut coalescing,
+    )
+    .await;
+    drop(in_flight);
+    ctx.give_read_buffer(ubuf);
+    match relayed {
+        Ok(next) => {
+            ctx.give_write_buffer(out);
+            next
+        }
+        Err(error) => {
+            if error.side == Side::Upstream {
                 ctx.upstreams.borrow().record_outcome(
                     forward.group,
                     forward.server,
@@ -776,53 +897,13 @@ async fn proxy_request(
                     Instant::now(),
                 );
             }
+            log_failure(ctx, &error);
+            Next::Close
         }
-        let error = match attempt {
-            Err(e) if retries_left > 0 && !progress.response_started => e,
-            other => break other,
-        };
-        let policy = retry.expect("retries_left > 0 only with a retry policy");
-        // `out` may have lost the request during the attempt (a write timed out,
-        // an interim response was relayed): then it cannot be sent again.
-        let resendable = replayable && !out.is_empty();
-        let allowed = match error.kind {
-            // Nothing reached a server: safe for any method.
-            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => {
-                policy.on_connect_failure && !out.is_empty()
-            }
-            // Closed or reset before any response byte: only what may be repeated.
-            ErrorKind::UpstreamClosedEarly => policy.on_reset && error.retry_safe && resendable,
-            ErrorKind::RetryStatus(_) => resendable,
-            _ => false,
-        };
-        if !allowed
-            || !ctx.retry_budgets[forward.route]
-                .borrow_mut()
-                .try_take(policy, Instant::now())
-        {
-            break Err(error);
-        }
-        retries_left -= 1;
-        Stats::bump(&ctx.stats.upstream_retries);
-        let next =
-            ctx.upstreams
-                .borrow_mut()
-                .pick_other(forward.group, forward.balance_key, &tried);
-        tracing::debug!(worker = ctx.index, error = %error, "retrying on another server");
-        tried.push(next);
-        forward.server = next;
-        // Sticky groups re-pin the client to the server that now answers.
-        forward.pin_cookie = ctx.upstreams.borrow().pin_cookie(forward.group, next);
-        ubuf.clear();
-    };
-    ctx.give_read_buffer(ubuf);
-    let error = match result {
-        Ok(next) => {
-            ctx.give_write_buffer(out);
-            return next;
-        }
-        Err(error) => error,
-    };
+    }
+}
+
+fn log_failure(ctx: &WorkerCtx, error: &ProxyError) {
     match error.side {
         Side::Upstream => {
             Stats::bump(&ctx.stats.upstream_errors);
@@ -833,6 +914,19 @@ async fn proxy_request(
             tracing::debug!(worker = ctx.index, error = %error, "request failed");
         }
     }
+}
+
+/// Answers a request whose upstream exchange failed before a response head:
+/// its status (502, 504, 408...), or a stale entry under stale-if-error.
+async fn answer_failure(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    forward: &Forward,
+    out: Vec<u8>,
+    error: ProxyError,
+    progress: &Progress,
+) -> Next {
+    log_failure(ctx, &error);
     let Some(status) = error.status().filter(|_| !progress.response_started) else {
         return Next::Close;
     };
@@ -859,42 +953,6 @@ async fn proxy_request(
     }
 }
 
-/// Counts a request as outstanding to its server (for `least_request` and
-/// `peak_ewma`) for as long as it is being relayed.
-struct InFlight<'a> {
-    ctx: &'a WorkerCtx,
-    server: usize,
-}
-
-impl<'a> InFlight<'a> {
-    fn new(ctx: &'a WorkerCtx, server: usize) -> Self {
-        let upstreams = ctx.upstreams.borrow();
-        let load = &upstreams.loads[server].outstanding;
-        load.set(load.get() + 1);
-        InFlight { ctx, server }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let upstreams = self.ctx.upstreams.borrow();
-        let load = &upstreams.loads[self.server].outstanding;
-        load.set(load.get().saturating_sub(1));
-    }
-}
-
-/// What the parsed response head means for the rest of the exchange.
-struct ResponsePlan {
-    framing: BodyFraming,
-    client_framing: ClientFraming,
-    reusable: bool,
-    keep_client: bool,
-    /// The body is being collected for the cache.
-    capture: Option<crate::cache::entry::Capture>,
-    /// Keys every worker drops before this response goes out (a successful write).
-    invalidate: Option<Vec<Box<[u8]>>>,
-}
-
 impl Forward {
     fn answered(&self) -> Answered {
         Answered {
@@ -903,728 +961,6 @@ impl Forward {
             keep_alive: self.keep_alive,
             head_only: self.method == Method::Head,
             version: self.version,
-        }
-    }
-}
-
-/// The outcome of the upstream's response head.
-enum Answer {
-    Relay(ResponsePlan),
-    Serve(cache::HitPlan, bool),
-}
-
-enum HeadStep {
-    NeedMore,
-    /// An interim response to drop (100 Continue: the gateway already answered it).
-    Skip(usize),
-    /// An interim response serialised into `out`, to send on.
-    Interim(usize),
-    /// The final response head, serialised into `out`.
-    Final(usize, ResponsePlan),
-    /// Answer from the cache instead (304 to a revalidation, or stale-if-error);
-    /// the flag says whether the upstream connection is reusable right away.
-    Serve(usize, cache::HitPlan, bool),
-    /// A status the route retries on: nothing relayed, try another server.
-    Retry(u16),
-}
-
-fn response_step(
-    ctx: &WorkerCtx,
-    client: &Client,
-    forward: &Forward,
-    ubuf: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<HeadStep, HttpError> {
-    let mut slots = header_slots::<MAX_RESPONSE_HEADERS>();
-    let Some(resp) = parse_response(
-        ubuf,
-        &mut slots,
-        ctx.config.limits.max_response_head,
-        forward.method,
-    )?
-    else {
-        return Ok(HeadStep::NeedMore);
-    };
-    let via = ctx.config.proxy.via.then_some(ctx.via_line.as_slice());
-    if resp.is_interim() {
-        // 101 would switch protocols; the gateway never forwards Upgrade, so it is a protocol error.
-        if resp.status == 101 {
-            return Err(HttpError::Malformed);
-        }
-        if resp.status == 100 || forward.version == Version::Http10 {
-            return Ok(HeadStep::Skip(resp.head_len));
-        }
-        out.clear();
-        head::write_response_head(
-            out,
-            &resp,
-            ClientFraming::NoBody,
-            ConnectionField::Omit,
-            via,
-            b"",
-        );
-        return Ok(HeadStep::Interim(resp.head_len));
-    }
-    ctx.upstreams.borrow().record_outcome(
-        forward.group,
-        forward.server,
-        resp.status >= 500,
-        Instant::now(),
-    );
-    if forward.may_retry_status
-        && ctx.config.routes[forward.route]
-            .retry
-            .as_ref()
-            .is_some_and(|r| r.statuses.contains(&resp.status))
-    {
-        return Ok(HeadStep::Retry(resp.status));
-    }
-    let (capture, cache_status, invalidate) = match forward.cache.as_deref() {
-        None => (None, Vec::new(), None),
-        Some(work) => match cache::on_response_head(ctx, work, &resp, forward.method) {
-            cache::Action::Relay {
-                capture,
-                status_line,
-                invalidate,
-            } => (capture, status_line, invalidate),
-            cache::Action::Serve(hit) => {
-                let reusable_now = resp.reusable && resp.framing == BodyFraming::None;
-                return Ok(HeadStep::Serve(resp.head_len, hit, reusable_now));
-            }
-        },
-    };
-    let client_framing = match resp.framing {
-        BodyFraming::None => ClientFraming::NoBody,
-        BodyFraming::Length(n) => ClientFraming::Length(n),
-        BodyFraming::Chunked | BodyFraming::UntilClose => match forward.version {
-            Version::Http11 => ClientFraming::Chunked,
-            Version::Http10 => ClientFraming::Close,
-        },
-    };
-    let keep_client = forward.keep_alive
-        && client_framing != ClientFraming::Close
-        && client_may_continue(ctx, client);
-    let connection = match (keep_client, forward.version) {
-        (false, _) => ConnectionField::Close,
-        (true, Version::Http10) => ConnectionField::KeepAlive,
-        (true, Version::Http11) => ConnectionField::Omit,
-    };
-    out.clear();
-    let mut extra = cache_status;
-    if let Some(line) = &forward.pin_cookie {
-        extra.extend_from_slice(line);
-    }
-    head::write_response_head(out, &resp, client_framing, connection, via, &extra);
-    Ok(HeadStep::Final(
-        resp.head_len,
-        ResponsePlan {
-            framing: resp.framing,
-            client_framing,
-            reusable: resp.reusable,
-            keep_client,
-            capture,
-            invalidate,
-        },
-    ))
-}
-
-async fn connect(
-    ctx: &WorkerCtx,
-    addr: SocketAddr,
-    limit: std::time::Duration,
-) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Stats::bump(&ctx.stats.upstream_connects);
-            Ok(stream)
-        }
-        Ok(Err(e)) => Err(ProxyError::upstream(
-            ErrorKind::ConnectRefused,
-            addr,
-            true,
-            Some(e),
-        )),
-        Err(_) => Err(ProxyError::upstream(
-            ErrorKind::ConnectTimeout,
-            addr,
-            true,
-            None,
-        )),
-    }
-}
-
-/// Moves the request out of the client buffer: the head (already rebuilt in
-/// `out`), and the body too when it is all there, so that head and body go
-/// out in one write and the request can be sent again. Returns whether the
-/// body is in `out`.
-fn take_request_bytes(
-    client: &mut Client,
-    forward: &Forward,
-    out: &mut Vec<u8>,
-    progress: &mut Progress,
-) -> bool {
-    let head_len = forward.head_len;
-    let buffered = client.buf.len() - head_len;
-    let whole_body = match forward.body {
-        BodyFraming::None => Some(0),
-        BodyFraming::Length(n) if buffered as u64 >= n => Some(n as usize),
-        BodyFraming::Chunked => {
-            // A chunked body buffered whole goes out re-chunked in the same write.
-            let body = &client.buf[head_len..];
-            if let Ok((Some(raw), _)) = crate::http::chunked::scan_body(body) {
-                let start = out.len();
-                let decoded = ChunkedDecoder::new().decode(&body[..raw], out, Output::Rechunk);
-                if decoded.is_ok() {
-                    client.buf.advance(head_len + raw);
-                    progress.request_consumed = true;
-                    return true;
-                }
-                out.truncate(start);
-            }
-            None
-        }
-        _ => None,
-    };
-    match whole_body {
-        Some(n) => {
-            out.extend_from_slice(&client.buf[head_len..head_len + n]);
-            client.buf.advance(head_len + n);
-            progress.request_consumed = true;
-            true
-        }
-        None => {
-            client.buf.advance(head_len);
-            false
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn relay(
-    ctx: &Rc<WorkerCtx>,
-    client: &mut Client,
-    forward: &Forward,
-    out: &mut Vec<u8>,
-    ubuf: &mut BytesMut,
-    progress: &mut Progress,
-    body_in_out: bool,
-) -> Result<Next, ProxyError> {
-    let timeouts = &ctx.config.timeouts;
-    let addr = ctx.upstreams.borrow().servers[forward.server];
-
-    let pooled = ctx.upstreams.borrow_mut().pool.take(forward.server);
-    let (mut upstream, mut reused) = match pooled {
-        Some(stream) => {
-            Stats::bump(&ctx.stats.upstream_reuses);
-            (stream, true)
-        }
-        None => (connect(ctx, addr, forward.timeouts.connect).await?, false),
-    };
-
-    let sent_at = Instant::now();
-    let (head_len, answer) = loop {
-        let attempt = async {
-            send_request(
-                ctx,
-                client,
-                forward,
-                out,
-                &mut upstream,
-                progress,
-                body_in_out,
-                addr,
-            )
-            .await?;
-            read_response_head(ctx, client, forward, out, &mut upstream, ubuf, addr).await
-        };
-        // A pooled connection the server closed while the request was on its
-        // way fails before any response byte: the server never read the
-        // request, so it goes once more on a fresh connection, whatever the
-        // method, when all of it can be sent again (the whole request is in
-        // `out`, or no byte of a streamed body was taken from the client yet).
-        let result = attempt.await;
-        let resendable = !out.is_empty() && (body_in_out || !progress.body_streamed);
-        match result {
-            Ok(done) => break done,
-            Err(e) if e.retry_safe && reused && resendable => {
-                tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
-                Stats::bump(&ctx.stats.upstream_retries);
-                ubuf.clear();
-                upstream = connect(ctx, addr, forward.timeouts.connect).await?;
-                reused = false;
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    ubuf.advance(head_len);
-    progress.response_started = true;
-    let now = Instant::now();
-    ctx.upstreams.borrow().loads[forward.server].record_latency(now - sent_at, now);
-    let mut plan = match answer {
-        Answer::Relay(plan) => plan,
-        Answer::Serve(hit, reusable_now) => {
-            if reusable_now && ubuf.is_empty() {
-                ctx.upstreams
-                    .borrow_mut()
-                    .pool
-                    .put(forward.server, upstream);
-            }
-            let keep =
-                progress.request_consumed && forward.keep_alive && client_may_continue(ctx, client);
-            let sent = send_cached(
-                ctx,
-                client,
-                &hit,
-                forward.method == Method::Head,
-                keep,
-                forward.version,
-                std::mem::take(out),
-            )
-            .await;
-            return Ok(if sent && keep {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            });
-        }
-    };
-    // A write's invalidation reaches every worker before its response reaches
-    // the client, so the client's next read misses whichever core it lands on.
-    if let Some(keys) = plan.invalidate.take() {
-        let message = crate::bus::Message::Invalidate {
-            what: crate::bus::Invalidation::Urls(std::sync::Arc::new(keys)),
-            removal: crate::cache::shard::Removal::Hard,
-        };
-        if let Err(e) = ctx
-            .bus
-            .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
-            .await
-        {
-            tracing::warn!(worker = ctx.index, error = %e, "invalidation after a write did not reach every worker");
-        }
-    }
-
-    let broken = |source: Option<std::io::Error>| {
-        ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source)
-    };
-    let client_gone =
-        |source: Option<std::io::Error>| ProxyError::downstream(ErrorKind::ClientIo, source);
-    let read_size = ctx.per_core.upstream_buffer_size;
-    let mut upstream_clean = plan.reusable;
-
-    match plan.framing {
-        BodyFraming::None => {
-            send_to_client(ctx, client, out)
-                .await
-                .map_err(client_gone)?;
-        }
-        BodyFraming::Length(total) => {
-            let take = (ubuf.len() as u64).min(total) as usize;
-            out.extend_from_slice(&ubuf[..take]);
-            if let Some(c) = plan.capture.as_mut() {
-                c.push(&ubuf[..take]);
-            }
-            ubuf.advance(take);
-            let mut remaining = total - take as u64;
-            if remaining == 0 {
-                store_captured(ctx, forward, &mut plan);
-            }
-            send_to_client(ctx, client, out)
-                .await
-                .map_err(client_gone)?;
-            while remaining > 0 {
-                if ubuf.is_empty() {
-                    read_body_piece(ctx, &mut upstream, ubuf, addr, forward.timeouts.read).await?;
-                }
-                let take = (ubuf.len() as u64).min(remaining) as usize;
-                let chunk = ubuf.split_to(take);
-                if let Some(c) = plan.capture.as_mut() {
-                    c.push(&chunk);
-                }
-                remaining -= take as u64;
-                if remaining == 0 {
-                    store_captured(ctx, forward, &mut plan);
-                }
-                if let Err((e, _)) =
-                    write_all(&mut client.stream, chunk, timeouts.client_send).await
-                {
-                    return Err(client_gone(into_io(e)));
-                }
-            }
-        }
-        BodyFraming::Chunked => {
-            let mode = if plan.client_framing == ClientFraming::Chunked {
-                Output::Rechunk
-            } else {
-                Output::Raw
-            };
-            let mut decoder = ChunkedDecoder::new();
-            let mut raw = Vec::new();
-            loop {
-                let used = match plan.capture.as_mut() {
-                    None => decoder.decode(ubuf, out, mode).map_err(|_| broken(None))?,
-                    Some(capture) => {
-                        // Decode once; the plain data goes to the cache and, framed, to the client.
-                        raw.clear();
-                        let used = decoder
-                            .decode(ubuf, &mut raw, Output::Raw)
-                            .map_err(|_| broken(None))?;
-                        capture.push(&raw);
-                        if mode == Output::Rechunk {
-                            if !raw.is_empty() {
-                                push_hex(out, raw.len() as u64);
-                                out.extend_from_slice(b"\r\n");
-                                out.extend_from_slice(&raw);
-                                out.extend_from_slice(b"\r\n");
-                            }
-                            if decoder.is_done() {
-                                out.extend_from_slice(b"0\r\n\r\n");
-                            }
-                        } else {
-                            out.extend_from_slice(&raw);
-                        }
-                        used
-                    }
-                };
-                ubuf.advance(used);
-                if decoder.is_done() {
-                    store_captured(ctx, forward, &mut plan);
-                }
-                if !out.is_empty() {
-                    send_to_client(ctx, client, out)
-                        .await
-                        .map_err(client_gone)?;
-                }
-                if decoder.is_done() {
-                    break;
-                }
-                read_body_piece(ctx, &mut upstream, ubuf, addr, forward.timeouts.read).await?;
-            }
-        }
-        BodyFraming::UntilClose => {
-            let rechunk = plan.client_framing == ClientFraming::Chunked;
-            upstream_clean = false;
-            loop {
-                if let Some(c) = plan.capture.as_mut() {
-                    c.push(ubuf);
-                }
-                if !ubuf.is_empty() {
-                    if rechunk {
-                        push_hex(out, ubuf.len() as u64);
-                        out.extend_from_slice(b"\r\n");
-                        out.extend_from_slice(ubuf);
-                        out.extend_from_slice(b"\r\n");
-                    } else {
-                        out.extend_from_slice(ubuf);
-                    }
-                    ubuf.clear();
-                }
-                if !out.is_empty() {
-                    send_to_client(ctx, client, out)
-                        .await
-                        .map_err(client_gone)?;
-                }
-                match read_some(&mut upstream, ubuf, read_size, forward.timeouts.read).await {
-                    Read::Data(_) => {}
-                    Read::Eof => break,
-                    Read::TimedOut => return Err(broken(None)),
-                    Read::Failed(e) => return Err(broken(Some(e))),
-                }
-            }
-            store_captured(ctx, forward, &mut plan);
-            if rechunk {
-                out.extend_from_slice(b"0\r\n\r\n");
-                send_to_client(ctx, client, out)
-                    .await
-                    .map_err(client_gone)?;
-            }
-        }
-    }
-
-    // Bytes beyond the response mean the upstream and the gateway disagree
-    // about framing: never reuse such a connection.
-    if upstream_clean && ubuf.is_empty() {
-        ctx.upstreams
-            .borrow_mut()
-            .pool
-            .put(forward.server, upstream);
-    }
-    Ok(if plan.keep_client {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    })
-}
-
-/// Stores a completely captured body, before its last bytes go to the client:
-/// once the client has the whole response, every worker can answer from the cache.
-fn store_captured(ctx: &WorkerCtx, forward: &Forward, plan: &mut ResponsePlan) {
-    if let (Some(capture), Some(work)) = (plan.capture.take(), forward.cache.as_deref()) {
-        cache::store(ctx, work, capture);
-    }
-}
-
-/// Reads the next piece of a response body. The upstream closing, failing or
-/// stalling before the body is complete is `UpstreamBroken`: the response is
-/// already under way, so the client connection will be closed.
-async fn read_body_piece(
-    ctx: &WorkerCtx,
-    upstream: &mut TcpStream,
-    buf: &mut BytesMut,
-    addr: SocketAddr,
-    limit: std::time::Duration,
-) -> Result<(), ProxyError> {
-    let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
-    match read_some(upstream, buf, ctx.per_core.upstream_buffer_size, limit).await {
-        Read::Data(_) => Ok(()),
-        Read::Failed(e) => Err(broken(Some(e))),
-        Read::Eof | Read::TimedOut => Err(broken(None)),
-    }
-}
-
-fn into_io(e: io::WriteError) -> Option<std::io::Error> {
-    match e {
-        io::WriteError::Failed(e) => Some(e),
-        io::WriteError::TimedOut => None,
-    }
-}
-
-/// Writes `out` to the client and clears it, keeping its allocation.
-async fn send_to_client(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    out: &mut Vec<u8>,
-) -> Result<(), Option<std::io::Error>> {
-    let buf = std::mem::take(out);
-    match write_all(&mut client.stream, buf, ctx.config.timeouts.client_send).await {
-        Ok(mut buf) => {
-            buf.clear();
-            *out = buf;
-            Ok(())
-        }
-        Err((e, _)) => Err(into_io(e)),
-    }
-}
-
-/// Sends the request head (with the body when `body_in_out`), then streams
-/// any body still to come from the client. On success `out` still holds
-/// exactly what was first written, so a retry can resend it.
-#[allow(clippy::too_many_arguments)]
-async fn send_request(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    forward: &Forward,
-    out: &mut Vec<u8>,
-    upstream: &mut TcpStream,
-    progress: &mut Progress,
-    body_in_out: bool,
-    addr: SocketAddr,
-) -> Result<(), ProxyError> {
-    let timeouts = &ctx.config.timeouts;
-    let dead = |source| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, source);
-    let buf = std::mem::take(out);
-    match write_all(upstream, buf, timeouts.upstream_send).await {
-        Ok(buf) => *out = buf,
-        Err((e, buf)) => {
-            if let Some(buf) = buf {
-                *out = buf;
-            }
-            return Err(dead(into_io(e)));
-        }
-    }
-    if body_in_out {
-        return Ok(());
-    }
-    out.clear();
-
-    let has_body = match forward.body {
-        BodyFraming::Length(n) => n > 0,
-        BodyFraming::Chunked => true,
-        BodyFraming::None | BodyFraming::UntilClose => false,
-    };
-    progress.body_streamed |= has_body;
-    // The client holds its body back until told to continue.
-    if forward.expect_continue && client.buf.is_empty() && !client.sent_continue {
-        client.sent_continue = true;
-        if let Err((e, _)) = write_all(
-            &mut client.stream,
-            &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
-            timeouts.client_send,
-        )
-        .await
-        {
-            return Err(ProxyError::downstream(ErrorKind::ClientIo, into_io(e)));
-        }
-    }
-
-    let body_read_size = ctx.per_core.upstream_buffer_size;
-    let client_failed = |read: Read| match read {
-        Read::TimedOut => ProxyError::downstream(ErrorKind::ClientTimeout, None),
-        Read::Failed(e) => ProxyError::downstream(ErrorKind::ClientIo, Some(e)),
-        _ => ProxyError::downstream(ErrorKind::ClientIo, None),
-    };
-    // Mid-body, the upstream already has part of the request: never retry.
-    let upstream_failed =
-        |e| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, into_io(e));
-    match forward.body {
-        BodyFraming::Length(total) => {
-            let mut remaining = total;
-            while remaining > 0 {
-                if client.buf.is_empty() {
-                    match read_some(
-                        &mut client.stream,
-                        &mut client.buf,
-                        body_read_size,
-                        timeouts.client_body,
-                    )
-                    .await
-                    {
-                        Read::Data(_) => {}
-                        other => return Err(client_failed(other)),
-                    }
-                }
-                let take = (client.buf.len() as u64).min(remaining) as usize;
-                let chunk = client.buf.split_to(take);
-                write_all(upstream, chunk, timeouts.upstream_send)
-                    .await
-                    .map_err(|(e, _)| upstream_failed(e))?;
-                remaining -= take as u64;
-            }
-        }
-        BodyFraming::Chunked => {
-            let max = ctx.config.limits.max_request_body;
-            let mut decoder = ChunkedDecoder::new();
-            loop {
-                let used = decoder
-                    .decode(&client.buf, out, Output::Rechunk)
-                    .map_err(|e| ProxyError::downstream(ErrorKind::BadRequest(e), None))?;
-                client.buf.advance(used);
-                if max.is_some_and(|max| decoder.decoded > max) {
-                    return Err(ProxyError::downstream(
-                        ErrorKind::BadRequest(HttpError::BodyTooLarge),
-                        None,
-                    ));
-                }
-                if !out.is_empty() {
-                    let buf = std::mem::take(out);
-                    let mut buf = write_all(upstream, buf, timeouts.upstream_send)
-                        .await
-                        .map_err(|(e, _)| upstream_failed(e))?;
-                    buf.clear();
-                    *out = buf;
-                }
-                if decoder.is_done() {
-                    break;
-                }
-                match read_some(
-                    &mut client.stream,
-                    &mut client.buf,
-                    body_read_size,
-                    timeouts.client_body,
-                )
-                .await
-                {
-                    Read::Data(_) => {}
-                    other => return Err(client_failed(other)),
-                }
-            }
-        }
-        BodyFraming::None | BodyFraming::UntilClose => {}
-    }
-    progress.request_consumed = true;
-    Ok(())
-}
-
-/// Reads the upstream's response head, passing interim 1xx responses on.
-/// Returns the head's length in `ubuf` and the plan for the body; the
-/// client's response head is then in `out`.
-async fn read_response_head(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    forward: &Forward,
-    out: &mut Vec<u8>,
-    upstream: &mut TcpStream,
-    ubuf: &mut BytesMut,
-    addr: SocketAddr,
-) -> Result<(usize, Answer), ProxyError> {
-    let deadline = io::deadline_in(forward.timeouts.response);
-    let mut received_any = false;
-    loop {
-        let step = response_step(ctx, client, forward, ubuf, out)
-            .map_err(|e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None))?;
-        match step {
-            HeadStep::Final(head_len, plan) => return Ok((head_len, Answer::Relay(plan))),
-            HeadStep::Serve(head_len, hit, reusable_now) => {
-                return Ok((head_len, Answer::Serve(hit, reusable_now)))
-            }
-            HeadStep::Retry(status) => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::RetryStatus(status),
-                    addr,
-                    true,
-                    None,
-                ))
-            }
-            HeadStep::Skip(n) => {
-                ubuf.advance(n);
-                continue;
-            }
-            HeadStep::Interim(n) => {
-                ubuf.advance(n);
-                send_to_client(ctx, client, out)
-                    .await
-                    .map_err(|e| ProxyError::downstream(ErrorKind::ClientIo, e))?;
-                continue;
-            }
-            HeadStep::NeedMore => {}
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let read = read_some(upstream, ubuf, ctx.per_core.upstream_buffer_size, left).await;
-        // Closed or reset before a single response byte: the request may be retried.
-        let early = !received_any;
-        match read {
-            Read::Data(_) => received_any = true,
-            Read::TimedOut => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::ResponseTimeout,
-                    addr,
-                    false,
-                    None,
-                ))
-            }
-            Read::Eof if early => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamClosedEarly,
-                    addr,
-                    true,
-                    None,
-                ))
-            }
-            Read::Failed(e) if early => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamClosedEarly,
-                    addr,
-                    true,
-                    Some(e),
-                ))
-            }
-            Read::Eof => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::BadResponse(HttpError::Malformed),
-                    addr,
-                    false,
-                    None,
-                ))
-            }
-            Read::Failed(e) => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamClosedEarly,
-                    addr,
-                    false,
-                    Some(e),
-                ))
-            }
         }
     }
 }

@@ -72,6 +72,9 @@ impl Stats {
 
 /// Buffers kept at most this many per kind; more in flight at once are allocated.
 const BUFFER_POOL_MAX: usize = 256;
+/// Free buffers a quiet worker keeps per kind: beyond this the free lists
+/// shrink by half at each sweep, so memory a burst needed is given back.
+const BUFFER_POOL_IDLE: usize = 16;
 /// A buffer that grew beyond this is dropped rather than kept for reuse.
 const BUFFER_KEEP_MAX: usize = 256 * 1024;
 
@@ -246,6 +249,20 @@ impl WorkerCtx {
                 pool.push(buf);
             }
         }
+    }
+
+    /// Halves the free buffer lists above their idle size (called periodically).
+    pub fn trim_buffers(&self) {
+        fn halve<T>(list: &RefCell<Vec<T>>) {
+            let mut list = list.borrow_mut();
+            if list.len() > BUFFER_POOL_IDLE {
+                let keep = (list.len() / 2).max(BUFFER_POOL_IDLE);
+                list.truncate(keep);
+                list.shrink_to_fit();
+            }
+        }
+        halve(&self.read_buffers);
+        halve(&self.write_buffers);
     }
 
     pub fn take_write_buffer(&self) -> Vec<u8> {

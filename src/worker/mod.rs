@@ -259,13 +259,16 @@ async fn worker_main(
 }
 
 /// Closes pooled upstream connections that stayed idle too long, even when
-/// no request comes to meet them.
+/// no request comes to meet them, and gives back free buffers a burst left.
 async fn sweep_pool(ctx: Rc<WorkerCtx>) {
     let period = (ctx.per_core.upstream_idle_timeout / 2)
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match race(monoio::time::sleep(period), ctx.drain_started()).await {
-            Either::Left(()) => ctx.upstreams.borrow_mut().pool.sweep(),
+            Either::Left(()) => {
+                ctx.upstreams.borrow_mut().pool.sweep();
+                ctx.trim_buffers();
+            }
             Either::Right(()) => return,
         }
     }

@@ -355,7 +355,9 @@ fn percent_decode(s: &str) -> String {
 /// `tag` (Surrogate-Key), `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
 /// number), `echo=NAME` (body `name=<that request header's value>`), `size=N` (N pattern bytes), `chunked=1`, `after=K&after_status=S`
 /// (requests beyond the K-th get status S), `gate_after=K` (requests beyond
-/// the K-th wait for the gate). `If-None-Match` matching `etag` gets a 304.
+/// the K-th wait for the gate), `stall_at=K` (the first K body bytes, then the
+/// rest once the gate opens), `die_at=K` (the first K body bytes, then the
+/// connection closes). `If-None-Match` matching `etag` gets a 304.
 fn cacheable(
     stream: &mut TcpStream,
     query: &str,
@@ -445,8 +447,27 @@ fn cacheable(
         )
         .as_bytes(),
     )?;
-    if !head_only {
-        stream.write_all(&body)?;
+    if head_only {
+        return Ok(());
+    }
+    let split = num("stall_at")
+        .or(num("die_at"))
+        .unwrap_or(body.len())
+        .min(body.len());
+    stream.write_all(&body[..split])?;
+    if num("die_at").is_some() {
+        // The origin fails mid-body: the connection closes short of the length.
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return Err(io::Error::other("died mid-body on purpose"));
+    }
+    if split < body.len() {
+        let (lock, cv) = gate;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        drop(open);
+        stream.write_all(&body[split..])?;
     }
     Ok(())
 }
@@ -1126,4 +1147,122 @@ pub fn admin_stats(gw: &Handle) -> serde_json::Value {
     let mut c = Client::connect(gw.admin_addr().expect("the admin API is on"));
     let r = c.request(b"GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     serde_json::from_str(&r.text()).unwrap()
+}
+
+// ------------------------------------------------ the gateway as a process
+
+/// The `ringgate` binary run on a config file, for what only a process
+/// shows: its memory, its signals, its start-up log.
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Every line it wrote to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// A free loopback port: bound, read, released.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl GatewayProcess {
+    /// Starts `ringgate run` on `config`, where `{listen}` stands for a free
+    /// loopback address; returns once it logged that it started.
+    pub fn start(config: &str, tweak: impl FnOnce(&mut std::process::Command)) -> GatewayProcess {
+        use std::io::BufRead;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "ringgate-proc-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ringgate.toml");
+        std::fs::write(&path, config.replace("{listen}", &addr.to_string())).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"));
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped());
+        tweak(&mut command);
+        let mut child = command.spawn().unwrap();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (started_tx, started_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("ringgate started") {
+                    let _ = started_tx.send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        if started_rx.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "the gateway did not start:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        }
+        GatewayProcess { child, addr, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the gateway (our own child, by its PID).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of a child this test started.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// `(VmRSS, VmHWM)` in KiB: resident memory now, and its peak.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGTERM, then the exit status (within 20 s).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -1,0 +1,704 @@
+//! The upstream side of one request, up to the response head: the server's
+//! connection (pooled and checked, or new), the request head and body sent
+//! (buffered or streamed), the response head read and judged, and the
+//! retries (a dead pooled connection once, other servers as the route's
+//! retry policy and budget allow). What follows the head, the body, is
+//! `super::relay` or `super::fill`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use monoio::net::TcpStream;
+
+use super::head::{self, ClientFraming, ConnectionField};
+use super::io::{self, read_some, write_all, Read};
+use super::relay::{into_io, send_to_client};
+use super::{cache, client_may_continue, Client, Forward, Progress, MAX_RESPONSE_HEADERS};
+use crate::error::{ErrorKind, ProxyError, Side};
+use crate::http::chunked::{ChunkedDecoder, Output};
+use crate::http::request::header_slots;
+use crate::http::response::parse_response;
+use crate::http::{BodyFraming, HttpError, Version};
+use crate::worker::context::{Stats, WorkerCtx};
+
+/// Counts a request as outstanding to its server (for `least_request` and
+/// `peak_ewma`) for as long as it is being relayed, by whoever holds it.
+pub(super) struct InFlight {
+    ctx: Rc<WorkerCtx>,
+    server: usize,
+}
+
+impl InFlight {
+    pub(super) fn new(ctx: &Rc<WorkerCtx>, server: usize) -> Self {
+        let upstreams = ctx.upstreams.borrow();
+        let load = &upstreams.loads[server].outstanding;
+        load.set(load.get() + 1);
+        InFlight {
+            ctx: ctx.clone(),
+            server,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let upstreams = self.ctx.upstreams.borrow();
+        let load = &upstreams.loads[self.server].outstanding;
+        load.set(load.get().saturating_sub(1));
+    }
+}
+
+/// What the parsed response head means for the rest of the exchange.
+pub(super) struct ResponsePlan {
+    pub framing: BodyFraming,
+    pub client_framing: ClientFraming,
+    pub reusable: bool,
+    pub keep_client: bool,
+    /// The body is being collected for the cache.
+    pub capture: Option<crate::cache::entry::Capture>,
+    /// The body did not come whole with the head: a fill task reads it.
+    pub fill: bool,
+    /// URLs every worker drops before this response goes out (a successful write).
+    pub invalidate: Option<Vec<Box<[u8]>>>,
+}
+
+/// The outcome of the upstream's response head.
+pub(super) enum Answer {
+    Relay(ResponsePlan),
+    /// Answer from this stored response (a 304 to a revalidation, or
+    /// stale-if-error); the flag says whether the connection is reusable now.
+    Serve(cache::HitPlan, bool),
+}
+
+/// An upstream exchange that got its response head.
+pub(super) struct UpstreamHead {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub answer: Answer,
+    /// The request counts as outstanding to the server until this drops.
+    pub in_flight: InFlight,
+}
+
+/// Sends the request (in `out`, with the body when `body_in_out`) and reads
+/// the response head, retrying as the route allows: another server after a
+/// connect failure, a reset before any response byte or a status the route
+/// retries on. On success the client's response head is in `out` and the
+/// first body bytes are in `ubuf`.
+pub(super) async fn exchange(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    forward: &mut Forward,
+    out: &mut Vec<u8>,
+    ubuf: &mut BytesMut,
+    progress: &mut Progress,
+    body_in_out: bool,
+) -> Result<UpstreamHead, ProxyError> {
+    let retry = ctx.config.routes[forward.route].retry.as_ref();
+    ctx.retry_budgets[forward.route]
+        .borrow_mut()
+        .record_request(Instant::now());
+    let mut retries_left = retry.map_or(0, |r| r.attempts);
+    let mut tried = vec![forward.server];
+    loop {
+        // The whole request is in `out`: it can be sent again elsewhere.
+        let replayable = body_in_out && forward.method.is_idempotent() && !out.is_empty();
+        forward.may_retry_status = replayable
+            && retries_left > 0
+            && retry.is_some_and(|r| {
+                !r.statuses.is_empty()
+                    && ctx.retry_budgets[forward.route]
+                        .borrow_mut()
+                        .allows(r, Instant::now())
+            });
+        let in_flight = InFlight::new(ctx, forward.server);
+        let attempt = attempt(ctx, client, forward, out, ubuf, progress, body_in_out).await;
+        let error = match attempt {
+            Ok((stream, addr, answer)) => {
+                return Ok(UpstreamHead {
+                    stream,
+                    addr,
+                    answer,
+                    in_flight,
+                })
+            }
+            Err(e) => e,
+        };
+        drop(in_flight);
+        // Passive health: the server failed this request (statuses are counted at the head).
+        if error.side == Side::Upstream && !matches!(error.kind, ErrorKind::RetryStatus(_)) {
+            ctx.upstreams.borrow().record_outcome(
+                forward.group,
+                forward.server,
+                true,
+                Instant::now(),
+            );
+        }
+        if retries_left == 0 || progress.response_started {
+            return Err(error);
+        }
+        let policy = retry.expect("retries_left > 0 only with a retry policy");
+        // `out` may have lost the request during the attempt (a write timed out,
+        // an interim response was relayed): then it cannot be sent again.
+        let resendable = replayable && !out.is_empty();
+        let allowed = match error.kind {
+            // Nothing reached a server: safe for any method.
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => {
+                policy.on_connect_failure && !out.is_empty()
+            }
+            // Closed or reset before any response byte: only what may be repeated.
+            ErrorKind::UpstreamClosedEarly => policy.on_reset && error.retry_safe && resendable,
+            ErrorKind::RetryStatus(_) => resendable,
+            _ => false,
+        };
+        if !allowed
+            || !ctx.retry_budgets[forward.route]
+                .borrow_mut()
+                .try_take(policy, Instant::now())
+        {
+            return Err(error);
+        }
+        retries_left -= 1;
+        Stats::bump(&ctx.stats.upstream_retries);
+        let next =
+            ctx.upstreams
+                .borrow_mut()
+                .pick_other(forward.group, forward.balance_key, &tried);
+        tracing::debug!(worker = ctx.index, error = %error, "retrying on another server");
+        tried.push(next);
+        forward.server = next;
+        // Sticky groups re-pin the client to the server that now answers.
+        forward.pin_cookie = ctx.upstreams.borrow().pin_cookie(forward.group, next);
+        ubuf.clear();
+    }
+}
+
+/// One server: a pooled connection (or a new one), the request, the
+/// response head. A pooled connection the server closed while the request
+/// was on its way fails before any response byte: the server never read the
+/// request, so it goes once more on a fresh connection, whatever the
+/// method, when all of it can be sent again (the whole request is in `out`,
+/// or no byte of a streamed body was taken from the client yet).
+async fn attempt(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    ubuf: &mut BytesMut,
+    progress: &mut Progress,
+    body_in_out: bool,
+) -> Result<(TcpStream, SocketAddr, Answer), ProxyError> {
+    let addr = ctx.upstreams.borrow().servers[forward.server];
+    let pooled = ctx.upstreams.borrow_mut().pool.take(forward.server);
+    let (mut upstream, mut reused) = match pooled {
+        Some(stream) => {
+            Stats::bump(&ctx.stats.upstream_reuses);
+            (stream, true)
+        }
+        None => (connect(ctx, addr, forward.timeouts.connect).await?, false),
+    };
+    let sent_at = Instant::now();
+    let (head_len, answer) = loop {
+        let result = async {
+            send_request(
+                ctx,
+                client,
+                forward,
+                out,
+                &mut upstream,
+                progress,
+                body_in_out,
+                addr,
+            )
+            .await?;
+            read_response_head(ctx, client, forward, out, &mut upstream, ubuf, addr).await
+        }
+        .await;
+        let resendable = !out.is_empty() && (body_in_out || !progress.body_streamed);
+        match result {
+            Ok(done) => break done,
+            Err(e) if e.retry_safe && reused && resendable => {
+                tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
+                Stats::bump(&ctx.stats.upstream_retries);
+                ubuf.clear();
+                upstream = connect(ctx, addr, forward.timeouts.connect).await?;
+                reused = false;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    ubuf.advance(head_len);
+    progress.response_started = true;
+    let now = Instant::now();
+    ctx.upstreams.borrow().loads[forward.server].record_latency(now - sent_at, now);
+    Ok((upstream, addr, answer))
+}
+
+enum HeadStep {
+    NeedMore,
+    /// An interim response to drop (100 Continue: the gateway already answered it).
+    Skip(usize),
+    /// An interim response serialised into `out`, to send on.
+    Interim(usize),
+    /// The final response head, serialised into `out`.
+    Final(usize, ResponsePlan),
+    /// Answer from the cache instead (304 to a revalidation, or stale-if-error);
+    /// the flag says whether the upstream connection is reusable right away.
+    Serve(usize, cache::HitPlan, bool),
+    /// A status the route retries on: nothing relayed, try another server.
+    Retry(u16),
+    /// A small body that may be stored is read whole first: it is then
+    /// stored before the head goes out, and both leave in one write.
+    NeedBody,
+}
+
+fn response_step(
+    ctx: &WorkerCtx,
+    client: &Client,
+    forward: &Forward,
+    ubuf: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<HeadStep, HttpError> {
+    let mut slots = header_slots::<MAX_RESPONSE_HEADERS>();
+    let Some(resp) = parse_response(
+        ubuf,
+        &mut slots,
+        ctx.config.limits.max_response_head,
+        forward.method,
+    )?
+    else {
+        return Ok(HeadStep::NeedMore);
+    };
+    let via = ctx.config.proxy.via.then_some(ctx.via_line.as_slice());
+    if resp.is_interim() {
+        // 101 would switch protocols; the gateway never forwards Upgrade, so it is a protocol error.
+        if resp.status == 101 {
+            return Err(HttpError::Malformed);
+        }
+        if resp.status == 100 || forward.version == Version::Http10 {
+            return Ok(HeadStep::Skip(resp.head_len));
+        }
+        out.clear();
+        head::write_response_head(
+            out,
+            &resp,
+            ClientFraming::NoBody,
+            ConnectionField::Omit,
+            via,
+            b"",
+        );
+        return Ok(HeadStep::Interim(resp.head_len));
+    }
+    let rest = &ubuf[resp.head_len..];
+    let body_complete = match resp.framing {
+        BodyFraming::None => true,
+        BodyFraming::Length(n) => rest.len() as u64 >= n,
+        BodyFraming::Chunked => matches!(crate::http::chunked::scan_body(rest), Ok((Some(_), _))),
+        BodyFraming::UntilClose => false,
+    };
+    let small = ctx.per_core.upstream_buffer_size;
+    let small_body = match resp.framing {
+        BodyFraming::Length(n) => n <= small as u64,
+        BodyFraming::Chunked => rest.len() < small,
+        _ => false,
+    };
+    if !body_complete
+        && small_body
+        && forward
+            .cache
+            .as_deref()
+            .is_some_and(|work| cache::will_store(ctx, work, &resp, forward.method))
+    {
+        return Ok(HeadStep::NeedBody);
+    }
+    ctx.upstreams.borrow().record_outcome(
+        forward.group,
+        forward.server,
+        resp.status >= 500,
+        Instant::now(),
+    );
+    if forward.may_retry_status
+        && ctx.config.routes[forward.route]
+            .retry
+            .as_ref()
+            .is_some_and(|r| r.statuses.contains(&resp.status))
+    {
+        return Ok(HeadStep::Retry(resp.status));
+    }
+    // A body that came whole with the head is stored before the head goes
+    // out, so only then may the head say `stored`; a longer one is filled
+    // by a task of its own (read-while-fill).
+    let (capture, cache_status, invalidate) = match forward.cache.as_deref() {
+        None => (None, Vec::new(), None),
+        Some(work) => {
+            match cache::on_response_head(ctx, work, &resp, forward.method, body_complete) {
+                cache::Action::Relay {
+                    capture,
+                    status_line,
+                    invalidate,
+                } => (capture, status_line, invalidate),
+                cache::Action::Serve(hit) => {
+                    let reusable_now = resp.reusable && resp.framing == BodyFraming::None;
+                    return Ok(HeadStep::Serve(resp.head_len, hit, reusable_now));
+                }
+            }
+        }
+    };
+    let client_framing = match resp.framing {
+        BodyFraming::None => ClientFraming::NoBody,
+        BodyFraming::Length(n) => ClientFraming::Length(n),
+        BodyFraming::Chunked | BodyFraming::UntilClose => match forward.version {
+            Version::Http11 => ClientFraming::Chunked,
+            Version::Http10 => ClientFraming::Close,
+        },
+    };
+    let keep_client = forward.keep_alive
+        && client_framing != ClientFraming::Close
+        && client_may_continue(ctx, client);
+    let connection = match (keep_client, forward.version) {
+        (false, _) => ConnectionField::Close,
+        (true, Version::Http10) => ConnectionField::KeepAlive,
+        (true, Version::Http11) => ConnectionField::Omit,
+    };
+    out.clear();
+    let mut extra = cache_status;
+    if let Some(line) = &forward.pin_cookie {
+        extra.extend_from_slice(line);
+    }
+    head::write_response_head(out, &resp, client_framing, connection, via, &extra);
+    Ok(HeadStep::Final(
+        resp.head_len,
+        ResponsePlan {
+            framing: resp.framing,
+            client_framing,
+            reusable: resp.reusable,
+            keep_client,
+            fill: capture.is_some() && !body_complete,
+            capture,
+            invalidate,
+        },
+    ))
+}
+
+pub(super) async fn connect(
+    ctx: &WorkerCtx,
+    addr: SocketAddr,
+    limit: std::time::Duration,
+) -> Result<TcpStream, ProxyError> {
+    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Stats::bump(&ctx.stats.upstream_connects);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(ProxyError::upstream(
+            ErrorKind::ConnectRefused,
+            addr,
+            true,
+            Some(e),
+        )),
+        Err(_) => Err(ProxyError::upstream(
+            ErrorKind::ConnectTimeout,
+            addr,
+            true,
+            None,
+        )),
+    }
+}
+
+/// Moves the request out of the client buffer: the head (already rebuilt in
+/// `out`), and the body too when it is all there, so that head and body go
+/// out in one write and the request can be sent again. Returns whether the
+/// body is in `out`.
+pub(super) fn take_request_bytes(
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    progress: &mut Progress,
+) -> bool {
+    let head_len = forward.head_len;
+    let buffered = client.buf.len() - head_len;
+    let whole_body = match forward.body {
+        BodyFraming::None => Some(0),
+        BodyFraming::Length(n) if buffered as u64 >= n => Some(n as usize),
+        BodyFraming::Chunked => {
+            // A chunked body buffered whole goes out re-chunked in the same write.
+            let body = &client.buf[head_len..];
+            if let Ok((Some(raw), _)) = crate::http::chunked::scan_body(body) {
+                let start = out.len();
+                let decoded = ChunkedDecoder::new().decode(&body[..raw], out, Output::Rechunk);
+                if decoded.is_ok() {
+                    client.buf.advance(head_len + raw);
+                    progress.request_consumed = true;
+                    return true;
+                }
+                out.truncate(start);
+            }
+            None
+        }
+        _ => None,
+    };
+    match whole_body {
+        Some(n) => {
+            out.extend_from_slice(&client.buf[head_len..head_len + n]);
+            client.buf.advance(head_len + n);
+            progress.request_consumed = true;
+            true
+        }
+        None => {
+            client.buf.advance(head_len);
+            false
+        }
+    }
+}
+
+/// Sends the request head (with the body when `body_in_out`), then streams
+/// any body still to come from the client. On success `out` still holds
+/// exactly what was first written, so a retry can resend it.
+#[allow(clippy::too_many_arguments)]
+async fn send_request(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    upstream: &mut TcpStream,
+    progress: &mut Progress,
+    body_in_out: bool,
+    addr: SocketAddr,
+) -> Result<(), ProxyError> {
+    let timeouts = &ctx.config.timeouts;
+    let dead = |source| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, source);
+    let buf = std::mem::take(out);
+    match write_all(upstream, buf, timeouts.upstream_send).await {
+        Ok(buf) => *out = buf,
+        Err((e, buf)) => {
+            if let Some(buf) = buf {
+                *out = buf;
+            }
+            return Err(dead(into_io(e)));
+        }
+    }
+    if body_in_out {
+        return Ok(());
+    }
+    out.clear();
+
+    let has_body = match forward.body {
+        BodyFraming::Length(n) => n > 0,
+        BodyFraming::Chunked => true,
+        BodyFraming::None | BodyFraming::UntilClose => false,
+    };
+    progress.body_streamed |= has_body;
+    // The client holds its body back until told to continue.
+    if forward.expect_continue && client.buf.is_empty() && !client.sent_continue {
+        client.sent_continue = true;
+        if let Err((e, _)) = write_all(
+            &mut client.stream,
+            &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+            timeouts.client_send,
+        )
+        .await
+        {
+            return Err(ProxyError::downstream(ErrorKind::ClientIo, into_io(e)));
+        }
+    }
+
+    let body_read_size = ctx.per_core.upstream_buffer_size;
+    let client_failed = |read: Read| match read {
+        Read::TimedOut => ProxyError::downstream(ErrorKind::ClientTimeout, None),
+        Read::Failed(e) => ProxyError::downstream(ErrorKind::ClientIo, Some(e)),
+        _ => ProxyError::downstream(ErrorKind::ClientIo, None),
+    };
+    // Mid-body, the upstream already has part of the request: never retry.
+    let upstream_failed =
+        |e| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, into_io(e));
+    match forward.body {
+        BodyFraming::Length(total) => {
+            let mut remaining = total;
+            while remaining > 0 {
+                if client.buf.is_empty() {
+                    match read_some(
+                        &mut client.stream,
+                        &mut client.buf,
+                        body_read_size,
+                        timeouts.client_body,
+                    )
+                    .await
+                    {
+                        Read::Data(_) => {}
+                        other => return Err(client_failed(other)),
+                    }
+                }
+                let take = (client.buf.len() as u64).min(remaining) as usize;
+                let chunk = client.buf.split_to(take);
+                write_all(upstream, chunk, timeouts.upstream_send)
+                    .await
+                    .map_err(|(e, _)| upstream_failed(e))?;
+                remaining -= take as u64;
+            }
+        }
+        BodyFraming::Chunked => {
+            let max = ctx.config.limits.max_request_body;
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                let used = decoder
+                    .decode(&client.buf, out, Output::Rechunk)
+                    .map_err(|e| ProxyError::downstream(ErrorKind::BadRequest(e), None))?;
+                client.buf.advance(used);
+                if max.is_some_and(|max| decoder.decoded > max) {
+                    return Err(ProxyError::downstream(
+                        ErrorKind::BadRequest(HttpError::BodyTooLarge),
+                        None,
+                    ));
+                }
+                if !out.is_empty() {
+                    let buf = std::mem::take(out);
+                    let mut buf = write_all(upstream, buf, timeouts.upstream_send)
+                        .await
+                        .map_err(|(e, _)| upstream_failed(e))?;
+                    buf.clear();
+                    *out = buf;
+                }
+                if decoder.is_done() {
+                    break;
+                }
+                match read_some(
+                    &mut client.stream,
+                    &mut client.buf,
+                    body_read_size,
+                    timeouts.client_body,
+                )
+                .await
+                {
+                    Read::Data(_) => {}
+                    other => return Err(client_failed(other)),
+                }
+            }
+        }
+        BodyFraming::None | BodyFraming::UntilClose => {}
+    }
+    progress.request_consumed = true;
+    Ok(())
+}
+
+/// Reads the upstream's response head, passing interim 1xx responses on.
+/// Returns the head's length in `ubuf` and the plan for the body; the
+/// client's response head is then in `out`.
+async fn read_response_head(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    forward: &Forward,
+    out: &mut Vec<u8>,
+    upstream: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    addr: SocketAddr,
+) -> Result<(usize, Answer), ProxyError> {
+    let deadline = io::deadline_in(forward.timeouts.response);
+    let mut received_any = false;
+    loop {
+        let step = response_step(ctx, client, forward, ubuf, out)
+            .map_err(|e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None))?;
+        match step {
+            HeadStep::Final(head_len, plan) => return Ok((head_len, Answer::Relay(plan))),
+            HeadStep::Serve(head_len, hit, reusable_now) => {
+                return Ok((head_len, Answer::Serve(hit, reusable_now)))
+            }
+            HeadStep::Retry(status) => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::RetryStatus(status),
+                    addr,
+                    true,
+                    None,
+                ))
+            }
+            HeadStep::Skip(n) => {
+                ubuf.advance(n);
+                continue;
+            }
+            HeadStep::Interim(n) => {
+                ubuf.advance(n);
+                send_to_client(ctx, client, out)
+                    .await
+                    .map_err(|e| ProxyError::downstream(ErrorKind::ClientIo, e))?;
+                continue;
+            }
+            HeadStep::NeedMore => {}
+            HeadStep::NeedBody => {
+                match read_some(
+                    upstream,
+                    ubuf,
+                    ctx.per_core.upstream_buffer_size,
+                    forward.timeouts.read,
+                )
+                .await
+                {
+                    Read::Data(_) => continue,
+                    Read::TimedOut => {
+                        return Err(ProxyError::upstream(
+                            ErrorKind::ResponseTimeout,
+                            addr,
+                            false,
+                            None,
+                        ))
+                    }
+                    Read::Eof | Read::Failed(_) => {
+                        return Err(ProxyError::upstream(
+                            ErrorKind::BadResponse(HttpError::Malformed),
+                            addr,
+                            false,
+                            None,
+                        ))
+                    }
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = read_some(upstream, ubuf, ctx.per_core.upstream_buffer_size, left).await;
+        // Closed or reset before a single response byte: the request may be retried.
+        let early = !received_any;
+        match read {
+            Read::Data(_) => received_any = true,
+            Read::TimedOut => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::ResponseTimeout,
+                    addr,
+                    false,
+                    None,
+                ))
+            }
+            Read::Eof if early => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamClosedEarly,
+                    addr,
+                    true,
+                    None,
+                ))
+            }
+            Read::Failed(e) if early => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamClosedEarly,
+                    addr,
+                    true,
+                    Some(e),
+                ))
+            }
+            Read::Eof => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::BadResponse(HttpError::Malformed),
+                    addr,
+                    false,
+                    None,
+                ))
+            }
+            Read::Failed(e) => {
+                return Err(ProxyError::upstream(
+                    ErrorKind::UpstreamClosedEarly,
+                    addr,
+                    false,
+                    Some(e),
+                ))
+            }
+        }
+    }
+}
