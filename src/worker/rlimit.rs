@@ -15,9 +15,8 @@ pub struct FileLimit {
     pub needed: u64,
 }
 
-/// Descriptors the config can use at once: per worker, its client
-/// connections, one upstream connection per client in flight, its idle
-/// pool to every server, and its listeners.
+/// Descriptors the config can hold at its caps: per worker, its client
+/// connections, its idle pool to every server, and its listeners.
 pub fn needed(config: &Config, workers: &[usize]) -> u64 {
     let servers: u64 = config
         .upstreams
@@ -30,11 +29,10 @@ pub fn needed(config: &Config, workers: &[usize]) -> u64 {
         .map(|&core| {
             let p = config.workers.for_core(core);
             (p.max_connections as u64)
-                .saturating_mul(2)
                 .saturating_add((p.upstream_pool_size as u64).saturating_mul(servers))
                 .saturating_add(listeners)
         })
-        .fold(64, u64::saturating_add)
+        .fold(0, u64::saturating_add)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and warns when the
@@ -74,7 +72,7 @@ pub fn raise(config: &Config, workers: &[usize]) -> std::io::Result<FileLimit> {
             open_file_limit = found.now,
             needed = found.needed,
             workers = workers.len(),
-            "the open-file limit ({}) is below what max_connections and the upstream pools can use ({} = per worker 2 x max_connections + upstream_pool_size x servers + listeners, over {} workers): \
+            "the open-file limit ({}) is below what the connection caps can hold ({} = max_connections + upstream_pool_size x servers + listeners, summed over {} workers): \
              connections will fail with 'too many open files' at load; raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower workers.max_connections",
             found.now,
             found.needed,
