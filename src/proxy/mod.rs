@@ -1,20 +1,27 @@
 //! The connection task: one per client connection, running on the worker
-//! that accepted it. It reads a request head, routes it, relays the request
-//! to an upstream over a pooled keep-alive connection, relays the response
-//! back, and loops for the next request (keep-alive and pipelining: requests
-//! are handled one after another, so responses leave in request order).
+//! that accepted it. It reads a request head, runs the request's phases,
+//! relays it to an upstream over a pooled keep-alive connection, relays the
+//! response back, and loops for the next request (keep-alive and
+//! pipelining: requests are handled one after another, so responses leave
+//! in request order).
 //!
 //! ```text
-//! wait for bytes (keep-alive timeout, drain)
+//! wait for bytes (keep-alive timeout, drain, closed if idle at a cap)
 //!   -> read + parse head (head deadline, size limits)   -> 400/408/413/431/501 + close
-//!   -> route                                            -> 404
-//!   -> pick server, pooled or new connection            -> 502/504
-//!   -> send head (+ body: buffered, or streamed)        -> retry once if a pooled
-//!   -> read response head (response timeout)               connection was dead
-//!   -> send head + stream body to the client
-//!   -> return the upstream connection to the pool
+//!   -> plan_request, in order:
+//!        1 normalise  canonical host and path           -> 400
+//!        2 route      first matching route              -> 404, 301/308 (trailing slash)
+//!        3 admit      session token                     -> 401
+//!        4 buffer     a small body read whole           -> (read more, plan again)
+//!        5 cache      key and variant of the request as forwarded -> hit: answer.rs
+//!        6 upstream   pick a server, circuit breakers   -> 503
+//!   -> proxy_request: coalesce (wait for, or read, another's fetch)
+//!   -> upstream.rs: pooled (peeked) or new connection, send, read head, retries -> 502/504
+//!   -> respond: 304/stale from the cache | fill.rs (store while serving) | relay.rs
+//!   -> the upstream connection back to the pool when it ended cleanly
 //! ```
 
+mod answer;
 pub mod cache;
 pub mod fetch;
 mod fill;
@@ -27,7 +34,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use monoio::net::TcpStream;
 
 use crate::config::MAX_HEADERS_CAP;
@@ -37,6 +44,9 @@ use crate::http::{BodyFraming, HttpError, Method, Version};
 use crate::route::Found;
 use crate::worker::context::{Stats, WorkerCtx};
 use crate::worker::signal::{race, Either};
+use answer::{
+    answer_failure, answer_from_cache, finish_unforwarded, purge, respond_error, send_cached,
+};
 use head::UpstreamRequest;
 use io::{read_some, write_all, Read};
 
@@ -474,18 +484,7 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             request,
             status,
             location,
-        } => {
-            out.clear();
-            let keep = finish_unforwarded(ctx, client, &request);
-            head::write_redirect(&mut out, status, &location, !keep);
-            match write_all(&mut client.stream, out, timeouts.client_send).await {
-                Ok(out) if keep => {
-                    ctx.give_write_buffer(out);
-                    Next::KeepAlive
-                }
-                _ => Next::Close,
-            }
-        }
+        } => answer::redirect(ctx, client, &request, status, &location, out).await,
         Plan::ReadBody(_) => unreachable!("read before the plan is final"),
         Plan::Purge {
             request,
@@ -504,175 +503,8 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     }
 }
 
-/// Consumes a request answered without the upstream. A body that already
-/// sits in the buffer is skipped; any other would have to be read and thrown
-/// away, so the connection is closed instead. Returns whether it may stay open.
-fn finish_unforwarded(ctx: &WorkerCtx, client: &mut Client, request: &Answered) -> bool {
-    let available = client.buf.len() - request.head_len;
-    let skip = match request.body {
-        BodyFraming::None => Some(0),
-        BodyFraming::Length(n) if available as u64 >= n => Some(n as usize),
-        _ => None,
-    };
-    client
-        .buf
-        .advance(request.head_len + skip.unwrap_or(available));
-    request.keep_alive && skip.is_some() && client_may_continue(ctx, client)
-}
-
-/// Answers a request from a stored response (a hit, a 304 from it, or a
-/// stale stand-in for an error).
-async fn answer_from_cache(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    request: &Answered,
-    hit: &cache::HitPlan,
-    out: Vec<u8>,
-) -> Next {
-    let keep = finish_unforwarded(ctx, client, request);
-    if send_cached(
-        ctx,
-        client,
-        hit,
-        request.head_only,
-        keep,
-        request.version,
-        out,
-    )
-    .await
-        && keep
-    {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    }
-}
-
-/// Writes a stored response (or a 304 from it) to the client; false when the client is gone.
-async fn send_cached(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    hit: &cache::HitPlan,
-    head_only: bool,
-    keep: bool,
-    version: Version,
-    mut out: Vec<u8>,
-) -> bool {
-    if let Some(c) = &ctx.cache {
-        match hit.kind {
-            cache::HitKind::Fresh | cache::HitKind::Collapsed | cache::HitKind::Revalidated => {
-                crate::cache::bump(&c.stats.hits)
-            }
-            _ => crate::cache::bump(&c.stats.stale_served),
-        }
-    }
-    let connection: &[u8] = match (keep, version) {
-        (false, _) => b"Connection: close\r\n",
-        (true, Version::Http10) => b"Connection: keep-alive\r\n",
-        (true, Version::Http11) => b"",
-    };
-    let limit = ctx.config.timeouts.client_send;
-    if hit.not_modified {
-        out.clear();
-        cache::write_not_modified(&mut out, hit, ctx.via(), connection);
-        return match write_all(&mut client.stream, out, limit).await {
-            Ok(out) => {
-                ctx.give_write_buffer(out);
-                true
-            }
-            Err(_) => false,
-        };
-    }
-    ctx.give_write_buffer(out);
-    let mut buf = client.hit_buf.take().unwrap_or_default();
-    cache::write_hit(&mut buf, hit, head_only, connection);
-    match io::write_hit(&mut client.stream, buf, limit).await {
-        Ok(buf) => {
-            client.hit_buf = Some(buf);
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-/// `PURGE`: invalidates the URL on every worker, then answers 200 with how
-/// many responses went, 404 when none, 403 for clients not allowed to purge.
-async fn purge(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    request: &Answered,
-    urls: Vec<Box<[u8]>>,
-    allowed: bool,
-    out: Vec<u8>,
-) -> Next {
-    let keep = finish_unforwarded(ctx, client, request);
-    if !allowed {
-        return if respond_error(ctx, client, out, 403, !keep, request.head_only).await && keep {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        };
-    }
-    let message = crate::bus::Message::Invalidate {
-        what: crate::bus::Invalidation::Urls(std::sync::Arc::new(urls)),
-        removal: crate::cache::shard::Removal::Hard,
-    };
-    let (status, body) = match ctx
-        .bus
-        .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
-        .await
-    {
-        Ok(b) if b.removed > 0 => (
-            200,
-            format!("{{\"removed\":{},\"workers\":{}}}\n", b.removed, b.workers),
-        ),
-        Ok(b) => (
-            404,
-            format!("{{\"removed\":0,\"workers\":{}}}\n", b.workers),
-        ),
-        Err(e) => (503, format!("{{\"error\":\"{e}\"}}\n")),
-    };
-    let mut out = out;
-    out.clear();
-    use std::io::Write as _;
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
-        if status == 200 { "OK" } else { head::reason(status) },
-        body.len(),
-        if keep { "" } else { "Connection: close\r\n" }
-    );
-    match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
-        Ok(out) if keep => {
-            ctx.give_write_buffer(out);
-            Next::KeepAlive
-        }
-        _ => Next::Close,
-    }
-}
-
 fn client_may_continue(ctx: &WorkerCtx, client: &Client) -> bool {
     !ctx.draining.get() && client.served < ctx.config.limits.max_keepalive_requests
-}
-
-/// Writes a gateway-generated error response; false when the client is gone.
-async fn respond_error(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    mut out: Vec<u8>,
-    status: u16,
-    close: bool,
-    head_only: bool,
-) -> bool {
-    out.clear();
-    head::write_error_response(&mut out, status, close, head_only);
-    match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
-        Ok(out) => {
-            ctx.give_write_buffer(out);
-            true
-        }
-        Err(_) => false,
-    }
 }
 
 /// How far an exchange got, to decide what a failure still allows.
@@ -913,43 +745,6 @@ fn log_failure(ctx: &WorkerCtx, error: &ProxyError) {
             Stats::bump(&ctx.stats.client_errors);
             tracing::debug!(worker = ctx.index, error = %error, "request failed");
         }
-    }
-}
-
-/// Answers a request whose upstream exchange failed before a response head:
-/// its status (502, 504, 408...), or a stale entry under stale-if-error.
-async fn answer_failure(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    forward: &Forward,
-    out: Vec<u8>,
-    error: ProxyError,
-    progress: &Progress,
-) -> Next {
-    log_failure(ctx, &error);
-    let Some(status) = error.status().filter(|_| !progress.response_started) else {
-        return Next::Close;
-    };
-    let keep = progress.request_consumed
-        && error.side == Side::Upstream
-        && forward.keep_alive
-        && client_may_continue(ctx, client);
-    let head_only = forward.method == Method::Head;
-    // stale-if-error: a stored response may stand in for the upstream's failure.
-    let stale = match status {
-        502 | 504 if error.side == Side::Upstream => {
-            forward.cache.as_deref().and_then(cache::stale_for_error)
-        }
-        _ => None,
-    };
-    let sent = match stale {
-        Some(hit) => send_cached(ctx, client, &hit, head_only, keep, forward.version, out).await,
-        None => respond_error(ctx, client, out, status, !keep, head_only).await,
-    };
-    if sent && keep {
-        Next::KeepAlive
-    } else {
-        Next::Close
     }
 }
 
