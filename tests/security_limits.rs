@@ -225,3 +225,49 @@ fn a_buffered_chunked_body_is_forwarded_whole() {
     assert!(r.text().ends_with("body=11"), "{}", r.text());
     assert_eq!(origin.connections(), 1);
 }
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_is_served() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let mut c = Client::connect(gw.listen_addr());
+    for b in b"GET /echo/trickled HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n\r\n" {
+        c.send(&[*b]);
+        c.reader.inner.flush().unwrap();
+    }
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("GET /echo/trickled HTTP/1.1"));
+}
+
+#[test]
+fn a_buffered_body_has_one_deadline_for_all_of_it() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.routes[0].cache = None;
+    config.timeouts.client_body = Duration::from_millis(500);
+    let gw = start(config);
+    let mut c = Client::connect(gw.listen_addr());
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 40\r\n\r\n");
+    // A byte every 100 ms: each arrives well within the 500 ms, but the body
+    // as a whole does not. The pace is the attack, not a synchronisation.
+    let sender = in_thread({
+        let mut writer = c.reader.inner.try_clone().unwrap();
+        move || {
+            let mut sent = 0;
+            for _ in 0..40 {
+                if writer.write_all(b"x").is_err() {
+                    break;
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            sent
+        }
+    });
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 408);
+    assert!(c.is_closed_by_peer());
+    assert!(sender.recv_timeout(Duration::from_secs(10)).unwrap() < 40);
+    assert_eq!(origin.connections(), 0, "nothing reached the origin");
+}

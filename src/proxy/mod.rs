@@ -39,6 +39,7 @@ use monoio::net::TcpStream;
 
 use crate::config::MAX_HEADERS_CAP;
 use crate::error::{ProxyError, Side};
+use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::{header_slots, parse_request};
 use crate::http::{BodyFraming, HttpError, Method, Version};
 use crate::route::Found;
@@ -354,10 +355,48 @@ fn plan_request(
 }
 
 /// More of the request body to read before planning goes on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct BodyWait {
     /// Answer `Expect: 100-continue` first (no body byte has come yet).
     send_continue: bool,
+    until: BodyEnd,
+}
+
+/// When the buffer holds enough of the body to plan again.
+#[derive(Debug)]
+enum BodyEnd {
+    /// This many bytes of the buffer (head and whole body).
+    Bytes(usize),
+    /// The chunked body's end, scanned as it arrives from `scanned` on, or
+    /// `limit` bytes of buffer (the body then streams).
+    Chunked {
+        decoder: crate::http::chunked::ChunkedDecoder,
+        scanned: usize,
+        limit: usize,
+        max_body: Option<u64>,
+    },
+}
+
+impl BodyEnd {
+    /// Whether `buf` now holds enough; scans only bytes not scanned before,
+    /// so a body trickling in costs one pass over it, not one per read.
+    fn reached(&mut self, buf: &[u8]) -> Result<bool, HttpError> {
+        match self {
+            BodyEnd::Bytes(n) => Ok(buf.len() >= *n),
+            BodyEnd::Chunked {
+                decoder,
+                scanned,
+                limit,
+                max_body,
+            } => {
+                *scanned += decoder.decode(&buf[*scanned..], &mut Vec::new(), Output::Discard)?;
+                if max_body.is_some_and(|max| decoder.decoded > max) {
+                    return Err(HttpError::BodyTooLarge);
+                }
+                Ok(decoder.is_done() || buf.len() >= *limit)
+            }
+        }
+    }
 }
 
 /// Whether the body must be read further before a server is picked: it is
@@ -372,21 +411,36 @@ fn body_to_buffer(
 ) -> Result<Option<BodyWait>, HttpError> {
     let limit = route.request_buffering;
     let have = &buf[req.head_len..];
-    let complete = match req.body {
-        BodyFraming::None | BodyFraming::UntilClose => true,
-        BodyFraming::Length(n) => n > limit || have.len() as u64 >= n,
-        BodyFraming::Chunked if limit == 0 => true,
+    let until = match req.body {
+        BodyFraming::None | BodyFraming::UntilClose => None,
+        BodyFraming::Length(n) if n > limit || have.len() as u64 >= n => None,
+        BodyFraming::Length(n) => Some(BodyEnd::Bytes(req.head_len + n as usize)),
+        BodyFraming::Chunked if limit == 0 || have.len() as u64 >= limit => None,
         BodyFraming::Chunked => {
-            let (end, decoded) = crate::http::chunked::scan_body(have)?;
-            if max_body.is_some_and(|max| decoded > max) {
-                return Err(HttpError::BodyTooLarge);
+            let mut until = BodyEnd::Chunked {
+                decoder: ChunkedDecoder::new(),
+                scanned: req.head_len,
+                limit: req.head_len + limit as usize,
+                max_body,
+            };
+            if until.reached(buf)? {
+                None
+            } else {
+                Some(until)
             }
-            end.is_some() || have.len() as u64 >= limit
         }
     };
-    Ok((!complete).then_some(BodyWait {
+    Ok(until.map(|until| BodyWait {
         send_continue: req.expect_continue && have.is_empty(),
+        until,
     }))
+}
+
+/// Whether `buf` may hold a complete head: a blank line (CRLF CRLF, or a
+/// bare LF one, which the parser then refuses) in its bytes from `from` on.
+fn may_hold_head_end(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3)..];
+    memchr::memmem::find(tail, b"\n\r\n").is_some() || memchr::memmem::find(tail, b"\n\n").is_some()
 }
 
 /// Handles one request on the connection.
@@ -424,11 +478,18 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
         }
     }
 
-    let deadline = io::deadline_in(timeouts.client_header);
+    // One deadline for the whole head, one for a buffered body.
+    let head_deadline = io::deadline_in(timeouts.client_header);
+    let mut body_deadline = None;
     let mut out = ctx.take_write_buffer();
     let plan = loop {
-        let (reserve, limit) = match plan_request(ctx, client, &mut out) {
-            Ok(Some(Plan::ReadBody(wait))) => {
+        let refused = |e: HttpError| {
+            Stats::bump(&ctx.stats.client_errors);
+            tracing::debug!(worker = ctx.index, error = %e, "refused request");
+            e.status()
+        };
+        let status = match plan_request(ctx, client, &mut out) {
+            Ok(Some(Plan::ReadBody(mut wait))) => {
                 if wait.send_continue && !client.sent_continue {
                     client.sent_continue = true;
                     if write_all(
@@ -442,29 +503,64 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                         return Next::Close;
                     }
                 }
-                (ctx.per_core.upstream_buffer_size, timeouts.client_body)
+                // A small body has `client_body` to arrive whole, not per read:
+                // a trickling sender cannot hold a connection for days.
+                let deadline =
+                    *body_deadline.get_or_insert_with(|| io::deadline_in(timeouts.client_body));
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match read_some(
+                        &mut client.stream,
+                        &mut client.buf,
+                        ctx.per_core.upstream_buffer_size,
+                        left,
+                    )
+                    .await
+                    {
+                        Read::Data(_) => {}
+                        Read::TimedOut => break 408,
+                        Read::Eof | Read::Failed(_) => return Next::Close,
+                    }
+                    match wait.until.reached(&client.buf) {
+                        Ok(true) => break 0,
+                        Ok(false) => {}
+                        Err(e) => break refused(e),
+                    }
+                }
             }
             Ok(Some(plan)) => break plan,
-            Ok(None) => (
-                ctx.per_core.client_buffer_size,
-                deadline.saturating_duration_since(Instant::now()),
-            ),
-            Err(e) => {
-                Stats::bump(&ctx.stats.client_errors);
-                tracing::debug!(worker = ctx.index, error = %e, "refused request");
-                out.clear();
-                respond_error(ctx, client, out, e.status(), true, false).await;
-                return Next::Close;
-            }
+            Ok(None) => loop {
+                // Parse again only once a head may be complete: a head sent a
+                // byte at a time costs one parse, not one per byte.
+                let scanned = client.buf.len();
+                let left = head_deadline.saturating_duration_since(Instant::now());
+                match read_some(
+                    &mut client.stream,
+                    &mut client.buf,
+                    ctx.per_core.client_buffer_size,
+                    left,
+                )
+                .await
+                {
+                    Read::Data(_) => {}
+                    Read::TimedOut => break 408,
+                    Read::Eof | Read::Failed(_) => return Next::Close,
+                }
+                if may_hold_head_end(&client.buf, scanned)
+                    || client.buf.len() >= ctx.config.limits.max_request_head
+                {
+                    break 0;
+                }
+            },
+            Err(e) => refused(e),
         };
-        match read_some(&mut client.stream, &mut client.buf, reserve, limit).await {
-            Read::Data(_) => continue,
-            Read::TimedOut => {
+        if status != 0 {
+            if status == 408 {
                 Stats::bump(&ctx.stats.client_errors);
-                respond_error(ctx, client, out, 408, true, false).await;
-                return Next::Close;
             }
-            Read::Eof | Read::Failed(_) => return Next::Close,
+            out.clear();
+            respond_error(ctx, client, out, status, true, false).await;
+            return Next::Close;
         }
     };
     client.served += 1;
