@@ -148,3 +148,70 @@ fn a_body_of_unknown_length_over_the_limit_streams_whole_and_is_not_stored() {
     assert_eq!(r.body, pattern(0..size));
     assert_eq!(origin.hits_on(&target), 2, "too large to store");
 }
+
+#[test]
+fn a_finished_fill_gives_its_room_back_while_its_client_still_reads_nothing() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    // Room for one fill of 600 KB at a time: fills hold their body in memory.
+    config.workers.per_core.cache_size = 1 << 20;
+    let gw = start(config);
+    let size = 600_000;
+    let first = format!("/c?cc=max-age%3D60&size={size}&body=first");
+    let second = format!("/c?cc=max-age%3D60&size={size}&body=second");
+    let mut a = Client::connect(gw.listen_addr());
+    request(&mut a, &first, "");
+    let stored = |target: &str| {
+        Client::connect(gw.listen_addr())
+            .request(
+                format!("GET {target} HTTP/1.1\r\nHost: shop.test\r\nCache-Control: only-if-cached\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .status
+            == 200
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the first object is stored",
+        || stored(&first),
+    );
+    // While the first client still reads nothing, its fill is done: a second
+    // fill gets the room back.
+    let mut b = Client::connect(gw.listen_addr());
+    request(&mut b, &second, "");
+    wait_until(
+        Duration::from_secs(10),
+        "the second object is stored",
+        || stored(&second),
+    );
+    assert_eq!(a.read_response().unwrap().body, pattern(0..size));
+    assert_eq!(b.read_response().unwrap().body, pattern(0..size));
+}
+
+#[test]
+fn past_the_fill_budget_a_response_streams_at_its_clients_pace() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.workers.per_core.cache_size = 1 << 20;
+    let gw = start(config);
+    let size = 600_000;
+    // The first fill stalls half-way, holding its room.
+    let held = format!("/c?cc=max-age%3D60&size={size}&stall_at=300000&body=held");
+    let mut a = Client::connect(gw.listen_addr());
+    request(&mut a, &held, "");
+    let (_, start) = head_and_first(&mut a, 300_000);
+    assert_eq!(start, pattern(0..300_000));
+    // No room for a second fill: it streams at its client's pace, and is
+    // stored only once that client took it all.
+    let second = format!("/c?cc=max-age%3D60&size={size}&body=second");
+    let r = get(gw.listen_addr(), &second);
+    assert_eq!(r.body, pattern(0..size));
+    assert!(!r.header("cache-status").unwrap().contains("collapsed"));
+    let again = get(gw.listen_addr(), &second);
+    assert!(again.header("cache-status").unwrap().contains("hit"));
+    origin.open_gate();
+    assert_eq!(
+        a.reader.read_exact_vec(300_000).unwrap(),
+        pattern(300_000..size)
+    );
+}

@@ -56,6 +56,11 @@ pub struct WorkerCache {
     pub stats: CacheStats,
     /// Largest body stored, unless a route sets its own.
     pub max_object: u64,
+    /// Bytes reserved by fills under way (`fill`): they hold their body in
+    /// memory until it is stored, so their total is capped at the shard's
+    /// capacity; past it, responses stream at their client's pace instead.
+    filling: std::rc::Rc<Cell<u64>>,
+    fill_budget: u64,
 }
 
 impl WorkerCache {
@@ -65,7 +70,22 @@ impl WorkerCache {
             coalescer: Coalescer::default(),
             stats: CacheStats::default(),
             max_object,
+            filling: Default::default(),
+            fill_budget: capacity,
         }
+    }
+
+    /// Reserves room for a fill of up to `bytes`; `None` when fills under
+    /// way already hold the budget.
+    pub fn reserve_fill(&self, bytes: u64) -> Option<FillReservation> {
+        let after = self.filling.get().checked_add(bytes)?;
+        (after <= self.fill_budget).then(|| {
+            self.filling.set(after);
+            FillReservation {
+                filling: self.filling.clone(),
+                bytes,
+            }
+        })
     }
 
     pub fn evictions(&self) -> u64 {
@@ -79,4 +99,17 @@ impl WorkerCache {
 
 pub fn bump(counter: &Cell<u64>) {
     counter.set(counter.get() + 1);
+}
+
+/// Room held by one fill under way; given back when dropped.
+pub struct FillReservation {
+    filling: std::rc::Rc<Cell<u64>>,
+    bytes: u64,
+}
+
+impl Drop for FillReservation {
+    fn drop(&mut self) {
+        self.filling
+            .set(self.filling.get().saturating_sub(self.bytes));
+    }
 }

@@ -22,6 +22,7 @@ use super::{
     cache, client_may_continue, finish_unforwarded, Answered, Client, Coalescing, Forward, Next,
 };
 use crate::cache::fill::{Fill, Piece, Reader};
+use crate::cache::FillReservation;
 use crate::config::UpstreamTimeouts;
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::chunked::{ChunkedDecoder, Output};
@@ -46,6 +47,17 @@ struct Job {
     store: cache::FillStore,
     coalescing: Coalescing,
     _in_flight: InFlight,
+    _reservation: FillReservation,
+}
+
+/// Room for the fill of the response in `plan` (its length, or the most
+/// that may be stored), when the fills under way leave it.
+pub(super) fn reserve(ctx: &WorkerCtx, plan: &ResponsePlan) -> Option<FillReservation> {
+    let bytes = match plan.framing {
+        BodyFraming::Length(n) => n,
+        _ => plan.capture.as_ref().map_or(0, |c| c.limit),
+    };
+    ctx.cache.as_ref()?.reserve_fill(bytes)
 }
 
 /// Starts the fill of the response in `plan` (storable, body still to
@@ -58,6 +70,7 @@ pub(super) fn start(
     (upstream, addr, in_flight): (TcpStream, SocketAddr, InFlight),
     first: BytesMut,
     coalescing: Coalescing,
+    reservation: FillReservation,
 ) -> Rc<Fill> {
     let work = forward.cache.as_deref().expect("a fill has cache work");
     let capture = plan.capture.take().expect("a fill has a capture");
@@ -84,6 +97,7 @@ pub(super) fn start(
         store,
         coalescing,
         _in_flight: in_flight,
+        _reservation: reservation,
     };
     let task = run(ctx.clone(), fill.clone(), job);
     let ctx = ctx.clone();

@@ -783,12 +783,23 @@ async fn respond(
             tracing::warn!(worker = ctx.index, error = %e, "invalidation after a write did not reach every worker");
         }
     }
-    if plan.fill {
+    // A fill holds its body in memory until stored: the fills under way are
+    // capped at the shard's size; past it the body streams at the client's pace.
+    let reservation = plan.fill.then(|| fill::reserve(ctx, &plan)).flatten();
+    if let Some(reservation) = reservation {
         let first = ubuf.split();
         ctx.give_read_buffer(ubuf);
         let (framing, keep) = (plan.client_framing, plan.keep_client);
         let connection = (stream, addr, in_flight);
-        let fill = fill::start(ctx, forward, &mut plan, connection, first, coalescing);
+        let fill = fill::start(
+            ctx,
+            forward,
+            &mut plan,
+            connection,
+            first,
+            coalescing,
+            reservation,
+        );
         let reader = fill.reader().expect("a new fill has its first byte");
         return fill::serve(ctx, client, reader, out, framing, keep).await;
     }
