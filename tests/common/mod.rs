@@ -4,6 +4,8 @@
 //! deadline, never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod slow_readers;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
