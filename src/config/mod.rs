@@ -212,6 +212,10 @@ pub struct Limits {
 /// Hard cap on `max_headers`: the parser keeps its header slots on the stack.
 pub const MAX_HEADERS_CAP: usize = 512;
 
+/// Most header fields a route adds to a request (`set_request_headers`,
+/// and separately the claims of `[routes.auth]`).
+pub const MAX_ROUTE_FIELDS: usize = 64;
+
 /// Most client connections one worker may be configured for.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 
@@ -898,6 +902,24 @@ impl Config {
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
+            // The forwarded head must stay parseable for the cache: the
+            // client's fields plus these stay under twice the field cap.
+            if route.set_request_headers.len() > MAX_ROUTE_FIELDS {
+                return Err(invalid(
+                    format!("routes[{i}].set_request_headers"),
+                    format!("at most {MAX_ROUTE_FIELDS} headers"),
+                ));
+            }
+            if route
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.claims.len() > MAX_ROUTE_FIELDS)
+            {
+                return Err(invalid(
+                    format!("routes[{i}].auth.claims"),
+                    format!("at most {MAX_ROUTE_FIELDS} claims"),
+                ));
+            }
             if route.upstream >= self.upstreams.len() {
                 return Err(invalid(
                     format!("routes[{i}].upstream"),

@@ -158,7 +158,7 @@ pub fn decide(
     let (Some(cache), Some(policy)) = (&ctx.cache, &route.cache) else {
         return Decision::NotCached;
     };
-    with_request_headers(forwarded_head, |headers| {
+    parse_forwarded(forwarded_head, |headers| {
         let facts = RequestFacts {
             authorization: headers.iter().any(|h| name_is(h.name, "authorization")),
             cc: RequestDirectives::parse(
@@ -265,6 +265,7 @@ pub fn decide(
             validators,
         )
     })
+    .unwrap_or(Decision::NotCached)
 }
 
 /// A background refresh sends what the triggering request sent upstream
@@ -345,12 +346,21 @@ fn policy(ctx: &WorkerCtx, route: usize) -> &CachePolicy {
         .expect("cache work only exists for caching routes")
 }
 
-/// Runs the request head stored in `head` through httparse again, for its headers.
-fn with_request_headers<T>(head: &[u8], f: impl FnOnce(&[Header<'_>]) -> T) -> T {
-    let mut slots = header_slots::<{ crate::config::MAX_HEADERS_CAP }>();
+/// Fields a forwarded head may carry: the client's (at most
+/// `MAX_HEADERS_CAP`), the route's and the identity's (bounded by the
+/// config), and the few the gateway adds.
+const FORWARDED_FIELDS: usize = 2 * crate::config::MAX_HEADERS_CAP;
+
+/// Runs a forwarded request head (written by the gateway) through httparse
+/// again, for its fields; `None` if it does not parse whole, which the
+/// cache then treats as uncacheable rather than as a request without fields.
+fn parse_forwarded<T>(head: &[u8], f: impl FnOnce(&[Header<'_>]) -> T) -> Option<T> {
+    let mut slots = header_slots::<FORWARDED_FIELDS>();
     let mut req = httparse::Request::new(&mut []);
-    let _ = req.parse_with_uninit_headers(head, &mut slots);
-    f(req.headers)
+    match req.parse_with_uninit_headers(head, &mut slots) {
+        Ok(httparse::Status::Complete(_)) => Some(f(req.headers)),
+        _ => None,
+    }
 }
 
 /// Decides, while the upstream's head is borrowed, what happens to the response.
@@ -384,13 +394,14 @@ pub fn on_response_head(
                 if *conditional && resp.status == 304 {
                     bump(&cache.stats.revalidations);
                     let fresh = Arc::new(stale.freshen(resp.headers, times, policy, ctx.via()));
-                    let variant = with_request_headers(&work.request_head, |headers| {
+                    if let Some(variant) = parse_forwarded(&work.request_head, |headers| {
                         cache
                             .shard
                             .borrow_mut()
                             .insert(&work.key, headers, fresh.clone())
-                    });
-                    offer(ctx, &work.key, variant, &fresh);
+                    }) {
+                        offer(ctx, &work.key, variant, &fresh);
+                    }
                     return Action::Serve(HitPlan {
                         stored: fresh,
                         kind: HitKind::Revalidated,
@@ -519,10 +530,10 @@ pub fn start_fill(
         ctx.via(),
     );
     let variant = match &head.vary {
-        VarySpec::Names(names) => with_request_headers(&work.request_head, |headers| {
+        VarySpec::Names(names) => parse_forwarded(&work.request_head, |headers| {
             let mut key = Vec::new();
             variant_key(&mut key, &work.key, names, headers);
-            Some(key.into_boxed_slice())
+            key.into_boxed_slice()
         }),
         _ => None,
     };
@@ -549,7 +560,7 @@ pub fn store_fill(ctx: &WorkerCtx, job: &FillStore, head: StoredHead, body: Byte
 /// ask for what is being stored (its variant, its freshness demands) and
 /// have no preconditions (those are answered from the entry once stored).
 pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
-    with_request_headers(&work.request_head, |headers| {
+    parse_forwarded(&work.request_head, |headers| {
         if !Preconditions::from_headers(headers).is_empty() {
             return false;
         }
@@ -569,18 +580,21 @@ pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
                 &work.facts.cc,
             ) == Use::Fresh
     })
+    .unwrap_or(false)
 }
 
 /// Inserts an entry into this worker's shard and offers it to the others.
 fn insert(ctx: &WorkerCtx, key: &[u8], request_head: &[u8], stored: Stored) -> Arc<Stored> {
     let cache = ctx.cache.as_ref().expect("cache work implies a cache");
     let stored = Arc::new(stored.with_tags(&ctx.config.cache.tag_headers));
-    let variant = with_request_headers(request_head, |headers| {
+    let Some(variant) = parse_forwarded(request_head, |headers| {
         cache
             .shard
             .borrow_mut()
             .insert(key, headers, stored.clone())
-    });
+    }) else {
+        return stored;
+    };
     bump(&cache.stats.stores);
     offer(ctx, key, variant, &stored);
     stored
@@ -765,19 +779,20 @@ pub fn write_not_modified(
 pub fn lookup_after_wait(ctx: &WorkerCtx, work: &CacheWork) -> Option<HitPlan> {
     let cache = ctx.cache.as_ref()?;
     let now = Instant::now();
-    let found = with_request_headers(&work.request_head, |headers| {
+    let found = parse_forwarded(&work.request_head, |headers| {
         cache.shard.borrow_mut().lookup(&work.key, headers, now)
-    });
+    })?;
     match found {
         Lookup::Found(stored)
             if usability(&stored.freshness, stored.age(now), &work.facts.cc) == Use::Fresh =>
         {
             let not_modified = stored.status / 100 == 2
-                && with_request_headers(&work.request_head, |headers| {
+                && parse_forwarded(&work.request_head, |headers| {
                     let p = Preconditions::from_headers(headers);
                     !p.is_empty()
                         && p.not_modified(stored.etag.as_deref(), stored.last_modified, stored.date)
-                });
+                })
+                .unwrap_or(false);
             Some(HitPlan {
                 stored,
                 kind: HitKind::Collapsed,
@@ -856,13 +871,15 @@ pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
         job.stored.freshen(resp.headers, times, &policy, ctx.via())
     } else {
         let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
-        let req_facts = with_request_headers(&job.request_head, |headers| RequestFacts {
+        let Some(req_facts) = parse_forwarded(&job.request_head, |headers| RequestFacts {
             authorization: headers.iter().any(|h| name_is(h.name, "authorization")),
             cc: RequestDirectives::parse(
                 values(headers, "cache-control"),
                 values(headers, "pragma"),
             ),
-        });
+        }) else {
+            return;
+        };
         if may_store(&req_facts, &facts, &policy).is_err() {
             cache.shard.borrow_mut().remove_uri(&job.key);
             return;
