@@ -231,8 +231,9 @@ fn keepalive_connection(
                 dropped.fetch_add(1, Ordering::SeqCst);
                 return Ok(());
             }
-            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nupdated")?;
+            // Counted before the answer goes out, so a client that has it sees the count.
             answered.fetch_add(1, Ordering::SeqCst);
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nupdated")?;
         }
     }
 }

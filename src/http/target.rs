@@ -62,16 +62,32 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// True when `path` is already in canonical form (the common case: no
-/// `%`, no backslash, no repeated slash, no dot segment), so no copy is made.
+/// `%`, no backslash, no repeated slash, no dot segment), so no copy is
+/// made. One pass over the bytes.
 fn is_canonical(path: &[u8], rules: PathRules) -> bool {
+    // Length of the current segment, and how many of its bytes are dots.
+    let (mut length, mut dots) = (0usize, 0usize);
     let mut previous = 0u8;
     for &b in path {
-        if b == b'%' || b == b'\\' || (b == b'/' && previous == b'/' && rules.merge_slashes) {
-            return false;
+        match b {
+            b'%' | b'\\' => return false,
+            b'/' => {
+                if (previous == b'/' && rules.merge_slashes)
+                    || (length > 0 && length == dots && length <= 2)
+                {
+                    return false;
+                }
+                (length, dots) = (0, 0);
+            }
+            b'.' => {
+                length += 1;
+                dots += 1;
+            }
+            _ => length += 1,
         }
         previous = b;
     }
-    !has_dot_segment(path)
+    !(length > 0 && length == dots && length <= 2)
 }
 
 /// True when a segment of `path` is `.` or `..` (after decoding).
@@ -176,6 +192,11 @@ pub fn normalize_authority<'a>(
     scratch: &'a mut String,
 ) -> Result<(&'a str, &'a str), HttpError> {
     let (host, port_text) = split_port(authority);
+    // The common case, checked in one pass: lower case, no trailing dot, no port.
+    if port_text.is_none() && !host.ends_with('.') && !host.bytes().any(|b| b.is_ascii_uppercase())
+    {
+        return Ok((authority, host));
+    }
     let port = match port_text {
         None => None,
         Some(p) => match p.parse::<u16>() {
@@ -211,15 +232,16 @@ pub fn normalize_authority<'a>(
 
 /// `host[:port]`, with a bracketed IPv6 host kept whole.
 fn split_port(authority: &str) -> (&str, Option<&str>) {
-    let after_host = match authority.strip_prefix('[') {
-        Some(rest) => rest.find(']').map_or(authority.len(), |i| i + 2),
-        None => 0,
+    let bytes = authority.as_bytes();
+    let colon = if bytes.first() == Some(&b'[') {
+        // `[v6]:port`: the port is after the closing bracket.
+        let close = memchr::memchr(b']', bytes).unwrap_or(bytes.len());
+        memchr::memchr(b':', &bytes[close..]).map(|i| close + i)
+    } else {
+        memchr::memrchr(b':', bytes)
     };
-    match authority[after_host..].rfind(':') {
-        Some(i) => (
-            &authority[..after_host + i],
-            Some(&authority[after_host + i + 1..]),
-        ),
+    match colon {
+        Some(i) => (&authority[..i], Some(&authority[i + 1..])),
         None => (authority, None),
     }
 }

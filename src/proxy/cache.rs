@@ -153,12 +153,12 @@ pub fn decide(
     route: &RouteConfig,
     req: &RequestHead<'_>,
     upstream: &super::head::UpstreamRequest<'_>,
-    forwarded_head: &[u8],
+    headers: &[Header<'_>],
 ) -> Decision {
     let (Some(cache), Some(policy)) = (&ctx.cache, &route.cache) else {
         return Decision::NotCached;
     };
-    parse_forwarded(forwarded_head, |headers| {
+    {
         let facts = RequestFacts {
             authorization: headers.iter().any(|h| name_is(h.name, "authorization")),
             cc: RequestDirectives::parse(
@@ -172,7 +172,8 @@ pub fn decide(
             Box::new(CacheWork {
                 route: route_index,
                 key: key.as_slice().into(),
-                request_head: Bytes::copy_from_slice(forwarded_head),
+                // The caller keeps the head it writes from these fields.
+                request_head: Bytes::new(),
                 authority: req.authority.to_string(),
                 kind,
                 facts,
@@ -216,7 +217,7 @@ pub fn decide(
                             req,
                             upstream,
                             &key,
-                            forwarded_head,
+                            headers,
                             &stored,
                         )
                     });
@@ -264,8 +265,7 @@ pub fn decide(
             work(WorkKind::Fill { stale, conditional }, fwd, facts),
             validators,
         )
-    })
-    .unwrap_or(Decision::NotCached)
+    }
 }
 
 /// A background refresh sends what the triggering request sent upstream
@@ -278,7 +278,7 @@ fn refresh_plan(
     req: &RequestHead<'_>,
     upstream: &super::head::UpstreamRequest<'_>,
     key: &[u8],
-    forwarded_head: &[u8],
+    fields: &[Header<'_>],
     stored: &Arc<Stored>,
 ) -> Refresh {
     stored.refreshing.store(true, Ordering::Release);
@@ -287,25 +287,23 @@ fn refresh_plan(
     let balance_key =
         upstreams.request_key(route.upstream, upstream.client_ip, req.path, req.headers);
     let server = upstreams.pick(route.upstream, balance_key);
-    let mut upstream_head = Vec::with_capacity(forwarded_head.len() + 64);
+    let mut upstream_head = Vec::with_capacity(512);
     let validators = Validators {
         etag: stored.etag.clone(),
         last_modified: field(stored, "last-modified").map(<[u8]>::to_vec),
     };
-    super::head::write_request_head(
-        &mut upstream_head,
-        req,
-        &super::head::UpstreamRequest {
-            strip_expect: true,
-            validators: Some(&validators),
-            method_override: Some("GET"),
-            ..*upstream
-        },
-    );
+    let refresh = super::head::UpstreamRequest {
+        validators: Some(&validators),
+        method_override: Some("GET"),
+        ..*upstream
+    };
+    super::head::write_request_head(&mut upstream_head, req, &refresh, fields);
+    let mut request_head = Vec::with_capacity(upstream_head.len());
+    super::head::write_request_head(&mut request_head, req, upstream, fields);
     Refresh {
         route: route_index,
         key: key.into(),
-        request_head: Bytes::copy_from_slice(forwarded_head),
+        request_head: Bytes::from(request_head),
         upstream_head,
         server,
         stored: stored.clone(),

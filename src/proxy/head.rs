@@ -14,6 +14,7 @@ use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::{BodyFraming, Version};
 use crate::route::rewrite_path;
+use httparse::Header;
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
@@ -56,54 +57,106 @@ pub struct UpstreamRequest<'a> {
     pub identity: &'a [(String, String)],
 }
 
-pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
-    out.extend_from_slice(up.method_override.unwrap_or(req.method_name).as_bytes());
-    out.push(b' ');
-    match &up.route.rewrite_prefix {
-        Some(replacement) if req.path_and_query != "*" => {
-            rewrite_path(out, req.path_and_query, &up.route.path_prefix, replacement)
+/// Header fields, most of them in place: a request's forwarded fields fit
+/// the inline array in the common case, so listing them allocates nothing.
+pub struct FieldList<'a> {
+    inline: [Header<'a>; 24],
+    len: usize,
+    spill: Vec<Header<'a>>,
+}
+
+impl<'a> FieldList<'a> {
+    pub fn new() -> Self {
+        FieldList {
+            inline: [httparse::EMPTY_HEADER; 24],
+            len: 0,
+            spill: Vec::new(),
         }
-        _ => out.extend_from_slice(req.path_and_query.as_bytes()),
     }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    // The canonical authority (lower case, no default port, no trailing
-    // dot): the same one routing and the cache key used. An absolute-form
-    // target's authority replaces the Host field.
+
+    fn push(&mut self, name: &'a str, value: &'a [u8]) {
+        let field = Header { name, value };
+        if self.spill.is_empty() && self.len < self.inline.len() {
+            self.inline[self.len] = field;
+            self.len += 1;
+        } else {
+            if self.spill.is_empty() {
+                self.spill.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.spill.push(field);
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Header<'a>] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+impl Default for FieldList<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The header fields of the request as the gateway forwards it, in the
+/// order they are sent: `Host` (the canonical authority, which an
+/// absolute-form target's replaces), the client's fields that pass (not
+/// hop-by-hop, not named in `Connection`, not owned by the route's session
+/// tokens, not removed or set by the route, not the `Expect` the gateway
+/// answers), the route's and the verified identity's fields, then the
+/// gateway's `X-Forwarded-*` and `Via`. The one place that decides what the
+/// upstream gets: [`write_request_head`] serialises it, and the cache keys
+/// and varies on it ([`forwarded_fields`]). `scratch` holds the values the
+/// gateway composes.
+pub fn for_each_forwarded<'a>(
+    req: &RequestHead<'a>,
+    up: &UpstreamRequest<'a>,
+    scratch: &'a mut Vec<u8>,
+    mut field: impl FnMut(&'a str, &'a [u8]),
+) {
+    let proxy = up.proxy;
+    scratch.clear();
+    // Composed values first, then borrowed: X-Forwarded-For, and Via for HTTP/1.0.
+    if proxy.x_forwarded_for == ForwardedFor::Append {
+        for h in req
+            .headers
+            .iter()
+            .filter(|h| name_is(h.name, "x-forwarded-for"))
+        {
+            scratch.extend_from_slice(h.value);
+            scratch.extend_from_slice(b", ");
+        }
+        scratch.extend_from_slice(up.client_ip.as_bytes());
+    }
+    let xff_end = scratch.len();
+    let via_line = &up.via_line[..up.via_line.len().saturating_sub(2)];
+    let via_value = via_line.strip_prefix(b"Via: ").unwrap_or(via_line);
+    if proxy.via && req.version == Version::Http10 {
+        scratch.extend_from_slice(b"1.0");
+        scratch.extend_from_slice(via_value.get(3..).unwrap_or(b""));
+    }
+    let scratch: &'a [u8] = scratch;
+
     let host = if req.authority.is_empty() {
         up.fallback_host
     } else {
         req.authority
     };
-    push_header(out, b"Host", host.as_bytes());
-
-    let proxy = up.proxy;
-    let mut client_forwarded_for = false;
+    field("Host", host.as_bytes());
     for h in req.headers {
         let name = h.name;
         if is_hop_by_hop(name)
             || name_is(name, "host")
             || dropped_by_connection(name, req.has_connection_header, req.connection_values())
-        {
-            continue;
-        }
-        if up.strip_expect && name_is(name, "expect") {
-            continue;
-        }
-        if up.validators.is_some()
-            && (name_is(name, "if-none-match") || name_is(name, "if-modified-since"))
-        {
-            continue;
-        }
-        if name_is(name, "x-forwarded-for") && proxy.x_forwarded_for != ForwardedFor::Off {
-            client_forwarded_for = true;
-            continue;
-        }
-        if (proxy.x_forwarded_proto && name_is(name, "x-forwarded-proto"))
+            || (up.strip_expect && name_is(name, "expect"))
+            || (name_is(name, "x-forwarded-for") && proxy.x_forwarded_for != ForwardedFor::Off)
+            || (proxy.x_forwarded_proto && name_is(name, "x-forwarded-proto"))
             || (proxy.x_forwarded_host && name_is(name, "x-forwarded-host"))
-        {
-            continue;
-        }
-        if up.route.auth.as_ref().is_some_and(|a| a.owns_header(name))
+            || up.route.auth.as_ref().is_some_and(|a| a.owns_header(name))
             || up
                 .route
                 .remove_request_headers
@@ -117,11 +170,70 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
         {
             continue;
         }
-        push_header(out, name.as_bytes(), h.value);
+        field(name, h.value);
     }
     for (name, value) in up.route.set_request_headers.iter().chain(up.identity) {
-        push_header(out, name.as_bytes(), value.as_bytes());
+        field(name, value.as_bytes());
     }
+    match proxy.x_forwarded_for {
+        ForwardedFor::Off => {}
+        ForwardedFor::Replace => field("X-Forwarded-For", up.client_ip.as_bytes()),
+        ForwardedFor::Append => field("X-Forwarded-For", &scratch[..xff_end]),
+    }
+    if proxy.x_forwarded_proto {
+        field("X-Forwarded-Proto", b"http");
+    }
+    if proxy.x_forwarded_host && !req.authority.is_empty() {
+        field("X-Forwarded-Host", req.authority.as_bytes());
+    }
+    if proxy.via {
+        let value = match req.version {
+            Version::Http11 => via_value,
+            Version::Http10 => &scratch[xff_end..],
+        };
+        field("Via", value);
+    }
+}
+
+/// The forwarded fields ([`for_each_forwarded`]) as a list, for the cache.
+pub fn forwarded_fields<'a>(
+    req: &RequestHead<'a>,
+    up: &UpstreamRequest<'a>,
+    scratch: &'a mut Vec<u8>,
+    fields: &mut FieldList<'a>,
+) {
+    for_each_forwarded(req, up, scratch, |name, value| fields.push(name, value));
+}
+
+/// Writes the upstream request straight from [`for_each_forwarded`], for
+/// requests the cache takes no part in.
+pub fn write_forwarded_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead<'_>,
+    up: &UpstreamRequest<'_>,
+    scratch: &mut Vec<u8>,
+) {
+    write_request_line(out, req, up);
+    for_each_forwarded(req, up, scratch, |name, value| {
+        push_header(out, name.as_bytes(), value)
+    });
+    finish_request_head(out, req, up);
+}
+
+fn write_request_line(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
+    out.extend_from_slice(up.method_override.unwrap_or(req.method_name).as_bytes());
+    out.push(b' ');
+    match &up.route.rewrite_prefix {
+        Some(replacement) if req.path_and_query != "*" => {
+            rewrite_path(out, req.path_and_query, &up.route.path_prefix, replacement)
+        }
+        _ => out.extend_from_slice(req.path_and_query.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+/// The cache's validators, the gateway's framing, the blank line.
+fn finish_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
     if let Some(v) = up.validators {
         if let Some(etag) = &v.etag {
             push_header(out, b"If-None-Match", etag);
@@ -133,35 +245,30 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &Upstrea
     if req.body == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    match proxy.x_forwarded_for {
-        ForwardedFor::Off => {}
-        ForwardedFor::Replace => push_header(out, b"X-Forwarded-For", up.client_ip.as_bytes()),
-        ForwardedFor::Append => {
-            out.extend_from_slice(b"X-Forwarded-For: ");
-            if client_forwarded_for {
-                for h in req
-                    .headers
-                    .iter()
-                    .filter(|h| name_is(h.name, "x-forwarded-for"))
-                {
-                    out.extend_from_slice(h.value);
-                    out.extend_from_slice(b", ");
-                }
-            }
-            out.extend_from_slice(up.client_ip.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    if proxy.x_forwarded_proto {
-        out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
-    }
-    if proxy.x_forwarded_host && !req.authority.is_empty() {
-        push_header(out, b"X-Forwarded-Host", req.authority.as_bytes());
-    }
-    if proxy.via {
-        write_via(out, req.version, up.via_line);
-    }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the upstream request: the request line (path rewritten as the
+/// route says, method replaced for a background refresh), the `fields`
+/// ([`forwarded_fields`]), the cache's validators in place of the client's
+/// conditionals when it revalidates, and the gateway's own framing. Always
+/// HTTP/1.1 on a persistent connection.
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    req: &RequestHead<'_>,
+    up: &UpstreamRequest<'_>,
+    fields: &[Header<'_>],
+) {
+    write_request_line(out, req, up);
+    for h in fields {
+        if up.validators.is_some()
+            && (name_is(h.name, "if-none-match") || name_is(h.name, "if-modified-since"))
+        {
+            continue;
+        }
+        push_header(out, h.name.as_bytes(), h.value);
+    }
+    finish_request_head(out, req, up);
 }
 
 /// `Via` names the protocol version the message was received with (RFC 9110
@@ -327,21 +434,24 @@ mod tests {
         let req = parse_request(raw, &mut slots, 8192).unwrap().unwrap();
         let mut out = Vec::new();
         let r = route();
-        write_request_head(
-            &mut out,
-            &req,
-            &UpstreamRequest {
-                route: &r,
-                proxy,
-                client_ip: "10.0.0.9",
-                fallback_host: "127.0.0.1:9000",
-                strip_expect: true,
-                via_line: b"Via: 1.1 ringgate\r\n",
-                validators: None,
-                method_override: None,
-                identity: &[],
-            },
-        );
+        let up = UpstreamRequest {
+            route: &r,
+            proxy,
+            client_ip: "10.0.0.9",
+            fallback_host: "127.0.0.1:9000",
+            strip_expect: true,
+            via_line: b"Via: 1.1 ringgate\r\n",
+            validators: None,
+            method_override: None,
+            identity: &[],
+        };
+        let mut scratch = Vec::new();
+        let mut fields = FieldList::new();
+        forwarded_fields(&req, &up, &mut scratch, &mut fields);
+        write_request_head(&mut out, &req, &up, fields.as_slice());
+        let mut direct = Vec::new();
+        write_forwarded_head(&mut direct, &req, &up, &mut Vec::new());
+        assert_eq!(direct, out, "both writers write the same head");
         String::from_utf8(out).unwrap()
     }
 

@@ -278,11 +278,12 @@ fn plan_request(
     //    without a host has no key that could not mix sites: never cached.
     let caches = route.cache.is_some() && ctx.cache.is_some() && !req.authority.is_empty();
     let mut cache_work = None;
+    let mut composed = ctx.forward_scratch.borrow_mut();
     if caches {
         let forwarded = upstream_request("");
-        head::write_request_head(out, &req, &forwarded);
-        match cache::decide(ctx, route_index, route, &req, &forwarded, out) {
-            cache::Decision::NotCached => {}
+        let mut fields = head::FieldList::new();
+        head::forwarded_fields(&req, &forwarded, &mut composed, &mut fields);
+        match cache::decide(ctx, route_index, route, &req, &forwarded, fields.as_slice()) {
             cache::Decision::Hit(hit) => {
                 return Ok(Some(Plan::Hit {
                     request: answered,
@@ -290,19 +291,18 @@ fn plan_request(
                 }))
             }
             cache::Decision::OnlyIfCachedMiss => return refuse(504, answered),
-            cache::Decision::Forward(work, validators) => {
-                if let Some(validators) = validators {
-                    // A revalidation sends the stored validators instead of the client's.
-                    out.clear();
-                    head::write_request_head(
-                        out,
-                        &req,
-                        &UpstreamRequest {
-                            validators: Some(&validators),
-                            ..forwarded
-                        },
-                    );
-                }
+            cache::Decision::NotCached => {
+                head::write_request_head(out, &req, &forwarded, fields.as_slice())
+            }
+            cache::Decision::Forward(mut work, validators) => {
+                // A revalidation sends the stored validators instead of the client's.
+                let sent = UpstreamRequest {
+                    validators: validators.as_ref(),
+                    ..forwarded
+                };
+                head::write_request_head(out, &req, &sent, fields.as_slice());
+                // Kept for the response: its `Vary` variant is the forwarded request's.
+                work.request_head = bytes::Bytes::copy_from_slice(out);
                 cache_work = Some(work);
             }
         }
@@ -328,12 +328,9 @@ fn plan_request(
         return refuse(503, answered);
     }
     if !caches {
+        let forwarded = upstream_request(&upstreams.server_hosts[server]);
         out.clear();
-        head::write_request_head(
-            out,
-            &req,
-            &upstream_request(&upstreams.server_hosts[server]),
-        );
+        head::write_forwarded_head(out, &req, &forwarded, &mut composed);
     }
     drop(upstreams);
     Ok(Some(Plan::Forward(Forward {

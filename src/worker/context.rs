@@ -111,6 +111,8 @@ pub struct WorkerCtx {
     /// Reused buffers for a request's canonical host and path (when they
     /// differ from what the client sent).
     pub target_scratch: RefCell<(String, String)>,
+    /// Reused buffer for the values of forwarded fields the gateway composes.
+    pub forward_scratch: RefCell<Vec<u8>>,
     /// Senders to every worker.
     pub bus: Arc<Bus>,
     /// Cold keys being fetched, across workers.
@@ -140,6 +142,7 @@ impl WorkerCtx {
             claims,
             key_buf: RefCell::new(Vec::with_capacity(256)),
             target_scratch: RefCell::default(),
+            forward_scratch: RefCell::default(),
             index,
             router,
             upstreams,
