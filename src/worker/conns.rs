@@ -4,13 +4,14 @@
 //! connections, so that one client parking idle connections cannot lock
 //! everybody else out.
 //!
-//! Idle connections are kept in the order they went idle (a queue of
-//! `(slot, generation)` entries, checked lazily), so finding the oldest is
-//! O(1) amortised and marking a connection idle or busy costs a push and a
-//! field write per request. Only this worker's tasks touch it.
+//! Each connection's slot records since when it is idle (a sequence number
+//! taken when it goes idle, 0 while busy): marking a connection idle or
+//! busy is a field write per request. Finding the oldest idle one is a scan
+//! of the slots, done only when a cap is reached. Only this worker's tasks
+//! touch it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -20,8 +21,8 @@ use slab::Slab;
 
 struct Slot {
     ip: IpAddr,
-    /// The generation of its entry in the idle queue while idle.
-    idle: Option<u64>,
+    /// When it went idle, as a sequence number; 0 while busy.
+    idle_since: u64,
     /// Told to close (it was idle when a cap was reached).
     evicted: bool,
     waker: Option<Waker>,
@@ -31,8 +32,7 @@ struct Slot {
 pub struct Conns {
     slots: RefCell<Slab<Slot>>,
     per_ip: RefCell<HashMap<IpAddr, usize>>,
-    idle: RefCell<VecDeque<(usize, u64)>>,
-    generation: Cell<u64>,
+    sequence: Cell<u64>,
     /// Connections idle now (and not told to close).
     idle_count: Cell<usize>,
 }
@@ -52,7 +52,7 @@ impl Conns {
         *self.per_ip.borrow_mut().entry(ip).or_default() += 1;
         self.slots.borrow_mut().insert(Slot {
             ip,
-            idle: None,
+            idle_since: 0,
             evicted: false,
             waker: None,
         })
@@ -60,7 +60,7 @@ impl Conns {
 
     pub fn unregister(&self, key: usize) {
         let slot = self.slots.borrow_mut().remove(key);
-        if slot.idle.is_some() {
+        if slot.idle_since != 0 {
             self.idle_count.set(self.idle_count.get() - 1);
         }
         let mut per_ip = self.per_ip.borrow_mut();
@@ -83,30 +83,19 @@ impl Conns {
 
     /// The connection waits for the first byte of a request.
     pub fn set_idle(&self, key: usize) {
-        let generation = self.generation.get() + 1;
-        self.generation.set(generation);
-        match self.slots.borrow_mut().get_mut(key) {
-            Some(slot) if !slot.evicted => {
-                if slot.idle.replace(generation).is_none() {
-                    self.idle_count.set(self.idle_count.get() + 1);
-                }
+        let sequence = self.sequence.get() + 1;
+        self.sequence.set(sequence);
+        if let Some(slot) = self.slots.borrow_mut().get_mut(key) {
+            if !slot.evicted && std::mem::replace(&mut slot.idle_since, sequence) == 0 {
+                self.idle_count.set(self.idle_count.get() + 1);
             }
-            _ => return,
-        }
-        let mut idle = self.idle.borrow_mut();
-        idle.push_back((key, generation));
-        // Entries of connections that became busy again are dropped lazily;
-        // keep the queue from growing past twice the live connections.
-        if idle.len() > 64 && idle.len() > 2 * self.slots.borrow().len() {
-            let slots = self.slots.borrow();
-            idle.retain(|(k, g)| slots.get(*k).is_some_and(|s| s.idle == Some(*g)));
         }
     }
 
     /// The connection is reading or answering a request.
     pub fn set_busy(&self, key: usize) {
         if let Some(slot) = self.slots.borrow_mut().get_mut(key) {
-            if slot.idle.take().is_some() {
+            if std::mem::take(&mut slot.idle_since) != 0 {
                 self.idle_count.set(self.idle_count.get() - 1);
             }
         }
@@ -118,27 +107,25 @@ impl Conns {
     }
 
     /// Tells the oldest idle connection (of `ip`, when given) to close.
-    /// Returns false when there is none.
+    /// Returns false when there is none. A scan of the slots: it runs only
+    /// at a connection cap.
     pub fn evict_oldest_idle(&self, ip: Option<IpAddr>) -> bool {
+        if !self.any_idle() {
+            return false;
+        }
         let ip = ip.map(canonical);
         let mut slots = self.slots.borrow_mut();
-        let mut idle = self.idle.borrow_mut();
-        let position = idle.iter().position(|(k, g)| {
-            slots
-                .get(*k)
-                .is_some_and(|s| s.idle == Some(*g) && !s.evicted && ip.is_none_or(|ip| s.ip == ip))
-        });
-        let Some(position) = position else {
-            if ip.is_none() {
-                // Nothing idle at all: every entry is stale.
-                idle.clear();
-            }
+        let oldest = slots
+            .iter()
+            .filter(|(_, s)| s.idle_since != 0 && ip.is_none_or(|ip| s.ip == ip))
+            .min_by_key(|(_, s)| s.idle_since)
+            .map(|(key, _)| key);
+        let Some(key) = oldest else {
             return false;
         };
-        let (key, _) = idle.remove(position).expect("found above");
         let slot = &mut slots[key];
         slot.evicted = true;
-        slot.idle = None;
+        slot.idle_since = 0;
         self.idle_count.set(self.idle_count.get() - 1);
         if let Some(waker) = slot.waker.take() {
             waker.wake();
