@@ -1175,6 +1175,16 @@ impl GatewayProcess {
     /// Starts `ringgate run` on `config`, where `{listen}` stands for a free
     /// loopback address; returns once it logged that it started.
     pub fn start(config: &str, tweak: impl FnOnce(&mut std::process::Command)) -> GatewayProcess {
+        GatewayProcess::start_binary(env!("CARGO_BIN_EXE_ringgate"), config, tweak)
+    }
+
+    /// [`GatewayProcess::start`] with another build of the binary (a bench
+    /// comparing two builds).
+    pub fn start_binary(
+        binary: &str,
+        config: &str,
+        tweak: impl FnOnce(&mut std::process::Command),
+    ) -> GatewayProcess {
         use std::io::BufRead;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dir = std::env::temp_dir().join(format!(
@@ -1185,7 +1195,7 @@ impl GatewayProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ringgate.toml");
         std::fs::write(&path, config.replace("{listen}", &addr.to_string())).unwrap();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"));
+        let mut command = std::process::Command::new(binary);
         command
             .args(["run", "--config"])
             .arg(&path)
