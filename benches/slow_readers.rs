@@ -25,7 +25,13 @@ fn main() {
     println!("| clients | object | workers | origin fetches | clients answered | RSS start | RSS peak | RSS after | hit after |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for workers in [1, 2] {
-        let r = common::slow_readers::run_binary(&binary, clients, object, workers, Duration::from_secs(3));
+        let r = common::slow_readers::run_binary(
+            &binary,
+            clients,
+            object,
+            workers,
+            Duration::from_secs(3),
+        );
         println!(
             "| {} | {} KiB | {workers} | {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
             r.clients,

@@ -11,24 +11,8 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringgate");
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn check(path: &std::path::Path) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
-    )
+    ringgate_check(path)
 }
 
 #[test]

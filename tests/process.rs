@@ -16,23 +16,11 @@ fn config(origin: std::net::SocketAddr, extra: &str) -> String {
     )
 }
 
+/// `ringgate check` on `text`, written to a file of its own.
 fn check(text: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!("ringgate-process-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!(
-        "{:x}.toml",
-        text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
-    ));
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
-    )
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    ringgate_check(&write_config(&format!("process-{n}.toml"), text))
 }
 
 #[test]

@@ -483,19 +483,24 @@ pub fn will_store(
     storable(ctx, work, resp, method, &facts)
 }
 
-/// Stores a captured response that arrived whole.
-pub fn store(ctx: &WorkerCtx, work: &CacheWork, capture: Capture) {
-    if capture.abandoned {
-        return;
-    }
-    let head = StoredHead::build(
+/// The stored head of a captured response.
+fn captured_head(ctx: &WorkerCtx, work: &CacheWork, capture: &mut Capture) -> StoredHead {
+    StoredHead::build(
         capture.status,
         &capture.reason,
-        capture.fields,
+        std::mem::take(&mut capture.fields),
         ExchangeTimes::now(capture.request_time),
         policy(ctx, work.route),
         ctx.via(),
-    );
+    )
+}
+
+/// Stores a captured response that arrived whole.
+pub fn store(ctx: &WorkerCtx, work: &CacheWork, mut capture: Capture) {
+    if capture.abandoned {
+        return;
+    }
+    let head = captured_head(ctx, work, &mut capture);
     insert(
         ctx,
         &work.key,
@@ -516,17 +521,10 @@ pub struct FillStore {
 pub fn start_fill(
     ctx: &WorkerCtx,
     work: &CacheWork,
-    capture: Capture,
+    mut capture: Capture,
     length: Option<u64>,
 ) -> (Fill, FillStore) {
-    let head = StoredHead::build(
-        capture.status,
-        &capture.reason,
-        capture.fields,
-        ExchangeTimes::now(capture.request_time),
-        policy(ctx, work.route),
-        ctx.via(),
-    );
+    let head = captured_head(ctx, work, &mut capture);
     let variant = match &head.vary {
         VarySpec::Names(names) => parse_forwarded(&work.request_head, |headers| {
             let mut key = Vec::new();

@@ -95,7 +95,13 @@ fn read_rest(stream: &mut TcpStream, seen: &mut Vec<u8>, object: usize) -> Vec<u
 /// response for `slow_for` (each takes 2 KiB every 10 ms), then ten of them
 /// read the rest (checked byte by byte), then all leave.
 pub fn run(clients: usize, object: usize, workers: usize, slow_for: Duration) -> Report {
-    run_binary(env!("CARGO_BIN_EXE_ringgate"), clients, object, workers, slow_for)
+    run_binary(
+        env!("CARGO_BIN_EXE_ringgate"),
+        clients,
+        object,
+        workers,
+        slow_for,
+    )
 }
 
 /// [`run`] against another build of the binary.
@@ -108,7 +114,8 @@ pub fn run_binary(
 ) -> Report {
     let origin = Origin::start();
     let admin_port = free_port();
-    let gw = GatewayProcess::start_binary(binary, &config(origin.addr, admin_port, workers), |_| {});
+    let gw =
+        GatewayProcess::start_binary(binary, &config(origin.addr, admin_port, workers), |_| {});
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let target = format!("/c?cc=max-age%3D600&size={object}");
     let (start_kib, _) = gw.memory_kib();
