@@ -54,6 +54,8 @@ fn no_spelling_of_a_protected_path_reaches_it_without_a_token() {
         "/admin%00/secret",
         "/%u0061dmin/secret",
         "/admin",
+        "/x/..;/admin/secret",
+        "/x/%2e%2e;jsessionid=1/admin/secret",
         "http://t//admin/secret",
         "http://t/%61dmin/secret",
     ] {

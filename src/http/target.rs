@@ -14,8 +14,9 @@
 //!   with [`EscapedSlashes::Keep`] left encoded and never decoded, so they
 //!   can never split a segment the route did not see;
 //! - repeated slashes are merged (`merge_slashes`, on by default);
-//! - a `.` or `..` segment, in any spelling, is refused: the gateway never
-//!   forwards a path whose meaning depends on how the origin resolves it.
+//! - a `.` or `..` segment, in any spelling (also with path parameters,
+//!   `..;x`), is refused: the gateway never forwards a path whose meaning
+//!   depends on how the origin resolves it.
 //!
 //! The query is forwarded as received (it was checked to be visible ASCII).
 
@@ -65,20 +66,22 @@ fn hex_value(b: u8) -> Option<u8> {
 /// `%`, no backslash, no repeated slash, no dot segment), so no copy is
 /// made. One pass over the bytes.
 fn is_canonical(path: &[u8], rules: PathRules) -> bool {
-    // Length of the current segment, and how many of its bytes are dots.
-    let (mut length, mut dots) = (0usize, 0usize);
+    // Length of the current segment's name (up to a `;`), how many of its
+    // bytes are dots, and whether its parameters began.
+    let (mut length, mut dots, mut parameters) = (0usize, 0usize, false);
+    let dot_segment = |length: usize, dots: usize| length > 0 && length == dots && length <= 2;
     let mut previous = 0u8;
     for &b in path {
         match b {
             b'%' | b'\\' => return false,
             b'/' => {
-                if (previous == b'/' && rules.merge_slashes)
-                    || (length > 0 && length == dots && length <= 2)
-                {
+                if (previous == b'/' && rules.merge_slashes) || dot_segment(length, dots) {
                     return false;
                 }
-                (length, dots) = (0, 0);
+                (length, dots, parameters) = (0, 0, false);
             }
+            _ if parameters => {}
+            b';' => parameters = true,
             b'.' => {
                 length += 1;
                 dots += 1;
@@ -87,13 +90,17 @@ fn is_canonical(path: &[u8], rules: PathRules) -> bool {
         }
         previous = b;
     }
-    !(length > 0 && length == dots && length <= 2)
+    !dot_segment(length, dots)
 }
 
-/// True when a segment of `path` is `.` or `..` (after decoding).
+/// True when a segment of `path` is `.` or `..` (after decoding), also
+/// with path parameters (`..;x`), which servers such as Tomcat resolve as
+/// `..`.
 fn has_dot_segment(path: &[u8]) -> bool {
-    path.split(|&b| b == b'/')
-        .any(|segment| segment == b"." || segment == b"..")
+    path.split(|&b| b == b'/').any(|segment| {
+        let name = segment.split(|&b| b == b';').next().unwrap_or(segment);
+        name == b"." || name == b".."
+    })
 }
 
 /// Writes the canonical form of `path` (no query) into `out`.
@@ -341,6 +348,20 @@ mod tests {
             assert_eq!(path(p), Err(HttpError::BadTarget), "{p}");
         }
         assert_eq!(path("/a/.well-known/..x").unwrap(), "/a/.well-known/..x");
+        for p in [
+            "/public/..;/admin/secret",
+            "/a/.;x/b",
+            "/a/%2e%2e;jsessionid=1/b",
+            "/a/..;",
+        ] {
+            assert_eq!(path(p), Err(HttpError::BadTarget), "{p}");
+        }
+        assert_eq!(
+            path("/a;x=1/b").unwrap(),
+            "/a;x=1/b",
+            "parameters themselves pass"
+        );
+        assert_eq!(path("/a/b;..").unwrap(), "/a/b;..");
     }
 
     #[test]
