@@ -8,8 +8,8 @@
 //!   revalidation freshens the entry, a 5xx may be replaced by a stale
 //!   entry (stale-if-error), a storable response starts a [`Capture`].
 //! - [`store`] inserts a captured response; [`write_hit`] and
-//!   [`write_not_modified`] answer from a stored response;
-//!   [`refresh`] is the background revalidation of stale-while-revalidate.
+//!   [`write_not_modified`] answer from a stored response; the background
+//!   revalidation of stale-while-revalidate is `super::refresh`.
 
 use std::io::Write;
 use std::rc::Rc;
@@ -91,17 +91,7 @@ pub struct HitPlan {
     pub kind: HitKind,
     /// The client's preconditions hold: answer 304.
     pub not_modified: bool,
-    pub refresh: Option<Refresh>,
-}
-
-/// A background refresh for stale-while-revalidate.
-pub struct Refresh {
-    pub route: usize,
-    pub key: Box<[u8]>,
-    pub request_head: Bytes,
-    pub upstream_head: Vec<u8>,
-    pub server: usize,
-    pub stored: Arc<Stored>,
+    pub refresh: Option<super::refresh::Refresh>,
 }
 
 /// Validators the cache sends when it revalidates.
@@ -121,7 +111,7 @@ pub enum Decision {
     OnlyIfCachedMiss,
 }
 
-fn values<'a>(
+pub(super) fn values<'a>(
     headers: &'a [Header<'a>],
     name: &'static str,
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -131,7 +121,7 @@ fn values<'a>(
         .map(|h| h.value)
 }
 
-fn field<'a>(stored: &'a Stored, name: &str) -> Option<&'a [u8]> {
+pub(super) fn field<'a>(stored: &'a Stored, name: &str) -> Option<&'a [u8]> {
     stored
         .fields
         .iter()
@@ -210,7 +200,7 @@ pub fn decide(
                     let refresh = (kind == HitKind::StaleWhileRevalidate
                         && !stored.refreshing.load(Ordering::Acquire))
                     .then(|| {
-                        refresh_plan(
+                        super::refresh::plan(
                             ctx,
                             route_index,
                             route,
@@ -268,48 +258,6 @@ pub fn decide(
     }
 }
 
-/// A background refresh sends what the triggering request sent upstream
-/// (its identity, its header edits), as a GET carrying the stored validators.
-#[allow(clippy::too_many_arguments)]
-fn refresh_plan(
-    ctx: &WorkerCtx,
-    route_index: usize,
-    route: &RouteConfig,
-    req: &RequestHead<'_>,
-    upstream: &super::head::UpstreamRequest<'_>,
-    key: &[u8],
-    fields: &[Header<'_>],
-    stored: &Arc<Stored>,
-) -> Refresh {
-    stored.refreshing.store(true, Ordering::Release);
-    let mut upstreams = ctx.upstreams.borrow_mut();
-    // A background refresh goes where the policy would send this request.
-    let balance_key =
-        upstreams.request_key(route.upstream, upstream.client_ip, req.path, req.headers);
-    let server = upstreams.pick(route.upstream, balance_key);
-    let mut upstream_head = Vec::with_capacity(512);
-    let validators = Validators {
-        etag: stored.etag.clone(),
-        last_modified: field(stored, "last-modified").map(<[u8]>::to_vec),
-    };
-    let refresh = super::head::UpstreamRequest {
-        validators: Some(&validators),
-        method_override: Some("GET"),
-        ..*upstream
-    };
-    super::head::write_request_head(&mut upstream_head, req, &refresh, fields);
-    let mut request_head = Vec::with_capacity(upstream_head.len());
-    super::head::write_request_head(&mut request_head, req, upstream, fields);
-    Refresh {
-        route: route_index,
-        key: key.into(),
-        request_head: Bytes::from(request_head),
-        upstream_head,
-        server,
-        stored: stored.clone(),
-    }
-}
-
 /// What to do with the upstream's response.
 pub enum Action {
     /// Relay it; capture the body for storage when `capture` is set.
@@ -337,7 +285,7 @@ fn status_line(fwd: &str, upstream_status: u16, stored: bool) -> Vec<u8> {
     line
 }
 
-fn policy(ctx: &WorkerCtx, route: usize) -> &CachePolicy {
+pub(super) fn policy(ctx: &WorkerCtx, route: usize) -> &CachePolicy {
     ctx.config.routes[route]
         .cache
         .as_ref()
@@ -352,7 +300,7 @@ const FORWARDED_FIELDS: usize = 2 * crate::config::MAX_HEADERS_CAP;
 /// Runs a forwarded request head (written by the gateway) through httparse
 /// again, for its fields; `None` if it does not parse whole, which the
 /// cache then treats as uncacheable rather than as a request without fields.
-fn parse_forwarded<T>(head: &[u8], f: impl FnOnce(&[Header<'_>]) -> T) -> Option<T> {
+pub(super) fn parse_forwarded<T>(head: &[u8], f: impl FnOnce(&[Header<'_>]) -> T) -> Option<T> {
     let mut slots = header_slots::<FORWARDED_FIELDS>();
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(head, &mut slots) {
@@ -449,7 +397,7 @@ pub fn on_response_head(
 }
 
 /// The largest body stored for a route.
-fn store_limit(ctx: &WorkerCtx, policy: &CachePolicy) -> u64 {
+pub(super) fn store_limit(ctx: &WorkerCtx, policy: &CachePolicy) -> u64 {
     let max = ctx.cache.as_ref().map_or(0, |c| c.max_object);
     policy.max_object_size.unwrap_or(max).min(max)
 }
@@ -580,7 +528,12 @@ pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
 }
 
 /// Inserts an entry into this worker's shard and offers it to the others.
-fn insert(ctx: &WorkerCtx, key: &[u8], request_head: &[u8], stored: Stored) -> Arc<Stored> {
+pub(super) fn insert(
+    ctx: &WorkerCtx,
+    key: &[u8],
+    request_head: &[u8],
+    stored: Stored,
+) -> Arc<Stored> {
     let cache = ctx.cache.as_ref().expect("cache work implies a cache");
     let stored = Arc::new(stored.with_tags(&ctx.config.cache.tag_headers));
     let Some(variant) = parse_forwarded(request_head, |headers| {
@@ -821,76 +774,6 @@ pub fn stale_for_error(work: &CacheWork) -> Option<HitPlan> {
         }
         _ => None,
     }
-}
-
-/// Background revalidation for stale-while-revalidate: one at a time per
-/// entry, result stored (or the entry freshened) when it arrives.
-pub async fn refresh(ctx: Rc<WorkerCtx>, job: Refresh) {
-    let Some(cache) = ctx.cache.as_ref() else {
-        return;
-    };
-    // Coalesce with any foreground fetch of the same key.
-    let _leader = match cache.coalescer.join(&job.key) {
-        crate::cache::coalesce::Join::Leader(guard) => guard,
-        crate::cache::coalesce::Join::Follower(_) => {
-            job.stored.refreshing.store(false, Ordering::Release);
-            return;
-        }
-    };
-    let request_time = SystemTime::now();
-    let policy = policy(&ctx, job.route).clone();
-    let limit = policy
-        .max_object_size
-        .unwrap_or(cache.max_object)
-        .min(cache.max_object);
-    let fetched = super::fetch::fetch_whole(&ctx, job.server, job.upstream_head, limit).await;
-    job.stored.refreshing.store(false, Ordering::Release);
-    let fetched = match fetched {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::debug!(worker = ctx.index, error = %e, "background refresh failed");
-            return;
-        }
-    };
-    let mut slots = header_slots::<256>();
-    let Ok(Some(resp)) = crate::http::response::parse_response(
-        &fetched.head,
-        &mut slots,
-        fetched.head.len(),
-        Method::Get,
-    ) else {
-        return;
-    };
-    let times = ExchangeTimes::now(request_time);
-    let stored = if resp.status == 304 {
-        bump(&cache.stats.revalidations);
-        job.stored.freshen(resp.headers, times, &policy, ctx.via())
-    } else {
-        let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
-        let Some(req_facts) = parse_forwarded(&job.request_head, |headers| RequestFacts {
-            authorization: headers.iter().any(|h| name_is(h.name, "authorization")),
-            cc: RequestDirectives::parse(
-                values(headers, "cache-control"),
-                values(headers, "pragma"),
-            ),
-        }) else {
-            return;
-        };
-        if may_store(&req_facts, &facts, &policy).is_err() {
-            cache.shard.borrow_mut().remove_uri(&job.key);
-            return;
-        }
-        Stored::build(
-            resp.status,
-            resp.reason,
-            storable_fields(resp.headers, &facts.cc),
-            fetched.body,
-            times,
-            &policy,
-            ctx.via(),
-        )
-    };
-    insert(&ctx, &job.key, &job.request_head, stored);
 }
 
 /// How long a waiter for a concurrent fetch of this route waits.

@@ -27,6 +27,8 @@ pub mod fetch;
 mod fill;
 pub mod head;
 pub mod io;
+mod reading;
+mod refresh;
 mod relay;
 mod upstream;
 
@@ -39,7 +41,6 @@ use monoio::net::TcpStream;
 
 use crate::config::MAX_HEADERS_CAP;
 use crate::error::{ProxyError, Side};
-use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::{header_slots, parse_request};
 use crate::http::{BodyFraming, HttpError, Method, Version};
 use crate::route::Found;
@@ -50,6 +51,7 @@ use answer::{
 };
 use head::UpstreamRequest;
 use io::{read_some, write_all, Read};
+use reading::{body_to_buffer, may_hold_head_end, BodyWait};
 
 /// Response heads from upstreams may carry at most this many fields.
 const MAX_RESPONSE_HEADERS: usize = 256;
@@ -351,95 +353,6 @@ fn plan_request(
     })))
 }
 
-/// More of the request body to read before planning goes on.
-#[derive(Debug)]
-struct BodyWait {
-    /// Answer `Expect: 100-continue` first (no body byte has come yet).
-    send_continue: bool,
-    until: BodyEnd,
-}
-
-/// When the buffer holds enough of the body to plan again.
-#[derive(Debug)]
-enum BodyEnd {
-    /// This many bytes of the buffer (head and whole body).
-    Bytes(usize),
-    /// The chunked body's end, scanned as it arrives from `scanned` on, or
-    /// `limit` bytes of buffer (the body then streams).
-    Chunked {
-        decoder: crate::http::chunked::ChunkedDecoder,
-        scanned: usize,
-        limit: usize,
-        max_body: Option<u64>,
-    },
-}
-
-impl BodyEnd {
-    /// Whether `buf` now holds enough; scans only bytes not scanned before,
-    /// so a body trickling in costs one pass over it, not one per read.
-    fn reached(&mut self, buf: &[u8]) -> Result<bool, HttpError> {
-        match self {
-            BodyEnd::Bytes(n) => Ok(buf.len() >= *n),
-            BodyEnd::Chunked {
-                decoder,
-                scanned,
-                limit,
-                max_body,
-            } => {
-                *scanned += decoder.decode(&buf[*scanned..], &mut Vec::new(), Output::Discard)?;
-                if max_body.is_some_and(|max| decoder.decoded > max) {
-                    return Err(HttpError::BodyTooLarge);
-                }
-                Ok(decoder.is_done() || buf.len() >= *limit)
-            }
-        }
-    }
-}
-
-/// Whether the body must be read further before a server is picked: it is
-/// no larger than the route's `request_buffering` and not all here yet.
-/// A chunked body too large to buffer, or one whose end is not in sight
-/// once the buffer holds that much, streams instead.
-fn body_to_buffer(
-    route: &crate::config::RouteConfig,
-    max_body: Option<u64>,
-    req: &crate::http::request::RequestHead<'_>,
-    buf: &[u8],
-) -> Result<Option<BodyWait>, HttpError> {
-    let limit = route.request_buffering;
-    let have = &buf[req.head_len..];
-    let until = match req.body {
-        BodyFraming::None | BodyFraming::UntilClose => None,
-        BodyFraming::Length(n) if n > limit || have.len() as u64 >= n => None,
-        BodyFraming::Length(n) => Some(BodyEnd::Bytes(req.head_len + n as usize)),
-        BodyFraming::Chunked if limit == 0 || have.len() as u64 >= limit => None,
-        BodyFraming::Chunked => {
-            let mut until = BodyEnd::Chunked {
-                decoder: ChunkedDecoder::new(),
-                scanned: req.head_len,
-                limit: req.head_len + limit as usize,
-                max_body,
-            };
-            if until.reached(buf)? {
-                None
-            } else {
-                Some(until)
-            }
-        }
-    };
-    Ok(until.map(|until| BodyWait {
-        send_continue: req.expect_continue && have.is_empty(),
-        until,
-    }))
-}
-
-/// Whether `buf` may hold a complete head: a blank line (CRLF CRLF, or a
-/// bare LF one, which the parser then refuses) in its bytes from `from` on.
-fn may_hold_head_end(buf: &[u8], from: usize) -> bool {
-    let tail = &buf[from.saturating_sub(3)..];
-    memchr::memmem::find(tail, b"\n\r\n").is_some() || memchr::memmem::find(tail, b"\n\n").is_some()
-}
-
 /// Handles one request on the connection.
 async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     let timeouts = &ctx.config.timeouts;
@@ -586,7 +499,7 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
         } => purge(ctx, client, &request, urls, allowed, out).await,
         Plan::Hit { request, mut hit } => {
             if let Some(job) = hit.refresh.take() {
-                monoio::spawn(cache::refresh(ctx.clone(), job));
+                monoio::spawn(refresh::run(ctx.clone(), job));
             }
             answer_from_cache(ctx, client, &request, &hit, out).await
         }
