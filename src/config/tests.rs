@@ -1,0 +1,310 @@
+//! Validation tests: each rule names its key.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[upstreams.app]
+servers = ["127.0.0.1:9000"]
+[[routes]]
+upstream = "app"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.listeners[0].address, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.workers.count, None);
+    assert_eq!(c.limits, Limits::default());
+    assert_eq!(c.routes[0].host, HostMatch::Any);
+    assert_eq!(c.routes[0].path_prefix, "/");
+}
+
+#[test]
+fn shipped_config_is_valid() {
+    Config::parse(SHIPPED_CONFIG).unwrap();
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let text = MINIMAL.replace("[[routes]]", "[[routes]]\npath_prefx = \"/a\"");
+    let e = Config::parse(&text).unwrap_err();
+    assert!(e.key.starts_with("routes"), "{e}");
+    assert!(e.reason.contains("path_prefx"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8080\"",
+        "address = \"127.0.0.1:8080\"\nbacklog = \"lots\"",
+    );
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "listeners[0].backlog", "{e}");
+}
+
+#[test]
+fn route_to_missing_upstream_is_refused() {
+    let text = MINIMAL.replace("upstream = \"app\"", "upstream = \"nope\"");
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "routes[0].upstream");
+    assert!(e.reason.contains("nope") && e.reason.contains("app"), "{e}");
+}
+
+#[test]
+fn bad_duration_names_the_key() {
+    let text = format!("{MINIMAL}\n[timeouts]\nkeepalive = \"forever\"\n");
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "timeouts.keepalive", "{e}");
+}
+
+#[test]
+fn wildcard_host_becomes_suffix() {
+    let text = MINIMAL.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nhost = \"*.Example.com\"",
+    );
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.routes[0].host, HostMatch::Suffix(".example.com".into()));
+}
+
+#[test]
+fn per_core_override_inherits_defaults() {
+    let text = format!(
+        "{MINIMAL}\n[workers]\nmax_connections = 500\n[[workers.override]]\ncore = 1\nupstream_pool_size = 4\n"
+    );
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.workers.for_core(0).max_connections, 500);
+    assert_eq!(c.workers.for_core(1).max_connections, 500);
+    assert_eq!(c.workers.for_core(1).upstream_pool_size, 4);
+}
+
+#[test]
+fn weighted_server_table() {
+    let text = MINIMAL.replace(
+        "servers = [\"127.0.0.1:9000\"]",
+        "servers = [{ address = \"127.0.0.1:9000\", weight = 3 }, \"127.0.0.1:9001\"]",
+    );
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.upstreams[0].servers[0].weight, 3);
+    assert_eq!(c.upstreams[0].servers[1].weight, 1);
+}
+
+#[test]
+fn bad_server_weight_names_the_key() {
+    let text = MINIMAL.replace(
+        "servers = [\"127.0.0.1:9000\"]",
+        "servers = [{ address = \"127.0.0.1:9000\", weight = 0 }]",
+    );
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "upstreams.app.servers[0].weight", "{e}");
+}
+
+#[test]
+fn worker_count_word_must_be_auto() {
+    let text = format!("{MINIMAL}\n[workers]\ncount = \"many\"\n");
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "workers.count", "{e}");
+}
+
+#[test]
+fn route_cache_table_enables_caching() {
+    let text = format!(
+        "{MINIMAL}\n[routes.cache]\nkey_headers = [\"X-Tenant\"]\nignore_query_params = [\"utm_source\"]\ndefault_ttl = \"10s\"\n"
+    );
+    let c = Config::parse(&text).unwrap();
+    let policy = c.routes[0].cache.as_ref().expect("cache on");
+    assert_eq!(policy.key_headers, vec!["x-tenant"]);
+    assert_eq!(policy.default_ttl, Some(Duration::from_secs(10)));
+    assert!(
+        Config::parse(MINIMAL).unwrap().routes[0].cache.is_none(),
+        "off unless configured"
+    );
+}
+
+#[test]
+fn route_cache_bad_value_names_the_key() {
+    let text = format!("{MINIMAL}\n[routes.cache]\nauthorization = \"sometimes\"\n");
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "routes[0].cache.authorization", "{e}");
+}
+
+#[test]
+fn admin_listens_on_the_default_address_unless_disabled() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.admin.unwrap().listen,
+        DEFAULT_ADMIN_LISTEN.parse().unwrap()
+    );
+    let off = Config::parse(&format!("{MINIMAL}\n[admin]\nenabled = false\n")).unwrap();
+    assert!(off.admin.is_none());
+}
+
+#[test]
+fn purge_allow_takes_cidr_ranges() {
+    let c = Config::parse(&format!(
+        "{MINIMAL}\n[cache]\npurge_allow = [\"10.0.0.0/8\", \"::1\"]\n"
+    ))
+    .unwrap();
+    assert!(c.cache.purge_allow[0].contains("10.1.2.3".parse().unwrap()));
+    assert!(!c.cache.purge_allow[0].contains("11.0.0.1".parse().unwrap()));
+    assert!(c.cache.purge_allow[1].contains("::1".parse().unwrap()));
+    let e = Config::parse(&format!(
+        "{MINIMAL}\n[cache]\npurge_allow = [\"10.0.0.0/33\"]\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "cache.purge_allow");
+}
+
+#[test]
+fn balance_policies_parse() {
+    let text = MINIMAL.replace(
+        "servers = [\"127.0.0.1:9000\"]",
+        "servers = [\"127.0.0.1:9000\"]\nbalance = \"hash\"\nhash_on = \"cookie:session\"",
+    );
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(
+        c.upstreams[0].balance,
+        BalancePolicy::Hash(HashKey::Cookie("session".into()))
+    );
+    let bad = MINIMAL.replace(
+        "servers = [\"127.0.0.1:9000\"]",
+        "servers = [\"127.0.0.1:9000\"]\nbalance = \"fastest\"",
+    );
+    assert_eq!(
+        Config::parse(&bad).unwrap_err().key,
+        "upstreams.app.balance"
+    );
+    let missing = MINIMAL.replace(
+        "servers = [\"127.0.0.1:9000\"]",
+        "servers = [\"127.0.0.1:9000\"]\nbalance = \"hash\"",
+    );
+    assert_eq!(
+        Config::parse(&missing).unwrap_err().key,
+        "upstreams.app.hash_on"
+    );
+}
+
+#[test]
+fn syntax_error_is_reported() {
+    let e = Config::parse("[[listeners]\naddress = 1").unwrap_err();
+    assert!(e.reason.contains("TOML"), "{e}");
+}
+
+#[test]
+fn managed_headers_cannot_be_set() {
+    let text = MINIMAL.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nset_request_headers = { \"Transfer-Encoding\" = \"gzip\" }",
+    );
+    let e = Config::parse(&text).unwrap_err();
+    assert!(e.key.contains("set_request_headers"), "{e}");
+}
+
+#[test]
+fn unbounded_durations_and_sizes_are_refused_naming_the_key() {
+    let huge = "9223372036854775807";
+    for (table, line, key) in [
+        (
+            "[timeouts]",
+            format!("client_header = {huge}"),
+            "timeouts.client_header",
+        ),
+        (
+            "[timeouts]",
+            "keepalive = \"400d\"".to_string(),
+            "timeouts.keepalive",
+        ),
+        (
+            "[limits]",
+            format!("max_request_body = {huge}"),
+            "limits.max_request_body",
+        ),
+        (
+            "[workers]",
+            format!("cache_size = {huge}"),
+            "workers.cache_size",
+        ),
+        (
+            "[workers]",
+            format!("upstream_idle_timeout = {huge}"),
+            "workers.upstream_idle_timeout",
+        ),
+        (
+            "[workers]",
+            "max_connections = 2000000".to_string(),
+            "workers.max_connections",
+        ),
+        (
+            "[workers]",
+            "upstream_pool_size = 2000000".to_string(),
+            "workers.upstream_pool_size",
+        ),
+        (
+            "[cache]",
+            format!("invalidation_timeout = {huge}"),
+            "cache.invalidation_timeout",
+        ),
+    ] {
+        let text = format!("{MINIMAL}{table}\n{line}\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, key, "{line}: {e}");
+        assert!(
+            e.reason.contains("range")
+                || e.reason.contains("between")
+                || e.reason.contains("at most"),
+            "{line}: {e}"
+        );
+    }
+    let route = MINIMAL.replace(
+        "upstream = \"app\"",
+        &format!("upstream = \"app\"\n[routes.cache]\nmax_ttl = {huge}"),
+    );
+    assert_eq!(
+        Config::parse(&route).unwrap_err().key,
+        "routes[0].cache.max_ttl"
+    );
+}
+
+#[test]
+fn a_public_admin_listener_needs_a_token() {
+    let text = format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9901\"\n");
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "admin.listen", "{e}");
+    assert!(e.reason.contains("token"), "{e}");
+    let with_token =
+        format!("{MINIMAL}[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"0123456789abcdef0123\"\n");
+    assert!(Config::parse(&with_token).is_ok());
+    let loopback = format!("{MINIMAL}[admin]\nlisten = \"[::1]:9901\"\n");
+    assert!(Config::parse(&loopback).is_ok());
+}
+
+#[test]
+fn the_admin_token_is_a_bearer_token() {
+    let admin = AdminConfig {
+        listen: "127.0.0.1:1".parse().unwrap(),
+        token: Some("s3cret-token".into()),
+    };
+    assert!(admin.authorizes(Some("Bearer s3cret-token")));
+    assert!(admin.authorizes(Some("bearer s3cret-token")));
+    for wrong in [
+        None,
+        Some("Bearer s3cret"),
+        Some("Bearer s3cret-token2"),
+        Some("s3cret-token"),
+        Some("Bearer "),
+    ] {
+        assert!(!admin.authorizes(wrong), "{wrong:?}");
+    }
+}
+
+#[test]
+fn configs_built_in_code_are_bounded_too() {
+    let mut c = Config::quick(
+        "127.0.0.1:0".parse().unwrap(),
+        vec!["127.0.0.1:9".parse().unwrap()],
+    );
+    c.timeouts.client_header = Duration::from_secs(u64::MAX / 2);
+    assert_eq!(c.check().unwrap_err().key, "timeouts.client_header");
+}
