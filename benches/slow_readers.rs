@@ -22,8 +22,8 @@ fn main() {
         .and_then(|i| args.get(i + 1).cloned())
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_ringgate").to_string());
     println!("binary: {binary}");
-    println!("| clients | object | workers | origin fetches | clients answered | RSS start | RSS peak | RSS after | hit after |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| clients | object | workers | origin fetches | clients answered | slow for | RSS start | RSS peak | RSS after | hit after |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for workers in [1, 2] {
         let r = common::slow_readers::run_binary(
             &binary,
@@ -33,11 +33,12 @@ fn main() {
             Duration::from_secs(3),
         );
         println!(
-            "| {} | {} KiB | {workers} | {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
+            "| {} | {} KiB | {workers} | {} | {} | {:.1} s | {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
             r.clients,
             r.object / 1024,
             r.origin_fetches,
             r.answered,
+            r.all_answered_after.as_secs_f64(),
             r.start_kib as f64 / 1024.0,
             r.peak_kib as f64 / 1024.0,
             r.after_kib as f64 / 1024.0,

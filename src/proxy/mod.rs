@@ -353,6 +353,26 @@ fn plan_request(
     })))
 }
 
+/// What waiting for more of a request came to.
+enum More {
+    /// Enough is in the buffer to plan again.
+    Ready,
+    /// Answer with this status and close (408: too slow; a refused request).
+    Refuse(u16),
+    /// The client went away.
+    Gone,
+}
+
+/// Reads more of the request into the client's buffer, before `deadline`.
+async fn read_more(client: &mut Client, reserve: usize, deadline: Instant) -> Result<(), More> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match read_some(&mut client.stream, &mut client.buf, reserve, left).await {
+        Read::Data(_) => Ok(()),
+        Read::TimedOut => Err(More::Refuse(408)),
+        Read::Eof | Read::Failed(_) => Err(More::Gone),
+    }
+}
+
 /// Handles one request on the connection.
 async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     let timeouts = &ctx.config.timeouts;
@@ -398,7 +418,7 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             tracing::debug!(worker = ctx.index, error = %e, "refused request");
             e.status()
         };
-        let status = match plan_request(ctx, client, &mut out) {
+        let more = match plan_request(ctx, client, &mut out) {
             Ok(Some(Plan::ReadBody(mut wait))) => {
                 if wait.send_continue && !client.sent_continue {
                     client.sent_continue = true;
@@ -418,59 +438,45 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                 let deadline =
                     *body_deadline.get_or_insert_with(|| io::deadline_in(timeouts.client_body));
                 loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match read_some(
-                        &mut client.stream,
-                        &mut client.buf,
-                        ctx.per_core.upstream_buffer_size,
-                        left,
-                    )
-                    .await
-                    {
-                        Read::Data(_) => {}
-                        Read::TimedOut => break 408,
-                        Read::Eof | Read::Failed(_) => return Next::Close,
+                    let read = ctx.per_core.upstream_buffer_size;
+                    if let Err(more) = read_more(client, read, deadline).await {
+                        break more;
                     }
                     match wait.until.reached(&client.buf) {
-                        Ok(true) => break 0,
+                        Ok(true) => break More::Ready,
                         Ok(false) => {}
-                        Err(e) => break refused(e),
+                        Err(e) => break More::Refuse(refused(e)),
                     }
                 }
             }
             Ok(Some(plan)) => break plan,
+            // Parse again only once a head may be complete: a head sent a
+            // byte at a time costs one parse, not one per byte.
             Ok(None) => loop {
-                // Parse again only once a head may be complete: a head sent a
-                // byte at a time costs one parse, not one per byte.
                 let scanned = client.buf.len();
-                let left = head_deadline.saturating_duration_since(Instant::now());
-                match read_some(
-                    &mut client.stream,
-                    &mut client.buf,
-                    ctx.per_core.client_buffer_size,
-                    left,
-                )
-                .await
-                {
-                    Read::Data(_) => {}
-                    Read::TimedOut => break 408,
-                    Read::Eof | Read::Failed(_) => return Next::Close,
+                let read = ctx.per_core.client_buffer_size;
+                if let Err(more) = read_more(client, read, head_deadline).await {
+                    break more;
                 }
                 if may_hold_head_end(&client.buf, scanned)
                     || client.buf.len() >= ctx.config.limits.max_request_head
                 {
-                    break 0;
+                    break More::Ready;
                 }
             },
-            Err(e) => refused(e),
+            Err(e) => More::Refuse(refused(e)),
         };
-        if status != 0 {
-            if status == 408 {
-                Stats::bump(&ctx.stats.client_errors);
+        match more {
+            More::Ready => {}
+            More::Gone => return Next::Close,
+            More::Refuse(status) => {
+                if status == 408 {
+                    Stats::bump(&ctx.stats.client_errors);
+                }
+                out.clear();
+                respond_error(ctx, client, out, status, true, false).await;
+                return Next::Close;
             }
-            out.clear();
-            respond_error(ctx, client, out, status, true, false).await;
-            return Next::Close;
         }
     };
     client.served += 1;
