@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use httparse::Header;
 
-use crate::http::headers::{list_items, name_is, trim};
+use crate::http::headers::{list_items, name_is};
 
 /// Weak comparison (RFC 9110 section 8.8.3.2): opaque tags equal, `W/` ignored.
 pub fn weak_match(a: &[u8], b: &[u8]) -> bool {
@@ -37,9 +37,7 @@ impl Preconditions {
                 let tags = p.if_none_match.get_or_insert_with(Vec::new);
                 tags.extend(list_items(h.value).map(<[u8]>::to_vec));
             } else if name_is(h.name, "if-modified-since") {
-                p.if_modified_since = std::str::from_utf8(trim(h.value))
-                    .ok()
-                    .and_then(|s| httpdate::parse_http_date(s).ok());
+                p.if_modified_since = crate::http::date::parse(h.value);
             } else if name_is(h.name, "if-match")
                 || name_is(h.name, "if-unmodified-since")
                 || name_is(h.name, "if-range")
@@ -116,7 +114,7 @@ mod tests {
 
     #[test]
     fn if_modified_since_compares_last_modified() {
-        let lm = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let lm = crate::http::date::parse(b"Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         let p = pre(&[("If-Modified-Since", b"Sun, 06 Nov 1994 08:49:37 GMT")]);
         assert!(p.not_modified(None, Some(lm), None));
         assert!(!p.not_modified(None, Some(lm + Duration::from_secs(1)), None));
@@ -124,7 +122,7 @@ mod tests {
 
     #[test]
     fn if_none_match_takes_precedence_over_if_modified_since() {
-        let lm = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let lm = crate::http::date::parse(b"Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         let p = pre(&[
             ("If-None-Match", b"\"other\""),
             ("If-Modified-Since", b"Sun, 06 Nov 1994 08:49:37 GMT"),

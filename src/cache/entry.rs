@@ -31,11 +31,7 @@ pub fn response_facts<'a>(
             .filter(move |(n, _)| name_is(n, name))
             .map(|(_, v)| v)
     };
-    let date_of = |v: &[u8]| {
-        std::str::from_utf8(trim(v))
-            .ok()
-            .and_then(|s| httpdate::parse_http_date(s).ok())
-    };
+    let date_of = crate::http::date::parse;
     ResponseFacts {
         status,
         cc: ResponseDirectives::parse(values("cache-control")),
@@ -43,8 +39,9 @@ pub fn response_facts<'a>(
         // An invalid Expires (such as "0") means "already expired" (RFC 9111 section 5.3).
         expires: values("expires").next().map(date_of),
         last_modified: values("last-modified").next().and_then(date_of),
+        // A list (`Age: 7200, 0`) is read as repeated fields: the first counts.
         age: values("age").next().and_then(|v| {
-            let v = trim(v);
+            let v = trim(v.split(|&b| b == b',').next().unwrap_or(v));
             (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
                 .flatten()
@@ -571,6 +568,33 @@ mod tests {
         let age = s.age(Instant::now()).as_secs();
         assert!((35..=36).contains(&age), "{age}");
         assert!(s.ttl(Instant::now()) <= 25);
+    }
+
+    fn facts_of(list: &[(&str, &str)]) -> ResponseFacts {
+        response_facts(200, list.iter().map(|(n, v)| (*n, v.as_bytes())))
+    }
+
+    #[test]
+    fn age_with_a_list_value_uses_the_first_member() {
+        assert_eq!(facts_of(&[("Age", "7200, 0")]).age, Some(7200));
+        assert_eq!(facts_of(&[("Age", "5"), ("Age", "900")]).age, Some(5));
+        assert_eq!(facts_of(&[("Age", "x, 5")]).age, None);
+    }
+
+    #[test]
+    fn dates_in_every_http_date_format_are_read() {
+        let imf = facts_of(&[("Expires", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let rfc850 = facts_of(&[("Expires", "Sunday, 06-Nov-94 08:49:37 GMT")]);
+        let asctime = facts_of(&[("Expires", "Sun Nov  6 08:49:37 1994")]);
+        assert!(imf.expires.unwrap().is_some());
+        assert_eq!(imf.expires, rfc850.expires);
+        assert_eq!(imf.expires, asctime.expires);
+        let invalid = facts_of(&[("Expires", "0")]);
+        assert_eq!(
+            invalid.expires,
+            Some(None),
+            "an invalid Expires is present but expired"
+        );
     }
 
     #[test]

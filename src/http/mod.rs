@@ -1,12 +1,13 @@
 //! HTTP/1.1 wire handling: strict request and response head parsing
 //! (httparse plus our own framing rules), the canonical form of a request's
 //! host and path (`target`), the chunked body decoder, header
-//! classification, and the small serialisation helpers the proxy needs.
+//! classification, HTTP-date parsing, and the small serialisation helpers the proxy needs.
 //!
 //! Nothing here does I/O: every function works on byte slices, so each
 //! framing rule has a unit test on exact bytes.
 
 pub mod chunked;
+pub mod date;
 pub mod error;
 pub mod headers;
 pub mod request;

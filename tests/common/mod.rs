@@ -354,7 +354,7 @@ fn percent_decode(s: &str) -> String {
 
 /// A cacheable resource, described by the query of `/c?...`:
 /// `cc` (Cache-Control), `etag`, `lm` (Last-Modified), `vary`, `age`,
-/// `tag` (Surrogate-Key), `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
+/// `tag` (Surrogate-Key), `h.NAME=VALUE` (any field), `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
 /// number), `echo=NAME` (body `name=<that request header's value>`), `size=N` (N pattern bytes), `chunked=1`, `after=K&after_status=S`
 /// (requests beyond the K-th get status S), `gate_after=K` (requests beyond
 /// the K-th wait for the gate), `stall_at=K` (the first K body bytes, then the
@@ -402,6 +402,13 @@ fn cacheable(
         if let Some(v) = get(param) {
             fields.push_str(&format!("{header}: {v}\r\n"));
         }
+    }
+    // `h.NAME=VALUE`: any other response field.
+    let mut extra: Vec<(&String, &String)> =
+        params.iter().filter(|(k, _)| k.starts_with("h.")).collect();
+    extra.sort();
+    for (k, v) in extra {
+        fields.push_str(&format!("{}: {v}\r\n", &k[2..]));
     }
     if get("cookie").is_some() {
         fields.push_str("Set-Cookie: session=abc\r\n");
