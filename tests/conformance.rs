@@ -103,3 +103,152 @@ fn age_with_a_list_value_uses_the_first_member() {
     let age: u64 = hit.header("age").unwrap().parse().unwrap();
     assert!((100..200).contains(&age), "{age}");
 }
+
+#[test]
+fn every_unsafe_method_invalidates_on_a_non_error_response() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = format!("/c?cc={}", enc("max-age=600"));
+    let mut c = Client::connect(gw.listen_addr());
+    for method in ["M-SEARCH", "PROPPATCH", "LOCK", "POST"] {
+        fetch(&mut c, &t, "");
+        assert!(cache_status(&fetch(&mut c, &t, "")).contains("hit"));
+        let w = c.request(format!("{method} {t} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
+        assert_eq!(w.status, 200, "{method}");
+        assert!(
+            !cache_status(&fetch(&mut c, &t, "")).contains("hit"),
+            "a {method} that succeeded invalidates the stored GET"
+        );
+    }
+}
+
+#[test]
+fn a_safe_method_does_not_invalidate() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = format!("/c?cc={}", enc("max-age=600"));
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, &t, "");
+    for method in ["OPTIONS", "TRACE"] {
+        c.request(format!("{method} {t} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
+        assert!(
+            cache_status(&fetch(&mut c, &t, "")).contains("hit"),
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn a_204_is_stored_and_served_without_a_body() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = format!("/c?status=204&cc={}", enc("max-age=600"));
+    let mut c = Client::connect(gw.listen_addr());
+    let first = fetch(&mut c, &t, "");
+    assert_eq!(first.status, 204);
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let mut c = Client::connect(gw.listen_addr());
+    let hit = fetch(&mut c, &t, "");
+    assert_eq!(hit.status, 204);
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert!(hit.body.is_empty());
+    assert_eq!(
+        hit.header("content-length"),
+        None,
+        "a 204 has no Content-Length"
+    );
+    // The connection stays in step: the next response is the next one.
+    let again = fetch(&mut c, &t, "");
+    assert_eq!(again.status, 204);
+    assert_eq!(origin.hits_on(&t), 1);
+}
+
+#[test]
+fn immutable_keeps_a_fresh_entry_from_a_reload_revalidation() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = format!("/c?cc={}&etag=%22i%22", enc("max-age=600, immutable"));
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, &t, "");
+    let reload = fetch(&mut c, &t, "Cache-Control: max-age=0\r\n");
+    assert!(
+        cache_status(&reload).contains("hit"),
+        "{}",
+        cache_status(&reload)
+    );
+    assert_eq!(origin.hits_on(&t), 1);
+    let mutable = format!("/c?cc={}&etag=%22m%22", enc("max-age=600"));
+    fetch(&mut c, &mutable, "");
+    fetch(&mut c, &mutable, "Cache-Control: max-age=0\r\n");
+    assert_eq!(
+        origin.hits_on(&mutable),
+        2,
+        "without immutable a reload revalidates"
+    );
+}
+
+#[test]
+fn a_client_conditional_is_answered_304_after_a_revalidation() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = "/c?cc=max-age%3D600&etag=%22r%22";
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, t, "");
+    // `no-cache` makes the cache revalidate with its own validator; the
+    // client's matching If-None-Match then gets a 304, not the body.
+    let r = fetch(
+        &mut c,
+        t,
+        "Cache-Control: no-cache\r\nIf-None-Match: \"r\"\r\n",
+    );
+    assert_eq!(r.status, 304, "{}", cache_status(&r));
+    assert!(cache_status(&r).contains("fwd-status=304"));
+    assert!(r.body.is_empty());
+    let r = fetch(
+        &mut c,
+        t,
+        "Cache-Control: no-cache\r\nIf-None-Match: \"other\"\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "v1");
+    assert_eq!(origin.hits_on(t), 3);
+}
+
+#[test]
+fn a_request_waiting_on_a_revalidation_gets_no_304_it_did_not_ask_for() {
+    let origin = Origin::start();
+    let gw = start(with_admin({
+        let mut config = config_for(origin.addr);
+        config.routes[0].cache = Some(CachePolicy::default());
+        config
+    }));
+    // Requests after the first wait at the origin until the gate opens.
+    let t = "/c?cc=max-age%3D600&etag=%22w%22&gate_after=1";
+    let mut c = Client::connect(gw.listen_addr());
+    assert_eq!(fetch(&mut c, t, "").text(), "v1");
+    // A soft purge leaves the entry stale but kept for revalidation.
+    let body = format!(r#"{{"url":"http://shop.test{t}","soft":true}}"#);
+    let mut admin = Client::connect(gw.admin_addr().unwrap());
+    let r = admin.request(
+        format!(
+            "POST /cache/purge HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answers = concurrent_gets_through_gate(gw.listen_addr(), &origin, t, 3);
+    for r in &answers {
+        assert_eq!(
+            r.status,
+            200,
+            "no conditional was sent: {}",
+            cache_status(r)
+        );
+        assert_eq!(r.text(), "v1");
+    }
+}

@@ -234,7 +234,10 @@ impl Stored {
     pub fn from_head(head: StoredHead, body: Bytes) -> Stored {
         let mut lines = Vec::with_capacity(head.lines.len() + 32);
         lines.extend_from_slice(&head.lines);
-        let _ = write!(lines, "Content-Length: {}\r\n", body.len());
+        // RFC 9110 section 8.6: a 204 carries no Content-Length.
+        if head.status != 204 {
+            let _ = write!(lines, "Content-Length: {}\r\n", body.len());
+        }
         Stored {
             status: head.status,
             reason: head.reason,

@@ -176,6 +176,8 @@ pub struct StoredFreshness {
     pub must_revalidate: bool,
     pub stale_while_revalidate: Option<Duration>,
     pub stale_if_error: Option<Duration>,
+    /// `immutable` (RFC 8246): while fresh, a reload's `max-age=0` does not revalidate it.
+    pub immutable: bool,
 }
 
 impl StoredFreshness {
@@ -191,6 +193,7 @@ impl StoredFreshness {
             must_revalidate: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
             stale_while_revalidate: window(cc.stale_while_revalidate),
             stale_if_error: window(cc.stale_if_error),
+            immutable: cc.immutable,
         }
     }
 
@@ -232,7 +235,8 @@ pub fn usability(stored: &StoredFreshness, age: Duration, req: &RequestDirective
     if stored.no_cache || req.no_cache {
         return Use::Revalidate;
     }
-    if let Some(max_age) = req.max_age {
+    let fresh = age < stored.lifetime;
+    if let Some(max_age) = req.max_age.filter(|_| !(stored.immutable && fresh)) {
         if age > Duration::from_secs(max_age.or_zero()) {
             return Use::Revalidate;
         }
@@ -695,6 +699,21 @@ mod tests {
     fn must_revalidate_forbids_stale_while_revalidate() {
         let s = stored("max-age=60, stale-while-revalidate=30, must-revalidate", 60);
         assert_eq!(usability(&s, secs(70), &rcc("")), Use::Revalidate);
+    }
+
+    #[test]
+    fn immutable_keeps_a_fresh_entry_from_a_reload_revalidation() {
+        let s = stored("max-age=600, immutable", 600);
+        assert_eq!(usability(&s, secs(10), &rcc("max-age=0")), Use::Fresh);
+        // A force reload (no-cache) still goes to the origin, and once
+        // stale an immutable entry is like any other.
+        assert_eq!(usability(&s, secs(10), &rcc("no-cache")), Use::Revalidate);
+        assert_eq!(usability(&s, secs(700), &rcc("max-age=0")), Use::Revalidate);
+        let mutable = stored("max-age=600", 600);
+        assert_eq!(
+            usability(&mutable, secs(10), &rcc("max-age=0")),
+            Use::Revalidate
+        );
     }
 
     #[test]

@@ -67,6 +67,15 @@ impl Method {
         }
     }
 
+    /// RFC 9110 section 9.2.1: known not to change anything at the origin.
+    /// A method this gateway does not know (`M-SEARCH`, `PROPPATCH`) is not.
+    pub fn is_safe(self) -> bool {
+        matches!(
+            self,
+            Method::Get | Method::Head | Method::Options | Method::Trace
+        )
+    }
+
     /// RFC 9110 section 9.2.2: safe to repeat, so a failed attempt may be retried.
     pub fn is_idempotent(self) -> bool {
         matches!(

@@ -65,6 +65,9 @@ pub struct CacheWork {
     pub authority: String,
     pub kind: WorkKind,
     pub facts: RequestFacts,
+    /// The client's own conditionals (the head sent upstream may carry the
+    /// cache's validators instead): what a 304 to the client is decided on.
+    pub preconditions: Preconditions,
     /// The `fwd` parameter of `Cache-Status`.
     pub fwd: &'static str,
     pub request_time: SystemTime,
@@ -156,6 +159,7 @@ pub fn decide(
                 values(headers, "pragma"),
             ),
         };
+        let preconditions = Preconditions::from_headers(headers);
         let mut key = ctx.key_buf.borrow_mut();
         primary_key(&mut key, req.authority, req.path_and_query, policy, headers);
         let work = |kind, fwd, facts| {
@@ -167,20 +171,19 @@ pub fn decide(
                 authority: req.authority.to_string(),
                 kind,
                 facts,
+                preconditions: preconditions.clone(),
                 fwd,
                 request_time: SystemTime::now(),
             })
         };
         match req.method {
             Method::Get | Method::Head => {}
-            Method::Post | Method::Put | Method::Patch | Method::Delete
-                if policy.invalidate_on_write =>
-            {
+            // RFC 9111 section 4.4: any method not known to be safe.
+            m if !m.is_safe() && policy.invalidate_on_write => {
                 return Decision::Forward(work(WorkKind::Invalidate, "method", facts), None);
             }
             _ => return Decision::Forward(work(WorkKind::Observe, "method", facts), None),
         }
-        let preconditions = Preconditions::from_headers(headers);
         if preconditions.unsupported {
             // If-Match, If-Unmodified-Since, If-Range: the origin decides.
             return Decision::Forward(work(WorkKind::Observe, "request", facts), None);
@@ -212,13 +215,7 @@ pub fn decide(
                         )
                     });
                     return Decision::Hit(HitPlan {
-                        not_modified: stored.status / 100 == 2 && !preconditions.is_empty() && {
-                            preconditions.not_modified(
-                                stored.etag.as_deref(),
-                                stored.last_modified,
-                                stored.date,
-                            )
-                        },
+                        not_modified: answers_not_modified(&preconditions, &stored),
                         stored,
                         kind,
                         refresh,
@@ -349,9 +346,9 @@ pub fn on_response_head(
                         offer(ctx, &work.key, variant, &fresh);
                     }
                     return Action::Serve(HitPlan {
+                        not_modified: answers_not_modified(&work.preconditions, &fresh),
                         stored: fresh,
                         kind: HitKind::Revalidated,
-                        not_modified: false,
                         refresh: None,
                     });
                 }
@@ -374,7 +371,7 @@ pub fn on_response_head(
             let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
             let limit = store_limit(ctx, policy);
             let storable = storable(ctx, work, resp, method, &facts);
-            if !storable && stale.is_some() {
+            if !storable && stale.is_some() && resp.status != 304 {
                 // The origin's newer answer is not storable: the old one must not outlive it.
                 cache.shard.borrow_mut().remove_uri(&work.key);
             }
@@ -504,10 +501,10 @@ pub fn store_fill(ctx: &WorkerCtx, job: &FillStore, head: StoredHead, body: Byte
 /// ask for what is being stored (its variant, its freshness demands) and
 /// have no preconditions (those are answered from the entry once stored).
 pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
+    if !work.preconditions.is_empty() {
+        return false;
+    }
     parse_forwarded(&work.request_head, |headers| {
-        if !Preconditions::from_headers(headers).is_empty() {
-            return false;
-        }
         let same_variant = match (&fill.head.vary, &fill.variant) {
             (VarySpec::None, _) => true,
             (VarySpec::Names(names), Some(leader)) => {
@@ -665,6 +662,14 @@ fn keys_written(
     keys
 }
 
+/// Whether the client's own conditionals make a stored response a 304
+/// (RFC 9111 section 4.3.2: only for a 2xx).
+fn answers_not_modified(preconditions: &Preconditions, stored: &Stored) -> bool {
+    stored.status / 100 == 2
+        && !preconditions.is_empty()
+        && preconditions.not_modified(stored.etag.as_deref(), stored.last_modified, stored.date)
+}
+
 /// The per-response lines of a hit: Age and Cache-Status.
 fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
     let stored = &plan.stored;
@@ -735,13 +740,7 @@ pub fn lookup_after_wait(ctx: &WorkerCtx, work: &CacheWork) -> Option<HitPlan> {
         Lookup::Found(stored)
             if usability(&stored.freshness, stored.age(now), &work.facts.cc) == Use::Fresh =>
         {
-            let not_modified = stored.status / 100 == 2
-                && parse_forwarded(&work.request_head, |headers| {
-                    let p = Preconditions::from_headers(headers);
-                    !p.is_empty()
-                        && p.not_modified(stored.etag.as_deref(), stored.last_modified, stored.date)
-                })
-                .unwrap_or(false);
+            let not_modified = answers_not_modified(&work.preconditions, &stored);
             Some(HitPlan {
                 stored,
                 kind: HitKind::Collapsed,

@@ -45,6 +45,8 @@ pub(super) async fn body(
 
     match plan.framing {
         BodyFraming::None => {
+            // A 204 (or a 200 to a body-less exchange) is whole with its head.
+            store_captured(ctx, forward, plan, coalescing);
             send_to_client(ctx, client, out)
                 .await
                 .map_err(client_gone)?;

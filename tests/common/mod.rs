@@ -449,6 +449,9 @@ fn cacheable(
         }
         return Ok(());
     }
+    if status == 204 {
+        return stream.write_all(format!("HTTP/1.1 204 X\r\n{fields}{conn_close}\r\n").as_bytes());
+    }
     stream.write_all(
         format!(
             "HTTP/1.1 {status} X\r\n{fields}Content-Length: {}\r\n{conn_close}\r\n",
