@@ -252,3 +252,184 @@ fn a_request_waiting_on_a_revalidation_gets_no_304_it_did_not_ask_for() {
         assert_eq!(r.text(), "v1");
     }
 }
+
+/// A resource whose `CDN-Cache-Control` is `targeted` and `Cache-Control` is `cc`.
+fn targeted_target(targeted: &str, cc: &str) -> String {
+    format!("/c?h.CDN-Cache-Control={}&cc={}", enc(targeted), enc(cc))
+}
+
+#[test]
+fn targeted_max_age_takes_precedence_over_cache_control_no_store() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    assert!(second_is_hit(
+        &gw,
+        &targeted_target("max-age=600", "no-store")
+    ));
+}
+
+#[test]
+fn targeted_no_store_takes_precedence_over_cache_control_max_age() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    assert!(!second_is_hit(
+        &gw,
+        &targeted_target("no-store", "max-age=600")
+    ));
+}
+
+#[test]
+fn targeted_max_age_zero_takes_precedence_over_cache_control_max_age() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    assert!(!second_is_hit(
+        &gw,
+        &targeted_target("max-age=0", "max-age=600")
+    ));
+}
+
+#[test]
+fn targeted_s_maxage_takes_precedence_over_cache_control_max_age() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    assert!(second_is_hit(
+        &gw,
+        &targeted_target("s-maxage=600", "max-age=0")
+    ));
+}
+
+#[test]
+fn targeted_private_takes_precedence_over_cache_control_public() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    assert!(!second_is_hit(
+        &gw,
+        &targeted_target("private", "public, max-age=600")
+    ));
+}
+
+#[test]
+fn targeted_no_cache_takes_precedence_over_cache_control_max_age() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = format!(
+        "{}&etag=%22n%22",
+        targeted_target("no-cache", "max-age=600")
+    );
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, &t, "");
+    let r = fetch(&mut c, &t, "");
+    assert!(
+        cache_status(&r).contains("fwd-status=304"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(origin.hits_on(&t), 2, "revalidated on every use");
+}
+
+#[test]
+fn targeted_stale_while_revalidate_takes_precedence_over_cache_control() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    // 700 s old on arrival: stale for both, but only the targeted field allows serving it stale.
+    let t = format!(
+        "{}&age=700",
+        targeted_target("max-age=600, stale-while-revalidate=600", "max-age=600")
+    );
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, &t, "");
+    let r = fetch(&mut c, &t, "");
+    assert!(
+        cache_status(&r).contains("stale-while-revalidate"),
+        "{}",
+        cache_status(&r)
+    );
+}
+
+#[test]
+fn targeted_must_revalidate_takes_precedence_over_cache_control_stale_if_error() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with(&origin, |p, _| p.stale_on_error = std::time::Duration::ZERO);
+    let t = format!(
+        "{}&age=700&after=1&after_status=500",
+        targeted_target(
+            "max-age=600, must-revalidate",
+            "max-age=600, stale-if-error=600"
+        )
+    );
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, &t, "");
+    let r = fetch(&mut c, &t, "");
+    assert_eq!(r.status, 500, "{}", cache_status(&r));
+}
+
+#[test]
+fn a_targeted_field_makes_expires_ignored() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = format!(
+        "/c?h.CDN-Cache-Control={}&expires={}",
+        enc("must-revalidate"),
+        enc("Sun, 06 Nov 2095 08:49:37 GMT")
+    );
+    assert!(
+        !second_is_hit(&gw, &t),
+        "Expires does not count beside a targeted field"
+    );
+}
+
+#[test]
+fn an_invalid_targeted_field_falls_back_to_cache_control() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    // Upper case is not a Structured Fields key: the field is invalid.
+    assert!(!second_is_hit(
+        &gw,
+        &targeted_target("Max-Age=600", "no-store")
+    ));
+    assert!(second_is_hit(
+        &gw,
+        &targeted_target("max-age=600,", "max-age=600")
+    ));
+}
+
+#[test]
+fn the_first_configured_targeted_field_wins() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with(&origin, |p, _| {
+        p.targeted_fields = vec!["ringgate-cache-control".into(), "cdn-cache-control".into()];
+    });
+    let t = format!(
+        "/c?h.Ringgate-Cache-Control={}&h.CDN-Cache-Control={}",
+        enc("max-age=600"),
+        enc("no-store")
+    );
+    assert!(second_is_hit(&gw, &t));
+    let t = format!(
+        "/c?h.Ringgate-Cache-Control={}&h.CDN-Cache-Control={}",
+        enc("no-store"),
+        enc("max-age=600")
+    );
+    assert!(!second_is_hit(&gw, &t));
+}
+
+#[test]
+fn targeted_fields_are_forwarded_unless_configured_not_to() {
+    let origin = Origin::start();
+    let t = targeted_target("max-age=600", "max-age=60");
+    let gw = cached_gateway(&origin);
+    let mut c = Client::connect(gw.listen_addr());
+    assert!(fetch(&mut c, &t, "").header("cdn-cache-control").is_some());
+    assert!(fetch(&mut c, &t, "").header("cdn-cache-control").is_some());
+    drop(gw);
+    let gw = cached_gateway_with(&origin, |p, _| p.forward_targeted_fields = false);
+    let mut c = Client::connect(gw.listen_addr());
+    let t = format!("{t}&v=2");
+    let miss = fetch(&mut c, &t, "");
+    let hit = fetch(&mut c, &t, "");
+    assert!(cache_status(&hit).contains("hit"));
+    for r in [miss, hit] {
+        assert_eq!(r.header("cdn-cache-control"), None);
+        assert_eq!(r.header("cache-control"), Some("max-age=60"));
+    }
+}

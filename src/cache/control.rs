@@ -204,6 +204,138 @@ impl ResponseDirectives {
     }
 }
 
+/// A targeted cache-control field (RFC 9213: `CDN-Cache-Control` and the
+/// like), whose lines are joined as one Structured Fields dictionary
+/// (RFC 8941 section 3.2). `None` when it is empty or not a valid
+/// dictionary: the cache then falls back to the next targeted field, and
+/// finally to `Cache-Control` and `Expires`.
+pub fn parse_targeted<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<ResponseDirectives> {
+    let mut joined = Vec::new();
+    for v in values {
+        if !joined.is_empty() {
+            joined.push(b',');
+        }
+        joined.extend_from_slice(v);
+    }
+    let members = sf_dictionary(&joined)?;
+    // `directive=?0` is a false boolean: the directive is not there.
+    let kept: Vec<&[u8]> = members
+        .into_iter()
+        .filter(|m| !m.ends_with(b"=?0"))
+        .collect();
+    Some(ResponseDirectives::parse(kept.into_iter()))
+}
+
+/// The members of a Structured Fields dictionary, each trimmed, or `None`
+/// if the value is empty or not a dictionary.
+fn sf_dictionary(v: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut members = Vec::new();
+    let mut rest = v;
+    loop {
+        rest = trim(rest);
+        if rest.is_empty() {
+            // Empty, or a trailing comma.
+            return None;
+        }
+        let end = sf_member(rest)?;
+        members.push(&rest[..end]);
+        rest = trim(&rest[end..]);
+        match rest.first() {
+            None => return Some(members),
+            Some(b',') => rest = &rest[1..],
+            Some(_) => return None,
+        }
+    }
+}
+
+/// Length of one dictionary member (`key[=item](;param)*`) at the start of `v`.
+fn sf_member(v: &[u8]) -> Option<usize> {
+    let mut i = sf_key(v)?;
+    if v.get(i) == Some(&b'=') {
+        i += 1 + sf_bare_item(&v[i + 1..])?;
+    }
+    // Parameters: `;key[=item]`, with optional spaces before the key.
+    while v.get(i) == Some(&b';') {
+        i += 1;
+        while v.get(i) == Some(&b' ') {
+            i += 1;
+        }
+        i += sf_key(&v[i..])?;
+        if v.get(i) == Some(&b'=') {
+            i += 1 + sf_bare_item(&v[i + 1..])?;
+        }
+    }
+    Some(i)
+}
+
+/// `key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`
+fn sf_key(v: &[u8]) -> Option<usize> {
+    let first = *v.first()?;
+    if !(first.is_ascii_lowercase() || first == b'*') {
+        return None;
+    }
+    Some(
+        1 + v[1..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b))
+            .count(),
+    )
+}
+
+/// An integer, decimal, string, token, byte sequence or boolean.
+fn sf_bare_item(v: &[u8]) -> Option<usize> {
+    let first = *v.first()?;
+    match first {
+        b'-' | b'0'..=b'9' => {
+            let sign = usize::from(first == b'-');
+            let int = v[sign..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if int == 0 || int > 15 {
+                return None;
+            }
+            let mut i = sign + int;
+            if v.get(i) == Some(&b'.') {
+                let frac = v[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+                if frac == 0 || frac > 3 || int > 12 {
+                    return None;
+                }
+                i += 1 + frac;
+            }
+            Some(i)
+        }
+        b'"' => {
+            let mut i = 1;
+            loop {
+                match *v.get(i)? {
+                    b'\\' => {
+                        if !matches!(v.get(i + 1), Some(b'"' | b'\\')) {
+                            return None;
+                        }
+                        i += 2;
+                    }
+                    b'"' => return Some(i + 1),
+                    0x20..=0x7e => i += 1,
+                    _ => return None,
+                }
+            }
+        }
+        b'?' => matches!(v.get(1), Some(b'0' | b'1')).then_some(2),
+        b':' => {
+            let body = v[1..]
+                .iter()
+                .take_while(|&&b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+                .count();
+            (v.get(1 + body) == Some(&b':')).then_some(body + 2)
+        }
+        b if b.is_ascii_alphabetic() || b == b'*' => Some(
+            1 + v[1..]
+                .iter()
+                .take_while(|&&b| crate::http::headers::is_tchar(b) || b == b':' || b == b'/')
+                .count(),
+        ),
+        _ => None,
+    }
+}
+
 /// The most restrictive of two occurrences of `no-cache` / `private`.
 fn merge_scope(a: FieldScope, b: FieldScope) -> FieldScope {
     match (a, b) {
@@ -355,6 +487,47 @@ mod tests {
         let d = resp("max-age=1, stale-while-revalidate=30, stale-if-error=60");
         assert_eq!(d.stale_while_revalidate, Some(Delta::Seconds(30)));
         assert_eq!(d.stale_if_error, Some(Delta::Seconds(60)));
+    }
+
+    fn targeted(v: &str) -> Option<ResponseDirectives> {
+        parse_targeted(std::iter::once(v.as_bytes()))
+    }
+
+    #[test]
+    fn a_targeted_field_is_a_structured_dictionary() {
+        let d = targeted("max-age=60, stale-if-error=30").unwrap();
+        assert_eq!(d.max_age, Some(Delta::Seconds(60)));
+        assert_eq!(d.stale_if_error, Some(Delta::Seconds(30)));
+        assert!(targeted("no-store").unwrap().no_store);
+        assert_eq!(
+            targeted("private=\"x-user\"").unwrap().private,
+            FieldScope::Fields(vec!["x-user".into()])
+        );
+        let several = parse_targeted([&b"max-age=5"[..], b"must-revalidate"].into_iter()).unwrap();
+        assert!(several.must_revalidate && several.max_age == Some(Delta::Seconds(5)));
+    }
+
+    #[test]
+    fn an_invalid_or_empty_targeted_field_is_ignored() {
+        for bad in [
+            "",
+            "  ",
+            "Max-Age=60",
+            "max-age=60,",
+            "max-age=\"60",
+            "max-age=60 x",
+            "=5",
+        ] {
+            assert_eq!(targeted(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_false_boolean_directive_is_absent() {
+        let d = targeted("no-store=?0, max-age=9").unwrap();
+        assert!(!d.no_store);
+        assert_eq!(d.max_age, Some(Delta::Seconds(9)));
+        assert!(targeted("no-store=?1").unwrap().no_store);
     }
 
     #[test]

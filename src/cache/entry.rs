@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use httparse::Header;
 
-use super::control::{FieldScope, ResponseDirectives};
+use super::control::{parse_targeted, FieldScope, ResponseDirectives};
 use super::freshness::{corrected_initial_age, freshness_lifetime, ResponseFacts, StoredFreshness};
 use super::policy::CachePolicy;
 use super::vary::{parse_vary, VarySpec};
@@ -20,10 +20,38 @@ use crate::http::headers::{is_hop_by_hop, listed_in_connection, name_is, trim};
 /// Fixed cost counted per entry beyond its bytes (struct, key, bookkeeping).
 const ENTRY_OVERHEAD: u64 = 256;
 
-/// Derives the cache-relevant facts from a response's header fields.
+/// The directives that govern a response in this cache: those of the
+/// first targeted field (RFC 9213) that is present and valid, else those of
+/// `Cache-Control`. The flag says a targeted field won, which also means
+/// `Expires` is ignored.
+pub fn response_directives<'a>(
+    fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    targeted: &[String],
+) -> (ResponseDirectives, bool) {
+    for name in targeted {
+        if !fields.clone().any(|(n, _)| name_is(n, name)) {
+            continue;
+        }
+        let lines = fields
+            .clone()
+            .filter(|(n, _)| name_is(n, name))
+            .map(|(_, v)| v);
+        if let Some(cc) = parse_targeted(lines) {
+            return (cc, true);
+        }
+    }
+    let lines = fields
+        .filter(|(n, _)| name_is(n, "cache-control"))
+        .map(|(_, v)| v);
+    (ResponseDirectives::parse(lines), false)
+}
+
+/// Derives the cache-relevant facts from a response's header fields;
+/// `targeted` lists the route's targeted cache-control fields.
 pub fn response_facts<'a>(
     status: u16,
     fields: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    targeted: &[String],
 ) -> ResponseFacts {
     let values = |name: &'static str| {
         fields
@@ -32,12 +60,14 @@ pub fn response_facts<'a>(
             .map(|(_, v)| v)
     };
     let date_of = crate::http::date::parse;
+    let (cc, targeted) = response_directives(fields.clone(), targeted);
     ResponseFacts {
         status,
-        cc: ResponseDirectives::parse(values("cache-control")),
+        cc,
         date: values("date").next().and_then(date_of),
-        // An invalid Expires (such as "0") means "already expired" (RFC 9111 section 5.3).
-        expires: values("expires").next().map(date_of),
+        // An invalid Expires (such as "0") means "already expired" (RFC 9111
+        // section 5.3); a targeted field overrides it (RFC 9213 section 2.2).
+        expires: values("expires").next().filter(|_| !targeted).map(date_of),
         last_modified: values("last-modified").next().and_then(date_of),
         // A list (`Age: 7200, 0`) is read as repeated fields: the first counts.
         age: values("age").next().and_then(|v| {
@@ -52,6 +82,16 @@ pub fn response_facts<'a>(
             .map(|v| String::from_utf8_lossy(trim(v)).to_string()),
         set_cookie: values("set-cookie").next().is_some(),
         vary_star: parse_vary(values("vary")) == VarySpec::Star,
+    }
+}
+
+/// The targeted fields a route keeps from its clients (stored, for the
+/// freshness of later revalidations, but never written out).
+pub fn withheld_targeted(policy: &CachePolicy) -> &[String] {
+    if policy.forward_targeted_fields {
+        &[]
+    } else {
+        &policy.targeted_fields
     }
 }
 
@@ -165,6 +205,7 @@ impl StoredHead {
         let facts = response_facts(
             status,
             fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+            &policy.targeted_fields,
         );
         let lifetime = freshness_lifetime(&facts, times.response_time, policy);
         let freshness = StoredFreshness::from_directives(&facts.cc, lifetime);
@@ -181,7 +222,11 @@ impl StoredHead {
 
         let mut lines = Vec::with_capacity(256);
         let _ = write!(lines, "HTTP/1.1 {status} {reason}\r\n");
+        let withheld = withheld_targeted(policy);
         for (name, value) in &fields {
+            if withheld.iter().any(|t| name_is(name, t)) {
+                continue;
+            }
             lines.extend_from_slice(name.as_bytes());
             lines.extend_from_slice(b": ");
             lines.extend_from_slice(value);
@@ -319,7 +364,7 @@ impl Stored {
         policy: &CachePolicy,
         via_line: Option<&[u8]>,
     ) -> Stored {
-        let cc = self.directives();
+        let cc = self.directives(policy);
         let mut fields: Vec<(String, Vec<u8>)> = self
             .fields
             .iter()
@@ -342,13 +387,9 @@ impl Stored {
         )
     }
 
-    fn directives(&self) -> ResponseDirectives {
-        ResponseDirectives::parse(
-            self.fields
-                .iter()
-                .filter(|(n, _)| name_is(n, "cache-control"))
-                .map(|(_, v)| v.as_slice()),
-        )
+    fn directives(&self, policy: &CachePolicy) -> ResponseDirectives {
+        let fields = self.fields.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+        response_directives(fields, &policy.targeted_fields).0
     }
 
     /// The fields a 304 from the cache carries (RFC 9110 section 15.4.5).
@@ -574,7 +615,11 @@ mod tests {
     }
 
     fn facts_of(list: &[(&str, &str)]) -> ResponseFacts {
-        response_facts(200, list.iter().map(|(n, v)| (*n, v.as_bytes())))
+        response_facts(
+            200,
+            list.iter().map(|(n, v)| (*n, v.as_bytes())),
+            &CachePolicy::default().targeted_fields,
+        )
     }
 
     #[test]

@@ -47,7 +47,18 @@ pub struct CachePolicy {
     pub coalesce_timeout: Duration,
     /// Invalidate stored responses on successful unsafe requests (RFC 9111 section 4.4).
     pub invalidate_on_write: bool,
+    /// Targeted cache-control fields (RFC 9213), lower-case, first wins:
+    /// the first present and valid one replaces `Cache-Control` and `Expires`.
+    pub targeted_fields: Vec<String>,
+    /// Pass targeted fields on to clients (off: they are for this cache only).
+    pub forward_targeted_fields: bool,
+    /// How long past its freshness a stored response stands in for an origin
+    /// that cannot be reached (Varnish's grace), where the response allows it.
+    pub stale_on_error: Duration,
 }
+
+/// The targeted field a route reads when its config names none.
+pub const DEFAULT_TARGETED_FIELD: &str = "cdn-cache-control";
 
 impl Default for CachePolicy {
     fn default() -> Self {
@@ -63,6 +74,9 @@ impl Default for CachePolicy {
             max_object_size: None,
             coalesce_timeout: Duration::from_secs(5),
             invalidate_on_write: true,
+            targeted_fields: vec![DEFAULT_TARGETED_FIELD.to_string()],
+            forward_targeted_fields: true,
+            stale_on_error: Duration::from_secs(10),
         }
     }
 }

@@ -845,10 +845,7 @@ pub(crate) fn is_hop_by_hop_or_framing(name: &str) -> bool {
     MANAGED.iter().any(|m| m.eq_ignore_ascii_case(name))
 }
 
-/// RFC 9110 `tchar`.
-pub fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+pub use crate::http::headers::is_tchar as is_token_byte;
 
 #[cfg(test)]
 mod tests;

@@ -289,6 +289,9 @@ pub struct RawRouteCache {
     pub max_object_size: Option<ByteSize>,
     pub coalesce_timeout: Option<ConfigDuration>,
     pub invalidate_on_write: Option<bool>,
+    pub targeted_fields: Option<Vec<String>>,
+    pub forward_targeted_fields: Option<bool>,
+    pub stale_on_error: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -374,5 +374,27 @@ fn validate_route_cache(
         policy.coalesce_timeout = t.0;
     }
     policy.invalidate_on_write = c.invalidate_on_write.unwrap_or(true);
+    if let Some(fields) = &c.targeted_fields {
+        policy.targeted_fields.clear();
+        for name in fields {
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(invalid(
+                    key("targeted_fields"),
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+            if name.eq_ignore_ascii_case("cache-control") {
+                return Err(invalid(
+                    key("targeted_fields"),
+                    "`Cache-Control` is what targeted fields take precedence over; list only targeted ones",
+                ));
+            }
+            policy.targeted_fields.push(name.to_ascii_lowercase());
+        }
+    }
+    policy.forward_targeted_fields = c.forward_targeted_fields.unwrap_or(true);
+    if let Some(grace) = c.stale_on_error {
+        policy.stale_on_error = grace.0;
+    }
     Ok(policy)
 }

@@ -124,6 +124,31 @@ fn route_cache_table_enables_caching() {
 }
 
 #[test]
+fn route_cache_targeted_fields_and_grace() {
+    let c = Config::parse(&format!("{MINIMAL}\n[routes.cache]\n")).unwrap();
+    let policy = c.routes[0].cache.as_ref().unwrap();
+    assert_eq!(policy.targeted_fields, vec!["cdn-cache-control"]);
+    assert!(policy.forward_targeted_fields);
+    assert_eq!(policy.stale_on_error, Duration::from_secs(10));
+    let text = format!(
+        "{MINIMAL}\n[routes.cache]\ntargeted_fields = [\"Ringgate-Cache-Control\", \"CDN-Cache-Control\"]\nforward_targeted_fields = false\nstale_on_error = \"1m\"\n"
+    );
+    let c = Config::parse(&text).unwrap();
+    let policy = c.routes[0].cache.as_ref().unwrap();
+    assert_eq!(
+        policy.targeted_fields,
+        vec!["ringgate-cache-control", "cdn-cache-control"]
+    );
+    assert!(!policy.forward_targeted_fields);
+    assert_eq!(policy.stale_on_error, Duration::from_secs(60));
+    for bad in ["\"Cache-Control\"", "\"bad name\""] {
+        let text = format!("{MINIMAL}\n[routes.cache]\ntargeted_fields = [{bad}]\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "routes[0].cache.targeted_fields", "{e}");
+    }
+}
+
+#[test]
 fn route_cache_bad_value_names_the_key() {
     let text = format!("{MINIMAL}\n[routes.cache]\nauthorization = \"sometimes\"\n");
     let e = Config::parse(&text).unwrap_err();

@@ -368,7 +368,11 @@ pub fn on_response_head(
                 }
             }
             bump(&cache.stats.misses);
-            let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
+            let facts = response_facts(
+                resp.status,
+                resp.headers.iter().map(|h| (h.name, h.value)),
+                &policy.targeted_fields,
+            );
             let limit = store_limit(ctx, policy);
             let storable = storable(ctx, work, resp, method, &facts);
             if !storable && stale.is_some() && resp.status != 304 {
@@ -424,7 +428,11 @@ pub fn will_store(
     resp: &ResponseHead<'_>,
     method: Method,
 ) -> bool {
-    let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
+    let facts = response_facts(
+        resp.status,
+        resp.headers.iter().map(|h| (h.name, h.value)),
+        &policy(ctx, work.route).targeted_fields,
+    );
     storable(ctx, work, resp, method, &facts)
 }
 

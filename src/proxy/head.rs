@@ -311,6 +311,7 @@ pub fn write_response_head(
     connection: ConnectionField,
     via_line: Option<&[u8]>,
     extra: &[u8],
+    withheld: &[String],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(resp.status));
@@ -324,6 +325,7 @@ pub fn write_response_head(
         let name = h.name;
         if is_hop_by_hop(name)
             || dropped_by_connection(name, resp.has_connection_header, resp.connection_values())
+            || withheld.iter().any(|w| name_is(name, w))
         {
             continue;
         }
@@ -560,6 +562,7 @@ mod tests {
             ConnectionField::Close,
             Some(b"Via: 1.1 ringgate\r\n"),
             b"",
+            &[],
         );
         let head = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -583,6 +586,7 @@ mod tests {
             ConnectionField::Omit,
             None,
             b"",
+            &[],
         );
         assert!(String::from_utf8(out)
             .unwrap()

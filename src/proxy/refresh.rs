@@ -116,7 +116,11 @@ pub async fn run(ctx: Rc<WorkerCtx>, job: Refresh) {
         bump(&cache.stats.revalidations);
         job.stored.freshen(resp.headers, times, &policy, ctx.via())
     } else {
-        let facts = response_facts(resp.status, resp.headers.iter().map(|h| (h.name, h.value)));
+        let facts = response_facts(
+            resp.status,
+            resp.headers.iter().map(|h| (h.name, h.value)),
+            &policy.targeted_fields,
+        );
         let Some(req_facts) = parse_forwarded(&job.request_head, |headers| RequestFacts {
             authorization: headers.iter().any(|h| name_is(h.name, "authorization")),
             cc: RequestDirectives::parse(

@@ -287,6 +287,7 @@ fn response_step(
             ConnectionField::Omit,
             via,
             b"",
+            &[],
         );
         return Ok(HeadStep::Interim(resp.head_len));
     }
@@ -366,7 +367,19 @@ fn response_step(
     if let Some(line) = &forward.pin_cookie {
         extra.extend_from_slice(line);
     }
-    head::write_response_head(out, &resp, client_framing, connection, via, &extra);
+    let withheld = ctx.config.routes[forward.route]
+        .cache
+        .as_ref()
+        .map_or(&[][..], crate::cache::entry::withheld_targeted);
+    head::write_response_head(
+        out,
+        &resp,
+        client_framing,
+        connection,
+        via,
+        &extra,
+        withheld,
+    );
     Ok(HeadStep::Final(
         resp.head_len,
         ResponsePlan {
