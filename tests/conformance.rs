@@ -433,3 +433,146 @@ fn targeted_fields_are_forwarded_unless_configured_not_to() {
         assert_eq!(r.header("cache-control"), Some("max-age=60"));
     }
 }
+
+/// Stores `t` (already stale by its `age`), then lets `break_origin` make
+/// the origin unreachable, and asks again.
+fn after_origin_failure(
+    t: &str,
+    tune: impl FnOnce(&mut CachePolicy, &mut ringgate::Config),
+    break_origin: impl FnOnce(Origin),
+) -> Response {
+    let origin = Origin::start();
+    let gw = cached_gateway_with(&origin, tune);
+    let mut c = Client::connect(gw.listen_addr());
+    assert_eq!(fetch(&mut c, t, "").status, 200);
+    break_origin(origin);
+    fetch(&mut Client::connect(gw.listen_addr()), t, "")
+}
+
+/// 65 seconds old with a lifetime of 60: five seconds stale.
+const STALE_5S: &str = "/c?cc=max-age%3D60&age=65";
+
+#[test]
+fn stale_is_served_when_the_origin_refuses_connections() {
+    let r = after_origin_failure(STALE_5S, |_, _| {}, Origin::stop);
+    assert_eq!(r.status, 200, "{}", cache_status(&r));
+    assert_eq!(r.text(), "v1");
+    assert!(
+        cache_status(&r).contains("fwd=stale; fwd-status=502")
+            && cache_status(&r).ends_with("detail=stale"),
+        "{}",
+        cache_status(&r)
+    );
+}
+
+#[test]
+fn stale_is_served_when_the_origin_closes_before_a_response() {
+    let r = after_origin_failure(
+        STALE_5S,
+        |_, _| {},
+        |origin| {
+            origin.drop_requests();
+            std::mem::forget(origin);
+        },
+    );
+    assert_eq!(r.status, 200, "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("detail=stale"),
+        "{}",
+        cache_status(&r)
+    );
+}
+
+#[test]
+fn stale_is_served_when_the_origin_dies_before_the_body_is_complete() {
+    let t = "/c?cc=max-age%3D60&age=65&die_after=1&die_at=1&body=hello";
+    let r = after_origin_failure(t, |_, _| {}, std::mem::forget);
+    assert_eq!(r.status, 200, "{}", cache_status(&r));
+    assert_eq!(r.text(), "hello");
+    assert!(
+        cache_status(&r).contains("detail=stale"),
+        "{}",
+        cache_status(&r)
+    );
+}
+
+#[test]
+fn stale_is_served_when_the_origin_times_out() {
+    // Requests after the first wait at the origin for a gate that never opens.
+    let t = "/c?cc=max-age%3D60&age=65&gate_after=1";
+    let r = after_origin_failure(
+        t,
+        |_, config| config.timeouts.upstream_response = std::time::Duration::from_millis(300),
+        std::mem::forget,
+    );
+    assert_eq!(r.status, 200, "{}", cache_status(&r));
+    assert!(
+        cache_status(&r).contains("fwd-status=504"),
+        "{}",
+        cache_status(&r)
+    );
+}
+
+#[test]
+fn stale_is_served_when_no_server_is_healthy() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.routes[0].cache = Some(CachePolicy::default());
+    let gw = start(config);
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, STALE_5S, "");
+    let admin_less = gw.listen_addr();
+    origin.stop();
+    // Each failed attempt marks the server down; once it is, the request
+    // never reaches an upstream, and the stale entry still answers.
+    for _ in 0..5 {
+        let r = fetch(&mut Client::connect(admin_less), STALE_5S, "");
+        assert_eq!(r.status, 200, "{}", cache_status(&r));
+    }
+}
+
+#[test]
+fn stale_beyond_the_grace_window_is_not_served() {
+    let t = "/c?cc=max-age%3D60&age=75";
+    let r = after_origin_failure(t, |_, _| {}, Origin::stop);
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn the_grace_window_is_configurable_per_route() {
+    let t = "/c?cc=max-age%3D60&age=75";
+    let r = after_origin_failure(
+        t,
+        |p, _| p.stale_on_error = std::time::Duration::from_secs(60),
+        Origin::stop,
+    );
+    assert_eq!(r.status, 200);
+    let r = after_origin_failure(
+        STALE_5S,
+        |p, _| p.stale_on_error = std::time::Duration::ZERO,
+        Origin::stop,
+    );
+    assert_eq!(r.status, 502, "a zero grace turns it off");
+}
+
+#[test]
+fn stale_on_error_is_forbidden_by_must_revalidate_proxy_revalidate_s_maxage_and_no_cache() {
+    for cc in [
+        "max-age=60, must-revalidate",
+        "max-age=60, proxy-revalidate",
+        "s-maxage=60",
+        "max-age=60, no-cache",
+    ] {
+        let t = format!("/c?cc={}&age=65&etag=%22f%22", enc(cc));
+        let r = after_origin_failure(&t, |_, _| {}, Origin::stop);
+        assert_eq!(r.status, 502, "{cc}: {}", cache_status(&r));
+    }
+}
+
+#[test]
+fn an_origin_error_status_is_not_covered_by_the_grace() {
+    // The origin answered: that answer goes out unless stale-if-error allows otherwise.
+    let t = "/c?cc=max-age%3D60&age=65&after=1&after_status=503";
+    let r = after_origin_failure(t, |_, _| {}, std::mem::forget);
+    assert_eq!(r.status, 503);
+}

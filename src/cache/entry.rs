@@ -211,7 +211,10 @@ impl StoredHead {
         let freshness = StoredFreshness::from_directives(&facts.cc, lifetime);
         let initial_age = corrected_initial_age(&facts, times.request_time, times.response_time);
         let etag = facts.etag.clone().map(String::into_bytes);
-        let keep = freshness.keep_for(etag.is_some() || facts.last_modified.is_some());
+        let keep = freshness.keep_for(
+            etag.is_some() || facts.last_modified.is_some(),
+            policy.stale_on_error,
+        );
         let vary = parse_vary(
             fields
                 .iter()

@@ -200,13 +200,16 @@ impl StoredFreshness {
     /// How long after storing the entry can still be of any use: fresh, or
     /// stale but servable under stale-while-revalidate / stale-if-error, or
     /// kept for revalidation (validators make a stale entry useful).
-    pub fn keep_for(&self, has_validator: bool) -> Duration {
+    /// `grace` is the route's `stale_on_error`.
+    pub fn keep_for(&self, has_validator: bool, grace: Duration) -> Duration {
         let stale_window = if self.must_revalidate {
             Duration::ZERO
         } else {
+            let grace = if self.no_cache { Duration::ZERO } else { grace };
             self.stale_while_revalidate
                 .unwrap_or_default()
                 .max(self.stale_if_error.unwrap_or_default())
+                .max(grace)
         };
         let revalidation_window = if has_validator {
             self.lifetime.max(Duration::from_secs(60))
@@ -267,21 +270,40 @@ pub fn usability(stored: &StoredFreshness, age: Duration, req: &RequestDirective
     Use::Revalidate
 }
 
+/// Why a stale response may stand in for an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleReason {
+    /// `stale-if-error` (RFC 5861), from the response or the request.
+    StaleIfError,
+    /// The route's grace for an origin that cannot be reached (`stale_on_error`).
+    Grace,
+}
+
 /// Section 4.2.4 and RFC 5861: may a stale response stand in for an error?
+/// `grace` is the route's window for an origin that cannot be reached
+/// (zero for an origin that answered with an error). `must-revalidate`,
+/// `proxy-revalidate`, `s-maxage` and `no-cache` forbid both.
 pub fn may_serve_stale_on_error(
     stored: &StoredFreshness,
     age: Duration,
     req: &RequestDirectives,
-) -> bool {
+    grace: Duration,
+) -> Option<StaleReason> {
     if stored.must_revalidate || stored.no_cache {
-        return false;
+        return None;
     }
     let staleness = age.saturating_sub(stored.lifetime);
     let window = match req.stale_if_error {
         Some(Delta::Seconds(n)) => Some(Duration::from_secs(n)),
         _ => stored.stale_if_error,
     };
-    window.is_some_and(|w| staleness <= w)
+    if window.is_some_and(|w| staleness <= w) {
+        Some(StaleReason::StaleIfError)
+    } else if staleness <= grace && !grace.is_zero() {
+        Some(StaleReason::Grace)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -719,23 +741,53 @@ mod tests {
     #[test]
     fn stale_if_error_window() {
         let s = stored("max-age=60, stale-if-error=30", 60);
-        assert!(may_serve_stale_on_error(&s, secs(80), &rcc("")));
-        assert!(!may_serve_stale_on_error(&s, secs(100), &rcc("")));
+        assert!(may_serve_stale_on_error(&s, secs(80), &rcc(""), secs(0)).is_some());
+        assert!(may_serve_stale_on_error(&s, secs(100), &rcc(""), secs(0)).is_none());
     }
 
     #[test]
     fn request_stale_if_error_overrides_the_response_window() {
         let s = stored("max-age=60", 60);
-        assert!(may_serve_stale_on_error(
-            &s,
-            secs(100),
-            &rcc("stale-if-error=60")
-        ));
+        assert!(
+            may_serve_stale_on_error(&s, secs(100), &rcc("stale-if-error=60"), secs(0)).is_some()
+        );
     }
 
     #[test]
     fn must_revalidate_forbids_stale_if_error() {
         let s = stored("max-age=60, stale-if-error=30, must-revalidate", 60);
-        assert!(!may_serve_stale_on_error(&s, secs(70), &rcc("")));
+        assert!(may_serve_stale_on_error(&s, secs(70), &rcc(""), secs(0)).is_none());
+    }
+
+    #[test]
+    fn grace_serves_stale_for_an_unreachable_origin_unless_forbidden() {
+        let s = stored("max-age=60", 60);
+        assert_eq!(
+            may_serve_stale_on_error(&s, secs(65), &rcc(""), secs(10)),
+            Some(StaleReason::Grace)
+        );
+        assert_eq!(
+            may_serve_stale_on_error(&s, secs(75), &rcc(""), secs(10)),
+            None
+        );
+        for forbids in [
+            "max-age=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "s-maxage=60",
+            "max-age=60, no-cache",
+        ] {
+            let s = stored(forbids, 60);
+            assert_eq!(
+                may_serve_stale_on_error(&s, secs(65), &rcc(""), secs(10)),
+                None,
+                "{forbids}"
+            );
+        }
+        let s = stored("max-age=60", 60);
+        assert_eq!(
+            s.keep_for(false, secs(10)),
+            secs(70),
+            "kept for the grace window"
+        );
     }
 }

@@ -181,7 +181,8 @@ pub(super) async fn respond_error(
 }
 
 /// Answers a request whose upstream exchange failed before a response head:
-/// its status (502, 504, 408...), or a stale entry under stale-if-error.
+/// its status (502, 504, 408...), or a stale entry (stale-if-error, or the
+/// route's `stale_on_error` grace).
 pub(super) async fn answer_failure(
     ctx: &WorkerCtx,
     client: &mut Client,
@@ -199,11 +200,12 @@ pub(super) async fn answer_failure(
         && forward.keep_alive
         && client_may_continue(ctx, client);
     let head_only = forward.method == Method::Head;
-    // stale-if-error: a stored response may stand in for the upstream's failure.
+    // A stored response may stand in for an origin that could not be reached.
     let stale = match status {
-        502 | 504 if error.side == Side::Upstream => {
-            forward.cache.as_deref().and_then(cache::stale_for_error)
-        }
+        502 | 504 if error.side == Side::Upstream => forward
+            .cache
+            .as_deref()
+            .and_then(|work| cache::stale_for_error(ctx, work, status)),
         _ => None,
     };
     let sent = match stale {

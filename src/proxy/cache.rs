@@ -27,7 +27,9 @@ use crate::cache::entry::{
     response_facts, storable_fields, Capture, ExchangeTimes, Stored, StoredHead,
 };
 use crate::cache::fill::Fill;
-use crate::cache::freshness::{may_serve_stale_on_error, may_store, usability, RequestFacts, Use};
+use crate::cache::freshness::{
+    may_serve_stale_on_error, may_store, usability, RequestFacts, StaleReason, Use,
+};
 use crate::cache::hit::HitBuf;
 use crate::cache::key::{primary_key, url_key, url_part};
 use crate::cache::policy::CachePolicy;
@@ -85,8 +87,9 @@ pub enum HitKind {
     Collapsed,
     /// Revalidated just now with a 304.
     Revalidated,
-    /// Stale, standing in for an upstream error with this status (0: no response).
-    StaleIfError(u16),
+    /// Stale, standing in for an upstream error: the origin's status, or
+    /// the one the gateway would have answered when it could not reach it.
+    StaleOnError(u16, StaleReason),
 }
 
 pub struct HitPlan {
@@ -352,16 +355,22 @@ pub fn on_response_head(
                         refresh: None,
                     });
                 }
-                if resp.status >= 500
-                    && may_serve_stale_on_error(
-                        &stale.freshness,
-                        stale.age(Instant::now()),
-                        &work.facts.cc,
-                    )
-                {
+                let servable = (resp.status >= 500)
+                    .then(|| {
+                        let age = stale.age(Instant::now());
+                        // The origin answered: only stale-if-error, not the grace.
+                        may_serve_stale_on_error(
+                            &stale.freshness,
+                            age,
+                            &work.facts.cc,
+                            Duration::ZERO,
+                        )
+                    })
+                    .flatten();
+                if let Some(reason) = servable {
                     return Action::Serve(HitPlan {
                         stored: stale.clone(),
-                        kind: HitKind::StaleIfError(resp.status),
+                        kind: HitKind::StaleOnError(resp.status, reason),
                         not_modified: false,
                         refresh: None,
                     });
@@ -691,10 +700,13 @@ fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
         }
         HitKind::Collapsed => write!(out, "fwd=uri-miss; collapsed; ttl={ttl}"),
         HitKind::Revalidated => write!(out, "fwd=stale; fwd-status=304; ttl={ttl}"),
-        HitKind::StaleIfError(0) => write!(out, "fwd=stale; ttl={ttl}; detail=stale-if-error"),
-        HitKind::StaleIfError(status) => write!(
+        HitKind::StaleOnError(status, reason) => write!(
             out,
-            "fwd=stale; fwd-status={status}; ttl={ttl}; detail=stale-if-error"
+            "fwd=stale; fwd-status={status}; ttl={ttl}; detail={}",
+            match reason {
+                StaleReason::StaleIfError => "stale-if-error",
+                StaleReason::Grace => "stale",
+            }
         ),
     };
     out.extend_from_slice(b"\r\n");
@@ -760,27 +772,30 @@ pub fn lookup_after_wait(ctx: &WorkerCtx, work: &CacheWork) -> Option<HitPlan> {
     }
 }
 
-/// A stale entry that may answer in place of an upstream failure (connect
-/// error or timeout), under stale-if-error.
-pub fn stale_for_error(work: &CacheWork) -> Option<HitPlan> {
-    match &work.kind {
-        WorkKind::Fill {
-            stale: Some(stale), ..
-        } if may_serve_stale_on_error(
-            &stale.freshness,
-            stale.age(Instant::now()),
-            &work.facts.cc,
-        ) =>
-        {
-            Some(HitPlan {
-                stored: stale.clone(),
-                kind: HitKind::StaleIfError(0),
-                not_modified: false,
-                refresh: None,
-            })
-        }
-        _ => None,
-    }
+/// A stale entry that may answer in place of an origin that could not be
+/// reached (refused, reset, timed out, closed before a response, or no
+/// healthy server): under stale-if-error or the route's `stale_on_error`
+/// grace. `status` is what the gateway would answer otherwise.
+pub fn stale_for_error(ctx: &WorkerCtx, work: &CacheWork, status: u16) -> Option<HitPlan> {
+    let WorkKind::Fill {
+        stale: Some(stale), ..
+    } = &work.kind
+    else {
+        return None;
+    };
+    let grace = policy(ctx, work.route).stale_on_error;
+    let reason = may_serve_stale_on_error(
+        &stale.freshness,
+        stale.age(Instant::now()),
+        &work.facts.cc,
+        grace,
+    )?;
+    Some(HitPlan {
+        stored: stale.clone(),
+        kind: HitKind::StaleOnError(status, reason),
+        not_modified: answers_not_modified(&work.preconditions, stale),
+        refresh: None,
+    })
 }
 
 /// How long a waiter for a concurrent fetch of this route waits.

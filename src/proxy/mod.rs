@@ -317,7 +317,17 @@ fn plan_request(
         Some(server) => (server, None),
         None => {
             let Some(server) = upstreams.pick_healthy(route.upstream, key, now) else {
-                // Every server is down and the group does not fail open.
+                // Every server is down and the group does not fail open: a
+                // stale entry may stand in (stale-if-error, `stale_on_error`).
+                if let Some(hit) = cache_work
+                    .as_deref()
+                    .and_then(|work| cache::stale_for_error(ctx, work, 503))
+                {
+                    return Ok(Some(Plan::Hit {
+                        request: answered,
+                        hit,
+                    }));
+                }
                 return refuse(503, answered);
             };
             // Sticky groups pin (or re-pin) the client to the server chosen.

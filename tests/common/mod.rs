@@ -113,6 +113,20 @@ impl Origin {
             .store(u64::from(status), Ordering::SeqCst);
     }
 
+    /// Stops the origin: no new connection is accepted, and those already
+    /// open close on their next request, unanswered. Returns once a connect
+    /// is refused.
+    pub fn stop(self) {
+        let addr = self.addr;
+        self.drop_requests();
+        drop(self);
+        wait_until(
+            Duration::from_secs(10),
+            "the origin refuses connections",
+            || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        );
+    }
+
     /// Closes every later request's connection without an answer.
     pub fn drop_requests(&self) {
         self.log.drop_requests.store(true, Ordering::SeqCst);
@@ -359,7 +373,7 @@ fn percent_decode(s: &str) -> String {
 /// (requests beyond the K-th get status S), `gate_after=K` (requests beyond
 /// the K-th wait for the gate), `stall_at=K` (the first K body bytes, then the
 /// rest once the gate opens), `die_at=K` (the first K body bytes, then the
-/// connection closes). `If-None-Match` matching `etag` gets a 304.
+/// connection closes; only for requests beyond the `die_after`-th when given). `If-None-Match` matching `etag` gets a 304.
 fn cacheable(
     stream: &mut TcpStream,
     query: &str,
@@ -462,12 +476,13 @@ fn cacheable(
     if head_only {
         return Ok(());
     }
+    let die_at = num("die_at").filter(|_| num("die_after").is_none_or(|k| seen > k));
     let split = num("stall_at")
-        .or(num("die_at"))
+        .or(die_at)
         .unwrap_or(body.len())
         .min(body.len());
     stream.write_all(&body[..split])?;
-    if num("die_at").is_some() {
+    if die_at.is_some() {
         // The origin fails mid-body: the connection closes short of the length.
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return Err(io::Error::other("died mid-body on purpose"));
