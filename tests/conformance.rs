@@ -576,3 +576,42 @@ fn an_origin_error_status_is_not_covered_by_the_grace() {
     let r = after_origin_failure(t, |_, _| {}, std::mem::forget);
     assert_eq!(r.status, 503);
 }
+
+#[test]
+fn vary_on_accept_encoding_ignores_order_case_and_q_value_spelling() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = "/c?cc=max-age%3D600&vary=Accept-Encoding";
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, t, "Accept-Encoding: gzip, br;q=0.5\r\n");
+    for same in ["br;q=0.50, GZIP", "gzip;q=1.0,br;q=0.5", "x-gzip, br;q=0.5"] {
+        let r = fetch(&mut c, t, &format!("Accept-Encoding: {same}\r\n"));
+        assert!(
+            cache_status(&r).contains("hit"),
+            "{same}: {}",
+            cache_status(&r)
+        );
+    }
+    let other = fetch(&mut c, t, "Accept-Encoding: br, gzip;q=0.5\r\n");
+    assert!(
+        !cache_status(&other).contains("hit"),
+        "another preference is another variant"
+    );
+}
+
+#[test]
+fn vary_on_accept_language_ignores_case_and_q_spelling_but_keeps_order() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = "/c?cc=max-age%3D600&vary=Accept-Language";
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, t, "Accept-Language: en-US, fr;q=0.8\r\n");
+    let same = fetch(&mut c, t, "Accept-Language: FR;q=0.800,en-us\r\n");
+    assert!(
+        cache_status(&same).contains("hit"),
+        "{}",
+        cache_status(&same)
+    );
+    let reordered = fetch(&mut c, t, "Accept-Language: fr, en-US\r\n");
+    assert!(!cache_status(&reordered).contains("hit"));
+}
