@@ -127,7 +127,7 @@ fn preference_list<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = &'a [u8]>
     }
     match order {
         Order::Irrelevant => members.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1))),
-        Order::Significant => members.sort_by(|a, b| b.0.cmp(&a.0)),
+        Order::Significant => members.sort_by_key(|m| std::cmp::Reverse(m.0)),
     }
     members.dedup();
     for (i, (weight, name)) in members.iter().enumerate() {
