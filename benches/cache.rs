@@ -77,6 +77,7 @@ fn hit_path(c: &mut Criterion) {
             stored: stored(size),
             kind: HitKind::Fresh,
             not_modified: false,
+            part: ringgate::cache::range::Part::Whole,
             refresh: None,
         };
         let mut buf = HitBuf::default();

@@ -25,7 +25,8 @@ pub struct Preconditions {
     /// `If-None-Match` entity tags; `Some(vec![])` never happens, `*` is kept as `*`.
     pub if_none_match: Option<Vec<Vec<u8>>>,
     pub if_modified_since: Option<SystemTime>,
-    /// `If-Match`, `If-Unmodified-Since` or `If-Range`: the cache does not evaluate these.
+    /// `If-Match` or `If-Unmodified-Since`: the cache does not evaluate these
+    /// (`If-Range` is part of a range request, see `super::range`).
     pub unsupported: bool,
 }
 
@@ -38,10 +39,7 @@ impl Preconditions {
                 tags.extend(list_items(h.value).map(<[u8]>::to_vec));
             } else if name_is(h.name, "if-modified-since") {
                 p.if_modified_since = crate::http::date::parse(h.value);
-            } else if name_is(h.name, "if-match")
-                || name_is(h.name, "if-unmodified-since")
-                || name_is(h.name, "if-range")
-            {
+            } else if name_is(h.name, "if-match") || name_is(h.name, "if-unmodified-since") {
                 p.unsupported = true;
             }
         }

@@ -349,6 +349,39 @@ impl Stored {
         self.initial_age + now.saturating_duration_since(self.received)
     }
 
+    /// The head of a 206 carrying bytes `first..=last` of the body: the
+    /// stored fields and Via under a 206 status line, with `Content-Range`
+    /// and the part's `Content-Length` in place of the whole one.
+    pub fn partial_head(&self, first: u64, last: u64) -> Bytes {
+        let head = &self.head[..];
+        let status_end = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let length_line = format!("Content-Length: {}\r\n", self.body.len());
+        let fields_end = head.len()
+            - if head.ends_with(length_line.as_bytes()) {
+                length_line.len()
+            } else {
+                0
+            };
+        let mut out = Vec::with_capacity(head.len() + 64);
+        out.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
+        out.extend_from_slice(&head[status_end..fields_end]);
+        let _ = write!(
+            out,
+            "Content-Range: bytes {first}-{last}/{}\r\nContent-Length: {}\r\n",
+            self.body.len(),
+            last - first + 1
+        );
+        Bytes::from(out)
+    }
+
+    /// The head of a 416 for a range past the end of the body.
+    pub fn unsatisfiable_head(&self) -> Bytes {
+        Bytes::from(format!(
+            "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\n",
+            self.body.len()
+        ))
+    }
+
     /// Seconds of freshness left (negative once stale), for `Cache-Status: ttl`.
     pub fn ttl(&self, now: Instant) -> i64 {
         self.freshness.lifetime.as_secs() as i64 - self.age(now).as_secs() as i64

@@ -5,6 +5,7 @@
 //! - [`policy`]: a route's cache policy
 //! - [`key`]: cache keys; [`vary`]: variants
 //! - [`conditional`]: client preconditions answered from the cache
+//! - [`range`]: byte ranges answered from the cache
 //! - [`entry`]: stored responses; [`shard`]: the worker's store
 //! - [`coalesce`]: one origin fetch for concurrent misses
 //! - [`fill`]: read-while-fill, a response being stored served to every waiter
@@ -22,6 +23,7 @@ pub mod freshness;
 pub mod hit;
 pub mod key;
 pub mod policy;
+pub mod range;
 pub mod shard;
 pub mod vary;
 

@@ -33,6 +33,7 @@ use crate::cache::freshness::{
 use crate::cache::hit::HitBuf;
 use crate::cache::key::{primary_key, url_key, url_part};
 use crate::cache::policy::CachePolicy;
+use crate::cache::range::{Part, RangeRequest};
 use crate::cache::shard::Lookup;
 use crate::cache::vary::{variant_key, VarySpec};
 use crate::config::RouteConfig;
@@ -67,9 +68,9 @@ pub struct CacheWork {
     pub authority: String,
     pub kind: WorkKind,
     pub facts: RequestFacts,
-    /// The client's own conditionals (the head sent upstream may carry the
-    /// cache's validators instead): what a 304 to the client is decided on.
-    pub preconditions: Preconditions,
+    /// The client's own conditionals and range (the head sent upstream may
+    /// carry the cache's validators instead): what a stored answer follows.
+    pub ask: Ask,
     /// The `fwd` parameter of `Cache-Status`.
     pub fwd: &'static str,
     pub request_time: SystemTime,
@@ -97,7 +98,55 @@ pub struct HitPlan {
     pub kind: HitKind,
     /// The client's preconditions hold: answer 304.
     pub not_modified: bool,
+    /// The whole response, a byte range of it (206), or a 416.
+    pub part: Part,
     pub refresh: Option<super::refresh::Refresh>,
+}
+
+/// What a client asks of a stored response besides the response itself.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    pub preconditions: Preconditions,
+    /// A single byte range of a GET (with its `If-Range`).
+    pub range: Option<RangeRequest>,
+}
+
+impl Ask {
+    fn from_headers(method: Method, headers: &[Header<'_>]) -> Ask {
+        Ask {
+            preconditions: Preconditions::from_headers(headers),
+            // Range is defined for GET only (RFC 9110 section 14.2).
+            range: (method == Method::Get)
+                .then(|| RangeRequest::from_headers(headers))
+                .flatten(),
+        }
+    }
+}
+
+impl HitPlan {
+    /// The answer `stored` gives to a client asking `ask`.
+    fn new(
+        stored: Arc<Stored>,
+        kind: HitKind,
+        ask: &Ask,
+        refresh: Option<super::refresh::Refresh>,
+    ) -> HitPlan {
+        let part = ask.range.as_ref().map_or(Part::Whole, |r| {
+            r.resolve(
+                stored.status,
+                stored.body.len() as u64,
+                stored.etag.as_deref(),
+                stored.last_modified,
+            )
+        });
+        HitPlan {
+            not_modified: answers_not_modified(&ask.preconditions, &stored),
+            part,
+            stored,
+            kind,
+            refresh,
+        }
+    }
 }
 
 /// Validators the cache sends when it revalidates.
@@ -162,7 +211,7 @@ pub fn decide(
                 values(headers, "pragma"),
             ),
         };
-        let preconditions = Preconditions::from_headers(headers);
+        let ask = Ask::from_headers(req.method, headers);
         let mut key = ctx.key_buf.borrow_mut();
         primary_key(&mut key, req.authority, req.path_and_query, policy, headers);
         let work = |kind, fwd, facts| {
@@ -174,7 +223,7 @@ pub fn decide(
                 authority: req.authority.to_string(),
                 kind,
                 facts,
-                preconditions: preconditions.clone(),
+                ask: ask.clone(),
                 fwd,
                 request_time: SystemTime::now(),
             })
@@ -187,7 +236,7 @@ pub fn decide(
             }
             _ => return Decision::Forward(work(WorkKind::Observe, "method", facts), None),
         }
-        if preconditions.unsupported {
+        if ask.preconditions.unsupported {
             // If-Match, If-Unmodified-Since, If-Range: the origin decides.
             return Decision::Forward(work(WorkKind::Observe, "request", facts), None);
         }
@@ -217,12 +266,7 @@ pub fn decide(
                             &stored,
                         )
                     });
-                    return Decision::Hit(HitPlan {
-                        not_modified: answers_not_modified(&preconditions, &stored),
-                        stored,
-                        kind,
-                        refresh,
-                    });
+                    return Decision::Hit(HitPlan::new(stored, kind, &ask, refresh));
                 }
                 (
                     if facts.cc.no_cache {
@@ -348,12 +392,12 @@ pub fn on_response_head(
                     }) {
                         offer(ctx, &work.key, variant, &fresh);
                     }
-                    return Action::Serve(HitPlan {
-                        not_modified: answers_not_modified(&work.preconditions, &fresh),
-                        stored: fresh,
-                        kind: HitKind::Revalidated,
-                        refresh: None,
-                    });
+                    return Action::Serve(HitPlan::new(
+                        fresh,
+                        HitKind::Revalidated,
+                        &work.ask,
+                        None,
+                    ));
                 }
                 let servable = (resp.status >= 500)
                     .then(|| {
@@ -368,17 +412,18 @@ pub fn on_response_head(
                     })
                     .flatten();
                 if let Some(reason) = servable {
-                    return Action::Serve(HitPlan {
-                        stored: stale.clone(),
-                        kind: HitKind::StaleOnError(resp.status, reason),
-                        not_modified: false,
-                        refresh: None,
-                    });
+                    return Action::Serve(HitPlan::new(
+                        stale.clone(),
+                        HitKind::StaleOnError(resp.status, reason),
+                        &work.ask,
+                        None,
+                    ));
                 }
             }
             bump(&cache.stats.misses);
+            let status = stored_status(policy, resp);
             let facts = response_facts(
-                resp.status,
+                status,
                 resp.headers.iter().map(|h| (h.name, h.value)),
                 &policy.targeted_fields,
             );
@@ -389,9 +434,16 @@ pub fn on_response_head(
                 cache.shard.borrow_mut().remove_uri(&work.key);
             }
             let capture = storable.then(|| Capture {
-                status: resp.status,
-                reason: resp.reason.to_string(),
-                fields: storable_fields(resp.headers, &facts.cc),
+                status,
+                reason: if status == resp.status {
+                    resp.reason.to_string()
+                } else {
+                    "OK".to_string()
+                },
+                fields: storable_fields(resp.headers, &facts.cc)
+                    .into_iter()
+                    .filter(|(name, _)| status == resp.status || !name_is(name, "content-range"))
+                    .collect(),
                 body: BytesMut::new(),
                 limit,
                 abandoned: false,
@@ -403,6 +455,22 @@ pub fn on_response_head(
                 invalidate: None,
             }
         }
+    }
+}
+
+/// The status a response is stored under: a 206 whose `Content-Range`
+/// covers the whole representation is the 200 it equals (RFC 9111 section
+/// 3.4), when the route allows it.
+fn stored_status(policy: &CachePolicy, resp: &ResponseHead<'_>) -> u16 {
+    match resp.framing {
+        crate::http::BodyFraming::Length(n)
+            if resp.status == 206
+                && policy.store_whole_206
+                && crate::cache::range::covers_whole(resp.headers, n) =>
+        {
+            200
+        }
+        _ => resp.status,
     }
 }
 
@@ -437,10 +505,11 @@ pub fn will_store(
     resp: &ResponseHead<'_>,
     method: Method,
 ) -> bool {
+    let policy = policy(ctx, work.route);
     let facts = response_facts(
-        resp.status,
+        stored_status(policy, resp),
         resp.headers.iter().map(|h| (h.name, h.value)),
-        &policy(ctx, work.route).targeted_fields,
+        &policy.targeted_fields,
     );
     storable(ctx, work, resp, method, &facts)
 }
@@ -518,7 +587,8 @@ pub fn store_fill(ctx: &WorkerCtx, job: &FillStore, head: StoredHead, body: Byte
 /// ask for what is being stored (its variant, its freshness demands) and
 /// have no preconditions (those are answered from the entry once stored).
 pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
-    if !work.preconditions.is_empty() {
+    // Preconditions and ranges are answered from the entry once stored.
+    if !work.ask.preconditions.is_empty() || work.ask.range.is_some() {
         return false;
     }
     parse_forwarded(&work.request_head, |headers| {
@@ -715,12 +785,16 @@ fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
 /// Prepares `buf` for a full hit (`head_only` for HEAD); `connection` is the
 /// `Connection` line to add, if any.
 pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool, connection: &[u8]) {
-    let body = if head_only {
-        Bytes::new()
-    } else {
-        plan.stored.body.clone()
-    };
-    buf.set(plan.stored.head.clone(), body);
+    let stored = &plan.stored;
+    match plan.part {
+        Part::Whole if head_only => buf.set(stored.head.clone(), Bytes::new()),
+        Part::Whole => buf.set(stored.head.clone(), stored.body.clone()),
+        Part::Bytes { first, last } => buf.set(
+            stored.partial_head(first, last),
+            stored.body.slice(first as usize..=last as usize),
+        ),
+        Part::Unsatisfiable => buf.set(stored.unsatisfiable_head(), Bytes::new()),
+    }
     let suffix = buf.suffix();
     hit_lines(suffix, plan, Instant::now());
     suffix.extend_from_slice(connection);
@@ -760,13 +834,7 @@ pub fn lookup_after_wait(ctx: &WorkerCtx, work: &CacheWork) -> Option<HitPlan> {
         Lookup::Found(stored)
             if usability(&stored.freshness, stored.age(now), &work.facts.cc) == Use::Fresh =>
         {
-            let not_modified = answers_not_modified(&work.preconditions, &stored);
-            Some(HitPlan {
-                stored,
-                kind: HitKind::Collapsed,
-                not_modified,
-                refresh: None,
-            })
+            Some(HitPlan::new(stored, HitKind::Collapsed, &work.ask, None))
         }
         _ => None,
     }
@@ -790,12 +858,12 @@ pub fn stale_for_error(ctx: &WorkerCtx, work: &CacheWork, status: u16) -> Option
         &work.facts.cc,
         grace,
     )?;
-    Some(HitPlan {
-        stored: stale.clone(),
-        kind: HitKind::StaleOnError(status, reason),
-        not_modified: answers_not_modified(&work.preconditions, stale),
-        refresh: None,
-    })
+    Some(HitPlan::new(
+        stale.clone(),
+        HitKind::StaleOnError(status, reason),
+        &work.ask,
+        None,
+    ))
 }
 
 /// How long a waiter for a concurrent fetch of this route waits.

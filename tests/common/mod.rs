@@ -368,7 +368,7 @@ fn percent_decode(s: &str) -> String {
 
 /// A cacheable resource, described by the query of `/c?...`:
 /// `cc` (Cache-Control), `etag`, `lm` (Last-Modified), `vary`, `age`,
-/// `tag` (Surrogate-Key), `h.NAME=VALUE` (any field), `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
+/// `tag` (Surrogate-Key), `h.NAME=VALUE` (any field), `ranges=1` (206 for a `Range`), `cookie=1` (Set-Cookie), `status`, `body` (default: "v" plus the request
 /// number), `echo=NAME` (body `name=<that request header's value>`), `size=N` (N pattern bytes), `chunked=1`, `after=K&after_status=S`
 /// (requests beyond the K-th get status S), `gate_after=K` (requests beyond
 /// the K-th wait for the gate), `stall_at=K` (the first K body bytes, then the
@@ -462,6 +462,23 @@ fn cacheable(
             stream.write_all(b"0\r\n\r\n")?;
         }
         return Ok(());
+    }
+    // `ranges=1`: a single `bytes=first-[last]` range is answered 206.
+    if let (Some(_), Some(range), 200) = (get("ranges"), headers.get("range"), status) {
+        let spec = range.strip_prefix("bytes=").unwrap_or("");
+        if let Some((first, last)) = spec.split_once('-') {
+            let len = body.len();
+            let first: usize = first.parse().unwrap_or(0);
+            let last: usize = last.parse().unwrap_or(len - 1).min(len - 1);
+            return stream.write_all(
+                format!(
+                    "HTTP/1.1 206 X\r\n{fields}Content-Range: bytes {first}-{last}/{len}\r\nContent-Length: {}\r\n{conn_close}\r\n{}",
+                    last + 1 - first,
+                    String::from_utf8_lossy(&body[first..=last])
+                )
+                .as_bytes(),
+            );
+        }
     }
     if status == 204 {
         return stream.write_all(format!("HTTP/1.1 204 X\r\n{fields}{conn_close}\r\n").as_bytes());
