@@ -745,3 +745,45 @@ fn a_206_of_part_of_the_representation_is_not_stored_as_the_whole() {
     assert_eq!((whole.status, whole.text().as_str()), (200, "0123456789"));
     assert_eq!(origin.hits_on(t), 2);
 }
+
+#[test]
+fn a_response_transfer_coding_without_final_chunked_runs_to_close_and_is_relayed() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let mut c = Client::connect(gw.listen_addr());
+    for _ in 0..2 {
+        let r = fetch(&mut c, "/te-gzip", "");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+        assert_eq!(r.text(), "not-really-gzip");
+        assert!(!cache_status(&r).contains("stored"), "{}", cache_status(&r));
+    }
+    assert_eq!(origin.hits_on("/te-gzip"), 2, "never stored");
+    assert_eq!(
+        origin.connections(),
+        2,
+        "a close-delimited upstream connection is never reused"
+    );
+}
+
+#[test]
+fn codings_before_a_final_chunked_are_passed_on_and_never_stored() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let mut c = Client::connect(gw.listen_addr());
+    for _ in 0..2 {
+        let r = fetch(&mut c, "/te-gzip-chunked", "");
+        assert_eq!(r.header("transfer-encoding"), Some("gzip, chunked"));
+        assert_eq!(r.text(), "hello");
+    }
+    assert_eq!(origin.hits_on("/te-gzip-chunked"), 2);
+}
+
+#[test]
+fn a_transfer_coded_response_to_an_http10_client_is_a_502() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let mut c = Client::connect(gw.listen_addr());
+    let r = c.request(b"GET /te-gzip HTTP/1.0\r\nHost: shop.test\r\n\r\n");
+    assert_eq!(r.status, 502);
+}

@@ -22,6 +22,10 @@ pub struct ResponseHead<'b> {
     /// The upstream connection can carry another request after this body.
     pub reusable: bool,
     pub has_connection_header: bool,
+    /// Transfer codings other than chunked (`gzip` of `gzip, chunked`),
+    /// which the body still carries once any chunked framing is removed:
+    /// passed on to the client as they are, and never stored.
+    pub transfer_codings: Option<&'b [u8]>,
 }
 
 impl<'b> ResponseHead<'b> {
@@ -70,8 +74,11 @@ pub fn parse_response<'b>(
 
     let mut content_length = None;
     let mut transfer_encoding = false;
-    let mut chunked_only = true;
+    let mut te_lines = 0;
+    let mut te_value: &[u8] = b"";
+    let mut chunked_last = false;
     let mut chunked_count = 0;
+    let mut other_codings = false;
     let mut close = false;
     let mut keep_alive_token = false;
     let mut has_connection_header = false;
@@ -84,11 +91,14 @@ pub fn parse_response<'b>(
             content_length = Some(n);
         } else if name_is(h.name, "transfer-encoding") {
             transfer_encoding = true;
+            te_lines += 1;
+            te_value = trim(h.value);
             for coding in h.value.split(|&b| b == b',').map(trim) {
-                if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                if chunked_last {
                     chunked_count += 1;
                 } else {
-                    chunked_only = false;
+                    other_codings = true;
                 }
             }
         } else if name_is(h.name, "connection") {
@@ -107,20 +117,37 @@ pub fn parse_response<'b>(
         || (100..200).contains(&status)
         || status == 204
         || status == 304;
+    let mut transfer_codings = None;
     let framing = if no_body {
         BodyFraming::None
     } else if transfer_encoding {
-        // A transfer coding other than chunked cannot be passed on once the
-        // (hop-by-hop) Transfer-Encoding header is dropped, and TE with CL is
-        // the classic smuggling vector: refuse both.
+        // TE with CL is the classic smuggling vector, chunked applied twice
+        // is malformed (RFC 9112 section 6.1), and HTTP/1.0 has no transfer
+        // codings: refuse them all. Codings spread over several lines are
+        // refused too, rather than re-joined.
         if version == Version::Http10
             || content_length.is_some()
-            || !chunked_only
-            || chunked_count != 1
+            || chunked_count > 1
+            || (other_codings && te_lines > 1)
         {
             return Err(HttpError::BadTransferEncoding);
         }
-        BodyFraming::Chunked
+        if other_codings {
+            // What is left once a final chunked is taken off, for the client.
+            let end = if chunked_last {
+                te_value.iter().rposition(|&b| b == b',').unwrap_or(0)
+            } else {
+                te_value.len()
+            };
+            transfer_codings = Some(trim(&te_value[..end]));
+        }
+        if chunked_last {
+            BodyFraming::Chunked
+        } else {
+            // RFC 9112 section 6.3: chunked is not the final coding, so the
+            // body runs to the close of the connection.
+            BodyFraming::UntilClose
+        }
     } else {
         match content_length {
             Some(n) => BodyFraming::Length(n),
@@ -140,6 +167,7 @@ pub fn parse_response<'b>(
         framing,
         reusable: persistent && framing != BodyFraming::UntilClose,
         has_connection_header,
+        transfer_codings,
     }))
 }
 
@@ -208,6 +236,62 @@ mod tests {
             .1,
             BodyFraming::Chunked
         );
+    }
+
+    fn codings(raw: &[u8]) -> Result<(BodyFraming, bool, Option<Vec<u8>>), HttpError> {
+        let mut slots = header_slots::<64>();
+        parse_response(raw, &mut slots, 8192, Method::Get).map(|r| {
+            r.map(|r| {
+                (
+                    r.framing,
+                    r.reusable,
+                    r.transfer_codings.map(<[u8]>::to_vec),
+                )
+            })
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn a_transfer_coding_without_final_chunked_runs_to_close() {
+        assert_eq!(
+            codings(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap(),
+            (BodyFraming::UntilClose, false, Some(b"gzip".to_vec()))
+        );
+        assert_eq!(
+            codings(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").unwrap(),
+            (
+                BodyFraming::UntilClose,
+                false,
+                Some(b"chunked, gzip".to_vec())
+            )
+        );
+    }
+
+    #[test]
+    fn codings_before_a_final_chunked_are_kept_for_the_client() {
+        assert_eq!(
+            codings(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap(),
+            (BodyFraming::Chunked, true, Some(b"gzip".to_vec()))
+        );
+        assert_eq!(
+            codings(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .2,
+            None
+        );
+    }
+
+    #[test]
+    fn ambiguous_transfer_codings_are_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(codings(raw).is_err(), "{}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]

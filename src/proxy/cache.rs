@@ -491,7 +491,9 @@ fn storable(
     let policy = policy(ctx, work.route);
     let too_large =
         matches!(resp.framing, crate::http::BodyFraming::Length(n) if n > store_limit(ctx, policy));
+    // A transfer-coded body is not the representation: never stored.
     method == Method::Get
+        && resp.transfer_codings.is_none()
         && matches!(work.kind, WorkKind::Fill { .. })
         && !too_large
         && may_store(&work.facts, facts, policy).is_ok()

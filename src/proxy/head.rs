@@ -340,7 +340,15 @@ pub fn write_response_head(
             push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        ClientFraming::Chunked => {
+            out.extend_from_slice(b"Transfer-Encoding: ");
+            // Codings the body still carries go on with it, under our chunking.
+            if let Some(codings) = resp.transfer_codings {
+                out.extend_from_slice(codings);
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"chunked\r\n");
+        }
         ClientFraming::NoBody | ClientFraming::Close => {}
     }
     if let Some(line) = via_line {

@@ -291,6 +291,10 @@ fn response_step(
         );
         return Ok(HeadStep::Interim(resp.head_len));
     }
+    if resp.transfer_codings.is_some() && forward.version == Version::Http10 {
+        // An HTTP/1.0 client cannot be sent a transfer-coded body.
+        return Err(HttpError::BadTransferEncoding);
+    }
     let rest = &ubuf[resp.head_len..];
     let body_complete = match resp.framing {
         BodyFraming::None => true,

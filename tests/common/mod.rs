@@ -51,6 +51,7 @@ pub struct OriginLog {
 /// - `/gate`: answers once the test opens the gate
 /// - `/then-close`: answers normally (keep-alive) then closes the socket
 /// - `/bad-framing`: a response with both Content-Length and chunked
+/// - `/te-gzip`: `Transfer-Encoding: gzip`, body to close; `/te-gzip-chunked`: `gzip, chunked`
 /// - `/die-mid-body`: promises 1000 bytes, sends 10, closes
 /// - `/interim`: a 103 Early Hints, then 200
 /// - `/c?...`: a cacheable resource described by its query (see [`cacheable`])
@@ -330,6 +331,12 @@ fn origin_connection(
         } else if path == "/then-close" {
             stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")?;
             return Ok(());
+        } else if path == "/te-gzip" {
+            // A transfer coding without a final chunked: the body runs to close.
+            stream.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip\r\n\r\nnot-really-gzip")?;
+            return Ok(());
+        } else if path == "/te-gzip-chunked" {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")?;
         } else if path == "/bad-framing" {
             stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")?;
         } else if path == "/die-mid-body" {
@@ -817,7 +824,11 @@ impl Client {
             };
             let mut body = Vec::new();
             if !(head_request || status == 204 || status == 304) {
-                if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                if get("transfer-encoding").is_some_and(|v| {
+                    v.rsplit(',')
+                        .next()
+                        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+                }) {
                     self.reader.read_chunked(|d| body.extend_from_slice(d))?;
                 } else if let Some(n) = get("content-length") {
                     body = self.reader.read_exact_vec(n.parse().unwrap())?;
