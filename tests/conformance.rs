@@ -787,3 +787,120 @@ fn a_transfer_coded_response_to_an_http10_client_is_a_502() {
     let r = c.request(b"GET /te-gzip HTTP/1.0\r\nHost: shop.test\r\n\r\n");
     assert_eq!(r.status, 502);
 }
+
+// ------------------------------------------------- requests safe to accept
+
+/// Sends raw bytes on a fresh connection; the response.
+fn raw(gw: &ringgate::Handle, bytes: &[u8]) -> Response {
+    Client::connect(gw.listen_addr()).request(bytes)
+}
+
+#[test]
+fn a_higher_http1_minor_version_is_forwarded_as_http11() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let r = raw(&gw, b"GET /echo HTTP/1.7\r\nHost: shop.test\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().starts_with("GET /echo HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+    // A keep-alive connection goes on after it.
+    let mut c = Client::connect(gw.listen_addr());
+    c.request(b"GET /echo HTTP/1.2\r\nHost: shop.test\r\n\r\n");
+    assert_eq!(
+        c.request(b"GET /echo HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .status,
+        200
+    );
+}
+
+#[test]
+fn another_major_version_is_still_505() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    assert_eq!(
+        raw(&gw, b"GET /echo HTTP/2.1\r\nHost: shop.test\r\n\r\n").status,
+        505
+    );
+    // Not an HTTP-version at all (one digit each side of the dot).
+    assert_eq!(
+        raw(&gw, b"GET /echo HTTP/1.10\r\nHost: shop.test\r\n\r\n").status,
+        400
+    );
+}
+
+#[test]
+fn a_target_with_utf8_bytes_is_forwarded_percent_encoded() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let r = raw(
+        &gw,
+        "GET /echo/caf\u{e9}?q=\u{fc} HTTP/1.1\r\nHost: shop.test\r\n\r\n".as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .starts_with("GET /echo/caf%C3%A9?q=%C3%BC HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn a_target_with_characters_a_uri_may_not_carry_raw_is_forwarded_percent_encoded() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let r = raw(
+        &gw,
+        b"GET /echo/\"<>^`{|} HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .starts_with("GET /echo/%22%3C%3E%5E%60%7B%7C%7D HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn raw_and_encoded_spellings_are_one_cache_key() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with(&origin, |p, _| {
+        p.default_ttl = Some(std::time::Duration::from_secs(60))
+    });
+    let mut c = Client::connect(gw.listen_addr());
+    let first =
+        c.request("GET /c/\u{e9}?cc=max-age%3D60 HTTP/1.1\r\nHost: shop.test\r\n\r\n".as_bytes());
+    assert_eq!(first.status, 200);
+    let second = c.request(b"GET /c/%c3%a9?cc=max-age%3D60 HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+    assert!(
+        cache_status(&second).contains("hit"),
+        "{}",
+        cache_status(&second)
+    );
+}
+
+#[test]
+fn ambiguous_requests_are_still_refused_and_the_connection_closed() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    for (what, bytes) in [
+        ("CL and TE", &b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..]),
+        ("two lengths", b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        ("obs-fold", b"GET /echo HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n  folded\r\n\r\n"),
+        ("bare CR", b"GET /echo HTTP/1.1\r\nHost: a\rX: 1\r\n\r\n"),
+        ("space before colon", b"GET /echo HTTP/1.1\r\nHost : a\r\n\r\n"),
+        ("control character", b"GET /echo HTTP/1.1\r\nHost: a\r\nX-A: 1\x01\r\n\r\n"),
+        ("control in target", b"GET /echo\x01 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("invalid UTF-8 in target", b"GET /echo\xff HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ] {
+        let mut c = Client::connect(gw.listen_addr());
+        let r = c.request(bytes);
+        assert_eq!(r.status, 400, "{what}");
+        assert!(c.is_closed_by_peer(), "{what}: the connection is closed");
+    }
+    assert_eq!(origin.requests(), 0, "nothing ambiguous reached the origin");
+}

@@ -281,6 +281,27 @@ pub fn parse_request<'b>(
     }))
 }
 
+/// Rewrites an `HTTP/1.N` request line with a minor version above 1 as
+/// `HTTP/1.1`, in place, so it parses (a recipient treats a higher minor
+/// version as the highest it implements, RFC 9110 section 2.5). Returns
+/// whether it did; any other version is left to be refused.
+pub fn downgrade_minor_version(buf: &mut [u8]) -> bool {
+    let Some(line_end) = memchr::memchr(b'\r', buf) else {
+        return false;
+    };
+    let line = &buf[..line_end];
+    let Some(space) = memchr::memrchr(b' ', line) else {
+        return false;
+    };
+    let version = &line[space + 1..];
+    let minor_above_1 =
+        version.len() == 8 && version.starts_with(b"HTTP/1.") && matches!(version[7], b'2'..=b'9');
+    if minor_above_1 {
+        buf[line_end - 1] = b'1';
+    }
+    minor_above_1
+}
+
 /// httparse reports any request line it cannot finish as a version error;
 /// only a well-formed `HTTP/x.y` that is not 1.0 or 1.1 deserves a 505.
 fn version_error(buf: &[u8]) -> HttpError {
@@ -318,10 +339,10 @@ fn is_registered_coding(coding: &[u8]) -> bool {
 /// Splits a request target into the origin-form path-and-query and, for an
 /// absolute-form target, its authority.
 fn split_target(method: Method, target: &str) -> Result<(&str, Option<&str>), HttpError> {
-    if target
-        .bytes()
-        .any(|b| !(0x21..=0x7e).contains(&b) || b == b'#')
-    {
+    // Bytes above 0x7F are let through (they arrive as UTF-8; the
+    // canonical target percent-encodes them); controls, spaces, DEL and a
+    // fragment are not.
+    if target.bytes().any(|b| b < 0x21 || b == 0x7f || b == b'#') {
         return Err(HttpError::BadTarget);
     }
     if target.starts_with('/') {
@@ -682,6 +703,42 @@ mod tests {
         assert_eq!(
             err(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"),
             HttpError::Version
+        );
+    }
+
+    #[test]
+    fn a_higher_http1_minor_version_is_rewritten_as_1_1() {
+        let mut head = b"GET / HTTP/1.2\r\nHost: a\r\n\r\n".to_vec();
+        assert!(downgrade_minor_version(&mut head));
+        assert!(head.starts_with(b"GET / HTTP/1.1\r\n"));
+        assert!(parse(&head).unwrap().is_some());
+        for other in [
+            &b"GET / HTTP/2.0\r\n\r\n"[..],
+            b"GET / HTTP/1.10\r\n\r\n",
+            b"GET / HTTP/1.x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.2",
+        ] {
+            let mut copy = other.to_vec();
+            assert!(
+                !downgrade_minor_version(&mut copy),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+            assert_eq!(copy, other);
+        }
+    }
+
+    #[test]
+    fn targets_with_bytes_above_0x7f_parse() {
+        assert!(
+            parse("GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n".as_bytes())
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            parse(b"GET /a\x7fb HTTP/1.1\r\nHost: a\r\n\r\n").is_err(),
+            "DEL is a control"
         );
     }
 

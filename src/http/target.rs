@@ -18,7 +18,12 @@
 //!   `..;x`), is refused: the gateway never forwards a path whose meaning
 //!   depends on how the origin resolves it.
 //!
-//! The query is forwarded as received (it was checked to be visible ASCII).
+//! - a byte a URI may not carry raw (above 0x7F, or one of `"<>^`{|}`) is
+//!   percent-encoded, so `/café` and `/caf%C3%A9` are one path, and what
+//!   goes upstream is plain ASCII.
+//!
+//! The query is forwarded as received, except that the same raw bytes are
+//! percent-encoded in it too.
 
 use super::HttpError;
 
@@ -49,6 +54,17 @@ impl Default for PathRules {
     }
 }
 
+/// A byte the request line may carry (the parser let it through) but a
+/// URI may not: it is percent-encoded in the canonical form.
+fn needs_encoding(b: u8) -> bool {
+    b >= 0x80 || matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
+}
+
+fn push_encoded(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+}
+
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -74,6 +90,7 @@ fn is_canonical(path: &[u8], rules: PathRules) -> bool {
     for &b in path {
         match b {
             b'%' | b'\\' => return false,
+            _ if needs_encoding(b) => return false,
             b'/' => {
                 if (previous == b'/' && rules.merge_slashes) || dot_segment(length, dots) {
                     return false;
@@ -137,14 +154,8 @@ fn canonical_path(path: &[u8], rules: PathRules, out: &mut String) -> Result<(),
                 }
             }
             (c, true) if is_unreserved(c) => bytes.push(c),
-            (c, true) => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                bytes.extend_from_slice(&[
-                    b'%',
-                    HEX[usize::from(c >> 4)],
-                    HEX[usize::from(c & 15)],
-                ]);
-            }
+            (c, true) => push_encoded(&mut bytes, c),
+            (c, false) if needs_encoding(c) => push_encoded(&mut bytes, c),
             (c, false) => bytes.push(c),
         }
     }
@@ -152,8 +163,8 @@ fn canonical_path(path: &[u8], rules: PathRules, out: &mut String) -> Result<(),
         return Err(HttpError::BadTarget);
     }
     out.clear();
-    // Every byte pushed is visible ASCII: the input was, and decoding only
-    // produces unreserved characters.
+    // Every byte pushed is visible ASCII: raw bytes that were not are
+    // encoded, and decoding only produces unreserved characters.
     out.push_str(std::str::from_utf8(&bytes).map_err(|_| HttpError::BadTarget)?);
     Ok(())
 }
@@ -176,12 +187,26 @@ pub fn normalize_target<'a>(
     if !path.starts_with('/') {
         return Err(HttpError::BadTarget);
     }
-    if is_canonical(path.as_bytes(), rules) {
+    let query_clean = !query.bytes().any(needs_encoding);
+    if query_clean && is_canonical(path.as_bytes(), rules) {
         return Ok((path, target));
     }
     canonical_path(path.as_bytes(), rules, scratch)?;
     let path_len = scratch.len();
-    scratch.push_str(query);
+    if query_clean {
+        scratch.push_str(query);
+    } else {
+        let mut encoded = Vec::with_capacity(query.len() + 16);
+        for b in query.bytes() {
+            if needs_encoding(b) {
+                push_encoded(&mut encoded, b);
+            } else {
+                encoded.push(b);
+            }
+        }
+        // Plain ASCII now.
+        scratch.push_str(std::str::from_utf8(&encoded).map_err(|_| HttpError::BadTarget)?);
+    }
     Ok((&scratch[..path_len], scratch.as_str()))
 }
 
@@ -308,6 +333,32 @@ mod tests {
         assert_eq!(
             normalize_target("//admin", rules, &mut s).unwrap().0,
             "//admin"
+        );
+    }
+
+    #[test]
+    fn raw_bytes_a_uri_may_not_carry_are_percent_encoded() {
+        let canon = |t: &str| {
+            let mut scratch = String::new();
+            normalize_target(t, PathRules::default(), &mut scratch)
+                .map(|(p, pq)| (p.to_string(), pq.to_string()))
+                .unwrap()
+        };
+        assert_eq!(canon("/caf\u{e9}").0, "/caf%C3%A9");
+        assert_eq!(
+            canon("/caf\u{e9}"),
+            canon("/caf%c3%a9"),
+            "one path, however spelled"
+        );
+        assert_eq!(
+            canon("/a\"b<c>d^e`f{g|h}").0,
+            "/a%22b%3Cc%3Ed%5Ee%60f%7Bg%7Ch%7D"
+        );
+        assert_eq!(canon("/s?q=\u{e9}&x=<1>").1, "/s?q=%C3%A9&x=%3C1%3E");
+        assert_eq!(
+            canon("/s?q=plain").1,
+            "/s?q=plain",
+            "a clean query is left alone"
         );
     }
 

@@ -460,6 +460,13 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                 }
             }
             Ok(Some(plan)) => break plan,
+            // HTTP/1.2 and later minors are HTTP/1.1 to this gateway (RFC
+            // 9110 section 2.5): the request line is rewritten once, in place.
+            Err(HttpError::Version)
+                if crate::http::request::downgrade_minor_version(&mut client.buf) =>
+            {
+                continue
+            }
             // Parse again only once a head may be complete: a head sent a
             // byte at a time costs one parse, not one per byte.
             Ok(None) => loop {
