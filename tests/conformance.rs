@@ -218,20 +218,9 @@ fn a_client_conditional_is_answered_304_after_a_revalidation() {
     assert_eq!(origin.hits_on(t), 3);
 }
 
-#[test]
-fn a_request_waiting_on_a_revalidation_gets_no_304_it_did_not_ask_for() {
-    let origin = Origin::start();
-    let gw = start(with_admin({
-        let mut config = config_for(origin.addr);
-        config.routes[0].cache = Some(CachePolicy::default());
-        config
-    }));
-    // Requests after the first wait at the origin until the gate opens.
-    let t = "/c?cc=max-age%3D600&etag=%22w%22&gate_after=1";
-    let mut c = Client::connect(gw.listen_addr());
-    assert_eq!(fetch(&mut c, t, "").text(), "v1");
-    // A soft purge leaves the entry stale but kept for revalidation.
-    let body = format!(r#"{{"url":"http://shop.test{t}","soft":true}}"#);
+/// A soft purge through the admin API: the entry stays, stale, kept for revalidation.
+fn soft_purge(gw: &ringgate::Handle, target: &str) {
+    let body = format!(r#"{{"url":"http://shop.test{target}","soft":true}}"#);
     let mut admin = Client::connect(gw.admin_addr().unwrap());
     let r = admin.request(
         format!(
@@ -241,6 +230,67 @@ fn a_request_waiting_on_a_revalidation_gets_no_304_it_did_not_ask_for() {
         .as_bytes(),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn cached_gateway_with_admin(origin: &Origin) -> ringgate::Handle {
+    start(with_admin({
+        let mut config = config_for(origin.addr);
+        config.routes[0].cache = Some(CachePolicy::default());
+        config
+    }))
+}
+
+#[test]
+fn a_head_response_with_matching_validators_updates_the_stored_get() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with_admin(&origin);
+    let t = "/c?cc=max-age%3D600&etag=%22h%22";
+    let mut c = Client::connect(gw.listen_addr());
+    assert_eq!(fetch(&mut c, t, "").header("x-origin-request"), Some("1"));
+    soft_purge(&gw, t);
+    // The stale entry makes the HEAD go to the origin; its 200 matches the
+    // stored ETag and length, so its fields (and freshness) replace the stored ones.
+    c.send(format!("HEAD {t} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
+    let head = c.read_response_for(true).unwrap();
+    assert_eq!(head.header("x-origin-request"), Some("2"));
+    let get = fetch(&mut c, t, "");
+    assert!(cache_status(&get).contains("hit"), "{}", cache_status(&get));
+    assert_eq!(get.text(), "v1", "the stored body is kept");
+    assert_eq!(
+        get.header("x-origin-request"),
+        Some("2"),
+        "the HEAD's fields were stored"
+    );
+    assert_eq!(origin.hits_on(t), 2);
+}
+
+#[test]
+fn a_head_response_without_validators_does_not_update_the_stored_get() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with_admin(&origin);
+    let t = "/c?cc=max-age%3D600";
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, t, "");
+    soft_purge(&gw, t);
+    c.send(format!("HEAD {t} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
+    c.read_response_for(true).unwrap();
+    let get = fetch(&mut c, t, "");
+    assert!(
+        !cache_status(&get).contains("hit"),
+        "{}",
+        cache_status(&get)
+    );
+}
+
+#[test]
+fn a_request_waiting_on_a_revalidation_gets_no_304_it_did_not_ask_for() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with_admin(&origin);
+    // Requests after the first wait at the origin until the gate opens.
+    let t = "/c?cc=max-age%3D600&etag=%22w%22&gate_after=1";
+    let mut c = Client::connect(gw.listen_addr());
+    assert_eq!(fetch(&mut c, t, "").text(), "v1");
+    soft_purge(&gw, t);
     let answers = concurrent_gets_through_gate(gw.listen_addr(), &origin, t, 3);
     for r in &answers {
         assert_eq!(

@@ -56,6 +56,9 @@ pub enum WorkKind {
     /// An unsafe method: on a non-error response, invalidate the target URI
     /// and same-origin `Location` / `Content-Location` (RFC 9111 section 4.4).
     Invalidate,
+    /// A HEAD for a stale stored GET: a 200 whose validators match
+    /// refreshes the stored headers (RFC 9111 section 4.3.5).
+    HeadUpdate { stored: Arc<Stored> },
     /// Only label the response with `Cache-Status`.
     Observe,
 }
@@ -284,8 +287,13 @@ pub fn decide(
             return Decision::OnlyIfCachedMiss;
         }
         if req.method == Method::Head {
-            // A HEAD never fills the cache: its response has no body to store as the GET.
-            return Decision::Forward(work(WorkKind::Observe, fwd, facts), None);
+            // A HEAD never fills the cache (its response has no body to store
+            // as the GET), but it may bring a stale GET's headers up to date.
+            let kind = match stale {
+                Some(stored) => WorkKind::HeadUpdate { stored },
+                None => WorkKind::Observe,
+            };
+            return Decision::Forward(work(kind, fwd, facts), None);
         }
         let validators = stale.as_ref().and_then(|s| {
             let v = Validators {
@@ -373,6 +381,26 @@ pub fn on_response_head(
             status_line: status_line(work.fwd, resp.status, false),
             invalidate: None,
         },
+        WorkKind::HeadUpdate { stored } => {
+            if resp.status == 200 && head_matches(stored, resp) {
+                let times = ExchangeTimes::now(work.request_time);
+                let fresh = Arc::new(stored.freshen(resp.headers, times, policy, ctx.via()));
+                if let Some(variant) = parse_forwarded(&work.request_head, |headers| {
+                    cache
+                        .shard
+                        .borrow_mut()
+                        .insert(&work.key, headers, fresh.clone())
+                }) {
+                    bump(&cache.stats.revalidations);
+                    offer(ctx, &work.key, variant, &fresh);
+                }
+            }
+            Action::Relay {
+                capture: None,
+                status_line: status_line(work.fwd, resp.status, false),
+                invalidate: None,
+            }
+        }
         WorkKind::Invalidate => Action::Relay {
             capture: None,
             status_line: status_line(work.fwd, resp.status, false),
@@ -472,6 +500,37 @@ fn stored_status(policy: &CachePolicy, resp: &ResponseHead<'_>) -> u16 {
         }
         _ => resp.status,
     }
+}
+
+/// RFC 9111 section 4.3.5: a HEAD response describes the stored GET when
+/// every validator it carries (at least one) matches the stored one, and
+/// its `Content-Length`, if any, is the stored body's.
+fn head_matches(stored: &Stored, resp: &ResponseHead<'_>) -> bool {
+    let mut validators = 0;
+    for h in resp.headers {
+        let v = trim(h.value);
+        let matches = if name_is(h.name, "etag") {
+            stored.etag.as_deref() == Some(v)
+        } else if name_is(h.name, "last-modified") {
+            stored.last_modified.is_some() && crate::http::date::parse(v) == stored.last_modified
+        } else if name_is(h.name, "content-length") {
+            if std::str::from_utf8(v)
+                .ok()
+                .and_then(|n| n.parse::<u64>().ok())
+                != Some(stored.body.len() as u64)
+            {
+                return false;
+            }
+            continue;
+        } else {
+            continue;
+        };
+        if !matches {
+            return false;
+        }
+        validators += 1;
+    }
+    validators > 0
 }
 
 /// The largest body stored for a route.
