@@ -954,3 +954,66 @@ fn ambiguous_requests_are_still_refused_and_the_connection_closed() {
     }
     assert_eq!(origin.requests(), 0, "nothing ambiguous reached the origin");
 }
+
+#[test]
+fn a_stored_206_part_serves_later_ranges_inside_it() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = "/c?cc=max-age%3D600&body=0123456789&ranges=1&etag=%22p%22";
+    let mut c = Client::connect(gw.listen_addr());
+    let first = fetch(&mut c, t, "Range: bytes=2-6\r\n");
+    assert_eq!((first.status, first.text().as_str()), (206, "23456"));
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    for (range, body, content_range) in [
+        ("bytes=2-6", "23456", "bytes 2-6/10"),
+        ("bytes=3-4", "34", "bytes 3-4/10"),
+    ] {
+        let r = fetch(&mut c, t, &format!("Range: {range}\r\n"));
+        assert_eq!((r.status, r.text().as_str()), (206, body), "{range}");
+        assert_eq!(r.header("content-range"), Some(content_range));
+        assert!(
+            cache_status(&r).contains("hit"),
+            "{range}: {}",
+            cache_status(&r)
+        );
+    }
+    let unsatisfiable = fetch(&mut c, t, "Range: bytes=10-\r\n");
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(unsatisfiable.header("content-range"), Some("bytes */10"));
+    assert_eq!(origin.hits_on(t), 1);
+    // Outside the part: the origin is asked.
+    let outside = fetch(&mut c, t, "Range: bytes=5-8\r\n");
+    assert_eq!((outside.status, outside.text().as_str()), (206, "5678"));
+    assert_eq!(origin.hits_on(t), 2);
+}
+
+#[test]
+fn a_stored_part_never_answers_a_request_for_the_whole() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = "/c?cc=max-age%3D600&body=0123456789&ranges=1";
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, t, "Range: bytes=0-3\r\n");
+    let whole = fetch(&mut c, t, "");
+    assert_eq!((whole.status, whole.text().as_str()), (200, "0123456789"));
+    // And If-Range that does not match the part cannot be answered from it.
+    let r = fetch(&mut c, t, "Range: bytes=0-1\r\nIf-Range: \"other\"\r\n");
+    assert_eq!(r.text(), "0123456789");
+}
+
+#[test]
+fn a_purge_removes_stored_parts_too() {
+    let origin = Origin::start();
+    let gw = cached_gateway(&origin);
+    let t = "/c?cc=max-age%3D600&body=0123456789&ranges=1";
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, t, "Range: bytes=2-4\r\n");
+    let purge = c.request(format!("PURGE {t} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
+    assert_eq!(purge.status, 200, "{}", purge.text());
+    fetch(&mut c, t, "Range: bytes=2-4\r\n");
+    assert_eq!(origin.hits_on(t), 2);
+}

@@ -126,6 +126,15 @@ pub fn storable_fields(headers: &[Header<'_>], cc: &ResponseDirectives) -> Vec<(
         .collect()
 }
 
+/// Where the body of a stored 206 sits in the whole representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    /// Offset of the body's first byte.
+    pub start: u64,
+    /// Length of the whole representation.
+    pub complete: u64,
+}
+
 /// A response in the cache.
 #[derive(Debug)]
 pub struct Stored {
@@ -150,6 +159,8 @@ pub struct Stored {
     pub tags: Vec<String>,
     /// A background refresh (stale-while-revalidate) is under way, on any core.
     pub refreshing: AtomicBool,
+    /// A 206 kept as a part of its representation (under the partial key).
+    pub partial: Option<Partial>,
 }
 
 /// Times of the exchange that produced a response (RFC 9111 section 4.2.3).
@@ -189,6 +200,8 @@ pub struct StoredHead {
     pub last_modified: Option<SystemTime>,
     pub date: Option<SystemTime>,
     pub vary: VarySpec,
+    /// Set for a 206 stored as a part of its representation.
+    pub partial: Option<Partial>,
 }
 
 impl StoredHead {
@@ -251,6 +264,7 @@ impl StoredHead {
             last_modified: facts.last_modified,
             date: facts.date,
             vary,
+            partial: None,
         }
     }
 
@@ -302,6 +316,7 @@ impl Stored {
             tags: Vec::new(),
             fields: head.fields,
             refreshing: AtomicBool::new(false),
+            partial: head.partial,
         }
     }
 
@@ -341,6 +356,7 @@ impl Stored {
             vary: self.vary.clone(),
             tags: self.tags.clone(),
             refreshing: AtomicBool::new(false),
+            partial: self.partial,
         }
     }
 
@@ -349,9 +365,25 @@ impl Stored {
         self.initial_age + now.saturating_duration_since(self.received)
     }
 
-    /// The head of a 206 carrying bytes `first..=last` of the body: the
-    /// stored fields and Via under a 206 status line, with `Content-Range`
-    /// and the part's `Content-Length` in place of the whole one.
+    /// Length of the whole representation (more than the body for a part).
+    pub fn complete_length(&self) -> u64 {
+        self.partial.map_or(self.body.len() as u64, |p| p.complete)
+    }
+
+    /// Bytes `first..=last` of the representation, when this entry holds them.
+    pub fn part(&self, first: u64, last: u64) -> Option<Bytes> {
+        let start = self.partial.map_or(0, |p| p.start);
+        let end = start + self.body.len() as u64;
+        (first >= start && first <= last && last < end).then(|| {
+            self.body
+                .slice((first - start) as usize..=(last - start) as usize)
+        })
+    }
+
+    /// The head of a 206 carrying bytes `first..=last` of the
+    /// representation: the stored fields and Via under a 206 status line,
+    /// with `Content-Range` and the part's `Content-Length` in place of the
+    /// stored one.
     pub fn partial_head(&self, first: u64, last: u64) -> Bytes {
         let head = &self.head[..];
         let status_end = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -368,7 +400,7 @@ impl Stored {
         let _ = write!(
             out,
             "Content-Range: bytes {first}-{last}/{}\r\nContent-Length: {}\r\n",
-            self.body.len(),
+            self.complete_length(),
             last - first + 1
         );
         Bytes::from(out)
@@ -378,7 +410,7 @@ impl Stored {
     pub fn unsatisfiable_head(&self) -> Bytes {
         Bytes::from(format!(
             "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\n",
-            self.body.len()
+            self.complete_length()
         ))
     }
 
@@ -412,7 +444,7 @@ impl Stored {
             .cloned()
             .collect();
         fields.extend(storable_fields(not_modified, &cc));
-        Stored::build(
+        let mut fresh = Stored::build(
             self.status,
             &self.reason,
             fields,
@@ -420,7 +452,9 @@ impl Stored {
             times,
             policy,
             via_line,
-        )
+        );
+        fresh.partial = self.partial;
+        fresh
     }
 
     fn directives(&self, policy: &CachePolicy) -> ResponseDirectives {
@@ -467,6 +501,8 @@ pub struct Capture {
     /// The body outgrew the limit: stop collecting, do not store.
     pub abandoned: bool,
     pub request_time: SystemTime,
+    /// A 206 being stored as a part of its representation.
+    pub partial: Option<Partial>,
 }
 
 impl Capture {
@@ -691,6 +727,7 @@ mod tests {
             limit: 10,
             abandoned: false,
             request_time: SystemTime::now(),
+            partial: None,
         };
         c.push(b"12345");
         c.push(b"123456");

@@ -48,11 +48,10 @@ pub enum NotStored {
 }
 
 /// Status codes that may get heuristic freshness (RFC 9110 section 15.1).
-/// 206 is left out: the cache does not store partial content.
 pub fn heuristically_cacheable(status: u16) -> bool {
     matches!(
         status,
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -62,8 +61,9 @@ pub fn may_store(
     resp: &ResponseFacts,
     policy: &CachePolicy,
 ) -> Result<(), NotStored> {
-    // Final, complete, and not a partial or not-modified response.
-    if resp.status < 200 || resp.status == 206 || resp.status == 304 || resp.status > 599 {
+    // Final and not a not-modified response (a 206 is stored only as a
+    // checked part of a known whole, which the caller decides).
+    if resp.status < 200 || resp.status == 304 || resp.status > 599 {
         return Err(NotStored::Status);
     }
     if req.cc.no_store || resp.cc.no_store {
@@ -378,9 +378,9 @@ mod tests {
     }
 
     #[test]
-    fn partial_and_not_modified_are_not_stored() {
-        assert_eq!(store(&facts(206, "max-age=60")), Err(NotStored::Status));
+    fn not_modified_and_interim_responses_are_not_stored() {
         assert_eq!(store(&facts(304, "max-age=60")), Err(NotStored::Status));
+        assert_eq!(store(&facts(101, "max-age=60")), Err(NotStored::Status));
     }
 
     #[test]

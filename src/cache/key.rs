@@ -106,6 +106,16 @@ pub fn url_keys<'a>(
     keys
 }
 
+/// The key under which parts of the response stored under `primary` are
+/// kept (206s of a known whole): the same URL, so purges reach them, but
+/// never what a request without a range looks up.
+pub fn partial_key(primary: &[u8]) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(primary.len() + 3);
+    key.extend_from_slice(primary);
+    key.extend_from_slice(b"\np:");
+    key.into_boxed_slice()
+}
+
 /// The URL part of a primary or secondary key.
 pub fn url_part(key: &[u8]) -> &[u8] {
     let end = key

@@ -55,8 +55,10 @@ pub struct CachePolicy {
     /// How long past its freshness a stored response stands in for an origin
     /// that cannot be reached (Varnish's grace), where the response allows it.
     pub stale_on_error: Duration,
-    /// Store a 206 whose `Content-Range` covers the whole representation, as the 200 it equals.
-    pub store_whole_206: bool,
+    /// Store 206 responses of a known complete length: one covering the
+    /// whole representation as the 200 it equals, a part as a partial entry
+    /// that answers the ranges inside it.
+    pub store_206: bool,
 }
 
 /// The targeted field a route reads when its config names none.
@@ -79,7 +81,7 @@ impl Default for CachePolicy {
             targeted_fields: vec![DEFAULT_TARGETED_FIELD.to_string()],
             forward_targeted_fields: true,
             stale_on_error: Duration::from_secs(10),
-            store_whole_206: true,
+            store_206: true,
         }
     }
 }

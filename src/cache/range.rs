@@ -144,39 +144,36 @@ fn number(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
+/// The one `Content-Range: bytes first-last/complete` of a 206 whose body
+/// is `length` bytes, with a known complete length; `None` for anything
+/// else (several fields, `*`, a span that does not match the body).
+pub fn content_range(headers: &[Header<'_>], length: u64) -> Option<(u64, u64, u64)> {
+    let mut ranges = headers.iter().filter(|h| name_is(h.name, "content-range"));
+    let (Some(range), None) = (ranges.next(), ranges.next()) else {
+        return None;
+    };
+    let v = trim(range.value);
+    let (unit, rest) = v.split_at_checked(6)?;
+    if !unit.eq_ignore_ascii_case(b"bytes ") {
+        return None;
+    }
+    let slash = rest.iter().position(|&b| b == b'/')?;
+    let (span, complete) = (&rest[..slash], &rest[slash + 1..]);
+    let dash = span.iter().position(|&b| b == b'-')?;
+    let (first, last, complete) = (
+        number(&span[..dash])?,
+        number(&span[dash + 1..])?,
+        number(complete)?,
+    );
+    (first <= last && last < complete && last - first + 1 == length)
+        .then_some((first, last, complete))
+}
+
 /// A `Content-Range: bytes 0-(N-1)/N` that covers a whole representation
 /// of `length` bytes: such a 206 is the complete response.
 pub fn covers_whole(headers: &[Header<'_>], length: u64) -> bool {
-    let mut ranges = headers.iter().filter(|h| name_is(h.name, "content-range"));
-    let (Some(range), None) = (ranges.next(), ranges.next()) else {
-        return false;
-    };
-    let v = trim(range.value);
-    let Some(rest) = v
-        .split_at_checked(6)
-        .filter(|(unit, _)| unit.eq_ignore_ascii_case(b"bytes "))
-        .map(|(_, rest)| rest)
-    else {
-        return false;
-    };
-    let Some((span, complete)) = rest
-        .iter()
-        .position(|&b| b == b'/')
-        .map(|i| rest.split_at(i))
-    else {
-        return false;
-    };
-    let Some((first, last)) = span
-        .iter()
-        .position(|&b| b == b'-')
-        .map(|i| (&span[..i], &span[i + 1..]))
-    else {
-        return false;
-    };
-    length > 0
-        && number(first) == Some(0)
-        && number(last) == Some(length - 1)
-        && number(&complete[1..]) == Some(length)
+    content_range(headers, length)
+        .is_some_and(|(first, _, complete)| first == 0 && complete == length)
 }
 
 #[cfg(test)]
@@ -276,5 +273,13 @@ mod tests {
         assert!(!covers_whole(&h("bytes 0-9/*"), 10));
         assert!(!covers_whole(&h("bytes 1-9/10"), 9));
         assert!(!covers_whole(&[], 10));
+        assert_eq!(content_range(&h("bytes 2-4/10"), 3), Some((2, 4, 10)));
+        assert_eq!(
+            content_range(&h("bytes 2-4/10"), 4),
+            None,
+            "the body is the span"
+        );
+        assert_eq!(content_range(&h("bytes 2-12/10"), 11), None);
+        assert_eq!(content_range(&h("bytes 2-4/*"), 3), None);
     }
 }

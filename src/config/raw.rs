@@ -292,7 +292,7 @@ pub struct RawRouteCache {
     pub targeted_fields: Option<Vec<String>>,
     pub forward_targeted_fields: Option<bool>,
     pub stale_on_error: Option<ConfigDuration>,
-    pub store_whole_206: Option<bool>,
+    pub store_206: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -393,7 +393,7 @@ fn validate_route_cache(
         }
     }
     policy.forward_targeted_fields = c.forward_targeted_fields.unwrap_or(true);
-    policy.store_whole_206 = c.store_whole_206.unwrap_or(true);
+    policy.store_206 = c.store_206.unwrap_or(true);
     if let Some(grace) = c.stale_on_error {
         policy.stale_on_error = grace.0;
     }

@@ -24,14 +24,14 @@ use crate::cache::bump;
 use crate::cache::conditional::Preconditions;
 use crate::cache::control::{RequestDirectives, DELTA_MAX};
 use crate::cache::entry::{
-    response_facts, storable_fields, Capture, ExchangeTimes, Stored, StoredHead,
+    response_facts, storable_fields, Capture, ExchangeTimes, Partial, Stored, StoredHead,
 };
 use crate::cache::fill::Fill;
 use crate::cache::freshness::{
     may_serve_stale_on_error, may_store, usability, RequestFacts, StaleReason, Use,
 };
 use crate::cache::hit::HitBuf;
-use crate::cache::key::{primary_key, url_key, url_part};
+use crate::cache::key::{partial_key, primary_key, url_key, url_part};
 use crate::cache::policy::CachePolicy;
 use crate::cache::range::{Part, RangeRequest};
 use crate::cache::shard::Lookup;
@@ -137,7 +137,7 @@ impl HitPlan {
         let part = ask.range.as_ref().map_or(Part::Whole, |r| {
             r.resolve(
                 stored.status,
-                stored.body.len() as u64,
+                stored.complete_length(),
                 stored.etag.as_deref(),
                 stored.last_modified,
             )
@@ -283,6 +283,14 @@ pub fn decide(
             Lookup::UriMiss => ("uri-miss", None),
             Lookup::VaryMiss => ("vary-miss", None),
         };
+        // No usable whole: a stored part of it may hold the range asked for.
+        if let Some(hit) = ask
+            .range
+            .as_ref()
+            .and_then(|range| partial_hit(cache, &key, headers, now, range, &ask, &facts.cc))
+        {
+            return Decision::Hit(hit);
+        }
         if facts.cc.only_if_cached {
             return Decision::OnlyIfCachedMiss;
         }
@@ -449,7 +457,7 @@ pub fn on_response_head(
                 }
             }
             bump(&cache.stats.misses);
-            let status = stored_status(policy, resp);
+            let (status, partial) = stored_status(policy, resp);
             let facts = response_facts(
                 status,
                 resp.headers.iter().map(|h| (h.name, h.value)),
@@ -470,12 +478,14 @@ pub fn on_response_head(
                 },
                 fields: storable_fields(resp.headers, &facts.cc)
                     .into_iter()
-                    .filter(|(name, _)| status == resp.status || !name_is(name, "content-range"))
+                    // The cache writes its own Content-Range for every part it serves.
+                    .filter(|(name, _)| resp.status != 206 || !name_is(name, "content-range"))
                     .collect(),
                 body: BytesMut::new(),
                 limit,
                 abandoned: false,
                 request_time: work.request_time,
+                partial,
             });
             Action::Relay {
                 status_line: status_line(work.fwd, resp.status, capture.is_some() && body_complete),
@@ -486,19 +496,22 @@ pub fn on_response_head(
     }
 }
 
-/// The status a response is stored under: a 206 whose `Content-Range`
-/// covers the whole representation is the 200 it equals (RFC 9111 section
-/// 3.4), when the route allows it.
-fn stored_status(policy: &CachePolicy, resp: &ResponseHead<'_>) -> u16 {
-    match resp.framing {
-        crate::http::BodyFraming::Length(n)
-            if resp.status == 206
-                && policy.store_whole_206
-                && crate::cache::range::covers_whole(resp.headers, n) =>
-        {
-            200
-        }
-        _ => resp.status,
+/// The status a response is stored under, and where a stored part sits: a
+/// 206 whose `Content-Range` covers the whole representation is the 200 it
+/// equals (RFC 9111 section 3.4); one of a part of a known whole is kept
+/// as that part. Either only when the route allows it; any other 206 is
+/// not stored (see [`storable`]).
+fn stored_status(policy: &CachePolicy, resp: &ResponseHead<'_>) -> (u16, Option<Partial>) {
+    let crate::http::BodyFraming::Length(n) = resp.framing else {
+        return (resp.status, None);
+    };
+    if resp.status != 206 || !policy.store_206 {
+        return (resp.status, None);
+    }
+    match crate::cache::range::content_range(resp.headers, n) {
+        Some((0, _, complete)) if complete == n => (200, None),
+        Some((start, _, complete)) => (206, Some(Partial { start, complete })),
+        None => (206, None),
     }
 }
 
@@ -551,8 +564,10 @@ fn storable(
     let too_large =
         matches!(resp.framing, crate::http::BodyFraming::Length(n) if n > store_limit(ctx, policy));
     // A transfer-coded body is not the representation: never stored.
+    let (status, partial) = stored_status(policy, resp);
     method == Method::Get
         && resp.transfer_codings.is_none()
+        && !(status == 206 && partial.is_none())
         && matches!(work.kind, WorkKind::Fill { .. })
         && !too_large
         && may_store(&work.facts, facts, policy).is_ok()
@@ -568,7 +583,7 @@ pub fn will_store(
 ) -> bool {
     let policy = policy(ctx, work.route);
     let facts = response_facts(
-        stored_status(policy, resp),
+        stored_status(policy, resp).0,
         resp.headers.iter().map(|h| (h.name, h.value)),
         &policy.targeted_fields,
     );
@@ -577,14 +592,16 @@ pub fn will_store(
 
 /// The stored head of a captured response.
 fn captured_head(ctx: &WorkerCtx, work: &CacheWork, capture: &mut Capture) -> StoredHead {
-    StoredHead::build(
+    let mut head = StoredHead::build(
         capture.status,
         &capture.reason,
         std::mem::take(&mut capture.fields),
         ExchangeTimes::now(capture.request_time),
         policy(ctx, work.route),
         ctx.via(),
-    )
+    );
+    head.partial = capture.partial;
+    head
 }
 
 /// Stores a captured response that arrived whole.
@@ -595,10 +612,18 @@ pub fn store(ctx: &WorkerCtx, work: &CacheWork, mut capture: Capture) {
     let head = captured_head(ctx, work, &mut capture);
     insert(
         ctx,
-        &work.key,
+        &store_key(work, &head),
         &work.request_head,
         Stored::from_head(head, capture.body.freeze()),
     );
+}
+
+/// Where an entry goes: a part of a representation under the partial key.
+fn store_key(work: &CacheWork, head: &StoredHead) -> Box<[u8]> {
+    match head.partial {
+        Some(_) => partial_key(&work.key),
+        None => work.key.clone(),
+    }
 }
 
 /// What a fill needs to store its response once the body is in.
@@ -617,6 +642,7 @@ pub fn start_fill(
     length: Option<u64>,
 ) -> (Fill, FillStore) {
     let head = captured_head(ctx, work, &mut capture);
+    let key = store_key(work, &head);
     let variant = match &head.vary {
         VarySpec::Names(names) => parse_forwarded(&work.request_head, |headers| {
             let mut key = Vec::new();
@@ -628,7 +654,7 @@ pub fn start_fill(
     (
         Fill::new(head, length, variant),
         FillStore {
-            key: work.key.clone(),
+            key,
             request_head: work.request_head.clone(),
         },
     )
@@ -648,8 +674,10 @@ pub fn store_fill(ctx: &WorkerCtx, job: &FillStore, head: StoredHead, body: Byte
 /// ask for what is being stored (its variant, its freshness demands) and
 /// have no preconditions (those are answered from the entry once stored).
 pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
-    // Preconditions and ranges are answered from the entry once stored.
-    if !work.ask.preconditions.is_empty() || work.ask.range.is_some() {
+    // Preconditions and ranges are answered from the entry once stored;
+    // a part of a representation never answers for the whole.
+    if !work.ask.preconditions.is_empty() || work.ask.range.is_some() || fill.head.partial.is_some()
+    {
         return false;
     }
     parse_forwarded(&work.request_head, |headers| {
@@ -810,6 +838,49 @@ fn keys_written(
     keys
 }
 
+/// A fresh stored part (a 206 of a known whole) that holds the requested
+/// range, or that shows it starts past the end (416).
+fn partial_hit(
+    cache: &crate::cache::WorkerCache,
+    key: &[u8],
+    headers: &[Header<'_>],
+    now: Instant,
+    range: &RangeRequest,
+    ask: &Ask,
+    cc: &RequestDirectives,
+) -> Option<HitPlan> {
+    let Lookup::Found(stored) = cache
+        .shard
+        .borrow_mut()
+        .lookup(&partial_key(key), headers, now)
+    else {
+        return None;
+    };
+    let kind = match usability(&stored.freshness, stored.age(now), cc) {
+        Use::Fresh => HitKind::Fresh,
+        Use::StaleAllowed => HitKind::StaleAllowed,
+        _ => return None,
+    };
+    let part = range.resolve(
+        200,
+        stored.complete_length(),
+        stored.etag.as_deref(),
+        stored.last_modified,
+    );
+    match part {
+        Part::Bytes { first, last } if stored.part(first, last).is_some() => {}
+        Part::Unsatisfiable => {}
+        _ => return None,
+    }
+    Some(HitPlan {
+        not_modified: answers_not_modified(&ask.preconditions, &stored),
+        part,
+        stored,
+        kind,
+        refresh: None,
+    })
+}
+
 /// Whether the client's own conditionals make a stored response a 304
 /// (RFC 9111 section 4.3.2: only for a 2xx).
 fn answers_not_modified(preconditions: &Preconditions, stored: &Stored) -> bool {
@@ -852,7 +923,8 @@ pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool, connection: 
         Part::Whole => buf.set(stored.head.clone(), stored.body.clone()),
         Part::Bytes { first, last } => buf.set(
             stored.partial_head(first, last),
-            stored.body.slice(first as usize..=last as usize),
+            // The part was checked to be held when it was planned.
+            stored.part(first, last).unwrap_or_default(),
         ),
         Part::Unsatisfiable => buf.set(stored.unsatisfiable_head(), Bytes::new()),
     }

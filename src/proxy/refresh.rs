@@ -63,7 +63,13 @@ pub(super) fn plan(
         method_override: Some("GET"),
         ..*upstream
     };
-    head::write_request_head(&mut upstream_head, req, &refresh, fields);
+    // The refresh is for the whole response, whatever part the client asked for.
+    let whole: Vec<Header<'_>> = fields
+        .iter()
+        .filter(|h| !name_is(h.name, "range") && !name_is(h.name, "if-range"))
+        .copied()
+        .collect();
+    head::write_request_head(&mut upstream_head, req, &refresh, &whole);
     let mut request_head = Vec::with_capacity(upstream_head.len());
     head::write_request_head(&mut request_head, req, upstream, fields);
     Refresh {
@@ -130,7 +136,8 @@ pub async fn run(ctx: Rc<WorkerCtx>, job: Refresh) {
         }) else {
             return;
         };
-        if may_store(&req_facts, &facts, &policy).is_err() {
+        // Asked without a range, a 206 is not the whole: never stored as it.
+        if resp.status == 206 || may_store(&req_facts, &facts, &policy).is_err() {
             cache.shard.borrow_mut().remove_uri(&job.key);
             return;
         }
