@@ -1017,3 +1017,36 @@ fn a_purge_removes_stored_parts_too() {
     fetch(&mut c, t, "Range: bytes=2-4\r\n");
     assert_eq!(origin.hits_on(t), 2);
 }
+
+#[test]
+fn a_registered_coding_before_a_final_chunked_is_forwarded_with_it() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let r = raw(
+        &gw,
+        b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("Transfer-Encoding: gzip, chunked"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().ends_with("body=3"), "{}", r.text());
+    let unknown = raw(
+        &gw,
+        b"POST /echo HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: zip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(unknown.status, 501);
+}
+
+#[test]
+fn an_empty_port_means_the_default_and_an_empty_host_means_none() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let r = raw(&gw, b"GET /echo HTTP/1.1\r\nHost: shop.test:\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("Host: shop.test\r\n"), "{}", r.text());
+    let r = raw(&gw, b"GET /echo HTTP/1.1\r\nHost:\r\n\r\n");
+    assert_eq!(r.status, 200, "RFC 9112 section 3.2 allows an empty Host");
+}

@@ -40,6 +40,10 @@ pub struct RequestHead<'b> {
     pub expect_continue: bool,
     /// At least one `Connection` header is present (it may name more hop-by-hop headers).
     pub has_connection_header: bool,
+    /// Registered transfer codings before the final chunked (`gzip` of
+    /// `gzip, chunked`): the body still carries them once unchunked, so they
+    /// are sent on, under the gateway's own chunking.
+    pub transfer_codings: Option<&'b [u8]>,
 }
 
 impl<'b> RequestHead<'b> {
@@ -129,6 +133,8 @@ pub fn parse_request<'b>(
     let mut chunked_count = 0usize;
     let mut unknown_coding = false;
     let mut other_coding = false;
+    let mut te_lines = 0;
+    let mut te_value: &[u8] = b"";
     let mut close = false;
     let mut keep_alive_token = false;
     let mut has_connection_header = false;
@@ -152,6 +158,8 @@ pub fn parse_request<'b>(
             }
             17 if name_is(name, "transfer-encoding") => {
                 transfer_encoding = true;
+                te_lines += 1;
+                te_value = trim(h.value);
                 let mut any = false;
                 for coding in h.value.split(|&b| b == b',').map(trim) {
                     if coding.is_empty() {
@@ -213,8 +221,8 @@ pub fn parse_request<'b>(
             // RFC 9112 section 6.3: the length cannot be determined; 400 and close.
             return Err(HttpError::BadTransferEncoding);
         }
-        if other_coding {
-            // e.g. `gzip, chunked`: framed, but a coding the gateway does not implement.
+        if other_coding && te_lines > 1 {
+            // Codings spread over several lines are refused rather than re-joined.
             return Err(HttpError::UnknownTransferCoding);
         }
         BodyFraming::Chunked
@@ -225,6 +233,11 @@ pub fn parse_request<'b>(
         }
     };
 
+    // `gzip, chunked`: framed by the final chunked; `gzip` goes on with the body.
+    let transfer_codings = other_coding.then(|| {
+        let end = te_value.iter().rposition(|&b| b == b',').unwrap_or(0);
+        trim(&te_value[..end])
+    });
     let (path_and_query, target_authority) = split_target(method, target)?;
     let absolute_form = target_authority.is_some();
     let authority: &'b str = match (target_authority, host_header) {
@@ -278,6 +291,7 @@ pub fn parse_request<'b>(
         keep_alive,
         expect_continue,
         has_connection_header,
+        transfer_codings,
     }))
 }
 
@@ -388,13 +402,12 @@ fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// Validates `host[:port]` (RFC 3986 reg-name, IPv4 or bracketed IPv6) and
 /// returns the host part.
-fn validate_authority(authority: &str, version: Version) -> Result<&str, HttpError> {
+fn validate_authority(authority: &str, _version: Version) -> Result<&str, HttpError> {
+    // An empty Host is what a client sends for a target without an
+    // authority (RFC 9112 section 3.2): a request without a host, as an
+    // HTTP/1.0 request without Host is.
     if authority.is_empty() {
-        return if version == Version::Http10 {
-            Ok("")
-        } else {
-            Err(HttpError::BadHost)
-        };
+        return Ok("");
     }
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let close = rest.find(']').ok_or(HttpError::BadHost)?;
@@ -419,8 +432,9 @@ fn validate_authority(authority: &str, version: Version) -> Result<&str, HttpErr
             None => (authority, None),
         }
     };
+    // An empty port (`host:`) is allowed by RFC 3986 and means the default.
     if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        if port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
             return Err(HttpError::BadHost);
         }
     }
@@ -544,8 +558,17 @@ mod tests {
     }
 
     #[test]
-    fn known_coding_before_chunked_is_501() {
-        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+    fn a_known_coding_before_chunked_is_kept_for_the_upstream() {
+        let mut slots = header_slots::<16>();
+        let raw =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, deflate, chunked\r\n\r\n";
+        let req = parse_request(raw, &mut slots, 8192).unwrap().unwrap();
+        assert_eq!(req.body, BodyFraming::Chunked);
+        assert_eq!(req.transfer_codings, Some(&b"gzip, deflate"[..]));
+        // Spread over two lines, or unknown: still 501.
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(e, HttpError::UnknownTransferCoding);
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: zip, chunked\r\n\r\n");
         assert_eq!(e, HttpError::UnknownTransferCoding);
     }
 
@@ -653,10 +676,20 @@ mod tests {
 
     #[test]
     fn malformed_host_is_400() {
-        for h in ["a b", "a/b", "user@a", "a:port", "a:", "[zz]", "a:123456"] {
+        for h in ["a b", "a/b", "user@a", "a:port", "[zz]", "a:123456", ":80"] {
             let raw = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
             assert_eq!(err(raw.as_bytes()).status(), 400, "{h}");
         }
+    }
+
+    #[test]
+    fn an_empty_host_or_port_is_accepted() {
+        let (.., h, _, _) = parse(b"GET / HTTP/1.1\r\nHost: a:\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h, "a");
+        let (.., h, _, _) = parse(b"GET / HTTP/1.1\r\nHost:\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h, "");
     }
 
     #[test]

@@ -231,6 +231,7 @@ pub fn normalize_authority<'a>(
     }
     let port = match port_text {
         None => None,
+        Some("") => None,
         Some(p) => match p.parse::<u16>() {
             Ok(80) => None,
             Ok(n) => Some(n),

@@ -243,7 +243,12 @@ fn finish_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRe
         }
     }
     if req.body == BodyFraming::Chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        out.extend_from_slice(b"Transfer-Encoding: ");
+        if let Some(codings) = req.transfer_codings {
+            out.extend_from_slice(codings);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -208,10 +208,11 @@ fn origin_connection(
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
         let version = parts.next().unwrap_or("");
-        let body_len = if headers
-            .get("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
+        let body_len = if headers.get("transfer-encoding").is_some_and(|v| {
+            v.rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        }) {
             reader.read_chunked_body()?
         } else if let Some(n) = headers.get("content-length") {
             let n: u64 = n.parse().unwrap();
