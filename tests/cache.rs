@@ -5,27 +5,7 @@
 mod common;
 
 use common::*;
-use ringgate::cache::policy::CachePolicy;
 use std::time::Duration;
-
-fn cached_gateway(origin: &Origin) -> ringgate::Handle {
-    cached_gateway_with(origin, |_, _| {})
-}
-
-fn cached_gateway_with(
-    origin: &Origin,
-    tune: impl FnOnce(&mut CachePolicy, &mut ringgate::Config),
-) -> ringgate::Handle {
-    let mut config = config_for(origin.addr);
-    let mut policy = CachePolicy::default();
-    tune(&mut policy, &mut config);
-    config.routes[0].cache = Some(policy);
-    start(config)
-}
-
-fn fetch(c: &mut Client, target: &str, extra: &str) -> Response {
-    c.request(format!("GET {target} HTTP/1.1\r\nHost: shop.test\r\n{extra}\r\n").as_bytes())
-}
 
 fn status_of(r: &Response) -> String {
     r.header("cache-status").unwrap_or("").to_string()

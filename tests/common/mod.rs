@@ -1355,3 +1355,52 @@ pub fn ringgate_check(path: &std::path::Path) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout),
     )
 }
+
+// ------------------------------------------------------------------ cache
+
+/// A gateway whose only route caches, with `tune` applied to the policy and config.
+pub fn cached_gateway_with(
+    origin: &Origin,
+    tune: impl FnOnce(&mut ringgate::cache::policy::CachePolicy, &mut ringgate::Config),
+) -> ringgate::Handle {
+    let mut config = config_for(origin.addr);
+    let mut policy = ringgate::cache::policy::CachePolicy::default();
+    tune(&mut policy, &mut config);
+    config.routes[0].cache = Some(policy);
+    start(config)
+}
+
+/// A gateway whose only route caches with the default policy.
+pub fn cached_gateway(origin: &Origin) -> ringgate::Handle {
+    cached_gateway_with(origin, |_, _| {})
+}
+
+/// Percent-encodes a value for the origin's `/c?` query.
+pub fn enc(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// GET `target` from shop.test, with `extra` header lines.
+pub fn fetch(c: &mut Client, target: &str, extra: &str) -> Response {
+    c.request(format!("GET {target} HTTP/1.1\r\nHost: shop.test\r\n{extra}\r\n").as_bytes())
+}
+
+/// The response's `Cache-Status`, or empty.
+pub fn cache_status(r: &Response) -> String {
+    r.header("cache-status").unwrap_or("").to_string()
+}
+
+/// Fetches `target` twice; true when the second answer came from the cache.
+pub fn second_is_hit(gw: &ringgate::Handle, target: &str) -> bool {
+    let mut c = Client::connect(gw.listen_addr());
+    fetch(&mut c, target, "");
+    cache_status(&fetch(&mut c, target, "")).contains("hit")
+}
