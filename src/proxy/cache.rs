@@ -7,9 +7,9 @@
 //! - [`on_response_head`] runs when the upstream's head arrives: a 304 to a
 //!   revalidation freshens the entry, a 5xx may be replaced by a stale
 //!   entry (stale-if-error), a storable response starts a [`Capture`].
-//! - [`store`] inserts a captured response; [`write_hit`] and
-//!   [`write_not_modified`] answer from a stored response; the background
-//!   revalidation of stale-while-revalidate is `super::refresh`.
+//! - [`store`] inserts a captured response; answers from a stored one are
+//!   `super::stored`; the background revalidation of stale-while-revalidate
+//!   is `super::refresh`.
 
 use std::io::Write;
 use std::rc::Rc;
@@ -21,19 +21,14 @@ use bytes::{Bytes, BytesMut};
 use httparse::Header;
 
 use crate::cache::bump;
-use crate::cache::conditional::Preconditions;
-use crate::cache::control::{RequestDirectives, DELTA_MAX};
+use crate::cache::control::RequestDirectives;
 use crate::cache::entry::{
     response_facts, storable_fields, Capture, ExchangeTimes, Partial, Stored, StoredHead,
 };
 use crate::cache::fill::Fill;
-use crate::cache::freshness::{
-    may_serve_stale_on_error, may_store, usability, RequestFacts, StaleReason, Use,
-};
-use crate::cache::hit::HitBuf;
+use crate::cache::freshness::{may_serve_stale_on_error, may_store, usability, RequestFacts, Use};
 use crate::cache::key::{partial_key, primary_key, url_key, url_part};
 use crate::cache::policy::CachePolicy;
-use crate::cache::range::{Part, RangeRequest};
 use crate::cache::shard::Lookup;
 use crate::cache::vary::{variant_key, VarySpec};
 use crate::config::RouteConfig;
@@ -43,6 +38,9 @@ use crate::http::response::ResponseHead;
 use crate::http::target::{normalize_authority, normalize_target};
 use crate::http::Method;
 use crate::worker::context::WorkerCtx;
+
+use super::stored::partial_hit;
+pub use super::stored::{write_hit, write_not_modified, Ask, HitKind, HitPlan};
 
 /// What the cache does with a forwarded request's response.
 pub enum WorkKind {
@@ -77,79 +75,6 @@ pub struct CacheWork {
     /// The `fwd` parameter of `Cache-Status`.
     pub fwd: &'static str,
     pub request_time: SystemTime,
-}
-
-/// Why a stored response answers the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HitKind {
-    Fresh,
-    /// Stale, accepted by the client's `max-stale`.
-    StaleAllowed,
-    /// Stale, refreshed in the background.
-    StaleWhileRevalidate,
-    /// Stored by a concurrent request this one waited for.
-    Collapsed,
-    /// Revalidated just now with a 304.
-    Revalidated,
-    /// Stale, standing in for an upstream error: the origin's status, or
-    /// the one the gateway would have answered when it could not reach it.
-    StaleOnError(u16, StaleReason),
-}
-
-pub struct HitPlan {
-    pub stored: Arc<Stored>,
-    pub kind: HitKind,
-    /// The client's preconditions hold: answer 304.
-    pub not_modified: bool,
-    /// The whole response, a byte range of it (206), or a 416.
-    pub part: Part,
-    pub refresh: Option<super::refresh::Refresh>,
-}
-
-/// What a client asks of a stored response besides the response itself.
-#[derive(Debug, Clone, Default)]
-pub struct Ask {
-    pub preconditions: Preconditions,
-    /// A single byte range of a GET (with its `If-Range`).
-    pub range: Option<RangeRequest>,
-}
-
-impl Ask {
-    fn from_headers(method: Method, headers: &[Header<'_>]) -> Ask {
-        Ask {
-            preconditions: Preconditions::from_headers(headers),
-            // Range is defined for GET only (RFC 9110 section 14.2).
-            range: (method == Method::Get)
-                .then(|| RangeRequest::from_headers(headers))
-                .flatten(),
-        }
-    }
-}
-
-impl HitPlan {
-    /// The answer `stored` gives to a client asking `ask`.
-    fn new(
-        stored: Arc<Stored>,
-        kind: HitKind,
-        ask: &Ask,
-        refresh: Option<super::refresh::Refresh>,
-    ) -> HitPlan {
-        let part = ask.range.as_ref().map_or(Part::Whole, |r| {
-            r.resolve(
-                stored.status,
-                stored.complete_length(),
-                stored.etag.as_deref(),
-                stored.last_modified,
-            )
-        });
-        HitPlan {
-            not_modified: answers_not_modified(&ask.preconditions, &stored),
-            part,
-            stored,
-            kind,
-            refresh,
-        }
-    }
 }
 
 /// Validators the cache sends when it revalidates.
@@ -836,124 +761,6 @@ fn keys_written(
         keys.push(key.as_slice().into());
     }
     keys
-}
-
-/// A fresh stored part (a 206 of a known whole) that holds the requested
-/// range, or that shows it starts past the end (416).
-fn partial_hit(
-    cache: &crate::cache::WorkerCache,
-    key: &[u8],
-    headers: &[Header<'_>],
-    now: Instant,
-    range: &RangeRequest,
-    ask: &Ask,
-    cc: &RequestDirectives,
-) -> Option<HitPlan> {
-    let Lookup::Found(stored) = cache
-        .shard
-        .borrow_mut()
-        .lookup(&partial_key(key), headers, now)
-    else {
-        return None;
-    };
-    let kind = match usability(&stored.freshness, stored.age(now), cc) {
-        Use::Fresh => HitKind::Fresh,
-        Use::StaleAllowed => HitKind::StaleAllowed,
-        _ => return None,
-    };
-    let part = range.resolve(
-        200,
-        stored.complete_length(),
-        stored.etag.as_deref(),
-        stored.last_modified,
-    );
-    match part {
-        Part::Bytes { first, last } if stored.part(first, last).is_some() => {}
-        Part::Unsatisfiable => {}
-        _ => return None,
-    }
-    Some(HitPlan {
-        not_modified: answers_not_modified(&ask.preconditions, &stored),
-        part,
-        stored,
-        kind,
-        refresh: None,
-    })
-}
-
-/// Whether the client's own conditionals make a stored response a 304
-/// (RFC 9111 section 4.3.2: only for a 2xx).
-fn answers_not_modified(preconditions: &Preconditions, stored: &Stored) -> bool {
-    stored.status / 100 == 2
-        && !preconditions.is_empty()
-        && preconditions.not_modified(stored.etag.as_deref(), stored.last_modified, stored.date)
-}
-
-/// The per-response lines of a hit: Age and Cache-Status.
-fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
-    let stored = &plan.stored;
-    let age = stored.age(now).as_secs().min(DELTA_MAX);
-    let _ = write!(out, "Age: {age}\r\nCache-Status: ringgate; ");
-    let ttl = stored.ttl(now);
-    let _ = match plan.kind {
-        HitKind::Fresh | HitKind::StaleAllowed => write!(out, "hit; ttl={ttl}"),
-        HitKind::StaleWhileRevalidate => {
-            write!(out, "hit; ttl={ttl}; detail=stale-while-revalidate")
-        }
-        HitKind::Collapsed => write!(out, "fwd=uri-miss; collapsed; ttl={ttl}"),
-        HitKind::Revalidated => write!(out, "fwd=stale; fwd-status=304; ttl={ttl}"),
-        HitKind::StaleOnError(status, reason) => write!(
-            out,
-            "fwd=stale; fwd-status={status}; ttl={ttl}; detail={}",
-            match reason {
-                StaleReason::StaleIfError => "stale-if-error",
-                StaleReason::Grace => "stale",
-            }
-        ),
-    };
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Prepares `buf` for a full hit (`head_only` for HEAD); `connection` is the
-/// `Connection` line to add, if any.
-pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool, connection: &[u8]) {
-    let stored = &plan.stored;
-    match plan.part {
-        Part::Whole if head_only => buf.set(stored.head.clone(), Bytes::new()),
-        Part::Whole => buf.set(stored.head.clone(), stored.body.clone()),
-        Part::Bytes { first, last } => buf.set(
-            stored.partial_head(first, last),
-            // The part was checked to be held when it was planned.
-            stored.part(first, last).unwrap_or_default(),
-        ),
-        Part::Unsatisfiable => buf.set(stored.unsatisfiable_head(), Bytes::new()),
-    }
-    let suffix = buf.suffix();
-    hit_lines(suffix, plan, Instant::now());
-    suffix.extend_from_slice(connection);
-    suffix.extend_from_slice(b"\r\n");
-}
-
-/// Writes a 304 answered from the stored response into `out`.
-pub fn write_not_modified(
-    out: &mut Vec<u8>,
-    plan: &HitPlan,
-    via: Option<&[u8]>,
-    connection: &[u8],
-) {
-    out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
-    for (name, value) in plan.stored.not_modified_fields() {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    hit_lines(out, plan, Instant::now());
-    if let Some(via) = via {
-        out.extend_from_slice(via);
-    }
-    out.extend_from_slice(connection);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// After waiting for a concurrent fetch: the response it stored, if usable.

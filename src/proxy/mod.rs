@@ -30,6 +30,7 @@ pub mod io;
 mod reading;
 mod refresh;
 mod relay;
+pub mod stored;
 mod upstream;
 
 use std::net::SocketAddr;
