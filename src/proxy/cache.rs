@@ -316,17 +316,8 @@ pub fn on_response_head(
         },
         WorkKind::HeadUpdate { stored } => {
             if resp.status == 200 && head_matches(stored, resp) {
-                let times = ExchangeTimes::now(work.request_time);
-                let fresh = Arc::new(stored.freshen(resp.headers, times, policy, ctx.via()));
-                if let Some(variant) = parse_forwarded(&work.request_head, |headers| {
-                    cache
-                        .shard
-                        .borrow_mut()
-                        .insert(&work.key, headers, fresh.clone())
-                }) {
-                    bump(&cache.stats.revalidations);
-                    offer(ctx, &work.key, variant, &fresh);
-                }
+                bump(&cache.stats.revalidations);
+                refreshed(ctx, work, stored, resp);
             }
             Action::Relay {
                 capture: None,
@@ -340,19 +331,10 @@ pub fn on_response_head(
             invalidate: (resp.status < 400).then(|| keys_written(ctx, work, policy, resp)),
         },
         WorkKind::Fill { stale, conditional } => {
-            let times = ExchangeTimes::now(work.request_time);
             if let Some(stale) = stale {
                 if *conditional && resp.status == 304 {
                     bump(&cache.stats.revalidations);
-                    let fresh = Arc::new(stale.freshen(resp.headers, times, policy, ctx.via()));
-                    if let Some(variant) = parse_forwarded(&work.request_head, |headers| {
-                        cache
-                            .shard
-                            .borrow_mut()
-                            .insert(&work.key, headers, fresh.clone())
-                    }) {
-                        offer(ctx, &work.key, variant, &fresh);
-                    }
+                    let fresh = refreshed(ctx, work, stale, resp);
                     return Action::Serve(HitPlan::new(
                         fresh,
                         HitKind::Revalidated,
@@ -419,6 +401,29 @@ pub fn on_response_head(
             }
         }
     }
+}
+
+/// `stored` with the header fields of `resp` (a 304, or a HEAD's 200),
+/// put back in this worker's shard and offered to the others.
+fn refreshed(
+    ctx: &WorkerCtx,
+    work: &CacheWork,
+    stored: &Stored,
+    resp: &ResponseHead<'_>,
+) -> Arc<Stored> {
+    let cache = ctx.cache.as_ref().expect("cache work implies a cache");
+    let times = ExchangeTimes::now(work.request_time);
+    let policy = policy(ctx, work.route);
+    let fresh = Arc::new(stored.freshen(resp.headers, times, policy, ctx.via()));
+    if let Some(variant) = parse_forwarded(&work.request_head, |headers| {
+        cache
+            .shard
+            .borrow_mut()
+            .insert(&work.key, headers, fresh.clone())
+    }) {
+        offer(ctx, &work.key, variant, &fresh);
+    }
+    fresh
 }
 
 /// The status a response is stored under, and where a stored part sits: a
