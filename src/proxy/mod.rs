@@ -23,6 +23,7 @@
 
 mod answer;
 pub mod cache;
+mod coalescing;
 pub mod fetch;
 mod fill;
 pub mod head;
