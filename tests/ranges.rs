@@ -198,3 +198,19 @@ fn a_purge_removes_stored_parts_too() {
     fetch(&mut c, t, "Range: bytes=2-4\r\n");
     assert_eq!(origin.hits_on(t), 2);
 }
+
+#[test]
+fn parts_and_ranges_are_answered_by_every_worker() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with(&origin, |_, config| config.workers.count = Some(2));
+    let t = "/c?cc=max-age%3D600&body=0123456789&ranges=1";
+    let mut c = Client::connect(gw.listen_addr());
+    assert_eq!(fetch(&mut c, t, "Range: bytes=2-6\r\n").status, 206);
+    // New connections land on both workers: each answers from the one stored part.
+    for _ in 0..16 {
+        let mut c = Client::connect(gw.listen_addr());
+        let r = fetch(&mut c, t, "Range: bytes=3-5\r\nConnection: close\r\n");
+        assert_eq!((r.status, r.text().as_str()), (206, "345"));
+    }
+    assert_eq!(origin.hits_on(t), 1);
+}

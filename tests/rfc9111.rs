@@ -623,3 +623,22 @@ fn vary_on_accept_language_ignores_case_and_q_spelling_but_keeps_order() {
     let reordered = fetch(&mut c, t, "Accept-Language: fr, en-US\r\n");
     assert!(!cache_status(&reordered).contains("hit"));
 }
+
+#[test]
+fn stale_on_error_is_served_by_every_worker() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with(&origin, |_, config| config.workers.count = Some(2));
+    let mut c = Client::connect(gw.listen_addr());
+    assert_eq!(fetch(&mut c, STALE_5S, "").status, 200);
+    origin.stop();
+    for _ in 0..16 {
+        let mut c = Client::connect(gw.listen_addr());
+        let r = fetch(&mut c, STALE_5S, "Connection: close\r\n");
+        assert_eq!(r.status, 200, "{}", cache_status(&r));
+        assert!(
+            cache_status(&r).contains("detail=stale"),
+            "{}",
+            cache_status(&r)
+        );
+    }
+}
