@@ -135,7 +135,18 @@ impl fmt::Display for ProxyError {
     }
 }
 
-impl std::error::Error for ProxyError {}
+impl std::error::Error for ProxyError {
+    /// The I/O error underneath, or the framing rule a message broke.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if let Some(e) = &self.source {
+            return Some(e);
+        }
+        match &self.kind {
+            ErrorKind::BadRequest(e) | ErrorKind::BadResponse(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -149,4 +160,32 @@ pub enum StartError {
     },
     #[error("worker {index}: {reason}")]
     Worker { index: usize, reason: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error;
+
+    #[test]
+    fn the_source_is_the_io_error_or_the_broken_rule() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let refused = ProxyError::upstream(
+            ErrorKind::ConnectRefused,
+            addr,
+            true,
+            Some(io::Error::from(io::ErrorKind::ConnectionRefused)),
+        );
+        assert!(refused.source().is_some_and(|e| e.is::<io::Error>()));
+        let bad = ProxyError::upstream(
+            ErrorKind::BadResponse(HttpError::Malformed),
+            addr,
+            false,
+            None,
+        );
+        assert!(bad.source().is_some_and(|e| e.is::<HttpError>()));
+        assert!(ProxyError::downstream(ErrorKind::ClientTimeout, None)
+            .source()
+            .is_none());
+    }
 }
