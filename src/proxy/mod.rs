@@ -24,7 +24,6 @@
 mod answer;
 pub mod cache;
 mod coalescing;
-pub mod fetch;
 mod fill;
 pub mod head;
 pub mod io;

@@ -99,7 +99,18 @@ pub async fn run(ctx: Rc<WorkerCtx>, job: Refresh) {
     let request_time = SystemTime::now();
     let policy = policy(&ctx, job.route).clone();
     let limit = store_limit(&ctx, &policy);
-    let fetched = super::fetch::fetch_whole(&ctx, job.server, job.upstream_head, limit).await;
+    let fetched = crate::upstream::h1::fetch_whole(
+        &ctx,
+        crate::upstream::h1::WholeRequest {
+            server: job.server,
+            head: job.upstream_head,
+            method: Method::Get,
+            limit,
+            truncate: false,
+            pooled: true,
+        },
+    )
+    .await;
     job.stored.refreshing.store(false, Ordering::Release);
     let fetched = match fetched {
         Ok(f) => f,

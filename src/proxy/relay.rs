@@ -11,13 +11,14 @@ use bytes::{Buf, BytesMut};
 use monoio::net::TcpStream;
 
 use super::head::ClientFraming;
-use super::io::{self, read_some, write_all, Read};
+use super::io::{read_some, write_all, Read};
 use super::upstream::ResponsePlan;
 use super::{cache, Client, Coalescing, Forward, Next};
 use crate::error::{ErrorKind, ProxyError};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::headers::push_hex;
 use crate::http::BodyFraming;
+use crate::upstream::h1::{into_io, read_body_piece};
 use crate::worker::context::WorkerCtx;
 
 /// Relays the body after the head in `out` (already serialised), then
@@ -202,31 +203,6 @@ fn store_captured(
         cache::store(ctx, work, capture);
     }
     coalescing.release();
-}
-
-/// Reads the next piece of a response body. The upstream closing, failing or
-/// stalling before the body is complete is `UpstreamBroken`: the response is
-/// already under way, so the client connection will be closed.
-pub(super) async fn read_body_piece(
-    ctx: &WorkerCtx,
-    upstream: &mut TcpStream,
-    buf: &mut BytesMut,
-    addr: SocketAddr,
-    limit: std::time::Duration,
-) -> Result<(), ProxyError> {
-    let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
-    match read_some(upstream, buf, ctx.per_core.upstream_buffer_size, limit).await {
-        Read::Data(_) => Ok(()),
-        Read::Failed(e) => Err(broken(Some(e))),
-        Read::Eof | Read::TimedOut => Err(broken(None)),
-    }
-}
-
-pub(super) fn into_io(e: io::WriteError) -> Option<std::io::Error> {
-    match e {
-        io::WriteError::Failed(e) => Some(e),
-        io::WriteError::TimedOut => None,
-    }
 }
 
 /// Writes `out` to the client and clears it, keeping its allocation.

@@ -14,13 +14,14 @@ use monoio::net::TcpStream;
 
 use super::head::{self, ClientFraming, ConnectionField};
 use super::io::{self, read_some, write_all, Read};
-use super::relay::{into_io, send_to_client};
+use super::relay::send_to_client;
 use super::{cache, client_may_continue, Client, Forward, Progress, MAX_RESPONSE_HEADERS};
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::header_slots;
 use crate::http::response::parse_response;
 use crate::http::{BodyFraming, HttpError, Version};
+use crate::upstream::h1::{connect, into_io};
 use crate::worker::context::{Stats, WorkerCtx};
 
 /// Counts a request as outstanding to its server (for `least_request` and
@@ -396,32 +397,6 @@ fn response_step(
             invalidate,
         },
     ))
-}
-
-pub(super) async fn connect(
-    ctx: &WorkerCtx,
-    addr: SocketAddr,
-    limit: std::time::Duration,
-) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Stats::bump(&ctx.stats.upstream_connects);
-            Ok(stream)
-        }
-        Ok(Err(e)) => Err(ProxyError::upstream(
-            ErrorKind::ConnectRefused,
-            addr,
-            true,
-            Some(e),
-        )),
-        Err(_) => Err(ProxyError::upstream(
-            ErrorKind::ConnectTimeout,
-            addr,
-            true,
-            None,
-        )),
-    }
 }
 
 /// Moves the request out of the client buffer: the head (already rebuilt in

@@ -6,17 +6,14 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
-
 use crate::bus::Message;
 use crate::config::HealthCheck;
+use crate::http::Method;
 use crate::worker::context::WorkerCtx;
 use crate::worker::signal::{race, Either};
 
-/// Largest probe response read.
-const MAX_PROBE_RESPONSE: usize = 64 * 1024;
+/// Most of a probe's response body looked into.
+const MAX_PROBE_BODY: u64 = 64 * 1024;
 
 /// Starts the probe loops of every group this worker checks.
 pub fn start(ctx: &Rc<WorkerCtx>) {
@@ -72,8 +69,8 @@ async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server
             return;
         }
         let ok = matches!(
-            monoio::time::timeout(check.timeout, probe(&check, addr)).await,
-            Ok(Ok(true))
+            monoio::time::timeout(check.timeout, probe(&ctx, &check, server)).await,
+            Ok(true)
         );
         if ok {
             passes += 1;
@@ -106,45 +103,36 @@ async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server
     }
 }
 
-/// One probe: true when the server answered with an expected status (and body).
-async fn probe(check: &HealthCheck, addr: std::net::SocketAddr) -> std::io::Result<bool> {
-    let mut stream = TcpStream::connect_addr(addr).await?;
+/// One probe, on a connection of its own, through the upstream client
+/// (`super::h1`): true when the server answered with an expected status
+/// (and, if asked, a body holding the expected text in its first 64 KiB).
+async fn probe(ctx: &WorkerCtx, check: &HealthCheck, server: usize) -> bool {
+    let addr = ctx.upstreams.borrow().servers[server];
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
-    let request = format!(
+    let head = format!(
         "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
         check.method, check.path
     );
-    let (result, _) = stream.write_all(request.into_bytes()).await;
-    result?;
-    // Read until the server closes (we asked it to), bounded.
-    let mut response = BytesMut::with_capacity(4096);
-    loop {
-        if response.len() >= MAX_PROBE_RESPONSE {
-            break;
-        }
-        response.reserve(4096);
-        let (len, cap) = (response.len(), response.capacity());
-        let (result, buf) = stream
-            .read(monoio::buf::SliceMut::new(response, len, cap))
-            .await;
-        response = buf.into_inner();
-        if result? == 0 {
-            break;
-        }
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Response::new(&mut headers);
-    let Ok(httparse::Status::Complete(head_len)) = parsed.parse(&response) else {
-        return Ok(false);
+    let request = super::h1::WholeRequest {
+        server,
+        head: head.into_bytes(),
+        method: Method::from_bytes(check.method.as_bytes()),
+        limit: MAX_PROBE_BODY,
+        truncate: true,
+        pooled: false,
     };
-    let status = parsed.code.unwrap_or(0);
+    let Ok(response) = super::h1::fetch_whole(ctx, request).await else {
+        return false;
+    };
+    let status = response.status;
     let status_ok = if check.expect_status.is_empty() {
         (200..400).contains(&status)
     } else {
         check.expect_status.contains(&status)
     };
-    let body_ok = check.expect_body.as_ref().is_none_or(|needle| {
-        memchr::memmem::find(&response[head_len..], needle.as_bytes()).is_some()
-    });
-    Ok(status_ok && body_ok)
+    let body_ok = check
+        .expect_body
+        .as_ref()
+        .is_none_or(|needle| memchr::memmem::find(&response.body, needle.as_bytes()).is_some());
+    status_ok && body_ok
 }

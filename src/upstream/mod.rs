@@ -5,6 +5,7 @@
 pub mod balancer;
 pub mod discovery;
 pub mod dns;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod retry;
