@@ -126,8 +126,7 @@ async fn run(ctx: Rc<WorkerCtx>, fill: Rc<Fill>, mut job: Job) {
             if ending == Ending::Clean && job.reusable {
                 ctx.upstreams
                     .borrow_mut()
-                    .pool
-                    .put(job.server, job.upstream);
+                    .give_back(job.server, job.upstream);
             }
         }
         Err(e) => {

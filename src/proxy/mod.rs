@@ -341,7 +341,7 @@ fn plan_request(
         return refuse(503, answered);
     }
     if !caches {
-        let forwarded = upstream_request(&upstreams.server_hosts[server]);
+        let forwarded = upstream_request(upstreams.host_of(server));
         out.clear();
         head::write_forwarded_head(out, &req, &forwarded, &mut composed);
     }
@@ -679,7 +679,7 @@ async fn respond(
         upstream::Answer::Relay(plan) => plan,
         upstream::Answer::Serve(hit, reusable_now) => {
             if reusable_now && ubuf.is_empty() {
-                ctx.upstreams.borrow_mut().pool.put(forward.server, stream);
+                ctx.upstreams.borrow_mut().give_back(forward.server, stream);
             }
             ctx.give_read_buffer(ubuf);
             coalescing.release();

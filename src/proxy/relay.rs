@@ -180,8 +180,7 @@ pub(super) async fn body(
     if upstream_clean && ubuf.is_empty() {
         ctx.upstreams
             .borrow_mut()
-            .pool
-            .put(forward.server, upstream);
+            .give_back(forward.server, upstream);
     }
     Ok(if plan.keep_client {
         Next::KeepAlive

@@ -33,9 +33,7 @@ pub(super) struct InFlight {
 
 impl InFlight {
     pub(super) fn new(ctx: &Rc<WorkerCtx>, server: usize) -> Self {
-        let upstreams = ctx.upstreams.borrow();
-        let load = &upstreams.loads[server].outstanding;
-        load.set(load.get() + 1);
+        ctx.upstreams.borrow().add_outstanding(server, 1);
         InFlight {
             ctx: ctx.clone(),
             server,
@@ -45,9 +43,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let upstreams = self.ctx.upstreams.borrow();
-        let load = &upstreams.loads[self.server].outstanding;
-        load.set(load.get().saturating_sub(1));
+        self.ctx.upstreams.borrow().add_outstanding(self.server, -1);
     }
 }
 
@@ -190,8 +186,8 @@ async fn attempt(
     progress: &mut Progress,
     body_in_out: bool,
 ) -> Result<(TcpStream, SocketAddr, Answer), ProxyError> {
-    let addr = ctx.upstreams.borrow().servers[forward.server];
-    let pooled = ctx.upstreams.borrow_mut().pool.take(forward.server);
+    let addr = ctx.upstreams.borrow().addr(forward.server);
+    let pooled = ctx.upstreams.borrow_mut().take_connection(forward.server);
     let (mut upstream, mut reused) = match pooled {
         Some(stream) => {
             Stats::bump(&ctx.stats.upstream_reuses);
@@ -232,7 +228,9 @@ async fn attempt(
     ubuf.advance(head_len);
     progress.response_started = true;
     let now = Instant::now();
-    ctx.upstreams.borrow().loads[forward.server].record_latency(now - sent_at, now);
+    ctx.upstreams
+        .borrow()
+        .record_latency(forward.server, now - sent_at, now);
     Ok((upstream, addr, answer))
 }
 

@@ -99,11 +99,11 @@ pub struct Fetched {
 pub async fn fetch_whole(ctx: &WorkerCtx, request: WholeRequest) -> Result<Fetched, ProxyError> {
     let timeouts = &ctx.config.timeouts;
     let (server, limit) = (request.server, request.limit);
-    let addr = ctx.upstreams.borrow().servers[server];
+    let addr = ctx.upstreams.borrow().addr(server);
     let bad = |e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None);
     let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
     let pooled = if request.pooled {
-        ctx.upstreams.borrow_mut().pool.take(server)
+        ctx.upstreams.borrow_mut().take_connection(server)
     } else {
         None
     };
@@ -239,7 +239,7 @@ pub async fn fetch_whole(ctx: &WorkerCtx, request: WholeRequest) -> Result<Fetch
         && framing != BodyFraming::UntilClose
         && buf.is_empty()
     {
-        ctx.upstreams.borrow_mut().pool.put(server, stream);
+        ctx.upstreams.borrow_mut().give_back(server, stream);
     } else {
         drop::<TcpStream>(stream);
     }

@@ -34,7 +34,7 @@ pub fn watch(ctx: &Rc<WorkerCtx>, group: usize, servers: &[usize]) {
     }
     for &server in servers {
         let upstreams = ctx.upstreams.borrow();
-        let running = &upstreams.probing[server];
+        let running = upstreams.probing(server);
         if !running.replace(true) {
             monoio::spawn(probe_loop(ctx.clone(), check.clone(), group, server));
         }
@@ -42,7 +42,7 @@ pub fn watch(ctx: &Rc<WorkerCtx>, group: usize, servers: &[usize]) {
 }
 
 async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server: usize) {
-    let addr = ctx.upstreams.borrow().servers[server];
+    let addr = ctx.upstreams.borrow().addr(server);
     let mut healthy = true;
     let (mut passes, mut failures) = (0u32, 0u32);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (server as u64).wrapping_mul(0xA24B_AED4_963E_E407);
@@ -65,7 +65,7 @@ async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server
         }
         // A server that discovery removed is no longer probed.
         if !ctx.upstreams.borrow().members(group).contains(&server) {
-            ctx.upstreams.borrow().probing[server].set(false);
+            ctx.upstreams.borrow().probing(server).set(false);
             return;
         }
         let ok = matches!(
@@ -107,7 +107,7 @@ async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server
 /// (`super::h1`): true when the server answered with an expected status
 /// (and, if asked, a body holding the expected text in its first 64 KiB).
 async fn probe(ctx: &WorkerCtx, check: &HealthCheck, server: usize) -> bool {
-    let addr = ctx.upstreams.borrow().servers[server];
+    let addr = ctx.upstreams.borrow().addr(server);
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
     let head = format!(
         "{} {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",

@@ -22,9 +22,9 @@ use pool::Pool;
 /// One worker's view of every upstream group.
 pub struct Upstreams {
     /// Every server of every group; a server's index is its identity in the pool.
-    pub servers: Vec<SocketAddr>,
+    servers: Vec<SocketAddr>,
     /// `ip:port` of each server, for the Host header of HTTP/1.0 requests that had none.
-    pub server_hosts: Vec<String>,
+    server_hosts: Vec<String>,
     groups: Vec<Balancer>,
     /// Each group's policy (for what a `hash` group reads from the request).
     policies: Vec<BalancePolicy>,
@@ -46,15 +46,66 @@ pub struct Upstreams {
     /// The group each server belongs to, indexed like `servers`.
     owner: Vec<usize>,
     /// Whether a probe loop runs for each server (on the probing worker).
-    pub probing: Vec<std::cell::Cell<bool>>,
+    probing: Vec<std::cell::Cell<bool>>,
     worker_index: usize,
     /// This worker's view of each server's load, indexed like `servers`.
-    pub loads: Vec<ServerLoad>,
+    loads: Vec<ServerLoad>,
     rng: Rng,
-    pub pool: Pool,
+    pool: Pool,
 }
 
 impl Upstreams {
+    /// The address of server `server`.
+    pub fn addr(&self, server: usize) -> SocketAddr {
+        self.servers[server]
+    }
+
+    /// `ip:port` of server `server`, for a request that came without a host.
+    pub fn host_of(&self, server: usize) -> &str {
+        &self.server_hosts[server]
+    }
+
+    /// An idle pooled connection to `server` that is still quiet, if any.
+    pub fn take_connection(&mut self, server: usize) -> Option<monoio::net::TcpStream> {
+        self.pool.take(server)
+    }
+
+    /// Returns a connection that finished an exchange cleanly to the pool.
+    pub fn give_back(&mut self, server: usize, stream: monoio::net::TcpStream) {
+        self.pool.put(server, stream);
+    }
+
+    /// Closes pooled connections idle for too long.
+    pub fn sweep_pool(&mut self) {
+        self.pool.sweep();
+    }
+
+    /// Idle pooled connections, and how many were discarded on checkout.
+    pub fn pool_counts(&self) -> (usize, u64) {
+        (self.pool.idle_counts().iter().sum(), self.pool.discarded)
+    }
+
+    /// One more (`+1`) or one fewer (`-1`) request in flight to `server`.
+    pub fn add_outstanding(&self, server: usize, delta: i32) {
+        let load = &self.loads[server].outstanding;
+        load.set(load.get().saturating_add_signed(delta as _));
+    }
+
+    /// A response head from `server` took `latency` (for `peak_ewma`).
+    pub fn record_latency(
+        &self,
+        server: usize,
+        latency: std::time::Duration,
+        now: std::time::Instant,
+    ) {
+        self.loads[server].record_latency(latency, now);
+    }
+
+    /// Whether a probe loop runs for `server` (on the probing worker).
+    pub fn probing(&self, server: usize) -> &std::cell::Cell<bool> {
+        &self.probing[server]
+    }
+
     pub fn new(config: &Config, per_core: &PerCoreConfig, worker_index: usize) -> Upstreams {
         let mut servers = Vec::new();
         let mut groups = Vec::new();

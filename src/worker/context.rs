@@ -166,7 +166,7 @@ impl WorkerCtx {
     pub fn snapshot(&self) -> serde_json::Value {
         let s = &self.stats;
         let upstreams = self.upstreams.borrow();
-        let idle: usize = upstreams.pool.idle_counts().iter().sum();
+        let (idle, discarded) = upstreams.pool_counts();
         let mut v = serde_json::json!({
             "worker": self.index,
             "connections": self.active.get(),
@@ -178,7 +178,7 @@ impl WorkerCtx {
             "upstream_errors": s.upstream_errors.get(),
             "client_errors": s.client_errors.get(),
             "upstream_pool_idle": idle,
-            "upstream_pool_discarded": upstreams.pool.discarded,
+            "upstream_pool_discarded": discarded,
             "panics": s.panics.get(),
             "breaker_trips": s.breaker_trips.get(),
             "connection_cap_reached": s.connection_cap_reached.get(),

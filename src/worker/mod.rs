@@ -266,7 +266,7 @@ async fn sweep_pool(ctx: Rc<WorkerCtx>) {
     loop {
         match race(monoio::time::sleep(period), ctx.drain_started()).await {
             Either::Left(()) => {
-                ctx.upstreams.borrow_mut().pool.sweep();
+                ctx.upstreams.borrow_mut().sweep_pool();
                 ctx.trim_buffers();
             }
             Either::Right(()) => return,
