@@ -643,52 +643,8 @@ async fn read_response_head(
                 }
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let read = read_some(upstream, ubuf, ctx.per_core.upstream_buffer_size, left).await;
-        // Closed or reset before a single response byte: the request may be retried.
-        let early = !received_any;
-        match read {
-            Read::Data(_) => received_any = true,
-            Read::TimedOut => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::ResponseTimeout,
-                    addr,
-                    false,
-                    None,
-                ))
-            }
-            Read::Eof if early => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamClosedEarly,
-                    addr,
-                    true,
-                    None,
-                ))
-            }
-            Read::Failed(e) if early => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamClosedEarly,
-                    addr,
-                    true,
-                    Some(e),
-                ))
-            }
-            Read::Eof => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::BadResponse(HttpError::Malformed),
-                    addr,
-                    false,
-                    None,
-                ))
-            }
-            Read::Failed(e) => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamClosedEarly,
-                    addr,
-                    false,
-                    Some(e),
-                ))
-            }
-        }
+        crate::upstream::h1::read_head_piece(ctx, upstream, ubuf, addr, deadline, received_any)
+            .await?;
+        received_any = true;
     }
 }

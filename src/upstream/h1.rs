@@ -70,6 +70,30 @@ pub fn into_io(e: io::WriteError) -> Option<std::io::Error> {
     }
 }
 
+/// Reads more of a response head, before `deadline`. A close or reset
+/// before any byte of it (`received_any` false) may be retried: the server
+/// never began to answer. One after some bytes is a broken response.
+pub async fn read_head_piece(
+    ctx: &WorkerCtx,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    addr: SocketAddr,
+    deadline: std::time::Instant,
+    received_any: bool,
+) -> Result<(), ProxyError> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let error =
+        |kind, retry_safe, source| Err(ProxyError::upstream(kind, addr, retry_safe, source));
+    match read_some(stream, buf, ctx.per_core.upstream_buffer_size, left).await {
+        Read::Data(_) => Ok(()),
+        Read::TimedOut => error(ErrorKind::ResponseTimeout, false, None),
+        Read::Eof if !received_any => error(ErrorKind::UpstreamClosedEarly, true, None),
+        Read::Failed(e) if !received_any => error(ErrorKind::UpstreamClosedEarly, true, Some(e)),
+        Read::Eof => error(ErrorKind::BadResponse(HttpError::Malformed), false, None),
+        Read::Failed(e) => error(ErrorKind::UpstreamClosedEarly, false, Some(e)),
+    }
+}
+
 /// A request sent with no client attached (a background refresh, a health probe).
 pub struct WholeRequest {
     pub server: usize,
@@ -140,34 +164,8 @@ pub async fn fetch_whole(ctx: &WorkerCtx, request: WholeRequest) -> Result<Fetch
             }
             None => {}
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match read_some(
-            &mut stream,
-            &mut buf,
-            ctx.per_core.upstream_buffer_size,
-            left,
-        )
-        .await
-        {
-            Read::Data(_) => {}
-            Read::TimedOut => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::ResponseTimeout,
-                    addr,
-                    false,
-                    None,
-                ))
-            }
-            Read::Eof => {
-                return Err(ProxyError::upstream(
-                    ErrorKind::UpstreamClosedEarly,
-                    addr,
-                    false,
-                    None,
-                ))
-            }
-            Read::Failed(e) => return Err(broken(Some(e))),
-        }
+        let received_any = !buf.is_empty();
+        read_head_piece(ctx, &mut stream, &mut buf, addr, deadline, received_any).await?;
     };
     let head = buf.split_to(head_len).to_vec();
     let mut body = Vec::new();
