@@ -30,6 +30,14 @@ pub enum ErrorKind {
     ClientIo,
     /// No route matches the request.
     NoRoute,
+    /// The route's session token is missing or does not verify.
+    Unauthorized,
+    /// `only-if-cached` and nothing usable is stored.
+    NotCached,
+    /// Every server of the group is down and it does not fail open.
+    NoHealthyServer,
+    /// A circuit breaker's cap is reached.
+    OverCapacity,
     ConnectRefused,
     ConnectTimeout,
     /// The upstream closed or reset before sending any response byte.
@@ -87,11 +95,22 @@ impl ProxyError {
     /// The status to answer with, or `None` when no response can be sent
     /// (the client is gone, or a response was already under way).
     pub fn status(&self) -> Option<u16> {
-        match self.kind {
+        self.kind.status()
+    }
+}
+
+impl ErrorKind {
+    /// The one table from what went wrong to the status the client gets
+    /// (`None`: no response can be sent).
+    pub fn status(self) -> Option<u16> {
+        match self {
             ErrorKind::BadRequest(e) => Some(e.status()),
             ErrorKind::ClientTimeout => Some(408),
             ErrorKind::ClientIo | ErrorKind::UpstreamBroken => None,
             ErrorKind::NoRoute => Some(404),
+            ErrorKind::Unauthorized => Some(401),
+            ErrorKind::NotCached => Some(504),
+            ErrorKind::NoHealthyServer | ErrorKind::OverCapacity => Some(503),
             ErrorKind::ConnectRefused
             | ErrorKind::UpstreamClosedEarly
             | ErrorKind::BadResponse(_) => Some(502),
@@ -115,6 +134,10 @@ impl fmt::Display for ProxyError {
             ErrorKind::ClientTimeout => "client timed out",
             ErrorKind::ClientIo => "client connection failed",
             ErrorKind::NoRoute => "no route matches",
+            ErrorKind::Unauthorized => "session token refused",
+            ErrorKind::NotCached => "only-if-cached and nothing usable stored",
+            ErrorKind::NoHealthyServer => "no healthy server in the group",
+            ErrorKind::OverCapacity => "circuit breaker open",
             ErrorKind::ConnectRefused => "upstream connect failed",
             ErrorKind::ConnectTimeout => "upstream connect timed out",
             ErrorKind::UpstreamClosedEarly => "upstream closed before responding",

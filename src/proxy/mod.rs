@@ -41,7 +41,7 @@ use bytes::BytesMut;
 use monoio::net::TcpStream;
 
 use crate::config::MAX_HEADERS_CAP;
-use crate::error::{ProxyError, Side};
+use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::request::{header_slots, parse_request};
 use crate::http::{BodyFraming, HttpError, Method, Version};
 use crate::route::Found;
@@ -111,8 +111,9 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr, conn
 enum Plan {
     Forward(Forward),
     /// Answer locally with this status (no route, body too large).
+    /// Answer the gateway's own error (its status from `ErrorKind::status`).
     Refuse {
-        status: u16,
+        error: ErrorKind,
         request: Answered,
     },
     /// Answer from the cache.
@@ -199,7 +200,7 @@ fn plan_request(
         head_only: req.method == Method::Head,
         version: req.version,
     };
-    let refuse = |status, request| Ok(Some(Plan::Refuse { status, request }));
+    let refuse = |error, request| Ok(Some(Plan::Refuse { error, request }));
     // PURGE /path (Varnish and nginx convention): handled here when this gateway caches.
     if req.method_name == "PURGE" && ctx.cache.is_some() {
         let urls = crate::cache::key::url_keys(
@@ -224,7 +225,7 @@ fn plan_request(
         .router
         .find(req.host, req.path, req.method_name, req.headers)
     {
-        None => return refuse(404, answered),
+        None => return refuse(ErrorKind::NoRoute, answered),
         Some(Found::AddSlash(_)) => {
             let query = &req.path_and_query[req.path.len()..];
             return Ok(Some(Plan::Redirect {
@@ -242,7 +243,7 @@ fn plan_request(
     };
     if let (BodyFraming::Length(n), Some(max)) = (req.body, limits.max_request_body) {
         if n > max {
-            return refuse(413, answered);
+            return refuse(ErrorKind::BadRequest(HttpError::BodyTooLarge), answered);
         }
     }
     let route = ctx.router.route(route_index);
@@ -257,7 +258,7 @@ fn plan_request(
             Ok(identity) => identity,
             Err(e) => {
                 tracing::debug!(worker = ctx.index, route = %route.name, error = %e, "session token refused");
-                return refuse(401, answered);
+                return refuse(ErrorKind::Unauthorized, answered);
             }
         },
     };
@@ -293,7 +294,7 @@ fn plan_request(
                     hit,
                 }))
             }
-            cache::Decision::OnlyIfCachedMiss => return refuse(504, answered),
+            cache::Decision::OnlyIfCachedMiss => return refuse(ErrorKind::NotCached, answered),
             cache::Decision::NotCached => {
                 head::write_request_head(out, &req, &forwarded, fields.as_slice())
             }
@@ -329,7 +330,7 @@ fn plan_request(
                         hit,
                     }));
                 }
-                return refuse(503, answered);
+                return refuse(ErrorKind::NoHealthyServer, answered);
             };
             // Sticky groups pin (or re-pin) the client to the server chosen.
             (server, upstreams.pin_cookie(route.upstream, server))
@@ -338,7 +339,7 @@ fn plan_request(
     if upstreams.over_capacity(route.upstream, server) {
         // Fail fast rather than pile more work on a saturated server or group.
         Stats::bump(&ctx.stats.breaker_trips);
-        return refuse(503, answered);
+        return refuse(ErrorKind::OverCapacity, answered);
     }
     if !caches {
         let forwarded = upstream_request(upstreams.host_of(server));
@@ -501,7 +502,8 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     Stats::bump(&ctx.stats.requests);
 
     match plan {
-        Plan::Refuse { status, request } => {
+        Plan::Refuse { error, request } => {
+            let status = error.status().unwrap_or(500);
             out.clear();
             let keep = finish_unforwarded(ctx, client, &request);
             if respond_error(ctx, client, out, status, !keep, request.head_only).await && keep {
