@@ -1,0 +1,47 @@
+//! Unit tests of the connection task: the size of what an idle connection holds.
+
+/// An idle keep-alive connection holds its task's future (`serve`) and
+/// the boxed exchange loop: together they must stay a few KiB, or 10,000
+/// idle connections stop fitting in 64 MiB.
+#[test]
+fn connection_future_stays_small() {
+    fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
+        let config = std::sync::Arc::new(crate::config::Config::quick(addr, vec![addr]));
+        let (bus, mut receivers) = crate::bus::Bus::new(1, 16);
+        let _receiver = receivers.remove(0);
+        let claims = std::sync::Arc::new(crate::cache::claims::Claims::new(1));
+        let ctx = std::rc::Rc::new(crate::worker::context::WorkerCtx::new(
+            0,
+            config,
+            Default::default(),
+            bus,
+            claims,
+        ));
+        let mut client = super::Client {
+            conn: 0,
+            stream: monoio::net::TcpStream::connect_addr(addr).await.unwrap(),
+            buf: bytes::BytesMut::new(),
+            peer_ip: String::new(),
+            peer: addr.ip(),
+            served: 0,
+            hit_buf: None,
+            sent_continue: false,
+        };
+        let exchange = size_of_future(&super::exchange(&ctx, &mut client));
+        let serve = size_of_future(&super::serve(ctx.clone(), stream, addr, 0));
+        assert!(
+            serve + exchange <= 4 * 1024,
+            "serve {serve} + exchange {exchange} bytes"
+        );
+    });
+}
