@@ -13,6 +13,7 @@
 //! - [`route`]: the route table
 //! - [`proxy`]: the connection task and request relay
 //! - [`upstream`]: balancers and the keep-alive pool
+//! - [`tls`]: TLS termination (certificates, SNI, the rustls adapter)
 //! - [`demo`]: the built-in demo origin
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod http;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 
@@ -69,8 +71,33 @@ impl Gateway {
         for l in &config.listeners {
             listeners.push(ListenerConfig {
                 address: probe_bind(l.address)?,
-                backlog: l.backlog,
+                ..l.clone()
             });
+        }
+        // TLS listeners: certificates loaded once, one ticket key for all workers.
+        let mut terminators = Vec::new();
+        let mut tickets = None;
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(tls) = &l.tls else {
+                terminators.push(None);
+                continue;
+            };
+            let config_error = |reason: String| {
+                StartError::Config(config::ConfigError {
+                    file: config.source.clone(),
+                    key: format!("listeners[{i}].tls"),
+                    reason,
+                })
+            };
+            let tickets = match &tickets {
+                Some(t) => Arc::clone(t),
+                None => tickets
+                    .insert(tls::shared_ticketer().map_err(config_error)?)
+                    .clone(),
+            };
+            terminators.push(Some(
+                tls::Terminator::new(tls, tickets).map_err(config_error)?,
+            ));
         }
 
         let admin_addr = match &config.admin {
@@ -107,6 +134,7 @@ impl Gateway {
                 core,
                 config: config.clone(),
                 listeners: listeners.clone(),
+                terminators: terminators.clone(),
                 stop: stop.clone(),
                 mailbox: bus::Mailbox::new(bus.clone(), receiver, worker),
                 claims: claims.clone(),

@@ -43,6 +43,10 @@ enum Command {
         /// Where the gateway listens (default: the default config's listener, 127.0.0.1:8080).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Also serve HTTPS here, with a self-signed certificate made at start
+        /// for localhost and 127.0.0.1 (try `curl -k https://...`).
+        #[arg(long)]
+        tls_listen: Option<SocketAddr>,
     },
 }
 
@@ -81,6 +85,12 @@ struct QuickArgs {
     /// Event loop: auto (io_uring, else epoll), io_uring or epoll.
     #[arg(long, value_parser = ["auto", "io_uring", "epoll"])]
     driver: Option<String>,
+    /// Terminate TLS on --listen with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl QuickArgs {
@@ -94,6 +104,18 @@ impl QuickArgs {
             servers.push(addr);
         }
         let mut config = Config::quick(self.listen, servers);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let files = config::CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ocsp: None,
+            };
+            ringgate::tls::certs::load(&files, std::time::SystemTime::now())
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+            config.listeners[0].tls = Some(config::ListenerTls {
+                certificates: vec![files],
+            });
+        }
         if let Some(n) = self.workers {
             if n == 0 {
                 return Err("--workers must be at least 1".into());
@@ -187,7 +209,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Demo { listen } => demo(listen),
+        Command::Demo { listen, tls_listen } => demo(listen, tls_listen),
     }
 }
 
@@ -253,7 +275,22 @@ fn wait_for_signal(handle: Handle, mut signals: signal_hook::iterator::Signals) 
     ExitCode::SUCCESS
 }
 
-fn demo(listen: Option<SocketAddr>) -> ExitCode {
+/// Writes a self-signed certificate for the demo's HTTPS listener.
+fn demo_certificate() -> Result<config::CertificateFiles, String> {
+    let (cert, key) = ringgate::tls::certs::self_signed(&["localhost", "127.0.0.1"])?;
+    let dir = std::env::temp_dir().join(format!("ringgate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let files = config::CertificateFiles {
+        cert: dir.join("demo.crt"),
+        key: dir.join("demo.key"),
+        ocsp: None,
+    };
+    std::fs::write(&files.cert, cert).map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    std::fs::write(&files.key, key).map_err(|e| format!("{}: {e}", files.key.display()))?;
+    Ok(files)
+}
+
+fn demo(listen: Option<SocketAddr>, tls_listen: Option<SocketAddr>) -> ExitCode {
     let mut config = match Config::parse(config::SHIPPED_CONFIG) {
         Ok(c) => c,
         Err(e) => {
@@ -263,6 +300,23 @@ fn demo(listen: Option<SocketAddr>) -> ExitCode {
     };
     if let Some(addr) = listen {
         config.listeners[0].address = addr;
+    }
+    if let Some(address) = tls_listen {
+        let files = match demo_certificate() {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("ringgate: demo certificate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        config.listeners.push(config::ListenerConfig {
+            address,
+            backlog: 4096,
+            tls: Some(config::ListenerTls {
+                certificates: vec![files],
+            }),
+            redirect_https: None,
+        });
     }
     let origin_addr = config.upstreams[0].servers[0].address;
     let origin = match DemoOrigin::start(origin_addr) {
@@ -292,6 +346,9 @@ fn demo(listen: Option<SocketAddr>) -> ExitCode {
     println!(
         "  curl -i -X PUT -H 'Content-Type: application/json' -d '{{\"id\":1,\"name\":\"Espresso cup\",\"price_cents\":1100,\"stock\":9}}' http://{gw}/products/1"
     );
+    if let Some(tls) = handle.listen_addrs().get(1) {
+        println!("  curl -ik https://{tls}/products   (self-signed certificate)");
+    }
     println!("Press Ctrl-C to stop.");
     let code = wait_for_signal(handle, signals);
     drop(origin);

@@ -378,6 +378,24 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["per_ip_refused"],
     ),
     (
+        "ringgate_tls_handshakes_total",
+        "TLS handshakes completed.",
+        "counter",
+        &["tls", "handshakes"],
+    ),
+    (
+        "ringgate_tls_resumed_total",
+        "TLS handshakes that resumed a session (ticket or session ID).",
+        "counter",
+        &["tls", "resumed"],
+    ),
+    (
+        "ringgate_tls_handshake_failures_total",
+        "TLS handshakes that failed (by reason in /stats).",
+        "counter",
+        &["tls", "failed"],
+    ),
+    (
         "ringgate_cache_hits_total",
         "Requests answered from the cache.",
         "counter",
@@ -730,6 +748,7 @@ mod tests {
         let mut from_request = Vec::new();
         key::primary_key(
             &mut from_request,
+            false,
             "shop.test",
             "/a?b=1",
             &Default::default(),

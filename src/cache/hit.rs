@@ -63,6 +63,12 @@ impl HitBuf {
         parts.count = count;
     }
 
+    /// The three parts, in write order (for a TLS session, which encrypts
+    /// them instead of handing iovecs to the kernel).
+    pub fn parts(&self) -> [&[u8]; 3] {
+        [&self.0.head, &self.0.suffix, &self.0.body]
+    }
+
     /// Bytes still to write.
     pub fn remaining(&self) -> usize {
         self.0.iov[..self.0.count].iter().map(|v| v.iov_len).sum()

@@ -1,6 +1,8 @@
 //! Cache keys, and the only code that knows their format.
 //!
-//! A primary key is the **URL part** `http://host[:port]/path?query`, then
+//! A primary key is the **URL part** `scheme://host[:port]/path?query`
+//! (`https` for requests that came over TLS, which are forwarded with
+//! `X-Forwarded-Proto: https` and may be answered differently), then
 //! one `\nh:name=value` per header and `\nc:name=value` per cookie the
 //! route adds. A `Vary` variant's secondary key is the primary key, `\0vary`
 //! and the varied values (`super::vary`). The authority and path come in
@@ -20,11 +22,22 @@ use crate::http::headers::{name_is, trim};
 
 /// Writes the URL part of a key into `out` (cleared first): scheme, the
 /// canonical authority, the canonical path and the query as `query` keeps it.
-pub fn url_key(out: &mut Vec<u8>, authority: &str, path_and_query: &str, query_policy: &QueryKey) {
+pub fn url_key(
+    out: &mut Vec<u8>,
+    https: bool,
+    authority: &str,
+    path_and_query: &str,
+    query_policy: &QueryKey,
+) {
     out.clear();
-    out.extend_from_slice(b"http://");
     // Defensive: the authority is canonical already on the request path.
-    let authority = authority.strip_suffix(":80").unwrap_or(authority);
+    let authority = if https {
+        out.extend_from_slice(b"https://");
+        authority.strip_suffix(":443").unwrap_or(authority)
+    } else {
+        out.extend_from_slice(b"http://");
+        authority.strip_suffix(":80").unwrap_or(authority)
+    };
     out.extend(authority.bytes().map(|b| b.to_ascii_lowercase()));
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -57,12 +70,13 @@ pub fn url_key(out: &mut Vec<u8>, authority: &str, path_and_query: &str, query_p
 /// request as forwarded).
 pub fn primary_key(
     out: &mut Vec<u8>,
+    https: bool,
     authority: &str,
     path_and_query: &str,
     policy: &CachePolicy,
     headers: &[Header<'_>],
 ) {
-    url_key(out, authority, path_and_query, &policy.query);
+    url_key(out, https, authority, path_and_query, &policy.query);
     for name in &policy.key_headers {
         out.extend_from_slice(b"\nh:");
         out.extend_from_slice(name.as_bytes());
@@ -92,16 +106,21 @@ pub fn url_keys<'a>(
     let mut keys: Vec<Box<[u8]>> = Vec::new();
     let mut out = Vec::new();
     let mut any = false;
+    // A purge of a URL reaches it under both schemes.
     for policy in policies {
         any = true;
-        url_key(&mut out, authority, path_and_query, &policy.query);
-        if !keys.iter().any(|k| **k == *out) {
-            keys.push(out.as_slice().into());
+        for https in [false, true] {
+            url_key(&mut out, https, authority, path_and_query, &policy.query);
+            if !keys.iter().any(|k| **k == *out) {
+                keys.push(out.as_slice().into());
+            }
         }
     }
     if !any {
-        url_key(&mut out, authority, path_and_query, &QueryKey::Full);
-        keys.push(out.as_slice().into());
+        for https in [false, true] {
+            url_key(&mut out, https, authority, path_and_query, &QueryKey::Full);
+            keys.push(out.as_slice().into());
+        }
     }
     keys
 }
@@ -129,7 +148,12 @@ pub fn url_part(key: &[u8]) -> &[u8] {
 pub fn url_of(key: &[u8]) -> Option<(&str, &str)> {
     let rest = std::str::from_utf8(url_part(key))
         .ok()?
-        .strip_prefix("http://")?;
+        .strip_prefix("http://")
+        .or_else(|| {
+            std::str::from_utf8(url_part(key))
+                .ok()?
+                .strip_prefix("https://")
+        })?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -160,7 +184,7 @@ mod tests {
 
     fn key(authority: &str, pq: &str, policy: &CachePolicy, headers: &[Header<'_>]) -> String {
         let mut out = Vec::new();
-        primary_key(&mut out, authority, pq, policy, headers);
+        primary_key(&mut out, false, authority, pq, policy, headers);
         String::from_utf8(out).unwrap()
     }
 
@@ -220,9 +244,21 @@ mod tests {
             ..Default::default()
         };
         let keys = url_keys("h", "/p?a=1", [&full, &ignore, &full].into_iter());
-        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.len(), 4);
         assert_eq!(&*keys[0], b"http://h/p?a=1");
-        assert_eq!(&*keys[1], b"http://h/p");
+        assert_eq!(&*keys[1], b"https://h/p?a=1");
+        assert_eq!(&*keys[2], b"http://h/p");
+        assert_eq!(&*keys[3], b"https://h/p");
+    }
+
+    #[test]
+    fn the_scheme_is_in_the_key() {
+        let (mut plain, mut tls) = (Vec::new(), Vec::new());
+        url_key(&mut plain, false, "h", "/p", &QueryKey::Full);
+        url_key(&mut tls, true, "h:443", "/p", &QueryKey::Full);
+        assert_eq!(plain, b"http://h/p");
+        assert_eq!(tls, b"https://h/p");
+        assert_eq!(url_of(&tls), Some(("h", "/p")));
     }
 
     #[test]

@@ -125,6 +125,8 @@ impl Config {
             listeners: vec![ListenerConfig {
                 address: listen,
                 backlog: 4096,
+                tls: None,
+                redirect_https: None,
             }],
             workers: WorkersConfig::default(),
             timeouts: Timeouts::default(),
@@ -250,6 +252,30 @@ impl Config {
     }
 }
 
+/// A listener's `tls` table: every certificate is loaded and checked here,
+/// so `check` and start refuse a file that would fail clients.
+fn listener_tls(i: usize, raw: &raw::RawListenerTls) -> Result<ListenerTls, ConfigError> {
+    if raw.certificates.is_empty() {
+        return Err(invalid(
+            format!("listeners[{i}].tls.certificates"),
+            "at least one certificate is required",
+        ));
+    }
+    let now = std::time::SystemTime::now();
+    let mut certificates = Vec::new();
+    for (j, c) in raw.certificates.iter().enumerate() {
+        let files = CertificateFiles {
+            cert: PathBuf::from(&c.cert),
+            key: PathBuf::from(&c.key),
+            ocsp: c.ocsp.as_ref().map(PathBuf::from),
+        };
+        crate::tls::certs::load(&files, now)
+            .map_err(|reason| invalid(format!("listeners[{i}].tls.certificates[{j}]"), reason))?;
+        certificates.push(files);
+    }
+    Ok(ListenerTls { certificates })
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
@@ -271,7 +297,33 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "must be at least 1",
             ));
         }
-        listeners.push(ListenerConfig { address, backlog });
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => Some(listener_tls(i, t)?),
+        };
+        let redirect_https = match &l.redirect_https {
+            None | Some(toml::Value::Boolean(false)) => None,
+            Some(toml::Value::Boolean(true)) => Some(443),
+            Some(toml::Value::Integer(p)) if (1..=65535).contains(p) => Some(*p as u16),
+            Some(_) => {
+                return Err(invalid(
+                    format!("listeners[{i}].redirect_https"),
+                    "must be true (port 443) or a port number",
+                ))
+            }
+        };
+        if tls.is_some() && redirect_https.is_some() {
+            return Err(invalid(
+                format!("listeners[{i}].redirect_https"),
+                "a TLS listener cannot redirect to HTTPS; set it on the plain listener",
+            ));
+        }
+        listeners.push(ListenerConfig {
+            address,
+            backlog,
+            tls,
+            redirect_https,
+        });
     }
     if listeners.is_empty() {
         return Err(invalid(

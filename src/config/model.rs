@@ -22,6 +22,27 @@ pub enum DriverChoice {
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub backlog: u32,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTls>,
+    /// Answer every request on this (plain) listener with a redirect to
+    /// `https://` on this port.
+    pub redirect_https: Option<u16>,
+}
+
+/// `tls = { certificates = [...] }` on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Chosen by SNI; the first is the default.
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// One certificate: its PEM chain (leaf first), its PEM private key and an
+/// optional DER OCSP response to staple.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ocsp: Option<PathBuf>,
 }
 
 /// Settings each worker holds for itself; may differ per core.

@@ -59,6 +59,23 @@ pub struct RawAdmin {
 pub struct RawListener {
     pub address: String,
     pub backlog: Option<u32>,
+    pub tls: Option<RawListenerTls>,
+    /// `true` (port 443) or a port number.
+    pub redirect_https: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub certificates: Vec<RawCertificate>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+    pub ocsp: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

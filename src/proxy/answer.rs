@@ -5,7 +5,6 @@
 
 use bytes::Buf;
 
-use super::io::{self, write_all};
 use super::{
     cache, client_may_continue, head, log_failure, Answered, Client, Forward, Next, Progress,
 };
@@ -84,7 +83,7 @@ pub(super) async fn send_cached(
     if hit.not_modified {
         out.clear();
         cache::write_not_modified(&mut out, hit, ctx.via(), connection);
-        return match write_all(&mut client.stream, out, limit).await {
+        return match client.stream.write_all(out, limit).await {
             Ok(out) => {
                 ctx.give_write_buffer(out);
                 true
@@ -95,7 +94,7 @@ pub(super) async fn send_cached(
     ctx.give_write_buffer(out);
     let mut buf = client.hit_buf.take().unwrap_or_default();
     cache::write_hit(&mut buf, hit, head_only, connection);
-    match io::write_hit(&mut client.stream, buf, limit).await {
+    match client.stream.write_hit(buf, limit).await {
         Ok(buf) => {
             client.hit_buf = Some(buf);
             true
@@ -151,7 +150,11 @@ pub(super) async fn purge(
         body.len(),
         if keep { "" } else { "Connection: close\r\n" }
     );
-    match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
+    match client
+        .stream
+        .write_all(out, ctx.config.timeouts.client_send)
+        .await
+    {
         Ok(out) if keep => {
             ctx.give_write_buffer(out);
             Next::KeepAlive
@@ -171,7 +174,11 @@ pub(super) async fn respond_error(
 ) -> bool {
     out.clear();
     head::write_error_response(&mut out, status, close, head_only);
-    match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
+    match client
+        .stream
+        .write_all(out, ctx.config.timeouts.client_send)
+        .await
+    {
         Ok(out) => {
             ctx.give_write_buffer(out);
             true
@@ -231,7 +238,11 @@ pub(super) async fn redirect(
     out.clear();
     let keep = finish_unforwarded(ctx, client, request);
     head::write_redirect(&mut out, status, location, !keep);
-    match write_all(&mut client.stream, out, ctx.config.timeouts.client_send).await {
+    match client
+        .stream
+        .write_all(out, ctx.config.timeouts.client_send)
+        .await
+    {
         Ok(out) if keep => {
             ctx.give_write_buffer(out);
             Next::KeepAlive

@@ -69,6 +69,8 @@ pub struct CacheWork {
     /// A copy of the client's request head, for `Vary` and the key of `Location`.
     pub request_head: Bytes,
     pub authority: String,
+    /// The request came over TLS (the key's scheme).
+    pub https: bool,
     pub kind: WorkKind,
     pub facts: RequestFacts,
     /// The client's own conditionals and range (the head sent upstream may
@@ -143,7 +145,14 @@ pub fn decide(
         };
         let ask = Ask::from_headers(req.method, headers);
         let mut key = ctx.key_buf.borrow_mut();
-        primary_key(&mut key, req.authority, req.path_and_query, policy, headers);
+        primary_key(
+            &mut key,
+            upstream.https,
+            req.authority,
+            req.path_and_query,
+            policy,
+            headers,
+        );
         let work = |kind, fwd, facts| {
             Box::new(CacheWork {
                 route: route_index,
@@ -151,6 +160,7 @@ pub fn decide(
                 // The caller keeps the head it writes from these fields.
                 request_head: Bytes::new(),
                 authority: req.authority.to_string(),
+                https: upstream.https,
                 kind,
                 facts,
                 ask: ask.clone(),
@@ -709,7 +719,7 @@ fn keys_written(
         else {
             continue;
         };
-        url_key(&mut key, &work.authority, path, &policy.query);
+        url_key(&mut key, work.https, &work.authority, path, &policy.query);
         keys.push(key.as_slice().into());
     }
     keys

@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::TcpStream;
 
 use super::head::ClientFraming;
-use super::io::{read_some, write_all, Read};
+use super::io::{read_some, Read};
 use super::upstream::{InFlight, ResponsePlan};
 use super::{
     cache, client_may_continue, finish_unforwarded, Answered, Client, Coalescing, Forward, Next,
@@ -230,7 +230,7 @@ pub(super) async fn serve(
     keep: bool,
 ) -> Next {
     let limit = ctx.config.timeouts.client_send;
-    let Ok(head) = write_all(&mut client.stream, head, limit).await else {
+    let Ok(head) = client.stream.write_all(head, limit).await else {
         return Next::Close;
     };
     ctx.give_write_buffer(head);
@@ -242,25 +242,29 @@ pub(super) async fn serve(
                     line.clear();
                     push_hex(&mut line, data.len() as u64);
                     line.extend_from_slice(b"\r\n");
-                    match write_all(&mut client.stream, std::mem::take(&mut line), limit).await {
+                    match client
+                        .stream
+                        .write_all(std::mem::take(&mut line), limit)
+                        .await
+                    {
                         Ok(back) => line = back,
                         Err(_) => return Next::Close,
                     }
                 }
-                if write_all(&mut client.stream, data, limit).await.is_err() {
+                if client.stream.write_all(data, limit).await.is_err() {
                     return Next::Close;
                 }
                 if framing == ClientFraming::Chunked
-                    && write_all(&mut client.stream, &b"\r\n"[..], limit)
-                        .await
-                        .is_err()
+                    && client.stream.write_all(&b"\r\n"[..], limit).await.is_err()
                 {
                     return Next::Close;
                 }
             }
             Piece::End => {
                 if framing == ClientFraming::Chunked
-                    && write_all(&mut client.stream, &b"0\r\n\r\n"[..], limit)
+                    && client
+                        .stream
+                        .write_all(&b"0\r\n\r\n"[..], limit)
                         .await
                         .is_err()
                 {

@@ -43,6 +43,8 @@ pub struct UpstreamRequest<'a> {
     pub proxy: &'a ProxyHeaders,
     /// The client's IP as text, for X-Forwarded-For.
     pub client_ip: &'a str,
+    /// The client came over TLS: `X-Forwarded-Proto: https`, and an `https` cache key.
+    pub https: bool,
     /// Host to send when the client sent none (HTTP/1.0): the server's address.
     pub fallback_host: &'a str,
     /// Drop `Expect: 100-continue`: the gateway answers it itself.
@@ -181,7 +183,14 @@ pub fn for_each_forwarded<'a>(
         ForwardedFor::Append => field("X-Forwarded-For", &scratch[..xff_end]),
     }
     if proxy.x_forwarded_proto {
-        field("X-Forwarded-Proto", b"http");
+        field(
+            "X-Forwarded-Proto",
+            if up.https {
+                &b"https"[..]
+            } else {
+                &b"http"[..]
+            },
+        );
     }
     if proxy.x_forwarded_host && !req.authority.is_empty() {
         field("X-Forwarded-Host", req.authority.as_bytes());
@@ -453,6 +462,7 @@ mod tests {
             route: &r,
             proxy,
             client_ip: "10.0.0.9",
+            https: false,
             fallback_host: "127.0.0.1:9000",
             strip_expect: true,
             via_line: b"Via: 1.1 ringgate\r\n",

@@ -12,6 +12,65 @@ use monoio::buf::{IoBuf, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+/// A client connection: plain TCP, or TLS over it. The connection task
+/// reads requests and writes responses through this alone, so every
+/// response path works the same over both.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::TlsStream>),
+}
+
+impl ClientStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+
+    /// Appends what the client sent (decrypted) to `buf`.
+    pub async fn read_some(&mut self, buf: &mut BytesMut, reserve: usize, limit: Duration) -> Read {
+        match self {
+            ClientStream::Plain(s) => read_some(s, buf, reserve, limit).await,
+            ClientStream::Tls(s) => s.read_some(buf, reserve, limit).await,
+        }
+    }
+
+    /// Writes all of `buf`, giving it back for reuse.
+    pub async fn write_all<B: IoBuf + 'static>(
+        &mut self,
+        buf: B,
+        limit: Duration,
+    ) -> Result<B, (WriteError, Option<B>)> {
+        match self {
+            ClientStream::Plain(s) => write_all(s, buf, limit).await,
+            ClientStream::Tls(s) => {
+                // SAFETY: an `IoBuf` points at `bytes_init` initialised bytes
+                // for as long as it lives, and `buf` outlives this borrow.
+                let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+                match s.write_all(data, limit).await {
+                    Ok(()) => Ok(buf),
+                    Err(e) => Err((e, Some(buf))),
+                }
+            }
+        }
+    }
+
+    /// Writes a prepared cache hit.
+    pub async fn write_hit(
+        &mut self,
+        buf: crate::cache::hit::HitBuf,
+        limit: Duration,
+    ) -> Result<crate::cache::hit::HitBuf, WriteError> {
+        match self {
+            ClientStream::Plain(s) => write_hit(s, buf, limit).await,
+            ClientStream::Tls(s) => {
+                let mut buf = buf;
+                s.write_parts(&buf.parts(), limit).await?;
+                buf.release();
+                Ok(buf)
+            }
+        }
+    }
+}
+
 /// `now + limit`, saturating: a deadline never overflows, whatever the limit.
 pub fn deadline_in(limit: Duration) -> std::time::Instant {
     let now = std::time::Instant::now();

@@ -51,14 +51,23 @@ use answer::{
     answer_failure, answer_from_cache, finish_unforwarded, purge, respond_error, send_cached,
 };
 use head::UpstreamRequest;
-use io::{read_some, write_all, Read};
+use io::{ClientStream, Read};
 use reading::{body_to_buffer, may_hold_head_end, BodyWait};
 
 /// Response heads from upstreams may carry at most this many fields.
 const MAX_RESPONSE_HEADERS: usize = 256;
 
+/// What a listener gives its connections before their requests: a TLS
+/// handshake, or a redirect of every request to HTTPS.
+pub struct Entry {
+    pub tls: Option<crate::tls::Terminator>,
+    pub redirect_https: Option<u16>,
+}
+
 struct Client {
-    stream: TcpStream,
+    stream: ClientStream,
+    /// Redirect every request to `https://` on this port.
+    redirect_https: Option<u16>,
     /// Its key in the worker's connection table (idle tracking, caps).
     conn: usize,
     /// Bytes read from the client and not consumed yet (may hold pipelined requests).
@@ -80,11 +89,25 @@ enum Next {
 
 /// Serves one client connection until it closes, fails, times out, the
 /// worker drains or it is closed while idle to make room at a cap.
-pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr, conn: usize) {
+pub async fn serve(
+    ctx: Rc<WorkerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: usize,
+    entry: Rc<Entry>,
+) {
     let _ = stream.set_nodelay(true);
+    let stream = match &entry.tls {
+        None => ClientStream::Plain(stream),
+        Some(tls) => match handshake(&ctx, tls, stream, peer).await {
+            Some(stream) => ClientStream::Tls(Box::new(stream)),
+            None => return,
+        },
+    };
     let mut client = Client {
         conn,
         stream,
+        redirect_https: entry.redirect_https,
         buf: BytesMut::with_capacity(ctx.per_core.client_buffer_size),
         peer_ip: peer.ip().to_string(),
         peer: peer.ip(),
@@ -105,6 +128,43 @@ pub async fn serve(ctx: Rc<WorkerCtx>, stream: TcpStream, peer: SocketAddr, conn
     // After the shutdown grace period the work is dropped mid-flight: its
     // sockets close and its pending I/O is cancelled.
     race(work, ctx.forced_closed()).await;
+}
+
+/// The TLS handshake, within the head deadline (a client that opens a
+/// connection and sends nothing is closed like one that sends half a head),
+/// and raced against the forced close of a drain.
+async fn handshake(
+    ctx: &WorkerCtx,
+    tls: &crate::tls::Terminator,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<crate::tls::TlsStream> {
+    let deadline = io::deadline_in(ctx.config.timeouts.client_header);
+    let result = match race(tls.accept(stream, deadline), ctx.forced_closed()).await {
+        Either::Left(result) => result,
+        Either::Right(()) => return None,
+    };
+    match result {
+        Ok(stream) => {
+            let facts = crate::tls::Negotiated::of(&stream);
+            ctx.stats.tls.handshake(&facts);
+            tracing::debug!(
+                worker = ctx.index,
+                %peer,
+                version = if facts.tls13 { "TLSv1.3" } else { "TLSv1.2" },
+                cipher = facts.cipher,
+                sni = facts.sni.as_deref().unwrap_or(""),
+                resumed = facts.resumed,
+                "TLS handshake"
+            );
+            Some(stream)
+        }
+        Err(e) => {
+            ctx.stats.tls.failed(e.reason());
+            tracing::debug!(worker = ctx.index, %peer, error = %e, "TLS handshake failed");
+            None
+        }
+    }
 }
 
 /// What to do with a parsed request.
@@ -220,6 +280,27 @@ fn plan_request(
             allowed,
         }));
     }
+    // A plain listener that only redirects to HTTPS.
+    if let Some(port) = client.redirect_https {
+        if req.host.is_empty() {
+            return refuse(ErrorKind::BadRequest(HttpError::MissingHost), answered);
+        }
+        let host = if req.host.contains(':') {
+            format!("[{}]", req.host)
+        } else {
+            req.host.to_string()
+        };
+        let port = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        return Ok(Some(Plan::Redirect {
+            status: redirect_status(req.method),
+            request: answered,
+            location: format!("https://{host}{port}{}", req.path_and_query),
+        }));
+    }
     // 2. Route.
     let route_index = match ctx
         .router
@@ -230,12 +311,7 @@ fn plan_request(
             let query = &req.path_and_query[req.path.len()..];
             return Ok(Some(Plan::Redirect {
                 request: answered,
-                // 308 keeps the method and body; browsers follow 301 for GET as nginx sends it.
-                status: if matches!(req.method, Method::Get | Method::Head) {
-                    301
-                } else {
-                    308
-                },
+                status: redirect_status(req.method),
                 location: format!("{}/{query}", req.path),
             }));
         }
@@ -271,6 +347,7 @@ fn plan_request(
         route,
         proxy: &ctx.config.proxy,
         client_ip: &client.peer_ip,
+        https: client.stream.is_tls(),
         fallback_host,
         strip_expect: req.expect_continue,
         via_line: &ctx.via_line,
@@ -376,9 +453,22 @@ enum More {
 }
 
 /// Reads more of the request into the client's buffer, before `deadline`.
+/// 308 keeps the method and body; browsers follow 301 for GET as nginx sends it.
+fn redirect_status(method: Method) -> u16 {
+    if matches!(method, Method::Get | Method::Head) {
+        301
+    } else {
+        308
+    }
+}
+
 async fn read_more(client: &mut Client, reserve: usize, deadline: Instant) -> Result<(), More> {
     let left = deadline.saturating_duration_since(Instant::now());
-    match read_some(&mut client.stream, &mut client.buf, reserve, left).await {
+    match client
+        .stream
+        .read_some(&mut client.buf, reserve, left)
+        .await
+    {
         Read::Data(_) => Ok(()),
         Read::TimedOut => Err(More::Refuse(408)),
         Read::Eof | Read::Failed(_) => Err(More::Gone),
@@ -400,12 +490,9 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
         } else {
             timeouts.keepalive
         };
-        let read = read_some(
-            &mut client.stream,
-            &mut client.buf,
-            ctx.per_core.client_buffer_size,
-            limit,
-        );
+        let read = client
+            .stream
+            .read_some(&mut client.buf, ctx.per_core.client_buffer_size, limit);
         ctx.conns.set_idle(client.conn);
         if ctx.active.get() >= ctx.per_core.max_connections {
             // The accept loop may be waiting for an idle connection to close.
@@ -434,13 +521,11 @@ async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             Ok(Some(Plan::ReadBody(mut wait))) => {
                 if wait.send_continue && !client.sent_continue {
                     client.sent_continue = true;
-                    if write_all(
-                        &mut client.stream,
-                        &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
-                        timeouts.client_send,
-                    )
-                    .await
-                    .is_err()
+                    if client
+                        .stream
+                        .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.client_send)
+                        .await
+                        .is_err()
                     {
                         return Next::Close;
                     }

@@ -11,7 +11,7 @@ use bytes::{Buf, BytesMut};
 use monoio::net::TcpStream;
 
 use super::head::ClientFraming;
-use super::io::{read_some, write_all, Read};
+use super::io::{read_some, Read};
 use super::upstream::ResponsePlan;
 use super::{cache, Client, Coalescing, Forward, Next};
 use crate::error::{ErrorKind, ProxyError};
@@ -79,9 +79,7 @@ pub(super) async fn body(
                 if remaining == 0 {
                     store_captured(ctx, forward, plan, coalescing);
                 }
-                if let Err((e, _)) =
-                    write_all(&mut client.stream, chunk, timeouts.client_send).await
-                {
+                if let Err((e, _)) = client.stream.write_all(chunk, timeouts.client_send).await {
                     return Err(client_gone(into_io(e)));
                 }
             }
@@ -211,7 +209,11 @@ pub(super) async fn send_to_client(
     out: &mut Vec<u8>,
 ) -> Result<(), Option<std::io::Error>> {
     let buf = std::mem::take(out);
-    match write_all(&mut client.stream, buf, ctx.config.timeouts.client_send).await {
+    match client
+        .stream
+        .write_all(buf, ctx.config.timeouts.client_send)
+        .await
+    {
         Ok(mut buf) => {
             buf.clear();
             *out = buf;

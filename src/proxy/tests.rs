@@ -29,7 +29,10 @@ fn connection_future_stays_small() {
         ));
         let mut client = super::Client {
             conn: 0,
-            stream: monoio::net::TcpStream::connect_addr(addr).await.unwrap(),
+            stream: super::ClientStream::Plain(
+                monoio::net::TcpStream::connect_addr(addr).await.unwrap(),
+            ),
+            redirect_https: None,
             buf: bytes::BytesMut::new(),
             peer_ip: String::new(),
             peer: addr.ip(),
@@ -38,7 +41,16 @@ fn connection_future_stays_small() {
             sent_continue: false,
         };
         let exchange = size_of_future(&super::exchange(&ctx, &mut client));
-        let serve = size_of_future(&super::serve(ctx.clone(), stream, addr, 0));
+        let serve = size_of_future(&super::serve(
+            ctx.clone(),
+            stream,
+            addr,
+            0,
+            std::rc::Rc::new(super::Entry {
+                tls: None,
+                redirect_https: None,
+            }),
+        ));
         assert!(
             serve + exchange <= 4 * 1024,
             "serve {serve} + exchange {exchange} bytes"

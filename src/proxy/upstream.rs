@@ -483,12 +483,10 @@ async fn send_request(
     // The client holds its body back until told to continue.
     if forward.expect_continue && client.buf.is_empty() && !client.sent_continue {
         client.sent_continue = true;
-        if let Err((e, _)) = write_all(
-            &mut client.stream,
-            &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
-            timeouts.client_send,
-        )
-        .await
+        if let Err((e, _)) = client
+            .stream
+            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.client_send)
+            .await
         {
             return Err(ProxyError::downstream(ErrorKind::ClientIo, into_io(e)));
         }
@@ -508,13 +506,10 @@ async fn send_request(
             let mut remaining = total;
             while remaining > 0 {
                 if client.buf.is_empty() {
-                    match read_some(
-                        &mut client.stream,
-                        &mut client.buf,
-                        body_read_size,
-                        timeouts.client_body,
-                    )
-                    .await
+                    match client
+                        .stream
+                        .read_some(&mut client.buf, body_read_size, timeouts.client_body)
+                        .await
                     {
                         Read::Data(_) => {}
                         other => return Err(client_failed(other)),
@@ -553,13 +548,10 @@ async fn send_request(
                 if decoder.is_done() {
                     break;
                 }
-                match read_some(
-                    &mut client.stream,
-                    &mut client.buf,
-                    body_read_size,
-                    timeouts.client_body,
-                )
-                .await
+                match client
+                    .stream
+                    .read_some(&mut client.buf, body_read_size, timeouts.client_body)
+                    .await
                 {
                     Read::Data(_) => {}
                     other => return Err(client_failed(other)),

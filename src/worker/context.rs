@@ -35,6 +35,57 @@ pub struct Stats {
     pub idle_closed_for_room: Cell<u64>,
     /// Connections refused (503) at `max_connections_per_ip`.
     pub per_ip_refused: Cell<u64>,
+    pub tls: TlsStats,
+}
+
+/// TLS handshakes on this worker's listeners.
+#[derive(Default, Debug)]
+pub struct TlsStats {
+    pub handshakes: Cell<u64>,
+    pub resumed: Cell<u64>,
+    pub tls13: Cell<u64>,
+    pub tls12: Cell<u64>,
+    /// Failed handshakes, by `tls::FAILURE_REASONS`.
+    pub failures: [Cell<u64>; crate::tls::FAILURE_REASONS.len()],
+}
+
+impl TlsStats {
+    pub fn handshake(&self, facts: &crate::tls::Negotiated) {
+        Stats::bump(&self.handshakes);
+        Stats::bump(if facts.tls13 {
+            &self.tls13
+        } else {
+            &self.tls12
+        });
+        if facts.resumed {
+            Stats::bump(&self.resumed);
+        }
+    }
+
+    pub fn failed(&self, reason: &str) {
+        let reasons = crate::tls::FAILURE_REASONS;
+        let i = reasons
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(reasons.len() - 1);
+        Stats::bump(&self.failures[i]);
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        let failures: serde_json::Map<String, serde_json::Value> = crate::tls::FAILURE_REASONS
+            .iter()
+            .zip(&self.failures)
+            .map(|(r, c)| (r.to_string(), c.get().into()))
+            .collect();
+        serde_json::json!({
+            "handshakes": self.handshakes.get(),
+            "resumed": self.resumed.get(),
+            "tls13": self.tls13.get(),
+            "tls12": self.tls12.get(),
+            "failed": self.failures.iter().map(Cell::get).sum::<u64>(),
+            "failures": failures,
+        })
+    }
 }
 
 /// A warning logged at most once per interval, with how often it was
@@ -184,6 +235,7 @@ impl WorkerCtx {
             "connection_cap_reached": s.connection_cap_reached.get(),
             "idle_closed_for_room": s.idle_closed_for_room.get(),
             "per_ip_refused": s.per_ip_refused.get(),
+            "tls": s.tls.snapshot(),
             "servers": upstreams.server_snapshot(std::time::Instant::now()),
         });
         if let Some(cache) = &self.cache {

@@ -56,6 +56,8 @@ pub(crate) struct WorkerSpec {
     pub config: Arc<Config>,
     /// Listeners with their concrete (port 0 resolved) addresses.
     pub listeners: Vec<ListenerConfig>,
+    /// Each listener's TLS settings (`None`: plain), in listener order.
+    pub terminators: Vec<Option<crate::tls::Terminator>>,
     pub stop: Arc<StopSignal>,
     pub mailbox: crate::bus::Mailbox,
     pub claims: Arc<crate::cache::claims::Claims>,
@@ -188,7 +190,7 @@ async fn worker_main(
             })
             .and_then(|s| TcpListener::from_std(s.into()));
         match bound {
-            Ok(listener) => listeners.push(listener),
+            Ok(listener) => listeners.push((listener, l.redirect_https)),
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {}: {e}", l.address)));
                 return;
@@ -234,8 +236,12 @@ async fn worker_main(
         });
     }
     monoio::spawn(sweep_pool(ctx.clone()));
-    for listener in listeners {
-        monoio::spawn(accept_loop(ctx.clone(), listener));
+    for ((listener, redirect_https), tls) in listeners.into_iter().zip(&spec.terminators) {
+        let entry = Rc::new(crate::proxy::Entry {
+            tls: tls.as_ref().map(crate::tls::Terminator::for_worker),
+            redirect_https,
+        });
+        monoio::spawn(accept_loop(ctx.clone(), listener, entry));
     }
     if ready.send(Ok(info)).is_err() {
         // The starter gave up (another worker failed): stop at once.
@@ -274,7 +280,7 @@ async fn sweep_pool(ctx: Rc<WorkerCtx>) {
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, entry: Rc<crate::proxy::Entry>) {
     loop {
         // At the connection cap with nothing idle to close, stop accepting:
         // new clients wait in the kernel's backlog (or go to another worker)
@@ -299,6 +305,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
                     continue;
                 }
                 let task_ctx = ctx.clone();
+                let entry = entry.clone();
                 let guard = context::ConnectionGuard::new(ctx.clone(), peer.ip());
                 monoio::spawn(async move {
                     let guarded = CatchUnwind::new(crate::proxy::serve(
@@ -306,6 +313,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
                         stream,
                         peer,
                         guard.key,
+                        entry,
                     ));
                     let _guard = guard;
                     if let Err(panic) = guarded.await {
