@@ -29,7 +29,8 @@ impl ClientStream {
     pub async fn read_some(&mut self, buf: &mut BytesMut, reserve: usize, limit: Duration) -> Read {
         match self {
             ClientStream::Plain(s) => read_some(s, buf, reserve, limit).await,
-            ClientStream::Tls(s) => s.read_some(buf, reserve, limit).await,
+            // Boxed: the plain path's futures stay as small as before TLS.
+            ClientStream::Tls(s) => Box::pin(s.read_some(buf, reserve, limit)).await,
         }
     }
 
@@ -45,7 +46,7 @@ impl ClientStream {
                 // SAFETY: an `IoBuf` points at `bytes_init` initialised bytes
                 // for as long as it lives, and `buf` outlives this borrow.
                 let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
-                match s.write_all(data, limit).await {
+                match Box::pin(s.write_all(data, limit)).await {
                     Ok(()) => Ok(buf),
                     Err(e) => Err((e, Some(buf))),
                 }
@@ -63,7 +64,7 @@ impl ClientStream {
             ClientStream::Plain(s) => write_hit(s, buf, limit).await,
             ClientStream::Tls(s) => {
                 let mut buf = buf;
-                s.write_parts(&buf.parts(), limit).await?;
+                Box::pin(s.write_parts(&buf.parts(), limit)).await?;
                 buf.release();
                 Ok(buf)
             }

@@ -99,7 +99,7 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let stream = match &entry.tls {
         None => ClientStream::Plain(stream),
-        Some(tls) => match handshake(&ctx, tls, stream, peer).await {
+        Some(tls) => match Box::pin(handshake(&ctx, tls, stream, peer)).await {
             Some(stream) => ClientStream::Tls(Box::new(stream)),
             None => return,
         },
