@@ -150,8 +150,10 @@ impl TlsStream {
             match self.conn.reader().fill_buf() {
                 Ok([]) => return Read::Eof,
                 Ok(chunk) => {
-                    let n = chunk.len().min(reserve.max(chunk.len()));
-                    buf.extend_from_slice(&chunk[..n]);
+                    // Whatever rustls has decrypted is taken whole.
+                    let n = chunk.len();
+                    buf.reserve(reserve.max(n));
+                    buf.extend_from_slice(chunk);
                     self.conn.reader().consume(n);
                     return Read::Data(n);
                 }
