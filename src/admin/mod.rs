@@ -396,6 +396,30 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["tls", "failed"],
     ),
     (
+        "ringgate_tunnels_open",
+        "Upgraded connections (WebSocket tunnels) open now.",
+        "gauge",
+        &["tunnels", "open"],
+    ),
+    (
+        "ringgate_tunnels_opened_total",
+        "Upgraded connections opened (upstream answered 101).",
+        "counter",
+        &["tunnels", "opened"],
+    ),
+    (
+        "ringgate_tunnel_upstream_bytes_total",
+        "Bytes tunnelled from clients to upstreams.",
+        "counter",
+        &["tunnels", "bytes_up"],
+    ),
+    (
+        "ringgate_tunnel_downstream_bytes_total",
+        "Bytes tunnelled from upstreams to clients.",
+        "counter",
+        &["tunnels", "bytes_down"],
+    ),
+    (
         "ringgate_cache_hits_total",
         "Requests answered from the cache.",
         "counter",

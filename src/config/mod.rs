@@ -693,6 +693,7 @@ fn validate_timeouts(raw: &raw::RawTimeouts) -> Result<Timeouts, ConfigError> {
         ("upstream_read", raw.upstream_read, &mut t.upstream_read),
         ("upstream_send", raw.upstream_send, &mut t.upstream_send),
         ("shutdown_grace", raw.shutdown_grace, &mut t.shutdown_grace),
+        ("tunnel_idle", raw.tunnel_idle, &mut t.tunnel_idle),
     ] {
         if let Some(d) = value {
             if d.0.is_zero() && name != "shutdown_grace" {

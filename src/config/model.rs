@@ -139,11 +139,14 @@ pub struct Timeouts {
     pub upstream_send: Duration,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// How long an upgraded connection (a WebSocket tunnel) may pass no
+    /// byte either way before both sides are closed.
+    pub tunnel_idle: Duration,
 }
 
 impl Timeouts {
     /// Every timeout with its key under `[timeouts]`.
-    pub fn named(&self) -> [(&'static str, Duration); 9] {
+    pub fn named(&self) -> [(&'static str, Duration); 10] {
         [
             ("client_header", self.client_header),
             ("client_body", self.client_body),
@@ -154,6 +157,7 @@ impl Timeouts {
             ("upstream_read", self.upstream_read),
             ("upstream_send", self.upstream_send),
             ("shutdown_grace", self.shutdown_grace),
+            ("tunnel_idle", self.tunnel_idle),
         ]
     }
 }
@@ -170,6 +174,7 @@ impl Default for Timeouts {
             upstream_read: Duration::from_secs(60),
             upstream_send: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
+            tunnel_idle: Duration::from_secs(3600),
         }
     }
 }
@@ -454,6 +459,10 @@ pub struct RouteConfig {
     /// Request bodies up to this size are read whole before a server is
     /// picked (0: never); larger ones stream.
     pub request_buffering: u64,
+    /// Lower-case protocols a request may upgrade to (`Upgrade`, RFC 9110
+    /// section 7.8): the connection becomes a tunnel once the upstream
+    /// answers `101`. Default: `websocket`.
+    pub upgrade: Vec<String>,
 }
 
 /// Default of `routes.request_buffering`, as nginx's `client_body_buffer_size` order of magnitude.
@@ -481,6 +490,7 @@ impl RouteConfig {
             auth: None,
             timeouts: RouteTimeouts::default(),
             request_buffering: DEFAULT_REQUEST_BUFFERING,
+            upgrade: vec!["websocket".to_string()],
         }
     }
 }
@@ -491,6 +501,7 @@ pub struct RouteTimeouts {
     pub upstream_connect: Option<Duration>,
     pub upstream_response: Option<Duration>,
     pub upstream_read: Option<Duration>,
+    pub tunnel_idle: Option<Duration>,
 }
 
 /// The upstream timeouts a request runs with.
@@ -501,6 +512,8 @@ pub struct UpstreamTimeouts {
     pub response: Duration,
     /// Between two pieces of a response body.
     pub read: Duration,
+    /// An upgraded connection with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 impl RouteTimeouts {
@@ -509,6 +522,7 @@ impl RouteTimeouts {
             connect: self.upstream_connect.unwrap_or(defaults.upstream_connect),
             response: self.upstream_response.unwrap_or(defaults.upstream_response),
             read: self.upstream_read.unwrap_or(defaults.upstream_read),
+            tunnel_idle: self.tunnel_idle.unwrap_or(defaults.tunnel_idle),
         }
     }
 }

@@ -127,6 +127,7 @@ pub struct RawTimeouts {
     pub upstream_read: Option<ConfigDuration>,
     pub upstream_send: Option<ConfigDuration>,
     pub shutdown_grace: Option<ConfigDuration>,
+    pub tunnel_idle: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +252,7 @@ pub struct RawRoute {
     pub auth: Option<RawAuth>,
     pub timeouts: Option<RawRouteTimeouts>,
     pub request_buffering: Option<ByteSize>,
+    pub upgrade: Option<Vec<String>>,
 }
 
 /// `[routes.timeouts]`: upstream timeouts for this route.
@@ -260,6 +262,7 @@ pub struct RawRouteTimeouts {
     pub upstream_connect: Option<ConfigDuration>,
     pub upstream_response: Option<ConfigDuration>,
     pub upstream_read: Option<ConfigDuration>,
+    pub tunnel_idle: Option<ConfigDuration>,
 }
 
 /// `[routes.auth]`: session tokens verified at the edge.

@@ -168,6 +168,7 @@ pub(super) fn validate_route(
                 t.upstream_read,
                 &mut timeouts.upstream_read,
             ),
+            ("tunnel_idle", t.tunnel_idle, &mut timeouts.tunnel_idle),
         ] {
             if let Some(d) = value {
                 if d.0.is_zero() {
@@ -188,7 +189,9 @@ pub(super) fn validate_route(
         )),
         Some(size) => size.0,
     };
+    let upgrade = validate_upgrade(i, r.upgrade.as_deref())?;
     Ok(RouteConfig {
+        upgrade,
         request_buffering,
         timeouts,
         auth,
@@ -398,4 +401,32 @@ fn validate_route_cache(
         policy.stale_on_error = grace.0;
     }
     Ok(policy)
+}
+
+/// `routes.upgrade`: the protocols a request may switch the connection to.
+fn validate_upgrade(i: usize, raw: Option<&[String]>) -> Result<Vec<String>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(vec!["websocket".to_string()]);
+    };
+    let mut protocols = Vec::new();
+    for p in raw {
+        let lower = p.to_ascii_lowercase();
+        if lower.is_empty() || !lower.bytes().all(|b| is_token_byte(b) || b == b'/') {
+            return Err(invalid(
+                format!("routes[{i}].upgrade"),
+                format!("`{p}` is not a protocol name (a token, optionally `/version`)"),
+            ));
+        }
+        if lower == "h2c" || lower.starts_with("h2c/") {
+            return Err(invalid(
+                format!("routes[{i}].upgrade"),
+                "`h2c` cannot be tunnelled: an HTTP/2 upgrade must be understood by the gateway, \
+                 which ignores it (RFC 9110 section 7.8)",
+            ));
+        }
+        if !protocols.contains(&lower) {
+            protocols.push(lower);
+        }
+    }
+    Ok(protocols)
 }

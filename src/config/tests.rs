@@ -333,3 +333,32 @@ fn configs_built_in_code_are_bounded_too() {
     c.timeouts.client_header = Duration::from_secs(u64::MAX / 2);
     assert_eq!(c.check().unwrap_err().key, "timeouts.client_header");
 }
+
+#[test]
+fn upgrades_default_to_websocket_and_h2c_is_refused() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.routes[0].upgrade, vec!["websocket".to_string()]);
+    assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
+    let text = MINIMAL.replace("upstream = \"app\"", "upstream = \"app\"\nupgrade = []");
+    assert!(Config::parse(&text).unwrap().routes[0].upgrade.is_empty());
+    let text = MINIMAL.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nupgrade = [\"WebSocket\", \"h2c\"]",
+    );
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "routes[0].upgrade", "{e}");
+    assert!(e.reason.contains("h2c"), "{e}");
+    let text = MINIMAL.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\nupgrade = [\"web socket\"]",
+    );
+    assert_eq!(Config::parse(&text).unwrap_err().key, "routes[0].upgrade");
+    let text = MINIMAL.replace(
+        "upstream = \"app\"",
+        "upstream = \"app\"\ntimeouts = { tunnel_idle = \"0s\" }",
+    );
+    assert_eq!(
+        Config::parse(&text).unwrap_err().key,
+        "routes[0].timeouts.tunnel_idle"
+    );
+}

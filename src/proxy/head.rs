@@ -57,6 +57,8 @@ pub struct UpstreamRequest<'a> {
     pub method_override: Option<&'a str>,
     /// Headers from a verified session token.
     pub identity: &'a [(String, String)],
+    /// Ask the upstream to switch to this protocol (`super::tunnel`).
+    pub upgrade: Option<&'a str>,
 }
 
 /// Header fields, most of them in place: a request's forwarded fields fit
@@ -251,6 +253,9 @@ fn finish_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRe
             push_header(out, b"If-Modified-Since", date);
         }
     }
+    if let Some(protocol) = up.upgrade {
+        write_upgrade_fields(out, protocol.as_bytes());
+    }
     if req.body == BodyFraming::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: ");
         if let Some(codings) = req.transfer_codings {
@@ -283,6 +288,13 @@ pub fn write_request_head(
         push_header(out, h.name.as_bytes(), h.value);
     }
     finish_request_head(out, req, up);
+}
+
+/// The `Upgrade` and `Connection` fields of an upgrade request or its 101.
+pub fn write_upgrade_fields(out: &mut Vec<u8>, protocol: &[u8]) {
+    out.extend_from_slice(b"Upgrade: ");
+    out.extend_from_slice(protocol);
+    out.extend_from_slice(b"\r\nConnection: upgrade\r\n");
 }
 
 /// `Via` names the protocol version the message was received with (RFC 9110
@@ -468,6 +480,7 @@ mod tests {
             via_line: b"Via: 1.1 ringgate\r\n",
             validators: None,
             method_override: None,
+            upgrade: None,
             identity: &[],
         };
         let mut scratch = Vec::new();

@@ -18,6 +18,9 @@ use monoio::net::TcpStream;
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<crate::tls::TlsStream>),
+    /// Handed over to a tunnel (an upgraded connection): nothing more is
+    /// read or written here.
+    Detached,
 }
 
 impl ClientStream {
@@ -31,6 +34,7 @@ impl ClientStream {
             ClientStream::Plain(s) => read_some(s, buf, reserve, limit).await,
             // Boxed: the plain path's futures stay as small as before TLS.
             ClientStream::Tls(s) => Box::pin(s.read_some(buf, reserve, limit)).await,
+            ClientStream::Detached => Read::Eof,
         }
     }
 
@@ -51,6 +55,7 @@ impl ClientStream {
                     Err(e) => Err((e, Some(buf))),
                 }
             }
+            ClientStream::Detached => Err((detached(), Some(buf))),
         }
     }
 
@@ -68,8 +73,13 @@ impl ClientStream {
                 buf.release();
                 Ok(buf)
             }
+            ClientStream::Detached => Err(detached()),
         }
     }
+}
+
+fn detached() -> WriteError {
+    WriteError::Failed(io::ErrorKind::NotConnected.into())
 }
 
 /// `now + limit`, saturating: a deadline never overflows, whatever the limit.

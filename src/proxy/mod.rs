@@ -31,6 +31,7 @@ mod reading;
 mod refresh;
 mod relay;
 pub mod stored;
+mod tunnel;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -227,6 +228,8 @@ struct Forward {
     timeouts: crate::config::UpstreamTimeouts,
     /// What the cache does with the response, on caching routes.
     cache: Option<Box<cache::CacheWork>>,
+    /// The protocol (in the route's `upgrade` list) the request asks to switch to.
+    upgrade: Option<usize>,
 }
 
 /// Parses the head in the client buffer and runs the request's phases up
@@ -338,6 +341,7 @@ fn plan_request(
             }
         },
     };
+    let upgrade = tunnel::requested(&req, route);
     // 4. Buffer a small body whole before a server is chosen: a slow sender
     //    then holds no upstream connection, and the request can be resent.
     if let Some(wait) = body_to_buffer(route, limits.max_request_body, &req, &client.buf)? {
@@ -354,10 +358,15 @@ fn plan_request(
         validators: None,
         method_override: None,
         identity: identity.as_deref().unwrap_or(&[]),
+        upgrade: upgrade.map(|i| route.upgrade[i].as_str()),
     };
     // 5. Cache: decided on the request as it will be forwarded. A request
     //    without a host has no key that could not mix sites: never cached.
-    let caches = route.cache.is_some() && ctx.cache.is_some() && !req.authority.is_empty();
+    //    An upgrade is a tunnel, never a cached exchange.
+    let caches = route.cache.is_some()
+        && ctx.cache.is_some()
+        && !req.authority.is_empty()
+        && upgrade.is_none();
     let mut cache_work = None;
     let mut composed = ctx.forward_scratch.borrow_mut();
     if caches {
@@ -439,6 +448,7 @@ fn plan_request(
         pin_cookie,
         timeouts: route.timeouts.resolve(&ctx.config.timeouts),
         cache: cache_work,
+        upgrade,
     })))
 }
 
@@ -764,6 +774,10 @@ async fn respond(
     } = head;
     let mut plan = match answer {
         upstream::Answer::Relay(plan) => plan,
+        upstream::Answer::Tunnel => {
+            let idle = forward.timeouts.tunnel_idle;
+            return tunnel::run(ctx, client, out, ubuf, stream, idle, in_flight).await;
+        }
         upstream::Answer::Serve(hit, reusable_now) => {
             if reusable_now && ubuf.is_empty() {
                 ctx.upstreams.borrow_mut().give_back(forward.server, stream);

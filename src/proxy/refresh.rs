@@ -61,6 +61,7 @@ pub(super) fn plan(
     let refresh = head::UpstreamRequest {
         validators: Some(&validators),
         method_override: Some("GET"),
+        upgrade: None,
         ..*upstream
     };
     // The refresh is for the whole response, whatever part the client asked for.

@@ -67,6 +67,9 @@ pub(super) enum Answer {
     /// Answer from this stored response (a 304 to a revalidation, or
     /// stale-if-error); the flag says whether the connection is reusable now.
     Serve(cache::HitPlan, bool),
+    /// The upstream switched protocols (`101`) as asked: the connection is a
+    /// tunnel now; the client's 101 head is in `out`.
+    Tunnel,
 }
 
 /// An upstream exchange that got its response head.
@@ -247,6 +250,8 @@ enum HeadStep {
     Serve(usize, cache::HitPlan, bool),
     /// A status the route retries on: nothing relayed, try another server.
     Retry(u16),
+    /// `101` to an upgrade request: the client's 101 head is in `out`.
+    Switch(usize),
     /// A small body that may be stored is read whole first: it is then
     /// stored before the head goes out, and both leave in one write.
     NeedBody,
@@ -271,9 +276,35 @@ fn response_step(
     };
     let via = ctx.config.proxy.via.then_some(ctx.via_line.as_slice());
     if resp.is_interim() {
-        // 101 would switch protocols; the gateway never forwards Upgrade, so it is a protocol error.
+        // 101 switches protocols only where an upgrade was asked for and is
+        // the one asked for: anything else is a protocol error, never a tunnel.
         if resp.status == 101 {
-            return Err(HttpError::Malformed);
+            let route = &ctx.config.routes[forward.route];
+            let Some(protocol) = forward.upgrade.map(|i| route.upgrade[i].as_str()) else {
+                return Err(HttpError::Malformed);
+            };
+            if !super::tunnel::switches(&resp, protocol) {
+                return Err(HttpError::Malformed);
+            }
+            ctx.upstreams.borrow().record_outcome(
+                forward.group,
+                forward.server,
+                false,
+                Instant::now(),
+            );
+            out.clear();
+            let mut extra = Vec::with_capacity(48);
+            head::write_upgrade_fields(&mut extra, protocol.as_bytes());
+            head::write_response_head(
+                out,
+                &resp,
+                ClientFraming::NoBody,
+                ConnectionField::Omit,
+                via,
+                &extra,
+                &[],
+            );
+            return Ok(HeadStep::Switch(resp.head_len));
         }
         if resp.status == 100 || forward.version == Version::Http10 {
             return Ok(HeadStep::Skip(resp.head_len));
@@ -583,6 +614,7 @@ async fn read_response_head(
             .map_err(|e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None))?;
         match step {
             HeadStep::Final(head_len, plan) => return Ok((head_len, Answer::Relay(plan))),
+            HeadStep::Switch(head_len) => return Ok((head_len, Answer::Tunnel)),
             HeadStep::Serve(head_len, hit, reusable_now) => {
                 return Ok((head_len, Answer::Serve(hit, reusable_now)))
             }

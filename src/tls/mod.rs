@@ -11,6 +11,7 @@
 //! (AES-GCM, ChaCha20-Poly1305 over ECDHE), ALPN `http/1.1`.
 
 pub mod certs;
+mod split;
 mod stream;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
 use rustls::ServerConfig;
 
 use crate::config::ListenerTls;
+pub use split::{TlsReadHalf, TlsWriteHalf};
 pub use stream::{HandshakeError, TlsStream};
 
 /// Session IDs (TLS 1.2 stateful resumption) each worker remembers.

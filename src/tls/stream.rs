@@ -20,7 +20,7 @@ use crate::proxy::io::{Read, WriteError};
 
 /// Ciphertext is read from the socket this much at a time: one full TLS
 /// record and its header.
-const RECORD_ROOM: usize = 16 * 1024 + 512;
+pub(super) const RECORD_ROOM: usize = 16 * 1024 + 512;
 
 /// Why a handshake failed.
 #[derive(Debug)]
@@ -63,16 +63,16 @@ impl HandshakeError {
 
 /// One TLS connection.
 pub struct TlsStream {
-    tcp: TcpStream,
-    conn: rustls::Connection,
+    pub(super) tcp: TcpStream,
+    pub(super) conn: rustls::Connection,
     /// Ciphertext read from the socket that rustls has not taken yet.
-    incoming: Vec<u8>,
+    pub(super) incoming: Vec<u8>,
     /// How much of `incoming` rustls took.
-    taken: usize,
+    pub(super) taken: usize,
     /// Ciphertext rustls produced, written out by `flush`.
-    outgoing: Vec<u8>,
+    pub(super) outgoing: Vec<u8>,
     /// The socket reached end of file.
-    eof: bool,
+    pub(super) eof: bool,
 }
 
 /// What one read of ciphertext produced.

@@ -36,6 +36,19 @@ pub struct Stats {
     /// Connections refused (503) at `max_connections_per_ip`.
     pub per_ip_refused: Cell<u64>,
     pub tls: TlsStats,
+    pub tunnels: TunnelStats,
+}
+
+/// Upgraded connections (WebSocket tunnels) on this worker.
+#[derive(Default, Debug)]
+pub struct TunnelStats {
+    /// Tunnels open now.
+    pub open: Cell<u64>,
+    /// Tunnels opened since start.
+    pub opened: Cell<u64>,
+    /// Bytes passed from clients to upstreams, and back.
+    pub bytes_up: Cell<u64>,
+    pub bytes_down: Cell<u64>,
 }
 
 /// TLS handshakes on this worker's listeners.
@@ -236,6 +249,12 @@ impl WorkerCtx {
             "idle_closed_for_room": s.idle_closed_for_room.get(),
             "per_ip_refused": s.per_ip_refused.get(),
             "tls": s.tls.snapshot(),
+            "tunnels": {
+                "open": s.tunnels.open.get(),
+                "opened": s.tunnels.opened.get(),
+                "bytes_up": s.tunnels.bytes_up.get(),
+                "bytes_down": s.tunnels.bytes_down.get(),
+            },
             "servers": upstreams.server_snapshot(std::time::Instant::now()),
         });
         if let Some(cache) = &self.cache {

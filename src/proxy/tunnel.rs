@@ -1,0 +1,317 @@
+//! Upgraded connections (RFC 9110 section 7.8): a WebSocket, or another
+//! protocol a route allows, asked for with `Connection: upgrade` and
+//! `Upgrade`. The request is forwarded with its upgrade; only once the
+//! upstream answers `101 Switching Protocols` naming that protocol do the
+//! two connections become a byte tunnel. Any other answer is an ordinary
+//! response and both connections stay HTTP.
+//!
+//! The tunnel runs both directions at once, each moving one buffer at a
+//! time (read, then write all of it, then read again), so a side that stops
+//! reading stops the other side's sender: memory stays at two buffers per
+//! tunnel whatever passes through. A side that closes has its close passed
+//! on (a FIN, or `close_notify` over TLS); the other direction then has
+//! [`FIN_WAIT`] to deliver what it has in flight (the other side's close
+//! reply) before both are closed. No byte either way for `tunnel_idle`
+//! closes both.
+
+use std::cell::Cell;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use monoio::buf::SliceMut;
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+
+use super::io::{ClientStream, Read};
+use super::upstream::InFlight;
+use super::{Client, Next};
+use crate::config::RouteConfig;
+use crate::http::headers::{list_items, listed_in_connection, name_is};
+use crate::http::request::RequestHead;
+use crate::http::response::ResponseHead;
+use crate::http::{BodyFraming, Method, Version};
+use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::signal::{race, Either};
+
+/// Once one side closed, how long the other direction may still run.
+pub const FIN_WAIT: Duration = Duration::from_secs(1);
+
+/// The protocol (an index into the route's `upgrade` list) this request
+/// may switch to: a GET over HTTP/1.1 without a body, with `upgrade` in
+/// `Connection` and an `Upgrade` naming a protocol the route allows. An
+/// upgrade that does not qualify is ignored (the field is hop-by-hop and
+/// is not forwarded), as RFC 9110 section 7.8 lets a server do; `h2c` is
+/// never allowed (see `config::routes`).
+pub(super) fn requested(req: &RequestHead<'_>, route: &RouteConfig) -> Option<usize> {
+    if route.upgrade.is_empty()
+        || req.method != Method::Get
+        || req.version != Version::Http11
+        || !matches!(req.body, BodyFraming::None | BodyFraming::Length(0))
+        || !listed_in_connection(req.connection_values(), "upgrade")
+    {
+        return None;
+    }
+    offered(req.headers, "upgrade").find_map(|offer| {
+        route
+            .upgrade
+            .iter()
+            .position(|allowed| protocol_matches(offer, allowed))
+    })
+}
+
+/// True when the upstream's 101 switches to `protocol`: its `Upgrade`
+/// names it. A 101 that names nothing, or another protocol, is refused as
+/// a bad response: the connection is never taken for a tunnel on a guess.
+pub(super) fn switches(resp: &ResponseHead<'_>, protocol: &str) -> bool {
+    resp.status == 101 && offered(resp.headers, "upgrade").any(|p| protocol_matches(p, protocol))
+}
+
+/// The items of every `name` field.
+fn offered<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| name_is(h.name, name))
+        .flat_map(|h| list_items(h.value))
+}
+
+/// `websocket` matches `WebSocket` and `websocket/13`; an allowed
+/// `name/version` matches only that version.
+fn protocol_matches(offer: &[u8], allowed: &str) -> bool {
+    let name = match allowed.contains('/') {
+        true => offer,
+        false => offer.split(|&b| b == b'/').next().unwrap_or(offer),
+    };
+    name.eq_ignore_ascii_case(allowed.as_bytes())
+}
+
+/// Sends the 101 (in `head`) and whatever followed it from the upstream,
+/// then tunnels until either side closes or the tunnel is idle.
+pub(super) async fn run(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    head: Vec<u8>,
+    mut from_upstream: BytesMut,
+    upstream: TcpStream,
+    idle: Duration,
+    in_flight: InFlight,
+) -> Next {
+    let send = ctx.config.timeouts.client_send;
+    let head = match client.stream.write_all(head, send).await {
+        Ok(head) => head,
+        Err(_) => return Next::Close,
+    };
+    ctx.give_write_buffer(head);
+    if !from_upstream.is_empty() {
+        match client.stream.write_all(from_upstream.split(), send).await {
+            Ok(_) => {}
+            Err(_) => return Next::Close,
+        }
+    }
+    ctx.give_read_buffer(from_upstream);
+    let stats = &ctx.stats.tunnels;
+    Stats::bump(&stats.opened);
+    let _open = Open::new(&stats.open);
+    let (client_read, client_write) =
+        match std::mem::replace(&mut client.stream, ClientStream::Detached) {
+            ClientStream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Reader::Plain(r), Writer::Plain(w))
+            }
+            ClientStream::Tls(s) => {
+                let (r, w) = s.into_split();
+                (Reader::Tls(r), Writer::Tls(w))
+            }
+            ClientStream::Detached => return Next::Close,
+        };
+    let (upstream_read, mut upstream_write) = {
+        let (r, w) = upstream.into_split();
+        (Reader::Plain(r), Writer::Plain(w))
+    };
+    // What the client sent after its request already belongs to the new protocol.
+    let early = client.buf.split();
+    if !early.is_empty() {
+        stats
+            .bytes_up
+            .set(stats.bytes_up.get() + early.len() as u64);
+        if upstream_write.write_all(early).await.is_err() {
+            return Next::Close;
+        }
+    }
+    let size = ctx.per_core.upstream_buffer_size.max(4096);
+    let activity = Cell::new(Instant::now());
+    let up = pump(
+        client_read,
+        upstream_write,
+        size,
+        &stats.bytes_up,
+        &activity,
+    );
+    let down = pump(
+        upstream_read,
+        client_write,
+        size,
+        &stats.bytes_down,
+        &activity,
+    );
+    let both = async {
+        let mut up = std::pin::pin!(up);
+        let mut down = std::pin::pin!(down);
+        // One side closed cleanly: the other has `FIN_WAIT` to finish.
+        let rest = match race(&mut up, &mut down).await {
+            Either::Left(true) => Either::Left(&mut down),
+            Either::Right(true) => Either::Right(&mut up),
+            Either::Left(false) | Either::Right(false) => return,
+        };
+        let linger = monoio::time::sleep(FIN_WAIT.min(idle));
+        match rest {
+            Either::Left(down) => {
+                race(down, linger).await;
+            }
+            Either::Right(up) => {
+                race(up, linger).await;
+            }
+        }
+    };
+    if let Either::Right(()) = race(both, idle_for(&activity, idle)).await {
+        tracing::debug!(worker = ctx.index, "tunnel idle, closed");
+    }
+    drop(in_flight);
+    Next::Close
+}
+
+/// Counts a tunnel as open while it lives (dropped mid-flight on a forced close too).
+struct Open<'a>(&'a Cell<u64>);
+
+impl<'a> Open<'a> {
+    fn new(open: &'a Cell<u64>) -> Self {
+        open.set(open.get() + 1);
+        Open(open)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Moves bytes one way until the source closes (true: cleanly, and the
+/// close was passed on) or either side fails (false).
+async fn pump(
+    mut from: Reader,
+    mut to: Writer,
+    size: usize,
+    counter: &Cell<u64>,
+    activity: &Cell<Instant>,
+) -> bool {
+    let mut buf = BytesMut::with_capacity(size);
+    loop {
+        buf.clear();
+        match from.read_some(&mut buf, size).await {
+            Read::Data(n) => {
+                activity.set(Instant::now());
+                counter.set(counter.get() + n as u64);
+                match to.write_all(buf).await {
+                    Ok(back) => buf = back,
+                    Err(_) => return false,
+                }
+            }
+            Read::Eof => {
+                to.shutdown().await;
+                return true;
+            }
+            Read::TimedOut | Read::Failed(_) => return false,
+        }
+    }
+}
+
+/// Returns once no byte has moved either way for `limit`.
+async fn idle_for(activity: &Cell<Instant>, limit: Duration) {
+    loop {
+        let since = activity.get().elapsed();
+        if since >= limit {
+            return;
+        }
+        monoio::time::sleep(limit - since).await;
+    }
+}
+
+/// The reading half of one side of a tunnel.
+enum Reader {
+    Plain(OwnedReadHalf<TcpStream>),
+    Tls(crate::tls::TlsReadHalf),
+}
+
+/// The writing half of one side of a tunnel.
+enum Writer {
+    Plain(OwnedWriteHalf<TcpStream>),
+    Tls(crate::tls::TlsWriteHalf),
+}
+
+impl Reader {
+    async fn read_some(&mut self, buf: &mut BytesMut, reserve: usize) -> Read {
+        match self {
+            Reader::Plain(half) => {
+                buf.reserve(reserve);
+                let (len, cap) = (buf.len(), buf.capacity());
+                let owned = SliceMut::new(std::mem::take(buf), len, cap);
+                let (result, owned) = half.read(owned).await;
+                *buf = owned.into_inner();
+                match result {
+                    Ok(0) => Read::Eof,
+                    Ok(n) => Read::Data(n),
+                    Err(e) => Read::Failed(e),
+                }
+            }
+            Reader::Tls(half) => Box::pin(half.read_some(buf, reserve)).await,
+        }
+    }
+}
+
+impl Writer {
+    async fn write_all(&mut self, buf: BytesMut) -> io::Result<BytesMut> {
+        match self {
+            Writer::Plain(half) => {
+                let (result, buf) = half.write_all(buf).await;
+                result.map(|_| buf)
+            }
+            Writer::Tls(half) => {
+                Box::pin(half.write_all(&buf)).await?;
+                Ok(buf)
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        match self {
+            Writer::Plain(half) => {
+                let _ = half.shutdown().await;
+            }
+            Writer::Tls(half) => Box::pin(half.shutdown()).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protocol_matches;
+
+    #[test]
+    fn protocols_match_by_name_and_version() {
+        assert!(protocol_matches(b"websocket", "websocket"));
+        assert!(protocol_matches(b"WebSocket", "websocket"));
+        assert!(protocol_matches(b"websocket/13", "websocket"));
+        assert!(!protocol_matches(b"websockets", "websocket"));
+        assert!(!protocol_matches(b"h2c", "websocket"));
+        assert!(protocol_matches(b"foo/2", "foo/2"));
+        assert!(!protocol_matches(b"foo/1", "foo/2"));
+        assert!(!protocol_matches(b"foo", "foo/2"));
+    }
+}
