@@ -40,6 +40,9 @@ pub enum ErrorKind {
     OverCapacity,
     ConnectRefused,
     ConnectTimeout,
+    /// The TLS handshake with an upstream of a TLS group failed (its
+    /// certificate did not verify, or it does not speak TLS).
+    UpstreamTls,
     /// The upstream closed or reset before sending any response byte.
     UpstreamClosedEarly,
     /// The upstream did not answer within the response timeout.
@@ -112,6 +115,7 @@ impl ErrorKind {
             ErrorKind::NotCached => Some(504),
             ErrorKind::NoHealthyServer | ErrorKind::OverCapacity => Some(503),
             ErrorKind::ConnectRefused
+            | ErrorKind::UpstreamTls
             | ErrorKind::UpstreamClosedEarly
             | ErrorKind::BadResponse(_) => Some(502),
             ErrorKind::RetryStatus(status) => Some(status),
@@ -140,6 +144,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::OverCapacity => "circuit breaker open",
             ErrorKind::ConnectRefused => "upstream connect failed",
             ErrorKind::ConnectTimeout => "upstream connect timed out",
+            ErrorKind::UpstreamTls => "upstream TLS handshake failed",
             ErrorKind::UpstreamClosedEarly => "upstream closed before responding",
             ErrorKind::ResponseTimeout => "upstream response timed out",
             ErrorKind::UpstreamBroken => "upstream failed mid-response",

@@ -99,6 +99,20 @@ impl Gateway {
                 tls::Terminator::new(tls, tickets).map_err(config_error)?,
             ));
         }
+        // TLS upstream groups: roots and client certificates loaded once.
+        let mut connectors = Vec::new();
+        for group in &config.upstreams {
+            connectors.push(match &group.tls {
+                None => None,
+                Some(tls) => Some(tls::Connector::new(tls).map_err(|reason| {
+                    StartError::Config(config::ConfigError {
+                        file: config.source.clone(),
+                        key: format!("upstreams.{}.tls", group.name),
+                        reason,
+                    })
+                })?),
+            });
+        }
 
         let admin_addr = match &config.admin {
             Some(admin) => Some(probe_bind(admin.listen)?),
@@ -135,6 +149,7 @@ impl Gateway {
                 config: config.clone(),
                 listeners: listeners.clone(),
                 terminators: terminators.clone(),
+                connectors: connectors.clone(),
                 stop: stop.clone(),
                 mailbox: bus::Mailbox::new(bus.clone(), receiver, worker),
                 claims: claims.clone(),

@@ -38,6 +38,7 @@ fn gateway_with(
         health: None,
         sticky: None,
         discovery: None,
+        tls: None,
     }];
     tune(&mut config.upstreams[0]);
     start(config)
@@ -282,6 +283,7 @@ fn active_health_checks_take_a_failing_server_out_of_every_worker_and_back() {
         }),
         sticky: None,
         discovery: None,
+        tls: None,
     }];
     let gw = start(config);
     let traffic = |origin: &Origin| origin.requests() - origin.hits_on("/health");

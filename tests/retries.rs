@@ -32,6 +32,7 @@ fn gateway(servers: &[SocketAddr], retry: Option<RetryPolicy>) -> ringgate::Hand
         health: None,
         sticky: None,
         discovery: None,
+        tls: None,
     }];
     start(config)
 }

@@ -141,6 +141,7 @@ impl Config {
                 health: None,
                 sticky: None,
                 discovery: None,
+                tls: None,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -381,6 +382,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 Some(s) => Some(upstreams::validate_sticky(name, s)?),
             },
             discovery,
+            tls: match &group.tls {
+                None => None,
+                Some(t) => Some(upstreams::validate_tls(name, t)?),
+            },
         });
     }
 

@@ -301,6 +301,22 @@ pub struct UpstreamGroup {
     pub sticky: Option<StickyCookie>,
     /// Servers that change at run time; `None`: `servers` is fixed at start.
     pub discovery: Option<Discovery>,
+    /// The servers speak TLS; `None`: plain HTTP.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstreams.NAME.tls]`: how the gateway connects to a TLS group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Sent as SNI and checked against the certificate; `None`: the
+    /// server's IP address is checked (no SNI is sent).
+    pub sni: Option<String>,
+    /// Check the server's certificate chain and name (default: on).
+    pub verify: bool,
+    /// PEM roots to trust; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key to present (mutual TLS).
+    pub client_cert: Option<CertificateFiles>,
 }
 
 /// Where a group's servers come from while it runs (`upstream::discovery`).

@@ -171,6 +171,18 @@ pub struct RawUpstream {
     pub health: Option<RawHealth>,
     pub sticky: Option<RawSticky>,
     pub discovery: Option<RawDiscovery>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `[upstreams.NAME.tls]`: the group's servers speak TLS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `[upstreams.NAME.discovery]`: servers re-resolved and read from a file.

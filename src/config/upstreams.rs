@@ -355,3 +355,52 @@ fn server_text<'a>(key: &str, value: &'a toml::Value) -> Result<(&'a str, u32), 
         }
     })
 }
+
+/// `[upstreams.NAME.tls]`: the files are read and checked now, so a
+/// missing CA or a client key of another certificate is refused at start.
+pub(super) fn validate_tls(
+    name: &str,
+    raw: &raw::RawUpstreamTls,
+) -> Result<UpstreamTls, ConfigError> {
+    let key = |field: &str| format!("upstreams.{name}.tls.{field}");
+    let sni = match &raw.sni {
+        None => None,
+        Some(s) => {
+            let lower = s.trim_end_matches('.').to_ascii_lowercase();
+            if rustls::pki_types::ServerName::try_from(lower.as_str()).is_err() || lower.is_empty()
+            {
+                return Err(invalid(
+                    key("sni"),
+                    format!("`{s}` is not a DNS name or IP address"),
+                ));
+            }
+            Some(lower)
+        }
+    };
+    let verify = raw.verify.unwrap_or(true);
+    let ca = raw.ca.as_ref().map(PathBuf::from);
+    if let Some(path) = &ca {
+        crate::tls::connector::read_roots(path).map_err(|reason| invalid(key("ca"), reason))?;
+    }
+    let client_cert = match (&raw.cert, &raw.key) {
+        (None, None) => None,
+        (Some(cert), Some(k)) => {
+            let files = CertificateFiles {
+                cert: PathBuf::from(cert),
+                key: PathBuf::from(k),
+                ocsp: None,
+            };
+            crate::tls::certs::load(&files, std::time::SystemTime::now())
+                .map_err(|reason| invalid(key("cert"), reason))?;
+            Some(files)
+        }
+        (Some(_), None) => return Err(invalid(key("key"), "a client `cert` needs its `key`")),
+        (None, Some(_)) => return Err(invalid(key("cert"), "a client `key` needs its `cert`")),
+    };
+    Ok(UpstreamTls {
+        sni,
+        verify,
+        ca,
+        client_cert,
+    })
+}

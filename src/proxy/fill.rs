@@ -13,10 +13,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
-use monoio::net::TcpStream;
 
 use super::head::ClientFraming;
-use super::io::{read_some, Read};
+use super::io::{Read, Stream};
 use super::upstream::{InFlight, ResponsePlan};
 use super::{
     cache, client_may_continue, finish_unforwarded, Answered, Client, Coalescing, Forward, Next,
@@ -33,7 +32,7 @@ use crate::worker::signal::race;
 
 /// The body-reading half of an upstream exchange, moved into the fill task.
 struct Job {
-    upstream: TcpStream,
+    upstream: Stream,
     addr: SocketAddr,
     server: usize,
     group: usize,
@@ -67,7 +66,7 @@ pub(super) fn start(
     ctx: &Rc<WorkerCtx>,
     forward: &Forward,
     plan: &mut ResponsePlan,
-    (upstream, addr, in_flight): (TcpStream, SocketAddr, InFlight),
+    (upstream, addr, in_flight): (Stream, SocketAddr, InFlight),
     first: BytesMut,
     coalescing: Coalescing,
     reservation: FillReservation,
@@ -200,7 +199,11 @@ async fn read_body(ctx: &WorkerCtx, fill: &Fill, job: &mut Job) -> Result<Ending
             BodyFraming::Length(_) => remaining.clamp(read_size as u64, 256 * 1024) as usize,
             _ => read_size,
         };
-        match read_some(&mut job.upstream, &mut buf, want, job.timeouts.read).await {
+        match job
+            .upstream
+            .read_some(&mut buf, want, job.timeouts.read)
+            .await
+        {
             Read::Data(_) => {}
             Read::Eof if job.framing == BodyFraming::UntilClose => return Ok(Ending::Unclean),
             Read::Eof | Read::TimedOut => return Err(broken(None)),

@@ -12,10 +12,10 @@ use monoio::buf::{IoBuf, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-/// A client connection: plain TCP, or TLS over it. The connection task
-/// reads requests and writes responses through this alone, so every
-/// response path works the same over both.
-pub enum ClientStream {
+/// A connection, to a client or to an upstream: plain TCP, or TLS over
+/// it. Requests, responses and bodies are read and written through this
+/// alone, so every path works the same over both.
+pub enum Stream {
     Plain(TcpStream),
     Tls(Box<crate::tls::TlsStream>),
     /// Handed over to a tunnel (an upgraded connection): nothing more is
@@ -23,18 +23,27 @@ pub enum ClientStream {
     Detached,
 }
 
-impl ClientStream {
+impl Stream {
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// The TCP socket under it (none once detached).
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(s) => Some(s.tcp()),
+            Stream::Detached => None,
+        }
     }
 
     /// Appends what the client sent (decrypted) to `buf`.
     pub async fn read_some(&mut self, buf: &mut BytesMut, reserve: usize, limit: Duration) -> Read {
         match self {
-            ClientStream::Plain(s) => read_some(s, buf, reserve, limit).await,
+            Stream::Plain(s) => read_some(s, buf, reserve, limit).await,
             // Boxed: the plain path's futures stay as small as before TLS.
-            ClientStream::Tls(s) => Box::pin(s.read_some(buf, reserve, limit)).await,
-            ClientStream::Detached => Read::Eof,
+            Stream::Tls(s) => Box::pin(s.read_some(buf, reserve, limit)).await,
+            Stream::Detached => Read::Eof,
         }
     }
 
@@ -45,8 +54,8 @@ impl ClientStream {
         limit: Duration,
     ) -> Result<B, (WriteError, Option<B>)> {
         match self {
-            ClientStream::Plain(s) => write_all(s, buf, limit).await,
-            ClientStream::Tls(s) => {
+            Stream::Plain(s) => write_all(s, buf, limit).await,
+            Stream::Tls(s) => {
                 // SAFETY: an `IoBuf` points at `bytes_init` initialised bytes
                 // for as long as it lives, and `buf` outlives this borrow.
                 let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
@@ -55,7 +64,7 @@ impl ClientStream {
                     Err(e) => Err((e, Some(buf))),
                 }
             }
-            ClientStream::Detached => Err((detached(), Some(buf))),
+            Stream::Detached => Err((detached(), Some(buf))),
         }
     }
 
@@ -66,14 +75,14 @@ impl ClientStream {
         limit: Duration,
     ) -> Result<crate::cache::hit::HitBuf, WriteError> {
         match self {
-            ClientStream::Plain(s) => write_hit(s, buf, limit).await,
-            ClientStream::Tls(s) => {
+            Stream::Plain(s) => write_hit(s, buf, limit).await,
+            Stream::Tls(s) => {
                 let mut buf = buf;
                 Box::pin(s.write_parts(&buf.parts(), limit)).await?;
                 buf.release();
                 Ok(buf)
             }
-            ClientStream::Detached => Err(detached()),
+            Stream::Detached => Err(detached()),
         }
     }
 }

@@ -52,7 +52,7 @@ use answer::{
     answer_failure, answer_from_cache, finish_unforwarded, purge, respond_error, send_cached,
 };
 use head::UpstreamRequest;
-use io::{ClientStream, Read};
+use io::{Read, Stream};
 use reading::{body_to_buffer, may_hold_head_end, BodyWait};
 
 /// Response heads from upstreams may carry at most this many fields.
@@ -66,7 +66,7 @@ pub struct Entry {
 }
 
 struct Client {
-    stream: ClientStream,
+    stream: Stream,
     /// Redirect every request to `https://` on this port.
     redirect_https: Option<u16>,
     /// Its key in the worker's connection table (idle tracking, caps).
@@ -99,9 +99,9 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let stream = match &entry.tls {
-        None => ClientStream::Plain(stream),
+        None => Stream::Plain(stream),
         Some(tls) => match Box::pin(handshake(&ctx, tls, stream, peer)).await {
-            Some(stream) => ClientStream::Tls(Box::new(stream)),
+            Some(stream) => Stream::Tls(Box::new(stream)),
             None => return,
         },
     };

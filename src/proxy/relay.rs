@@ -8,10 +8,9 @@
 use std::net::SocketAddr;
 
 use bytes::{Buf, BytesMut};
-use monoio::net::TcpStream;
 
 use super::head::ClientFraming;
-use super::io::{read_some, Read};
+use super::io::{Read, Stream};
 use super::upstream::ResponsePlan;
 use super::{cache, Client, Coalescing, Forward, Next};
 use crate::error::{ErrorKind, ProxyError};
@@ -30,7 +29,7 @@ pub(super) async fn body(
     forward: &Forward,
     out: &mut Vec<u8>,
     ubuf: &mut BytesMut,
-    mut upstream: TcpStream,
+    mut upstream: Stream,
     addr: SocketAddr,
     plan: &mut ResponsePlan,
     coalescing: &mut Coalescing,
@@ -156,7 +155,10 @@ pub(super) async fn body(
                         .await
                         .map_err(client_gone)?;
                 }
-                match read_some(&mut upstream, ubuf, read_size, forward.timeouts.read).await {
+                match upstream
+                    .read_some(ubuf, read_size, forward.timeouts.read)
+                    .await
+                {
                     Read::Data(_) => {}
                     Read::Eof => break,
                     Read::TimedOut => return Err(broken(None)),

@@ -29,9 +29,7 @@ fn connection_future_stays_small() {
         ));
         let mut client = super::Client {
             conn: 0,
-            stream: super::ClientStream::Plain(
-                monoio::net::TcpStream::connect_addr(addr).await.unwrap(),
-            ),
+            stream: super::Stream::Plain(monoio::net::TcpStream::connect_addr(addr).await.unwrap()),
             redirect_https: None,
             buf: bytes::BytesMut::new(),
             peer_ip: String::new(),

@@ -26,7 +26,7 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use super::io::{ClientStream, Read};
+use super::io::{Read, Stream};
 use super::upstream::InFlight;
 use super::{Client, Next};
 use crate::config::RouteConfig;
@@ -98,7 +98,7 @@ pub(super) async fn run(
     client: &mut Client,
     head: Vec<u8>,
     mut from_upstream: BytesMut,
-    upstream: TcpStream,
+    upstream: Stream,
     idle: Duration,
     in_flight: InFlight,
 ) -> Next {
@@ -118,21 +118,13 @@ pub(super) async fn run(
     let stats = &ctx.stats.tunnels;
     Stats::bump(&stats.opened);
     let _open = Open::new(&stats.open);
-    let (client_read, client_write) =
-        match std::mem::replace(&mut client.stream, ClientStream::Detached) {
-            ClientStream::Plain(s) => {
-                let (r, w) = s.into_split();
-                (Reader::Plain(r), Writer::Plain(w))
-            }
-            ClientStream::Tls(s) => {
-                let (r, w) = s.into_split();
-                (Reader::Tls(r), Writer::Tls(w))
-            }
-            ClientStream::Detached => return Next::Close,
-        };
-    let (upstream_read, mut upstream_write) = {
-        let (r, w) = upstream.into_split();
-        (Reader::Plain(r), Writer::Plain(w))
+    let Some((client_read, client_write)) =
+        split(std::mem::replace(&mut client.stream, Stream::Detached))
+    else {
+        return Next::Close;
+    };
+    let Some((upstream_read, mut upstream_write)) = split(upstream) else {
+        return Next::Close;
     };
     // What the client sent after its request already belongs to the new protocol.
     let early = client.buf.split();
@@ -184,6 +176,21 @@ pub(super) async fn run(
     }
     drop(in_flight);
     Next::Close
+}
+
+/// One side's two halves.
+fn split(stream: Stream) -> Option<(Reader, Writer)> {
+    match stream {
+        Stream::Plain(s) => {
+            let (r, w) = s.into_split();
+            Some((Reader::Plain(r), Writer::Plain(w)))
+        }
+        Stream::Tls(s) => {
+            let (r, w) = s.into_split();
+            Some((Reader::Tls(r), Writer::Tls(w)))
+        }
+        Stream::Detached => None,
+    }
 }
 
 /// Counts a tunnel as open while it lives (dropped mid-flight on a forced close too).

@@ -10,10 +10,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use monoio::net::TcpStream;
 
 use super::head::{self, ClientFraming, ConnectionField};
-use super::io::{self, read_some, write_all, Read};
+use super::io::{self, Read, Stream};
 use super::relay::send_to_client;
 use super::{cache, client_may_continue, Client, Forward, Progress, MAX_RESPONSE_HEADERS};
 use crate::error::{ErrorKind, ProxyError, Side};
@@ -74,7 +73,7 @@ pub(super) enum Answer {
 
 /// An upstream exchange that got its response head.
 pub(super) struct UpstreamHead {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub addr: SocketAddr,
     pub answer: Answer,
     /// The request counts as outstanding to the server until this drops.
@@ -144,7 +143,7 @@ pub(super) async fn exchange(
         let resendable = replayable && !out.is_empty();
         let allowed = match error.kind {
             // Nothing reached a server: safe for any method.
-            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout => {
+            ErrorKind::ConnectRefused | ErrorKind::ConnectTimeout | ErrorKind::UpstreamTls => {
                 policy.on_connect_failure && !out.is_empty()
             }
             // Closed or reset before any response byte: only what may be repeated.
@@ -188,7 +187,7 @@ async fn attempt(
     ubuf: &mut BytesMut,
     progress: &mut Progress,
     body_in_out: bool,
-) -> Result<(TcpStream, SocketAddr, Answer), ProxyError> {
+) -> Result<(Stream, SocketAddr, Answer), ProxyError> {
     let addr = ctx.upstreams.borrow().addr(forward.server);
     let pooled = ctx.upstreams.borrow_mut().take_connection(forward.server);
     let (mut upstream, mut reused) = match pooled {
@@ -196,7 +195,10 @@ async fn attempt(
             Stats::bump(&ctx.stats.upstream_reuses);
             (stream, true)
         }
-        None => (connect(ctx, addr, forward.timeouts.connect).await?, false),
+        None => (
+            connect(ctx, forward.server, forward.timeouts.connect).await?,
+            false,
+        ),
     };
     let sent_at = Instant::now();
     let (head_len, answer) = loop {
@@ -222,7 +224,7 @@ async fn attempt(
                 tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
                 Stats::bump(&ctx.stats.upstream_retries);
                 ubuf.clear();
-                upstream = connect(ctx, addr, forward.timeouts.connect).await?;
+                upstream = connect(ctx, forward.server, forward.timeouts.connect).await?;
                 reused = false;
             }
             Err(e) => return Err(e),
@@ -483,7 +485,7 @@ async fn send_request(
     client: &mut Client,
     forward: &Forward,
     out: &mut Vec<u8>,
-    upstream: &mut TcpStream,
+    upstream: &mut Stream,
     progress: &mut Progress,
     body_in_out: bool,
     addr: SocketAddr,
@@ -491,7 +493,7 @@ async fn send_request(
     let timeouts = &ctx.config.timeouts;
     let dead = |source| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, source);
     let buf = std::mem::take(out);
-    match write_all(upstream, buf, timeouts.upstream_send).await {
+    match upstream.write_all(buf, timeouts.upstream_send).await {
         Ok(buf) => *out = buf,
         Err((e, buf)) => {
             if let Some(buf) = buf {
@@ -548,7 +550,8 @@ async fn send_request(
                 }
                 let take = (client.buf.len() as u64).min(remaining) as usize;
                 let chunk = client.buf.split_to(take);
-                write_all(upstream, chunk, timeouts.upstream_send)
+                upstream
+                    .write_all(chunk, timeouts.upstream_send)
                     .await
                     .map_err(|(e, _)| upstream_failed(e))?;
                 remaining -= take as u64;
@@ -570,7 +573,8 @@ async fn send_request(
                 }
                 if !out.is_empty() {
                     let buf = std::mem::take(out);
-                    let mut buf = write_all(upstream, buf, timeouts.upstream_send)
+                    let mut buf = upstream
+                        .write_all(buf, timeouts.upstream_send)
                         .await
                         .map_err(|(e, _)| upstream_failed(e))?;
                     buf.clear();
@@ -603,7 +607,7 @@ async fn read_response_head(
     client: &mut Client,
     forward: &Forward,
     out: &mut Vec<u8>,
-    upstream: &mut TcpStream,
+    upstream: &mut Stream,
     ubuf: &mut BytesMut,
     addr: SocketAddr,
 ) -> Result<(usize, Answer), ProxyError> {
@@ -639,13 +643,13 @@ async fn read_response_head(
             }
             HeadStep::NeedMore => {}
             HeadStep::NeedBody => {
-                match read_some(
-                    upstream,
-                    ubuf,
-                    ctx.per_core.upstream_buffer_size,
-                    forward.timeouts.read,
-                )
-                .await
+                match upstream
+                    .read_some(
+                        ubuf,
+                        ctx.per_core.upstream_buffer_size,
+                        forward.timeouts.read,
+                    )
+                    .await
                 {
                     Read::Data(_) => continue,
                     Read::TimedOut => {

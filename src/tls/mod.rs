@@ -11,6 +11,7 @@
 //! (AES-GCM, ChaCha20-Poly1305 over ECDHE), ALPN `http/1.1`.
 
 pub mod certs;
+pub mod connector;
 mod split;
 mod stream;
 
@@ -22,6 +23,7 @@ use rustls::server::{ProducesTickets, ServerSessionMemoryCache};
 use rustls::ServerConfig;
 
 use crate::config::ListenerTls;
+pub use connector::Connector;
 pub use split::{TlsReadHalf, TlsWriteHalf};
 pub use stream::{HandshakeError, TlsStream};
 

@@ -1,4 +1,5 @@
-//! The upstream HTTP/1.1 client: connecting (with the connect timeout),
+//! The upstream HTTP/1.1 client: connecting (with the connect timeout,
+//! which covers the TLS handshake of a TLS group),
 //! reading a response body piece by piece, and a whole exchange with no
 //! client attached: send a request head, read the whole response into
 //! memory, bounded. The proxy's exchange, background cache refreshes and
@@ -14,34 +15,63 @@ use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::header_slots;
 use crate::http::response::parse_response;
 use crate::http::{BodyFraming, HttpError, Method};
-use crate::proxy::io::{self, read_some, write_all, Read};
+use crate::proxy::io::{self, Read, Stream};
 use crate::worker::context::{Stats, WorkerCtx};
 
-/// Opens a connection to `addr` within `limit`. Nothing was sent yet, so a
-/// failure here is always safe to retry elsewhere.
+/// Opens a connection to `server` within `limit`, with the TLS handshake
+/// of a TLS group in the same time. Nothing was sent yet, so a failure here
+/// is always safe to retry elsewhere.
 pub async fn connect(
     ctx: &WorkerCtx,
-    addr: SocketAddr,
+    server: usize,
     limit: std::time::Duration,
-) -> Result<TcpStream, ProxyError> {
-    match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
+) -> Result<Stream, ProxyError> {
+    let (addr, tls) = {
+        let upstreams = ctx.upstreams.borrow();
+        (upstreams.addr(server), upstreams.tls_for(server))
+    };
+    let deadline = io::deadline_in(limit);
+    let tcp = match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Stats::bump(&ctx.stats.upstream_connects);
-            Ok(stream)
+            stream
         }
-        Ok(Err(e)) => Err(ProxyError::upstream(
-            ErrorKind::ConnectRefused,
-            addr,
-            true,
-            Some(e),
-        )),
-        Err(_) => Err(ProxyError::upstream(
-            ErrorKind::ConnectTimeout,
-            addr,
-            true,
-            None,
-        )),
+        Ok(Err(e)) => {
+            return Err(ProxyError::upstream(
+                ErrorKind::ConnectRefused,
+                addr,
+                true,
+                Some(e),
+            ))
+        }
+        Err(_) => {
+            return Err(ProxyError::upstream(
+                ErrorKind::ConnectTimeout,
+                addr,
+                true,
+                None,
+            ))
+        }
+    };
+    let Some(tls) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    match Box::pin(tls.connect(tcp, addr, deadline)).await {
+        Ok(stream) => Ok(Stream::Tls(Box::new(stream))),
+        Err(e) => {
+            let kind = match e {
+                crate::tls::HandshakeError::TimedOut => ErrorKind::ConnectTimeout,
+                _ => ErrorKind::UpstreamTls,
+            };
+            tracing::warn!(worker = ctx.index, upstream = %addr, error = %e, "upstream TLS handshake failed");
+            Err(ProxyError::upstream(
+                kind,
+                addr,
+                true,
+                Some(std::io::Error::other(e.to_string())),
+            ))
+        }
     }
 }
 
@@ -50,13 +80,16 @@ pub async fn connect(
 /// already under way, so the client connection will be closed.
 pub async fn read_body_piece(
     ctx: &WorkerCtx,
-    upstream: &mut TcpStream,
+    upstream: &mut Stream,
     buf: &mut BytesMut,
     addr: SocketAddr,
     limit: std::time::Duration,
 ) -> Result<(), ProxyError> {
     let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
-    match read_some(upstream, buf, ctx.per_core.upstream_buffer_size, limit).await {
+    match upstream
+        .read_some(buf, ctx.per_core.upstream_buffer_size, limit)
+        .await
+    {
         Read::Data(_) => Ok(()),
         Read::Failed(e) => Err(broken(Some(e))),
         Read::Eof | Read::TimedOut => Err(broken(None)),
@@ -75,7 +108,7 @@ pub fn into_io(e: io::WriteError) -> Option<std::io::Error> {
 /// never began to answer. One after some bytes is a broken response.
 pub async fn read_head_piece(
     ctx: &WorkerCtx,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     addr: SocketAddr,
     deadline: std::time::Instant,
@@ -84,7 +117,10 @@ pub async fn read_head_piece(
     let left = deadline.saturating_duration_since(std::time::Instant::now());
     let error =
         |kind, retry_safe, source| Err(ProxyError::upstream(kind, addr, retry_safe, source));
-    match read_some(stream, buf, ctx.per_core.upstream_buffer_size, left).await {
+    match stream
+        .read_some(buf, ctx.per_core.upstream_buffer_size, left)
+        .await
+    {
         Read::Data(_) => Ok(()),
         Read::TimedOut => error(ErrorKind::ResponseTimeout, false, None),
         Read::Eof if !received_any => error(ErrorKind::UpstreamClosedEarly, true, None),
@@ -133,9 +169,10 @@ pub async fn fetch_whole(ctx: &WorkerCtx, request: WholeRequest) -> Result<Fetch
     };
     let mut stream = match pooled {
         Some(s) => s,
-        None => connect(ctx, addr, timeouts.upstream_connect).await?,
+        None => connect(ctx, server, timeouts.upstream_connect).await?,
     };
-    write_all(&mut stream, request.head, timeouts.upstream_send)
+    stream
+        .write_all(request.head, timeouts.upstream_send)
         .await
         .map_err(|(e, _)| broken(into_io(e)))?;
 
@@ -215,13 +252,13 @@ pub async fn fetch_whole(ctx: &WorkerCtx, request: WholeRequest) -> Result<Fetch
             if over(&mut body)? {
                 break;
             }
-            match read_some(
-                &mut stream,
-                &mut buf,
-                ctx.per_core.upstream_buffer_size,
-                timeouts.upstream_read,
-            )
-            .await
+            match stream
+                .read_some(
+                    &mut buf,
+                    ctx.per_core.upstream_buffer_size,
+                    timeouts.upstream_read,
+                )
+                .await
             {
                 Read::Data(_) => {}
                 Read::Eof => break,
@@ -239,7 +276,7 @@ pub async fn fetch_whole(ctx: &WorkerCtx, request: WholeRequest) -> Result<Fetch
     {
         ctx.upstreams.borrow_mut().give_back(server, stream);
     } else {
-        drop::<TcpStream>(stream);
+        drop::<Stream>(stream);
     }
     Ok(Fetched {
         head,

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::config::{BalancePolicy, Config, OutlierPolicy, PerCoreConfig};
+use crate::proxy::io::Stream;
 use balancer::{Balancer, RequestKey, Rng, ServerLoad};
 use pool::Pool;
 
@@ -52,6 +53,8 @@ pub struct Upstreams {
     loads: Vec<ServerLoad>,
     rng: Rng,
     pool: Pool,
+    /// Per group: the TLS client of a group whose servers speak TLS.
+    tls: Vec<Option<crate::tls::Connector>>,
 }
 
 impl Upstreams {
@@ -65,13 +68,27 @@ impl Upstreams {
         &self.server_hosts[server]
     }
 
+    /// The TLS client for `server`'s group, when its servers speak TLS.
+    pub fn tls_for(&self, server: usize) -> Option<crate::tls::Connector> {
+        self.tls.get(self.owner[server]).cloned().flatten()
+    }
+
+    /// Gives the worker its own copy of each group's TLS client (built once
+    /// at start, with a session cache per worker).
+    pub fn set_tls(&mut self, connectors: &[Option<crate::tls::Connector>]) {
+        self.tls = connectors
+            .iter()
+            .map(|c| c.as_ref().map(crate::tls::Connector::for_worker))
+            .collect();
+    }
+
     /// An idle pooled connection to `server` that is still quiet, if any.
-    pub fn take_connection(&mut self, server: usize) -> Option<monoio::net::TcpStream> {
+    pub fn take_connection(&mut self, server: usize) -> Option<Stream> {
         self.pool.take(server)
     }
 
     /// Returns a connection that finished an exchange cleanly to the pool.
-    pub fn give_back(&mut self, server: usize, stream: monoio::net::TcpStream) {
+    pub fn give_back(&mut self, server: usize, stream: Stream) {
         self.pool.put(server, stream);
     }
 
@@ -185,6 +202,7 @@ impl Upstreams {
             server_hosts,
             groups,
             pool,
+            tls: Vec::new(),
         }
     }
 

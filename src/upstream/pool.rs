@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use crate::proxy::io::Stream;
+
 /// True when nothing is waiting to be read on an idle connection: no
 /// byte, no end of stream, no error. One non-blocking `recv(MSG_PEEK)`.
 pub fn is_quiet(stream: &TcpStream) -> bool {
@@ -39,7 +41,7 @@ pub fn is_quiet(stream: &TcpStream) -> bool {
 }
 
 struct Idle {
-    stream: TcpStream,
+    stream: Stream,
     since: Instant,
 }
 
@@ -89,7 +91,7 @@ impl Pool {
 
     /// The most recently returned connection to `server` that is still
     /// open and quiet, if any; the others met on the way are closed.
-    pub fn take(&mut self, server: usize) -> Option<TcpStream> {
+    pub fn take(&mut self, server: usize) -> Option<Stream> {
         let now = Instant::now();
         let idle = &mut self.idle[server];
         while let Some(conn) = idle.pop_back() {
@@ -98,7 +100,7 @@ impl Pool {
                 idle.clear();
                 return None;
             }
-            if is_quiet(&conn.stream) {
+            if conn.stream.tcp().is_some_and(is_quiet) {
                 return Some(conn.stream);
             }
             self.discarded += 1;
@@ -107,7 +109,7 @@ impl Pool {
     }
 
     /// Returns a connection that finished an exchange cleanly.
-    pub fn put(&mut self, server: usize, stream: TcpStream) {
+    pub fn put(&mut self, server: usize, stream: Stream) {
         if self.cap_per_server == 0 || self.retired[server] {
             return;
         }

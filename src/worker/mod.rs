@@ -58,6 +58,8 @@ pub(crate) struct WorkerSpec {
     pub listeners: Vec<ListenerConfig>,
     /// Each listener's TLS settings (`None`: plain), in listener order.
     pub terminators: Vec<Option<crate::tls::Terminator>>,
+    /// Each upstream group's TLS client (`None`: plain), in group order.
+    pub connectors: Vec<Option<crate::tls::Connector>>,
     pub stop: Arc<StopSignal>,
     pub mailbox: crate::bus::Mailbox,
     pub claims: Arc<crate::cache::claims::Claims>,
@@ -220,6 +222,7 @@ async fn worker_main(
         bus,
         spec.claims.clone(),
     ));
+    ctx.upstreams.borrow_mut().set_tls(&spec.connectors);
     monoio::spawn(inbox::run(ctx.clone(), spec.mailbox));
     crate::upstream::health::start(&ctx);
     if let Some(listener) = admin_listener {
