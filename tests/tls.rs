@@ -179,6 +179,12 @@ fn a_request_over_tls_1_3_reaches_the_upstream_marked_https() {
         "{}",
         x.response
     );
+    assert!(
+        x.response
+            .contains("Forwarded: for=127.0.0.1;proto=https;host=\"localhost\""),
+        "{}",
+        x.response
+    );
     assert_eq!(x.version, Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(x.alpn.as_deref(), Some(&b"http/1.1"[..]));
 }

@@ -772,18 +772,20 @@ fn validate_proxy(raw: &raw::RawProxy) -> Result<ProxyHeaders, ConfigError> {
         }
         p.via_name = name.clone();
     }
-    if let Some(mode) = raw.x_forwarded_for.as_deref() {
-        p.x_forwarded_for = match mode {
-            "append" => ForwardedFor::Append,
-            "replace" => ForwardedFor::Replace,
-            "off" => ForwardedFor::Off,
-            other => {
-                return Err(invalid(
-                    "proxy.x_forwarded_for",
-                    format!("`{other}` is not a mode (use \"append\", \"replace\" or \"off\")"),
-                ))
-            }
-        };
+    let mode = |key: &str, value: &str| match value {
+        "append" => Ok(ForwardedFor::Append),
+        "replace" => Ok(ForwardedFor::Replace),
+        "off" => Ok(ForwardedFor::Off),
+        other => Err(invalid(
+            format!("proxy.{key}"),
+            format!("`{other}` is not a mode (use \"append\", \"replace\" or \"off\")"),
+        )),
+    };
+    if let Some(value) = raw.x_forwarded_for.as_deref() {
+        p.x_forwarded_for = mode("x_forwarded_for", value)?;
+    }
+    if let Some(value) = raw.forwarded.as_deref() {
+        p.forwarded = mode("forwarded", value)?;
     }
     if let Some(v) = raw.x_forwarded_proto {
         p.x_forwarded_proto = v;

@@ -237,6 +237,8 @@ pub struct ProxyHeaders {
     pub x_forwarded_for: ForwardedFor,
     pub x_forwarded_proto: bool,
     pub x_forwarded_host: bool,
+    /// `Forwarded` (RFC 7239): `for`, `proto` and `host` of this hop.
+    pub forwarded: ForwardedFor,
 }
 
 impl Default for ProxyHeaders {
@@ -247,6 +249,7 @@ impl Default for ProxyHeaders {
             x_forwarded_for: ForwardedFor::Append,
             x_forwarded_proto: true,
             x_forwarded_host: true,
+            forwarded: ForwardedFor::Append,
         }
     }
 }

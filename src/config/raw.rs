@@ -148,6 +148,7 @@ pub struct RawProxy {
     pub x_forwarded_for: Option<String>,
     pub x_forwarded_proto: Option<bool>,
     pub x_forwarded_host: Option<bool>,
+    pub forwarded: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

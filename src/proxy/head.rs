@@ -137,6 +137,17 @@ pub fn for_each_forwarded<'a>(
         scratch.extend_from_slice(up.client_ip.as_bytes());
     }
     let xff_end = scratch.len();
+    // Forwarded (RFC 7239): this hop's element, after the client's list.
+    if proxy.forwarded == ForwardedFor::Append {
+        for h in req.headers.iter().filter(|h| name_is(h.name, "forwarded")) {
+            scratch.extend_from_slice(h.value);
+            scratch.extend_from_slice(b", ");
+        }
+    }
+    if proxy.forwarded != ForwardedFor::Off {
+        forwarded_element(scratch, req, up);
+    }
+    let forwarded_end = scratch.len();
     let via_line = &up.via_line[..up.via_line.len().saturating_sub(2)];
     let via_value = via_line.strip_prefix(b"Via: ").unwrap_or(via_line);
     if proxy.via && req.version == Version::Http10 {
@@ -158,6 +169,7 @@ pub fn for_each_forwarded<'a>(
             || dropped_by_connection(name, req.has_connection_header, req.connection_values())
             || (up.strip_expect && name_is(name, "expect"))
             || (name_is(name, "x-forwarded-for") && proxy.x_forwarded_for != ForwardedFor::Off)
+            || (name_is(name, "forwarded") && proxy.forwarded != ForwardedFor::Off)
             || (proxy.x_forwarded_proto && name_is(name, "x-forwarded-proto"))
             || (proxy.x_forwarded_host && name_is(name, "x-forwarded-host"))
             || up.route.auth.as_ref().is_some_and(|a| a.owns_header(name))
@@ -184,6 +196,9 @@ pub fn for_each_forwarded<'a>(
         ForwardedFor::Replace => field("X-Forwarded-For", up.client_ip.as_bytes()),
         ForwardedFor::Append => field("X-Forwarded-For", &scratch[..xff_end]),
     }
+    if proxy.forwarded != ForwardedFor::Off {
+        field("Forwarded", &scratch[xff_end..forwarded_end]);
+    }
     if proxy.x_forwarded_proto {
         field(
             "X-Forwarded-Proto",
@@ -200,7 +215,7 @@ pub fn for_each_forwarded<'a>(
     if proxy.via {
         let value = match req.version {
             Version::Http11 => via_value,
-            Version::Http10 => &scratch[xff_end..],
+            Version::Http10 => &scratch[forwarded_end..],
         };
         field("Via", value);
     }
@@ -288,6 +303,29 @@ pub fn write_request_head(
         push_header(out, h.name.as_bytes(), h.value);
     }
     finish_request_head(out, req, up);
+}
+
+/// `for=<client>;proto=<scheme>;host="<authority>"`: an IPv6 client is
+/// bracketed and quoted, the authority always quoted (it may hold `:`).
+fn forwarded_element(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
+    out.extend_from_slice(b"for=");
+    if up.client_ip.contains(':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(up.client_ip.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(up.client_ip.as_bytes());
+    }
+    out.extend_from_slice(if up.https {
+        b";proto=https"
+    } else {
+        b";proto=http"
+    });
+    if !req.authority.is_empty() {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(req.authority.as_bytes());
+        out.push(b'"');
+    }
 }
 
 /// The `Upgrade` and `Connection` fields of an upgrade request or its 101.
@@ -545,6 +583,31 @@ mod tests {
             "{head}"
         );
         assert!(head.contains("Via: 1.1 ringgate\r\n"), "{head}");
+        assert!(
+            head.contains("Forwarded: for=10.0.0.9;proto=http;host=\"shop.example\"\r\n"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn forwarded_appends_to_the_clients_list_or_replaces_it() {
+        let raw = b"GET /api HTTP/1.1\r\nHost: shop.example:8080\r\nForwarded: for=192.0.2.1\r\nForwarded: for=\"[2001:db8::1]\"\r\n\r\n";
+        let head = forward(raw, &ProxyHeaders::default());
+        assert!(
+            head.contains("Forwarded: for=192.0.2.1, for=\"[2001:db8::1]\", for=10.0.0.9;proto=http;host=\"shop.example:8080\"\r\n"),
+            "{head}"
+        );
+        assert_eq!(head.matches("Forwarded:").count(), 1, "{head}");
+        let replace = ProxyHeaders {
+            forwarded: ForwardedFor::Replace,
+            ..ProxyHeaders::default()
+        };
+        let head = forward(raw, &replace);
+        assert!(
+            head.contains("\r\nForwarded: for=10.0.0.9;proto=http;host=\"shop.example:8080\"\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("192.0.2.1"), "{head}");
     }
 
     #[test]
@@ -555,12 +618,14 @@ mod tests {
             x_forwarded_for: ForwardedFor::Off,
             x_forwarded_proto: false,
             x_forwarded_host: false,
+            forwarded: ForwardedFor::Off,
         };
         let head = forward(
-            b"GET /api HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+            b"GET /api HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\nForwarded: for=1.2.3.4\r\n\r\n",
             &proxy,
         );
         assert!(head.contains("X-Forwarded-For: 1.2.3.4\r\n"), "{head}");
+        assert!(head.contains("Forwarded: for=1.2.3.4\r\n"), "{head}");
         assert!(
             !head.contains("Via") && !head.contains("X-Forwarded-Host"),
             "{head}"
