@@ -383,3 +383,50 @@ fn a_config_with_a_bad_certificate_is_refused_naming_the_file() {
     let err = ringgate::Config::parse(&toml(&missing, &good.key)).unwrap_err();
     assert!(err.reason.contains("missing.pem"), "{}", err.reason);
 }
+
+#[test]
+fn a_large_cached_body_served_over_tls_arrives_whole() {
+    // 300 KiB is more than rustls buffers at once: the hit's vectored write
+    // is taken in several steps, each flushed before the next.
+    const SIZE: usize = 300 * 1024;
+    let origin = Origin::start();
+    let (cert, _) = certificate("large", &["localhost"]);
+    let mut config = config_for(origin.addr);
+    config.listeners = vec![tls_listener(vec![cert])];
+    config.routes[0].cache = Some(ringgate::cache::policy::CachePolicy {
+        default_ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
+    let gw = start(config);
+    let (client, _) = client_config(&[&rustls::version::TLS13]);
+    let path = format!("/bytes/{SIZE}");
+    for round in 0..2 {
+        let tcp = TcpStream::connect(gw.listen_addr()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = ServerName::try_from("localhost".to_string()).unwrap();
+        let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        write!(
+            tls,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        match tls.read_to_end(&mut out) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+            Err(e) => panic!("TLS read failed: {e}"),
+        }
+        let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&out[..split]).to_string();
+        let body = &out[split..];
+        assert_eq!(body.len(), SIZE, "{head}");
+        for (i, &b) in body.iter().enumerate() {
+            assert_eq!(b, pattern_byte(i as u64), "byte {i} in round {round}");
+        }
+        if round == 1 {
+            assert!(head.contains("hit"), "the second is a hit: {head}");
+        }
+    }
+    assert_eq!(origin.hits_on(&path), 1);
+}

@@ -187,22 +187,46 @@ impl TlsStream {
     }
 
     /// Encrypts every part in order and writes them out together (the
-    /// vectored write of a cache hit).
+    /// vectored write of a cache hit): the parts go into as few records as
+    /// rustls allows, and the records leave in one socket write unless
+    /// rustls's send buffer fills first.
     pub async fn write_parts(
         &mut self,
         parts: &[&[u8]],
         limit: Duration,
     ) -> Result<(), WriteError> {
         let deadline = crate::proxy::io::deadline_in(limit);
-        for part in parts {
-            let mut rest = *part;
-            while !rest.is_empty() {
-                let n = self.conn.writer().write(rest).map_err(WriteError::Failed)?;
-                rest = &rest[n..];
-                if n == 0 || self.conn.wants_write() {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    self.flush(left).await?;
-                }
+        let (mut part, mut offset) = (0, 0);
+        while part < parts.len() {
+            let mut slices = [io::IoSlice::new(&[]); 8];
+            let mut count = 0;
+            for (i, p) in parts[part..].iter().take(slices.len()).enumerate() {
+                let from = if i == 0 { offset } else { 0 };
+                slices[i] = io::IoSlice::new(&p[from..]);
+                count += 1;
+            }
+            let mut n = self
+                .conn
+                .writer()
+                .write_vectored(&slices[..count])
+                .map_err(WriteError::Failed)?;
+            let wrote_any = n > 0;
+            // Advance past what rustls took.
+            while part < parts.len() && n >= parts[part].len() - offset {
+                n -= parts[part].len() - offset;
+                part += 1;
+                offset = 0;
+            }
+            offset += n;
+            // Skip parts that are empty.
+            while part < parts.len() && parts[part].len() == offset {
+                part += 1;
+                offset = 0;
+            }
+            if part < parts.len() && (!wrote_any || self.conn.wants_write()) {
+                // rustls's send buffer is full: write it out before the rest.
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.flush(left).await?;
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
