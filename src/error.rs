@@ -56,15 +56,48 @@ pub enum ErrorKind {
     RetryStatus(u16),
 }
 
+/// How far an exchange with an upstream got when it failed: with the
+/// error's kind, it decides whether the request may be sent again
+/// ([`ProxyError::retry_safe`]) and it is named in the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The client side failed (no upstream exchange is involved).
+    Downstream,
+    /// Connecting (and the TLS handshake): nothing was sent.
+    Connect,
+    /// Writing the request head, and the body when it went with the head.
+    Request,
+    /// Streaming the rest of a request body: the server has part of it.
+    RequestBody,
+    /// The request is out; no byte of the response came yet.
+    AwaitingResponse,
+    /// Reading the response head, after its first byte.
+    ResponseHead,
+    /// Reading or relaying the response body.
+    ResponseBody,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Downstream => "client",
+            Stage::Connect => "connect",
+            Stage::Request => "request",
+            Stage::RequestBody => "request body",
+            Stage::AwaitingResponse => "awaiting response",
+            Stage::ResponseHead => "response head",
+            Stage::ResponseBody => "response body",
+        }
+    }
+}
+
 /// A failed exchange.
 #[derive(Debug)]
 pub struct ProxyError {
     pub side: Side,
     pub kind: ErrorKind,
-    /// Repeating the request on a fresh upstream connection is safe: nothing
-    /// reached a server that could have acted on it, or the request was sent
-    /// on a pooled connection the server had already closed.
-    pub retry_safe: bool,
+    /// Where in the exchange it failed.
+    pub stage: Stage,
     pub upstream: Option<SocketAddr>,
     pub source: Option<io::Error>,
 }
@@ -74,7 +107,7 @@ impl ProxyError {
         ProxyError {
             side: Side::Downstream,
             kind,
-            retry_safe: false,
+            stage: Stage::Downstream,
             upstream: None,
             source,
         }
@@ -83,16 +116,35 @@ impl ProxyError {
     pub fn upstream(
         kind: ErrorKind,
         upstream: SocketAddr,
-        retry_safe: bool,
+        stage: Stage,
         source: Option<io::Error>,
     ) -> ProxyError {
         ProxyError {
             side: Side::Upstream,
             kind,
-            retry_safe,
+            stage,
             upstream: Some(upstream),
             source,
         }
+    }
+
+    /// Sending the request again, on a fresh connection or another server,
+    /// cannot make a server act on it twice: nothing was sent (connect), the
+    /// connection was found closed as the request went out or before any
+    /// response byte (a pooled connection the server had closed), or the
+    /// server answered with a status the route retries on. A timeout or a
+    /// failure once the response began is never retried: the server may be
+    /// acting on the request.
+    pub fn retry_safe(&self) -> bool {
+        matches!(
+            (self.kind, self.stage),
+            (ErrorKind::RetryStatus(_), _)
+                | (_, Stage::Connect)
+                | (
+                    ErrorKind::UpstreamClosedEarly,
+                    Stage::Request | Stage::AwaitingResponse
+                )
+        )
     }
 
     /// The status to answer with, or `None` when no response can be sent
@@ -196,19 +248,36 @@ mod tests {
     use std::error::Error;
 
     #[test]
+    fn retry_safety_comes_from_the_kind_and_the_stage() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let e = |kind, stage| ProxyError::upstream(kind, addr, stage, None);
+        assert!(e(ErrorKind::ConnectRefused, Stage::Connect).retry_safe());
+        assert!(e(ErrorKind::UpstreamTls, Stage::Connect).retry_safe());
+        assert!(e(ErrorKind::UpstreamClosedEarly, Stage::Request).retry_safe());
+        assert!(e(ErrorKind::UpstreamClosedEarly, Stage::AwaitingResponse).retry_safe());
+        assert!(e(ErrorKind::RetryStatus(503), Stage::ResponseHead).retry_safe());
+        // The server may be acting on it: never sent twice.
+        assert!(!e(ErrorKind::ResponseTimeout, Stage::AwaitingResponse).retry_safe());
+        assert!(!e(ErrorKind::UpstreamClosedEarly, Stage::RequestBody).retry_safe());
+        assert!(!e(ErrorKind::UpstreamClosedEarly, Stage::ResponseHead).retry_safe());
+        assert!(!e(ErrorKind::UpstreamBroken, Stage::ResponseBody).retry_safe());
+        assert!(!ProxyError::downstream(ErrorKind::ClientIo, None).retry_safe());
+    }
+
+    #[test]
     fn the_source_is_the_io_error_or_the_broken_rule() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let refused = ProxyError::upstream(
             ErrorKind::ConnectRefused,
             addr,
-            true,
+            Stage::Connect,
             Some(io::Error::from(io::ErrorKind::ConnectionRefused)),
         );
         assert!(refused.source().is_some_and(|e| e.is::<io::Error>()));
         let bad = ProxyError::upstream(
             ErrorKind::BadResponse(HttpError::Malformed),
             addr,
-            false,
+            Stage::ResponseHead,
             None,
         );
         assert!(bad.source().is_some_and(|e| e.is::<HttpError>()));

@@ -18,12 +18,13 @@ use super::head::ClientFraming;
 use super::io::{Read, Stream};
 use super::upstream::{InFlight, ResponsePlan};
 use super::{
-    cache, client_may_continue, finish_unforwarded, Answered, Client, Coalescing, Forward, Next,
+    answer::finish_unforwarded, cache, client_may_continue, Answered, Client, Coalescing, Forward,
+    Next,
 };
 use crate::cache::fill::{Fill, Piece, Reader};
 use crate::cache::FillReservation;
 use crate::config::UpstreamTimeouts;
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::headers::push_hex;
 use crate::http::{BodyFraming, Version};
@@ -155,7 +156,8 @@ enum Ending {
 /// further ahead of the slowest reader than the window).
 async fn read_body(ctx: &WorkerCtx, fill: &Fill, job: &mut Job) -> Result<Ending, ProxyError> {
     let addr = job.addr;
-    let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
+    let broken =
+        |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, Stage::ResponseBody, source);
     let mut buf = std::mem::take(&mut job.first);
     let read_size = ctx.per_core.upstream_buffer_size;
     let mut decoder = ChunkedDecoder::new();

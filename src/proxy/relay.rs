@@ -13,7 +13,7 @@ use super::head::ClientFraming;
 use super::io::{Read, Stream};
 use super::upstream::ResponsePlan;
 use super::{cache, Client, Coalescing, Forward, Next};
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::headers::push_hex;
 use crate::http::BodyFraming;
@@ -36,7 +36,7 @@ pub(super) async fn body(
 ) -> Result<Next, ProxyError> {
     let timeouts = &ctx.config.timeouts;
     let broken = |source: Option<std::io::Error>| {
-        ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source)
+        ProxyError::upstream(ErrorKind::UpstreamBroken, addr, Stage::ResponseBody, source)
     };
     let client_gone =
         |source: Option<std::io::Error>| ProxyError::downstream(ErrorKind::ClientIo, source);

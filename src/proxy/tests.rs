@@ -38,7 +38,7 @@ fn connection_future_stays_small() {
             hit_buf: None,
             sent_continue: false,
         };
-        let exchange = size_of_future(&super::exchange(&ctx, &mut client));
+        let exchange = size_of_future(&super::session::exchange(&ctx, &mut client));
         let serve = size_of_future(&super::serve(
             ctx.clone(),
             stream,

@@ -15,7 +15,7 @@ use super::head::{self, ClientFraming, ConnectionField};
 use super::io::{self, Read, Stream};
 use super::relay::send_to_client;
 use super::{cache, client_may_continue, Client, Forward, Progress, MAX_RESPONSE_HEADERS};
-use crate::error::{ErrorKind, ProxyError, Side};
+use crate::error::{ErrorKind, ProxyError, Side, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::header_slots;
 use crate::http::response::parse_response;
@@ -147,7 +147,7 @@ pub(super) async fn exchange(
                 policy.on_connect_failure && !out.is_empty()
             }
             // Closed or reset before any response byte: only what may be repeated.
-            ErrorKind::UpstreamClosedEarly => policy.on_reset && error.retry_safe && resendable,
+            ErrorKind::UpstreamClosedEarly => policy.on_reset && error.retry_safe() && resendable,
             ErrorKind::RetryStatus(_) => resendable,
             _ => false,
         };
@@ -220,7 +220,7 @@ async fn attempt(
         let resendable = !out.is_empty() && (body_in_out || !progress.body_streamed);
         match result {
             Ok(done) => break done,
-            Err(e) if e.retry_safe && reused && resendable => {
+            Err(e) if e.retry_safe() && reused && resendable => {
                 tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
                 Stats::bump(&ctx.stats.upstream_retries);
                 ubuf.clear();
@@ -491,7 +491,8 @@ async fn send_request(
     addr: SocketAddr,
 ) -> Result<(), ProxyError> {
     let timeouts = &ctx.config.timeouts;
-    let dead = |source| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, true, source);
+    let dead =
+        |source| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, Stage::Request, source);
     let buf = std::mem::take(out);
     match upstream.write_all(buf, timeouts.upstream_send).await {
         Ok(buf) => *out = buf,
@@ -532,8 +533,14 @@ async fn send_request(
         _ => ProxyError::downstream(ErrorKind::ClientIo, None),
     };
     // Mid-body, the upstream already has part of the request: never retry.
-    let upstream_failed =
-        |e| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, false, into_io(e));
+    let upstream_failed = |e| {
+        ProxyError::upstream(
+            ErrorKind::UpstreamClosedEarly,
+            addr,
+            Stage::RequestBody,
+            into_io(e),
+        )
+    };
     match forward.body {
         BodyFraming::Length(total) => {
             let mut remaining = total;
@@ -614,8 +621,9 @@ async fn read_response_head(
     let deadline = io::deadline_in(forward.timeouts.response);
     let mut received_any = false;
     loop {
-        let step = response_step(ctx, client, forward, ubuf, out)
-            .map_err(|e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None))?;
+        let step = response_step(ctx, client, forward, ubuf, out).map_err(|e| {
+            ProxyError::upstream(ErrorKind::BadResponse(e), addr, Stage::ResponseHead, None)
+        })?;
         match step {
             HeadStep::Final(head_len, plan) => return Ok((head_len, Answer::Relay(plan))),
             HeadStep::Switch(head_len) => return Ok((head_len, Answer::Tunnel)),
@@ -626,7 +634,7 @@ async fn read_response_head(
                 return Err(ProxyError::upstream(
                     ErrorKind::RetryStatus(status),
                     addr,
-                    true,
+                    Stage::ResponseHead,
                     None,
                 ))
             }
@@ -656,7 +664,7 @@ async fn read_response_head(
                         return Err(ProxyError::upstream(
                             ErrorKind::ResponseTimeout,
                             addr,
-                            false,
+                            Stage::ResponseBody,
                             None,
                         ))
                     }
@@ -664,7 +672,7 @@ async fn read_response_head(
                         return Err(ProxyError::upstream(
                             ErrorKind::BadResponse(HttpError::Malformed),
                             addr,
-                            false,
+                            Stage::ResponseBody,
                             None,
                         ))
                     }

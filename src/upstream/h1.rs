@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::net::TcpStream;
 
-use crate::error::{ErrorKind, ProxyError};
+use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::header_slots;
 use crate::http::response::parse_response;
@@ -41,7 +41,7 @@ pub async fn connect(
             return Err(ProxyError::upstream(
                 ErrorKind::ConnectRefused,
                 addr,
-                true,
+                Stage::Connect,
                 Some(e),
             ))
         }
@@ -49,7 +49,7 @@ pub async fn connect(
             return Err(ProxyError::upstream(
                 ErrorKind::ConnectTimeout,
                 addr,
-                true,
+                Stage::Connect,
                 None,
             ))
         }
@@ -68,7 +68,7 @@ pub async fn connect(
             Err(ProxyError::upstream(
                 kind,
                 addr,
-                true,
+                Stage::Connect,
                 Some(std::io::Error::other(e.to_string())),
             ))
         }
@@ -85,7 +85,8 @@ pub async fn read_body_piece(
     addr: SocketAddr,
     limit: std::time::Duration,
 ) -> Result<(), ProxyError> {
-    let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
+    let broken =
+        |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, Stage::ResponseBody, source);
     match upstream
         .read_some(buf, ctx.per_core.upstream_buffer_size, limit)
         .await
@@ -115,18 +116,22 @@ pub async fn read_head_piece(
     received_any: bool,
 ) -> Result<(), ProxyError> {
     let left = deadline.saturating_duration_since(std::time::Instant::now());
-    let error =
-        |kind, retry_safe, source| Err(ProxyError::upstream(kind, addr, retry_safe, source));
+    // No byte of the response yet: the server never began to answer.
+    let stage = if received_any {
+        Stage::ResponseHead
+    } else {
+        Stage::AwaitingResponse
+    };
+    let error = |kind, source| Err(ProxyError::upstream(kind, addr, stage, source));
     match stream
         .read_some(buf, ctx.per_core.upstream_buffer_size, left)
         .await
     {
         Read::Data(_) => Ok(()),
-        Read::TimedOut => error(ErrorKind::ResponseTimeout, false, None),
-        Read::Eof if !received_any => error(ErrorKind::UpstreamClosedEarly, true, None),
-        Read::Failed(e) if !received_any => error(ErrorKind::UpstreamClosedEarly, true, Some(e)),
-        Read::Eof => error(ErrorKind::BadResponse(HttpError::Malformed), false, None),
-        Read::Failed(e) => error(ErrorKind::UpstreamClosedEarly, false, Some(e)),
+        Read::TimedOut => error(ErrorKind::ResponseTimeout, None),
+        Read::Eof if !received_any => error(ErrorKind::UpstreamClosedEarly, None),
+        Read::Eof => error(ErrorKind::BadResponse(HttpError::Malformed), None),
+        Read::Failed(e) => error(ErrorKind::UpstreamClosedEarly, Some(e)),
     }
 }
 
@@ -160,8 +165,9 @@ pub async fn fetch_whole(ctx: &WorkerCtx, request: WholeRequest) -> Result<Fetch
     let timeouts = &ctx.config.timeouts;
     let (server, limit) = (request.server, request.limit);
     let addr = ctx.upstreams.borrow().addr(server);
-    let bad = |e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, false, None);
-    let broken = |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, false, source);
+    let bad = |e| ProxyError::upstream(ErrorKind::BadResponse(e), addr, Stage::ResponseHead, None);
+    let broken =
+        |source| ProxyError::upstream(ErrorKind::UpstreamBroken, addr, Stage::ResponseBody, source);
     let pooled = if request.pooled {
         ctx.upstreams.borrow_mut().take_connection(server)
     } else {

@@ -1,0 +1,654 @@
+//! The request's phases up to the choice of a server, in order, one short
+//! function each. They are protocol-free: a downstream session (HTTP/1
+//! today) parses a request into a [`RequestHead`], says what it knows of
+//! the connection ([`Downstream`]) and gets back a [`Plan`]; the session
+//! then reads more, answers, or forwards. A phase either passes the request
+//! on or stops it with the plan that answers it ([`Stop`]).
+//!
+//! ```text
+//! normalise -> purge -> redirect_to_https -> route -> check_body_size
+//!   -> admit -> buffer_body -> cache_decide -> pick_server -> Plan::Forward
+//! ```
+
+// A phase's `Err` is the plan that answers the request (a cache hit among
+// them): boxing it would allocate on every hit, so it is returned by value.
+#![allow(clippy::result_large_err)]
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::answer::{
+    self, answer_failure, answer_from_cache, finish_unforwarded, respond_error, send_cached,
+};
+use super::cache::{self, CacheWork};
+use super::head::{self, UpstreamRequest};
+use super::reading::body_to_buffer;
+use super::{
+    client_may_continue, fill, log_failure, redirect_status, refresh, relay, tunnel, upstream,
+    Answered, Client, Coalescing, Forward, Next, Plan, Progress,
+};
+use crate::config::RouteConfig;
+use crate::error::{ErrorKind, Side};
+use crate::http::request::RequestHead;
+use crate::http::{BodyFraming, HttpError, Method};
+use crate::route::auth::Identity;
+use crate::route::Found;
+use crate::worker::context::{Stats, WorkerCtx};
+
+/// What the downstream session knows of the connection a request came on.
+pub(super) struct Downstream<'a> {
+    pub peer: IpAddr,
+    pub peer_ip: &'a str,
+    /// The request came over TLS.
+    pub https: bool,
+    /// The listener redirects every request to `https://` on this port.
+    pub redirect_https: Option<u16>,
+    /// What was read of the request so far: its head, maybe some body.
+    pub buffered: &'a [u8],
+    /// `100 Continue` was already sent for this request.
+    pub sent_continue: bool,
+}
+
+/// Why a phase did not pass the request on.
+pub(super) enum Stop {
+    /// The plan that answers the request now.
+    Answer(Plan),
+    /// The request is malformed: refused, and the connection closed.
+    Malformed(HttpError),
+}
+
+impl From<HttpError> for Stop {
+    fn from(e: HttpError) -> Stop {
+        Stop::Malformed(e)
+    }
+}
+
+type Phase<T> = Result<T, Stop>;
+
+fn refuse<T>(error: ErrorKind, request: &Answered) -> Phase<T> {
+    Err(Stop::Answer(Plan::Refuse {
+        error,
+        request: request.clone(),
+    }))
+}
+
+/// Runs the phases on a parsed request. For a request to forward, the
+/// upstream request head is written into `out`. Synchronous: the head
+/// borrows the session's buffer and never lives across an await.
+pub(super) fn plan<'b>(
+    ctx: &WorkerCtx,
+    down: &Downstream<'_>,
+    req: &mut RequestHead<'b>,
+    scratch: &'b mut (String, String),
+    out: &mut Vec<u8>,
+) -> Result<Plan, HttpError> {
+    match phases(ctx, down, req, scratch, out) {
+        Ok(plan) | Err(Stop::Answer(plan)) => Ok(plan),
+        Err(Stop::Malformed(e)) => Err(e),
+    }
+}
+
+fn phases<'b>(
+    ctx: &WorkerCtx,
+    down: &Downstream<'_>,
+    req: &mut RequestHead<'b>,
+    scratch: &'b mut (String, String),
+    out: &mut Vec<u8>,
+) -> Phase<Plan> {
+    normalise(ctx, req, scratch)?;
+    let req = &*req;
+    let answered = Answered::of(req);
+    purge(ctx, down, req, &answered)?;
+    redirect_to_https(down, req, &answered)?;
+    let (index, route) = route(ctx, req, &answered)?;
+    check_body_size(ctx, req, &answered)?;
+    let identity = admit(ctx, route, req, &answered)?;
+    buffer_body(ctx, route, req, down)?;
+    let upgrade = tunnel::requested(req, route);
+    let forwarded = UpstreamRequest {
+        route,
+        proxy: &ctx.config.proxy,
+        client_ip: down.peer_ip,
+        https: down.https,
+        fallback_host: "",
+        strip_expect: req.expect_continue,
+        via_line: &ctx.via_line,
+        validators: None,
+        method_override: None,
+        identity: identity.as_deref().unwrap_or(&[]),
+        upgrade: upgrade.map(|i| route.upgrade[i].as_str()),
+    };
+    let (cache, head_written) =
+        cache_decide(ctx, index, route, req, &forwarded, upgrade, &answered, out)?;
+    let (server, balance_key, pin_cookie) =
+        pick_server(ctx, route, req, down, cache.as_deref(), &answered)?;
+    if !head_written {
+        let upstreams = ctx.upstreams.borrow();
+        let forwarded = UpstreamRequest {
+            fallback_host: upstreams.host_of(server),
+            ..forwarded
+        };
+        out.clear();
+        head::write_forwarded_head(out, req, &forwarded, &mut ctx.forward_scratch.borrow_mut());
+    }
+    Ok(Plan::Forward(Forward {
+        head_len: req.head_len,
+        method: req.method,
+        version: req.version,
+        body: req.body,
+        keep_alive: req.keep_alive,
+        expect_continue: req.expect_continue && !down.sent_continue,
+        server,
+        route: index,
+        group: route.upstream,
+        balance_key,
+        may_retry_status: false,
+        pin_cookie,
+        timeouts: route.timeouts.resolve(&ctx.config.timeouts),
+        cache,
+        upgrade,
+    }))
+}
+
+/// One canonical host and path for routing, the cache key and the upstream (400).
+fn normalise<'b>(
+    ctx: &WorkerCtx,
+    req: &mut RequestHead<'b>,
+    scratch: &'b mut (String, String),
+) -> Phase<()> {
+    let (host, path) = scratch;
+    req.normalize(ctx.config.paths, host, path)?;
+    Ok(())
+}
+
+/// `PURGE /path` (the Varnish and nginx convention), where this gateway
+/// caches: every URL part it may be stored under, for an allowed client.
+fn purge(
+    ctx: &WorkerCtx,
+    down: &Downstream<'_>,
+    req: &RequestHead<'_>,
+    answered: &Answered,
+) -> Phase<()> {
+    if req.method_name != "PURGE" || ctx.cache.is_none() {
+        return Ok(());
+    }
+    let urls = crate::cache::key::url_keys(
+        req.authority,
+        req.path_and_query,
+        ctx.config.routes.iter().filter_map(|r| r.cache.as_ref()),
+    );
+    let allowed = ctx
+        .config
+        .cache
+        .purge_allow
+        .iter()
+        .any(|r| r.contains(down.peer));
+    Err(Stop::Answer(Plan::Purge {
+        request: answered.clone(),
+        urls,
+        allowed,
+    }))
+}
+
+/// A plain listener that only redirects to HTTPS (301 for GET and HEAD, 308 otherwise).
+fn redirect_to_https(
+    down: &Downstream<'_>,
+    req: &RequestHead<'_>,
+    answered: &Answered,
+) -> Phase<()> {
+    let Some(port) = down.redirect_https else {
+        return Ok(());
+    };
+    if req.host.is_empty() {
+        return refuse(ErrorKind::BadRequest(HttpError::MissingHost), answered);
+    }
+    let host = if req.host.contains(':') {
+        format!("[{}]", req.host)
+    } else {
+        req.host.to_string()
+    };
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    Err(Stop::Answer(Plan::Redirect {
+        status: redirect_status(req.method),
+        request: answered.clone(),
+        location: format!("https://{host}{port}{}", req.path_and_query),
+    }))
+}
+
+/// The first matching route (404), or a redirect to add a prefix's trailing slash.
+fn route<'c>(
+    ctx: &'c WorkerCtx,
+    req: &RequestHead<'_>,
+    answered: &Answered,
+) -> Phase<(usize, &'c RouteConfig)> {
+    match ctx
+        .router
+        .find(req.host, req.path, req.method_name, req.headers)
+    {
+        None => refuse(ErrorKind::NoRoute, answered),
+        Some(Found::AddSlash(_)) => {
+            let query = &req.path_and_query[req.path.len()..];
+            Err(Stop::Answer(Plan::Redirect {
+                request: answered.clone(),
+                status: redirect_status(req.method),
+                location: format!("{}/{query}", req.path),
+            }))
+        }
+        Some(Found::Route(i)) => Ok((i, ctx.router.route(i))),
+    }
+}
+
+/// A declared body over `max_request_body` (413).
+fn check_body_size(ctx: &WorkerCtx, req: &RequestHead<'_>, answered: &Answered) -> Phase<()> {
+    match (req.body, ctx.config.limits.max_request_body) {
+        (BodyFraming::Length(n), Some(max)) if n > max => {
+            refuse(ErrorKind::BadRequest(HttpError::BodyTooLarge), answered)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Session tokens, checked before anything else may answer, the cache included (401).
+fn admit(
+    ctx: &WorkerCtx,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    answered: &Answered,
+) -> Phase<Option<Identity>> {
+    let Some(policy) = &route.auth else {
+        return Ok(None);
+    };
+    match crate::route::auth::verify_request(policy, req.headers, std::time::SystemTime::now()) {
+        Ok(identity) => Ok(identity),
+        Err(e) => {
+            tracing::debug!(worker = ctx.index, route = %route.name, error = %e, "session token refused");
+            refuse(ErrorKind::Unauthorized, answered)
+        }
+    }
+}
+
+/// A small body is read whole before a server is chosen: a slow sender then
+/// holds no upstream connection, and the request can be sent again.
+fn buffer_body(
+    ctx: &WorkerCtx,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    down: &Downstream<'_>,
+) -> Phase<()> {
+    let max = ctx.config.limits.max_request_body;
+    match body_to_buffer(route, max, req, down.buffered)? {
+        Some(wait) => Err(Stop::Answer(Plan::ReadBody(wait))),
+        None => Ok(()),
+    }
+}
+
+/// The cache's decision, on the request as it will be forwarded: a hit
+/// answers; a miss or revalidation goes on with what to store (and the
+/// upstream head written into `out`, the second value). A request without
+/// a host has no key that could not mix sites, and an upgrade is a tunnel:
+/// neither is cached.
+#[allow(clippy::too_many_arguments)]
+fn cache_decide(
+    ctx: &WorkerCtx,
+    index: usize,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    forwarded: &UpstreamRequest<'_>,
+    upgrade: Option<usize>,
+    answered: &Answered,
+    out: &mut Vec<u8>,
+) -> Phase<(Option<Box<CacheWork>>, bool)> {
+    let caches = route.cache.is_some()
+        && ctx.cache.is_some()
+        && !req.authority.is_empty()
+        && upgrade.is_none();
+    if !caches {
+        return Ok((None, false));
+    }
+    let mut composed = ctx.forward_scratch.borrow_mut();
+    let mut fields = head::FieldList::new();
+    head::forwarded_fields(req, forwarded, &mut composed, &mut fields);
+    match cache::decide(ctx, index, route, req, forwarded, fields.as_slice()) {
+        cache::Decision::Hit(hit) => Err(Stop::Answer(Plan::Hit {
+            request: answered.clone(),
+            hit,
+        })),
+        cache::Decision::OnlyIfCachedMiss => refuse(ErrorKind::NotCached, answered),
+        cache::Decision::NotCached => {
+            head::write_request_head(out, req, forwarded, fields.as_slice());
+            Ok((None, true))
+        }
+        cache::Decision::Forward(mut work, validators) => {
+            // A revalidation sends the stored validators instead of the client's.
+            let sent = UpstreamRequest {
+                validators: validators.as_ref(),
+                ..*forwarded
+            };
+            head::write_request_head(out, req, &sent, fields.as_slice());
+            // Kept for the response: its `Vary` variant is the forwarded request's.
+            work.request_head = bytes::Bytes::copy_from_slice(out);
+            Ok((Some(work), true))
+        }
+    }
+}
+
+/// A server of the route's group: the pinned one (sticky groups), else the
+/// balancer's healthy pick, within the circuit breakers (503). With every
+/// server down a stale entry may stand in (stale-if-error, `stale_on_error`).
+fn pick_server(
+    ctx: &WorkerCtx,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    down: &Downstream<'_>,
+    cache: Option<&CacheWork>,
+    answered: &Answered,
+) -> Phase<(
+    usize,
+    crate::upstream::balancer::RequestKey,
+    Option<Vec<u8>>,
+)> {
+    let mut upstreams = ctx.upstreams.borrow_mut();
+    let key = upstreams.request_key(route.upstream, down.peer_ip, req.path, req.headers);
+    let now = Instant::now();
+    let (server, pin_cookie) = match upstreams.pinned_server(route.upstream, req.headers, now) {
+        Some(server) => (server, None),
+        None => {
+            let Some(server) = upstreams.pick_healthy(route.upstream, key, now) else {
+                if let Some(hit) = cache.and_then(|work| cache::stale_for_error(ctx, work, 503)) {
+                    return Err(Stop::Answer(Plan::Hit {
+                        request: answered.clone(),
+                        hit,
+                    }));
+                }
+                return refuse(ErrorKind::NoHealthyServer, answered);
+            };
+            // Sticky groups pin (or re-pin) the client to the server chosen.
+            (server, upstreams.pin_cookie(route.upstream, server))
+        }
+    };
+    if upstreams.over_capacity(route.upstream, server) {
+        // Fail fast rather than pile more work on a saturated server or group.
+        Stats::bump(&ctx.stats.breaker_trips);
+        return refuse(ErrorKind::OverCapacity, answered);
+    }
+    Ok((server, key, pin_cookie))
+}
+
+impl Answered {
+    fn of(req: &RequestHead<'_>) -> Answered {
+        Answered {
+            head_len: req.head_len,
+            body: req.body,
+            keep_alive: req.keep_alive,
+            head_only: req.method == Method::Head,
+            version: req.version,
+        }
+    }
+}
+
+// ---------------------------------------------------------- after the plan
+
+/// Carries out the plan: an answer of the gateway's own, a cache hit, or
+/// the request forwarded.
+pub(super) async fn answer(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    plan: Plan,
+    mut out: Vec<u8>,
+) -> Next {
+    match plan {
+        Plan::Refuse { error, request } => {
+            let status = error.status().unwrap_or(500);
+            out.clear();
+            let keep = finish_unforwarded(ctx, client, &request);
+            if respond_error(ctx, client, out, status, !keep, request.head_only).await && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Plan::Redirect {
+            request,
+            status,
+            location,
+        } => answer::redirect(ctx, client, &request, status, &location, out).await,
+        Plan::ReadBody(_) => unreachable!("read before the plan is final"),
+        Plan::Purge {
+            request,
+            urls,
+            allowed,
+        } => answer::purge(ctx, client, &request, urls, allowed, out).await,
+        Plan::Hit { request, mut hit } => {
+            if let Some(job) = hit.refresh.take() {
+                monoio::spawn(refresh::run(ctx.clone(), job));
+            }
+            answer_from_cache(ctx, client, &request, &hit, out).await
+        }
+        // Boxed: the forwarding state is large, and an idle or cache-hit
+        // connection should not carry it (see connection_future_stays_small).
+        Plan::Forward(forward) => Box::pin(proxy_request(ctx, client, forward, out)).await,
+    }
+}
+
+/// Coalesces a miss with others for its key, then forwards it and responds.
+async fn proxy_request(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    mut forward: Forward,
+    mut out: Vec<u8>,
+) -> Next {
+    // Concurrent misses for one key: the first fetches, the others wait for it.
+    let mut coalescing = Coalescing::default();
+    if let (Some(work), Some(worker_cache)) = (forward.cache.as_deref(), &ctx.cache) {
+        if matches!(work.kind, cache::WorkKind::Fill { .. }) {
+            match worker_cache.coalescer.join(&work.key) {
+                crate::cache::coalesce::Join::Leader(guard) => {
+                    coalescing.leader = Some(guard);
+                    match cache::claim(ctx, work) {
+                        cache::CrossCore::Fetch(claim) => coalescing.claim = claim,
+                        cache::CrossCore::Wait => {
+                            cache::wait_for_other_worker(ctx, work).await;
+                            if let Some(hit) = cache::lookup_after_wait(ctx, work) {
+                                return answer_from_cache(
+                                    ctx,
+                                    client,
+                                    &forward.answered(),
+                                    &hit,
+                                    out,
+                                )
+                                .await;
+                            }
+                        }
+                    }
+                }
+                crate::cache::coalesce::Join::Follower(flight) => {
+                    crate::cache::bump(&worker_cache.stats.coalesced);
+                    let limit = cache::coalesce_timeout(ctx, work);
+                    if let Ok(Some(fill)) =
+                        monoio::time::timeout(limit, flight.fill_or_finished()).await
+                    {
+                        // Read-while-fill: answered from the response as it arrives.
+                        if let Some(reader) = cache::fill_serves(work, &fill)
+                            .then(|| fill.reader())
+                            .flatten()
+                        {
+                            drop(flight);
+                            return fill::serve_waiter(
+                                ctx,
+                                client,
+                                &forward.answered(),
+                                reader,
+                                out,
+                            )
+                            .await;
+                        }
+                        // Another variant, or preconditions: wait for the entry.
+                        drop(fill);
+                        let _ = monoio::time::timeout(limit, flight.finished()).await;
+                    }
+                    if let Some(hit) = cache::lookup_after_wait(ctx, work) {
+                        return answer_from_cache(ctx, client, &forward.answered(), &hit, out)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+    let mut ubuf = ctx.take_read_buffer();
+    let mut progress = Progress::default();
+    let body_in_out = upstream::take_request_bytes(client, &forward, &mut out, &mut progress);
+    let head = upstream::exchange(
+        ctx,
+        client,
+        &mut forward,
+        &mut out,
+        &mut ubuf,
+        &mut progress,
+        body_in_out,
+    )
+    .await;
+    match head {
+        Ok(head) => {
+            respond(
+                ctx, client, &forward, out, ubuf, head, &progress, coalescing,
+            )
+            .await
+        }
+        Err(error) => {
+            ctx.give_read_buffer(ubuf);
+            answer_failure(ctx, client, &forward, out, error, &progress).await
+        }
+    }
+}
+
+/// Answers the client once the upstream's response head is in: from the
+/// cache (a 304 freshened the entry, or stale-if-error), from a fill
+/// (a storable body still to come), or by relaying the body.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    ctx: &Rc<WorkerCtx>,
+    client: &mut Client,
+    forward: &Forward,
+    mut out: Vec<u8>,
+    mut ubuf: BytesMut,
+    head: upstream::UpstreamHead,
+    progress: &Progress,
+    mut coalescing: Coalescing,
+) -> Next {
+    let upstream::UpstreamHead {
+        stream,
+        addr,
+        answer,
+        in_flight,
+    } = head;
+    let mut plan = match answer {
+        upstream::Answer::Relay(plan) => plan,
+        upstream::Answer::Tunnel => {
+            let idle = forward.timeouts.tunnel_idle;
+            return tunnel::run(ctx, client, out, ubuf, stream, idle, in_flight).await;
+        }
+        upstream::Answer::Serve(hit, reusable_now) => {
+            if reusable_now && ubuf.is_empty() {
+                ctx.upstreams.borrow_mut().give_back(forward.server, stream);
+            }
+            ctx.give_read_buffer(ubuf);
+            coalescing.release();
+            let keep =
+                progress.request_consumed && forward.keep_alive && client_may_continue(ctx, client);
+            let sent = send_cached(
+                ctx,
+                client,
+                &hit,
+                forward.method == Method::Head,
+                keep,
+                forward.version,
+                out,
+            )
+            .await;
+            return if sent && keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+        }
+    };
+    // A write's invalidation reaches every worker before its response reaches
+    // the client, so the client's next read misses whichever core it lands on.
+    if let Some(urls) = plan.invalidate.take() {
+        let message = crate::bus::Message::Invalidate {
+            what: crate::bus::Invalidation::Urls(std::sync::Arc::new(urls)),
+            removal: crate::cache::shard::Removal::Hard,
+        };
+        if let Err(e) = ctx
+            .bus
+            .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
+            .await
+        {
+            tracing::warn!(worker = ctx.index, error = %e, "invalidation after a write did not reach every worker");
+        }
+    }
+    // A fill holds its body in memory until stored: the fills under way are
+    // capped at the shard's size; past it the body streams at the client's pace.
+    let reservation = plan.fill.then(|| fill::reserve(ctx, &plan)).flatten();
+    if let Some(reservation) = reservation {
+        let first = ubuf.split();
+        ctx.give_read_buffer(ubuf);
+        let (framing, keep) = (plan.client_framing, plan.keep_client);
+        let connection = (stream, addr, in_flight);
+        let fill = fill::start(
+            ctx,
+            forward,
+            &mut plan,
+            connection,
+            first,
+            coalescing,
+            reservation,
+        );
+        let reader = fill.reader().expect("a new fill has its first byte");
+        return fill::serve(ctx, client, reader, out, framing, keep).await;
+    }
+    if plan.capture.is_none() {
+        // Nothing will be stored: requests waiting on the key need not wait
+        // for this client to take its body.
+        coalescing.release();
+    }
+    let relayed = relay::body(
+        ctx,
+        client,
+        forward,
+        &mut out,
+        &mut ubuf,
+        stream,
+        addr,
+        &mut plan,
+        &mut coalescing,
+    )
+    .await;
+    drop(in_flight);
+    ctx.give_read_buffer(ubuf);
+    match relayed {
+        Ok(next) => {
+            ctx.give_write_buffer(out);
+            next
+        }
+        Err(error) => {
+            if error.side == Side::Upstream {
+                ctx.upstreams.borrow().record_outcome(
+                    forward.group,
+                    forward.server,
+                    true,
+                    Instant::now(),
+                );
+            }
+            log_failure(ctx, &error);
+            Next::Close
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The HTTP/1 downstream session: one task per client connection, on the
+//! worker that accepted it. It owns the wire: the TLS handshake of a TLS
+//! listener, waiting for the next request (keep-alive, drain, eviction at a
+//! cap), reading and parsing a head within its deadline and size limits,
+//! `100 Continue`, reading a small body whole, and refusing what cannot be
+//! parsed (with a close: framing is then uncertain). Each parsed request
+//! goes to the protocol-free phases (`super::phases`), and the loop goes on
+//! with the next one (pipelined requests are answered in order).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+
+use super::answer::respond_error;
+use super::io::{self, Read, Stream};
+use super::reading::may_hold_head_end;
+use super::{phases, Client, Entry, Next, Plan};
+use crate::config::MAX_HEADERS_CAP;
+use crate::http::request::{header_slots, parse_request};
+use crate::http::HttpError;
+use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::signal::{race, Either};
+
+pub async fn serve(
+    ctx: Rc<WorkerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: usize,
+    entry: Rc<Entry>,
+) {
+    let _ = stream.set_nodelay(true);
+    let stream = match &entry.tls {
+        None => Stream::Plain(stream),
+        Some(tls) => match Box::pin(handshake(&ctx, tls, stream, peer)).await {
+            Some(stream) => Stream::Tls(Box::new(stream)),
+            None => return,
+        },
+    };
+    let mut client = Client {
+        conn,
+        stream,
+        redirect_https: entry.redirect_https,
+        buf: BytesMut::with_capacity(ctx.per_core.client_buffer_size),
+        peer_ip: peer.ip().to_string(),
+        peer: peer.ip(),
+        served: 0,
+        hit_buf: None,
+        sent_continue: false,
+    };
+    // Boxed so the connection task holds this state once, not once more inside `race`.
+    let work = Box::pin(async {
+        while let Next::KeepAlive = exchange(&ctx, &mut client).await {
+            // Give back memory a large head or body made the buffer grow to.
+            if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size
+            {
+                client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
+            }
+        }
+    });
+    // After the shutdown grace period the work is dropped mid-flight: its
+    // sockets close and its pending I/O is cancelled.
+    race(work, ctx.forced_closed()).await;
+}
+
+/// The TLS handshake, within the head deadline (a client that opens a
+/// connection and sends nothing is closed like one that sends half a head),
+/// and raced against the forced close of a drain.
+async fn handshake(
+    ctx: &WorkerCtx,
+    tls: &crate::tls::Terminator,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<crate::tls::TlsStream> {
+    let deadline = io::deadline_in(ctx.config.timeouts.client_header);
+    let result = match race(tls.accept(stream, deadline), ctx.forced_closed()).await {
+        Either::Left(result) => result,
+        Either::Right(()) => return None,
+    };
+    match result {
+        Ok(stream) => {
+            let facts = crate::tls::Negotiated::of(&stream);
+            ctx.stats.tls.handshake(&facts);
+            tracing::debug!(
+                worker = ctx.index,
+                %peer,
+                version = if facts.tls13 { "TLSv1.3" } else { "TLSv1.2" },
+                cipher = facts.cipher,
+                sni = facts.sni.as_deref().unwrap_or(""),
+                resumed = facts.resumed,
+                "TLS handshake"
+            );
+            Some(stream)
+        }
+        Err(e) => {
+            ctx.stats.tls.failed(e.reason());
+            tracing::debug!(worker = ctx.index, %peer, error = %e, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// What waiting for more of a request came to.
+enum More {
+    /// Enough is in the buffer to plan again.
+    Ready,
+    /// Answer with this status and close (408: too slow; a refused request).
+    Refuse(u16),
+    /// The client went away.
+    Gone,
+}
+
+/// Reads more of the request into the client's buffer, before `deadline`.
+async fn read_more(client: &mut Client, reserve: usize, deadline: Instant) -> Result<(), More> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match client
+        .stream
+        .read_some(&mut client.buf, reserve, left)
+        .await
+    {
+        Read::Data(_) => Ok(()),
+        Read::TimedOut => Err(More::Refuse(408)),
+        Read::Eof | Read::Failed(_) => Err(More::Gone),
+    }
+}
+
+/// Handles one request on the connection.
+pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
+    let timeouts = &ctx.config.timeouts;
+    client.sent_continue = false;
+    if client.buf.is_empty() {
+        if ctx.draining.get() {
+            return Next::Close;
+        }
+        // Idle: wait for the first byte of the next request, but not past the
+        // keep-alive timeout, and not once a graceful shutdown starts.
+        let limit = if client.served == 0 {
+            timeouts.client_header
+        } else {
+            timeouts.keepalive
+        };
+        let read = client
+            .stream
+            .read_some(&mut client.buf, ctx.per_core.client_buffer_size, limit);
+        ctx.conns.set_idle(client.conn);
+        if ctx.active.get() >= ctx.per_core.max_connections {
+            // The accept loop may be waiting for an idle connection to close.
+            ctx.slot_notify.notify_all();
+        }
+        let stop = race(ctx.drain_started(), ctx.conns.evicted(client.conn));
+        let woke = race(read, stop).await;
+        ctx.conns.set_busy(client.conn);
+        match woke {
+            Either::Left(Read::Data(_)) => {}
+            _ => return Next::Close,
+        }
+    }
+
+    // One deadline for the whole head, one for a buffered body.
+    let head_deadline = io::deadline_in(timeouts.client_header);
+    let mut body_deadline = None;
+    let mut out = ctx.take_write_buffer();
+    let plan = loop {
+        let refused = |e: HttpError| {
+            Stats::bump(&ctx.stats.client_errors);
+            tracing::debug!(worker = ctx.index, error = %e, "refused request");
+            e.status()
+        };
+        let more = match parse_and_plan(ctx, client, &mut out) {
+            Ok(Some(Plan::ReadBody(mut wait))) => {
+                if wait.send_continue && !client.sent_continue {
+                    client.sent_continue = true;
+                    if client
+                        .stream
+                        .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.client_send)
+                        .await
+                        .is_err()
+                    {
+                        return Next::Close;
+                    }
+                }
+                // A small body has `client_body` to arrive whole, not per read:
+                // a trickling sender cannot hold a connection for days.
+                let deadline =
+                    *body_deadline.get_or_insert_with(|| io::deadline_in(timeouts.client_body));
+                loop {
+                    let read = ctx.per_core.upstream_buffer_size;
+                    if let Err(more) = read_more(client, read, deadline).await {
+                        break more;
+                    }
+                    match wait.until.reached(&client.buf) {
+                        Ok(true) => break More::Ready,
+                        Ok(false) => {}
+                        Err(e) => break More::Refuse(refused(e)),
+                    }
+                }
+            }
+            Ok(Some(plan)) => break plan,
+            // HTTP/1.2 and later minors are HTTP/1.1 to this gateway (RFC
+            // 9110 section 2.5): the request line is rewritten once, in place.
+            Err(HttpError::Version)
+                if crate::http::request::downgrade_minor_version(&mut client.buf) =>
+            {
+                continue
+            }
+            // Parse again only once a head may be complete: a head sent a
+            // byte at a time costs one parse, not one per byte.
+            Ok(None) => loop {
+                let scanned = client.buf.len();
+                let read = ctx.per_core.client_buffer_size;
+                if let Err(more) = read_more(client, read, head_deadline).await {
+                    break more;
+                }
+                if may_hold_head_end(&client.buf, scanned)
+                    || client.buf.len() >= ctx.config.limits.max_request_head
+                {
+                    break More::Ready;
+                }
+            },
+            Err(e) => More::Refuse(refused(e)),
+        };
+        match more {
+            More::Ready => {}
+            More::Gone => return Next::Close,
+            More::Refuse(status) => {
+                if status == 408 {
+                    Stats::bump(&ctx.stats.client_errors);
+                }
+                out.clear();
+                respond_error(ctx, client, out, status, true, false).await;
+                return Next::Close;
+            }
+        }
+    };
+    client.served += 1;
+    Stats::bump(&ctx.stats.requests);
+
+    phases::answer(ctx, client, plan, out).await
+}
+
+/// Parses the head in the client buffer and runs the request's phases on
+/// it (`phases::plan`); `None` while the head is incomplete.
+fn parse_and_plan(
+    ctx: &WorkerCtx,
+    client: &Client,
+    out: &mut Vec<u8>,
+) -> Result<Option<Plan>, HttpError> {
+    let limits = &ctx.config.limits;
+    let mut scratch = ctx.target_scratch.borrow_mut();
+    let mut slots = header_slots::<MAX_HEADERS_CAP>();
+    let Some(mut req) = parse_request(
+        &client.buf,
+        &mut slots[..limits.max_headers],
+        limits.max_request_head,
+    )?
+    else {
+        return Ok(None);
+    };
+    let down = phases::Downstream {
+        peer: client.peer,
+        peer_ip: &client.peer_ip,
+        https: client.stream.is_tls(),
+        redirect_https: client.redirect_https,
+        buffered: &client.buf,
+        sent_continue: client.sent_continue,
+    };
+    phases::plan(ctx, &down, &mut req, &mut scratch, out).map(Some)
+}
