@@ -462,3 +462,93 @@ fn ten_mib_each_way_pass_in_flat_memory() {
     );
     assert_eq!(gw.stop().code(), Some(0));
 }
+
+/// A WebSocket echo origin over TLS: one connection at a time, a 101 to
+/// any upgrade, then every message echoed.
+fn tls_ws_origin(cert: &str, key: &str) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                // The head, a byte at a time: nothing after it is read here.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tls.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let key = header(&head, "sec-websocket-key").unwrap_or("");
+                let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                write!(
+                    tls,
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .unwrap();
+                let mut ws = WebSocket::from_raw_socket(tls, Role::Server, None);
+                while let Ok(m) = ws.read() {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_websocket_to_a_tls_upstream_tunnels_over_the_upstreams_tls() {
+    let (cert, key) = ringgate::tls::certs::self_signed(&["ws.internal"]).unwrap();
+    let dir = std::env::temp_dir().join(format!("ringgate-ws-up-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), &cert).unwrap();
+    let origin = tls_ws_origin(&cert, &key);
+    let mut config = with_admin(config_for(origin));
+    config.upstreams[0].tls = Some(ringgate::config::UpstreamTls {
+        sni: Some("ws.internal".into()),
+        verify: true,
+        ca: Some(dir.join("ca.pem")),
+        client_cert: None,
+    });
+    let gw = start(config);
+    let mut ws = ws_connect(gw.listen_addr(), "/ws");
+    for size in [5, 20_000, 300_000] {
+        let data = vec![b'z'; size];
+        ws.send(Message::binary(data.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::binary(data));
+    }
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("close through the TLS upstream: {e}"),
+        }
+    }
+    drop(ws);
+    wait_until(Duration::from_secs(10), "the tunnel closed", || {
+        tunnels(&gw)["open"] == 0
+    });
+}
