@@ -28,7 +28,7 @@ use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::headers::push_hex;
 use crate::http::{BodyFraming, Version};
-use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::context::{Counter, WorkerCtx};
 use crate::worker::signal::race;
 
 /// The body-reading half of an upstream exchange, moved into the fill task.
@@ -105,7 +105,7 @@ pub(super) fn start(
         // A hard stop ends the fill with the connections.
         let work = crate::worker::signal::CatchUnwind::new(task);
         if let crate::worker::signal::Either::Left(Err(_)) = race(work, ctx.forced_closed()).await {
-            Stats::bump(&ctx.stats.panics);
+            ctx.stats.count(Counter::Panics);
             tracing::error!(worker = ctx.index, "a cache fill panicked");
         }
     });
@@ -131,7 +131,7 @@ async fn run(ctx: Rc<WorkerCtx>, fill: Rc<Fill>, mut job: Job) {
         }
         Err(e) => {
             fill.fail();
-            Stats::bump(&ctx.stats.upstream_errors);
+            ctx.stats.count(Counter::UpstreamErrors);
             ctx.upstreams
                 .borrow()
                 .record_outcome(job.group, job.server, true, Instant::now());

@@ -43,7 +43,7 @@ mod upstream;
 
 use crate::error::{ErrorKind, ProxyError, Side};
 use crate::http::{BodyFraming, Method, Version};
-use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::context::{Counter, WorkerCtx};
 use bytes::BytesMut;
 use io::Stream;
 use reading::BodyWait;
@@ -193,11 +193,11 @@ impl Coalescing {
 fn log_failure(ctx: &WorkerCtx, error: &ProxyError) {
     match error.side {
         Side::Upstream => {
-            Stats::bump(&ctx.stats.upstream_errors);
+            ctx.stats.count(Counter::UpstreamErrors);
             tracing::warn!(worker = ctx.index, stage = error.stage.as_str(), error = %error, "upstream request failed");
         }
         _ => {
-            Stats::bump(&ctx.stats.client_errors);
+            ctx.stats.count(Counter::ClientErrors);
             tracing::debug!(worker = ctx.index, stage = error.stage.as_str(), error = %error, "request failed");
         }
     }

@@ -36,7 +36,7 @@ use crate::http::request::RequestHead;
 use crate::http::{BodyFraming, HttpError, Method};
 use crate::route::auth::Identity;
 use crate::route::Found;
-use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::context::{Counter, WorkerCtx};
 
 /// What the downstream session knows of the connection a request came on.
 pub(super) struct Downstream<'a> {
@@ -375,7 +375,7 @@ fn pick_server(
     };
     if upstreams.over_capacity(route.upstream, server) {
         // Fail fast rather than pile more work on a saturated server or group.
-        Stats::bump(&ctx.stats.breaker_trips);
+        ctx.stats.count(Counter::BreakerTrips);
         return refuse(ErrorKind::OverCapacity, answered);
     }
     Ok((server, key, pin_cookie))

@@ -21,7 +21,7 @@ use super::{phases, Client, Entry, Next, Plan};
 use crate::config::MAX_HEADERS_CAP;
 use crate::http::request::{header_slots, parse_request};
 use crate::http::HttpError;
-use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::context::{Counter, WorkerCtx};
 use crate::worker::signal::{race, Either};
 
 pub async fn serve(
@@ -82,7 +82,7 @@ async fn handshake(
     match result {
         Ok(stream) => {
             let facts = crate::tls::Negotiated::of(&stream);
-            ctx.stats.tls.handshake(&facts);
+            ctx.stats.tls_handshake(&facts);
             tracing::debug!(
                 worker = ctx.index,
                 %peer,
@@ -95,7 +95,7 @@ async fn handshake(
             Some(stream)
         }
         Err(e) => {
-            ctx.stats.tls.failed(e.reason());
+            ctx.stats.tls_failed(e.reason());
             tracing::debug!(worker = ctx.index, %peer, error = %e, "TLS handshake failed");
             None
         }
@@ -164,7 +164,7 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     let mut out = ctx.take_write_buffer();
     let plan = loop {
         let refused = |e: HttpError| {
-            Stats::bump(&ctx.stats.client_errors);
+            ctx.stats.count(Counter::ClientErrors);
             tracing::debug!(worker = ctx.index, error = %e, "refused request");
             e.status()
         };
@@ -226,7 +226,7 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             More::Gone => return Next::Close,
             More::Refuse(status) => {
                 if status == 408 {
-                    Stats::bump(&ctx.stats.client_errors);
+                    ctx.stats.count(Counter::ClientErrors);
                 }
                 out.clear();
                 respond_error(ctx, client, out, status, true, false).await;
@@ -235,7 +235,7 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
         }
     };
     client.served += 1;
-    Stats::bump(&ctx.stats.requests);
+    ctx.stats.count(Counter::Requests);
 
     phases::answer(ctx, client, plan, out).await
 }

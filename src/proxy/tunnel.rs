@@ -34,7 +34,7 @@ use crate::http::headers::{list_items, listed_in_connection, name_is};
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::{BodyFraming, Method, Version};
-use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::context::WorkerCtx;
 use crate::worker::signal::{race, Either};
 
 /// Once one side closed, how long the other direction may still run.
@@ -115,9 +115,8 @@ pub(super) async fn run(
         }
     }
     ctx.give_read_buffer(from_upstream);
-    let stats = &ctx.stats.tunnels;
-    Stats::bump(&stats.opened);
-    let _open = Open::new(&stats.open);
+    let stats = &ctx.stats;
+    let _open = stats.tunnel_opened();
     let Some((client_read, client_write)) =
         split(std::mem::replace(&mut client.stream, Stream::Detached))
     else {
@@ -129,9 +128,7 @@ pub(super) async fn run(
     // What the client sent after its request already belongs to the new protocol.
     let early = client.buf.split();
     if !early.is_empty() {
-        stats
-            .bytes_up
-            .set(stats.bytes_up.get() + early.len() as u64);
+        stats.tunnel_bytes(true, early.len());
         if upstream_write.write_all(early).await.is_err() {
             return Next::Close;
         }
@@ -142,14 +139,14 @@ pub(super) async fn run(
         client_read,
         upstream_write,
         size,
-        &stats.bytes_up,
+        |n| stats.tunnel_bytes(true, n),
         &activity,
     );
     let down = pump(
         upstream_read,
         client_write,
         size,
-        &stats.bytes_down,
+        |n| stats.tunnel_bytes(false, n),
         &activity,
     );
     let both = async {
@@ -193,29 +190,13 @@ fn split(stream: Stream) -> Option<(Reader, Writer)> {
     }
 }
 
-/// Counts a tunnel as open while it lives (dropped mid-flight on a forced close too).
-struct Open<'a>(&'a Cell<u64>);
-
-impl<'a> Open<'a> {
-    fn new(open: &'a Cell<u64>) -> Self {
-        open.set(open.get() + 1);
-        Open(open)
-    }
-}
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
-    }
-}
-
 /// Moves bytes one way until the source closes (true: cleanly, and the
 /// close was passed on) or either side fails (false).
 async fn pump(
     mut from: Reader,
     mut to: Writer,
     size: usize,
-    counter: &Cell<u64>,
+    count: impl Fn(usize),
     activity: &Cell<Instant>,
 ) -> bool {
     let mut buf = BytesMut::with_capacity(size);
@@ -224,7 +205,7 @@ async fn pump(
         match from.read_some(&mut buf, size).await {
             Read::Data(n) => {
                 activity.set(Instant::now());
-                counter.set(counter.get() + n as u64);
+                count(n);
                 match to.write_all(buf).await {
                     Ok(back) => buf = back,
                     Err(_) => return false,

@@ -21,7 +21,7 @@ use crate::http::request::header_slots;
 use crate::http::response::parse_response;
 use crate::http::{BodyFraming, HttpError, Version};
 use crate::upstream::h1::{connect, into_io};
-use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::context::{Counter, WorkerCtx};
 
 /// Counts a request as outstanding to its server (for `least_request` and
 /// `peak_ewma`) for as long as it is being relayed, by whoever holds it.
@@ -159,7 +159,7 @@ pub(super) async fn exchange(
             return Err(error);
         }
         retries_left -= 1;
-        Stats::bump(&ctx.stats.upstream_retries);
+        ctx.stats.count(Counter::UpstreamRetries);
         let next =
             ctx.upstreams
                 .borrow_mut()
@@ -192,7 +192,7 @@ async fn attempt(
     let pooled = ctx.upstreams.borrow_mut().take_connection(forward.server);
     let (mut upstream, mut reused) = match pooled {
         Some(stream) => {
-            Stats::bump(&ctx.stats.upstream_reuses);
+            ctx.stats.count(Counter::UpstreamReuses);
             (stream, true)
         }
         None => (
@@ -222,7 +222,7 @@ async fn attempt(
             Ok(done) => break done,
             Err(e) if e.retry_safe() && reused && resendable => {
                 tracing::debug!(worker = ctx.index, upstream = %addr, error = %e, "pooled connection was dead, retrying");
-                Stats::bump(&ctx.stats.upstream_retries);
+                ctx.stats.count(Counter::UpstreamRetries);
                 ubuf.clear();
                 upstream = connect(ctx, forward.server, forward.timeouts.connect).await?;
                 reused = false;

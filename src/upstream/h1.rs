@@ -16,7 +16,7 @@ use crate::http::request::header_slots;
 use crate::http::response::parse_response;
 use crate::http::{BodyFraming, HttpError, Method};
 use crate::proxy::io::{self, Read, Stream};
-use crate::worker::context::{Stats, WorkerCtx};
+use crate::worker::context::{Counter, WorkerCtx};
 
 /// Opens a connection to `server` within `limit`, with the TLS handshake
 /// of a TLS group in the same time. Nothing was sent yet, so a failure here
@@ -34,7 +34,7 @@ pub async fn connect(
     let tcp = match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            Stats::bump(&ctx.stats.upstream_connects);
+            ctx.stats.count(Counter::UpstreamConnects);
             stream
         }
         Ok(Err(e)) => {

@@ -16,90 +16,7 @@ use crate::config::{Config, PerCoreConfig};
 use crate::route::Router;
 use crate::upstream::Upstreams;
 
-/// Per-worker counters. Plain cells: only this worker touches them.
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub accepted: Cell<u64>,
-    pub requests: Cell<u64>,
-    pub upstream_connects: Cell<u64>,
-    pub upstream_reuses: Cell<u64>,
-    pub upstream_retries: Cell<u64>,
-    pub upstream_errors: Cell<u64>,
-    pub client_errors: Cell<u64>,
-    pub panics: Cell<u64>,
-    /// Requests refused with 503 because a circuit breaker's cap was reached.
-    pub breaker_trips: Cell<u64>,
-    /// Times the worker reached `max_connections` with no idle connection to close.
-    pub connection_cap_reached: Cell<u64>,
-    /// Idle connections closed to make room at a connection cap.
-    pub idle_closed_for_room: Cell<u64>,
-    /// Connections refused (503) at `max_connections_per_ip`.
-    pub per_ip_refused: Cell<u64>,
-    pub tls: TlsStats,
-    pub tunnels: TunnelStats,
-}
-
-/// Upgraded connections (WebSocket tunnels) on this worker.
-#[derive(Default, Debug)]
-pub struct TunnelStats {
-    /// Tunnels open now.
-    pub open: Cell<u64>,
-    /// Tunnels opened since start.
-    pub opened: Cell<u64>,
-    /// Bytes passed from clients to upstreams, and back.
-    pub bytes_up: Cell<u64>,
-    pub bytes_down: Cell<u64>,
-}
-
-/// TLS handshakes on this worker's listeners.
-#[derive(Default, Debug)]
-pub struct TlsStats {
-    pub handshakes: Cell<u64>,
-    pub resumed: Cell<u64>,
-    pub tls13: Cell<u64>,
-    pub tls12: Cell<u64>,
-    /// Failed handshakes, by `tls::FAILURE_REASONS`.
-    pub failures: [Cell<u64>; crate::tls::FAILURE_REASONS.len()],
-}
-
-impl TlsStats {
-    pub fn handshake(&self, facts: &crate::tls::Negotiated) {
-        Stats::bump(&self.handshakes);
-        Stats::bump(if facts.tls13 {
-            &self.tls13
-        } else {
-            &self.tls12
-        });
-        if facts.resumed {
-            Stats::bump(&self.resumed);
-        }
-    }
-
-    pub fn failed(&self, reason: &str) {
-        let reasons = crate::tls::FAILURE_REASONS;
-        let i = reasons
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(reasons.len() - 1);
-        Stats::bump(&self.failures[i]);
-    }
-
-    fn snapshot(&self) -> serde_json::Value {
-        let failures: serde_json::Map<String, serde_json::Value> = crate::tls::FAILURE_REASONS
-            .iter()
-            .zip(&self.failures)
-            .map(|(r, c)| (r.to_string(), c.get().into()))
-            .collect();
-        serde_json::json!({
-            "handshakes": self.handshakes.get(),
-            "resumed": self.resumed.get(),
-            "tls13": self.tls13.get(),
-            "tls12": self.tls12.get(),
-            "failed": self.failures.iter().map(Cell::get).sum::<u64>(),
-            "failures": failures,
-        })
-    }
-}
+pub use super::stats::{Counter, Stats};
 
 /// A warning logged at most once per interval, with how often it was
 /// suppressed meanwhile: a flood must not turn into a flood of log lines.
@@ -125,12 +42,6 @@ impl RateLimitedLog {
                 Some(self.suppressed.replace(0))
             }
         }
-    }
-}
-
-impl Stats {
-    pub fn bump(counter: &Cell<u64>) {
-        counter.set(counter.get() + 1);
     }
 }
 
@@ -234,29 +145,15 @@ impl WorkerCtx {
         let mut v = serde_json::json!({
             "worker": self.index,
             "connections": self.active.get(),
-            "accepted": s.accepted.get(),
-            "requests": s.requests.get(),
-            "upstream_connects": s.upstream_connects.get(),
-            "upstream_reuses": s.upstream_reuses.get(),
-            "upstream_retries": s.upstream_retries.get(),
-            "upstream_errors": s.upstream_errors.get(),
-            "client_errors": s.client_errors.get(),
             "upstream_pool_idle": idle,
             "upstream_pool_discarded": discarded,
-            "panics": s.panics.get(),
-            "breaker_trips": s.breaker_trips.get(),
-            "connection_cap_reached": s.connection_cap_reached.get(),
-            "idle_closed_for_room": s.idle_closed_for_room.get(),
-            "per_ip_refused": s.per_ip_refused.get(),
-            "tls": s.tls.snapshot(),
-            "tunnels": {
-                "open": s.tunnels.open.get(),
-                "opened": s.tunnels.opened.get(),
-                "bytes_up": s.tunnels.bytes_up.get(),
-                "bytes_down": s.tunnels.bytes_down.get(),
-            },
+            "tls": s.tls_snapshot(),
+            "tunnels": s.tunnels_snapshot(),
             "servers": upstreams.server_snapshot(std::time::Instant::now()),
         });
+        for (counter, name) in Counter::ALL {
+            v[name] = s.get(counter).into();
+        }
         if let Some(cache) = &self.cache {
             let c = &cache.stats;
             let shard = cache.shard.borrow();

@@ -8,6 +8,7 @@ pub mod context;
 pub mod inbox;
 pub mod rlimit;
 pub mod signal;
+pub mod stats;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -302,7 +303,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, entry: Rc<crate:
                 if !wait_for_room(&ctx).await {
                     return;
                 }
-                context::Stats::bump(&ctx.stats.accepted);
+                ctx.stats.count(context::Counter::Accepted);
                 if !make_room(&ctx, peer.ip()) {
                     monoio::spawn(refuse_connection(ctx.clone(), stream));
                     continue;
@@ -320,7 +321,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, entry: Rc<crate:
                     ));
                     let _guard = guard;
                     if let Err(panic) = guarded.await {
-                        context::Stats::bump(&task_ctx.stats.panics);
+                        task_ctx.stats.count(context::Counter::Panics);
                         tracing::error!(
                             worker = task_ctx.index,
                             %peer,
@@ -345,7 +346,7 @@ async fn wait_for_room(ctx: &WorkerCtx) -> bool {
     let max = ctx.per_core.max_connections;
     let room = || ctx.active.get() < max || ctx.conns.any_idle();
     if !room() && !ctx.draining.get() {
-        context::Stats::bump(&ctx.stats.connection_cap_reached);
+        ctx.stats.count(context::Counter::ConnectionCapReached);
         if let Some(suppressed) = ctx.cap_log.allow() {
             tracing::warn!(
                 worker = ctx.index,
@@ -369,9 +370,9 @@ fn make_room(ctx: &WorkerCtx, ip: std::net::IpAddr) -> bool {
     if let Some(cap) = ctx.per_core.max_connections_per_ip {
         if ctx.conns.count_for(ip) >= cap {
             if ctx.conns.evict_oldest_idle(Some(ip)) {
-                context::Stats::bump(&ctx.stats.idle_closed_for_room);
+                ctx.stats.count(context::Counter::IdleClosedForRoom);
             } else {
-                context::Stats::bump(&ctx.stats.per_ip_refused);
+                ctx.stats.count(context::Counter::PerIpRefused);
                 if let Some(suppressed) = ctx.cap_log.allow() {
                     tracing::warn!(
                         worker = ctx.index,
@@ -386,7 +387,7 @@ fn make_room(ctx: &WorkerCtx, ip: std::net::IpAddr) -> bool {
         }
     }
     if ctx.active.get() >= ctx.per_core.max_connections && ctx.conns.evict_oldest_idle(None) {
-        context::Stats::bump(&ctx.stats.idle_closed_for_room);
+        ctx.stats.count(context::Counter::IdleClosedForRoom);
         if let Some(suppressed) = ctx.cap_log.allow() {
             tracing::warn!(
                 worker = ctx.index,

@@ -1,0 +1,184 @@
+//! A worker's counters, for `/stats` and `/metrics`. Plain cells: only
+//! the worker that owns them counts or reads them. Other modules count
+//! through the methods here and never touch a cell.
+
+use std::cell::Cell;
+
+/// The plain event counters, by their key in `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Accepted,
+    Requests,
+    UpstreamConnects,
+    UpstreamReuses,
+    UpstreamRetries,
+    UpstreamErrors,
+    ClientErrors,
+    /// Connection tasks (or fills) that panicked, contained.
+    Panics,
+    /// Requests refused with 503 because a circuit breaker's cap was reached.
+    BreakerTrips,
+    /// Times the worker reached `max_connections` with no idle connection to close.
+    ConnectionCapReached,
+    /// Idle connections closed to make room at a connection cap.
+    IdleClosedForRoom,
+    /// Connections refused (503) at `max_connections_per_ip`.
+    PerIpRefused,
+}
+
+impl Counter {
+    /// Every counter with its key in `/stats`, in index order.
+    pub const ALL: [(Counter, &'static str); 12] = [
+        (Counter::Accepted, "accepted"),
+        (Counter::Requests, "requests"),
+        (Counter::UpstreamConnects, "upstream_connects"),
+        (Counter::UpstreamReuses, "upstream_reuses"),
+        (Counter::UpstreamRetries, "upstream_retries"),
+        (Counter::UpstreamErrors, "upstream_errors"),
+        (Counter::ClientErrors, "client_errors"),
+        (Counter::Panics, "panics"),
+        (Counter::BreakerTrips, "breaker_trips"),
+        (Counter::ConnectionCapReached, "connection_cap_reached"),
+        (Counter::IdleClosedForRoom, "idle_closed_for_room"),
+        (Counter::PerIpRefused, "per_ip_refused"),
+    ];
+}
+
+/// Per-worker counters.
+#[derive(Default, Debug)]
+pub struct Stats {
+    counts: [Cell<u64>; Counter::ALL.len()],
+    tls: TlsStats,
+    tunnels: TunnelStats,
+}
+
+/// TLS handshakes on this worker's listeners.
+#[derive(Default, Debug)]
+struct TlsStats {
+    handshakes: Cell<u64>,
+    resumed: Cell<u64>,
+    tls13: Cell<u64>,
+    tls12: Cell<u64>,
+    /// Failed handshakes, by `tls::FAILURE_REASONS`.
+    failures: [Cell<u64>; crate::tls::FAILURE_REASONS.len()],
+}
+
+/// Upgraded connections (WebSocket tunnels) on this worker.
+#[derive(Default, Debug)]
+struct TunnelStats {
+    /// Tunnels open now.
+    open: Cell<u64>,
+    /// Tunnels opened since start.
+    opened: Cell<u64>,
+    /// Bytes passed from clients to upstreams, and back.
+    bytes_up: Cell<u64>,
+    bytes_down: Cell<u64>,
+}
+
+fn add(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get() + n);
+}
+
+impl Stats {
+    /// One more of `counter`.
+    pub fn count(&self, counter: Counter) {
+        add(&self.counts[counter as usize], 1);
+    }
+
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counts[counter as usize].get()
+    }
+
+    /// A finished handshake: its version and whether it resumed.
+    pub fn tls_handshake(&self, facts: &crate::tls::Negotiated) {
+        let t = &self.tls;
+        add(&t.handshakes, 1);
+        add(if facts.tls13 { &t.tls13 } else { &t.tls12 }, 1);
+        if facts.resumed {
+            add(&t.resumed, 1);
+        }
+    }
+
+    /// A failed handshake, by its reason (`tls::FAILURE_REASONS`).
+    pub fn tls_failed(&self, reason: &str) {
+        let reasons = crate::tls::FAILURE_REASONS;
+        let i = reasons
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(reasons.len() - 1);
+        add(&self.tls.failures[i], 1);
+    }
+
+    /// A tunnel opens: counted as open until the guard drops (a forced
+    /// close drops it mid-flight too).
+    pub fn tunnel_opened(&self) -> OpenTunnel<'_> {
+        add(&self.tunnels.opened, 1);
+        add(&self.tunnels.open, 1);
+        OpenTunnel(&self.tunnels.open)
+    }
+
+    /// Bytes tunnelled from the client to the upstream (`up`) or back.
+    pub fn tunnel_bytes(&self, up: bool, n: usize) {
+        let t = &self.tunnels;
+        add(if up { &t.bytes_up } else { &t.bytes_down }, n as u64);
+    }
+
+    pub fn tls_snapshot(&self) -> serde_json::Value {
+        let t = &self.tls;
+        let failures: serde_json::Map<String, serde_json::Value> = crate::tls::FAILURE_REASONS
+            .iter()
+            .zip(&t.failures)
+            .map(|(r, c)| (r.to_string(), c.get().into()))
+            .collect();
+        serde_json::json!({
+            "handshakes": t.handshakes.get(),
+            "resumed": t.resumed.get(),
+            "tls13": t.tls13.get(),
+            "tls12": t.tls12.get(),
+            "failed": t.failures.iter().map(Cell::get).sum::<u64>(),
+            "failures": failures,
+        })
+    }
+
+    pub fn tunnels_snapshot(&self) -> serde_json::Value {
+        let t = &self.tunnels;
+        serde_json::json!({
+            "open": t.open.get(),
+            "opened": t.opened.get(),
+            "bytes_up": t.bytes_up.get(),
+            "bytes_down": t.bytes_down.get(),
+        })
+    }
+}
+
+/// A tunnel counted as open while this lives.
+pub struct OpenTunnel<'a>(&'a Cell<u64>);
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_indexed_in_order() {
+        for (i, (counter, _)) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, i);
+        }
+        let s = Stats::default();
+        s.count(Counter::Requests);
+        s.count(Counter::Requests);
+        assert_eq!(s.get(Counter::Requests), 2);
+        assert_eq!(s.get(Counter::Accepted), 0);
+        {
+            let _open = s.tunnel_opened();
+            assert_eq!(s.tunnels_snapshot()["open"], 1);
+        }
+        assert_eq!(s.tunnels_snapshot()["open"], 0);
+        assert_eq!(s.tunnels_snapshot()["opened"], 1);
+    }
+}
