@@ -32,30 +32,46 @@ use std::cell::{Cell, RefCell};
 use coalesce::Coalescer;
 use shard::Shard;
 
-/// Per-worker cache counters.
-#[derive(Default, Debug)]
-pub struct CacheStats {
-    pub hits: Cell<u64>,
-    pub misses: Cell<u64>,
-    pub stale_served: Cell<u64>,
-    pub revalidations: Cell<u64>,
-    pub coalesced: Cell<u64>,
-    pub stores: Cell<u64>,
-    /// Responses removed or made stale by invalidations.
-    pub invalidations: Cell<u64>,
-    /// Invalidation messages applied.
-    pub purges: Cell<u64>,
-    /// Entries taken from other workers' offers.
-    pub offers_taken: Cell<u64>,
-    /// Misses that waited for another worker's fetch.
-    pub remote_waits: Cell<u64>,
+/// What the cache counts, by its key in `/stats` (`cache.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    Hit,
+    Miss,
+    StaleServed,
+    Revalidation,
+    Coalesced,
+    RemoteWait,
+    Store,
+    /// An entry taken from another worker's offer.
+    OfferTaken,
+    /// An invalidation message applied.
+    Purge,
+    /// A response removed or made stale by an invalidation.
+    Invalidated,
+}
+
+impl CacheEvent {
+    /// Every event with its key in `/stats`, in index order.
+    pub const ALL: [(CacheEvent, &'static str); 10] = [
+        (CacheEvent::Hit, "hits"),
+        (CacheEvent::Miss, "misses"),
+        (CacheEvent::StaleServed, "stale"),
+        (CacheEvent::Revalidation, "revalidations"),
+        (CacheEvent::Coalesced, "coalesced"),
+        (CacheEvent::RemoteWait, "remote_waits"),
+        (CacheEvent::Store, "stores"),
+        (CacheEvent::OfferTaken, "offers_taken"),
+        (CacheEvent::Purge, "purges"),
+        (CacheEvent::Invalidated, "invalidated"),
+    ];
 }
 
 /// A worker's cache: its shard, its in-flight fetches and its counters.
 pub struct WorkerCache {
     pub shard: RefCell<Shard>,
     pub coalescer: Coalescer,
-    pub stats: CacheStats,
+    /// Counted through [`WorkerCache::count`]; read by [`WorkerCache::counts`].
+    counts: [Cell<u64>; CacheEvent::ALL.len()],
     /// Largest body stored, unless a route sets its own.
     pub max_object: u64,
     /// Bytes reserved by fills under way (`fill`): they hold their body in
@@ -70,7 +86,7 @@ impl WorkerCache {
         WorkerCache {
             shard: RefCell::new(Shard::new(capacity)),
             coalescer: Coalescer::default(),
-            stats: CacheStats::default(),
+            counts: Default::default(),
             max_object,
             filling: Default::default(),
             fill_budget: capacity,
@@ -99,8 +115,23 @@ impl WorkerCache {
     }
 }
 
-pub fn bump(counter: &Cell<u64>) {
-    counter.set(counter.get() + 1);
+impl WorkerCache {
+    /// One more `event`.
+    pub fn count(&self, event: CacheEvent) {
+        self.add(event, 1);
+    }
+
+    pub fn add(&self, event: CacheEvent, n: u64) {
+        let cell = &self.counts[event as usize];
+        cell.set(cell.get() + n);
+    }
+
+    /// Every counter with its `/stats` key.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        CacheEvent::ALL
+            .iter()
+            .map(|(event, name)| (*name, self.counts[*event as usize].get()))
+    }
 }
 
 /// Room held by one fill under way; given back when dropped.

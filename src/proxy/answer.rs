@@ -69,9 +69,9 @@ pub(super) async fn send_cached(
     if let Some(c) = &ctx.cache {
         match hit.kind {
             cache::HitKind::Fresh | cache::HitKind::Collapsed | cache::HitKind::Revalidated => {
-                crate::cache::bump(&c.stats.hits)
+                c.count(crate::cache::CacheEvent::Hit)
             }
-            _ => crate::cache::bump(&c.stats.stale_served),
+            _ => c.count(crate::cache::CacheEvent::StaleServed),
         }
     }
     let connection: &[u8] = match (keep, version) {

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use httparse::Header;
 
-use crate::cache::bump;
 use crate::cache::control::RequestDirectives;
 use crate::cache::entry::{
     response_facts, storable_fields, Capture, ExchangeTimes, Partial, Stored, StoredHead,
@@ -328,7 +327,7 @@ pub fn on_response_head(
         },
         WorkKind::HeadUpdate { stored } => {
             if resp.status == 200 && head_matches(stored, resp) {
-                bump(&cache.stats.revalidations);
+                cache.count(crate::cache::CacheEvent::Revalidation);
                 refreshed(ctx, work, stored, resp);
             }
             Action::Relay {
@@ -345,7 +344,7 @@ pub fn on_response_head(
         WorkKind::Fill { stale, conditional } => {
             if let Some(stale) = stale {
                 if *conditional && resp.status == 304 {
-                    bump(&cache.stats.revalidations);
+                    cache.count(crate::cache::CacheEvent::Revalidation);
                     let fresh = refreshed(ctx, work, stale, resp);
                     return Action::Serve(HitPlan::new(
                         fresh,
@@ -375,7 +374,7 @@ pub fn on_response_head(
                     ));
                 }
             }
-            bump(&cache.stats.misses);
+            cache.count(crate::cache::CacheEvent::Miss);
             let (status, partial) = stored_status(policy, resp);
             let facts = response_facts(
                 status,
@@ -659,7 +658,7 @@ pub(super) fn insert(
     }) else {
         return stored;
     };
-    bump(&cache.stats.stores);
+    cache.count(crate::cache::CacheEvent::Store);
     offer(ctx, key, variant, &stored);
     stored
 }

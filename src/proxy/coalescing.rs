@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::{policy, CacheWork};
-use crate::cache::bump;
 use crate::worker::context::WorkerCtx;
 
 /// While this worker fetches a cold key, other workers wait for it instead
@@ -61,7 +60,7 @@ pub fn claim(ctx: &Rc<WorkerCtx>, work: &CacheWork) -> CrossCore {
 /// Waits (up to the coalescing timeout) for another worker's fetch of this key.
 pub async fn wait_for_other_worker(ctx: &WorkerCtx, work: &CacheWork) {
     let Some(cache) = &ctx.cache else { return };
-    bump(&cache.stats.remote_waits);
+    cache.count(crate::cache::CacheEvent::RemoteWait);
     let flight = cache.coalescer.wait_remote(&work.key);
     let _ = monoio::time::timeout(coalesce_timeout(ctx, work), flight.finished()).await;
 }

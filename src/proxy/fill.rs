@@ -324,7 +324,7 @@ pub(super) async fn serve_waiter(
     });
     out.extend_from_slice(b"\r\n");
     if let Some(c) = &ctx.cache {
-        crate::cache::bump(&c.stats.hits);
+        c.count(crate::cache::CacheEvent::Hit);
     }
     serve(ctx, client, reader, out, framing, keep).await
 }

@@ -469,7 +469,7 @@ async fn proxy_request(
                     }
                 }
                 crate::cache::coalesce::Join::Follower(flight) => {
-                    crate::cache::bump(&worker_cache.stats.coalesced);
+                    worker_cache.count(crate::cache::CacheEvent::Coalesced);
                     let limit = cache::coalesce_timeout(ctx, work);
                     if let Ok(Some(fill)) =
                         monoio::time::timeout(limit, flight.fill_or_finished()).await

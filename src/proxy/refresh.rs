@@ -14,7 +14,6 @@ use httparse::Header;
 
 use super::cache::{field, insert, parse_forwarded, policy, store_limit, values, Validators};
 use super::head;
-use crate::cache::bump;
 use crate::cache::control::RequestDirectives;
 use crate::cache::entry::{response_facts, storable_fields, ExchangeTimes, Stored};
 use crate::cache::freshness::{may_store, RequestFacts};
@@ -131,7 +130,7 @@ pub async fn run(ctx: Rc<WorkerCtx>, job: Refresh) {
     };
     let times = ExchangeTimes::now(request_time);
     let stored = if resp.status == 304 {
-        bump(&cache.stats.revalidations);
+        cache.count(crate::cache::CacheEvent::Revalidation);
         job.stored.freshen(resp.headers, times, &policy, ctx.via())
     } else {
         let facts = response_facts(

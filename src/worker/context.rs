@@ -155,23 +155,16 @@ impl WorkerCtx {
             v[name] = s.get(counter).into();
         }
         if let Some(cache) = &self.cache {
-            let c = &cache.stats;
             let shard = cache.shard.borrow();
-            v["cache"] = serde_json::json!({
-                "hits": c.hits.get(),
-                "misses": c.misses.get(),
-                "stale": c.stale_served.get(),
-                "revalidations": c.revalidations.get(),
-                "coalesced": c.coalesced.get(),
-                "remote_waits": c.remote_waits.get(),
-                "stores": c.stores.get(),
-                "offers_taken": c.offers_taken.get(),
+            let mut c = serde_json::json!({
                 "evictions": shard.evictions(),
                 "entries": shard.len(),
                 "bytes": shard.weight(),
-                "purges": c.purges.get(),
-                "invalidated": c.invalidations.get(),
             });
+            for (name, n) in cache.counts() {
+                c[name] = n.into();
+            }
+            v["cache"] = c;
         }
         v
     }

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use super::context::WorkerCtx;
 use crate::bus::{Envelope, Invalidation, Mailbox, Message};
 use crate::cache::shard::Shard;
+use crate::cache::CacheEvent;
 
 /// Runs until the worker stops.
 pub async fn run(ctx: Rc<WorkerCtx>, mailbox: Mailbox) {
@@ -27,11 +28,8 @@ fn apply(ctx: &Rc<WorkerCtx>, envelope: Envelope) {
             if let Some(cache) = &ctx.cache {
                 let mut shard = cache.shard.borrow_mut();
                 removed = invalidate(&mut shard, &what, removal) as u64;
-                cache.stats.purges.set(cache.stats.purges.get() + 1);
-                cache
-                    .stats
-                    .invalidations
-                    .set(cache.stats.invalidations.get() + removed);
+                cache.count(CacheEvent::Purge);
+                cache.add(CacheEvent::Invalidated, removed);
             }
         }
         Message::Offer {
@@ -48,10 +46,7 @@ fn apply(ctx: &Rc<WorkerCtx>, envelope: Envelope) {
                         stored,
                         false,
                     );
-                    cache
-                        .stats
-                        .offers_taken
-                        .set(cache.stats.offers_taken.get() + 1);
+                    cache.count(CacheEvent::OfferTaken);
                 }
             }
         }
