@@ -118,6 +118,8 @@ fn client_config(
 
 struct Exchange {
     response: String,
+    /// The response's bytes as received.
+    raw: Vec<u8>,
     version: Option<rustls::ProtocolVersion>,
     resumed: bool,
     alpn: Option<Vec<u8>>,
@@ -149,6 +151,7 @@ fn tls_get(
     }
     Exchange {
         response: String::from_utf8_lossy(&out).to_string(),
+        raw: out.clone(),
         version: tls.conn.protocol_version(),
         resumed: tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         alpn: tls.conn.alpn_protocol().map(<[u8]>::to_vec),
@@ -401,22 +404,7 @@ fn a_large_cached_body_served_over_tls_arrives_whole() {
     let (client, _) = client_config(&[&rustls::version::TLS13]);
     let path = format!("/bytes/{SIZE}");
     for round in 0..2 {
-        let tcp = TcpStream::connect(gw.listen_addr()).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let name = ServerName::try_from("localhost".to_string()).unwrap();
-        let conn = rustls::ClientConnection::new(client.clone(), name).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, tcp);
-        write!(
-            tls,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        match tls.read_to_end(&mut out) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
-            Err(e) => panic!("TLS read failed: {e}"),
-        }
+        let out = tls_get(gw.listen_addr(), &client, "localhost", &path).raw;
         let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         let head = String::from_utf8_lossy(&out[..split]).to_string();
         let body = &out[split..];
