@@ -552,3 +552,57 @@ fn a_websocket_to_a_tls_upstream_tunnels_over_the_upstreams_tls() {
         tunnels(&gw)["open"] == 0
     });
 }
+
+#[test]
+fn bytes_after_a_refused_upgrade_are_the_next_request_never_tunnel_data() {
+    // The smuggling attempt: an upgrade the upstream refuses, with a second
+    // request riding behind it in the same packet. Until a 101 the
+    // connection is HTTP, so the second request is parsed and routed like
+    // any other.
+    let origin = WsOrigin::start();
+    let gw = gateway(&origin);
+    let mut c = Client::connect(gw.listen_addr());
+    c.send(b"GET /refuse HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /second HTTP/1.1\r\nHost: ws.test\r\n\r\n");
+    let first = c.read_response().unwrap();
+    assert_eq!(first.status, 403);
+    let second = c.read_response().unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "upgrade=");
+    assert!(
+        origin.last_head().starts_with("GET /second "),
+        "{}",
+        origin.last_head()
+    );
+    assert_eq!(tunnels(&gw)["opened"], 0);
+}
+
+#[test]
+fn frames_sent_with_the_upgrade_request_reach_the_upstream_after_the_101() {
+    let origin = WsOrigin::start();
+    let gw = gateway(&origin);
+    let mut tcp = TcpStream::connect(gw.listen_addr()).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    // A masked text frame "early" (RFC 6455 section 5.2), in the same write as the request.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"early".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut request = b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
+    request.extend_from_slice(&frame);
+    tcp.write_all(&request).unwrap();
+    let mut reader = BufReader::new(tcp.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // The echo: an unmasked text frame "early".
+    let mut echo = [0u8; 7];
+    reader.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"\x81\x05early");
+}
