@@ -277,3 +277,68 @@ fn bad_upstream_tls_settings_are_refused_naming_the_key() {
     assert!(tls.verify);
     assert_eq!(tls.sni.as_deref(), Some("backend.test"));
 }
+
+#[test]
+fn a_plain_upstream_in_a_tls_group_is_a_bad_gateway() {
+    // A plain HTTP server answers the ClientHello with an HTTP error, as nginx does.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().flatten() {
+            let mut first = [0u8; 512];
+            let _ = std::io::Read::read(&mut tcp, &mut first);
+            let _ = tcp.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let gw = gateway_to_addr(
+        addr,
+        UpstreamTls {
+            sni: None,
+            verify: false,
+            ca: None,
+            client_cert: None,
+        },
+    );
+    let r = get(gw.listen_addr(), "/a");
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn an_upstream_that_never_answers_the_client_hello_times_out_within_the_connect_timeout() {
+    // Accepts the TCP connection and reads, but never says a TLS word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            keep.lock().unwrap().push(tcp);
+        }
+    });
+    let mut config: Config = config_for(addr);
+    config.timeouts.upstream_connect = std::time::Duration::from_millis(300);
+    config.upstreams[0].tls = Some(UpstreamTls {
+        sni: Some("backend.test".into()),
+        verify: true,
+        ca: None,
+        client_cert: None,
+    });
+    let gw = start(config);
+    let started = std::time::Instant::now();
+    let r = get(gw.listen_addr(), "/a");
+    assert_eq!(r.status, 504);
+    assert!(
+        started.elapsed() < IO_TIMEOUT,
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(held.lock().unwrap().len(), 1, "the TCP connection was made");
+}
+
+fn gateway_to_addr(addr: SocketAddr, tls: UpstreamTls) -> ringgate::Handle {
+    let mut config: Config = config_for(addr);
+    config.upstreams[0].tls = Some(tls);
+    start(config)
+}
