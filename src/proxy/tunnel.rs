@@ -125,12 +125,15 @@ pub(super) async fn run(
     let Some((upstream_read, mut upstream_write)) = split(upstream) else {
         return Next::Close;
     };
-    // What the client sent after its request already belongs to the new protocol.
+    // What the client sent after its request already belongs to the new
+    // protocol. Written before the watchdog starts, so within a limit of its own.
     let early = client.buf.split();
     if !early.is_empty() {
         stats.tunnel_bytes(true, early.len());
-        if upstream_write.write_all(early).await.is_err() {
-            return Next::Close;
+        let limit = ctx.config.timeouts.upstream_send;
+        match monoio::time::timeout(limit, upstream_write.write_all(early)).await {
+            Ok(Ok(_)) => {}
+            _ => return Next::Close,
         }
     }
     let size = ctx.per_core.upstream_buffer_size.max(4096);
