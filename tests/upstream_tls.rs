@@ -133,9 +133,17 @@ impl TlsOrigin {
 }
 
 fn gateway_to(origin: &TlsOrigin, tls: UpstreamTls) -> ringgate::Handle {
-    let mut config: Config = config_for(origin.addr);
-    config.upstreams[0].tls = Some(tls);
-    start(config)
+    gateway_to_addr(origin.addr, tls)
+}
+
+/// TLS with verification off and nothing else set.
+fn unverified() -> UpstreamTls {
+    UpstreamTls {
+        sni: None,
+        verify: false,
+        ca: None,
+        client_cert: None,
+    }
 }
 
 fn tls_settings(sni: &str, ca: &CertificateFiles) -> UpstreamTls {
@@ -188,15 +196,7 @@ fn verification_off_accepts_any_certificate() {
     let dir = temp_dir("noverify");
     let server = certificate(&dir, "server", &["backend.test"]);
     let origin = TlsOrigin::start(&server, None);
-    let gw = gateway_to(
-        &origin,
-        UpstreamTls {
-            sni: None,
-            verify: false,
-            ca: None,
-            client_cert: None,
-        },
-    );
+    let gw = gateway_to(&origin, unverified());
     let r = get(gw.listen_addr(), "/a");
     assert_eq!(r.status, 200);
     // No `sni`: the server's address is used, and an IP is never sent as SNI.
@@ -292,15 +292,7 @@ fn a_plain_upstream_in_a_tls_group_is_a_bad_gateway() {
             );
         }
     });
-    let gw = gateway_to_addr(
-        addr,
-        UpstreamTls {
-            sni: None,
-            verify: false,
-            ca: None,
-            client_cert: None,
-        },
-    );
+    let gw = gateway_to_addr(addr, unverified());
     let r = get(gw.listen_addr(), "/a");
     assert_eq!(r.status, 502);
 }

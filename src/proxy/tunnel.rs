@@ -30,7 +30,7 @@ use super::io::{Read, Stream};
 use super::upstream::InFlight;
 use super::{Client, Next};
 use crate::config::RouteConfig;
-use crate::http::headers::{list_items, listed_in_connection, name_is};
+use crate::http::headers::{list_items, listed_in_connection};
 use crate::http::request::RequestHead;
 use crate::http::response::ResponseHead;
 use crate::http::{BodyFraming, Method, Version};
@@ -55,7 +55,7 @@ pub(super) fn requested(req: &RequestHead<'_>, route: &RouteConfig) -> Option<us
     {
         return None;
     }
-    offered(req.headers, "upgrade").find_map(|offer| {
+    offered(req.headers).find_map(|offer| {
         route
             .upgrade
             .iter()
@@ -67,18 +67,12 @@ pub(super) fn requested(req: &RequestHead<'_>, route: &RouteConfig) -> Option<us
 /// names it. A 101 that names nothing, or another protocol, is refused as
 /// a bad response: the connection is never taken for a tunnel on a guess.
 pub(super) fn switches(resp: &ResponseHead<'_>, protocol: &str) -> bool {
-    resp.status == 101 && offered(resp.headers, "upgrade").any(|p| protocol_matches(p, protocol))
+    resp.status == 101 && offered(resp.headers).any(|p| protocol_matches(p, protocol))
 }
 
-/// The items of every `name` field.
-fn offered<'a>(
-    headers: &'a [httparse::Header<'a>],
-    name: &'a str,
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    headers
-        .iter()
-        .filter(move |h| name_is(h.name, name))
-        .flat_map(|h| list_items(h.value))
+/// The protocols listed in every `Upgrade` field.
+fn offered<'a>(headers: &'a [httparse::Header<'a>]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    super::cache::values(headers, "upgrade").flat_map(list_items)
 }
 
 /// `websocket` matches `WebSocket` and `websocket/13`; an allowed
