@@ -83,7 +83,7 @@ fn hit_path(c: &mut Criterion) {
         let mut buf = HitBuf::default();
         c.bench_function(name, |b| {
             b.iter(|| {
-                write_hit(&mut buf, black_box(&plan), false, b"");
+                write_hit(&mut buf, black_box(&plan), false);
                 buf.prepare();
                 black_box(buf.remaining())
             })

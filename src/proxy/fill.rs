@@ -14,20 +14,16 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::head::ClientFraming;
 use super::io::{Read, Stream};
+use super::reply::BodyLength;
 use super::upstream::{InFlight, ResponsePlan};
-use super::{
-    answer::finish_unforwarded, cache, client_may_continue, Answered, Client, Coalescing, Forward,
-    Next,
-};
+use super::{answer::finish_unforwarded, cache, Answered, Client, Coalescing, Forward, Next};
 use crate::cache::fill::{Fill, Piece, Reader};
 use crate::cache::FillReservation;
 use crate::config::UpstreamTimeouts;
 use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
-use crate::http::headers::push_hex;
-use crate::http::{BodyFraming, Version};
+use crate::http::BodyFraming;
 use crate::worker::context::{Counter, WorkerCtx};
 use crate::worker::signal::race;
 
@@ -224,61 +220,32 @@ fn add(fill: &Fill, piece: Bytes, job: &mut Job) {
     fill.push(piece);
 }
 
-/// Writes the response head in `head`, then the body from the fill as it
-/// arrives. Returns what becomes of the client connection.
+/// Starts the response with `head` (status line and fields) and `length`,
+/// then writes the body from the fill as it arrives. Returns what becomes
+/// of the client connection.
 pub(super) async fn serve(
     ctx: &WorkerCtx,
     client: &mut Client,
     mut reader: Reader,
     head: Vec<u8>,
-    framing: ClientFraming,
+    length: BodyLength,
     keep: bool,
 ) -> Next {
-    let limit = ctx.config.timeouts.client_send;
-    let Ok(head) = client.stream.write_all(head, limit).await else {
-        return Next::Close;
-    };
-    ctx.give_write_buffer(head);
-    let mut line = Vec::with_capacity(32);
+    client.start_reply(ctx, head, length, keep);
+    // The head goes now: the body may be slow to come.
+    if client.send_body(ctx, &[]).await.is_err() {
+        return client.abandon_reply(ctx);
+    }
     loop {
         match reader.next().await {
             Piece::Data(data) => {
-                if framing == ClientFraming::Chunked {
-                    line.clear();
-                    push_hex(&mut line, data.len() as u64);
-                    line.extend_from_slice(b"\r\n");
-                    match client
-                        .stream
-                        .write_all(std::mem::take(&mut line), limit)
-                        .await
-                    {
-                        Ok(back) => line = back,
-                        Err(_) => return Next::Close,
-                    }
-                }
-                if client.stream.write_all(data, limit).await.is_err() {
-                    return Next::Close;
-                }
-                if framing == ClientFraming::Chunked
-                    && client.stream.write_all(&b"\r\n"[..], limit).await.is_err()
-                {
-                    return Next::Close;
+                if client.send_body_owned(ctx, data).await.is_err() {
+                    return client.abandon_reply(ctx);
                 }
             }
-            Piece::End => {
-                if framing == ClientFraming::Chunked
-                    && client
-                        .stream
-                        .write_all(&b"0\r\n\r\n"[..], limit)
-                        .await
-                        .is_err()
-                {
-                    return Next::Close;
-                }
-                return if keep { Next::KeepAlive } else { Next::Close };
-            }
+            Piece::End => return client.end_reply(ctx).await,
             // The origin failed mid-body: the client can only learn it from the close.
-            Piece::Failed | Piece::Wait => return Next::Close,
+            Piece::Failed | Piece::Wait => return client.abandon_reply(ctx),
         }
     }
 }
@@ -292,39 +259,22 @@ pub(super) async fn serve_waiter(
     reader: Reader,
     mut out: Vec<u8>,
 ) -> Next {
-    let keep = finish_unforwarded(ctx, client, request);
+    let keep = finish_unforwarded(client, request);
     let fill = reader.fill();
-    let framing = match (fill.length, request.version) {
-        (Some(n), _) => ClientFraming::Length(n),
-        (None, Version::Http11) => ClientFraming::Chunked,
-        (None, Version::Http10) => ClientFraming::Close,
+    let length = match fill.length {
+        Some(n) => BodyLength::Known(n),
+        None => BodyLength::Unknown { codings: None },
     };
-    let keep = keep && framing != ClientFraming::Close && client_may_continue(ctx, client);
     out.clear();
     out.extend_from_slice(&fill.head.lines);
-    match framing {
-        ClientFraming::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            crate::http::headers::push_decimal(&mut out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        ClientFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        ClientFraming::NoBody | ClientFraming::Close => {}
-    }
     let age = fill.head.age(Instant::now()).as_secs();
     let ttl = fill.head.freshness.lifetime.as_secs() as i64 - age as i64;
     out.extend_from_slice(
         format!("Age: {age}\r\nCache-Status: ringgate; fwd=uri-miss; collapsed; ttl={ttl}\r\n")
             .as_bytes(),
     );
-    out.extend_from_slice(match (keep, request.version) {
-        (false, _) => b"Connection: close\r\n",
-        (true, Version::Http10) => b"Connection: keep-alive\r\n",
-        (true, Version::Http11) => b"",
-    });
-    out.extend_from_slice(b"\r\n");
     if let Some(c) = &ctx.cache {
         c.count(crate::cache::CacheEvent::Hit);
     }
-    serve(ctx, client, reader, out, framing, keep).await
+    serve(ctx, client, reader, out, length, keep).await
 }

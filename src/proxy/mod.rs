@@ -23,8 +23,11 @@
 //! ```
 //!
 //! The phases see a [`crate::http::request::RequestHead`] and what the
-//! session knows of the connection (`phases::Downstream`), never the wire;
-//! answers are still written as HTTP/1 through the connection's `Stream`.
+//! session knows of the connection (`phases::Downstream`), never the wire.
+//! They answer through the session (`reply.rs`): a head (status line and
+//! end-to-end fields), the body's length as they know it, body pieces and an
+//! end; the session chooses the framing, writes `Connection`, drops the
+//! body of a HEAD and decides whether the connection goes on.
 
 mod answer;
 pub mod cache;
@@ -36,6 +39,7 @@ mod phases;
 mod reading;
 mod refresh;
 mod relay;
+mod reply;
 mod session;
 pub mod stored;
 mod tunnel;
@@ -71,8 +75,8 @@ struct Client {
     peer: std::net::IpAddr,
     /// Requests read on this connection.
     served: u64,
-    /// The vectored-write buffer for cache hits, reused across requests.
-    hit_buf: Option<crate::cache::hit::HitBuf>,
+    /// The response under way (`reply.rs`: framing, keep-alive, the hit buffer).
+    reply: reply::Reply,
     /// `100 Continue` was already sent for the current request.
     sent_continue: bool,
 }
@@ -158,10 +162,6 @@ fn redirect_status(method: Method) -> u16 {
     }
 }
 
-fn client_may_continue(ctx: &WorkerCtx, client: &Client) -> bool {
-    !ctx.draining.get() && client.served < ctx.config.limits.max_keepalive_requests
-}
-
 /// How far an exchange got, to decide what a failure still allows.
 #[derive(Default)]
 struct Progress {
@@ -200,6 +200,22 @@ fn log_failure(ctx: &WorkerCtx, error: &ProxyError) {
             ctx.stats.count(Counter::ClientErrors);
             tracing::debug!(worker = ctx.index, stage = error.stage.as_str(), error = %error, "request failed");
         }
+    }
+}
+
+impl Plan {
+    /// The request's version and whether it is a HEAD: what its answer,
+    /// whichever it is, must respect.
+    fn answers(&self) -> (Version, bool) {
+        let request = match self {
+            Plan::Forward(f) => return (f.version, f.method == Method::Head),
+            Plan::Refuse { request, .. }
+            | Plan::Hit { request, .. }
+            | Plan::Purge { request, .. }
+            | Plan::Redirect { request, .. } => request,
+            Plan::ReadBody(_) => return (Version::Http11, false),
+        };
+        (request.version, request.head_only)
     }
 }
 

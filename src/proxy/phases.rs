@@ -27,8 +27,8 @@ use super::cache::{self, CacheWork};
 use super::head::{self, UpstreamRequest};
 use super::reading::body_to_buffer;
 use super::{
-    client_may_continue, fill, log_failure, redirect_status, refresh, relay, tunnel, upstream,
-    Answered, Client, Coalescing, Forward, Next, Plan, Progress,
+    fill, log_failure, redirect_status, refresh, relay, tunnel, upstream, Answered, Client,
+    Coalescing, Forward, Next, Plan, Progress,
 };
 use crate::config::RouteConfig;
 use crate::error::{ErrorKind, Side};
@@ -401,18 +401,13 @@ pub(super) async fn answer(
     ctx: &Rc<WorkerCtx>,
     client: &mut Client,
     plan: Plan,
-    mut out: Vec<u8>,
+    out: Vec<u8>,
 ) -> Next {
     match plan {
         Plan::Refuse { error, request } => {
             let status = error.status().unwrap_or(500);
-            out.clear();
-            let keep = finish_unforwarded(ctx, client, &request);
-            if respond_error(ctx, client, out, status, !keep, request.head_only).await && keep {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            }
+            let keep = finish_unforwarded(client, &request);
+            respond_error(ctx, client, out, status, keep).await
         }
         Plan::Redirect {
             request,
@@ -536,7 +531,7 @@ async fn respond(
     ctx: &Rc<WorkerCtx>,
     client: &mut Client,
     forward: &Forward,
-    mut out: Vec<u8>,
+    out: Vec<u8>,
     mut ubuf: BytesMut,
     head: upstream::UpstreamHead,
     progress: &Progress,
@@ -560,23 +555,8 @@ async fn respond(
             }
             ctx.give_read_buffer(ubuf);
             coalescing.release();
-            let keep =
-                progress.request_consumed && forward.keep_alive && client_may_continue(ctx, client);
-            let sent = send_cached(
-                ctx,
-                client,
-                &hit,
-                forward.method == Method::Head,
-                keep,
-                forward.version,
-                out,
-            )
-            .await;
-            return if sent && keep {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            };
+            let keep = progress.request_consumed && forward.keep_alive;
+            return send_cached(ctx, client, &hit, keep, out).await;
         }
     };
     // A write's invalidation reaches every worker before its response reaches
@@ -600,7 +580,7 @@ async fn respond(
     if let Some(reservation) = reservation {
         let first = ubuf.split();
         ctx.give_read_buffer(ubuf);
-        let (framing, keep) = (plan.client_framing, plan.keep_client);
+        let length = plan.length.clone();
         let connection = (stream, addr, in_flight);
         let fill = fill::start(
             ctx,
@@ -612,7 +592,7 @@ async fn respond(
             reservation,
         );
         let reader = fill.reader().expect("a new fill has its first byte");
-        return fill::serve(ctx, client, reader, out, framing, keep).await;
+        return fill::serve(ctx, client, reader, out, length, forward.keep_alive).await;
     }
     if plan.capture.is_none() {
         // Nothing will be stored: requests waiting on the key need not wait
@@ -623,7 +603,8 @@ async fn respond(
         ctx,
         client,
         forward,
-        &mut out,
+        forward.keep_alive,
+        out,
         &mut ubuf,
         stream,
         addr,
@@ -634,11 +615,9 @@ async fn respond(
     drop(in_flight);
     ctx.give_read_buffer(ubuf);
     match relayed {
-        Ok(next) => {
-            ctx.give_write_buffer(out);
-            next
-        }
+        Ok(next) => next,
         Err(error) => {
+            client.abandon_reply(ctx);
             if error.side == Side::Upstream {
                 ctx.upstreams.borrow().record_outcome(
                     forward.group,

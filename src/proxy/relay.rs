@@ -1,74 +1,56 @@
-//! The response body from the upstream to the client, as it arrives:
-//! `Content-Length` bodies keep their length, chunked ones are decoded and
-//! re-chunked, close-delimited ones become chunked (or stay close-delimited
-//! for HTTP/1.0 clients). A storable body is captured on the way and stored
-//! before its last bytes go out. Bodies that did not come whole with their
+//! The response body from the upstream to the client, as it arrives: read
+//! as the upstream frames it (a length, chunked, to the close), decoded, and
+//! handed to the downstream session in pieces, which frames them for its
+//! client (`super::reply`). A storable body is captured on the way and
+//! stored before its last bytes go out. Bodies that did not come whole with their
 //! head and are stored go through `super::fill` instead.
 
 use std::net::SocketAddr;
 
 use bytes::{Buf, BytesMut};
 
-use super::head::ClientFraming;
 use super::io::{Read, Stream};
+use super::reply::Gone;
 use super::upstream::ResponsePlan;
 use super::{cache, Client, Coalescing, Forward, Next};
 use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
-use crate::http::headers::push_hex;
 use crate::http::BodyFraming;
-use crate::upstream::h1::{into_io, read_body_piece};
+use crate::upstream::h1::read_body_piece;
 use crate::worker::context::WorkerCtx;
 
-/// Relays the body after the head in `out` (already serialised), then
-/// returns the upstream connection to the pool when it ended cleanly.
+/// Relays the body after the head in `out` (the client's response head,
+/// handed to the session here), then returns the upstream connection to the
+/// pool when it ended cleanly.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn body(
     ctx: &WorkerCtx,
     client: &mut Client,
     forward: &Forward,
-    out: &mut Vec<u8>,
+    keep: bool,
+    out: Vec<u8>,
     ubuf: &mut BytesMut,
     mut upstream: Stream,
     addr: SocketAddr,
     plan: &mut ResponsePlan,
     coalescing: &mut Coalescing,
 ) -> Result<Next, ProxyError> {
-    let timeouts = &ctx.config.timeouts;
     let broken = |source: Option<std::io::Error>| {
         ProxyError::upstream(ErrorKind::UpstreamBroken, addr, Stage::ResponseBody, source)
     };
-    let client_gone =
-        |source: Option<std::io::Error>| ProxyError::downstream(ErrorKind::ClientIo, source);
+    let client_gone = |_: Gone| ProxyError::downstream(ErrorKind::ClientIo, None);
     let read_size = ctx.per_core.upstream_buffer_size;
     let mut upstream_clean = plan.reusable;
+    client.start_reply(ctx, out, plan.length.clone(), keep);
 
     match plan.framing {
         BodyFraming::None => {
             // A 204 (or a 200 to a body-less exchange) is whole with its head.
             store_captured(ctx, forward, plan, coalescing);
-            send_to_client(ctx, client, out)
-                .await
-                .map_err(client_gone)?;
         }
         BodyFraming::Length(total) => {
-            let take = (ubuf.len() as u64).min(total) as usize;
-            out.extend_from_slice(&ubuf[..take]);
-            if let Some(c) = plan.capture.as_mut() {
-                c.push(&ubuf[..take]);
-            }
-            ubuf.advance(take);
-            let mut remaining = total - take as u64;
-            if remaining == 0 {
-                store_captured(ctx, forward, plan, coalescing);
-            }
-            send_to_client(ctx, client, out)
-                .await
-                .map_err(client_gone)?;
-            while remaining > 0 {
-                if ubuf.is_empty() {
-                    read_body_piece(ctx, &mut upstream, ubuf, addr, forward.timeouts.read).await?;
-                }
+            let mut remaining = total;
+            loop {
                 let take = (ubuf.len() as u64).min(remaining) as usize;
                 let chunk = ubuf.split_to(take);
                 if let Some(c) = plan.capture.as_mut() {
@@ -78,54 +60,33 @@ pub(super) async fn body(
                 if remaining == 0 {
                     store_captured(ctx, forward, plan, coalescing);
                 }
-                if let Err((e, _)) = client.stream.write_all(chunk, timeouts.client_send).await {
-                    return Err(client_gone(into_io(e)));
+                client
+                    .send_body_owned(ctx, chunk)
+                    .await
+                    .map_err(client_gone)?;
+                if remaining == 0 {
+                    break;
                 }
+                read_body_piece(ctx, &mut upstream, ubuf, addr, forward.timeouts.read).await?;
             }
         }
         BodyFraming::Chunked => {
-            let mode = if plan.client_framing == ClientFraming::Chunked {
-                Output::Rechunk
-            } else {
-                Output::Raw
-            };
             let mut decoder = ChunkedDecoder::new();
             let mut raw = Vec::new();
             loop {
-                let used = match plan.capture.as_mut() {
-                    None => decoder.decode(ubuf, out, mode).map_err(|_| broken(None))?,
-                    Some(capture) => {
-                        // Decode once; the plain data goes to the cache and, framed, to the client.
-                        raw.clear();
-                        let used = decoder
-                            .decode(ubuf, &mut raw, Output::Raw)
-                            .map_err(|_| broken(None))?;
-                        capture.push(&raw);
-                        if mode == Output::Rechunk {
-                            if !raw.is_empty() {
-                                push_hex(out, raw.len() as u64);
-                                out.extend_from_slice(b"\r\n");
-                                out.extend_from_slice(&raw);
-                                out.extend_from_slice(b"\r\n");
-                            }
-                            if decoder.is_done() {
-                                out.extend_from_slice(b"0\r\n\r\n");
-                            }
-                        } else {
-                            out.extend_from_slice(&raw);
-                        }
-                        used
-                    }
-                };
+                // Decoded once: the plain data goes to the cache and to the session.
+                raw.clear();
+                let used = decoder
+                    .decode(ubuf, &mut raw, Output::Raw)
+                    .map_err(|_| broken(None))?;
+                if let Some(capture) = plan.capture.as_mut() {
+                    capture.push(&raw);
+                }
                 ubuf.advance(used);
                 if decoder.is_done() {
                     store_captured(ctx, forward, plan, coalescing);
                 }
-                if !out.is_empty() {
-                    send_to_client(ctx, client, out)
-                        .await
-                        .map_err(client_gone)?;
-                }
+                client.send_body(ctx, &raw).await.map_err(client_gone)?;
                 if decoder.is_done() {
                     break;
                 }
@@ -133,25 +94,15 @@ pub(super) async fn body(
             }
         }
         BodyFraming::UntilClose => {
-            let rechunk = plan.client_framing == ClientFraming::Chunked;
             upstream_clean = false;
             loop {
                 if let Some(c) = plan.capture.as_mut() {
                     c.push(ubuf);
                 }
                 if !ubuf.is_empty() {
-                    if rechunk {
-                        push_hex(out, ubuf.len() as u64);
-                        out.extend_from_slice(b"\r\n");
-                        out.extend_from_slice(ubuf);
-                        out.extend_from_slice(b"\r\n");
-                    } else {
-                        out.extend_from_slice(ubuf);
-                    }
-                    ubuf.clear();
-                }
-                if !out.is_empty() {
-                    send_to_client(ctx, client, out)
+                    let piece = ubuf.split();
+                    client
+                        .send_body_owned(ctx, piece)
                         .await
                         .map_err(client_gone)?;
                 }
@@ -166,14 +117,9 @@ pub(super) async fn body(
                 }
             }
             store_captured(ctx, forward, plan, coalescing);
-            if rechunk {
-                out.extend_from_slice(b"0\r\n\r\n");
-                send_to_client(ctx, client, out)
-                    .await
-                    .map_err(client_gone)?;
-            }
         }
     }
+    let next = client.end_reply(ctx).await;
 
     // Bytes beyond the response mean the upstream and the gateway disagree
     // about framing: never reuse such a connection.
@@ -182,11 +128,7 @@ pub(super) async fn body(
             .borrow_mut()
             .give_back(forward.server, upstream);
     }
-    Ok(if plan.keep_client {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    })
+    Ok(next)
 }
 
 /// Stores a completely captured body, before its last bytes go to the
@@ -202,25 +144,4 @@ fn store_captured(
         cache::store(ctx, work, capture);
     }
     coalescing.release();
-}
-
-/// Writes `out` to the client and clears it, keeping its allocation.
-pub(super) async fn send_to_client(
-    ctx: &WorkerCtx,
-    client: &mut Client,
-    out: &mut Vec<u8>,
-) -> Result<(), Option<std::io::Error>> {
-    let buf = std::mem::take(out);
-    match client
-        .stream
-        .write_all(buf, ctx.config.timeouts.client_send)
-        .await
-    {
-        Ok(mut buf) => {
-            buf.clear();
-            *out = buf;
-            Ok(())
-        }
-        Err((e, _)) => Err(into_io(e)),
-    }
 }

@@ -47,7 +47,7 @@ pub async fn serve(
         peer_ip: peer.ip().to_string(),
         peer: peer.ip(),
         served: 0,
-        hit_buf: None,
+        reply: Default::default(),
         sent_continue: false,
     };
     // Boxed so the connection task holds this state once, not once more inside `race`.
@@ -130,6 +130,8 @@ async fn read_more(client: &mut Client, reserve: usize, deadline: Instant) -> Re
 pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     let timeouts = &ctx.config.timeouts;
     client.sent_continue = false;
+    // Until a request is parsed, an answer (400, 408) is HTTP/1.1 with a body.
+    client.reply.begin(crate::http::Version::Http11, false);
     if client.buf.is_empty() {
         if ctx.draining.get() {
             return Next::Close;
@@ -170,16 +172,8 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
         };
         let more = match parse_and_plan(ctx, client, &mut out) {
             Ok(Some(Plan::ReadBody(mut wait))) => {
-                if wait.send_continue && !client.sent_continue {
-                    client.sent_continue = true;
-                    if client
-                        .stream
-                        .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.client_send)
-                        .await
-                        .is_err()
-                    {
-                        return Next::Close;
-                    }
+                if wait.send_continue && client.send_continue(ctx).await.is_err() {
+                    return Next::Close;
                 }
                 // A small body has `client_body` to arrive whole, not per read:
                 // a trickling sender cannot hold a connection for days.
@@ -228,14 +222,15 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                 if status == 408 {
                     ctx.stats.count(Counter::ClientErrors);
                 }
-                out.clear();
-                respond_error(ctx, client, out, status, true, false).await;
+                respond_error(ctx, client, out, status, false).await;
                 return Next::Close;
             }
         }
     };
     client.served += 1;
     ctx.stats.count(Counter::Requests);
+    let (version, head_only) = plan.answers();
+    client.reply.begin(version, head_only);
 
     phases::answer(ctx, client, plan, out).await
 }

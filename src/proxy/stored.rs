@@ -169,9 +169,9 @@ fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Prepares `buf` for a full hit (`head_only` for HEAD); `connection` is the
-/// `Connection` line to add, if any.
-pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool, connection: &[u8]) {
+/// Prepares `buf` for a full hit (`head_only` for HEAD); the session adds
+/// its `Connection` line and the blank line to the suffix.
+pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool) {
     let stored = &plan.stored;
     match plan.part {
         Part::Whole if head_only => buf.set(stored.head.clone(), Bytes::new()),
@@ -183,19 +183,12 @@ pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool, connection: 
         ),
         Part::Unsatisfiable => buf.set(stored.unsatisfiable_head(), Bytes::new()),
     }
-    let suffix = buf.suffix();
-    hit_lines(suffix, plan, Instant::now());
-    suffix.extend_from_slice(connection);
-    suffix.extend_from_slice(b"\r\n");
+    hit_lines(buf.suffix(), plan, Instant::now());
 }
 
-/// Writes a 304 answered from the stored response into `out`.
-pub fn write_not_modified(
-    out: &mut Vec<u8>,
-    plan: &HitPlan,
-    via: Option<&[u8]>,
-    connection: &[u8],
-) {
+/// Writes the head of a 304 answered from the stored response into `out`
+/// (status line and fields; the session ends it).
+pub fn write_not_modified(out: &mut Vec<u8>, plan: &HitPlan, via: Option<&[u8]>) {
     out.extend_from_slice(b"HTTP/1.1 304 Not Modified\r\n");
     for (name, value) in plan.stored.not_modified_fields() {
         out.extend_from_slice(name.as_bytes());
@@ -207,6 +200,4 @@ pub fn write_not_modified(
     if let Some(via) = via {
         out.extend_from_slice(via);
     }
-    out.extend_from_slice(connection);
-    out.extend_from_slice(b"\r\n");
 }

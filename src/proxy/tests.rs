@@ -35,7 +35,7 @@ fn connection_future_stays_small() {
             peer_ip: String::new(),
             peer: addr.ip(),
             served: 0,
-            hit_buf: None,
+            reply: Default::default(),
             sent_continue: false,
         };
         let exchange = size_of_future(&super::session::exchange(&ctx, &mut client));

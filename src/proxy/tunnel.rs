@@ -96,13 +96,12 @@ pub(super) async fn run(
     idle: Duration,
     in_flight: InFlight,
 ) -> Next {
-    let send = ctx.config.timeouts.client_send;
-    let head = match client.stream.write_all(head, send).await {
-        Ok(head) => head,
-        Err(_) => return Next::Close,
+    let Ok(head) = client.send_interim(ctx, head).await else {
+        return Next::Close;
     };
     ctx.give_write_buffer(head);
     if !from_upstream.is_empty() {
+        let send = ctx.config.timeouts.client_send;
         match client.stream.write_all(from_upstream.split(), send).await {
             Ok(_) => {}
             Err(_) => return Next::Close,

@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
-use super::head::{self, ClientFraming, ConnectionField};
+use super::head;
 use super::io::{self, Read, Stream};
-use super::relay::send_to_client;
-use super::{cache, client_may_continue, Client, Forward, Progress, MAX_RESPONSE_HEADERS};
+use super::reply::BodyLength;
+use super::{cache, Client, Forward, Progress, MAX_RESPONSE_HEADERS};
 use crate::error::{ErrorKind, ProxyError, Side, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::header_slots;
@@ -48,10 +48,10 @@ impl Drop for InFlight {
 
 /// What the parsed response head means for the rest of the exchange.
 pub(super) struct ResponsePlan {
+    /// How the upstream frames the body, and what the client is told of its length.
     pub framing: BodyFraming,
-    pub client_framing: ClientFraming,
+    pub length: BodyLength,
     pub reusable: bool,
-    pub keep_client: bool,
     /// The body is being collected for the cache.
     pub capture: Option<crate::cache::entry::Capture>,
     /// The body did not come whole with the head: a fill task reads it.
@@ -67,7 +67,7 @@ pub(super) enum Answer {
     /// stale-if-error); the flag says whether the connection is reusable now.
     Serve(cache::HitPlan, bool),
     /// The upstream switched protocols (`101`) as asked: the connection is a
-    /// tunnel now; the client's 101 head is in `out`.
+    /// tunnel now; the client's 101 head (status line and fields) is in `out`.
     Tunnel,
 }
 
@@ -261,7 +261,6 @@ enum HeadStep {
 
 fn response_step(
     ctx: &WorkerCtx,
-    client: &Client,
     forward: &Forward,
     ubuf: &[u8],
     out: &mut Vec<u8>,
@@ -297,30 +296,14 @@ fn response_step(
             out.clear();
             let mut extra = Vec::with_capacity(48);
             head::write_upgrade_fields(&mut extra, protocol.as_bytes());
-            head::write_response_head(
-                out,
-                &resp,
-                ClientFraming::NoBody,
-                ConnectionField::Omit,
-                via,
-                &extra,
-                &[],
-            );
+            head::write_response_head(out, &resp, &BodyLength::None, via, &extra, &[]);
             return Ok(HeadStep::Switch(resp.head_len));
         }
         if resp.status == 100 || forward.version == Version::Http10 {
             return Ok(HeadStep::Skip(resp.head_len));
         }
         out.clear();
-        head::write_response_head(
-            out,
-            &resp,
-            ClientFraming::NoBody,
-            ConnectionField::Omit,
-            via,
-            b"",
-            &[],
-        );
+        head::write_response_head(out, &resp, &BodyLength::None, via, b"", &[]);
         return Ok(HeadStep::Interim(resp.head_len));
     }
     if resp.transfer_codings.is_some() && forward.version == Version::Http10 {
@@ -382,21 +365,12 @@ fn response_step(
             }
         }
     };
-    let client_framing = match resp.framing {
-        BodyFraming::None => ClientFraming::NoBody,
-        BodyFraming::Length(n) => ClientFraming::Length(n),
-        BodyFraming::Chunked | BodyFraming::UntilClose => match forward.version {
-            Version::Http11 => ClientFraming::Chunked,
-            Version::Http10 => ClientFraming::Close,
+    let length = match resp.framing {
+        BodyFraming::None => BodyLength::None,
+        BodyFraming::Length(n) => BodyLength::Known(n),
+        BodyFraming::Chunked | BodyFraming::UntilClose => BodyLength::Unknown {
+            codings: resp.transfer_codings.map(Box::from),
         },
-    };
-    let keep_client = forward.keep_alive
-        && client_framing != ClientFraming::Close
-        && client_may_continue(ctx, client);
-    let connection = match (keep_client, forward.version) {
-        (false, _) => ConnectionField::Close,
-        (true, Version::Http10) => ConnectionField::KeepAlive,
-        (true, Version::Http11) => ConnectionField::Omit,
     };
     out.clear();
     let mut extra = cache_status;
@@ -407,22 +381,13 @@ fn response_step(
         .cache
         .as_ref()
         .map_or(&[][..], crate::cache::entry::withheld_targeted);
-    head::write_response_head(
-        out,
-        &resp,
-        client_framing,
-        connection,
-        via,
-        &extra,
-        withheld,
-    );
+    head::write_response_head(out, &resp, &length, via, &extra, withheld);
     Ok(HeadStep::Final(
         resp.head_len,
         ResponsePlan {
             framing: resp.framing,
-            client_framing,
+            length,
             reusable: resp.reusable,
-            keep_client,
             fill: capture.is_some() && !body_complete,
             capture,
             invalidate,
@@ -515,15 +480,9 @@ async fn send_request(
     };
     progress.body_streamed |= has_body;
     // The client holds its body back until told to continue.
-    if forward.expect_continue && client.buf.is_empty() && !client.sent_continue {
-        client.sent_continue = true;
-        if let Err((e, _)) = client
-            .stream
-            .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.client_send)
-            .await
-        {
-            return Err(ProxyError::downstream(ErrorKind::ClientIo, into_io(e)));
-        }
+    if forward.expect_continue && client.buf.is_empty() && client.send_continue(ctx).await.is_err()
+    {
+        return Err(ProxyError::downstream(ErrorKind::ClientIo, None));
     }
 
     let body_read_size = ctx.per_core.upstream_buffer_size;
@@ -621,7 +580,7 @@ async fn read_response_head(
     let deadline = io::deadline_in(forward.timeouts.response);
     let mut received_any = false;
     loop {
-        let step = response_step(ctx, client, forward, ubuf, out).map_err(|e| {
+        let step = response_step(ctx, forward, ubuf, out).map_err(|e| {
             ProxyError::upstream(ErrorKind::BadResponse(e), addr, Stage::ResponseHead, None)
         })?;
         match step {
@@ -644,9 +603,10 @@ async fn read_response_head(
             }
             HeadStep::Interim(n) => {
                 ubuf.advance(n);
-                send_to_client(ctx, client, out)
+                *out = client
+                    .send_interim(ctx, std::mem::take(out))
                     .await
-                    .map_err(|e| ProxyError::downstream(ErrorKind::ClientIo, e))?;
+                    .map_err(|_| ProxyError::downstream(ErrorKind::ClientIo, None))?;
                 continue;
             }
             HeadStep::NeedMore => {}

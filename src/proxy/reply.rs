@@ -1,0 +1,311 @@
+//! The response side of the HTTP/1 downstream session. The phases hand it
+//! a response as a head (status line and end-to-end fields, the gateway's
+//! one field-block form, as the cache stores it), the body's length as they
+//! know it, and the body in pieces; the session chooses the framing
+//! (`Content-Length`, chunked, or a close for an HTTP/1.0 client), writes
+//! `Connection`, suppresses the body of a HEAD, and decides whether the
+//! connection goes on. Nothing else writes to the client's socket, so a
+//! second protocol (HTTP/2) answers through the same calls.
+
+use monoio::buf::IoBuf;
+
+use super::cache::{write_hit, HitPlan};
+use super::{Client, Next};
+use crate::cache::hit::HitBuf;
+use crate::http::headers::{push_decimal, push_hex};
+use crate::http::Version;
+use crate::worker::context::WorkerCtx;
+
+/// How long a response's body is, as the phases know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum BodyLength {
+    /// No body follows (204, 304, 1xx, or the response to a HEAD, whose
+    /// head may keep the `Content-Length` of the representation).
+    None,
+    Known(u64),
+    /// Streamed to its end; `codings` are transfer codings the body still
+    /// carries (relayed under the session's own framing).
+    Unknown {
+        codings: Option<Box<[u8]>>,
+    },
+}
+
+/// How the body is framed on the wire, chosen by [`Client::start_reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    NoBody,
+    Length,
+    Chunked,
+    /// An HTTP/1.0 client and a body of unknown length: ends with the close.
+    Close,
+}
+
+/// The client went away, or a write did not finish within `client_send`.
+#[derive(Debug)]
+pub(super) struct Gone;
+
+/// What the session keeps of the response under way.
+pub(super) struct Reply {
+    /// The request's version and method (HEAD: no body is written).
+    version: Version,
+    head_only: bool,
+    framing: Framing,
+    keep: bool,
+    /// The head, held back so it leaves with the first body bytes.
+    pending: Vec<u8>,
+    /// The vectored-write buffer for cache hits, reused across requests.
+    hit_buf: Option<HitBuf>,
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply {
+            version: Version::Http11,
+            head_only: false,
+            framing: Framing::NoBody,
+            keep: false,
+            pending: Vec::new(),
+            hit_buf: None,
+        }
+    }
+}
+
+impl Reply {
+    /// A new request: what its response must respect.
+    pub fn begin(&mut self, version: Version, head_only: bool) {
+        self.version = version;
+        self.head_only = head_only;
+        self.framing = Framing::NoBody;
+        self.keep = false;
+    }
+}
+
+fn connection_line(keep: bool, version: Version) -> &'static [u8] {
+    match (keep, version) {
+        (false, _) => b"Connection: close\r\n",
+        (true, Version::Http10) => b"Connection: keep-alive\r\n",
+        (true, Version::Http11) => b"",
+    }
+}
+
+impl Client {
+    /// The worker is not draining and the connection is under its request cap.
+    fn may_continue(&self, ctx: &WorkerCtx) -> bool {
+        !ctx.draining.get() && self.served < ctx.config.limits.max_keepalive_requests
+    }
+
+    /// Starts the response: `head` is its status line and fields, each line
+    /// CRLF-terminated, without framing or `Connection` fields. `keep`: the
+    /// exchange lets the connection go on (its request was read whole);
+    /// the session adds its own conditions. Nothing is written until the
+    /// first body bytes or the end, so small responses leave in one write.
+    pub(super) fn start_reply(
+        &mut self,
+        ctx: &WorkerCtx,
+        mut head: Vec<u8>,
+        length: BodyLength,
+        keep: bool,
+    ) {
+        let reply = &self.reply;
+        let framing = match &length {
+            BodyLength::None => Framing::NoBody,
+            BodyLength::Known(n) => {
+                head.extend_from_slice(b"Content-Length: ");
+                push_decimal(&mut head, *n);
+                head.extend_from_slice(b"\r\n");
+                Framing::Length
+            }
+            BodyLength::Unknown { codings } => match reply.version {
+                Version::Http11 => {
+                    head.extend_from_slice(b"Transfer-Encoding: ");
+                    if let Some(codings) = codings {
+                        head.extend_from_slice(codings);
+                        head.extend_from_slice(b", ");
+                    }
+                    head.extend_from_slice(b"chunked\r\n");
+                    Framing::Chunked
+                }
+                Version::Http10 => Framing::Close,
+            },
+        };
+        let keep = keep && framing != Framing::Close && self.may_continue(ctx);
+        head.extend_from_slice(connection_line(keep, self.reply.version));
+        head.extend_from_slice(b"\r\n");
+        let reply = &mut self.reply;
+        reply.framing = if reply.head_only {
+            Framing::NoBody
+        } else {
+            framing
+        };
+        reply.keep = keep;
+        let old = std::mem::replace(&mut reply.pending, head);
+        if old.capacity() > 0 {
+            ctx.give_write_buffer(old);
+        }
+    }
+
+    /// Writes a piece of the body (framed as the head said), with the head
+    /// if it has not gone out yet. An empty piece sends the head alone: the
+    /// rest of the body is not here yet, and the client should not wait for
+    /// the head until it is.
+    pub(super) async fn send_body(&mut self, ctx: &WorkerCtx, data: &[u8]) -> Result<(), Gone> {
+        if !data.is_empty() {
+            self.frame_into_pending(data);
+        }
+        self.flush(ctx).await
+    }
+
+    /// Like [`Client::send_body`], without copying `data` when nothing is
+    /// held back and the framing needs no chunk lines.
+    pub(super) async fn send_body_owned<B: IoBuf + AsRef<[u8]> + 'static>(
+        &mut self,
+        ctx: &WorkerCtx,
+        data: B,
+    ) -> Result<(), Gone> {
+        let direct = self.reply.pending.is_empty()
+            && !data.as_ref().is_empty()
+            && matches!(self.reply.framing, Framing::Length | Framing::Close);
+        if !direct {
+            return self.send_body(ctx, data.as_ref()).await;
+        }
+        let limit = ctx.config.timeouts.client_send;
+        match self.stream.write_all(data, limit).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Gone),
+        }
+    }
+
+    fn frame_into_pending(&mut self, data: &[u8]) {
+        let reply = &mut self.reply;
+        match reply.framing {
+            Framing::NoBody => {}
+            Framing::Length | Framing::Close => reply.pending.extend_from_slice(data),
+            Framing::Chunked => {
+                push_hex(&mut reply.pending, data.len() as u64);
+                reply.pending.extend_from_slice(b"\r\n");
+                reply.pending.extend_from_slice(data);
+                reply.pending.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// Ends the body (the last chunk of a chunked one) and writes what is
+    /// held back; says whether the connection goes on.
+    pub(super) async fn end_reply(&mut self, ctx: &WorkerCtx) -> Next {
+        if self.reply.framing == Framing::Chunked {
+            self.reply.pending.extend_from_slice(b"0\r\n\r\n");
+        }
+        let sent = self.flush(ctx).await.is_ok();
+        ctx.give_write_buffer(std::mem::take(&mut self.reply.pending));
+        if sent && self.reply.keep {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
+    /// A whole response whose body is in hand: head, body and end in one write.
+    pub(super) async fn reply_whole(
+        &mut self,
+        ctx: &WorkerCtx,
+        head: Vec<u8>,
+        body: &[u8],
+        keep: bool,
+    ) -> Next {
+        self.start_reply(ctx, head, BodyLength::Known(body.len() as u64), keep);
+        self.frame_into_pending(body);
+        self.end_reply(ctx).await
+    }
+
+    /// A response the session ends by closing: the body was cut short (the
+    /// origin failed mid-body), so only the close can tell the client.
+    pub(super) fn abandon_reply(&mut self, ctx: &WorkerCtx) -> Next {
+        ctx.give_write_buffer(std::mem::take(&mut self.reply.pending));
+        Next::Close
+    }
+
+    async fn flush(&mut self, ctx: &WorkerCtx) -> Result<(), Gone> {
+        if self.reply.pending.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.reply.pending);
+        match self
+            .stream
+            .write_all(buf, ctx.config.timeouts.client_send)
+            .await
+        {
+            Ok(mut buf) => {
+                buf.clear();
+                self.reply.pending = buf;
+                Ok(())
+            }
+            Err(_) => Err(Gone),
+        }
+    }
+
+    /// An interim (1xx) response, written now: its status line and fields.
+    pub(super) async fn send_interim(
+        &mut self,
+        ctx: &WorkerCtx,
+        mut head: Vec<u8>,
+    ) -> Result<Vec<u8>, Gone> {
+        head.extend_from_slice(b"\r\n");
+        match self
+            .stream
+            .write_all(head, ctx.config.timeouts.client_send)
+            .await
+        {
+            Ok(mut head) => {
+                head.clear();
+                Ok(head)
+            }
+            Err(_) => Err(Gone),
+        }
+    }
+
+    /// `100 Continue`, once per request, for a client waiting to send its body.
+    pub(super) async fn send_continue(&mut self, ctx: &WorkerCtx) -> Result<(), Gone> {
+        if self.sent_continue {
+            return Ok(());
+        }
+        self.sent_continue = true;
+        match self
+            .stream
+            .write_all(
+                &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+                ctx.config.timeouts.client_send,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Gone),
+        }
+    }
+
+    /// A stored response (a hit, a 206 part of it, a 416), in one vectored
+    /// write: the stored head (status line, fields, `Content-Length`), the
+    /// per-response lines (`Age`, `Cache-Status`) and the stored body.
+    pub(super) async fn send_stored(&mut self, ctx: &WorkerCtx, hit: &HitPlan, keep: bool) -> Next {
+        let keep = keep && self.may_continue(ctx);
+        let mut buf = self.reply.hit_buf.take().unwrap_or_default();
+        write_hit(&mut buf, hit, self.reply.head_only);
+        let suffix = buf.suffix();
+        suffix.extend_from_slice(connection_line(keep, self.reply.version));
+        suffix.extend_from_slice(b"\r\n");
+        match self
+            .stream
+            .write_hit(buf, ctx.config.timeouts.client_send)
+            .await
+        {
+            Ok(buf) => {
+                self.reply.hit_buf = Some(buf);
+                if keep {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                }
+            }
+            Err(_) => Next::Close,
+        }
+    }
+}
