@@ -3,30 +3,10 @@
 //! purge results, its own errors and redirects. Each first consumes what is
 //! left of the request, so no byte of it is ever read as the next request.
 
-use bytes::Buf;
-
 use super::reply::BodyLength;
 use super::{cache, head, log_failure, Answered, Client, Forward, Next, Progress};
 use crate::error::{ProxyError, Side};
-use crate::http::BodyFraming;
 use crate::worker::context::WorkerCtx;
-
-/// Consumes a request answered without the upstream. A body that already
-/// sits in the buffer is skipped; any other would have to be read and thrown
-/// away, so the connection is closed instead. Returns whether it may stay
-/// open as far as the request goes (the session adds its own conditions).
-pub(super) fn finish_unforwarded(client: &mut Client, request: &Answered) -> bool {
-    let available = client.buf.len() - request.head_len;
-    let skip = match request.body {
-        BodyFraming::None => Some(0),
-        BodyFraming::Length(n) if available as u64 >= n => Some(n as usize),
-        _ => None,
-    };
-    client
-        .buf
-        .advance(request.head_len + skip.unwrap_or(available));
-    request.keep_alive && skip.is_some()
-}
 
 /// Answers a request from a stored response (a hit, a 304 from it, or a
 /// stale stand-in for an error).
@@ -37,7 +17,7 @@ pub(super) async fn answer_from_cache(
     hit: &cache::HitPlan,
     out: Vec<u8>,
 ) -> Next {
-    let keep = finish_unforwarded(client, request);
+    let keep = client.finish_unforwarded(request);
     send_cached(ctx, client, hit, keep, out).await
 }
 
@@ -77,7 +57,7 @@ pub(super) async fn purge(
     allowed: bool,
     out: Vec<u8>,
 ) -> Next {
-    let keep = finish_unforwarded(client, request);
+    let keep = client.finish_unforwarded(request);
     if !allowed {
         return respond_error(ctx, client, out, 403, keep).await;
     }
@@ -170,7 +150,7 @@ pub(super) async fn redirect(
     mut out: Vec<u8>,
 ) -> Next {
     out.clear();
-    let keep = finish_unforwarded(client, request);
+    let keep = client.finish_unforwarded(request);
     head::write_redirect(&mut out, status, location);
     client.reply_whole(ctx, out, b"", keep).await
 }

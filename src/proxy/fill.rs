@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::io::{Read, Stream};
 use super::reply::BodyLength;
 use super::upstream::{InFlight, ResponsePlan};
-use super::{answer::finish_unforwarded, cache, Answered, Client, Coalescing, Forward, Next};
+use super::{cache, Answered, Client, Coalescing, Forward, Next};
 use crate::cache::fill::{Fill, Piece, Reader};
 use crate::cache::FillReservation;
 use crate::config::UpstreamTimeouts;
@@ -259,7 +259,7 @@ pub(super) async fn serve_waiter(
     reader: Reader,
     mut out: Vec<u8>,
 ) -> Next {
-    let keep = finish_unforwarded(client, request);
+    let keep = client.finish_unforwarded(request);
     let fill = reader.fill();
     let length = match fill.length {
         Some(n) => BodyLength::Known(n),

@@ -9,6 +9,7 @@ use std::io::Write;
 
 use super::cache::Validators;
 use super::reply::BodyLength;
+use super::request_body::BodyOut;
 use crate::config::{ForwardedFor, ProxyHeaders, RouteConfig};
 use crate::http::headers::{is_hop_by_hop, listed_in_connection, name_is, push_decimal};
 use crate::http::request::RequestHead;
@@ -259,6 +260,16 @@ fn write_request_line(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamReq
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
+/// How the upstream request frames the body: a `Content-Length` body is
+/// sent as it is (the field is forwarded), a chunked one in chunks of the
+/// gateway's own (the client's chunk boundaries and extensions are not kept).
+pub(super) fn body_out(body: BodyFraming) -> BodyOut {
+    match body {
+        BodyFraming::Chunked => BodyOut::Chunked,
+        _ => BodyOut::AsIs,
+    }
+}
+
 /// The cache's validators, the gateway's framing, the blank line.
 fn finish_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRequest<'_>) {
     if let Some(v) = up.validators {
@@ -272,7 +283,7 @@ fn finish_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRe
     if let Some(protocol) = up.upgrade {
         write_upgrade_fields(out, protocol.as_bytes());
     }
-    if req.body == BodyFraming::Chunked {
+    if body_out(req.body) == BodyOut::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: ");
         if let Some(codings) = req.transfer_codings {
             out.extend_from_slice(codings);

@@ -27,7 +27,11 @@
 //! They answer through the session (`reply.rs`): a head (status line and
 //! end-to-end fields), the body's length as they know it, body pieces and an
 //! end; the session chooses the framing, writes `Connection`, drops the
-//! body of a HEAD and decides whether the connection goes on.
+//! body of a HEAD and decides whether the connection goes on. They take the
+//! request's body from the session too (`request_body.rs`): whole when it
+//! is already in hand, else piece by piece, written in the framing the
+//! upstream's head announced. Only the session's files touch the client's
+//! socket and buffer.
 
 mod answer;
 pub mod cache;
@@ -40,6 +44,7 @@ mod reading;
 mod refresh;
 mod relay;
 mod reply;
+mod request_body;
 mod session;
 pub mod stored;
 mod tunnel;

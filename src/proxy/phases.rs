@@ -20,9 +20,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::answer::{
-    self, answer_failure, answer_from_cache, finish_unforwarded, respond_error, send_cached,
-};
+use super::answer::{self, answer_failure, answer_from_cache, respond_error, send_cached};
 use super::cache::{self, CacheWork};
 use super::head::{self, UpstreamRequest};
 use super::reading::body_to_buffer;
@@ -406,7 +404,7 @@ pub(super) async fn answer(
     match plan {
         Plan::Refuse { error, request } => {
             let status = error.status().unwrap_or(500);
-            let keep = finish_unforwarded(client, &request);
+            let keep = client.finish_unforwarded(&request);
             respond_error(ctx, client, out, status, keep).await
         }
         Plan::Redirect {
@@ -498,7 +496,7 @@ async fn proxy_request(
     }
     let mut ubuf = ctx.take_read_buffer();
     let mut progress = Progress::default();
-    let body_in_out = upstream::take_request_bytes(client, &forward, &mut out, &mut progress);
+    let mut body = upstream::take_request(client, &forward, &mut out, &mut progress);
     let head = upstream::exchange(
         ctx,
         client,
@@ -506,7 +504,7 @@ async fn proxy_request(
         &mut out,
         &mut ubuf,
         &mut progress,
-        body_in_out,
+        &mut body,
     )
     .await;
     match head {

@@ -14,9 +14,9 @@ use bytes::{Buf, BytesMut};
 use super::head;
 use super::io::{self, Read, Stream};
 use super::reply::BodyLength;
+use super::request_body::{Piece, RequestBody};
 use super::{cache, Client, Forward, Progress, MAX_RESPONSE_HEADERS};
 use crate::error::{ErrorKind, ProxyError, Side, Stage};
-use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::header_slots;
 use crate::http::response::parse_response;
 use crate::http::{BodyFraming, HttpError, Version};
@@ -80,7 +80,7 @@ pub(super) struct UpstreamHead {
     pub in_flight: InFlight,
 }
 
-/// Sends the request (in `out`, with the body when `body_in_out`) and reads
+/// Sends the request (in `out`, with the body when `body.in_out`) and reads
 /// the response head, retrying as the route allows: another server after a
 /// connect failure, a reset before any response byte or a status the route
 /// retries on. On success the client's response head is in `out` and the
@@ -92,7 +92,7 @@ pub(super) async fn exchange(
     out: &mut Vec<u8>,
     ubuf: &mut BytesMut,
     progress: &mut Progress,
-    body_in_out: bool,
+    body: &mut Body,
 ) -> Result<UpstreamHead, ProxyError> {
     let retry = ctx.config.routes[forward.route].retry.as_ref();
     ctx.retry_budgets[forward.route]
@@ -102,7 +102,7 @@ pub(super) async fn exchange(
     let mut tried = vec![forward.server];
     loop {
         // The whole request is in `out`: it can be sent again elsewhere.
-        let replayable = body_in_out && forward.method.is_idempotent() && !out.is_empty();
+        let replayable = body.in_out && forward.method.is_idempotent() && !out.is_empty();
         forward.may_retry_status = replayable
             && retries_left > 0
             && retry.is_some_and(|r| {
@@ -112,7 +112,7 @@ pub(super) async fn exchange(
                         .allows(r, Instant::now())
             });
         let in_flight = InFlight::new(ctx, forward.server);
-        let attempt = attempt(ctx, client, forward, out, ubuf, progress, body_in_out).await;
+        let attempt = attempt(ctx, client, forward, out, ubuf, progress, body).await;
         let error = match attempt {
             Ok((stream, addr, answer)) => {
                 return Ok(UpstreamHead {
@@ -186,7 +186,7 @@ async fn attempt(
     out: &mut Vec<u8>,
     ubuf: &mut BytesMut,
     progress: &mut Progress,
-    body_in_out: bool,
+    body: &mut Body,
 ) -> Result<(Stream, SocketAddr, Answer), ProxyError> {
     let addr = ctx.upstreams.borrow().addr(forward.server);
     let pooled = ctx.upstreams.borrow_mut().take_connection(forward.server);
@@ -207,17 +207,17 @@ async fn attempt(
                 ctx,
                 client,
                 forward,
+                body,
                 out,
                 &mut upstream,
                 progress,
-                body_in_out,
                 addr,
             )
             .await?;
             read_response_head(ctx, client, forward, out, &mut upstream, ubuf, addr).await
         }
         .await;
-        let resendable = !out.is_empty() && (body_in_out || !progress.body_streamed);
+        let resendable = !out.is_empty() && (body.in_out || !progress.body_streamed);
         match result {
             Ok(done) => break done,
             Err(e) if e.retry_safe() && reused && resendable => {
@@ -395,71 +395,51 @@ fn response_step(
     ))
 }
 
-/// Moves the request out of the client buffer: the head (already rebuilt in
-/// `out`), and the body too when it is all there, so that head and body go
-/// out in one write and the request can be sent again. Returns whether the
-/// body is in `out`.
-pub(super) fn take_request_bytes(
+/// The request's body on its way to the upstream.
+pub(super) struct Body {
+    from_client: RequestBody,
+    /// All of it is in `out`, after the head: the request can be sent again.
+    in_out: bool,
+}
+
+/// Takes the request out of the session: the head (already rebuilt in
+/// `out`) is consumed, and the body goes into `out` too when the session
+/// holds all of it, so that head and body go out in one write and the
+/// request can be sent again.
+pub(super) fn take_request(
     client: &mut Client,
     forward: &Forward,
     out: &mut Vec<u8>,
     progress: &mut Progress,
-) -> bool {
-    let head_len = forward.head_len;
-    let buffered = client.buf.len() - head_len;
-    let whole_body = match forward.body {
-        BodyFraming::None => Some(0),
-        BodyFraming::Length(n) if buffered as u64 >= n => Some(n as usize),
-        BodyFraming::Chunked => {
-            // A chunked body buffered whole goes out re-chunked in the same write.
-            let body = &client.buf[head_len..];
-            if let Ok((Some(raw), _)) = crate::http::chunked::scan_body(body) {
-                let start = out.len();
-                let decoded = ChunkedDecoder::new().decode(&body[..raw], out, Output::Rechunk);
-                if decoded.is_ok() {
-                    client.buf.advance(head_len + raw);
-                    progress.request_consumed = true;
-                    return true;
-                }
-                out.truncate(start);
-            }
-            None
-        }
-        _ => None,
-    };
-    match whole_body {
-        Some(n) => {
-            out.extend_from_slice(&client.buf[head_len..head_len + n]);
-            client.buf.advance(head_len + n);
-            progress.request_consumed = true;
-            true
-        }
-        None => {
-            client.buf.advance(head_len);
-            false
-        }
+) -> Body {
+    let mut from_client = client.open_body(forward.head_len, forward.body, forward.expect_continue);
+    let in_out = client.body_in_hand(&mut from_client, out, head::body_out(forward.body));
+    progress.request_consumed = in_out;
+    Body {
+        from_client,
+        in_out,
     }
 }
 
-/// Sends the request head (with the body when `body_in_out`), then streams
-/// any body still to come from the client. On success `out` still holds
-/// exactly what was first written, so a retry can resend it.
+/// Sends the request head (with the body when `body.in_out`), then streams
+/// the body's pieces as the session hands them out. On success `out` still
+/// holds exactly what was first written, so a retry can resend it.
 #[allow(clippy::too_many_arguments)]
 async fn send_request(
     ctx: &WorkerCtx,
     client: &mut Client,
     forward: &Forward,
+    body: &mut Body,
     out: &mut Vec<u8>,
     upstream: &mut Stream,
     progress: &mut Progress,
-    body_in_out: bool,
     addr: SocketAddr,
 ) -> Result<(), ProxyError> {
-    let timeouts = &ctx.config.timeouts;
+    let send = ctx.config.timeouts.upstream_send;
     let dead =
         |source| ProxyError::upstream(ErrorKind::UpstreamClosedEarly, addr, Stage::Request, source);
     let buf = std::mem::take(out);
-    match upstream.write_all(buf, timeouts.upstream_send).await {
+    match upstream.write_all(buf, send).await {
         Ok(buf) => *out = buf,
         Err((e, buf)) => {
             if let Some(buf) = buf {
@@ -468,29 +448,12 @@ async fn send_request(
             return Err(dead(into_io(e)));
         }
     }
-    if body_in_out {
+    if body.in_out {
         return Ok(());
     }
     out.clear();
-
-    let has_body = match forward.body {
-        BodyFraming::Length(n) => n > 0,
-        BodyFraming::Chunked => true,
-        BodyFraming::None | BodyFraming::UntilClose => false,
-    };
-    progress.body_streamed |= has_body;
-    // The client holds its body back until told to continue.
-    if forward.expect_continue && client.buf.is_empty() && client.send_continue(ctx).await.is_err()
-    {
-        return Err(ProxyError::downstream(ErrorKind::ClientIo, None));
-    }
-
-    let body_read_size = ctx.per_core.upstream_buffer_size;
-    let client_failed = |read: Read| match read {
-        Read::TimedOut => ProxyError::downstream(ErrorKind::ClientTimeout, None),
-        Read::Failed(e) => ProxyError::downstream(ErrorKind::ClientIo, Some(e)),
-        _ => ProxyError::downstream(ErrorKind::ClientIo, None),
-    };
+    let body = &mut body.from_client;
+    progress.body_streamed |= body.has_more();
     // Mid-body, the upstream already has part of the request: never retry.
     let upstream_failed = |e| {
         ProxyError::upstream(
@@ -500,66 +463,25 @@ async fn send_request(
             into_io(e),
         )
     };
-    match forward.body {
-        BodyFraming::Length(total) => {
-            let mut remaining = total;
-            while remaining > 0 {
-                if client.buf.is_empty() {
-                    match client
-                        .stream
-                        .read_some(&mut client.buf, body_read_size, timeouts.client_body)
-                        .await
-                    {
-                        Read::Data(_) => {}
-                        other => return Err(client_failed(other)),
-                    }
-                }
-                let take = (client.buf.len() as u64).min(remaining) as usize;
-                let chunk = client.buf.split_to(take);
+    let framing = head::body_out(forward.body);
+    while let Some(piece) = client.next_body_piece(ctx, body, out, framing).await? {
+        match piece {
+            Piece::Bytes(bytes) => {
                 upstream
-                    .write_all(chunk, timeouts.upstream_send)
+                    .write_all(bytes, send)
                     .await
                     .map_err(|(e, _)| upstream_failed(e))?;
-                remaining -= take as u64;
             }
-        }
-        BodyFraming::Chunked => {
-            let max = ctx.config.limits.max_request_body;
-            let mut decoder = ChunkedDecoder::new();
-            loop {
-                let used = decoder
-                    .decode(&client.buf, out, Output::Rechunk)
-                    .map_err(|e| ProxyError::downstream(ErrorKind::BadRequest(e), None))?;
-                client.buf.advance(used);
-                if max.is_some_and(|max| decoder.decoded > max) {
-                    return Err(ProxyError::downstream(
-                        ErrorKind::BadRequest(HttpError::BodyTooLarge),
-                        None,
-                    ));
-                }
-                if !out.is_empty() {
-                    let buf = std::mem::take(out);
-                    let mut buf = upstream
-                        .write_all(buf, timeouts.upstream_send)
-                        .await
-                        .map_err(|(e, _)| upstream_failed(e))?;
-                    buf.clear();
-                    *out = buf;
-                }
-                if decoder.is_done() {
-                    break;
-                }
-                match client
-                    .stream
-                    .read_some(&mut client.buf, body_read_size, timeouts.client_body)
+            Piece::Written => {
+                let buf = std::mem::take(out);
+                let mut buf = upstream
+                    .write_all(buf, send)
                     .await
-                {
-                    Read::Data(_) => {}
-                    other => return Err(client_failed(other)),
-                }
+                    .map_err(|(e, _)| upstream_failed(e))?;
+                buf.clear();
+                *out = buf;
             }
         }
-        BodyFraming::None | BodyFraming::UntilClose => {}
     }
     progress.request_consumed = true;
     Ok(())

@@ -31,6 +31,8 @@ pub struct OriginLog {
     pub heads: Mutex<Vec<String>>,
     /// Body byte counts of each request.
     pub body_lengths: Mutex<Vec<u64>>,
+    /// The FNV-1a digest ([`fnv1a`]) of each request's body, in order.
+    pub body_digests: Mutex<Vec<u64>>,
     /// Requests per target (path and query).
     pub per_target: Mutex<HashMap<String, usize>>,
     /// Milliseconds every response is delayed by (a slow server).
@@ -208,20 +210,22 @@ fn origin_connection(
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("").to_string();
         let version = parts.next().unwrap_or("");
+        let mut digest = Fnv1a::default();
         let body_len = if headers.get("transfer-encoding").is_some_and(|v| {
             v.rsplit(',')
                 .next()
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
         }) {
-            reader.read_chunked_body()?
+            reader.read_chunked(|data| digest.write(data))?
         } else if let Some(n) = headers.get("content-length") {
             let n: u64 = n.parse().unwrap();
-            reader.discard(n)?;
+            reader.read_body(n, |data| digest.write(data))?;
             n
         } else {
             0
         };
         log.body_lengths.lock().unwrap().push(body_len);
+        log.body_digests.lock().unwrap().push(digest.0);
         let seen = {
             let mut per_target = log.per_target.lock().unwrap();
             let n = per_target.entry(path.clone()).or_insert(0);
@@ -559,6 +563,33 @@ fn split_head(head: &str) -> (String, HashMap<String, String>) {
     (first, headers)
 }
 
+/// FNV-1a, 64 bits: a digest of a body read piece by piece, so tests can
+/// check that every byte arrived in order without holding the body.
+#[derive(Clone, Copy)]
+pub struct Fnv1a(pub u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    pub fn write(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The FNV-1a digest of `data`.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut d = Fnv1a::default();
+    d.write(data);
+    d.0
+}
+
 /// Minimal buffered reader for the origin and the client.
 pub struct BufReader {
     pub inner: TcpStream,
@@ -636,9 +667,15 @@ impl BufReader {
     }
 
     /// Reads and drops `n` bytes without holding them.
-    pub fn discard(&mut self, mut n: u64) -> io::Result<()> {
+    pub fn discard(&mut self, n: u64) -> io::Result<()> {
+        self.read_body(n, |_| {})
+    }
+
+    /// Reads `n` bytes, handing each piece to `sink` without holding them.
+    pub fn read_body(&mut self, mut n: u64, mut sink: impl FnMut(&[u8])) -> io::Result<()> {
         loop {
             let take = (self.buf.len() as u64).min(n) as usize;
+            sink(&self.buf[..take]);
             self.buf.drain(..take);
             n -= take as u64;
             if n == 0 {
@@ -674,7 +711,7 @@ impl BufReader {
         self.read_chunked(|_| {})
     }
 
-    fn read_chunked(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<u64> {
+    pub fn read_chunked(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
             let line = self.read_line()?;
