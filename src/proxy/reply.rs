@@ -7,9 +7,11 @@
 //! connection goes on. Nothing else writes to the client's socket, so a
 //! second protocol (HTTP/2) answers through the same calls.
 
+use bytes::BytesMut;
 use monoio::buf::IoBuf;
 
 use super::cache::{write_hit, HitPlan};
+use super::io::Stream;
 use super::{Client, Next};
 use crate::cache::hit::HitBuf;
 use crate::http::headers::{push_decimal, push_hex};
@@ -261,6 +263,31 @@ impl Client {
             }
             Err(_) => Err(Gone),
         }
+    }
+
+    /// The upstream switched protocols: writes the 101 (its status line and
+    /// fields in `head`) and what the upstream already sent in the new
+    /// protocol, then hands the connection over, with what the client sent
+    /// after its request (already the new protocol's). `None`: the client
+    /// went away. The session ends here: nothing more is read or written
+    /// through it.
+    pub(super) async fn switch_protocols(
+        &mut self,
+        ctx: &WorkerCtx,
+        head: Vec<u8>,
+        from_upstream: &mut BytesMut,
+    ) -> Option<(Stream, BytesMut)> {
+        let head = self.send_interim(ctx, head).await.ok()?;
+        ctx.give_write_buffer(head);
+        if !from_upstream.is_empty() {
+            let send = ctx.config.timeouts.client_send;
+            self.stream
+                .write_all(from_upstream.split(), send)
+                .await
+                .ok()?;
+        }
+        let stream = std::mem::replace(&mut self.stream, Stream::Detached);
+        Some((stream, self.buf.split()))
     }
 
     /// `100 Continue`, once per request, for a client waiting to send its body.

@@ -96,23 +96,14 @@ pub(super) async fn run(
     idle: Duration,
     in_flight: InFlight,
 ) -> Next {
-    let Ok(head) = client.send_interim(ctx, head).await else {
+    let switched = client.switch_protocols(ctx, head, &mut from_upstream).await;
+    ctx.give_read_buffer(from_upstream);
+    let Some((client_stream, early)) = switched else {
         return Next::Close;
     };
-    ctx.give_write_buffer(head);
-    if !from_upstream.is_empty() {
-        let send = ctx.config.timeouts.client_send;
-        match client.stream.write_all(from_upstream.split(), send).await {
-            Ok(_) => {}
-            Err(_) => return Next::Close,
-        }
-    }
-    ctx.give_read_buffer(from_upstream);
     let stats = &ctx.stats;
     let _open = stats.tunnel_opened();
-    let Some((client_read, client_write)) =
-        split(std::mem::replace(&mut client.stream, Stream::Detached))
-    else {
+    let Some((client_read, client_write)) = split(client_stream) else {
         return Next::Close;
     };
     let Some((upstream_read, mut upstream_write)) = split(upstream) else {
@@ -120,7 +111,6 @@ pub(super) async fn run(
     };
     // What the client sent after its request already belongs to the new
     // protocol. Written before the watchdog starts, so within a limit of its own.
-    let early = client.buf.split();
     if !early.is_empty() {
         stats.tunnel_bytes(true, early.len());
         let limit = ctx.config.timeouts.upstream_send;
