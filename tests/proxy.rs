@@ -170,7 +170,7 @@ fn hop_by_hop_headers_are_stripped_and_end_to_end_kept() {
     let gw = start(config_for(origin.addr));
     let mut c = Client::connect(gw.listen_addr());
     let r = c.request(
-        b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: websocket\r\nProxy-Connection: keep-alive\r\nX-End: kept\r\nContent-Length: 0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: gzip\r\nTrailer: X-T\r\nUpgrade: websocket\r\nProxy-Connection: keep-alive\r\nX-End: kept\r\nContent-Length: 0\r\n\r\n",
     );
     let seen = r.text();
     for gone in [
@@ -416,4 +416,47 @@ fn many_concurrent_connections_each_get_their_own_response() {
             .expect("client thread finished");
     }
     assert_eq!(origin.requests(), 400);
+}
+
+/// Everything the gateway sends on a connection it closes after one response.
+fn raw_exchange(gw: &ringgate::Handle, request: &[u8]) -> String {
+    let mut c = Client::connect(gw.listen_addr());
+    c.send(request);
+    let mut raw = Vec::new();
+    c.reader.read_to_end(|d| raw.extend_from_slice(d)).unwrap();
+    String::from_utf8(raw).unwrap()
+}
+
+#[test]
+fn trailers_are_passed_on_filtered_to_a_client_that_takes_them() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let raw = raw_exchange(
+        &gw,
+        b"GET /trailers HTTP/1.1\r\nHost: t\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    );
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+    // The trailer section: what a trailer may carry, never framing, cookies or routing.
+    assert!(body.ends_with("0\r\nX-Checksum: 5d41\r\n\r\n"), "{body:?}");
+    assert!(body.contains("hello"), "{body:?}");
+    // The gateway asked the upstream for trailers because the client takes them.
+    assert!(origin.log.heads.lock().unwrap()[0].contains("TE: trailers"));
+}
+
+#[test]
+fn trailers_are_not_asked_for_unless_the_client_takes_them_and_dropped_for_http10() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let raw = raw_exchange(
+        &gw,
+        b"GET /trailers HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.ends_with("0\r\nX-Checksum: 5d41\r\n\r\n"), "{raw:?}");
+    assert!(!origin.log.heads.lock().unwrap()[0].contains("TE:"));
+    // An HTTP/1.0 client gets the body to the close: no trailer section.
+    let raw = raw_exchange(&gw, b"GET /trailers HTTP/1.0\r\nHost: t\r\n\r\n");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(!head.contains("Transfer-Encoding"), "{head}");
+    assert_eq!(body, "hello");
 }

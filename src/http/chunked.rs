@@ -8,7 +8,9 @@
 //!
 //! Refused: non-hex or empty sizes, sizes over 16 hex digits or overflowing
 //! u64, a missing CRLF after chunk data, bare LF or CR, and chunk extensions
-//! or trailer sections over their caps. Trailers are read and dropped.
+//! or trailer sections over their caps. Trailers are read and dropped, or
+//! kept as raw field lines for the caller to filter and pass on
+//! ([`ChunkedDecoder::keeping_trailers`]).
 
 use super::headers::push_hex;
 use super::HttpError;
@@ -48,6 +50,8 @@ pub struct ChunkedDecoder {
     trailer_bytes: usize,
     /// Data bytes decoded so far (for body size limits).
     pub decoded: u64,
+    /// The trailer section's field lines (CRLF-terminated), when kept.
+    trailers: Option<Vec<u8>>,
 }
 
 impl Default for ChunkedDecoder {
@@ -62,7 +66,27 @@ impl ChunkedDecoder {
             state: State::Size,
             trailer_bytes: 0,
             decoded: 0,
+            trailers: None,
         }
+    }
+
+    /// A decoder that keeps the trailer section's field lines, as received
+    /// (within the trailer cap), for [`ChunkedDecoder::take_trailers`].
+    pub fn keeping_trailers() -> Self {
+        ChunkedDecoder {
+            trailers: Some(Vec::new()),
+            ..Self::new()
+        }
+    }
+
+    /// The trailer field lines kept so far (empty when there were none or
+    /// they were not kept); unchecked beyond the framing rules: the caller
+    /// filters them ([`super::headers::forwardable_trailers`]).
+    pub fn take_trailers(&mut self) -> Vec<u8> {
+        self.trailers
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     pub fn is_done(&self) -> bool {
@@ -147,6 +171,8 @@ impl ChunkedDecoder {
                         self.state = State::Done;
                     } else if rest[..line_end].contains(&0) {
                         return Err(HttpError::BadChunk);
+                    } else if let Some(kept) = self.trailers.as_mut() {
+                        kept.extend_from_slice(&rest[..line_end + 2]);
                     }
                 }
             }
@@ -220,6 +246,27 @@ fn parse_size_line(line: &[u8]) -> Result<u64, HttpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailers_are_kept_only_when_asked_for() {
+        let body = b"3\r\nabc\r\n0\r\nX-Sum: 1\r\nGrpc-Status: 0\r\n\r\n";
+        let mut keeping = ChunkedDecoder::keeping_trailers();
+        let mut out = Vec::new();
+        // Fed a byte at a time: a trailer line split across reads is kept whole.
+        let mut buf = Vec::new();
+        for b in body {
+            buf.push(*b);
+            let used = keeping.decode(&buf, &mut out, Output::Raw).unwrap();
+            buf.drain(..used);
+        }
+        assert!(buf.is_empty());
+        assert!(keeping.is_done());
+        assert_eq!(out, b"abc");
+        assert_eq!(keeping.take_trailers(), b"X-Sum: 1\r\nGrpc-Status: 0\r\n");
+        let mut dropping = ChunkedDecoder::new();
+        dropping.decode(body, &mut Vec::new(), Output::Raw).unwrap();
+        assert!(dropping.take_trailers().is_empty());
+    }
 
     fn decode_all(input: &[u8], mode: Output) -> Result<(Vec<u8>, usize, bool), HttpError> {
         let mut d = ChunkedDecoder::new();

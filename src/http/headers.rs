@@ -149,9 +149,108 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Whether a field may be passed on in a trailer section: not one that
+/// frames, routes, authenticates, controls caching or conditions, or says
+/// how to read the content (RFC 9110 section 6.5.1), and not hop-by-hop.
+/// A recipient may otherwise merge a trailer into the head, so these must
+/// never arrive late.
+fn allowed_in_trailers(name: &str) -> bool {
+    const FORBIDDEN: &[&str] = &[
+        "host",
+        "authorization",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "www-authenticate",
+        "set-cookie",
+        "cookie",
+        "cache-control",
+        "expires",
+        "age",
+        "date",
+        "vary",
+        "etag",
+        "last-modified",
+        "location",
+        "retry-after",
+        "expect",
+        "max-forwards",
+        "pragma",
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "warning",
+        "alt-svc",
+        "strict-transport-security",
+    ];
+    let lower = name.to_ascii_lowercase();
+    !is_hop_by_hop(name)
+        && !name_is(name, "keep-alive")
+        && !lower.starts_with("content-")
+        && !FORBIDDEN.contains(&lower.as_str())
+}
+
+/// Trailer fields to pass on, from the raw field lines a chunked body ended
+/// with: each line must be a well-formed field (else none is passed on:
+/// the sender's framing is in doubt), and only fields a trailer may carry
+/// are kept. Appends `name: value` lines (CRLF-terminated) to `out`.
+pub fn forwardable_trailers(raw: &[u8], out: &mut Vec<u8>) {
+    if raw.is_empty() {
+        return;
+    }
+    let mut block = Vec::with_capacity(raw.len() + 2);
+    block.extend_from_slice(raw);
+    block.extend_from_slice(b"\r\n");
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(&block, &mut slots)
+    else {
+        return;
+    };
+    for field in fields {
+        if allowed_in_trailers(field.name) {
+            out.extend_from_slice(field.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(field.value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trailers(raw: &[u8]) -> String {
+        let mut out = Vec::new();
+        forwardable_trailers(raw, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn trailers_keep_what_a_trailer_may_carry() {
+        assert_eq!(
+            trailers(b"grpc-status: 0\r\nServer-Timing: db;dur=53\r\n"),
+            "grpc-status: 0\r\nServer-Timing: db;dur=53\r\n"
+        );
+        assert_eq!(trailers(b""), "");
+    }
+
+    #[test]
+    fn trailers_never_carry_framing_routing_auth_or_cache_fields() {
+        let raw = b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\nHost: evil\r\n\
+Set-Cookie: a=b\r\nAuthorization: x\r\nCache-Control: max-age=9\r\nVary: *\r\n\
+Content-Type: text/html\r\nConnection: close\r\nLocation: /x\r\nX-Ok: 1\r\n";
+        assert_eq!(trailers(raw), "X-Ok: 1\r\n");
+    }
+
+    #[test]
+    fn a_malformed_trailer_line_drops_the_whole_section() {
+        assert_eq!(trailers(b"X-Ok: 1\r\nbad line\r\n"), "");
+        assert_eq!(trailers(b"X-Ok: 1\r\nBad Name: 2\r\n"), "");
+        assert_eq!(trailers(b"X-Ok: 1\r\n folded\r\n"), "");
+    }
 
     #[test]
     fn hop_by_hop_names_match_case_insensitively() {

@@ -38,6 +38,9 @@ pub struct RequestHead<'b> {
     pub keep_alive: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request.
     pub expect_continue: bool,
+    /// `TE` lists `trailers`: the client takes trailer fields, so the
+    /// gateway may ask the upstream for them (`TE: trailers`).
+    pub accepts_trailers: bool,
     /// At least one `Connection` header is present (it may name more hop-by-hop headers).
     pub has_connection_header: bool,
     /// Registered transfer codings before the final chunked (`gzip` of
@@ -139,6 +142,7 @@ pub fn parse_request<'b>(
     let mut keep_alive_token = false;
     let mut has_connection_header = false;
     let mut expect_continue = false;
+    let mut accepts_trailers = false;
 
     for h in headers {
         let name = h.name;
@@ -191,6 +195,10 @@ pub fn parse_request<'b>(
                         keep_alive_token = true;
                     }
                 }
+            }
+            2 if name_is(name, "te") => {
+                accepts_trailers |=
+                    list_items(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
             }
             // RFC 9110 section 10.1.1: ignore 100-continue from an HTTP/1.0 client.
             6 if name_is(name, "expect") && version == Version::Http11 => {
@@ -290,6 +298,7 @@ pub fn parse_request<'b>(
         body,
         keep_alive,
         expect_continue,
+        accepts_trailers,
         has_connection_header,
         transfer_codings,
     }))

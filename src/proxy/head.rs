@@ -283,6 +283,11 @@ fn finish_request_head(out: &mut Vec<u8>, req: &RequestHead<'_>, up: &UpstreamRe
     if let Some(protocol) = up.upgrade {
         write_upgrade_fields(out, protocol.as_bytes());
     }
+    // `TE` is hop-by-hop: asked for again only where the client takes
+    // trailers, which the gateway then passes on (`relay.rs`).
+    if req.accepts_trailers {
+        out.extend_from_slice(b"TE: trailers\r\n");
+    }
     if body_out(req.body) == BodyOut::Chunked {
         out.extend_from_slice(b"Transfer-Encoding: ");
         if let Some(codings) = req.transfer_codings {
@@ -500,7 +505,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_fields_are_dropped() {
         let head = forward(
-            b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, Content-Length\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nContent-Length: 0\r\n\r\n",
+            b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret, Content-Length\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: gzip\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nContent-Length: 0\r\n\r\n",
             &ProxyHeaders::default(),
         );
         for gone in [
@@ -514,6 +519,21 @@ mod tests {
             assert!(!head.contains(gone), "{gone} still in {head}");
         }
         assert!(head.contains("Content-Length: 0\r\n"), "{head}");
+    }
+
+    #[test]
+    fn trailers_are_asked_for_only_where_the_client_takes_them() {
+        let asked = forward(
+            b"GET /x HTTP/1.1\r\nHost: a\r\nTE: gzip, Trailers\r\n\r\n",
+            &ProxyHeaders::default(),
+        );
+        assert_eq!(asked.matches("TE:").count(), 1, "{asked}");
+        assert!(asked.contains("TE: trailers\r\n"), "{asked}");
+        let not_asked = forward(
+            b"GET /x HTTP/1.1\r\nHost: a\r\nTE: gzip\r\n\r\n",
+            &ProxyHeaders::default(),
+        );
+        assert!(!not_asked.contains("TE:"), "{not_asked}");
     }
 
     #[test]

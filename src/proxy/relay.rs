@@ -1,7 +1,8 @@
 //! The response body from the upstream to the client, as it arrives: read
 //! as the upstream frames it (a length, chunked, to the close), decoded, and
 //! handed to the downstream session in pieces, which frames them for its
-//! client (`super::reply`). A storable body is captured on the way and
+//! client (`super::reply`), trailer fields of a chunked body included
+//! (filtered). A storable body is captured on the way and
 //! stored before its last bytes go out. Bodies that did not come whole with their
 //! head and are stored go through `super::fill` instead.
 
@@ -15,6 +16,7 @@ use super::upstream::ResponsePlan;
 use super::{cache, Client, Coalescing, Forward, Next};
 use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
+use crate::http::headers::forwardable_trailers;
 use crate::http::BodyFraming;
 use crate::upstream::h1::read_body_piece;
 use crate::worker::context::WorkerCtx;
@@ -41,6 +43,8 @@ pub(super) async fn body(
     let client_gone = |_: Gone| ProxyError::downstream(ErrorKind::ClientIo, None);
     let read_size = ctx.per_core.upstream_buffer_size;
     let mut upstream_clean = plan.reusable;
+    // Trailer fields of a chunked body, passed on where the client's framing carries them.
+    let mut trailers = Vec::new();
     client.start_reply(ctx, out, plan.length.clone(), keep);
 
     match plan.framing {
@@ -71,7 +75,7 @@ pub(super) async fn body(
             }
         }
         BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
+            let mut decoder = ChunkedDecoder::keeping_trailers();
             let mut raw = Vec::new();
             loop {
                 // Decoded once: the plain data goes to the cache and to the session.
@@ -88,6 +92,7 @@ pub(super) async fn body(
                 }
                 client.send_body(ctx, &raw).await.map_err(client_gone)?;
                 if decoder.is_done() {
+                    forwardable_trailers(&decoder.take_trailers(), &mut trailers);
                     break;
                 }
                 read_body_piece(ctx, &mut upstream, ubuf, addr, forward.timeouts.read).await?;
@@ -119,7 +124,7 @@ pub(super) async fn body(
             store_captured(ctx, forward, plan, coalescing);
         }
     }
-    let next = client.end_reply(ctx).await;
+    let next = client.end_reply_with_trailers(ctx, &trailers).await;
 
     // Bytes beyond the response mean the upstream and the gateway disagree
     // about framing: never reuse such a connection.

@@ -194,8 +194,21 @@ impl Client {
     /// Ends the body (the last chunk of a chunked one) and writes what is
     /// held back; says whether the connection goes on.
     pub(super) async fn end_reply(&mut self, ctx: &WorkerCtx) -> Next {
+        self.end_reply_with_trailers(ctx, b"").await
+    }
+
+    /// Like [`Client::end_reply`], with trailer fields (`name: value`
+    /// lines, already filtered) after the body where the framing can carry
+    /// them (chunked); other framings drop them, as a recipient may.
+    pub(super) async fn end_reply_with_trailers(
+        &mut self,
+        ctx: &WorkerCtx,
+        trailers: &[u8],
+    ) -> Next {
         if self.reply.framing == Framing::Chunked {
-            self.reply.pending.extend_from_slice(b"0\r\n\r\n");
+            self.reply.pending.extend_from_slice(b"0\r\n");
+            self.reply.pending.extend_from_slice(trailers);
+            self.reply.pending.extend_from_slice(b"\r\n");
         }
         let sent = self.flush(ctx).await.is_ok();
         ctx.give_write_buffer(std::mem::take(&mut self.reply.pending));

@@ -55,6 +55,8 @@ pub struct OriginLog {
 /// - `/bad-framing`: a response with both Content-Length and chunked
 /// - `/te-gzip`: `Transfer-Encoding: gzip`, body to close; `/te-gzip-chunked`: `gzip, chunked`
 /// - `/die-mid-body`: promises 1000 bytes, sends 10, closes
+/// - `/trailers`: chunked "hello" with trailers `X-Checksum` (allowed) and
+///   `Content-Length`, `Set-Cookie`, `Host` (never allowed in a trailer)
 /// - `/interim`: a 103 Early Hints, then 200
 /// - `/c?...`: a cacheable resource described by its query (see [`cacheable`])
 /// - anything else: 200 "ok"
@@ -344,6 +346,9 @@ fn origin_connection(
             stream.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")?;
         } else if path == "/bad-framing" {
             stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")?;
+        } else if path == "/trailers" {
+            // A chunked body with trailer fields, some a trailer must never carry.
+            stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n5\r\nhello\r\n0\r\nX-Checksum: 5d41\r\nContent-Length: 99\r\nSet-Cookie: s=1\r\nHost: evil\r\n\r\n")?;
         } else if path == "/die-mid-body" {
             stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")?;
             return Ok(());
@@ -751,7 +756,7 @@ impl BufReader {
     }
 
     /// Reads until EOF.
-    fn read_to_end(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<u64> {
+    pub fn read_to_end(&mut self, mut sink: impl FnMut(&[u8])) -> io::Result<u64> {
         let mut total = 0;
         loop {
             if !self.buf.is_empty() {
