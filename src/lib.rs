@@ -96,7 +96,7 @@ impl Gateway {
                     .clone(),
             };
             terminators.push(Some(
-                tls::Terminator::new(tls, tickets).map_err(config_error)?,
+                tls::Terminator::new(tls, l.http2, tickets).map_err(config_error)?,
             ));
         }
         // TLS upstream groups: roots and client certificates loaded once.

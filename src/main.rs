@@ -310,12 +310,10 @@ fn demo(listen: Option<SocketAddr>, tls_listen: Option<SocketAddr>) -> ExitCode 
             }
         };
         config.listeners.push(config::ListenerConfig {
-            address,
-            backlog: 4096,
             tls: Some(config::ListenerTls {
                 certificates: vec![files],
             }),
-            redirect_https: None,
+            ..config::ListenerConfig::new(address)
         });
     }
     let origin_addr = config.upstreams[0].servers[0].address;

@@ -38,10 +38,9 @@ use rustls::pki_types::pem::PemObject;
 
 fn tls_listener(certificates: Vec<CertificateFiles>) -> ListenerConfig {
     ListenerConfig {
-        address: "127.0.0.1:0".parse().unwrap(),
         backlog: 128,
         tls: Some(ListenerTls { certificates }),
-        redirect_https: None,
+        ..ListenerConfig::new("127.0.0.1:0".parse().unwrap())
     }
 }
 

@@ -378,6 +378,36 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["per_ip_refused"],
     ),
     (
+        "ringgate_h2_connections_total",
+        "HTTP/2 client connections.",
+        "counter",
+        &["h2_connections"],
+    ),
+    (
+        "ringgate_h2_streams_total",
+        "HTTP/2 streams (requests) accepted.",
+        "counter",
+        &["h2_streams"],
+    ),
+    (
+        "ringgate_h2_client_resets_total",
+        "HTTP/2 streams reset by the client while being served.",
+        "counter",
+        &["h2_client_resets"],
+    ),
+    (
+        "ringgate_h2_goaways_total",
+        "Graceful HTTP/2 GOAWAYs sent (idle, drain, max_requests).",
+        "counter",
+        &["h2_goaways"],
+    ),
+    (
+        "ringgate_h2_enhance_your_calm_total",
+        "HTTP/2 connections ended with ENHANCE_YOUR_CALM (floods).",
+        "counter",
+        &["h2_enhance_your_calm"],
+    ),
+    (
         "ringgate_tls_handshakes_total",
         "TLS handshakes completed.",
         "counter",

@@ -69,6 +69,11 @@ impl HitBuf {
         [&self.0.head, &self.0.suffix, &self.0.body]
     }
 
+    /// The body part (a reference to the stored body, not a copy).
+    pub fn body(&self) -> Bytes {
+        self.0.body.clone()
+    }
+
     /// Bytes still to write.
     pub fn remaining(&self) -> usize {
         self.0.iov[..self.0.count].iter().map(|v| v.iov_len).sum()

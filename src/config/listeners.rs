@@ -27,6 +27,12 @@ pub(super) fn validate_listeners(
                 "must be at least 1",
             ));
         }
+        if l.h2c == Some(true) && l.tls.is_some() {
+            return Err(invalid(
+                format!("listeners[{i}].h2c"),
+                "h2c is HTTP/2 without TLS; on a TLS listener HTTP/2 is offered by ALPN (http2)",
+            ));
+        }
         let tls = match &l.tls {
             None => None,
             Some(t) => Some(listener_tls(i, t)?),
@@ -53,6 +59,8 @@ pub(super) fn validate_listeners(
             backlog,
             tls,
             redirect_https,
+            http2: l.http2.unwrap_or(true),
+            h2c: l.h2c.unwrap_or(false),
         });
     }
     if listeners.is_empty() {

@@ -6,6 +6,7 @@
 //! The same [`Config`] is built by the quick command-line mode
 //! (`ringgate proxy`) and by tests, without any file.
 
+mod http2;
 mod listeners;
 mod model;
 pub mod raw;
@@ -22,6 +23,8 @@ use std::time::Duration;
 
 pub use model::*;
 use raw::RawConfig;
+
+pub use http2::Http2Config;
 
 /// A config that cannot be used, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +76,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `None`: no admin API.
     pub admin: Option<AdminConfig>,
+    /// Limits of HTTP/2 client connections (`[http2]`).
+    pub http2: Http2Config,
 }
 
 /// The config `ringgate run` uses when no `--config` is given.
@@ -124,12 +129,7 @@ impl Config {
     pub fn quick(listen: SocketAddr, servers: Vec<SocketAddr>) -> Config {
         Config {
             source: None,
-            listeners: vec![ListenerConfig {
-                address: listen,
-                backlog: 4096,
-                tls: None,
-                redirect_https: None,
-            }],
+            listeners: vec![ListenerConfig::new(listen)],
             workers: WorkersConfig::default(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
@@ -156,6 +156,7 @@ impl Config {
             }],
             cache: CacheSettings::default(),
             admin: None,
+            http2: Http2Config::default(),
         }
     }
 
@@ -349,6 +350,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         routes,
         cache,
         admin,
+        http2: http2::validate_http2(&raw.http2)?,
     };
     config.check()?;
     Ok(config)

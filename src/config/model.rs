@@ -27,6 +27,24 @@ pub struct ListenerConfig {
     /// Answer every request on this (plain) listener with a redirect to
     /// `https://` on this port.
     pub redirect_https: Option<u16>,
+    /// Offer HTTP/2 by ALPN (`h2`, preferred over `http/1.1`) on a TLS listener.
+    pub http2: bool,
+    /// Serve HTTP/2 with prior knowledge (`h2c`) on a plain listener, beside HTTP/1.1.
+    pub h2c: bool,
+}
+
+impl ListenerConfig {
+    /// A plain listener on `address` with every default.
+    pub fn new(address: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            backlog: 4096,
+            tls: None,
+            redirect_https: None,
+            http2: true,
+            h2c: false,
+        }
+    }
 }
 
 /// `tls = { certificates = [...] }` on a listener.

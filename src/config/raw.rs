@@ -32,6 +32,8 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub resolver: RawResolver,
+    #[serde(default)]
+    pub http2: RawHttp2,
 }
 
 /// `[cache]`: settings shared by every caching route.
@@ -62,6 +64,19 @@ pub struct RawListener {
     pub tls: Option<RawListenerTls>,
     /// `true` (port 443) or a port number.
     pub redirect_https: Option<toml::Value>,
+    pub http2: Option<bool>,
+    pub h2c: Option<bool>,
+}
+
+/// `[http2]`: limits of HTTP/2 client connections.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub max_concurrent_streams: Option<u32>,
+    pub initial_window_size: Option<ByteSize>,
+    pub max_requests: Option<u64>,
+    pub max_client_resets: Option<u32>,
+    pub reset_window: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -362,3 +362,37 @@ fn upgrades_default_to_websocket_and_h2c_is_refused() {
         "routes[0].timeouts.tunnel_idle"
     );
 }
+
+#[test]
+fn http2_settings_default_like_nginx_and_bad_values_name_their_key() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.http2, Http2Config::default());
+    assert_eq!(c.http2.max_concurrent_streams, 128);
+    assert!(c.listeners[0].http2 && !c.listeners[0].h2c);
+    let text = format!("{MINIMAL}\n[http2]\nmax_concurrent_streams = 16\nreset_window = \"2s\"\n");
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.http2.max_concurrent_streams, 16);
+    assert_eq!(c.http2.reset_window, Duration::from_secs(2));
+    for (bad, key) in [
+        ("max_concurrent_streams = 0", "http2.max_concurrent_streams"),
+        (
+            "initial_window_size = \"4GiB\"",
+            "http2.initial_window_size",
+        ),
+        ("max_requests = 0", "http2.max_requests"),
+        ("reset_window = \"0s\"", "http2.reset_window"),
+    ] {
+        let e = Config::parse(&format!("{MINIMAL}\n[http2]\n{bad}\n")).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+    }
+}
+
+#[test]
+fn h2c_is_refused_on_a_tls_listener() {
+    let text = MINIMAL.replace(
+        "address = \"127.0.0.1:8080\"",
+        "address = \"127.0.0.1:8080\"\nh2c = true\ntls = { certificates = [] }",
+    );
+    let e = Config::parse(&text).unwrap_err();
+    assert_eq!(e.key, "listeners[0].h2c", "{e}");
+}

@@ -38,6 +38,7 @@ pub mod cache;
 mod coalescing;
 mod fill;
 pub mod head;
+mod http2;
 pub mod io;
 mod phases;
 mod reading;
@@ -66,6 +67,8 @@ const MAX_RESPONSE_HEADERS: usize = 256;
 pub struct Entry {
     pub tls: Option<crate::tls::Terminator>,
     pub redirect_https: Option<u16>,
+    /// HTTP/2 with prior knowledge on this plain listener.
+    pub h2c: bool,
 }
 
 struct Client {
@@ -84,6 +87,48 @@ struct Client {
     reply: reply::Reply,
     /// `100 Continue` was already sent for the current request.
     sent_continue: bool,
+    /// The HTTP/2 stream this request came on (`None`: HTTP/1, on `stream`).
+    h2: Option<Box<http2::stream::H2Stream>>,
+}
+
+impl Client {
+    /// The request of one HTTP/2 stream, its head (gateway form) in `buf`.
+    fn for_h2(
+        connection: http2::Connection,
+        buf: BytesMut,
+        stream: http2::stream::H2Stream,
+    ) -> Client {
+        Client {
+            stream: Stream::Detached,
+            redirect_https: connection.redirect_https,
+            conn: connection.conn,
+            buf,
+            peer_ip: connection.peer.ip().to_string(),
+            peer: connection.peer.ip(),
+            served: 0,
+            reply: Default::default(),
+            sent_continue: false,
+            h2: Some(Box::new(stream)),
+        }
+    }
+
+    /// The request came over TLS.
+    fn is_https(&self) -> bool {
+        match &self.h2 {
+            Some(h2) => h2.tls,
+            None => self.stream.is_tls(),
+        }
+    }
+
+    /// Reads more of the request into the buffer: from the socket (HTTP/1),
+    /// or the stream's next DATA in the same framing (HTTP/2).
+    async fn read_request_bytes(&mut self, reserve: usize, limit: std::time::Duration) -> io::Read {
+        match self.h2.as_deref_mut() {
+            // Boxed: an HTTP/1 connection's future stays as small as before.
+            Some(h2) => Box::pin(h2.read(&mut self.buf, limit)).await,
+            None => self.stream.read_some(&mut self.buf, reserve, limit).await,
+        }
+    }
 }
 
 enum Next {

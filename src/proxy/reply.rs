@@ -4,10 +4,12 @@
 //! know it, and the body in pieces; the session chooses the framing
 //! (`Content-Length`, chunked, or a close for an HTTP/1.0 client), writes
 //! `Connection`, suppresses the body of a HEAD, and decides whether the
-//! connection goes on. Nothing else writes to the client's socket, so a
-//! second protocol (HTTP/2) answers through the same calls.
+//! connection goes on. Nothing else writes to the client's socket. A
+//! request that came on an HTTP/2 stream is answered through the same
+//! calls, which then send HEADERS, DATA and the stream's end
+//! (`super::http2::stream`); its framing and keep-alive are HTTP/2's.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBuf;
 
 use super::cache::{write_hit, HitPlan};
@@ -57,6 +59,8 @@ pub(super) struct Reply {
     pending: Vec<u8>,
     /// The vectored-write buffer for cache hits, reused across requests.
     hit_buf: Option<HitBuf>,
+    /// The HTTP/2 stream could not take the head: the client is gone.
+    gone: bool,
 }
 
 impl Default for Reply {
@@ -68,6 +72,7 @@ impl Default for Reply {
             keep: false,
             pending: Vec::new(),
             hit_buf: None,
+            gone: false,
         }
     }
 }
@@ -79,6 +84,7 @@ impl Reply {
         self.head_only = head_only;
         self.framing = Framing::NoBody;
         self.keep = false;
+        self.gone = false;
     }
 }
 
@@ -108,6 +114,11 @@ impl Client {
         length: BodyLength,
         keep: bool,
     ) {
+        if let Some(h2) = self.h2.as_deref_mut() {
+            self.reply.gone = h2.start(&head, &length, self.reply.head_only).is_err();
+            ctx.give_write_buffer(head);
+            return;
+        }
         let reply = &self.reply;
         let framing = match &length {
             BodyLength::None => Framing::NoBody,
@@ -151,6 +162,9 @@ impl Client {
     /// rest of the body is not here yet, and the client should not wait for
     /// the head until it is.
     pub(super) async fn send_body(&mut self, ctx: &WorkerCtx, data: &[u8]) -> Result<(), Gone> {
+        if self.h2.is_some() {
+            return Box::pin(self.send_h2(ctx, Bytes::copy_from_slice(data))).await;
+        }
         if !data.is_empty() {
             self.frame_into_pending(data);
         }
@@ -164,6 +178,11 @@ impl Client {
         ctx: &WorkerCtx,
         data: B,
     ) -> Result<(), Gone> {
+        if self.h2.is_some() {
+            return self
+                .send_h2(ctx, Bytes::copy_from_slice(data.as_ref()))
+                .await;
+        }
         let direct = self.reply.pending.is_empty()
             && !data.as_ref().is_empty()
             && matches!(self.reply.framing, Framing::Length | Framing::Close);
@@ -175,6 +194,17 @@ impl Client {
             Ok(_) => Ok(()),
             Err(_) => Err(Gone),
         }
+    }
+
+    /// Body bytes on an HTTP/2 stream, within the client's window.
+    async fn send_h2(&mut self, ctx: &WorkerCtx, data: Bytes) -> Result<(), Gone> {
+        let (Some(h2), false) = (self.h2.as_deref_mut(), self.reply.gone) else {
+            return Err(Gone);
+        };
+        if data.is_empty() || self.reply.head_only {
+            return Ok(());
+        }
+        h2.send_data(data, ctx.config.timeouts.client_send).await
     }
 
     fn frame_into_pending(&mut self, data: &[u8]) {
@@ -205,6 +235,12 @@ impl Client {
         ctx: &WorkerCtx,
         trailers: &[u8],
     ) -> Next {
+        if let Some(h2) = self.h2.as_deref_mut() {
+            if !self.reply.gone {
+                let _ = h2.end(trailers);
+            }
+            return Next::Close;
+        }
         if self.reply.framing == Framing::Chunked {
             self.reply.pending.extend_from_slice(b"0\r\n");
             self.reply.pending.extend_from_slice(trailers);
@@ -228,13 +264,20 @@ impl Client {
         keep: bool,
     ) -> Next {
         self.start_reply(ctx, head, BodyLength::Known(body.len() as u64), keep);
-        self.frame_into_pending(body);
+        if self.h2.is_some() {
+            let _ = self.send_body(ctx, body).await;
+        } else {
+            self.frame_into_pending(body);
+        }
         self.end_reply(ctx).await
     }
 
     /// A response the session ends by closing: the body was cut short (the
     /// origin failed mid-body), so only the close can tell the client.
     pub(super) fn abandon_reply(&mut self, ctx: &WorkerCtx) -> Next {
+        if let Some(h2) = self.h2.as_deref_mut() {
+            h2.reset(h2::Reason::INTERNAL_ERROR);
+        }
         ctx.give_write_buffer(std::mem::take(&mut self.reply.pending));
         Next::Close
     }
@@ -264,6 +307,11 @@ impl Client {
         ctx: &WorkerCtx,
         mut head: Vec<u8>,
     ) -> Result<Vec<u8>, Gone> {
+        if let Some(h2) = self.h2.as_deref_mut() {
+            h2.interim(&head)?;
+            head.clear();
+            return Ok(head);
+        }
         head.extend_from_slice(b"\r\n");
         match self
             .stream
@@ -290,6 +338,10 @@ impl Client {
         head: Vec<u8>,
         from_upstream: &mut BytesMut,
     ) -> Option<(Stream, BytesMut)> {
+        if self.h2.is_some() {
+            // Never asked for: an upgrade needs an HTTP/1.1 `Connection: upgrade`.
+            return None;
+        }
         let head = self.send_interim(ctx, head).await.ok()?;
         ctx.give_write_buffer(head);
         if !from_upstream.is_empty() {
@@ -305,7 +357,8 @@ impl Client {
 
     /// `100 Continue`, once per request, for a client waiting to send its body.
     pub(super) async fn send_continue(&mut self, ctx: &WorkerCtx) -> Result<(), Gone> {
-        if self.sent_continue {
+        // An HTTP/2 client's body is flow-controlled: the window says go on.
+        if self.sent_continue || self.h2.is_some() {
             return Ok(());
         }
         self.sent_continue = true;
@@ -322,6 +375,25 @@ impl Client {
         }
     }
 
+    /// A stored response on an HTTP/2 stream: HEADERS from the stored head
+    /// and the per-response lines, then the stored body as DATA without a copy.
+    async fn send_stored_h2(&mut self, ctx: &WorkerCtx, buf: &HitBuf) -> Next {
+        let [head, suffix, _] = buf.parts();
+        let mut whole = ctx.take_write_buffer();
+        whole.extend_from_slice(head);
+        whole.extend_from_slice(suffix);
+        let body = buf.body();
+        let length = match self.reply.head_only {
+            true => BodyLength::None,
+            false => BodyLength::Known(body.len() as u64),
+        };
+        self.start_reply(ctx, whole, length, false);
+        if self.send_h2(ctx, body).await.is_err() {
+            return Next::Close;
+        }
+        self.end_reply(ctx).await
+    }
+
     /// A stored response (a hit, a 206 part of it, a 416), in one vectored
     /// write: the stored head (status line, fields, `Content-Length`), the
     /// per-response lines (`Age`, `Cache-Status`) and the stored body.
@@ -329,6 +401,12 @@ impl Client {
         let keep = keep && self.may_continue(ctx);
         let mut buf = self.reply.hit_buf.take().unwrap_or_default();
         write_hit(&mut buf, hit, self.reply.head_only);
+        if self.h2.is_some() {
+            // Boxed, as every HTTP/2 path: HTTP/1 futures stay as small as before.
+            let next = Box::pin(self.send_stored_h2(ctx, &buf)).await;
+            self.reply.hit_buf = Some(buf);
+            return next;
+        }
         let suffix = buf.suffix();
         suffix.extend_from_slice(connection_line(keep, self.reply.version));
         suffix.extend_from_slice(b"\r\n");

@@ -17,7 +17,7 @@ use monoio::net::TcpStream;
 use super::answer::respond_error;
 use super::io::{self, Read, Stream};
 use super::reading::may_hold_head_end;
-use super::{phases, Client, Entry, Next, Plan};
+use super::{http2, phases, Client, Entry, Next, Plan};
 use crate::config::MAX_HEADERS_CAP;
 use crate::http::request::{header_slots, parse_request};
 use crate::http::HttpError;
@@ -32,23 +32,28 @@ pub async fn serve(
     entry: Rc<Entry>,
 ) {
     let _ = stream.set_nodelay(true);
-    let stream = match &entry.tls {
-        None => Stream::Plain(stream),
-        Some(tls) => match Box::pin(handshake(&ctx, tls, stream, peer)).await {
-            Some(stream) => Stream::Tls(Box::new(stream)),
+    let mut buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
+    let stream = if entry.tls.is_none() && !entry.h2c {
+        Stream::Plain(stream)
+    } else {
+        // Boxed: the TLS handshake and an HTTP/2 connection's task are not
+        // carried by every HTTP/1 connection's future.
+        match Box::pin(open(&ctx, stream, peer, conn, &entry, &mut buf)).await {
+            Some(stream) => stream,
             None => return,
-        },
+        }
     };
     let mut client = Client {
         conn,
         stream,
         redirect_https: entry.redirect_https,
-        buf: BytesMut::with_capacity(ctx.per_core.client_buffer_size),
+        buf,
         peer_ip: peer.ip().to_string(),
         peer: peer.ip(),
         served: 0,
         reply: Default::default(),
         sent_continue: false,
+        h2: None,
     };
     // Boxed so the connection task holds this state once, not once more inside `race`.
     let work = Box::pin(async {
@@ -63,6 +68,46 @@ pub async fn serve(
     // After the shutdown grace period the work is dropped mid-flight: its
     // sockets close and its pending I/O is cancelled.
     race(work, ctx.forced_closed()).await;
+}
+
+/// Opens the connection: the TLS handshake of a TLS listener, then the
+/// protocol: HTTP/2 (ALPN `h2`, or the prior-knowledge preface on an `h2c`
+/// listener) is served here to its end (`None`); HTTP/1 goes on in this
+/// session, with any bytes already read in `buf`.
+async fn open(
+    ctx: &Rc<WorkerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: usize,
+    entry: &Entry,
+    buf: &mut BytesMut,
+) -> Option<Stream> {
+    let h2 = http2::Connection {
+        peer,
+        conn,
+        tls: entry.tls.is_some(),
+        redirect_https: entry.redirect_https,
+    };
+    match &entry.tls {
+        None if entry.h2c => match http2::prior_knowledge(ctx, stream, buf).await {
+            http2::Preface::Http2(io) => {
+                http2::serve(ctx.clone(), io, h2).await;
+                None
+            }
+            http2::Preface::Http1(stream) => Some(Stream::Plain(stream)),
+            http2::Preface::Gone => None,
+        },
+        None => Some(Stream::Plain(stream)),
+        Some(tls) => {
+            let stream = handshake(ctx, tls, stream, peer).await?;
+            if !crate::tls::Negotiated::alpn_h2(&stream) {
+                return Some(Stream::Tls(Box::new(stream)));
+            }
+            let io = crate::tls::poll::PollTls::new(stream).ok()?;
+            http2::serve(ctx.clone(), io, h2).await;
+            None
+        }
+    }
 }
 
 /// The TLS handshake, within the head deadline (a client that opens a
@@ -115,11 +160,7 @@ enum More {
 /// Reads more of the request into the client's buffer, before `deadline`.
 async fn read_more(client: &mut Client, reserve: usize, deadline: Instant) -> Result<(), More> {
     let left = deadline.saturating_duration_since(Instant::now());
-    match client
-        .stream
-        .read_some(&mut client.buf, reserve, left)
-        .await
-    {
+    match client.read_request_bytes(reserve, left).await {
         Read::Data(_) => Ok(()),
         Read::TimedOut => Err(More::Refuse(408)),
         Read::Eof | Read::Failed(_) => Err(More::Gone),
@@ -256,7 +297,7 @@ fn parse_and_plan(
     let down = phases::Downstream {
         peer: client.peer,
         peer_ip: &client.peer_ip,
-        https: client.stream.is_tls(),
+        https: client.is_https(),
         redirect_https: client.redirect_https,
         buffered: &client.buf,
         sent_continue: client.sent_continue,

@@ -37,6 +37,7 @@ fn connection_future_stays_small() {
             served: 0,
             reply: Default::default(),
             sent_continue: false,
+            h2: None,
         };
         let exchange = size_of_future(&super::session::exchange(&ctx, &mut client));
         let serve = size_of_future(&super::serve(
@@ -47,6 +48,7 @@ fn connection_future_stays_small() {
             std::rc::Rc::new(super::Entry {
                 tls: None,
                 redirect_https: None,
+                h2c: false,
             }),
         ));
         assert!(

@@ -12,6 +12,7 @@
 
 pub mod certs;
 pub mod connector;
+pub mod poll;
 mod split;
 mod stream;
 
@@ -62,7 +63,11 @@ pub fn shared_ticketer() -> Result<Arc<dyn ProducesTickets>, String> {
 impl Terminator {
     /// Loads and checks the listener's certificates. The error names the
     /// file and the reason.
-    pub fn new(tls: &ListenerTls, tickets: Arc<dyn ProducesTickets>) -> Result<Terminator, String> {
+    pub fn new(
+        tls: &ListenerTls,
+        http2: bool,
+        tickets: Arc<dyn ProducesTickets>,
+    ) -> Result<Terminator, String> {
         let now = std::time::SystemTime::now();
         let loaded = tls
             .certificates
@@ -77,7 +82,12 @@ impl Terminator {
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // The client's preference order is ignored: rustls picks the first
+        // of ours it offers, so HTTP/2 is preferred where both are offered.
+        config.alpn_protocols = match http2 {
+            true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            false => vec![b"http/1.1".to_vec()],
+        };
         config.ticketer = tickets;
         Ok(Terminator {
             config: Arc::new(config),
@@ -117,6 +127,11 @@ pub struct Negotiated {
 }
 
 impl Negotiated {
+    /// The client and the gateway agreed on HTTP/2 (ALPN `h2`).
+    pub fn alpn_h2(stream: &TlsStream) -> bool {
+        stream.connection().alpn_protocol() == Some(b"h2")
+    }
+
     pub fn of(stream: &TlsStream) -> Negotiated {
         let conn = stream.connection();
         let sni = match conn {

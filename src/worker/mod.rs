@@ -193,7 +193,7 @@ async fn worker_main(
             })
             .and_then(|s| TcpListener::from_std(s.into()));
         match bound {
-            Ok(listener) => listeners.push((listener, l.redirect_https)),
+            Ok(listener) => listeners.push((listener, l.redirect_https, l.h2c)),
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {}: {e}", l.address)));
                 return;
@@ -240,10 +240,11 @@ async fn worker_main(
         });
     }
     monoio::spawn(sweep_pool(ctx.clone()));
-    for ((listener, redirect_https), tls) in listeners.into_iter().zip(&spec.terminators) {
+    for ((listener, redirect_https, h2c), tls) in listeners.into_iter().zip(&spec.terminators) {
         let entry = Rc::new(crate::proxy::Entry {
             tls: tls.as_ref().map(crate::tls::Terminator::for_worker),
             redirect_https,
+            h2c,
         });
         monoio::spawn(accept_loop(ctx.clone(), listener, entry));
     }

@@ -24,11 +24,21 @@ pub enum Counter {
     IdleClosedForRoom,
     /// Connections refused (503) at `max_connections_per_ip`.
     PerIpRefused,
+    /// HTTP/2 client connections (after the connection preface).
+    H2Connections,
+    /// HTTP/2 streams (requests) accepted.
+    H2Streams,
+    /// HTTP/2 streams the client reset while the gateway worked on them.
+    H2ClientResets,
+    /// Graceful `GOAWAY`s sent (idle, drain, `max_requests`).
+    H2Goaways,
+    /// Connections ended with `ENHANCE_YOUR_CALM` (reset or other floods).
+    H2Calm,
 }
 
 impl Counter {
     /// Every counter with its key in `/stats`, in index order.
-    pub const ALL: [(Counter, &'static str); 12] = [
+    pub const ALL: [(Counter, &'static str); 17] = [
         (Counter::Accepted, "accepted"),
         (Counter::Requests, "requests"),
         (Counter::UpstreamConnects, "upstream_connects"),
@@ -41,6 +51,11 @@ impl Counter {
         (Counter::ConnectionCapReached, "connection_cap_reached"),
         (Counter::IdleClosedForRoom, "idle_closed_for_room"),
         (Counter::PerIpRefused, "per_ip_refused"),
+        (Counter::H2Connections, "h2_connections"),
+        (Counter::H2Streams, "h2_streams"),
+        (Counter::H2ClientResets, "h2_client_resets"),
+        (Counter::H2Goaways, "h2_goaways"),
+        (Counter::H2Calm, "h2_enhance_your_calm"),
     ];
 }
 

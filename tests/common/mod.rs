@@ -4,6 +4,7 @@
 //! deadline, never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod http2;
 pub mod slow_readers;
 
 use std::collections::HashMap;

@@ -1,0 +1,426 @@
+//! HTTP/2 to clients over real sockets: prior knowledge on an `h2c`
+//! listener and ALPN `h2` on a TLS listener, into the same pipeline as
+//! HTTP/1 (routing, cache, bodies both ways), and the floods and stalls a
+//! hostile client tries, each ending as it should while another client
+//! keeps being served.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::http2::*;
+use common::*;
+use ringgate::config::Config;
+
+fn h2c_config(origin: &Origin) -> Config {
+    let mut config = config_for(origin.addr);
+    config.listeners[0].h2c = true;
+    config
+}
+
+fn one(addr: std::net::SocketAddr, request: H2Request) -> H2Response {
+    send_all(addr, Via::Cleartext, vec![request])
+        .remove(0)
+        .expect("an answer")
+}
+
+#[test]
+fn many_streams_on_one_connection_are_answered_each_with_its_own_response() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let requests = (0..50).map(|i| h2_get(format!("/echo/{i}"))).collect();
+    let responses = send_all(gw.listen_addr(), Via::Cleartext, requests);
+    for (i, r) in responses.into_iter().enumerate() {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200);
+        // The origin saw an HTTP/1.1 request with Host from :authority.
+        let text = r.text();
+        assert!(
+            text.starts_with(&format!("GET /echo/{i} HTTP/1.1\r\n")),
+            "{text}"
+        );
+        assert!(text.contains("Host: test\r\n"), "{text}");
+    }
+    assert_eq!(origin.requests(), 50);
+}
+
+#[test]
+fn request_bodies_arrive_whole_with_or_without_a_length() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut with_length = h2_get("/echo/len");
+    with_length.method = "POST";
+    with_length.headers = vec![("content-length".into(), body.len().to_string())];
+    with_length.body = Some(body.clone());
+    let mut chunked = h2_get("/echo/chunked");
+    chunked.method = "POST";
+    chunked.body = Some(body.clone());
+    let r = one(gw.listen_addr(), with_length);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with(&format!("body={}", body.len())),
+        "{}",
+        r.text()
+    );
+    let r = one(gw.listen_addr(), chunked);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("Transfer-Encoding: chunked"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        *origin.log.body_digests.lock().unwrap(),
+        vec![fnv1a(&body), fnv1a(&body)]
+    );
+}
+
+#[test]
+fn a_large_response_streams_within_flow_control() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let r = one(gw.listen_addr(), h2_get("/bytes/3000000"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 3_000_000);
+    assert_eq!(r.header("content-length"), Some("3000000"));
+    let r = one(gw.listen_addr(), h2_get("/chunked/200000"));
+    assert_eq!(r.body.len(), 200_000);
+}
+
+#[test]
+fn cache_hits_conditionals_and_ranges_answer_over_http2_as_over_http1() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let target = "/c?cc=max-age=60&etag=%22v1%22&ranges=1&body=hello-world";
+    let first = one(gw.listen_addr(), h2_get(target));
+    assert_eq!(first.status, 200);
+    let hit = one(gw.listen_addr(), h2_get(target));
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.text(), first.text());
+    assert!(
+        hit.header("cache-status").unwrap().contains("hit"),
+        "{:?}",
+        hit.headers
+    );
+    assert!(hit.header("age").is_some());
+    let mut conditional = h2_get(target);
+    conditional.headers = vec![("if-none-match".into(), "\"v1\"".into())];
+    assert_eq!(one(gw.listen_addr(), conditional).status, 304);
+    let mut range = h2_get(target);
+    range.headers = vec![("range".into(), "bytes=0-4".into())];
+    let part = one(gw.listen_addr(), range);
+    assert_eq!(part.status, 206);
+    assert_eq!(part.text(), "hello");
+    assert_eq!(
+        origin.hits_on(target),
+        1,
+        "every answer after the first came from the cache"
+    );
+}
+
+#[test]
+fn trailers_reach_an_http2_client() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let mut request = h2_get("/trailers");
+    request.headers = vec![("te".into(), "trailers".into())];
+    let r = one(gw.listen_addr(), request);
+    assert_eq!(r.text(), "hello");
+    let trailers = r.trailers.expect("trailers");
+    assert_eq!(trailers["x-checksum"], "5d41");
+    assert!(trailers.get("set-cookie").is_none());
+    assert!(origin.log.heads.lock().unwrap()[0].contains("TE: trailers"));
+}
+
+#[test]
+fn tls_listeners_offer_http2_by_alpn_and_http1_still_works_there() {
+    let origin = Origin::start();
+    let dir = std::env::temp_dir().join(format!("ringgate-h2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = ringgate::tls::certs::self_signed(&["localhost"]).unwrap();
+    std::fs::write(dir.join("c.pem"), cert).unwrap();
+    std::fs::write(dir.join("k.pem"), key).unwrap();
+    let mut config = config_for(origin.addr);
+    config.listeners[0].tls = Some(ringgate::config::ListenerTls {
+        certificates: vec![ringgate::config::CertificateFiles {
+            cert: dir.join("c.pem"),
+            key: dir.join("k.pem"),
+            ocsp: None,
+        }],
+    });
+    let gw = start(config);
+    let requests = (0..10).map(|i| h2_get(format!("/echo/tls{i}"))).collect();
+    for r in send_all(gw.listen_addr(), Via::Tls(tls_h2_config()), requests) {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200);
+        // Over TLS the upstream is told the scheme was https.
+        assert!(
+            r.text().contains("X-Forwarded-Proto: https"),
+            "{}",
+            r.text()
+        );
+    }
+}
+
+#[test]
+fn a_request_that_http1_would_refuse_is_refused_over_http2_too() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    // A path the canonical form refuses (an encoded NUL), and a dot segment.
+    assert_eq!(one(gw.listen_addr(), h2_get("/a%00b")).status, 400);
+    assert_eq!(one(gw.listen_addr(), h2_get("/a/../b")).status, 400);
+    assert_eq!(origin.requests(), 0);
+}
+
+// ----------------------------------------------------------------- attacks
+
+#[test]
+fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.http2.max_client_resets = 20;
+    let gw = start(config);
+    let mut raw = RawH2::connect(gw.listen_addr());
+    // Each stream asks for a response that never comes, then is cancelled.
+    let mut id = 1;
+    let mut attack = Vec::new();
+    for _ in 0..200 {
+        attack.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &get_block("/hang"),
+        ));
+        attack.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        id += 2;
+    }
+    let _ = raw.send(&attack);
+    assert_eq!(raw.goaway(), Some(ENHANCE_YOUR_CALM));
+    // Another client is served all along.
+    assert_eq!(one(gw.listen_addr(), h2_get("/echo/other")).status, 200);
+    assert!(
+        origin.requests() < 200,
+        "the attack stopped early: {}",
+        origin.requests()
+    );
+}
+
+#[test]
+fn streams_over_the_concurrency_cap_are_refused_and_the_others_served() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.http2.max_concurrent_streams = 4;
+    let gw = start(config);
+    let mut raw = RawH2::connect(gw.listen_addr());
+    // Six streams that each wait on the origin's gate.
+    let mut opening = Vec::new();
+    for i in 0..6u32 {
+        opening.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1 + 2 * i,
+            &get_block("/gate"),
+        ));
+    }
+    raw.send(&opening);
+    let mut refused = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused.len() < 2 && Instant::now() < deadline {
+        let (kind, _, stream, payload) = raw.next_frame().expect("frames");
+        if kind == RST_STREAM {
+            refused.push((stream, u32::from_be_bytes(payload[..4].try_into().unwrap())));
+        }
+    }
+    // REFUSED_STREAM (0x7): the client may retry them elsewhere.
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().all(|&(_, code)| code == 0x7), "{refused:?}");
+    origin.open_gate();
+    let mut answered = 0;
+    while answered < 4 {
+        let (kind, flags, _, _) = raw.next_frame().expect("the four answers");
+        if kind == DATA && flags & END_STREAM != 0 {
+            answered += 1;
+        }
+    }
+}
+
+#[test]
+fn an_oversized_header_block_is_refused_and_the_connection_stays_usable_for_others() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.limits.max_request_head = 4096;
+    let gw = start(config);
+    let mut raw = RawH2::connect(gw.listen_addr());
+    // One HEADERS without END_HEADERS, then CONTINUATION frames without end.
+    let mut block = get_block("/x");
+    literal_named(&mut block, b"x-a", &[b'a'; 100]);
+    let mut flood = frame(HEADERS, END_STREAM, 1, &block);
+    let mut filler = Vec::new();
+    for _ in 0..60 {
+        literal_named(&mut filler, b"x-b", &[b'b'; 100]);
+    }
+    for _ in 0..200 {
+        flood.extend(frame(CONTINUATION, 0, 1, &filler));
+    }
+    let _ = raw.send(&flood);
+    // The stream is refused (a 431 or a reset) or the connection ended:
+    // never a request forwarded.
+    let mut ended = false;
+    while let Some((kind, _, stream, payload)) = raw.next_frame() {
+        if kind == GOAWAY || (kind == RST_STREAM && stream == 1) {
+            ended = true;
+            break;
+        }
+        if kind == HEADERS && stream == 1 {
+            ended = true;
+            let _ = payload;
+            break;
+        }
+    }
+    assert!(ended);
+    assert_eq!(origin.requests(), 0);
+    assert_eq!(one(gw.listen_addr(), h2_get("/echo/after")).status, 200);
+}
+
+#[test]
+fn a_client_that_never_opens_its_window_loses_the_stream_after_client_send() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.timeouts.client_send = Duration::from_millis(300);
+    let gw = start(config);
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA may be sent until it opens.
+    let mut raw = RawH2::connect_with_settings(gw.listen_addr(), &[(0x4, 0)]);
+    let started = Instant::now();
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/bytes/100000"),
+    ));
+    let mut reset = None;
+    while let Some((kind, _, stream, payload)) = raw.next_frame() {
+        if kind == RST_STREAM && stream == 1 {
+            reset = Some(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            break;
+        }
+    }
+    assert_eq!(reset, Some(CANCEL));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(one(gw.listen_addr(), h2_get("/echo/after")).status, 200);
+}
+
+#[test]
+fn an_idle_connection_gets_a_graceful_goaway() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.timeouts.keepalive = Duration::from_millis(200);
+    config.timeouts.client_header = Duration::from_millis(200);
+    let gw = start(config);
+    let mut raw = RawH2::connect(gw.listen_addr());
+    let started = Instant::now();
+    assert_eq!(raw.goaway(), Some(0), "NO_ERROR");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_connection_gets_a_goaway_after_max_requests_and_its_streams_finish() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.http2.max_requests = 3;
+    let gw = start(config);
+    let mut raw = RawH2::connect(gw.listen_addr());
+    let mut streams = Vec::new();
+    for i in 0..3u32 {
+        streams.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1 + 2 * i,
+            &get_block("/echo/n"),
+        ));
+    }
+    raw.send(&streams);
+    let (mut goaway, mut finished) = (None, 0);
+    while let Some((kind, flags, _, payload)) = raw.next_frame() {
+        if kind == GOAWAY {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        if kind == DATA && flags & END_STREAM != 0 {
+            finished += 1;
+        }
+        if goaway.is_some() && finished == 3 {
+            break;
+        }
+    }
+    assert_eq!((goaway, finished), (Some(0), 3));
+}
+
+#[test]
+fn http2_is_counted_in_stats() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.admin = Some(ringgate::config::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+    });
+    let gw = start(config);
+    send_all(
+        gw.listen_addr(),
+        Via::Cleartext,
+        vec![h2_get("/a"), h2_get("/b")],
+    );
+    let mut c = Client::connect(gw.admin_addr().unwrap());
+    let r = c.request(b"GET /stats HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(v["totals"]["h2_connections"], 1, "{v}");
+    assert_eq!(v["totals"]["h2_streams"], 2, "{v}");
+}
+
+#[test]
+fn ping_and_settings_floods_from_a_client_that_never_reads_are_closed() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.timeouts.client_header = Duration::from_millis(300);
+    config.timeouts.client_send = Duration::from_millis(300);
+    let gw = start(config);
+    for kind in [PING, SETTINGS] {
+        let mut raw = RawH2::connect(gw.listen_addr());
+        let payload: &[u8] = if kind == PING {
+            &[0; 8]
+        } else {
+            &[0, 4, 0, 0, 1, 0]
+        };
+        let flood: Vec<u8> = (0..1000).flat_map(|_| frame(kind, 0, 0, payload)).collect();
+        // Written without reading a single answer, until the gateway stops
+        // taking bytes (it answers one frame at a time, so it buffers none).
+        raw.stream
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) && raw.send(&flood) {}
+        // Another client is served meanwhile.
+        assert_eq!(one(gw.listen_addr(), h2_get("/echo/other")).status, 200);
+        // The flooding connection is closed: it opened no stream in time,
+        // and it takes none of what it is sent.
+        raw.stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut closed = false;
+        while Instant::now() < deadline {
+            let mut sink = [0u8; 64 * 1024];
+            match std::io::Read::read(&mut raw.stream, &mut sink) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(closed, "the flooding connection was closed");
+    }
+}
