@@ -172,6 +172,9 @@ impl AsyncRead for PollTls {
 }
 
 impl AsyncWrite for PollTls {
+    /// Encrypts into rustls's send buffer; the records go out on the next
+    /// flush (the codec flushes once per turn, so a turn's frames leave in
+    /// one socket write), or now when that buffer is full.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -183,16 +186,11 @@ impl AsyncWrite for PollTls {
         }
         loop {
             let n = this.conn.writer().write(buf)?;
-            let flushed = this.poll_flush_tls(cx);
             if n > 0 {
-                // Taken into records: sent now or by the next write or flush.
-                if let Poll::Ready(Err(e)) = flushed {
-                    return Poll::Ready(Err(e));
-                }
                 return Poll::Ready(Ok(n));
             }
-            match flushed {
-                // rustls's send buffer was full and is empty now: try again.
+            // rustls's send buffer is full: write it out, then take more.
+            match this.poll_flush_tls(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
