@@ -153,10 +153,18 @@ where
             Either::Left(Some(Ok((request, respond)))) => {
                 served += 1;
                 ctx.stats.count(Counter::H2Streams);
-                let task = serve_stream(ctx.clone(), shared.clone(), request, respond, connection);
+                // The stream's future goes to the heap once (`CatchUnwind`
+                // boxes it): only a pointer moves into the task after that.
+                let task = CatchUnwind::new(serve_stream(
+                    ctx.clone(),
+                    shared.clone(),
+                    request,
+                    respond,
+                    connection,
+                ));
                 let worker = ctx.clone();
                 monoio::spawn(async move {
-                    if let Err(panic) = CatchUnwind::new(task).await {
+                    if let Err(panic) = task.await {
                         worker.stats.count(Counter::Panics);
                         let message = crate::worker::signal::panic_message(&*panic);
                         tracing::error!(
@@ -278,7 +286,11 @@ async fn serve_stream(
     }));
     let h2 = H2Stream::new(parts.clone(), connection.tls, chunked, body_done);
     let mut client = Client::for_h2(connection, buf, h2);
-    let work = race(exchange(&ctx, &mut client), reset_by_client(&parts));
+    // Boxed: `race` holds its futures by value, and the exchange is large.
+    let work = race(
+        Box::pin(exchange(&ctx, &mut client)),
+        reset_by_client(&parts),
+    );
     match race(work, ctx.forced_closed()).await {
         Either::Left(Either::Left(_)) => {}
         Either::Left(Either::Right(reason)) => {
