@@ -161,6 +161,9 @@ pub struct Stored {
     pub refreshing: AtomicBool,
     /// A 206 kept as a part of its representation (under the partial key).
     pub partial: Option<Partial>,
+    /// `head`'s fields as HTTP/2 fields, made by the first HTTP/2 hit
+    /// (`proxy::http2`), so later ones clone a map instead of parsing lines.
+    pub http2_fields: std::sync::OnceLock<http::HeaderMap>,
 }
 
 /// Times of the exchange that produced a response (RFC 9111 section 4.2.3).
@@ -317,6 +320,7 @@ impl Stored {
             fields: head.fields,
             refreshing: AtomicBool::new(false),
             partial: head.partial,
+            http2_fields: Default::default(),
         }
     }
 
@@ -357,6 +361,7 @@ impl Stored {
             tags: self.tags.clone(),
             refreshing: AtomicBool::new(false),
             partial: self.partial,
+            http2_fields: self.http2_fields.clone(),
         }
     }
 

@@ -377,17 +377,27 @@ impl Client {
 
     /// A stored response on an HTTP/2 stream: HEADERS from the stored head
     /// and the per-response lines, then the stored body as DATA without a copy.
-    async fn send_stored_h2(&mut self, ctx: &WorkerCtx, buf: &HitBuf) -> Next {
+    async fn send_stored_h2(&mut self, ctx: &WorkerCtx, hit: &HitPlan, buf: &HitBuf) -> Next {
         let [head, suffix, _] = buf.parts();
-        let mut whole = ctx.take_write_buffer();
-        whole.extend_from_slice(head);
-        whole.extend_from_slice(suffix);
         let body = buf.body();
-        let length = match self.reply.head_only {
-            true => BodyLength::None,
-            false => BodyLength::Known(body.len() as u64),
-        };
-        self.start_reply(ctx, whole, length, false);
+        if matches!(hit.part, crate::cache::range::Part::Whole) {
+            // The stored fields as HTTP/2 fields, made once per entry.
+            let no_body = self.reply.head_only || body.is_empty();
+            let started = match self.h2.as_deref_mut() {
+                Some(h2) => h2.start_stored(&hit.stored, suffix, no_body),
+                None => Err(Gone),
+            };
+            self.reply.gone = started.is_err();
+        } else {
+            let mut whole = ctx.take_write_buffer();
+            whole.extend_from_slice(head);
+            whole.extend_from_slice(suffix);
+            let length = match self.reply.head_only {
+                true => BodyLength::None,
+                false => BodyLength::Known(body.len() as u64),
+            };
+            self.start_reply(ctx, whole, length, false);
+        }
         if self.send_h2(ctx, body).await.is_err() {
             return Next::Close;
         }
@@ -403,7 +413,7 @@ impl Client {
         write_hit(&mut buf, hit, self.reply.head_only);
         if self.h2.is_some() {
             // Boxed, as every HTTP/2 path: HTTP/1 futures stay as small as before.
-            let next = Box::pin(self.send_stored_h2(ctx, &buf)).await;
+            let next = Box::pin(self.send_stored_h2(ctx, hit, &buf)).await;
             self.reply.hit_buf = Some(buf);
             return next;
         }

@@ -108,6 +108,26 @@ fn fields(lines: &[u8], map: &mut HeaderMap) {
     }
 }
 
+/// A stored head's fields (status line first) as HTTP/2 fields, kept with
+/// the stored response for its later HTTP/2 hits.
+pub(crate) fn head_fields(head: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    if let Some(line_end) = head.iter().position(|&b| b == b'\n') {
+        fields(&head[line_end + 1..], &mut map);
+    }
+    map
+}
+
+/// A stored response's HEADERS: its fields (`head_fields`) and this
+/// answer's own lines (`Age`, `Cache-Status`).
+pub(crate) fn stored_response(status: u16, stored: &HeaderMap, own: &[u8]) -> Option<Response<()>> {
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::from_u16(status).ok()?;
+    *response.headers_mut() = stored.clone();
+    fields(own, response.headers_mut());
+    Some(response)
+}
+
 /// A response head (status line, then fields) as HTTP/2 HEADERS, with
 /// `content-length` set to the body's length when it is known (a HEAD's
 /// answer keeps the head's own).

@@ -21,6 +21,7 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 
 use super::convert;
+use crate::cache::entry::Stored;
 use crate::http::headers::push_hex;
 use crate::proxy::io::Read;
 use crate::proxy::reply::{BodyLength, Gone};
@@ -121,7 +122,20 @@ impl H2Stream {
             _ => None,
         };
         let response = convert::response(head, content_length).ok_or(Gone)?;
-        let end = no_body || *length == BodyLength::None;
+        self.send_head(response, no_body || *length == BodyLength::None)
+    }
+
+    /// A stored response's HEADERS: its fields kept as HTTP/2 fields with
+    /// the entry (made on its first HTTP/2 hit), and this answer's own lines.
+    pub fn start_stored(&mut self, stored: &Stored, own: &[u8], no_body: bool) -> Result<(), Gone> {
+        let fields = stored
+            .http2_fields
+            .get_or_init(|| convert::head_fields(&stored.head));
+        let response = convert::stored_response(stored.status, fields, own).ok_or(Gone)?;
+        self.send_head(response, no_body)
+    }
+
+    fn send_head(&mut self, response: http::Response<()>, end: bool) -> Result<(), Gone> {
         let mut parts = self.parts.borrow_mut();
         parts.answered = true;
         let send = parts
