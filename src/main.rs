@@ -37,7 +37,7 @@ enum Command {
         config: PathBuf,
     },
     /// Proxy everything from one address to a list of servers, no config file needed.
-    Proxy(QuickArgs),
+    Proxy(Box<QuickArgs>),
     /// Run the gateway on its default config in front of a built-in demo origin.
     Demo {
         /// Where the gateway listens (default: the default config's listener, 127.0.0.1:8080).
@@ -68,6 +68,10 @@ struct QuickArgs {
     /// Largest request body, e.g. 10MiB; 0 = unlimited.
     #[arg(long)]
     max_body: Option<String>,
+    /// Requests served on one client connection (HTTP/1.1 and HTTP/2) before
+    /// it is closed (HTTP/2: a graceful GOAWAY).
+    #[arg(long)]
+    max_requests: Option<u64>,
     /// Cache size per worker (core), e.g. 64MiB. Responses are cached as
     /// their Cache-Control allows (RFC 9111).
     #[arg(long)]
@@ -158,6 +162,13 @@ impl QuickArgs {
                 "epoll" => config::DriverChoice::Epoll,
                 _ => config::DriverChoice::Auto,
             };
+        }
+        if let Some(n) = self.max_requests {
+            if n == 0 {
+                return Err("--max-requests: must be at least 1".into());
+            }
+            config.limits.max_keepalive_requests = n;
+            config.http2.max_requests = n;
         }
         if let Some(size) = self.max_body {
             let bytes = config::units::parse_size(&size).map_err(|e| format!("--max-body: {e}"))?;
