@@ -424,3 +424,47 @@ fn ping_and_settings_floods_from_a_client_that_never_reads_are_closed() {
         assert!(closed, "the flooding connection was closed");
     }
 }
+
+#[test]
+fn a_shutdown_sends_goaway_and_lets_the_streams_in_flight_finish() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let mut raw = RawH2::connect(gw.listen_addr());
+    // A stream waiting on the origin when the shutdown starts.
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/gate"),
+    ));
+    wait_until(
+        Duration::from_secs(5),
+        "the request reached the origin",
+        || origin.hits_on("/gate") == 1,
+    );
+    gw.begin_shutdown();
+    let mut goaway = None;
+    while goaway.is_none() {
+        let (kind, _, _, payload) = raw.next_frame().expect("a GOAWAY");
+        if kind == GOAWAY {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+    }
+    assert_eq!(goaway, Some(0), "NO_ERROR: a graceful GOAWAY");
+    // The stream in flight still gets its whole answer; PINGs are
+    // acknowledged as a client does, and then the gateway closes.
+    origin.open_gate();
+    let mut finished = false;
+    while let Some((kind, flags, stream, payload)) = raw.next_frame() {
+        if kind == PING && flags & 0x1 == 0 {
+            raw.send(&frame(PING, 0x1, 0, &payload));
+        }
+        if stream == 1 && flags & END_STREAM != 0 && (kind == DATA || kind == HEADERS) {
+            finished = true;
+        }
+    }
+    assert!(finished, "the stream in flight finished");
+    let started = Instant::now();
+    gw.wait();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -148,7 +148,16 @@ where
             timeouts.keepalive
         };
         let wait = if closing { timeouts.client_send } else { idle };
-        let event = race(codec.accept(), next_event(&ctx, &shared, wait, closing)).await;
+        let next = race(
+            next_event(&ctx, &shared, wait, closing),
+            ctx.forced_closed(),
+        );
+        let event = match race(codec.accept(), next).await {
+            Either::Left(accepted) => Either::Left(accepted),
+            Either::Right(Either::Left(event)) => Either::Right(event),
+            // The shutdown grace is over: the connection is dropped.
+            Either::Right(Either::Right(())) => return,
+        };
         match event {
             Either::Left(Some(Ok((request, respond)))) => {
                 served += 1;
@@ -286,12 +295,11 @@ async fn serve_stream(
     }));
     let h2 = H2Stream::new(parts.clone(), connection.tls, chunked, body_done);
     let mut client = Client::for_h2(connection, buf, h2);
-    // Boxed: `race` holds its futures by value, and the exchange is large.
-    let work = race(
-        Box::pin(exchange(&ctx, &mut client)),
-        reset_by_client(&parts),
-    );
-    match race(work, ctx.forced_closed()).await {
+    // Pinned in place (this task's future is on the heap already): `race`
+    // then holds a pointer, not the large exchange.
+    let mut work = std::pin::pin!(exchange(&ctx, &mut client));
+    let watched = race(work.as_mut(), reset_by_client(&parts));
+    match race(watched, ctx.forced_closed()).await {
         Either::Left(Either::Left(_)) => {}
         Either::Left(Either::Right(reason)) => {
             ctx.stats.count(Counter::H2ClientResets);
