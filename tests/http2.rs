@@ -468,3 +468,107 @@ fn a_shutdown_sends_goaway_and_lets_the_streams_in_flight_finish() {
     gw.wait();
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+// ------------------------------------------- RFC 9113 rules, frame by frame
+
+/// The RST_STREAM (or connection-ending GOAWAY) code the gateway answers a
+/// stream with, or the status of its response.
+fn answer_to(gw: &ringgate::Handle, block: Vec<u8>) -> Result<u16, u32> {
+    let mut raw = RawH2::connect(gw.listen_addr());
+    raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    while let Some((kind, _, stream, payload)) = raw.next_frame() {
+        if kind == GOAWAY {
+            // A connection error: its code.
+            return Err(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+        if stream != 1 {
+            continue;
+        }
+        if kind == RST_STREAM {
+            return Err(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+        }
+        if kind == HEADERS {
+            // The first field of a response is `:status`, a static-table index
+            // (0x88 = 200 ...) or a literal with index 8.
+            let status = match payload[0] {
+                0x88 => 200,
+                0x89 => 204,
+                0x8a => 206,
+                0x8b => 304,
+                0x8c => 400,
+                0x8d => 404,
+                0x8e => 500,
+                _ => {
+                    let at = payload.iter().position(|&b| b == 3).unwrap();
+                    std::str::from_utf8(&payload[at + 1..at + 4])
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                }
+            };
+            return Ok(status);
+        }
+    }
+    panic!("no answer to stream 1");
+}
+
+const PROTOCOL_ERROR: u32 = 0x1;
+
+#[test]
+fn connection_specific_fields_make_a_request_malformed() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    // RFC 9113 section 8.2.2: connection-specific fields, and TE other than "trailers".
+    for (name, value) in [
+        (&b"connection"[..], &b"keep-alive"[..]),
+        (b"keep-alive", b"5"),
+        (b"proxy-connection", b"x"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"websocket"),
+        (b"te", b"gzip"),
+    ] {
+        let mut block = get_block("/echo/x");
+        literal_named(&mut block, name, value);
+        assert_eq!(
+            answer_to(&gw, block),
+            Err(PROTOCOL_ERROR),
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+    }
+    // Upper-case field names are malformed too (section 8.2.1).
+    let mut block = get_block("/echo/x");
+    literal_named(&mut block, b"X-Upper", b"1");
+    assert_eq!(answer_to(&gw, block), Err(PROTOCOL_ERROR));
+    assert_eq!(origin.requests(), 0);
+    // TE: trailers is allowed.
+    let mut block = get_block("/echo/x");
+    literal_named(&mut block, b"te", b"trailers");
+    assert_eq!(answer_to(&gw, block), Ok(200));
+}
+
+#[test]
+fn authority_and_host_must_agree() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let mut block = get_block("/echo/x");
+    literal_named(&mut block, b"host", b"other.example");
+    assert_eq!(answer_to(&gw, block), Ok(400));
+    let mut block = get_block("/echo/x");
+    literal_named(&mut block, b"host", b"TEST");
+    assert_eq!(answer_to(&gw, block), Ok(200));
+    assert_eq!(origin.requests(), 1);
+}
+
+#[test]
+fn cookie_crumbs_are_joined_into_one_field() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let mut request = h2_get("/echo/cookies");
+    request.headers = vec![
+        ("cookie".into(), "a=1".into()),
+        ("cookie".into(), "b=2".into()),
+    ];
+    let r = one(gw.listen_addr(), request);
+    assert!(r.text().contains("cookie: a=1; b=2\r\n"), "{}", r.text());
+}
