@@ -572,3 +572,33 @@ fn cookie_crumbs_are_joined_into_one_field() {
     let r = one(gw.listen_addr(), request);
     assert!(r.text().contains("cookie: a=1; b=2\r\n"), "{}", r.text());
 }
+
+#[test]
+fn bytes_that_would_split_the_http1_head_never_reach_the_upstream() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    // HTTP/2 carries field values as lengths, not lines: a CR or LF inside
+    // one would become a second field (or request) once written as HTTP/1.1.
+    let mut block = get_block("/echo/x");
+    literal_named(&mut block, b"x-a", b"1\r\ntransfer-encoding: chunked");
+    assert!(answer_to(&gw, block).is_err());
+    let mut block = get_block("/echo/x");
+    literal_named(&mut block, b"x-a", b"1\nx-injected: 1");
+    assert!(answer_to(&gw, block).is_err());
+    // A path with a space or a line break would rewrite the request line.
+    let mut block = vec![0x82, 0x86];
+    literal(&mut block, 4, b"/a HTTP/1.1\r\nx-injected: 1\r\n\r\nGET /b");
+    literal(&mut block, 1, b"test");
+    assert!(matches!(answer_to(&gw, block), Err(_) | Ok(400)));
+    let mut block = vec![0x82, 0x86];
+    literal(&mut block, 4, b"/a");
+    literal(&mut block, 1, b"test\r\nx-injected: 1");
+    assert!(matches!(answer_to(&gw, block), Err(_) | Ok(400)));
+    let heads = origin.log.heads.lock().unwrap();
+    assert!(
+        heads
+            .iter()
+            .all(|h| !h.contains("x-injected") && !h.contains("GET /b")),
+        "{heads:?}"
+    );
+}
