@@ -40,6 +40,8 @@ fn many_streams_on_one_connection_are_answered_each_with_its_own_response() {
             "{text}"
         );
         assert!(text.contains("Host: test\r\n"), "{text}");
+        // RFC 9110 section 7.6.3: Via names the protocol it was received with.
+        assert!(text.contains("Via: 2 ringgate"), "{text}");
     }
     assert_eq!(origin.requests(), 50);
 }

@@ -53,6 +53,9 @@ pub struct UpstreamRequest<'a> {
     pub strip_expect: bool,
     /// The worker's pre-built `Via: 1.1 <name>\r\n` line.
     pub via_line: &'a [u8],
+    /// The request came over HTTP/2 (its head is in the HTTP/1.1 form):
+    /// `Via` says `2`.
+    pub received_h2: bool,
     /// The cache revalidates: send these validators instead of the client's.
     pub validators: Option<&'a Validators>,
     /// Send this method instead of the client's (a background refresh is a GET).
@@ -126,7 +129,8 @@ pub fn for_each_forwarded<'a>(
 ) {
     let proxy = up.proxy;
     scratch.clear();
-    // Composed values first, then borrowed: X-Forwarded-For, and Via for HTTP/1.0.
+    // Composed values first, then borrowed: X-Forwarded-For, and Via for
+    // HTTP/1.0 and HTTP/2.
     if proxy.x_forwarded_for == ForwardedFor::Append {
         for h in req
             .headers
@@ -152,8 +156,13 @@ pub fn for_each_forwarded<'a>(
     let forwarded_end = scratch.len();
     let via_line = &up.via_line[..up.via_line.len().saturating_sub(2)];
     let via_value = via_line.strip_prefix(b"Via: ").unwrap_or(via_line);
-    if proxy.via && req.version == Version::Http10 {
-        scratch.extend_from_slice(b"1.0");
+    let received: &[u8] = match (up.received_h2, req.version) {
+        (true, _) => b"2",
+        (false, Version::Http10) => b"1.0",
+        (false, Version::Http11) => b"",
+    };
+    if proxy.via && !received.is_empty() {
+        scratch.extend_from_slice(received);
         scratch.extend_from_slice(via_value.get(3..).unwrap_or(b""));
     }
     let scratch: &'a [u8] = scratch;
@@ -215,9 +224,9 @@ pub fn for_each_forwarded<'a>(
         field("X-Forwarded-Host", req.authority.as_bytes());
     }
     if proxy.via {
-        let value = match req.version {
-            Version::Http11 => via_value,
-            Version::Http10 => &scratch[forwarded_end..],
+        let value = match received.is_empty() {
+            true => via_value,
+            false => &scratch[forwarded_end..],
         };
         field("Via", value);
     }
@@ -487,6 +496,7 @@ mod tests {
             fallback_host: "127.0.0.1:9000",
             strip_expect: true,
             via_line: b"Via: 1.1 ringgate\r\n",
+            received_h2: false,
             validators: None,
             method_override: None,
             upgrade: None,

@@ -48,6 +48,8 @@ pub(super) struct Downstream<'a> {
     pub buffered: &'a [u8],
     /// `100 Continue` was already sent for this request.
     pub sent_continue: bool,
+    /// The request came on an HTTP/2 stream (for `Via`).
+    pub http2: bool,
 }
 
 /// Why a phase did not pass the request on.
@@ -114,6 +116,7 @@ fn phases<'b>(
         fallback_host: "",
         strip_expect: req.expect_continue,
         via_line: &ctx.via_line,
+        received_h2: down.http2,
         validators: None,
         method_override: None,
         identity: identity.as_deref().unwrap_or(&[]),

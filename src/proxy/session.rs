@@ -301,6 +301,7 @@ fn parse_and_plan(
         redirect_https: client.redirect_https,
         buffered: &client.buf,
         sent_continue: client.sent_continue,
+        http2: client.h2.is_some(),
     };
     phases::plan(ctx, &down, &mut req, &mut scratch, out).map(Some)
 }
