@@ -604,3 +604,44 @@ fn bytes_that_would_split_the_http1_head_never_reach_the_upstream() {
         "{heads:?}"
     );
 }
+
+#[test]
+fn sixty_four_mib_each_way_pass_in_flat_memory() {
+    const TOTAL: usize = 64 << 20;
+    let origin = Origin::start();
+    let config = format!(
+        "[[listeners]]\naddress = \"{{listen}}\"\nh2c = true\n[workers]\ncount = 1\npin = false\n[limits]\nmax_request_body = 0\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n[admin]\nenabled = false\n",
+        origin.addr
+    );
+    let gw = GatewayProcess::start(&config, |_| {});
+    // A first exchange: the worker's buffers and code pages are in before measuring.
+    assert_eq!(one(gw.addr, h2_get("/bytes/100000")).status, 200);
+    let (_, peak_before) = gw.memory_kib();
+    let body: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+    let digest = fnv1a(&body);
+    let mut upload = h2_get("/echo/up");
+    upload.method = "POST";
+    upload.body = Some(body);
+    let download = h2_get(format!("/bytes/{TOTAL}"));
+    // Both at once, on one connection: one body each way.
+    let answers = send_all(gw.addr, Via::Cleartext, vec![upload, download]);
+    let up = answers[0].as_ref().unwrap();
+    assert!(
+        up.text().ends_with(&format!("body={TOTAL}")),
+        "{}",
+        up.text()
+    );
+    assert_eq!(
+        origin.log.body_digests.lock().unwrap().last(),
+        Some(&digest)
+    );
+    assert_eq!(answers[1].as_ref().unwrap().body.len(), TOTAL);
+    let (_, peak_after) = gw.memory_kib();
+    let growth = peak_after.saturating_sub(peak_before);
+    eprintln!("gateway peak RSS growth while passing 64 MiB each way over HTTP/2: {growth} KiB");
+    assert!(
+        growth < 8 * 1024,
+        "peak RSS grew by {growth} KiB passing 64 MiB each way"
+    );
+    assert_eq!(gw.stop().code(), Some(0));
+}
