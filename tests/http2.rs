@@ -645,3 +645,28 @@ fn sixty_four_mib_each_way_pass_in_flat_memory() {
     );
     assert_eq!(gw.stop().code(), Some(0));
 }
+
+#[test]
+fn an_idle_http2_connection_makes_room_at_the_connection_cap() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.workers.per_core.max_connections = 1;
+    let gw = start(config);
+    // An HTTP/2 connection that served a stream and now holds none.
+    let mut raw = RawH2::connect(gw.listen_addr());
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/echo/a"),
+    ));
+    loop {
+        let (kind, flags, stream, _) = raw.next_frame().expect("the answer");
+        if stream == 1 && kind == DATA && flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    // A newcomer at the cap: the idle HTTP/2 connection gives way.
+    assert_eq!(get(gw.listen_addr(), "/echo/newcomer").status, 200);
+    assert_eq!(raw.goaway(), Some(0));
+}

@@ -97,7 +97,8 @@ pub(super) struct Connection {
 }
 
 enum Event {
-    /// No stream open for the idle timeout.
+    /// No stream open for the idle timeout, or closed to make room at a
+    /// connection cap while no stream was open.
     Idle,
     Drain,
     Calm,
@@ -149,7 +150,7 @@ where
         };
         let wait = if closing { timeouts.client_send } else { idle };
         let next = race(
-            next_event(&ctx, &shared, wait, closing),
+            next_event(&ctx, &shared, connection.conn, wait, closing),
             ctx.forced_closed(),
         );
         let event = match race(codec.accept(), next).await {
@@ -232,7 +233,13 @@ fn connection_window(stream_window: u32) -> u32 {
 /// stream) for `idle`, a drain, or too many client resets. Once the
 /// connection is closing: too many resets, or no stream open for `idle`
 /// (the client is not taking the GOAWAY).
-async fn next_event(ctx: &WorkerCtx, shared: &Shared, idle: Duration, closing: bool) -> Event {
+async fn next_event(
+    ctx: &WorkerCtx,
+    shared: &Shared,
+    conn: usize,
+    idle: Duration,
+    closing: bool,
+) -> Event {
     loop {
         if shared.calm.get() {
             return Event::Calm;
@@ -256,8 +263,17 @@ async fn next_event(ctx: &WorkerCtx, shared: &Shared, idle: Duration, closing: b
             }
             continue;
         }
-        match race(monoio::time::sleep(idle), stop).await {
-            Either::Left(()) => return Event::Idle,
+        // No stream open: the connection is idle, as an HTTP/1 one waiting
+        // for its next request, and may be closed to make room at a cap.
+        ctx.conns.set_idle(conn);
+        if ctx.active.get() >= ctx.per_core.max_connections {
+            ctx.slot_notify.notify_all();
+        }
+        let quiet_for = race(monoio::time::sleep(idle), ctx.conns.evicted(conn));
+        let woke = race(quiet_for, stop).await;
+        ctx.conns.set_busy(conn);
+        match woke {
+            Either::Left(_) => return Event::Idle,
             Either::Right(Either::Left(())) => return Event::Drain,
             Either::Right(Either::Right(())) => {}
         }
