@@ -22,7 +22,6 @@ use h2::{Reason, RecvStream, SendStream};
 
 use super::convert;
 use crate::cache::entry::Stored;
-use crate::http::headers::push_hex;
 use crate::proxy::io::Read;
 use crate::proxy::reply::{BodyLength, Gone};
 
@@ -224,11 +223,22 @@ impl H2Stream {
     }
 }
 
+/// A chunk-size line (`<hex>\r\n`), written without an allocation.
 fn push_hex_bytes(buf: &mut BytesMut, n: usize) {
-    let mut line = Vec::with_capacity(18);
-    push_hex(&mut line, n as u64);
-    line.extend_from_slice(b"\r\n");
-    buf.extend_from_slice(&line);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut line = [0u8; 18];
+    let mut start = 16;
+    let mut rest = n;
+    loop {
+        start -= 1;
+        line[start] = HEX[rest & 15];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    line[16..].copy_from_slice(b"\r\n");
+    buf.extend_from_slice(&line[start..]);
 }
 
 /// Resolves when the client resets the stream (its reason); never when
