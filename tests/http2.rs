@@ -670,3 +670,16 @@ fn an_idle_http2_connection_makes_room_at_the_connection_cap() {
     assert_eq!(get(gw.listen_addr(), "/echo/newcomer").status, 200);
     assert_eq!(raw.goaway(), Some(0));
 }
+
+#[test]
+fn a_transfer_coded_upstream_body_is_a_502_for_an_http2_client() {
+    let origin = Origin::start();
+    let mut config = h2c_config(&origin);
+    config.routes[0].cache = None;
+    let gw = start(config);
+    // `Transfer-Encoding: gzip, chunked`: HTTP/2 has no transfer codings, so
+    // the gzip bytes would pass as the content itself.
+    let r = one(gw.listen_addr(), h2_get("/te-gzip-chunked"));
+    assert_eq!(r.status, 502);
+    assert!(r.body.is_empty());
+}

@@ -118,6 +118,15 @@ impl H2Stream {
     pub fn start(&mut self, head: &[u8], length: &BodyLength, no_body: bool) -> Result<(), Gone> {
         let content_length = match length {
             BodyLength::Known(n) => Some(*n),
+            // A body still carrying a transfer coding (`gzip, chunked` from
+            // an HTTP/1.1 upstream) has no HTTP/2 form: it would reach the
+            // client as if it were the content. A 502 instead, and no body.
+            BodyLength::Unknown { codings: Some(_) } => {
+                let mut refused = http::Response::new(());
+                *refused.status_mut() = http::StatusCode::BAD_GATEWAY;
+                let _ = self.send_head(refused, true);
+                return Err(Gone);
+            }
             _ => None,
         };
         let response = convert::response(head, content_length).ok_or(Gone)?;
@@ -218,6 +227,8 @@ impl H2Stream {
         parts.reset_here = true;
         match parts.send.take() {
             Some(mut send) => send.send_reset(reason),
+            // Answered whole already (its end went with the HEADERS).
+            None if parts.answered => {}
             None => parts.respond.send_reset(reason),
         }
     }
