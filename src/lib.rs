@@ -104,13 +104,16 @@ impl Gateway {
         for group in &config.upstreams {
             connectors.push(match &group.tls {
                 None => None,
-                Some(tls) => Some(tls::Connector::new(tls).map_err(|reason| {
-                    StartError::Config(config::ConfigError {
-                        file: config.source.clone(),
-                        key: format!("upstreams.{}.tls", group.name),
-                        reason,
-                    })
-                })?),
+                Some(tls) => Some(
+                    tls::Connector::new(tls, group.protocol == config::UpstreamProtocol::Http2)
+                        .map_err(|reason| {
+                            StartError::Config(config::ConfigError {
+                                file: config.source.clone(),
+                                key: format!("upstreams.{}.tls", group.name),
+                                reason,
+                            })
+                        })?,
+                ),
             });
         }
 

@@ -39,6 +39,7 @@ fn gateway_with(
         sticky: None,
         discovery: None,
         tls: None,
+        protocol: Default::default(),
     }];
     tune(&mut config.upstreams[0]);
     start(config)
@@ -284,6 +285,7 @@ fn active_health_checks_take_a_failing_server_out_of_every_worker_and_back() {
         sticky: None,
         discovery: None,
         tls: None,
+        protocol: Default::default(),
     }];
     let gw = start(config);
     let traffic = |origin: &Origin| origin.requests() - origin.hits_on("/health");

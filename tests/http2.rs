@@ -683,3 +683,103 @@ fn a_transfer_coded_upstream_body_is_a_502_for_an_http2_client() {
     assert_eq!(r.status, 502);
     assert!(r.body.is_empty());
 }
+
+// ------------------------------------------------------- HTTP/2 upstreams
+
+fn to_h2_origin(origin: &H2Origin) -> ringgate::Handle {
+    let mut config = config_for(origin.addr);
+    config.listeners[0].h2c = true;
+    config.routes[0].cache = None;
+    config.upstreams[0].protocol = ringgate::config::UpstreamProtocol::Http2;
+    start(config)
+}
+
+#[test]
+fn an_http2_upstream_serves_many_requests_on_one_connection() {
+    let origin = H2Origin::start();
+    let gw = to_h2_origin(&origin);
+    let mut c = Client::connect(gw.listen_addr());
+    for i in 0..20 {
+        let r = c.request(format!("GET /plain/{i} HTTP/1.1\r\nHost: shop.test\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("h2 GET /plain/{i} host=shop.test body=0"));
+    }
+    // A chunked HTTP/1.1 body goes up as DATA.
+    let r = c.request(b"POST /plain/up HTTP/1.1\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    assert_eq!(r.text(), "h2 POST /plain/up host=shop.test body=11");
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[test]
+fn grpc_streams_are_multiplexed_upstream_and_their_trailers_reach_the_client() {
+    let origin = H2Origin::start();
+    let gw = to_h2_origin(&origin);
+    let requests = (0..16)
+        .map(|i| {
+            let mut r = h2_get(format!("/grpc/echo.Echo/Say{i}"));
+            r.method = "POST";
+            r.headers = vec![
+                ("content-type".into(), "application/grpc".into()),
+                ("te".into(), "trailers".into()),
+            ];
+            r.body = Some(format!("message {i}").into_bytes());
+            r
+        })
+        .collect();
+    for (i, r) in send_all(gw.listen_addr(), Via::Cleartext, requests)
+        .into_iter()
+        .enumerate()
+    {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("message {i}"));
+        assert_eq!(r.header("content-type"), Some("application/grpc"));
+        let trailers = r.trailers.expect("grpc trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "ok");
+    }
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(origin.streams.load(std::sync::atomic::Ordering::SeqCst), 16);
+}
+
+#[test]
+fn an_http2_upstream_over_tls_is_reached_by_alpn_h2() {
+    let origin = H2Origin::start_tls();
+    let mut config = config_for(origin.addr);
+    config.routes[0].cache = None;
+    config.upstreams[0].protocol = ringgate::config::UpstreamProtocol::Http2;
+    config.upstreams[0].tls = Some(ringgate::config::UpstreamTls {
+        sni: Some("localhost".into()),
+        verify: false,
+        ca: None,
+        client_cert: None,
+    });
+    let gw = start(config);
+    for i in 0..5 {
+        let r = get(gw.listen_addr(), &format!("/tls/{i}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("h2 GET /tls/{i} host=test body=0"));
+    }
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[test]
+fn an_http2_upstream_that_is_down_is_a_502() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let mut config = config_for(addr);
+    config.routes[0].cache = None;
+    config.upstreams[0].protocol = ringgate::config::UpstreamProtocol::Http2;
+    let gw = start(config);
+    assert_eq!(get(gw.listen_addr(), "/x").status, 502);
+}

@@ -33,6 +33,7 @@ fn gateway(servers: &[SocketAddr], retry: Option<RetryPolicy>) -> ringgate::Hand
         sticky: None,
         discovery: None,
         tls: None,
+        protocol: Default::default(),
     }];
     start(config)
 }

@@ -144,6 +144,7 @@ impl Config {
                 sticky: None,
                 discovery: None,
                 tls: None,
+                protocol: UpstreamProtocol::Http1,
                 name: "default".to_string(),
                 servers: servers
                     .into_iter()
@@ -289,7 +290,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(d) => upstreams::validate_discovery(name, group, d, &raw.resolver)?,
         };
         let balance = upstreams::validate_balance(name, group)?;
+        let protocol = upstreams::validate_protocol(name, group)?;
         upstreams.push(UpstreamGroup {
+            protocol,
             name: name.clone(),
             servers,
             balance,

@@ -324,6 +324,19 @@ pub struct UpstreamGroup {
     pub discovery: Option<Discovery>,
     /// The servers speak TLS; `None`: plain HTTP.
     pub tls: Option<UpstreamTls>,
+    /// HTTP/1.1 (pooled connections) or HTTP/2 (one multiplexed connection
+    /// per server and worker).
+    pub protocol: UpstreamProtocol,
+}
+
+/// `[upstreams.NAME] protocol`: what the group's servers speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2: with prior knowledge on a plain connection (`h2c`), or by
+    /// ALPN `h2` over the group's TLS (`h2`).
+    Http2,
 }
 
 /// `[upstreams.NAME.tls]`: how the gateway connects to a TLS group.

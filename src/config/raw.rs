@@ -188,6 +188,8 @@ pub struct RawUpstream {
     pub sticky: Option<RawSticky>,
     pub discovery: Option<RawDiscovery>,
     pub tls: Option<RawUpstreamTls>,
+    /// `"http/1.1"` (default), `"h2c"` or `"h2"` (over `tls`).
+    pub protocol: Option<String>,
 }
 
 /// `[upstreams.NAME.tls]`: the group's servers speak TLS.

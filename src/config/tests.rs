@@ -396,3 +396,23 @@ fn h2c_is_refused_on_a_tls_listener() {
     let e = Config::parse(&text).unwrap_err();
     assert_eq!(e.key, "listeners[0].h2c", "{e}");
 }
+
+#[test]
+fn upstream_protocols_are_checked_against_tls() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.upstreams[0].protocol, UpstreamProtocol::Http1);
+    let h2c = MINIMAL.replace("[[routes]]", "protocol = \"h2c\"\n[[routes]]");
+    assert_eq!(
+        Config::parse(&h2c).unwrap().upstreams[0].protocol,
+        UpstreamProtocol::Http2
+    );
+    for bad in [
+        "protocol = \"h2\"",
+        "protocol = \"h3\"",
+        "protocol = \"HTTP/2\"",
+    ] {
+        let text = MINIMAL.replace("[[routes]]", &format!("{bad}\n[[routes]]"));
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "upstreams.app.protocol", "{e}");
+    }
+}

@@ -404,3 +404,28 @@ pub(super) fn validate_tls(
         client_cert,
     })
 }
+
+/// `protocol`: `"http/1.1"`, `"h2c"` (HTTP/2 without TLS) or `"h2"` (HTTP/2
+/// by ALPN over the group's `[tls]`).
+pub(super) fn validate_protocol(
+    name: &str,
+    group: &raw::RawUpstream,
+) -> Result<UpstreamProtocol, ConfigError> {
+    let key = format!("upstreams.{name}.protocol");
+    match (group.protocol.as_deref(), group.tls.is_some()) {
+        (None | Some("http/1.1"), _) => Ok(UpstreamProtocol::Http1),
+        (Some("h2c"), false) | (Some("h2"), true) => Ok(UpstreamProtocol::Http2),
+        (Some("h2c"), true) => Err(invalid(
+            key,
+            "h2c is HTTP/2 without TLS; with [tls] use \"h2\"",
+        )),
+        (Some("h2"), false) => Err(invalid(
+            key,
+            "h2 is HTTP/2 over TLS: add [upstreams.NAME.tls], or use \"h2c\"",
+        )),
+        (Some(other), _) => Err(invalid(
+            key,
+            format!("`{other}` is not one of \"http/1.1\", \"h2c\", \"h2\""),
+        )),
+    }
+}

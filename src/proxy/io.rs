@@ -18,6 +18,9 @@ use monoio::net::TcpStream;
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<crate::tls::TlsStream>),
+    /// A stream of an HTTP/2 upstream connection, written and read in the
+    /// HTTP/1.1 form (`upstream::h2`).
+    H2(Box<crate::upstream::h2::H2Exchange>),
     /// Handed over to a tunnel (an upgraded connection): nothing more is
     /// read or written here.
     Detached,
@@ -33,7 +36,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => Some(s),
             Stream::Tls(s) => Some(s.tcp()),
-            Stream::Detached => None,
+            Stream::H2(_) | Stream::Detached => None,
         }
     }
 
@@ -43,6 +46,7 @@ impl Stream {
             Stream::Plain(s) => read_some(s, buf, reserve, limit).await,
             // Boxed: the plain path's futures stay as small as before TLS.
             Stream::Tls(s) => Box::pin(s.read_some(buf, reserve, limit)).await,
+            Stream::H2(s) => Box::pin(s.read(buf, limit)).await,
             Stream::Detached => Read::Eof,
         }
     }
@@ -60,6 +64,15 @@ impl Stream {
                 // for as long as it lives, and `buf` outlives this borrow.
                 let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
                 match Box::pin(s.write_all(data, limit)).await {
+                    Ok(()) => Ok(buf),
+                    Err(e) => Err((e, Some(buf))),
+                }
+            }
+            Stream::H2(s) => {
+                // SAFETY: as above: `buf` is initialised for `bytes_init`
+                // bytes and outlives this borrow.
+                let data = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+                match Box::pin(s.write(data, limit)).await {
                     Ok(()) => Ok(buf),
                     Err(e) => Err((e, Some(buf))),
                 }
@@ -82,7 +95,7 @@ impl Stream {
                 buf.release();
                 Ok(buf)
             }
-            Stream::Detached => Err(detached()),
+            Stream::H2(_) | Stream::Detached => Err(detached()),
         }
     }
 }

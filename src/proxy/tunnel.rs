@@ -172,7 +172,7 @@ fn split(stream: Stream) -> Option<(Reader, Writer)> {
             let (r, w) = s.into_split();
             Some((Reader::Tls(r), Writer::Tls(w)))
         }
-        Stream::Detached => None,
+        Stream::H2(_) | Stream::Detached => None,
     }
 }
 

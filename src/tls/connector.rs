@@ -40,7 +40,8 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// Reads the group's roots and client certificate. The error names the
     /// file and the reason.
-    pub fn new(tls: &UpstreamTls) -> Result<Connector, String> {
+    /// `http2`: offer only ALPN `h2` (a group with `protocol = "h2"`).
+    pub fn new(tls: &UpstreamTls, http2: bool) -> Result<Connector, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -63,7 +64,10 @@ impl Connector {
                 builder.with_client_cert_resolver(Arc::new(ClientCertificate(loaded.key)))
             }
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match http2 {
+            true => vec![b"h2".to_vec()],
+            false => vec![b"http/1.1".to_vec()],
+        };
         let sni = match &tls.sni {
             None => None,
             Some(name) => Some(

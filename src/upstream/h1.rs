@@ -3,7 +3,9 @@
 //! reading a response body piece by piece, and a whole exchange with no
 //! client attached: send a request head, read the whole response into
 //! memory, bounded. The proxy's exchange, background cache refreshes and
-//! active health probes all connect and read through it.
+//! active health probes all connect and read through it. For a group that
+//! speaks HTTP/2, `connect` hands out a stream of the server's shared
+//! connection (`super::h2`), read and written in the same HTTP/1.1 form.
 
 use std::net::SocketAddr;
 
@@ -26,11 +28,21 @@ pub async fn connect(
     server: usize,
     limit: std::time::Duration,
 ) -> Result<Stream, ProxyError> {
+    let deadline = io::deadline_in(limit);
+    let h2 = ctx.upstreams.borrow().speaks_h2(server);
+    // HTTP/2: a stream on the connection already open, or on the one being
+    // opened by another request (one connection per server and worker).
+    let _opening = match h2 {
+        true => match super::h2::stream_or_turn(ctx, server, deadline).await? {
+            Ok(stream) => return Ok(stream),
+            Err(turn) => Some(turn),
+        },
+        false => None,
+    };
     let (addr, tls) = {
         let upstreams = ctx.upstreams.borrow();
         (upstreams.addr(server), upstreams.tls_for(server))
     };
-    let deadline = io::deadline_in(limit);
     let tcp = match monoio::time::timeout(limit, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -55,9 +67,16 @@ pub async fn connect(
         }
     };
     let Some(tls) = tls else {
+        if h2 {
+            return super::h2::open(ctx, server, addr, tcp, false, limit).await;
+        }
         return Ok(Stream::Plain(tcp));
     };
     match Box::pin(tls.connect(tcp, addr, deadline)).await {
+        Ok(stream) if h2 => {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            Box::pin(super::h2::open(ctx, server, addr, stream, true, left)).await
+        }
         Ok(stream) => Ok(Stream::Tls(Box::new(stream))),
         Err(e) => {
             let kind = match e {

@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod discovery;
 pub mod dns;
 pub mod h1;
+pub mod h2;
 pub mod health;
 pub mod pool;
 pub mod retry;
@@ -55,6 +56,14 @@ pub struct Upstreams {
     pool: Pool,
     /// Per group: the TLS client of a group whose servers speak TLS.
     tls: Vec<Option<crate::tls::Connector>>,
+    /// Per group: the servers speak HTTP/2.
+    http2: Vec<bool>,
+    /// The HTTP/2 connection to each server of such a group, once opened:
+    /// every request of this worker to the server is a stream on it.
+    h2_senders: std::collections::HashMap<usize, ::h2::client::SendRequest<bytes::Bytes>>,
+    /// Servers an HTTP/2 connection is being opened to: the requests that
+    /// arrive meanwhile wait for it rather than open their own.
+    h2_opening: std::collections::HashSet<usize>,
 }
 
 impl Upstreams {
@@ -203,7 +212,54 @@ impl Upstreams {
             groups,
             pool,
             tls: Vec::new(),
+            http2: config
+                .upstreams
+                .iter()
+                .map(|g| g.protocol == crate::config::UpstreamProtocol::Http2)
+                .collect(),
+            h2_senders: Default::default(),
+            h2_opening: Default::default(),
         }
+    }
+
+    /// The server's group speaks HTTP/2.
+    pub fn speaks_h2(&self, server: usize) -> bool {
+        self.http2.get(self.owner[server]).copied().unwrap_or(false)
+    }
+
+    /// The live HTTP/2 connection to `server`, to open a stream on; a
+    /// connection that has ended is forgotten here.
+    pub fn h2_sender(&mut self, server: usize) -> Option<::h2::client::SendRequest<bytes::Bytes>> {
+        let sender = self.h2_senders.get_mut(&server)?;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(Err(_)) = sender.poll_ready(&mut cx) {
+            self.h2_senders.remove(&server);
+            return None;
+        }
+        Some(sender.clone())
+    }
+
+    /// Marks an HTTP/2 connection to `server` as being opened (false: one
+    /// already is; wait for it).
+    pub fn start_opening_h2(&mut self, server: usize) -> bool {
+        self.h2_opening.insert(server)
+    }
+
+    pub fn opening_h2(&self, server: usize) -> bool {
+        self.h2_opening.contains(&server)
+    }
+
+    pub fn done_opening_h2(&mut self, server: usize) {
+        self.h2_opening.remove(&server);
+    }
+
+    /// Keeps the HTTP/2 connection just opened to `server`.
+    pub fn set_h2_sender(
+        &mut self,
+        server: usize,
+        sender: ::h2::client::SendRequest<bytes::Bytes>,
+    ) {
+        self.h2_senders.insert(server, sender);
     }
 
     /// Picks a server for `group`, passing over servers that active health

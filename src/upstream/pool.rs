@@ -110,7 +110,9 @@ impl Pool {
 
     /// Returns a connection that finished an exchange cleanly.
     pub fn put(&mut self, server: usize, stream: Stream) {
-        if self.cap_per_server == 0 || self.retired[server] {
+        // An HTTP/2 stream is done once answered: the connection it ran on
+        // is shared by every request to the server (`upstream::h2`).
+        if self.cap_per_server == 0 || self.retired[server] || matches!(stream, Stream::H2(_)) {
             return;
         }
         let idle = &mut self.idle[server];

@@ -70,6 +70,9 @@ pub struct WorkerCtx {
     pub drain_notify: Notify,
     /// Notified when a connection ends (accept loops and the drain waiter re-check).
     pub slot_notify: Notify,
+    /// Notified when an HTTP/2 upstream connection finished opening (or
+    /// failed to): requests waiting to share it re-check.
+    pub h2_connect_notify: Notify,
     /// Open client connections by address, and which are idle.
     pub conns: super::conns::Conns,
     /// The connection-cap warnings.
@@ -129,6 +132,7 @@ impl WorkerCtx {
             active: Cell::new(0),
             drain_notify: Notify::default(),
             slot_notify: Notify::default(),
+            h2_connect_notify: Notify::default(),
             conns: Default::default(),
             cap_log: RateLimitedLog::default(),
             read_buffers: RefCell::new(Vec::new()),

@@ -354,3 +354,153 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+// ------------------------------------------------------- an HTTP/2 origin
+
+/// An HTTP/2 origin with prior knowledge (h2c) on port 0, on a thread of
+/// its own: `/grpc...` echoes the request body as a gRPC service would
+/// answer, with `grpc-status: 0` and `grpc-message: ok` as trailers; any
+/// other path answers `h2 <method> <path> host=<authority> body=<bytes>`.
+pub struct H2Origin {
+    pub addr: SocketAddr,
+    /// Connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Streams (requests) served.
+    pub streams: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl H2Origin {
+    pub fn start() -> H2Origin {
+        Self::start_with(None)
+    }
+
+    /// Over TLS with ALPN `h2` (the gateway's own terminator serves it),
+    /// with a self-signed certificate for `localhost`.
+    pub fn start_tls() -> H2Origin {
+        let dir = std::env::temp_dir().join(format!(
+            "ringgate-h2-origin-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = ringgate::tls::certs::self_signed(&["localhost"]).unwrap();
+        std::fs::write(dir.join("c.pem"), cert).unwrap();
+        std::fs::write(dir.join("k.pem"), key).unwrap();
+        let tls = ringgate::config::ListenerTls {
+            certificates: vec![ringgate::config::CertificateFiles {
+                cert: dir.join("c.pem"),
+                key: dir.join("k.pem"),
+                ocsp: None,
+            }],
+        };
+        let tickets = ringgate::tls::shared_ticketer().unwrap();
+        Self::start_with(Some(
+            ringgate::tls::Terminator::new(&tls, true, tickets).unwrap(),
+        ))
+    }
+
+    fn start_with(tls: Option<ringgate::tls::Terminator>) -> H2Origin {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // The runtime waits for readiness: a blocking accept would stall it.
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let streams = Arc::new(AtomicUsize::new(0));
+        let (conns, served) = (connections.clone(), streams.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = monoio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    conns.fetch_add(1, Ordering::SeqCst);
+                    let served = served.clone();
+                    match &tls {
+                        None => {
+                            monoio::spawn(serve_h2(tcp.into_poll_io().unwrap(), served));
+                        }
+                        Some(tls) => {
+                            let deadline = Instant::now() + Duration::from_secs(10);
+                            let Ok(stream) = tls.accept(tcp, deadline).await else {
+                                continue;
+                            };
+                            let io = ringgate::tls::poll::PollTls::new(stream).unwrap();
+                            monoio::spawn(serve_h2(io, served));
+                        }
+                    }
+                }
+            })
+        });
+        H2Origin {
+            addr,
+            connections,
+            streams,
+        }
+    }
+}
+
+async fn serve_h2<T>(io: T, served: Arc<std::sync::atomic::AtomicUsize>)
+where
+    T: monoio::io::poll_io::AsyncRead + monoio::io::poll_io::AsyncWrite + Unpin + 'static,
+{
+    let Ok(mut connection) = h2::server::handshake(io).await else {
+        return;
+    };
+    while let Some(Ok((request, respond))) = connection.accept().await {
+        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        monoio::spawn(answer(request, respond));
+    }
+}
+
+async fn answer(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) {
+    let (head, mut body) = request.into_parts();
+    let mut bytes = Vec::new();
+    while let Some(Ok(data)) = body.data().await {
+        let _ = body.flow_control().release_capacity(data.len());
+        bytes.extend_from_slice(&data);
+    }
+    let grpc = head.uri.path().starts_with("/grpc");
+    let reply = if grpc {
+        bytes
+    } else {
+        format!(
+            "h2 {} {} host={} body={}",
+            head.method,
+            head.uri.path(),
+            head.uri.authority().map(|a| a.as_str()).unwrap_or(""),
+            bytes.len()
+        )
+        .into_bytes()
+    };
+    let mut response = http::Response::builder().status(200);
+    if grpc {
+        response = response.header("content-type", "application/grpc");
+    }
+    let Ok(mut send) = respond.send_response(response.body(()).unwrap(), false) else {
+        return;
+    };
+    let _ = send_body_only(&mut send, Bytes::from(reply)).await;
+    if grpc {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "ok".parse().unwrap());
+        let _ = send.send_trailers(trailers);
+    } else {
+        let _ = send.send_data(Bytes::new(), true);
+    }
+}
+
+async fn send_body_only(send: &mut h2::SendStream<Bytes>, mut body: Bytes) -> Result<(), String> {
+    while !body.is_empty() {
+        send.reserve_capacity(body.len().min(64 * 1024));
+        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .ok_or("stream closed")?
+            .map_err(|e| e.to_string())?;
+        let piece = body.split_to(granted.min(body.len()));
+        send.send_data(piece, false).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
