@@ -135,16 +135,8 @@ where
     out
 }
 
-async fn send_body(send: &mut h2::SendStream<Bytes>, mut body: Bytes) -> Result<(), String> {
-    while !body.is_empty() {
-        send.reserve_capacity(body.len().min(64 * 1024));
-        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
-            .await
-            .ok_or("stream closed")?
-            .map_err(|e| e.to_string())?;
-        let piece = body.split_to(granted.min(body.len()));
-        send.send_data(piece, false).map_err(|e| e.to_string())?;
-    }
+async fn send_body(send: &mut h2::SendStream<Bytes>, body: Bytes) -> Result<(), String> {
+    send_body_only(send, body).await?;
     send.send_data(Bytes::new(), true)
         .map_err(|e| e.to_string())
 }
@@ -492,6 +484,7 @@ async fn answer(
     }
 }
 
+/// Body bytes as the peer's window allows, without ending the stream.
 async fn send_body_only(send: &mut h2::SendStream<Bytes>, mut body: Bytes) -> Result<(), String> {
     while !body.is_empty() {
         send.reserve_capacity(body.len().min(64 * 1024));
