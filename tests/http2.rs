@@ -773,6 +773,25 @@ fn an_http2_upstream_over_tls_is_reached_by_alpn_h2() {
 }
 
 #[test]
+fn an_idle_http2_upstream_connection_is_let_go_and_a_new_one_opened_when_needed() {
+    use std::sync::atomic::Ordering;
+    let origin = H2Origin::start();
+    let mut config = config_for(origin.addr);
+    config.routes[0].cache = None;
+    config.upstreams[0].protocol = ringgate::config::UpstreamProtocol::Http2;
+    config.workers.per_core.upstream_idle_timeout = Duration::from_millis(200);
+    let gw = start(config);
+    assert_eq!(get(gw.listen_addr(), "/a").status, 200);
+    wait_until(
+        Duration::from_secs(10),
+        "the idle connection closed",
+        || origin.open.load(Ordering::SeqCst) == 0,
+    );
+    assert_eq!(get(gw.listen_addr(), "/b").status, 200);
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn an_http2_upstream_that_is_down_is_a_502() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = dead.local_addr().unwrap();

@@ -60,7 +60,11 @@ pub struct Upstreams {
     http2: Vec<bool>,
     /// The HTTP/2 connection to each server of such a group, once opened:
     /// every request of this worker to the server is a stream on it.
-    h2_senders: std::collections::HashMap<usize, ::h2::client::SendRequest<bytes::Bytes>>,
+    /// With when it was last used, for the idle timeout.
+    h2_senders: std::collections::HashMap<
+        usize,
+        (::h2::client::SendRequest<bytes::Bytes>, std::time::Instant),
+    >,
     /// Servers an HTTP/2 connection is being opened to: the requests that
     /// arrive meanwhile wait for it rather than open their own.
     h2_opening: std::collections::HashSet<usize>,
@@ -104,6 +108,11 @@ impl Upstreams {
     /// Closes pooled connections idle for too long.
     pub fn sweep_pool(&mut self) {
         self.pool.sweep();
+        // An HTTP/2 connection unused for the pool's idle timeout is let go:
+        // it closes once its last stream ends.
+        let limit = self.pool.idle_timeout();
+        self.h2_senders
+            .retain(|_, (_, used)| used.elapsed() < limit);
     }
 
     /// Idle pooled connections, and how many were discarded on checkout.
@@ -230,12 +239,13 @@ impl Upstreams {
     /// The live HTTP/2 connection to `server`, to open a stream on; a
     /// connection that has ended is forgotten here.
     pub fn h2_sender(&mut self, server: usize) -> Option<::h2::client::SendRequest<bytes::Bytes>> {
-        let sender = self.h2_senders.get_mut(&server)?;
+        let (sender, used) = self.h2_senders.get_mut(&server)?;
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         if let std::task::Poll::Ready(Err(_)) = sender.poll_ready(&mut cx) {
             self.h2_senders.remove(&server);
             return None;
         }
+        *used = std::time::Instant::now();
         Some(sender.clone())
     }
 
@@ -259,7 +269,8 @@ impl Upstreams {
         server: usize,
         sender: ::h2::client::SendRequest<bytes::Bytes>,
     ) {
-        self.h2_senders.insert(server, sender);
+        self.h2_senders
+            .insert(server, (sender, std::time::Instant::now()));
     }
 
     /// Picks a server for `group`, passing over servers that active health

@@ -359,6 +359,8 @@ pub struct H2Origin {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// Streams (requests) served.
     pub streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl H2Origin {
@@ -399,16 +401,18 @@ impl H2Origin {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let streams = Arc::new(AtomicUsize::new(0));
-        let (conns, served) = (connections.clone(), streams.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let (conns, served, now_open) = (connections.clone(), streams.clone(), open.clone());
         std::thread::spawn(move || {
             runtime().block_on(async move {
                 let listener = monoio::net::TcpListener::from_std(listener).unwrap();
                 while let Ok((tcp, _)) = listener.accept().await {
                     conns.fetch_add(1, Ordering::SeqCst);
                     let served = served.clone();
+                    let now_open = now_open.clone();
                     match &tls {
                         None => {
-                            monoio::spawn(serve_h2(tcp.into_poll_io().unwrap(), served));
+                            monoio::spawn(serve_h2(tcp.into_poll_io().unwrap(), served, now_open));
                         }
                         Some(tls) => {
                             let deadline = Instant::now() + Duration::from_secs(10);
@@ -416,7 +420,7 @@ impl H2Origin {
                                 continue;
                             };
                             let io = ringgate::tls::poll::PollTls::new(stream).unwrap();
-                            monoio::spawn(serve_h2(io, served));
+                            monoio::spawn(serve_h2(io, served, now_open));
                         }
                     }
                 }
@@ -426,21 +430,27 @@ impl H2Origin {
             addr,
             connections,
             streams,
+            open,
         }
     }
 }
 
-async fn serve_h2<T>(io: T, served: Arc<std::sync::atomic::AtomicUsize>)
-where
+async fn serve_h2<T>(
+    io: T,
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+) where
     T: monoio::io::poll_io::AsyncRead + monoio::io::poll_io::AsyncWrite + Unpin + 'static,
 {
-    let Ok(mut connection) = h2::server::handshake(io).await else {
-        return;
-    };
-    while let Some(Ok((request, respond))) = connection.accept().await {
-        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        monoio::spawn(answer(request, respond));
+    use std::sync::atomic::Ordering;
+    open.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut connection) = h2::server::handshake(io).await {
+        while let Some(Ok((request, respond))) = connection.accept().await {
+            served.fetch_add(1, Ordering::SeqCst);
+            monoio::spawn(answer(request, respond));
+        }
     }
+    open.fetch_sub(1, Ordering::SeqCst);
 }
 
 async fn answer(
