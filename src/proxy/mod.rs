@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! session.rs (HTTP/1 downstream: owns the wire)
-//!   TLS handshake (TLS listeners) -> wait for bytes (keep-alive, drain, eviction)
+//!   TLS handshake (TLS listeners; ALPN h2 -> http2/) -> wait for bytes (keep-alive, drain, eviction)
 //!   -> read + parse head (deadline, size limits)    -> 400/408/413/431/501 + close
+//! http2/ (HTTP/2 downstream: a task per stream; its header block in the
+//!   same head form, then the same parse and the same phases below)
 //!   -> phases::plan, in order, one function each:
 //!        normalise         canonical host and path           -> 400
 //!        purge             PURGE where the gateway caches    -> 200/404/403
