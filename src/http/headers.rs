@@ -115,7 +115,7 @@ pub fn has_bare_line_ending(head: &[u8]) -> bool {
 }
 
 /// Appends `n` as lower-case hex (chunk sizes).
-pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
+pub fn push_hex(out: &mut impl bytes::BufMut, mut n: u64) {
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {
@@ -126,7 +126,7 @@ pub fn push_hex(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    out.put_slice(&digits[i..]);
 }
 
 /// Appends `n` in decimal.

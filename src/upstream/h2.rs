@@ -121,10 +121,10 @@ impl H2Exchange {
                     body = RequestBody::Length(n);
                 }
             }
-            if matches!(
-                h.name.to_ascii_lowercase().as_str(),
-                "connection" | "keep-alive" | "proxy-connection" | "upgrade"
-            ) {
+            if ["connection", "keep-alive", "proxy-connection", "upgrade"]
+                .iter()
+                .any(|hop| name_is(h.name, hop))
+            {
                 continue;
             }
             let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("field"))?;
@@ -230,13 +230,18 @@ impl H2Exchange {
                         let reason = head.status.canonical_reason().unwrap_or("");
                         buf.extend_from_slice(reason.as_bytes());
                         buf.extend_from_slice(b"\r\n");
+                        let bodyless = recv.is_end_stream();
                         for (name, value) in &head.headers {
+                            // A body is relayed chunked: its length field is
+                            // left out (both framings in one head is refused).
+                            if !bodyless && name == http::header::CONTENT_LENGTH {
+                                continue;
+                            }
                             buf.extend_from_slice(name.as_str().as_bytes());
                             buf.extend_from_slice(b": ");
                             buf.extend_from_slice(value.as_bytes());
                             buf.extend_from_slice(b"\r\n");
                         }
-                        let bodyless = recv.is_end_stream();
                         if bodyless {
                             if !head.headers.contains_key(http::header::CONTENT_LENGTH) {
                                 buf.extend_from_slice(b"content-length: 0\r\n");
@@ -244,13 +249,9 @@ impl H2Exchange {
                             self.state = State::Done;
                         } else {
                             buf.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                            // The body's own length is kept out: chunked frames it.
                             self.state = State::Response { recv };
                         }
                         buf.extend_from_slice(b"\r\n");
-                        if !bodyless {
-                            strip_content_length(buf, start);
-                        }
                         return Read::Data(buf.len() - start);
                     }
                     State::Response { recv } => match recv.data().await {
@@ -260,9 +261,7 @@ impl H2Exchange {
                                 continue;
                             }
                             let start = buf.len();
-                            let mut line = Vec::with_capacity(18);
-                            crate::http::headers::push_hex(&mut line, data.len() as u64);
-                            buf.extend_from_slice(&line);
+                            crate::http::headers::push_hex(buf, data.len() as u64);
                             buf.extend_from_slice(b"\r\n");
                             buf.extend_from_slice(&data);
                             buf.extend_from_slice(b"\r\n");
@@ -296,21 +295,6 @@ impl H2Exchange {
             Err(_) => Read::TimedOut,
         }
     }
-}
-
-/// Drops a `content-length` line from the head written at `start`: the
-/// body is relayed chunked, and both framings in one head is refused.
-fn strip_content_length(buf: &mut BytesMut, start: usize) {
-    let head = &buf[start..];
-    let mut kept = BytesMut::with_capacity(head.len());
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        let name = line.split(|&b| b == b':').next().unwrap_or(b"");
-        if !name.eq_ignore_ascii_case(b"content-length") {
-            kept.extend_from_slice(line);
-        }
-    }
-    buf.truncate(start);
-    buf.extend_from_slice(&kept);
 }
 
 fn find_head_end(buf: &[u8]) -> Option<usize> {

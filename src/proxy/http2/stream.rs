@@ -22,6 +22,7 @@ use h2::{Reason, RecvStream, SendStream};
 
 use super::convert;
 use crate::cache::entry::Stored;
+use crate::http::headers::push_hex;
 use crate::proxy::io::Read;
 use crate::proxy::reply::{BodyLength, Gone};
 
@@ -97,7 +98,8 @@ impl H2Stream {
                 continue;
             }
             if self.chunked {
-                push_hex_bytes(buf, n);
+                push_hex(buf, n as u64);
+                buf.extend_from_slice(b"\r\n");
                 buf.extend_from_slice(&data);
                 buf.extend_from_slice(b"\r\n");
             } else {
@@ -232,24 +234,6 @@ impl H2Stream {
             None => parts.respond.send_reset(reason),
         }
     }
-}
-
-/// A chunk-size line (`<hex>\r\n`), written without an allocation.
-fn push_hex_bytes(buf: &mut BytesMut, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut line = [0u8; 18];
-    let mut start = 16;
-    let mut rest = n;
-    loop {
-        start -= 1;
-        line[start] = HEX[rest & 15];
-        rest >>= 4;
-        if rest == 0 {
-            break;
-        }
-    }
-    line[16..].copy_from_slice(b"\r\n");
-    buf.extend_from_slice(&line[start..]);
 }
 
 /// Resolves when the client resets the stream (its reason); never when
