@@ -50,6 +50,8 @@ mod reply;
 mod request_body;
 mod session;
 pub mod stored;
+/// One socket write per turn of an HTTP/2 connection (server and upstream sides).
+pub(crate) use http2::turn;
 mod tunnel;
 mod upstream;
 

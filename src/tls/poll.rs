@@ -7,6 +7,11 @@
 //! Bytes cross one copy each way, as with the owned-buffer adapter:
 //! plaintext into rustls's send buffer (encrypted into records there), and
 //! decrypted plaintext out of rustls's receive buffer into the codec's.
+//!
+//! Driven by turns (`proxy::http2::turn`), records leave on
+//! [`TurnIo::poll_send_turn`], once per turn of the task that drives the
+//! codec, not on the codec's flushes (one per DATA frame). rustls's buffer limit (64 KiB) bounds what a
+//! turn holds; past it a write sends what is queued first.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
@@ -17,6 +22,7 @@ use monoio::io::IntoPollIo;
 use monoio::net::tcp::stream_poll::TcpStreamPoll;
 
 use super::TlsStream;
+use crate::proxy::turn::TurnIo;
 
 /// A TLS connection whose socket is in poll mode.
 pub struct PollTls {
@@ -26,6 +32,8 @@ pub struct PollTls {
     early_in: Vec<u8>,
     /// The socket reached end of file.
     eof: bool,
+    /// Flushes keep the records for [`TurnIo::poll_send_turn`].
+    held: bool,
 }
 
 impl PollTls {
@@ -44,6 +52,7 @@ impl PollTls {
             conn,
             early_in: incoming[taken..].to_vec(),
             eof,
+            held: false,
         })
     }
 
@@ -155,8 +164,9 @@ impl AsyncRead for PollTls {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(())),
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            // Post-handshake messages (tickets, key updates) may want answers.
-            if this.conn.wants_write() {
+            // Answers to post-handshake messages (key updates) that rustls
+            // queued: now, or with the turn's records.
+            if this.conn.wants_write() && !this.held {
                 if let Poll::Ready(Err(e)) = this.poll_flush_tls(cx) {
                     return Poll::Ready(Err(e));
                 }
@@ -172,9 +182,8 @@ impl AsyncRead for PollTls {
 }
 
 impl AsyncWrite for PollTls {
-    /// Encrypts into rustls's send buffer; the records go out on the next
-    /// flush (the codec flushes once per turn, so a turn's frames leave in
-    /// one socket write), or now when that buffer is full.
+    /// Encrypts into rustls's send buffer; the records go out on a flush
+    /// (at the end of the turn once held), or now when that buffer is full.
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -198,8 +207,14 @@ impl AsyncWrite for PollTls {
         }
     }
 
+    /// Writes the records out, or, once held, keeps them for the end of
+    /// the turn.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_flush_tls(cx)
+        let this = self.get_mut();
+        if this.held {
+            return Poll::Ready(Ok(()));
+        }
+        this.poll_flush_tls(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -209,5 +224,15 @@ impl AsyncWrite for PollTls {
             Poll::Ready(Ok(())) => Pin::new(&mut this.tcp).poll_shutdown(cx),
             other => other,
         }
+    }
+}
+
+impl TurnIo for PollTls {
+    fn hold_flushes(&mut self) {
+        self.held = true;
+    }
+
+    fn poll_send_turn(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush_tls(cx)
     }
 }

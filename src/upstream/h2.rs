@@ -27,6 +27,7 @@ use crate::error::{ErrorKind, ProxyError, Stage};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::headers::{name_is, parse_content_length};
 use crate::proxy::io::{Read, Stream, WriteError};
+use crate::proxy::turn::{drive, Buffered, SharedIo, TurnIo};
 use crate::worker::context::WorkerCtx;
 
 /// One request on the shared connection, seen as an HTTP/1.1 connection.
@@ -308,18 +309,25 @@ fn invalid(what: &str) -> io::Error {
 /// Opens the shared connection to a server: the HTTP/2 handshake over `io`
 /// (plain, or TLS with ALPN `h2`), its driver spawned on this worker. The
 /// returned sender makes streams; it fails once the connection is gone.
-pub async fn handshake<T>(io: T, addr: SocketAddr) -> io::Result<SendRequest<Bytes>>
+pub(crate) async fn handshake<T>(io: T, addr: SocketAddr) -> io::Result<SendRequest<Bytes>>
 where
-    T: monoio::io::poll_io::AsyncRead + monoio::io::poll_io::AsyncWrite + Unpin + 'static,
+    T: TurnIo + 'static,
 {
-    let (sender, connection) = h2::client::Builder::new()
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(io::Error::other)?;
+    // The codec's writes leave once per turn of the task driving it.
+    let io = SharedIo::new(io);
+    let (sender, connection) = drive(
+        &io,
+        h2::client::Builder::new().handshake::<_, Bytes>(io.clone()),
+    )
+    .await?
+    .map_err(io::Error::other)?;
     monoio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(upstream = %addr, error = %e, "HTTP/2 upstream connection ended");
-        }
+        let error = match drive(&io, connection).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => io::Error::other(e),
+            Err(e) => e,
+        };
+        tracing::debug!(upstream = %addr, error = %error, "HTTP/2 upstream connection ended");
     });
     Ok(sender)
 }
@@ -409,7 +417,7 @@ pub(crate) async fn open<C: IntoH2Io>(
 
 /// A connection in poll mode, for the HTTP/2 codec.
 pub(crate) enum H2Io {
-    Plain(monoio::net::tcp::stream_poll::TcpStreamPoll),
+    Plain(Buffered<monoio::net::tcp::stream_poll::TcpStreamPoll>),
     Tls(Box<crate::tls::poll::PollTls>),
 }
 
@@ -420,7 +428,7 @@ pub(crate) trait IntoH2Io {
 impl IntoH2Io for TcpStream {
     fn into_h2_io(self) -> std::io::Result<H2Io> {
         use monoio::io::IntoPollIo;
-        Ok(H2Io::Plain(self.into_poll_io()?))
+        Ok(H2Io::Plain(Buffered::new(self.into_poll_io()?)))
     }
 }
 

@@ -17,12 +17,14 @@
 
 mod convert;
 pub(crate) mod stream;
+pub(crate) mod turn;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -36,6 +38,7 @@ use super::Client;
 use crate::worker::context::{Counter, WorkerCtx};
 use crate::worker::signal::{race, CatchUnwind, Either, Notify};
 use stream::{reset_by_client, H2Stream, Parts};
+use turn::{drive, SharedIo, TurnIo};
 
 /// What one connection knows of its streams, shared with their tasks.
 struct Shared {
@@ -110,7 +113,7 @@ enum Event {
 /// Serves one HTTP/2 connection until the client or the gateway ends it.
 pub(super) async fn serve<T>(ctx: Rc<WorkerCtx>, io: T, connection: Connection)
 where
-    T: AsyncRead + AsyncWrite + Unpin + 'static,
+    T: TurnIo + 'static,
 {
     let limits = &ctx.config.http2;
     let timeouts = &ctx.config.timeouts;
@@ -123,11 +126,14 @@ where
         // What a stream may queue beyond the client's window: the reader of
         // the upstream waits instead (back-pressure reaches the upstream).
         .max_send_buffer_size(ctx.per_core.upstream_buffer_size.max(16 * 1024));
-    let handshake =
-        monoio::time::timeout(timeouts.client_header, builder.handshake::<_, Bytes>(io));
+    let io = SharedIo::new(io);
+    let handshake = monoio::time::timeout(
+        timeouts.client_header,
+        drive(&io, builder.handshake::<_, Bytes>(io.clone())),
+    );
     let mut codec = match race(handshake, ctx.forced_closed()).await {
-        Either::Left(Ok(Ok(codec))) => codec,
-        Either::Left(Ok(Err(e))) => {
+        Either::Left(Ok(Ok(Ok(codec)))) => codec,
+        Either::Left(Ok(Ok(Err(e)))) => {
             tracing::debug!(worker = ctx.index, peer = %connection.peer, error = %e, "HTTP/2 handshake failed");
             return;
         }
@@ -142,23 +148,41 @@ where
     });
     let mut served = 0u64;
     let mut closing = false;
-    loop {
+    // What ends the wait for streams, made again only when its terms change
+    // (the first stream, closing) or it fired: not once per stream.
+    let watch = |served: u64, closing: bool| {
         let idle = if served == 0 {
             timeouts.client_header
         } else {
             timeouts.keepalive
         };
         let wait = if closing { timeouts.client_send } else { idle };
-        let next = race(
+        race(
             next_event(&ctx, &shared, connection.conn, wait, closing),
             ctx.forced_closed(),
-        );
-        let event = match race(codec.accept(), next).await {
-            Either::Left(accepted) => Either::Left(accepted),
-            Either::Right(Either::Left(event)) => Either::Right(event),
-            // The shutdown grace is over: the connection is dropped.
-            Either::Right(Either::Right(())) => return,
+        )
+    };
+    let mut next = std::pin::pin!(watch(served, closing));
+    loop {
+        let event = poll_fn(|cx| {
+            let turn = poll_fn(|cx| {
+                if let Poll::Ready(accepted) = codec.poll_accept(cx) {
+                    return Poll::Ready(Either::Left(accepted));
+                }
+                next.as_mut().poll(cx).map(Either::Right)
+            });
+            io.poll_turn(std::pin::pin!(turn), cx)
+        })
+        .await;
+        let event = match event {
+            Ok(Either::Left(accepted)) => Either::Left(accepted),
+            Ok(Either::Right(Either::Left(event))) => Either::Right(event),
+            // The shutdown grace is over, or the socket broke: the
+            // connection is dropped.
+            Ok(Either::Right(Either::Right(()))) | Err(_) => return,
         };
+        let before = (served.min(1), closing);
+        let mut fired = false;
         match event {
             Either::Left(Some(Ok((request, respond)))) => {
                 served += 1;
@@ -199,6 +223,7 @@ where
             }
             Either::Left(None) => break,
             Either::Right(Event::Idle | Event::Drain) => {
+                fired = true;
                 closing = true;
                 ctx.stats.count(Counter::H2Goaways);
                 codec.graceful_shutdown();
@@ -209,14 +234,17 @@ where
                 tracing::debug!(worker = ctx.index, peer = %connection.peer, "HTTP/2 client resets too many streams, connection closed");
                 codec.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                 // The GOAWAY goes out, then the connection closes.
-                let closed = poll_fn(|cx| codec.poll_closed(cx));
+                let closed = drive(&io, poll_fn(|cx| codec.poll_closed(cx)));
                 let _ = monoio::time::timeout(timeouts.client_send, closed).await;
                 return;
             }
         }
+        if fired || before != (served.min(1), closing) {
+            next.set(watch(served, closing));
+        }
     }
     // Frames still queued (the last responses, the GOAWAY) go out.
-    let closed = poll_fn(|cx| codec.poll_closed(cx));
+    let closed = drive(&io, poll_fn(|cx| codec.poll_closed(cx)));
     let _ = race(
         monoio::time::timeout(timeouts.client_send, closed),
         ctx.forced_closed(),
@@ -338,7 +366,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What a connection on an `h2c` listener opened with.
 pub(super) enum Preface {
     /// The HTTP/2 preface: the connection, its first bytes to be read again.
-    Http2(Prefixed),
+    Http2(turn::Buffered<Prefixed>),
     /// Anything else: HTTP/1, its first bytes in the buffer.
     Http1(monoio::net::TcpStream),
     /// Closed, or silent past `client_header`.
@@ -376,10 +404,10 @@ pub(super) async fn prior_knowledge(
     }
     use monoio::io::IntoPollIo;
     match stream.into_poll_io() {
-        Ok(io) => Preface::Http2(Prefixed {
+        Ok(io) => Preface::Http2(turn::Buffered::new(Prefixed {
             early: buf.split().freeze(),
             io,
-        }),
+        })),
         Err(_) => Preface::Gone,
     }
 }
