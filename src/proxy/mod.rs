@@ -83,7 +83,9 @@ struct Client {
     conn: usize,
     /// Bytes read from the client and not consumed yet (may hold pipelined requests).
     buf: BytesMut,
-    peer_ip: String,
+    /// The client's address as text (for `X-Forwarded-For`, balancing
+    /// keys), made once per connection.
+    peer_ip: std::rc::Rc<str>,
     peer: std::net::IpAddr,
     /// Requests read on this connection.
     served: u64,
@@ -99,6 +101,7 @@ impl Client {
     /// The request of one HTTP/2 stream, its head (gateway form) in `buf`.
     fn for_h2(
         connection: http2::Connection,
+        peer_ip: std::rc::Rc<str>,
         buf: BytesMut,
         stream: http2::stream::H2Stream,
     ) -> Client {
@@ -107,7 +110,7 @@ impl Client {
             redirect_https: connection.redirect_https,
             conn: connection.conn,
             buf,
-            peer_ip: connection.peer.ip().to_string(),
+            peer_ip,
             peer: connection.peer.ip(),
             served: 0,
             reply: Default::default(),

@@ -198,13 +198,20 @@ impl Client {
 
     /// Body bytes on an HTTP/2 stream, within the client's window.
     async fn send_h2(&mut self, ctx: &WorkerCtx, data: Bytes) -> Result<(), Gone> {
+        self.send_h2_body(ctx, data, false).await
+    }
+
+    /// Body bytes over HTTP/2; `last`: the whole rest of the body, whose
+    /// final DATA frame ends the stream (no empty frame to end it after).
+    async fn send_h2_body(&mut self, ctx: &WorkerCtx, data: Bytes, last: bool) -> Result<(), Gone> {
         let (Some(h2), false) = (self.h2.as_deref_mut(), self.reply.gone) else {
             return Err(Gone);
         };
         if data.is_empty() || self.reply.head_only {
             return Ok(());
         }
-        h2.send_data(data, ctx.config.timeouts.client_send).await
+        h2.send_data(data, ctx.config.timeouts.client_send, last)
+            .await
     }
 
     fn frame_into_pending(&mut self, data: &[u8]) {
@@ -398,7 +405,7 @@ impl Client {
             };
             self.start_reply(ctx, whole, length, false);
         }
-        if self.send_h2(ctx, body).await.is_err() {
+        if self.send_h2_body(ctx, body, true).await.is_err() {
             return Next::Close;
         }
         self.end_reply(ctx).await

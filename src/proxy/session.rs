@@ -48,7 +48,7 @@ pub async fn serve(
         stream,
         redirect_https: entry.redirect_https,
         buf,
-        peer_ip: peer.ip().to_string(),
+        peer_ip: peer.ip().to_string().into(),
         peer: peer.ip(),
         served: 0,
         reply: Default::default(),

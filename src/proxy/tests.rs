@@ -32,7 +32,7 @@ fn connection_future_stays_small() {
             stream: super::Stream::Plain(monoio::net::TcpStream::connect_addr(addr).await.unwrap()),
             redirect_https: None,
             buf: bytes::BytesMut::new(),
-            peer_ip: String::new(),
+            peer_ip: "".into(),
             peer: addr.ip(),
             served: 0,
             reply: Default::default(),

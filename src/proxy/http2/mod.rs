@@ -146,6 +146,7 @@ where
         calm: Cell::new(false),
         notify: Notify::default(),
     });
+    let peer_ip: Rc<str> = connection.peer.ip().to_string().into();
     let mut served = 0u64;
     let mut closing = false;
     // What ends the wait for streams, made again only when its terms change
@@ -195,6 +196,7 @@ where
                     request,
                     respond,
                     connection,
+                    peer_ip.clone(),
                 ));
                 let worker = ctx.clone();
                 monoio::spawn(async move {
@@ -317,6 +319,7 @@ async fn serve_stream(
     request: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
     connection: Connection,
+    peer_ip: Rc<str>,
 ) {
     let _open = OpenStream::new(&shared);
     let body_done = request.body().is_end_stream();
@@ -338,7 +341,7 @@ async fn serve_stream(
         reset_here: false,
     }));
     let h2 = H2Stream::new(parts.clone(), connection.tls, chunked, body_done);
-    let mut client = Client::for_h2(connection, buf, h2);
+    let mut client = Client::for_h2(connection, peer_ip, buf, h2);
     // Pinned in place (this task's future is on the heap already): `race`
     // then holds a pointer, not the large exchange.
     let mut work = std::pin::pin!(exchange(&ctx, &mut client));

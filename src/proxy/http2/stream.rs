@@ -10,7 +10,7 @@
 //! No borrow is held across an await.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::rc::Rc;
 use std::task::Poll;
@@ -169,10 +169,16 @@ impl H2Stream {
     }
 
     /// Sends body bytes as the client's window allows; a window that stays
-    /// shut for `limit` ends the stream (a zero-window stall).
-    pub async fn send_data(&mut self, mut data: Bytes, limit: Duration) -> Result<(), Gone> {
+    /// shut for `limit` ends the stream (a zero-window stall). `last`: the
+    /// rest of the body, whose final frame ends the stream.
+    pub async fn send_data(
+        &mut self,
+        mut data: Bytes,
+        limit: Duration,
+        last: bool,
+    ) -> Result<(), Gone> {
         while !data.is_empty() {
-            let granted = poll_fn(|cx| {
+            let mut granted = std::pin::pin!(poll_fn(|cx| {
                 let mut parts = self.parts.borrow_mut();
                 let Some(send) = parts.send.as_mut() else {
                     // No body goes out (a HEAD, or the stream ended).
@@ -190,8 +196,14 @@ impl H2Stream {
                     Poll::Ready(Some(Err(_)) | None) => Poll::Ready(Err(Gone)),
                     Poll::Pending => Poll::Pending,
                 }
-            });
-            let granted = match monoio::time::timeout(limit, granted).await {
+            }));
+            // Room at once (the common case) needs no timer.
+            let now = poll_fn(|cx| Poll::Ready(granted.as_mut().poll(cx))).await;
+            let granted = match now {
+                Poll::Ready(now) => Ok(now),
+                Poll::Pending => monoio::time::timeout(limit, granted).await,
+            };
+            let granted = match granted {
                 Ok(Ok(Some(n))) => n,
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Err(gone)) => return Err(gone),
@@ -202,10 +214,14 @@ impl H2Stream {
             };
             let piece = data.split_to(granted.min(data.len()));
             let mut parts = self.parts.borrow_mut();
+            let end = last && data.is_empty();
             let Some(send) = parts.send.as_mut() else {
                 return Ok(());
             };
-            send.send_data(piece, false).map_err(|_| Gone)?;
+            send.send_data(piece, end).map_err(|_| Gone)?;
+            if end {
+                parts.send = None;
+            }
         }
         Ok(())
     }
