@@ -511,10 +511,13 @@ async fn proxy_request(
     )
     .await;
     match head {
+        // Boxed: the relay's state (about 11 KiB) is allocated only once a
+        // response head is in, so a request waiting on a coalesced fetch
+        // or on the upstream holds a future of a few KiB, not of 13.
         Ok(head) => {
-            respond(
+            Box::pin(respond(
                 ctx, client, &forward, out, ubuf, head, &progress, coalescing,
-            )
+            ))
             .await
         }
         Err(error) => {
