@@ -180,7 +180,7 @@ fn a_request_that_http1_would_refuse_is_refused_over_http2_too() {
 #[test]
 fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
     let origin = Origin::start();
-    let mut config = h2c_config(&origin);
+    let mut config = with_admin(h2c_config(&origin));
     config.http2.max_client_resets = 20;
     let gw = start(config);
     let mut raw = RawH2::connect(gw.listen_addr());
@@ -205,6 +205,41 @@ fn rapid_reset_ends_the_connection_with_enhance_your_calm() {
         origin.requests() < 200,
         "the attack stopped early: {}",
         origin.requests()
+    );
+    assert_eq!(admin_stats(&gw)["totals"]["h2_enhance_your_calm"], 1);
+}
+
+#[test]
+fn a_client_reset_is_counted_by_reason_and_not_as_the_gateways() {
+    let origin = Origin::start();
+    let gw = start(with_admin(h2c_config(&origin)));
+    let mut raw = RawH2::connect(gw.listen_addr());
+    raw.send(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &get_block("/hang"),
+    ));
+    // The stream is being served: its request reached the origin.
+    wait_until(
+        Duration::from_secs(5),
+        "the request reaches the origin",
+        || origin.requests() == 1,
+    );
+    raw.send(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()));
+    wait_until(Duration::from_secs(5), "the reset is counted", || {
+        admin_stats(&gw)["totals"]["h2_resets"]["client"]["cancel"].as_u64() == Some(1)
+    });
+    let totals = &admin_stats(&gw)["totals"];
+    assert_eq!(totals["h2_client_resets"], 1);
+    assert_eq!(totals["h2_resets"]["gateway"]["cancel"], 0);
+    let metrics = Client::connect(gw.admin_addr().unwrap())
+        .request(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .text();
+    assert!(
+        metrics
+            .contains("ringgate_h2_resets_total{worker=\"0\",by=\"client\",reason=\"cancel\"} 1\n"),
+        "{metrics}"
     );
 }
 
@@ -288,7 +323,7 @@ fn an_oversized_header_block_is_refused_and_the_connection_stays_usable_for_othe
 #[test]
 fn a_client_that_never_opens_its_window_loses_the_stream_after_client_send() {
     let origin = Origin::start();
-    let mut config = h2c_config(&origin);
+    let mut config = with_admin(h2c_config(&origin));
     config.timeouts.client_send = Duration::from_millis(300);
     let gw = start(config);
     // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA may be sent until it opens.
@@ -310,6 +345,16 @@ fn a_client_that_never_opens_its_window_loses_the_stream_after_client_send() {
     assert_eq!(reset, Some(CANCEL));
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(one(gw.listen_addr(), h2_get("/echo/after")).status, 200);
+    // The gateway's reset is counted as its own, with its reason.
+    wait_until(
+        Duration::from_secs(5),
+        "the gateway's reset is counted",
+        || admin_stats(&gw)["totals"]["h2_resets"]["gateway"]["cancel"].as_u64() == Some(1),
+    );
+    assert_eq!(
+        admin_stats(&gw)["totals"]["h2_resets"]["client"]["cancel"],
+        0
+    );
 }
 
 #[test]

@@ -249,6 +249,17 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
     ),
 ];
 
+/// Series whose labels are the keys of nested objects in a worker's
+/// snapshot: name, help, type, where the object is, and the label each
+/// level of keys fills.
+const LABELLED_METRICS: &[(&str, &str, &str, &[&str], &[&str])] = &[(
+    "ringgate_h2_resets_total",
+    "HTTP/2 streams reset, by who reset them (client or gateway) and the reason.",
+    "counter",
+    &["h2_resets"],
+    &["by", "reason"],
+)];
+
 /// Per-server series: name, help, type, field of a `servers` entry.
 const SERVER_METRICS: &[(&str, &str, &str, &str)] = &[
     (
@@ -334,5 +345,35 @@ pub(super) fn prometheus(workers: &[Value]) -> String {
             out.push_str(&format!("{name}{{worker=\"{worker}\"}} {value}\n"));
         }
     }
+    for (name, help, kind, path, labels) in LABELLED_METRICS {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for w in workers {
+            let worker = w["worker"].as_u64().unwrap_or(0);
+            let mut v = w;
+            for p in *path {
+                v = &v[p];
+            }
+            let prefix = format!("worker=\"{worker}\"");
+            labelled(&mut out, name, &prefix, labels, v);
+        }
+    }
     out
+}
+
+/// One line per leaf of `v`, its keys as the `labels` in order.
+fn labelled(out: &mut String, name: &str, prefix: &str, labels: &[&str], v: &Value) {
+    match (labels.split_first(), v) {
+        (None, v) => {
+            if let Some(value) = v.as_u64() {
+                out.push_str(&format!("{name}{{{prefix}}} {value}\n"));
+            }
+        }
+        (Some((label, rest)), Value::Object(map)) => {
+            for (key, inner) in map {
+                let prefix = format!("{prefix},{label}=\"{key}\"");
+                labelled(out, name, &prefix, rest, inner);
+            }
+        }
+        _ => {}
+    }
 }

@@ -153,6 +153,7 @@ impl WorkerCtx {
             "upstream_pool_discarded": discarded,
             "tls": s.tls_snapshot(),
             "tunnels": s.tunnels_snapshot(),
+            "h2_resets": s.h2_resets_snapshot(),
             "servers": upstreams.server_snapshot(std::time::Instant::now()),
         });
         for (counter, name) in Counter::ALL {

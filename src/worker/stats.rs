@@ -65,6 +65,30 @@ pub struct Stats {
     counts: [Cell<u64>; Counter::ALL.len()],
     tls: TlsStats,
     tunnels: TunnelStats,
+    h2_resets: H2Resets,
+}
+
+/// The reasons an HTTP/2 stream reset is counted under (RFC 9113 section
+/// 7's error codes that a stream reset carries; `other` for the rest).
+pub const H2_RESET_REASONS: [&str; 9] = [
+    "no_error",
+    "protocol_error",
+    "internal_error",
+    "flow_control_error",
+    "stream_closed",
+    "refused_stream",
+    "cancel",
+    "enhance_your_calm",
+    "other",
+];
+
+/// HTTP/2 streams reset on this worker, by who reset them and why.
+#[derive(Default, Debug)]
+struct H2Resets {
+    /// `RST_STREAM` from clients, on streams the gateway was serving.
+    client: [Cell<u64>; H2_RESET_REASONS.len()],
+    /// `RST_STREAM` the gateway sent (a stalled window, a response cut short).
+    gateway: [Cell<u64>; H2_RESET_REASONS.len()],
 }
 
 /// TLS handshakes on this worker's listeners.
@@ -122,6 +146,35 @@ impl Stats {
             .position(|r| *r == reason)
             .unwrap_or(reasons.len() - 1);
         add(&self.tls.failures[i], 1);
+    }
+
+    /// An HTTP/2 stream reset, by the client (`by_client`) or the gateway,
+    /// with its reason (one of [`H2_RESET_REASONS`]; unknown ones count as
+    /// `other`).
+    pub fn h2_reset(&self, by_client: bool, reason: &str) {
+        let i = H2_RESET_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(H2_RESET_REASONS.len() - 1);
+        let side = match by_client {
+            true => &self.h2_resets.client,
+            false => &self.h2_resets.gateway,
+        };
+        add(&side[i], 1);
+    }
+
+    pub fn h2_resets_snapshot(&self) -> serde_json::Value {
+        let side = |cells: &[Cell<u64>]| -> serde_json::Map<String, serde_json::Value> {
+            H2_RESET_REASONS
+                .iter()
+                .zip(cells)
+                .map(|(r, c)| (r.to_string(), c.get().into()))
+                .collect()
+        };
+        serde_json::json!({
+            "client": side(&self.h2_resets.client),
+            "gateway": side(&self.h2_resets.gateway),
+        })
     }
 
     /// A tunnel opens: counted as open until the guard drops (a forced
@@ -195,5 +248,11 @@ mod tests {
         }
         assert_eq!(s.tunnels_snapshot()["open"], 0);
         assert_eq!(s.tunnels_snapshot()["opened"], 1);
+        s.h2_reset(true, "cancel");
+        s.h2_reset(false, "no such reason");
+        let resets = s.h2_resets_snapshot();
+        assert_eq!(resets["client"]["cancel"], 1);
+        assert_eq!(resets["gateway"]["other"], 1);
+        assert_eq!(resets["gateway"]["cancel"], 0);
     }
 }

@@ -338,7 +338,7 @@ async fn serve_stream(
         send: None,
         recv: request.into_body(),
         answered: false,
-        reset_here: false,
+        reset_here: None,
     }));
     let h2 = H2Stream::new(parts.clone(), connection.tls, chunked, body_done);
     let mut client = Client::for_h2(connection, peer_ip, buf, h2);
@@ -347,9 +347,20 @@ async fn serve_stream(
     let mut work = std::pin::pin!(exchange(&ctx, &mut client));
     let watched = race(work.as_mut(), reset_by_client(&parts));
     match race(watched, ctx.forced_closed()).await {
-        Either::Left(Either::Left(_)) => {}
+        Either::Left(Either::Left(_)) => {
+            if let Some(reason) = parts.borrow().reset_here {
+                ctx.stats.h2_reset(false, stream::reason_name(reason));
+            }
+        }
         Either::Left(Either::Right(reason)) => {
-            ctx.stats.count(Counter::H2ClientResets);
+            // ENHANCE_YOUR_CALM reaches a stream when the connection is
+            // closed for a flood (by this session or the codec): the
+            // gateway's reset, though it still counts toward the cap below.
+            let by_client = reason != Reason::ENHANCE_YOUR_CALM;
+            if by_client {
+                ctx.stats.count(Counter::H2ClientResets);
+            }
+            ctx.stats.h2_reset(by_client, stream::reason_name(reason));
             tracing::debug!(
                 worker = ctx.index,
                 ?reason,

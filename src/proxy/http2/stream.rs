@@ -36,8 +36,9 @@ pub(crate) struct Parts {
     pub recv: RecvStream,
     /// HEADERS went out: the stream is watched through `send` from then on.
     pub answered: bool,
-    /// The gateway reset the stream itself: not a reset by the client.
-    pub reset_here: bool,
+    /// The gateway reset the stream itself (with this reason): not a
+    /// reset by the client.
+    pub reset_here: Option<Reason>,
 }
 
 /// The h2 side of a request's `Client`.
@@ -242,13 +243,28 @@ impl H2Stream {
     /// Ends the stream with `RST_STREAM` (a response cut short, or refused).
     pub fn reset(&mut self, reason: Reason) {
         let mut parts = self.parts.borrow_mut();
-        parts.reset_here = true;
         match parts.send.take() {
             Some(mut send) => send.send_reset(reason),
             // Answered whole already (its end went with the HEADERS).
-            None if parts.answered => {}
+            None if parts.answered => return,
             None => parts.respond.send_reset(reason),
         }
+        parts.reset_here = Some(reason);
+    }
+}
+
+/// A reset's reason as `/stats` counts it (`worker::stats::H2_RESET_REASONS`).
+pub(crate) fn reason_name(reason: Reason) -> &'static str {
+    match reason {
+        Reason::NO_ERROR => "no_error",
+        Reason::PROTOCOL_ERROR => "protocol_error",
+        Reason::INTERNAL_ERROR => "internal_error",
+        Reason::FLOW_CONTROL_ERROR => "flow_control_error",
+        Reason::STREAM_CLOSED => "stream_closed",
+        Reason::REFUSED_STREAM => "refused_stream",
+        Reason::CANCEL => "cancel",
+        Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
+        _ => "other",
     }
 }
 
@@ -258,7 +274,7 @@ impl H2Stream {
 pub(crate) async fn reset_by_client(parts: &RefCell<Parts>) -> Reason {
     poll_fn(|cx| {
         let mut parts = parts.borrow_mut();
-        if parts.reset_here {
+        if parts.reset_here.is_some() {
             return Poll::Pending;
         }
         let polled = match (parts.answered, parts.send.as_mut()) {
