@@ -249,10 +249,19 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
     ),
 ];
 
+/// Name, help, type, path to the object, labels.
+type Labelled = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
 /// Series whose labels are the keys of nested objects in a worker's
 /// snapshot: name, help, type, where the object is, and the label each
 /// level of keys fills.
-const LABELLED_METRICS: &[(&str, &str, &str, &[&str], &[&str])] = &[(
+const LABELLED_METRICS: &[Labelled] = &[(
     "ringgate_h2_resets_total",
     "HTTP/2 streams reset, by who reset them (client or gateway) and the reason.",
     "counter",
