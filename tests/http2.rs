@@ -244,6 +244,56 @@ fn a_client_reset_is_counted_by_reason_and_not_as_the_gateways() {
 }
 
 #[test]
+fn expect_100_continue_gets_an_interim_100_before_the_body_is_sent() {
+    let origin = Origin::start();
+    let gw = start(h2c_config(&origin));
+    let mut raw = RawH2::connect(gw.listen_addr());
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    literal(&mut block, 4, b"/echo/continue"); // :path
+    literal(&mut block, 1, b"test"); // :authority
+    literal_named(&mut block, b"content-length", b"5");
+    literal_named(&mut block, b"expect", b"100-continue");
+    raw.send(&frame(HEADERS, END_HEADERS, 1, &block));
+    // No body is sent until the 100 arrives.
+    let mut statuses = Vec::new();
+    while let Some((kind, _, stream, payload)) = raw.next_frame() {
+        if kind == HEADERS && stream == 1 {
+            // `:status` (name index 8) with the value 100, plain or Huffman-coded.
+            let plain: &[u8] = &[0x48, 0x03, b'1', b'0', b'0'];
+            let huffman: &[u8] = &[0x48, 0x82, 0x08, 0x01];
+            assert!(
+                payload.starts_with(plain) || payload.starts_with(huffman),
+                "not a 100: {payload:x?}"
+            );
+            statuses.push(100);
+            break;
+        }
+        assert_ne!(kind, RST_STREAM, "the stream was reset");
+    }
+    assert_eq!(statuses, [100]);
+    raw.send(&frame(DATA, END_STREAM, 1, b"hello"));
+    let mut done = false;
+    while let Some((kind, flags, stream, payload)) = raw.next_frame() {
+        if stream != 1 {
+            continue;
+        }
+        if kind == HEADERS {
+            assert_eq!(payload[0], 0x88, ":status 200");
+        }
+        if flags & END_STREAM != 0 {
+            done = true;
+            break;
+        }
+    }
+    assert!(done, "the response ended");
+    assert_eq!(origin.requests(), 1);
+    // The upstream got the body, and no `expect` to answer again.
+    assert_eq!(*origin.log.body_digests.lock().unwrap(), [fnv1a(b"hello")]);
+    let head = origin.log.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(!head.contains("expect:"), "{head}");
+}
+
+#[test]
 fn streams_over_the_concurrency_cap_are_refused_and_the_others_served() {
     let origin = Origin::start();
     let mut config = h2c_config(&origin);

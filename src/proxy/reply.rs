@@ -364,11 +364,15 @@ impl Client {
 
     /// `100 Continue`, once per request, for a client waiting to send its body.
     pub(super) async fn send_continue(&mut self, ctx: &WorkerCtx) -> Result<(), Gone> {
-        // An HTTP/2 client's body is flow-controlled: the window says go on.
-        if self.sent_continue || self.h2.is_some() {
+        if self.sent_continue {
             return Ok(());
         }
         self.sent_continue = true;
+        // Over HTTP/2 an interim HEADERS with `:status 100` (RFC 9113
+        // section 8.1): a client that sent `expect: 100-continue` waits for it.
+        if let Some(h2) = self.h2.as_deref_mut() {
+            return h2.interim(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
         match self
             .stream
             .write_all(
