@@ -134,6 +134,8 @@ impl Gateway {
         let config = Arc::new(config);
         let (bus, mut receivers) = bus::Bus::new(placements.len(), config.cache.bus_capacity);
         let claims = Arc::new(cache::claims::Claims::new(4096));
+        let limiter: Arc<dyn route::rate_limit::Limiter> =
+            Arc::new(route::rate_limit::NodeTable::default());
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut handle = Handle {
             admin_addr,
@@ -156,6 +158,7 @@ impl Gateway {
                 stop: stop.clone(),
                 mailbox: bus::Mailbox::new(bus.clone(), receiver, worker),
                 claims: claims.clone(),
+                limiter: limiter.clone(),
                 admin: if index == 0 { admin_addr } else { None },
             };
             let thread = worker::spawn(spec, ready_tx.clone()).map_err(|e| StartError::Worker {

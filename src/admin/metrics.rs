@@ -128,6 +128,18 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["h2_enhance_your_calm"],
     ),
     (
+        "ringgate_rate_limited_total",
+        "Requests refused with 429 by a route's rate limit.",
+        "counter",
+        &["rate_limited"],
+    ),
+    (
+        "ringgate_rate_limit_table_full_total",
+        "Requests admitted uncounted because the rate-limit table had no cell for their key.",
+        "counter",
+        &["rate_limit_table_full"],
+    ),
+    (
         "ringgate_tls_handshakes_total",
         "TLS handshakes completed.",
         "counter",

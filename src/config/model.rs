@@ -513,6 +513,8 @@ pub struct RouteConfig {
     /// section 7.8): the connection becomes a tunnel once the upstream
     /// answers `101`. Default: `websocket`.
     pub upgrade: Vec<String>,
+    /// Requests per key over time (429 past it); `None`: no limit.
+    pub rate_limit: Option<crate::route::rate_limit::RateLimit>,
 }
 
 /// Default of `routes.request_buffering`, as nginx's `client_body_buffer_size` order of magnitude.
@@ -541,6 +543,7 @@ impl RouteConfig {
             timeouts: RouteTimeouts::default(),
             request_buffering: DEFAULT_REQUEST_BUFFERING,
             upgrade: vec!["websocket".to_string()],
+            rate_limit: None,
         }
     }
 }

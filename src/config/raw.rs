@@ -283,6 +283,17 @@ pub struct RawRoute {
     pub timeouts: Option<RawRouteTimeouts>,
     pub request_buffering: Option<ByteSize>,
     pub upgrade: Option<Vec<String>>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// `[routes.rate_limit]`: requests per second and burst, per key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub requests_per_second: f64,
+    pub burst: Option<u32>,
+    /// `ip` (default), `route`, `subject`, `header:NAME` or `cookie:NAME`.
+    pub key: Option<String>,
 }
 
 /// `[routes.timeouts]`: upstream timeouts for this route.

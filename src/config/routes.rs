@@ -190,7 +190,12 @@ pub(super) fn validate_route(
         Some(size) => size.0,
     };
     let upgrade = validate_upgrade(i, r.upgrade.as_deref())?;
+    let rate_limit = match &r.rate_limit {
+        None => None,
+        Some(raw) => Some(validate_rate_limit(i, raw, auth.is_some())?),
+    };
     Ok(RouteConfig {
+        rate_limit,
         upgrade,
         request_buffering,
         timeouts,
@@ -207,6 +212,44 @@ pub(super) fn validate_route(
         set_request_headers,
         remove_request_headers,
     })
+}
+
+fn validate_rate_limit(
+    i: usize,
+    raw: &raw::RawRateLimit,
+    has_auth: bool,
+) -> Result<crate::route::rate_limit::RateLimit, ConfigError> {
+    use crate::route::rate_limit::{LimitKey, RateLimit};
+    let key = |field: &str| format!("routes[{i}].rate_limit.{field}");
+    let by = raw.key.as_deref().unwrap_or("ip");
+    let named = |prefix: &str| {
+        by.strip_prefix(prefix)
+            .filter(|n| !n.is_empty() && n.bytes().all(is_token_byte))
+            .map(str::to_ascii_lowercase)
+    };
+    let limit_key = match by {
+        "ip" => LimitKey::ClientIp,
+        "route" => LimitKey::Route,
+        "subject" if has_auth => LimitKey::Subject,
+        "subject" => {
+            return Err(invalid(
+                key("key"),
+                "`subject` is the verified session token's: the route needs [routes.auth]",
+            ))
+        }
+        _ => match (named("header:"), named("cookie:")) {
+            (Some(h), _) => LimitKey::Header(h),
+            (_, Some(_)) => LimitKey::Cookie(by["cookie:".len()..].to_string()),
+            _ => {
+                return Err(invalid(
+                    key("key"),
+                    format!("`{by}` is not one of ip, route, subject, header:NAME, cookie:NAME"),
+                ))
+            }
+        },
+    };
+    RateLimit::new(raw.requests_per_second, raw.burst.unwrap_or(0), limit_key)
+        .map_err(|reason| invalid(key("requests_per_second"), reason))
 }
 
 fn validate_auth(i: usize, raw: &raw::RawAuth) -> Result<AuthPolicy, ConfigError> {

@@ -110,6 +110,24 @@ pub(super) async fn respond_error(
     client.reply_whole(ctx, out, body.as_bytes(), keep).await
 }
 
+/// A 429 for a request over its route's rate limit.
+pub(super) async fn rate_limited(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    request: &Answered,
+    retry_after: std::time::Duration,
+    (quota, window): (u64, u64),
+    mut out: Vec<u8>,
+) -> Next {
+    let keep = client.finish_unforwarded(request);
+    // Whole seconds, rounded up: a client that waits that long is admitted.
+    let secs = retry_after.as_micros().div_ceil(1_000_000).max(1) as u64;
+    out.clear();
+    head::write_rate_limited_head(&mut out, secs, quota, window);
+    let body = head::error_body(429);
+    client.reply_whole(ctx, out, body.as_bytes(), keep).await
+}
+
 /// Answers a request whose upstream exchange failed before a response head:
 /// its status (502, 504, 408...), or a stale entry (stale-if-error, or the
 /// route's `stale_on_error` grace).

@@ -424,6 +424,7 @@ pub fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         417 => "Expectation Failed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
@@ -459,6 +460,18 @@ pub fn write_error_head(out: &mut Vec<u8>, status: u16) {
     if status == 401 {
         out.extend_from_slice(b"WWW-Authenticate: Bearer error=\"invalid_token\"\r\n");
     }
+}
+
+/// The head of a 429 for a request over its route's rate limit: when to
+/// retry (`Retry-After`, RFC 9110 section 10.2.3) and the policy and its
+/// state in the IETF httpapi `RateLimit-Policy` and `RateLimit` fields
+/// (`q` requests per `w` seconds; `r` left, full again in `t` seconds).
+pub fn write_rate_limited_head(out: &mut Vec<u8>, retry_after_secs: u64, quota: u64, window: u64) {
+    write_error_head(out, 429);
+    let _ = write!(
+        out,
+        "Retry-After: {retry_after_secs}\r\nRateLimit-Policy: \"route\";q={quota};w={window}\r\nRateLimit: \"route\";r=0;t={retry_after_secs}\r\n"
+    );
 }
 
 /// The body of a gateway-generated error: `"<status> <reason>\n"`.

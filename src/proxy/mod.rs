@@ -174,6 +174,14 @@ enum Plan {
     },
     /// Read more of the body before planning again (request buffering).
     ReadBody(BodyWait),
+    /// Over the route's rate limit: 429, the next request admitted after
+    /// `retry_after`.
+    Limited {
+        request: Answered,
+        retry_after: std::time::Duration,
+        /// `RateLimit-Policy`'s quota and window (seconds).
+        policy: (u64, u64),
+    },
 }
 
 /// A request answered without the upstream: what is needed to finish it.
@@ -267,6 +275,7 @@ impl Plan {
         let request = match self {
             Plan::Forward(f) => return (f.version, f.method == Method::Head),
             Plan::Refuse { request, .. }
+            | Plan::Limited { request, .. }
             | Plan::Hit { request, .. }
             | Plan::Purge { request, .. }
             | Plan::Redirect { request, .. } => request,

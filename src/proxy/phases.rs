@@ -106,6 +106,7 @@ fn phases<'b>(
     let (index, route) = route(ctx, req, &answered)?;
     check_body_size(ctx, req, &answered)?;
     let identity = admit(ctx, route, req, &answered)?;
+    limit_rate(ctx, index, route, req, down, identity.as_deref(), &answered)?;
     buffer_body(ctx, route, req, down)?;
     let upgrade = tunnel::requested(req, route);
     let forwarded = UpstreamRequest {
@@ -275,6 +276,64 @@ fn admit(
     }
 }
 
+/// The route's rate limit, counted for the whole node (429 past it), on
+/// hits too. A request without the key the limit names (its header or
+/// cookie) is counted by its client address instead, so leaving the key
+/// out does not escape the limit.
+fn limit_rate(
+    ctx: &WorkerCtx,
+    index: usize,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    down: &Downstream<'_>,
+    identity: Option<&[(String, String)]>,
+    answered: &Answered,
+) -> Phase<()> {
+    use crate::route::rate_limit::{LimitKey, Outcome};
+    let Some(limit) = &route.rate_limit else {
+        return Ok(());
+    };
+    let named: Option<&[u8]> = match &limit.key {
+        LimitKey::ClientIp => None,
+        LimitKey::Route => Some(b""),
+        LimitKey::Header(name) => req
+            .headers
+            .iter()
+            .find(|h| crate::http::headers::name_is(h.name, name))
+            .map(|h| crate::http::headers::trim(h.value))
+            .filter(|v| !v.is_empty()),
+        LimitKey::Cookie(name) => crate::cache::key::cookie_value(req.headers, name),
+        LimitKey::Subject => route.auth.as_ref().and_then(|policy| {
+            identity?
+                .iter()
+                .find(|(header, _)| *header == policy.subject_header)
+                .map(|(_, subject)| subject.as_bytes())
+        }),
+    };
+    let key = match named {
+        Some(value) => crate::route::rate_limit::Key::Named(value),
+        None => crate::route::rate_limit::Key::Client(down.peer_ip.as_bytes()),
+    };
+    match ctx
+        .limiter
+        .acquire(index, key, limit, std::time::Instant::now())
+    {
+        Outcome::Admitted { .. } => Ok(()),
+        Outcome::TableFull => {
+            ctx.stats.count(Counter::RateLimitTableFull);
+            Ok(())
+        }
+        Outcome::Refused { retry_after } => {
+            ctx.stats.count(Counter::RateLimited);
+            Err(Stop::Answer(Plan::Limited {
+                request: answered.clone(),
+                retry_after,
+                policy: limit.policy(),
+            }))
+        }
+    }
+}
+
 /// A small body is read whole before a server is chosen: a slow sender then
 /// holds no upstream connection, and the request can be sent again.
 fn buffer_body(
@@ -410,6 +469,11 @@ pub(super) async fn answer(
             let keep = client.finish_unforwarded(&request);
             respond_error(ctx, client, out, status, keep).await
         }
+        Plan::Limited {
+            request,
+            retry_after,
+            policy,
+        } => answer::rate_limited(ctx, client, &request, retry_after, policy, out).await,
         Plan::Redirect {
             request,
             status,

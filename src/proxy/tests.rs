@@ -26,6 +26,7 @@ fn connection_future_stays_small() {
             Default::default(),
             bus,
             claims,
+            std::sync::Arc::new(crate::route::rate_limit::NodeTable::new(64)),
         ));
         let mut client = super::Client {
             conn: 0,

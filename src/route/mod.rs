@@ -11,6 +11,7 @@
 //! protected, route while the origin may serve it as the same directory.
 
 pub mod auth;
+pub mod rate_limit;
 
 use httparse::Header;
 

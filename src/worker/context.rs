@@ -95,6 +95,8 @@ pub struct WorkerCtx {
     pub bus: Arc<Bus>,
     /// Cold keys being fetched, across workers.
     pub claims: Arc<Claims>,
+    /// The node's rate-limit table, shared by the workers.
+    pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
     /// Each route's retry budget on this worker.
     pub retry_budgets: Vec<RefCell<crate::upstream::retry::RetryBudget>>,
 }
@@ -106,6 +108,7 @@ impl WorkerCtx {
         per_core: PerCoreConfig,
         bus: Arc<Bus>,
         claims: Arc<Claims>,
+        limiter: Arc<dyn crate::route::rate_limit::Limiter>,
     ) -> WorkerCtx {
         let router = Router::new(&config.routes);
         let upstreams = RefCell::new(Upstreams::new(&config, &per_core, index));
@@ -118,6 +121,7 @@ impl WorkerCtx {
             cache,
             bus,
             claims,
+            limiter,
             key_buf: RefCell::new(Vec::with_capacity(256)),
             target_scratch: RefCell::default(),
             forward_scratch: RefCell::default(),

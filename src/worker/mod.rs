@@ -64,6 +64,8 @@ pub(crate) struct WorkerSpec {
     pub stop: Arc<StopSignal>,
     pub mailbox: crate::bus::Mailbox,
     pub claims: Arc<crate::cache::claims::Claims>,
+    /// The node's rate-limit table.
+    pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
     /// The admin API's concrete address, on the worker that serves it.
     pub admin: Option<SocketAddr>,
 }
@@ -222,6 +224,7 @@ async fn worker_main(
         per_core,
         bus,
         spec.claims.clone(),
+        spec.limiter.clone(),
     ));
     ctx.upstreams.borrow_mut().set_tls(&spec.connectors);
     monoio::spawn(inbox::run(ctx.clone(), spec.mailbox));

@@ -34,11 +34,16 @@ pub enum Counter {
     H2Goaways,
     /// Connections ended with `ENHANCE_YOUR_CALM` (reset or other floods).
     H2Calm,
+    /// Requests refused with 429 by a route's rate limit.
+    RateLimited,
+    /// Requests admitted uncounted: every rate-limit cell near their key
+    /// was held by other live keys.
+    RateLimitTableFull,
 }
 
 impl Counter {
     /// Every counter with its key in `/stats`, in index order.
-    pub const ALL: [(Counter, &'static str); 17] = [
+    pub const ALL: [(Counter, &'static str); 19] = [
         (Counter::Accepted, "accepted"),
         (Counter::Requests, "requests"),
         (Counter::UpstreamConnects, "upstream_connects"),
@@ -56,6 +61,8 @@ impl Counter {
         (Counter::H2ClientResets, "h2_client_resets"),
         (Counter::H2Goaways, "h2_goaways"),
         (Counter::H2Calm, "h2_enhance_your_calm"),
+        (Counter::RateLimited, "rate_limited"),
+        (Counter::RateLimitTableFull, "rate_limit_table_full"),
     ];
 }
 
