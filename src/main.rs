@@ -72,6 +72,10 @@ struct QuickArgs {
     /// it is closed (HTTP/2: a graceful GOAWAY).
     #[arg(long)]
     max_requests: Option<u64>,
+    /// Requests per second per client address, node-wide (429 past it),
+    /// with a burst of as many again.
+    #[arg(long)]
+    rate_limit: Option<f64>,
     /// Cache size per worker (core), e.g. 64MiB. Responses are cached as
     /// their Cache-Control allows (RFC 9111).
     #[arg(long)]
@@ -169,6 +173,15 @@ impl QuickArgs {
             }
             config.limits.max_keepalive_requests = n;
             config.http2.max_requests = n;
+        }
+        if let Some(rate) = self.rate_limit {
+            use ringgate::route::rate_limit::{LimitKey, RateLimit};
+            let burst = rate.ceil().min(f64::from(u32::MAX)) as u32;
+            let limit = RateLimit::new(rate, burst, LimitKey::ClientIp)
+                .map_err(|e| format!("--rate-limit: {e}"))?;
+            for route in &mut config.routes {
+                route.rate_limit = Some(limit.clone());
+            }
         }
         if let Some(size) = self.max_body {
             let bytes = config::units::parse_size(&size).map_err(|e| format!("--max-body: {e}"))?;
