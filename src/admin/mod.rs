@@ -1,5 +1,8 @@
 //! The admin API, on its own listener, served by worker 0.
 //!
+//! - `GET /` (or `/status`): the status page, one self-contained HTML file
+//!   (`status.html`) that polls `/stats` from the browser; served without
+//!   the token (it holds no data), which its script sends with each poll
 //! - `GET /health`: 200 when every worker answers over the bus, else 503
 //! - `GET /stats`: JSON counters per worker and totals
 //! - `GET /metrics`: the same, in Prometheus text format, labelled by worker
@@ -193,7 +196,20 @@ async fn send(ctx: &WorkerCtx, stream: &mut TcpStream, reply: Reply, close: bool
         .is_ok()
 }
 
+/// The status page.
+const STATUS_PAGE: &str = include_str!("status.html");
+
 async fn handle(ctx: &WorkerCtx, request: Request) -> Reply {
+    if matches!(request.path.as_str(), "/" | "/status") {
+        return match request.method.as_str() {
+            "GET" => Reply {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: STATUS_PAGE.to_string(),
+            },
+            _ => error(405, "use GET"),
+        };
+    }
     if let Some(admin) = &ctx.config.admin {
         if !admin.authorizes(request.authorization.as_deref()) {
             return error(401, "missing or wrong bearer token");
@@ -221,7 +237,9 @@ async fn handle(ctx: &WorkerCtx, request: Request) -> Reply {
         (_, "/cache/purge") => error(405, "use POST"),
         (_, path) => error(
             404,
-            format!("no admin endpoint {path}; try /health, /stats, /metrics, POST /cache/purge"),
+            format!(
+                "no admin endpoint {path}; try /, /health, /stats, /metrics, POST /cache/purge"
+            ),
         ),
     }
 }
