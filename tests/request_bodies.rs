@@ -19,6 +19,22 @@ fn streaming(
     start(config)
 }
 
+/// The echo says the whole body came, the origin's digest matches it byte
+/// for byte, and the connection is in step for the next request.
+fn arrived_whole(c: &mut Client, origin: &Origin, r: &Response, body: &[u8]) {
+    assert!(
+        r.text().ends_with(&format!("body={}", body.len())),
+        "{}",
+        r.text()
+    );
+    assert_eq!(*origin.log.body_digests.lock().unwrap(), vec![fnv1a(body)]);
+    assert_eq!(
+        c.request(b"GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n")
+            .status,
+        200
+    );
+}
+
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
@@ -41,18 +57,7 @@ fn a_streamed_length_body_arrives_whole_and_in_order() {
     }
     let r = c.read_response().unwrap();
     assert_eq!(r.status, 200);
-    assert!(
-        r.text().ends_with(&format!("body={}", body.len())),
-        "{}",
-        r.text()
-    );
-    assert_eq!(*origin.log.body_digests.lock().unwrap(), vec![fnv1a(&body)]);
-    // The connection is in step for the next request.
-    assert_eq!(
-        c.request(b"GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n")
-            .status,
-        200
-    );
+    arrived_whole(&mut c, &origin, &r, &body);
 }
 
 #[test]
@@ -95,17 +100,7 @@ fn a_streamed_chunked_body_arrives_whole_whatever_its_chunk_boundaries() {
         r.text()
     );
     assert!(!r.text().contains("X-Trailer"), "{}", r.text());
-    assert!(
-        r.text().ends_with(&format!("body={}", body.len())),
-        "{}",
-        r.text()
-    );
-    assert_eq!(*origin.log.body_digests.lock().unwrap(), vec![fnv1a(&body)]);
-    assert_eq!(
-        c.request(b"GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n")
-            .status,
-        200
-    );
+    arrived_whole(&mut c, &origin, &r, &body);
 }
 
 #[test]
