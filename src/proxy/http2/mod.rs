@@ -165,16 +165,13 @@ where
     };
     let mut next = std::pin::pin!(watch(served, closing));
     loop {
-        let event = poll_fn(|cx| {
-            let turn = poll_fn(|cx| {
-                if let Poll::Ready(accepted) = codec.poll_accept(cx) {
-                    return Poll::Ready(Either::Left(accepted));
-                }
-                next.as_mut().poll(cx).map(Either::Right)
-            });
-            io.poll_turn(std::pin::pin!(turn), cx)
-        })
-        .await;
+        let turn = poll_fn(|cx| {
+            if let Poll::Ready(accepted) = codec.poll_accept(cx) {
+                return Poll::Ready(Either::Left(accepted));
+            }
+            next.as_mut().poll(cx).map(Either::Right)
+        });
+        let event = drive(&io, turn).await;
         let event = match event {
             Ok(Either::Left(accepted)) => Either::Left(accepted),
             Ok(Either::Right(Either::Left(event))) => Either::Right(event),

@@ -68,7 +68,7 @@ impl<T: TurnIo> SharedIo<T> {
     /// Polls `turn` (the codec's work); when it waits, the bytes its
     /// writes held back go out in one write. `Err`: that write failed, the
     /// connection is broken.
-    pub fn poll_turn<F: Future + ?Sized>(
+    fn poll_turn<F: Future + ?Sized>(
         &self,
         turn: Pin<&mut F>,
         cx: &mut Context<'_>,
