@@ -75,17 +75,23 @@ pub struct Stats {
     h2_resets: H2Resets,
 }
 
-/// The reasons an HTTP/2 stream reset is counted under (RFC 9113 section
-/// 7's error codes that a stream reset carries; `other` for the rest).
-pub const H2_RESET_REASONS: [&str; 9] = [
+/// The names HTTP/2 stream resets are counted under: RFC 9113 section 7's
+/// error codes, indexed by code, then `other` for codes it does not define.
+pub const H2_RESET_REASONS: [&str; 15] = [
     "no_error",
     "protocol_error",
     "internal_error",
     "flow_control_error",
+    "settings_timeout",
     "stream_closed",
+    "frame_size_error",
     "refused_stream",
     "cancel",
+    "compression_error",
+    "connect_error",
     "enhance_your_calm",
+    "inadequate_security",
+    "http_1_1_required",
     "other",
 ];
 
@@ -156,13 +162,10 @@ impl Stats {
     }
 
     /// An HTTP/2 stream reset, by the client (`by_client`) or the gateway,
-    /// with its reason (one of [`H2_RESET_REASONS`]; unknown ones count as
-    /// `other`).
-    pub fn h2_reset(&self, by_client: bool, reason: &str) {
-        let i = H2_RESET_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(H2_RESET_REASONS.len() - 1);
+    /// with its error code (counted under [`H2_RESET_REASONS`]).
+    pub fn h2_reset(&self, by_client: bool, code: u32) {
+        let other = H2_RESET_REASONS.len() - 1;
+        let i = (code as usize).min(other);
         let side = match by_client {
             true => &self.h2_resets.client,
             false => &self.h2_resets.gateway,
@@ -255,8 +258,8 @@ mod tests {
         }
         assert_eq!(s.tunnels_snapshot()["open"], 0);
         assert_eq!(s.tunnels_snapshot()["opened"], 1);
-        s.h2_reset(true, "cancel");
-        s.h2_reset(false, "no such reason");
+        s.h2_reset(true, 0x8);
+        s.h2_reset(false, 0x77);
         let resets = s.h2_resets_snapshot();
         assert_eq!(resets["client"]["cancel"], 1);
         assert_eq!(resets["gateway"]["other"], 1);

@@ -346,7 +346,7 @@ async fn serve_stream(
     match race(watched, ctx.forced_closed()).await {
         Either::Left(Either::Left(_)) => {
             if let Some(reason) = parts.borrow().reset_here {
-                ctx.stats.h2_reset(false, stream::reason_name(reason));
+                ctx.stats.h2_reset(false, reason.into());
             }
         }
         Either::Left(Either::Right(reason)) => {
@@ -357,7 +357,7 @@ async fn serve_stream(
             if by_client {
                 ctx.stats.count(Counter::H2ClientResets);
             }
-            ctx.stats.h2_reset(by_client, stream::reason_name(reason));
+            ctx.stats.h2_reset(by_client, reason.into());
             tracing::debug!(
                 worker = ctx.index,
                 ?reason,

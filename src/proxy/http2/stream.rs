@@ -253,21 +253,6 @@ impl H2Stream {
     }
 }
 
-/// A reset's reason as `/stats` counts it (`worker::stats::H2_RESET_REASONS`).
-pub(crate) fn reason_name(reason: Reason) -> &'static str {
-    match reason {
-        Reason::NO_ERROR => "no_error",
-        Reason::PROTOCOL_ERROR => "protocol_error",
-        Reason::INTERNAL_ERROR => "internal_error",
-        Reason::FLOW_CONTROL_ERROR => "flow_control_error",
-        Reason::STREAM_CLOSED => "stream_closed",
-        Reason::REFUSED_STREAM => "refused_stream",
-        Reason::CANCEL => "cancel",
-        Reason::ENHANCE_YOUR_CALM => "enhance_your_calm",
-        _ => "other",
-    }
-}
-
 /// Resolves when the client resets the stream (its reason); never when
 /// the stream ends cleanly or the gateway reset it. Runs in the stream's
 /// own task, beside its work, so both wait on the same waker.
