@@ -28,7 +28,7 @@ fn workers(workers: usize) -> (Arc<Bus>, Vec<std::thread::JoinHandle<()>>) {
                             return;
                         }
                         if let Some(ack) = envelope.ack {
-                            ack.done(0);
+                            ack.done(mailbox.worker, 0);
                         }
                     }
                 })

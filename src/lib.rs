@@ -14,6 +14,7 @@
 //! - [`proxy`]: the connection task and request relay
 //! - [`upstream`]: balancers and the keep-alive pool
 //! - [`tls`]: TLS termination (certificates, SNI, the rustls adapter)
+//! - [`reload`]: live config reload (snapshots, generations, acknowledgements)
 //! - [`demo`]: the built-in demo origin
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod tls;
 pub mod upstream;
@@ -53,8 +55,8 @@ pub struct Handle {
     workers: Vec<WorkerInfo>,
     stops: Vec<Arc<StopSignal>>,
     threads: Vec<JoinHandle<()>>,
-    /// Service discovery's thread, when a group uses it.
-    discovery: Option<upstream::discovery::Discoverer>,
+    /// Live reload (and service discovery's thread, which it restarts).
+    reloader: Arc<reload::Reloader>,
 }
 
 impl Gateway {
@@ -74,48 +76,10 @@ impl Gateway {
                 ..l.clone()
             });
         }
-        // TLS listeners: certificates loaded once, one ticket key for all workers.
-        let mut terminators = Vec::new();
+        // TLS: certificates and roots loaded once, one ticket key for all workers.
         let mut tickets = None;
-        for (i, l) in config.listeners.iter().enumerate() {
-            let Some(tls) = &l.tls else {
-                terminators.push(None);
-                continue;
-            };
-            let config_error = |reason: String| {
-                StartError::Config(config::ConfigError {
-                    file: config.source.clone(),
-                    key: format!("listeners[{i}].tls"),
-                    reason,
-                })
-            };
-            let tickets = match &tickets {
-                Some(t) => Arc::clone(t),
-                None => tickets
-                    .insert(tls::shared_ticketer().map_err(config_error)?)
-                    .clone(),
-            };
-            terminators.push(Some(
-                tls::Terminator::new(tls, l.http2, tickets).map_err(config_error)?,
-            ));
-        }
-        // TLS upstream groups: roots and client certificates loaded once.
-        let mut connectors = Vec::new();
-        for group in &config.upstreams {
-            connectors.push(match &group.tls {
-                None => None,
-                Some(tls) => Some(
-                    tls::Connector::new(tls, group.protocol == config::UpstreamProtocol::Http2)
-                        .map_err(|reason| {
-                            StartError::Config(config::ConfigError {
-                                file: config.source.clone(),
-                                key: format!("upstreams.{}.tls", group.name),
-                                reason,
-                            })
-                        })?,
-                ),
-            });
-        }
+        let (terminators, connectors) =
+            reload::tls_parts(&config, &mut tickets).map_err(StartError::Config)?;
 
         let admin_addr = match &config.admin {
             Some(admin) => Some(probe_bind(admin.listen)?),
@@ -131,8 +95,26 @@ impl Gateway {
             tracing::warn!(error = %e, "cannot read the open-file limit");
         }
 
-        let config = Arc::new(config);
+        // What the file wrote, and the config as running: bound addresses.
+        let written = reload::Written {
+            listeners: config.listeners.iter().map(|l| l.address).collect(),
+            admin: config.admin.as_ref().map(|a| a.listen),
+        };
+        let config = Arc::new(Config {
+            listeners: listeners.clone(),
+            admin: config.admin.clone().map(|a| config::AdminConfig {
+                listen: admin_addr.unwrap_or(a.listen),
+                ..a
+            }),
+            ..config
+        });
         let (bus, mut receivers) = bus::Bus::new(placements.len(), config.cache.bus_capacity);
+        let reloader = Arc::new(reload::Reloader::new(
+            bus.clone(),
+            config.clone(),
+            written,
+            tickets,
+        ));
         let claims = Arc::new(cache::claims::Claims::new(4096));
         let limiter: Arc<dyn route::rate_limit::Limiter> =
             Arc::new(route::rate_limit::NodeTable::default());
@@ -143,7 +125,7 @@ impl Gateway {
             workers: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
-            discovery: None,
+            reloader: reloader.clone(),
         };
         for (index, core) in placements.into_iter().enumerate() {
             let stop = Arc::new(StopSignal::default());
@@ -159,7 +141,11 @@ impl Gateway {
                 mailbox: bus::Mailbox::new(bus.clone(), receiver, worker),
                 claims: claims.clone(),
                 limiter: limiter.clone(),
-                admin: if index == 0 { admin_addr } else { None },
+                admin: if index == 0 {
+                    admin_addr.map(|a| (a, reloader.clone()))
+                } else {
+                    None
+                },
             };
             let thread = worker::spawn(spec, ready_tx.clone()).map_err(|e| StartError::Worker {
                 index,
@@ -197,11 +183,12 @@ impl Gateway {
             );
         }
         handle.workers = workers;
-        handle.discovery =
+        let discovery =
             upstream::discovery::start(&config, bus).map_err(|e| StartError::Worker {
                 index: 0,
                 reason: format!("cannot start the service discovery thread: {e}"),
             })?;
+        reloader.set_discovery(discovery);
         Ok(handle)
     }
 }
@@ -246,7 +233,7 @@ fn plan_workers(config: &Config) -> Result<Vec<Option<core_affinity::CoreId>>, S
     Ok((0..count).map(|i| Some(cpus[i % cpus.len()])).collect())
 }
 
-fn probe_bind(address: SocketAddr) -> Result<SocketAddr, StartError> {
+pub(crate) fn probe_bind(address: SocketAddr) -> Result<SocketAddr, StartError> {
     let bind_error = |source| StartError::Bind { address, source };
     // Without SO_REUSEPORT, so that any socket already listening there (ours
     // or another program's) makes this fail instead of silently sharing the port.
@@ -314,8 +301,19 @@ impl Handle {
         }
     }
 
+    /// Re-reads the config file and applies it on every worker (blocks
+    /// until each applied it, or [`reload::ACK_TIMEOUT`] passed).
+    pub fn reload(&self) -> Result<reload::Reloaded, reload::ReloadError> {
+        self.reloader.reload_blocking()
+    }
+
+    /// Something another thread can reload the config with.
+    pub fn reloader(&self) -> Arc<reload::Reloader> {
+        self.reloader.clone()
+    }
+
     fn join_workers(&mut self) {
-        drop(self.discovery.take());
+        self.reloader.stop_discovery();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }

@@ -36,6 +36,12 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Ask the running gateway to re-read its config file, through the
+    /// admin API that file names (`POST /config/reload`; SIGHUP does the same).
+    Reload {
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// Proxy everything from one address to a list of servers, no config file needed.
     Proxy(Box<QuickArgs>),
     /// Run the gateway on its default config in front of a built-in demo origin.
@@ -234,6 +240,70 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { listen, tls_listen } => demo(listen, tls_listen),
+        Command::Reload { config } => ask_reload(&config),
+    }
+}
+
+/// `ringgate reload`: `POST /config/reload` to the admin API the config
+/// file names, with its token (or `RINGGATE_ADMIN_TOKEN`); prints the answer.
+fn ask_reload(path: &std::path::Path) -> ExitCode {
+    use std::io::{Read, Write};
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(admin) = config.admin else {
+        eprintln!(
+            "ringgate reload: {} turns the admin API off; send SIGHUP to the gateway's process instead",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let mut address = admin.listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let token = admin
+        .token
+        .or_else(|| std::env::var("RINGGATE_ADMIN_TOKEN").ok());
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let exchange = || -> std::io::Result<String> {
+        let timeout = ringgate::reload::ACK_TIMEOUT + std::time::Duration::from_secs(5);
+        let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        write!(
+            stream,
+            "POST /config/reload HTTP/1.1\r\nHost: {address}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    match exchange() {
+        Ok(answer) => {
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+            let ok = head.starts_with("HTTP/1.1 200");
+            if ok {
+                print!("{body}");
+                ExitCode::SUCCESS
+            } else {
+                eprint!(
+                    "ringgate reload: {} {body}",
+                    head.lines().next().unwrap_or("")
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("ringgate reload: cannot reach the admin API on {address}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -248,8 +318,8 @@ fn start(config: Config) -> Result<Handle, ExitCode> {
 }
 
 /// Runs until SIGTERM or SIGINT, then drains gracefully; a second signal exits at once.
-/// SIGHUP is logged and ignored until live reload exists: it must not kill
-/// the process (its default action) and cut the responses in flight.
+/// SIGHUP re-reads the config file (a bad one is logged and the running
+/// config stays).
 fn run(config: Config) -> ExitCode {
     let signals = match install_signals() {
         Ok(s) => s,
@@ -274,14 +344,29 @@ fn install_signals() -> Result<signal_hook::iterator::Signals, ExitCode> {
 fn wait_for_signal(handle: Handle, mut signals: signal_hook::iterator::Signals) -> ExitCode {
     use signal_hook::consts::SIGHUP;
     let stopper = handle.stopper();
+    let reloader = handle.reloader();
     std::thread::spawn(move || {
         let mut seen = 0;
         for signal in signals.forever() {
             if signal == SIGHUP {
-                tracing::warn!(
-                    signal,
-                    "SIGHUP ignored: live configuration reload is not supported yet; restart to apply a new config"
-                );
+                // Its own thread: a reload waiting on the workers does not
+                // hold up a SIGTERM.
+                let reloader = reloader.clone();
+                std::thread::spawn(move || match reloader.reload_blocking() {
+                    Ok(done) if done.timed_out.is_empty() => {
+                        tracing::info!(
+                            generation = done.generation,
+                            "SIGHUP: config reloaded on every worker"
+                        )
+                    }
+                    Ok(done) => {
+                        tracing::warn!(generation = done.generation, workers = ?done.timed_out,
+                        "SIGHUP: config reloaded; these workers had not applied it in time")
+                    }
+                    Err(e) => {
+                        tracing::error!("SIGHUP: config not reloaded, the running one stays: {e}")
+                    }
+                });
                 continue;
             }
             seen += 1;

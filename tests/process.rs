@@ -24,8 +24,8 @@ fn check(text: &str) -> (i32, String) {
 }
 
 #[test]
-fn sighup_is_logged_and_ignored_and_cuts_nothing_in_flight() {
-    let origin = Origin::start();
+fn sighup_reloads_the_config_and_cuts_nothing_in_flight() {
+    let (origin, next) = (Origin::start(), Origin::start());
     let gw = GatewayProcess::start(&config(origin.addr, ""), |_| {});
     let addr = gw.addr;
     let in_flight = in_thread(move || {
@@ -38,15 +38,69 @@ fn sighup_is_logged_and_ignored_and_cuts_nothing_in_flight() {
         "the request reached the origin",
         || origin.requests() == 1,
     );
+    // A file that does not validate: logged, and the running config stays.
+    gw.rewrite(&config(next.addr, "[[routes]]\nupstream = \"nowhere\"\n"));
     gw.signal(libc::SIGHUP);
-    wait_until(Duration::from_secs(5), "the SIGHUP was logged", || {
-        gw.log_text().contains("SIGHUP ignored")
+    wait_until(Duration::from_secs(5), "the refusal was logged", || {
+        gw.log_text().contains("config not reloaded")
     });
+    assert!(gw.log_text().contains("nowhere"), "{}", gw.log_text());
+    assert_eq!(get(addr, "/old").status, 200);
+    assert_eq!(origin.requests(), 2);
+
+    gw.rewrite(&config(next.addr, ""));
+    gw.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(5), "the reload was logged", || {
+        gw.log_text().contains("config reloaded on every worker")
+    });
+    assert_eq!(get(addr, "/new").status, 200);
+    assert_eq!(
+        next.requests(),
+        1,
+        "new requests go to the new config's server"
+    );
     origin.open_gate();
     let r = in_flight.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "gated");
-    assert_eq!(get(addr, "/after").status, 200, "still serving");
+    assert_eq!(gw.stop().code(), Some(0));
+}
+
+#[test]
+fn ringgate_reload_asks_the_admin_api_the_file_names() {
+    let (origin, next) = (Origin::start(), Origin::start());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let with_admin = |to| {
+        config(to, "").replace("[admin]\nenabled = false\n", "")
+            + &format!("[admin]\nlisten = \"{admin}\"\ntoken = \"reload-secret\"\n")
+    };
+    let gw = GatewayProcess::start(&with_admin(origin.addr), |_| {});
+    gw.rewrite(&with_admin(next.addr));
+    let out = Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(&gw.path)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("\"generation\":2"), "{said}");
+    assert_eq!(get(gw.addr, "/after").status, 200);
+    assert_eq!((origin.requests(), next.requests()), (0, 1));
+
+    // A refused file: a failing exit status and the reason.
+    gw.rewrite(&with_admin(next.addr).replace("count = 1", "count = 2"));
+    let out = Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(&gw.path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("422") && said.contains("workers.count"),
+        "{said}"
+    );
     assert_eq!(gw.stop().code(), Some(0));
 }
 

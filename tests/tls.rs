@@ -417,3 +417,41 @@ fn a_large_cached_body_served_over_tls_arrives_whole() {
     }
     assert_eq!(origin.hits_on(&path), 1);
 }
+
+#[test]
+fn a_reload_serves_renewed_certificates_to_new_handshakes() {
+    let origin = Origin::start();
+    let (files, first) = certificate("reload", &["localhost"]);
+    let text = |listen: &str| {
+        format!(
+            "[[listeners]]\naddress = \"{listen}\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+             [workers]\ncount = 2\npin = false\n[admin]\nenabled = false\n\
+             [upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\n",
+            files.cert.display(),
+            files.key.display(),
+            origin.addr
+        )
+    };
+    let path = write_config("tls-reload.toml", &text("127.0.0.1:0"));
+    let gw = start(ringgate::Config::load(&path).unwrap());
+    let addr = gw.listen_addr();
+    let (config, recorder) = client_config(&[&rustls::version::TLS13]);
+    assert!(tls_get(addr, &config, "localhost", "/")
+        .response
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(recorder.seen.lock().unwrap().last(), Some(&first));
+
+    // Renewed in place, as certbot does, then reloaded.
+    let (renewed, second) = certificate("reload-renewed", &["localhost"]);
+    std::fs::copy(&renewed.cert, &files.cert).unwrap();
+    std::fs::copy(&renewed.key, &files.key).unwrap();
+    std::fs::write(&path, text(&addr.to_string())).unwrap();
+    assert_eq!(gw.reload().unwrap().generation, 2);
+    for _ in 0..4 {
+        let (config, recorder) = client_config(&[&rustls::version::TLS13]);
+        assert!(tls_get(addr, &config, "localhost", "/")
+            .response
+            .starts_with("HTTP/1.1 200"));
+        assert_eq!(recorder.seen.lock().unwrap().last(), Some(&second));
+    }
+}

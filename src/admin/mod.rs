@@ -9,6 +9,8 @@
 //! - `POST /cache/purge`: invalidate by `url`, `prefix` (+`host`), `regex`
 //!   (+`host`), `tag` or `all`, optionally `"soft": true`; answers once
 //!   every worker applied it
+//! - `POST /config/reload`: re-read the config file and apply it on every
+//!   worker (`crate::reload`); answers once every worker runs it
 //!
 //! With `[admin] token` set, every request needs `Authorization: Bearer <token>`.
 //! Bad requests get 400 with a JSON body naming the problem.
@@ -42,7 +44,11 @@ const MAX_BODY: u64 = 64 * 1024;
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Accepts admin connections until the worker drains.
-pub async fn serve(ctx: Rc<WorkerCtx>, listener: TcpListener) {
+pub async fn serve(
+    ctx: Rc<WorkerCtx>,
+    listener: TcpListener,
+    reloader: Arc<crate::reload::Reloader>,
+) {
     loop {
         let accepted = match race(listener.accept(), ctx.drain_started()).await {
             Either::Left(accepted) => accepted,
@@ -50,8 +56,12 @@ pub async fn serve(ctx: Rc<WorkerCtx>, listener: TcpListener) {
         };
         if let Ok((stream, _)) = accepted {
             let ctx = ctx.clone();
+            let reloader = reloader.clone();
             monoio::spawn(async move {
-                if CatchUnwind::new(connection(ctx, stream)).await.is_err() {
+                if CatchUnwind::new(connection(ctx, stream, reloader))
+                    .await
+                    .is_err()
+                {
                     tracing::error!("admin connection panicked");
                 }
             });
@@ -85,7 +95,11 @@ fn error(status: u16, message: impl Into<String>) -> Reply {
     json_reply(status, json!({ "error": message.into() }))
 }
 
-async fn connection(ctx: Rc<WorkerCtx>, mut stream: TcpStream) {
+async fn connection(
+    ctx: Rc<WorkerCtx>,
+    mut stream: TcpStream,
+    reloader: Arc<crate::reload::Reloader>,
+) {
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let request = match read_request(&ctx, &mut stream, &mut buf).await {
@@ -97,7 +111,7 @@ async fn connection(ctx: Rc<WorkerCtx>, mut stream: TcpStream) {
             }
         };
         let close = request.close;
-        let reply = handle(&ctx, request).await;
+        let reply = handle(&ctx.current(), request, &reloader).await;
         if !send(&ctx, &mut stream, reply, close).await || close {
             return;
         }
@@ -199,7 +213,7 @@ async fn send(ctx: &WorkerCtx, stream: &mut TcpStream, reply: Reply, close: bool
 /// The status page.
 const STATUS_PAGE: &str = include_str!("status.html");
 
-async fn handle(ctx: &WorkerCtx, request: Request) -> Reply {
+async fn handle(ctx: &WorkerCtx, request: Request, reloader: &crate::reload::Reloader) -> Reply {
     if matches!(request.path.as_str(), "/" | "/status") {
         return match request.method.as_str() {
             "GET" => Reply {
@@ -233,14 +247,48 @@ async fn handle(ctx: &WorkerCtx, request: Request) -> Reply {
             Err(e) => error(503, e.to_string()),
         },
         ("POST", "/cache/purge") => purge(ctx, &request.body).await,
+        ("POST", "/config/reload") => reload(reloader).await,
         (_, "/health" | "/stats" | "/metrics") => error(405, "use GET"),
-        (_, "/cache/purge") => error(405, "use POST"),
+        (_, "/cache/purge" | "/config/reload") => error(405, "use POST"),
         (_, path) => error(
             404,
             format!(
-                "no admin endpoint {path}; try /, /health, /stats, /metrics, POST /cache/purge"
+                "no admin endpoint {path}; try /, /health, /stats, /metrics, POST /cache/purge, POST /config/reload"
             ),
         ),
+    }
+}
+
+/// `POST /config/reload`: 200 once every worker runs the new generation;
+/// 504 naming the workers that did not in time; 422 for a file refused
+/// (its file, key and reason); 409 while another reload runs.
+async fn reload(reloader: &crate::reload::Reloader) -> Reply {
+    use crate::reload::ReloadError;
+    match reloader.begin() {
+        Ok(pending) => {
+            let done = pending.wait().await;
+            let status = if done.timed_out.is_empty() { 200 } else { 504 };
+            json_reply(
+                status,
+                json!({
+                    "generation": done.generation,
+                    "workers": done.workers,
+                    "timed_out": done.timed_out,
+                }),
+            )
+        }
+        Err(ReloadError::Config(e)) => json_reply(
+            422,
+            json!({
+                "error": e.to_string(),
+                "file": e.file.as_ref().map(|f| f.display().to_string()),
+                "key": e.key,
+                "reason": e.reason,
+            }),
+        ),
+        Err(e @ ReloadError::Busy) => error(409, e.to_string()),
+        Err(e @ ReloadError::NoFile) => error(409, e.to_string()),
+        Err(e @ ReloadError::Bus(_)) => error(503, e.to_string()),
     }
 }
 
@@ -279,7 +327,7 @@ async fn collect(ctx: &WorkerCtx) -> Result<Vec<Value>, BusError> {
 fn totals(workers: &[Value]) -> Value {
     fn add(into: &mut Map<String, Value>, from: &Map<String, Value>) {
         for (k, v) in from {
-            if k == "worker" {
+            if k == "worker" || k == "generation" {
                 continue;
             }
             match v {

@@ -69,13 +69,20 @@ pub enum Message {
     FetchDone { from: usize, key: Arc<[u8]> },
     /// Report counters into the collector.
     Stats(Arc<StatsRequest>),
-    /// Active health checking found `server` (an index into every worker's server list) up or down.
-    Health { server: usize, healthy: bool },
+    /// Active health checking found `server` of `group` up or down (named,
+    /// not indexed: indices differ between config generations).
+    Health {
+        group: Arc<str>,
+        server: std::net::SocketAddr,
+        healthy: bool,
+    },
     /// Service discovery found a new server list for `group`.
     Servers {
-        group: usize,
+        group: Arc<str>,
         servers: crate::upstream::discovery::ServerList,
     },
+    /// A new config generation to run (`reload`).
+    Reload(Arc<crate::reload::Snapshot>),
 }
 
 /// A request for every worker's counters, filled in by each worker.
@@ -89,20 +96,28 @@ pub struct Ack {
     acked: AtomicUsize,
     removed: AtomicU64,
     waker: AtomicWaker,
+    /// Which workers acknowledged.
+    by: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl Ack {
-    fn new(workers: usize) -> Arc<Ack> {
+    pub(crate) fn new(workers: usize) -> Arc<Ack> {
         Arc::new(Ack {
             pending: AtomicUsize::new(workers),
             acked: AtomicUsize::new(0),
             removed: AtomicU64::new(0),
             waker: AtomicWaker::new(),
+            by: (0..workers)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         })
     }
 
-    /// Called by a worker once it applied the message.
-    pub fn done(&self, removed: u64) {
+    /// Called by worker `worker` once it applied the message.
+    pub fn done(&self, worker: usize, removed: u64) {
+        if let Some(flag) = self.by.get(worker) {
+            flag.store(true, Ordering::Release);
+        }
         self.removed.fetch_add(removed, Ordering::AcqRel);
         self.acked.fetch_add(1, Ordering::AcqRel);
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -131,6 +146,37 @@ impl Ack {
 
     pub fn acked(&self) -> usize {
         self.acked.load(Ordering::Acquire)
+    }
+
+    /// The workers that have not acknowledged (yet).
+    pub fn missing(&self) -> Vec<usize> {
+        (0..self.by.len())
+            .filter(|&w| !self.by[w].load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Blocks the calling thread (not a worker's) until every worker
+    /// acknowledged or `timeout` passed; true when all did.
+    pub fn wait_blocking(&self, timeout: Duration) -> bool {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        loop {
+            self.waker.register(&waker);
+            if self.pending.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
     }
 
     pub fn removed(&self) -> u64 {
@@ -323,9 +369,13 @@ mod tests {
     #[test]
     fn ack_counts_down_and_sums_removals() {
         let ack = Ack::new(2);
-        ack.done(3);
+        ack.done(1, 3);
         assert_eq!(ack.pending.load(Ordering::Acquire), 1);
-        ack.done(4);
+        assert_eq!(ack.missing(), vec![0]);
+        assert!(!ack.wait_blocking(Duration::from_millis(1)));
+        ack.done(0, 4);
         assert_eq!((ack.acked(), ack.removed()), (2, 7));
+        assert!(ack.missing().is_empty());
+        assert!(ack.wait_blocking(Duration::ZERO));
     }
 }

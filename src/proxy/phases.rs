@@ -106,7 +106,7 @@ fn phases<'b>(
     let (index, route) = route(ctx, req, &answered)?;
     check_body_size(ctx, req, &answered)?;
     let identity = admit(ctx, route, req, &answered)?;
-    limit_rate(ctx, index, route, req, down, identity.as_deref(), &answered)?;
+    limit_rate(ctx, route, req, down, identity.as_deref(), &answered)?;
     buffer_body(ctx, route, req, down)?;
     let upgrade = tunnel::requested(req, route);
     let forwarded = UpstreamRequest {
@@ -277,12 +277,12 @@ fn admit(
 }
 
 /// The route's rate limit, counted for the whole node (429 past it), on
-/// hits too. A request without the key the limit names (its header or
+/// hits too, under the route's name (a reload that keeps the route keeps
+/// its clients' counts). A request without the key the limit names (its header or
 /// cookie) is counted by its client address instead, so leaving the key
 /// out does not escape the limit.
 fn limit_rate(
     ctx: &WorkerCtx,
-    index: usize,
     route: &RouteConfig,
     req: &RequestHead<'_>,
     down: &Downstream<'_>,
@@ -316,7 +316,7 @@ fn limit_rate(
     };
     match ctx
         .limiter
-        .acquire(index, key, limit, std::time::Instant::now())
+        .acquire(&route.name, key, limit, std::time::Instant::now())
     {
         Outcome::Admitted { .. } => Ok(()),
         Outcome::TableFull => {

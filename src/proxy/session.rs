@@ -57,7 +57,8 @@ pub async fn serve(
     };
     // Boxed so the connection task holds this state once, not once more inside `race`.
     let work = Box::pin(async {
-        while let Next::KeepAlive = exchange(&ctx, &mut client).await {
+        // Each request starts on the config generation current when it comes.
+        while let Next::KeepAlive = exchange(&ctx.current(), &mut client).await {
             // Give back memory a large head or body made the buffer grow to.
             if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size
             {

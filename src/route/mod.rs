@@ -71,6 +71,18 @@ impl Router {
     }
 }
 
+impl Router {
+    /// Some caching route could answer `host` and `path`, whatever the
+    /// method and header fields (what a reload keeps stored entries by).
+    pub fn may_cache(&self, host: &str, path: &str) -> bool {
+        self.routes.iter().any(|r| {
+            r.cache.is_some()
+                && host_matches(&r.host, host)
+                && path.starts_with(r.path_prefix.as_str())
+        })
+    }
+}
+
 /// What matched a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {

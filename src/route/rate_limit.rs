@@ -129,7 +129,7 @@ pub enum Key<'a> {
 /// What the phases ask a limit.
 pub trait Limiter: Send + Sync {
     /// One request of `key` on route `route` under `limit`.
-    fn acquire(&self, route: usize, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome;
+    fn acquire(&self, route: &str, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome;
 }
 
 /// The node's shared table of GCRA cells.
@@ -192,7 +192,7 @@ impl NodeTable {
 }
 
 impl Limiter for NodeTable {
-    fn acquire(&self, route: usize, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome {
+    fn acquire(&self, route: &str, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome {
         let mut hasher = self.hasher.build_hasher();
         route.hash(&mut hasher);
         match key {
@@ -277,34 +277,34 @@ mod tests {
         let t0 = Instant::now();
         // Burst + 1 at once, then refused.
         for _ in 0..5 {
-            assert!(admitted(t.acquire(0, Key::Named(b"a"), &l, t0)));
+            assert!(admitted(t.acquire("r", Key::Named(b"a"), &l, t0)));
         }
-        match t.acquire(0, Key::Named(b"a"), &l, t0) {
+        match t.acquire("r", Key::Named(b"a"), &l, t0) {
             Outcome::Refused { retry_after } => assert_eq!(retry_after, Duration::from_millis(100)),
             o => panic!("{o:?}"),
         }
         // One more per 100 ms.
         assert!(admitted(t.acquire(
-            0,
+            "r",
             Key::Named(b"a"),
             &l,
             t0 + Duration::from_millis(100)
         )));
         assert!(!admitted(t.acquire(
-            0,
+            "r",
             Key::Named(b"a"),
             &l,
             t0 + Duration::from_millis(150)
         )));
         // Other keys and other routes are counted apart.
-        assert!(admitted(t.acquire(0, Key::Named(b"b"), &l, t0)));
-        assert!(admitted(t.acquire(1, Key::Named(b"a"), &l, t0)));
+        assert!(admitted(t.acquire("r", Key::Named(b"b"), &l, t0)));
+        assert!(admitted(t.acquire("s", Key::Named(b"a"), &l, t0)));
         // Idle for the window: the whole burst again.
         let later = t0 + Duration::from_secs(10);
         for _ in 0..5 {
-            assert!(admitted(t.acquire(0, Key::Named(b"a"), &l, later)));
+            assert!(admitted(t.acquire("r", Key::Named(b"a"), &l, later)));
         }
-        assert!(!admitted(t.acquire(0, Key::Named(b"a"), &l, later)));
+        assert!(!admitted(t.acquire("r", Key::Named(b"a"), &l, later)));
     }
 
     #[test]
@@ -313,7 +313,7 @@ mod tests {
         let l = limit(1.0, 2);
         let t0 = Instant::now();
         let left: Vec<_> = (0..3)
-            .map(|_| match t.acquire(0, Key::Named(b"k"), &l, t0) {
+            .map(|_| match t.acquire("r", Key::Named(b"k"), &l, t0) {
                 Outcome::Admitted { remaining } => remaining,
                 o => panic!("{o:?}"),
             })
@@ -330,7 +330,7 @@ mod tests {
         let mut n = 0;
         let mut full = 0;
         for k in 0..64u32 {
-            match t.acquire(0, Key::Named(&k.to_be_bytes()), &l, t0) {
+            match t.acquire("r", Key::Named(&k.to_be_bytes()), &l, t0) {
                 Outcome::Admitted { .. } => n += 1,
                 Outcome::TableFull => full += 1,
                 Outcome::Refused { .. } => panic!("a new key was refused"),
@@ -352,7 +352,7 @@ mod tests {
                     (0..100)
                         .filter(|_| {
                             matches!(
-                                t.acquire(0, Key::Named(b"k"), &l, t0),
+                                t.acquire("r", Key::Named(b"k"), &l, t0),
                                 Outcome::Admitted { .. }
                             )
                         })

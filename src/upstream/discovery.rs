@@ -161,10 +161,8 @@ pub fn start(config: &Config, bus: Arc<Bus>) -> std::io::Result<Option<Discovere
     let groups: Vec<GroupState> = config
         .upstreams
         .iter()
-        .enumerate()
-        .filter_map(|(index, g)| {
+        .filter_map(|g| {
             g.discovery.as_ref().map(|d| GroupState {
-                index,
                 name: g.name.clone(),
                 discovery: d.clone(),
                 applied: g.servers.iter().map(|s| (s.address, s.weight)).collect(),
@@ -189,7 +187,6 @@ pub fn start(config: &Config, bus: Arc<Bus>) -> std::io::Result<Option<Discovere
 }
 
 struct GroupState {
-    index: usize,
     name: String,
     discovery: Discovery,
     /// The list every worker has now.
@@ -230,7 +227,7 @@ fn run(mut groups: Vec<GroupState>, bus: Arc<Bus>, stopped: Receiver<()>) {
             if list != group.applied {
                 tracing::info!(upstream = %group.name, servers = ?list, "upstream servers changed");
                 let message = Message::Servers {
-                    group: group.index,
+                    group: group.name.as_str().into(),
                     servers: list.clone().into(),
                 };
                 if let Err(e) = bus.broadcast(&message, None) {

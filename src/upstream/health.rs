@@ -43,7 +43,8 @@ pub fn watch(ctx: &Rc<WorkerCtx>, group: usize, servers: &[usize]) {
 
 async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server: usize) {
     let addr = ctx.upstreams.borrow().addr(server);
-    let mut healthy = true;
+    // A reload carries the verdict over to the next generation's probe.
+    let mut healthy = !ctx.upstreams.borrow().is_down(server);
     let (mut passes, mut failures) = (0u32, 0u32);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (server as u64).wrapping_mul(0xA24B_AED4_963E_E407);
     loop {
@@ -63,7 +64,11 @@ async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server
         {
             return;
         }
-        // A server that discovery removed is no longer probed.
+        // A server that discovery removed is no longer probed; a reload
+        // starts the next generation's probes.
+        if ctx.superseded() {
+            return;
+        }
         if !ctx.upstreams.borrow().members(group).contains(&server) {
             ctx.upstreams.borrow().probing(server).set(false);
             return;
@@ -93,10 +98,12 @@ async fn probe_loop(ctx: Rc<WorkerCtx>, check: HealthCheck, group: usize, server
             } else {
                 tracing::warn!(upstream = %addr, "health check: server is down");
             }
-            if let Err(e) = ctx
-                .bus
-                .broadcast(&Message::Health { server, healthy }, None)
-            {
+            let message = Message::Health {
+                group: ctx.config.upstreams[group].name.as_str().into(),
+                server: addr,
+                healthy,
+            };
+            if let Err(e) = ctx.bus.broadcast(&message, None) {
                 tracing::warn!(upstream = %addr, error = %e, "could not tell every worker about a health change");
             }
         }

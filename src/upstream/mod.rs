@@ -68,6 +68,8 @@ pub struct Upstreams {
     /// Servers an HTTP/2 connection is being opened to: the requests that
     /// arrive meanwhile wait for it rather than open their own.
     h2_opening: std::collections::HashSet<usize>,
+    /// Per group: the last server list service discovery sent, if any.
+    discovered: Vec<Option<Vec<(SocketAddr, u32)>>>,
 }
 
 impl Upstreams {
@@ -228,7 +230,74 @@ impl Upstreams {
                 .collect(),
             h2_senders: Default::default(),
             h2_opening: Default::default(),
+            discovered: config.upstreams.iter().map(|_| None).collect(),
         }
+    }
+
+    /// Carries over what `old` (the previous config generation's upstreams)
+    /// learnt about the servers this one keeps -- a group of the same name,
+    /// a server of the same address: discovered server lists, health
+    /// verdicts, ejections, and idle connections and HTTP/2 connections
+    /// when the group connects the same way (TLS settings and protocol).
+    /// Servers that are gone keep nothing: their idle connections close
+    /// with `old`.
+    pub fn inherit(&mut self, old: &mut Upstreams, old_config: &Config, config: &Config) {
+        for (g, group) in config.upstreams.iter().enumerate() {
+            let Some(og) = old_config
+                .upstreams
+                .iter()
+                .position(|o| o.name == group.name)
+            else {
+                continue;
+            };
+            let old_group = &old_config.upstreams[og];
+            if group.discovery.is_some() && group.discovery == old_group.discovery {
+                if let Some(list) = old.discovered.get(og).cloned().flatten() {
+                    self.set_servers(g, &list);
+                    self.discovered[g] = Some(list);
+                }
+            }
+            let same_wire = group.tls == old_group.tls && group.protocol == old_group.protocol;
+            for &server in &self.members[g] {
+                let addr = self.servers[server];
+                let Some(&os) = old.members[og].iter().find(|&&os| old.servers[os] == addr) else {
+                    continue;
+                };
+                self.down[server].set(old.down[os].get());
+                let (load, old_load) = (&self.loads[server], &old.loads[os]);
+                load.ejected_until.set(old_load.ejected_until.get());
+                load.ejections.set(old_load.ejections.get());
+                if same_wire {
+                    self.pool.adopt(server, old.pool.hand_over(os));
+                    if let Some(sender) = old.h2_senders.get(&os) {
+                        self.h2_senders.insert(server, sender.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// This generation was replaced: its idle connections close now, and
+    /// those its requests in flight give back are closed, not kept.
+    pub fn close_pool(&mut self) {
+        for server in 0..self.servers.len() {
+            self.pool.retire(server);
+        }
+        self.h2_senders.clear();
+    }
+
+    /// Whether active health checks found `server` down.
+    pub fn is_down(&self, server: usize) -> bool {
+        self.down.get(server).is_some_and(std::cell::Cell::get)
+    }
+
+    /// The group named `name` and its server at `addr`, if it has one.
+    pub fn find_server(&self, group: usize, addr: SocketAddr) -> Option<usize> {
+        self.members
+            .get(group)?
+            .iter()
+            .copied()
+            .find(|&s| self.servers[s] == addr)
     }
 
     /// The server's group speaks HTTP/2.
@@ -338,6 +407,7 @@ impl Upstreams {
         if list.is_empty() || group >= self.groups.len() {
             return Vec::new();
         }
+        self.discovered[group] = Some(list.to_vec());
         let mut joined = Vec::new();
         let mut members = Vec::with_capacity(list.len());
         for &(address, weight) in list {

@@ -40,7 +40,7 @@ pub fn is_quiet(stream: &TcpStream) -> bool {
     }
 }
 
-struct Idle {
+pub struct Idle {
     stream: Stream,
     since: Instant,
 }
@@ -123,6 +123,25 @@ impl Pool {
             stream,
             since: Instant::now(),
         });
+    }
+
+    /// Hands `server`'s idle connections over (to the next config generation's pool).
+    pub fn hand_over(&mut self, server: usize) -> VecDeque<Idle> {
+        self.idle
+            .get_mut(server)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Takes idle connections another pool handed over, within this pool's cap.
+    pub fn adopt(&mut self, server: usize, mut conns: VecDeque<Idle>) {
+        if self.cap_per_server == 0 || self.retired[server] {
+            return;
+        }
+        while conns.len() > self.cap_per_server {
+            conns.pop_front();
+        }
+        self.idle[server] = conns;
     }
 
     /// Closes connections idle longer than the timeout.

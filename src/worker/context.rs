@@ -1,6 +1,9 @@
 //! Everything one worker owns: its route table, upstream pools, counters,
 //! reusable buffers and shutdown state. Shared between that worker's tasks
 //! through `Rc`; never sent to another thread.
+//!
+//! What a config reload replaces ([`WorkerCtx`], one per generation) is
+//! kept apart from what it does not ([`WorkerShared`]).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -53,12 +56,14 @@ const BUFFER_POOL_IDLE: usize = 16;
 /// A buffer that grew beyond this is dropped rather than kept for reuse.
 const BUFFER_KEEP_MAX: usize = 256 * 1024;
 
-pub struct WorkerCtx {
+/// What a worker keeps across config generations: its counters,
+/// connections, buffers, shutdown state and links to the other workers.
+/// Reached from any [`WorkerCtx`] through `Deref`.
+pub struct WorkerShared {
     pub index: usize,
-    pub config: Arc<Config>,
-    pub per_core: PerCoreConfig,
-    pub router: Router,
-    pub upstreams: RefCell<Upstreams>,
+    /// The key of this worker's `[workers.overrides]` entry (its core, or
+    /// its index when pinning is off).
+    pub core_key: Cell<usize>,
     pub stats: Stats,
     /// Set once when a graceful shutdown starts.
     pub draining: Cell<bool>,
@@ -73,6 +78,9 @@ pub struct WorkerCtx {
     /// Notified when an HTTP/2 upstream connection finished opening (or
     /// failed to): requests waiting to share it re-check.
     pub h2_connect_notify: Notify,
+    /// Notified when a new config generation is in place (accept loops of
+    /// removed listeners stop, superseded probe loops end).
+    pub reconfigured: Notify,
     /// Open client connections by address, and which are idle.
     pub conns: super::conns::Conns,
     /// The connection-cap warnings.
@@ -80,10 +88,6 @@ pub struct WorkerCtx {
     /// Reusable upstream read buffers and serialisation buffers.
     read_buffers: RefCell<Vec<BytesMut>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
-    /// `Via: 1.1 <name>\r\n`, built once.
-    pub via_line: Vec<u8>,
-    /// The worker's cache, when a route caches and `cache_size` is not 0.
-    pub cache: Option<WorkerCache>,
     /// Reused buffer for building cache keys.
     pub key_buf: RefCell<Vec<u8>>,
     /// Reused buffers for a request's canonical host and path (when they
@@ -97,8 +101,45 @@ pub struct WorkerCtx {
     pub claims: Arc<Claims>,
     /// The node's rate-limit table, shared by the workers.
     pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
+    /// The worker's cache shard once a generation caches; later generations
+    /// keep it (stored entries survive a reload).
+    cache_store: RefCell<Option<Rc<WorkerCache>>>,
+    /// The generation new requests start on.
+    current: RefCell<Option<Rc<WorkerCtx>>>,
+    /// Its number, readable without touching `current`.
+    pub live_generation: Cell<u64>,
+}
+
+/// One config generation as this worker runs it: the config, the route
+/// table and the upstream state built from it. A request keeps the
+/// generation it started on until it ends (every index it holds -- route,
+/// group, server -- is one of this generation's); new requests take
+/// [`WorkerCtx::current`]. Everything kept across generations is in
+/// [`WorkerShared`], reached through `Deref`.
+pub struct WorkerCtx {
+    shared: Rc<WorkerShared>,
+    /// The config generation (1 at start, one more per reload).
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub per_core: PerCoreConfig,
+    pub router: Router,
+    pub upstreams: RefCell<Upstreams>,
+    /// `Via: 1.1 <name>\r\n`, built once.
+    pub via_line: Vec<u8>,
+    /// The worker's cache, when a route caches and `cache_size` is not 0.
+    pub cache: Option<Rc<WorkerCache>>,
     /// Each route's retry budget on this worker.
     pub retry_budgets: Vec<RefCell<crate::upstream::retry::RetryBudget>>,
+    /// What each listener (by bound address) does with a connection.
+    pub entries: Vec<(std::net::SocketAddr, Rc<crate::proxy::Entry>)>,
+}
+
+impl std::ops::Deref for WorkerCtx {
+    type Target = WorkerShared;
+
+    fn deref(&self) -> &WorkerShared {
+        &self.shared
+    }
 }
 
 impl WorkerCtx {
@@ -110,26 +151,9 @@ impl WorkerCtx {
         claims: Arc<Claims>,
         limiter: Arc<dyn crate::route::rate_limit::Limiter>,
     ) -> WorkerCtx {
-        let router = Router::new(&config.routes);
-        let upstreams = RefCell::new(Upstreams::new(&config, &per_core, index));
-        let via_line = format!("Via: 1.1 {}\r\n", config.proxy.via_name).into_bytes();
-        let any_route_caches = config.routes.iter().any(|r| r.cache.is_some());
-        let cache = (any_route_caches && per_core.cache_size > 0)
-            .then(|| WorkerCache::new(per_core.cache_size, per_core.cache_max_object));
-        WorkerCtx {
-            retry_budgets: config.routes.iter().map(|_| RefCell::default()).collect(),
-            cache,
-            bus,
-            claims,
-            limiter,
-            key_buf: RefCell::new(Vec::with_capacity(256)),
-            target_scratch: RefCell::default(),
-            forward_scratch: RefCell::default(),
+        let shared = Rc::new(WorkerShared {
             index,
-            router,
-            upstreams,
-            per_core,
-            config,
+            core_key: Cell::new(index),
             stats: Stats::default(),
             draining: Cell::new(false),
             hard_stop: Cell::new(false),
@@ -137,12 +161,118 @@ impl WorkerCtx {
             drain_notify: Notify::default(),
             slot_notify: Notify::default(),
             h2_connect_notify: Notify::default(),
+            reconfigured: Notify::default(),
             conns: Default::default(),
             cap_log: RateLimitedLog::default(),
             read_buffers: RefCell::new(Vec::new()),
             write_buffers: RefCell::new(Vec::new()),
+            key_buf: RefCell::new(Vec::with_capacity(256)),
+            target_scratch: RefCell::default(),
+            forward_scratch: RefCell::default(),
+            bus,
+            claims,
+            limiter,
+            cache_store: RefCell::new(None),
+            current: RefCell::new(None),
+            live_generation: Cell::new(1),
+        });
+        WorkerCtx::build(shared, 1, config, per_core, Vec::new())
+    }
+
+    /// A generation of `config` for this worker (its listeners' `entries`).
+    fn build(
+        shared: Rc<WorkerShared>,
+        generation: u64,
+        config: Arc<Config>,
+        per_core: PerCoreConfig,
+        entries: Vec<(std::net::SocketAddr, Rc<crate::proxy::Entry>)>,
+    ) -> WorkerCtx {
+        let router = Router::new(&config.routes);
+        let upstreams = RefCell::new(Upstreams::new(&config, &per_core, shared.index));
+        let via_line = format!("Via: 1.1 {}\r\n", config.proxy.via_name).into_bytes();
+        let any_route_caches = config.routes.iter().any(|r| r.cache.is_some());
+        let cache = (any_route_caches && per_core.cache_size > 0).then(|| {
+            shared
+                .cache_store
+                .borrow_mut()
+                .get_or_insert_with(|| {
+                    Rc::new(WorkerCache::new(
+                        per_core.cache_size,
+                        per_core.cache_max_object,
+                    ))
+                })
+                .clone()
+        });
+        WorkerCtx {
+            retry_budgets: config.routes.iter().map(|_| RefCell::default()).collect(),
+            cache,
+            router,
+            upstreams,
+            per_core,
+            config,
             via_line,
+            generation,
+            entries,
+            shared,
         }
+    }
+
+    /// The next generation: `config` built for this worker, with what the
+    /// upstreams learnt (health, ejections, idle connections, discovered
+    /// servers) carried over from this one.
+    pub fn next_generation(
+        &self,
+        generation: u64,
+        config: Arc<Config>,
+        entries: Vec<(std::net::SocketAddr, Rc<crate::proxy::Entry>)>,
+    ) -> WorkerCtx {
+        let per_core = config.workers.for_core(self.core_key.get()).clone();
+        let next = WorkerCtx::build(self.shared.clone(), generation, config, per_core, entries);
+        next.upstreams.borrow_mut().inherit(
+            &mut self.upstreams.borrow_mut(),
+            &self.config,
+            &next.config,
+        );
+        next
+    }
+
+    /// Makes `this` the generation new requests start on.
+    pub fn make_current(this: &Rc<WorkerCtx>) {
+        this.live_generation.set(this.generation);
+        *this.current.borrow_mut() = Some(this.clone());
+        this.reconfigured.notify_all();
+    }
+
+    /// The generation new requests start on.
+    pub fn current(self: &Rc<Self>) -> Rc<WorkerCtx> {
+        match &*self.current.borrow() {
+            Some(c) if c.generation != self.generation => c.clone(),
+            _ => self.clone(),
+        }
+    }
+
+    /// A later generation has replaced this one.
+    pub fn superseded(&self) -> bool {
+        self.live_generation.get() != self.generation
+    }
+
+    /// Lets go of the current generation (the worker is exiting).
+    pub fn forget_current(&self) {
+        self.current.borrow_mut().take();
+    }
+
+    /// This generation has the listener bound at `address`.
+    pub fn listens_on(&self, address: std::net::SocketAddr) -> bool {
+        self.entries.iter().any(|(a, _)| *a == address)
+    }
+
+    /// What the listener bound at `address` does with a connection in this
+    /// generation; `None` once the listener was removed.
+    pub fn entry_for(&self, address: std::net::SocketAddr) -> Option<Rc<crate::proxy::Entry>> {
+        self.entries
+            .iter()
+            .find(|(a, _)| *a == address)
+            .map(|(_, e)| e.clone())
     }
 
     /// This worker's counters, for `/stats` and `/metrics`.
@@ -152,6 +282,7 @@ impl WorkerCtx {
         let (idle, discarded) = upstreams.pool_counts();
         let mut v = serde_json::json!({
             "worker": self.index,
+            "generation": self.generation,
             "connections": self.active.get(),
             "upstream_pool_idle": idle,
             "upstream_pool_discarded": discarded,

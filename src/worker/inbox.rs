@@ -22,6 +22,8 @@ pub async fn run(ctx: Rc<WorkerCtx>, mailbox: Mailbox) {
 }
 
 fn apply(ctx: &Rc<WorkerCtx>, envelope: Envelope) {
+    // Messages apply to the generation new requests start on.
+    let ctx = &ctx.current();
     let mut removed = 0u64;
     match envelope.message {
         Message::Invalidate { what, removal } => {
@@ -55,10 +57,30 @@ fn apply(ctx: &Rc<WorkerCtx>, envelope: Envelope) {
                 cache.coalescer.release_remote(&key);
             }
         }
-        Message::Health { server, healthy } => ctx.upstreams.borrow().set_health(server, healthy),
+        Message::Health {
+            group,
+            server,
+            healthy,
+        } => {
+            let upstreams = ctx.upstreams.borrow();
+            let found = ctx
+                .config
+                .upstreams
+                .iter()
+                .position(|g| *g.name == *group)
+                .and_then(|g| upstreams.find_server(g, server));
+            if let Some(index) = found {
+                upstreams.set_health(index, healthy);
+            }
+        }
         Message::Servers { group, servers } => {
-            let joined = ctx.upstreams.borrow_mut().set_servers(group, &servers);
-            crate::upstream::health::watch(ctx, group, &joined);
+            if let Some(g) = ctx.config.upstreams.iter().position(|g| *g.name == *group) {
+                let joined = ctx.upstreams.borrow_mut().set_servers(g, &servers);
+                crate::upstream::health::watch(ctx, g, &joined);
+            }
+        }
+        Message::Reload(snapshot) => {
+            removed = super::reconfigure::apply(ctx, &snapshot);
         }
         Message::Stats(request) => {
             let snapshot = ctx.snapshot();
@@ -70,7 +92,7 @@ fn apply(ctx: &Rc<WorkerCtx>, envelope: Envelope) {
         }
     }
     if let Some(ack) = envelope.ack {
-        ack.done(removed);
+        ack.done(ctx.index, removed);
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod conns;
 pub mod context;
 pub mod inbox;
+pub mod reconfigure;
 pub mod rlimit;
 pub mod signal;
 pub mod stats;
@@ -66,8 +67,9 @@ pub(crate) struct WorkerSpec {
     pub claims: Arc<crate::cache::claims::Claims>,
     /// The node's rate-limit table.
     pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
-    /// The admin API's concrete address, on the worker that serves it.
-    pub admin: Option<SocketAddr>,
+    /// The admin API's concrete address, on the worker that serves it,
+    /// with what reloads the config.
+    pub admin: Option<(SocketAddr, Arc<crate::reload::Reloader>)>,
 }
 
 type Runtime = monoio::FusionRuntime<
@@ -181,6 +183,26 @@ pub(crate) fn reuseport_socket(address: SocketAddr) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// This worker's own listening socket on a listener's address.
+pub(crate) fn listen(l: &ListenerConfig) -> std::io::Result<TcpListener> {
+    let socket = reuseport_socket(l.address)?;
+    socket.listen(l.backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// What a listener does with a connection, as this worker runs it.
+pub(crate) fn entry(
+    l: &ListenerConfig,
+    tls: Option<&crate::tls::Terminator>,
+) -> (SocketAddr, Rc<crate::proxy::Entry>) {
+    let entry = crate::proxy::Entry {
+        tls: tls.map(crate::tls::Terminator::for_worker),
+        redirect_https: l.redirect_https,
+        h2c: l.h2c,
+    };
+    (l.address, Rc::new(entry))
+}
+
 async fn worker_main(
     spec: WorkerSpec,
     info: WorkerInfo,
@@ -188,14 +210,8 @@ async fn worker_main(
 ) {
     let mut listeners = Vec::new();
     for l in &spec.listeners {
-        let bound = reuseport_socket(l.address)
-            .and_then(|s| {
-                s.listen(l.backlog.min(i32::MAX as u32) as i32)?;
-                Ok(s)
-            })
-            .and_then(|s| TcpListener::from_std(s.into()));
-        match bound {
-            Ok(listener) => listeners.push((listener, l.redirect_https, l.h2c)),
+        match listen(l) {
+            Ok(listener) => listeners.push((listener, l.address)),
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {}: {e}", l.address)));
                 return;
@@ -204,13 +220,13 @@ async fn worker_main(
     }
     let core_key = info.core.unwrap_or(spec.index);
     let per_core = spec.config.workers.for_core(core_key).clone();
-    let admin_listener = match spec.admin {
+    let admin_listener = match spec.admin.clone() {
         None => None,
-        Some(address) => match reuseport_socket(address).and_then(|s| {
+        Some((address, reloader)) => match reuseport_socket(address).and_then(|s| {
             s.listen(128)?;
             TcpListener::from_std(s.into())
         }) {
-            Ok(l) => Some(l),
+            Ok(l) => Some((l, reloader)),
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {address} (admin): {e}")));
                 return;
@@ -218,19 +234,28 @@ async fn worker_main(
         },
     };
     let bus = spec.mailbox.bus().clone();
-    let ctx = Rc::new(WorkerCtx::new(
+    let mut first = WorkerCtx::new(
         spec.index,
         spec.config.clone(),
         per_core,
         bus,
         spec.claims.clone(),
         spec.limiter.clone(),
-    ));
-    ctx.upstreams.borrow_mut().set_tls(&spec.connectors);
+    );
+    first.core_key.set(core_key);
+    first.entries = spec
+        .listeners
+        .iter()
+        .zip(&spec.terminators)
+        .map(|(l, tls)| entry(l, tls.as_ref()))
+        .collect();
+    first.upstreams.borrow_mut().set_tls(&spec.connectors);
+    let ctx = Rc::new(first);
+    WorkerCtx::make_current(&ctx);
     monoio::spawn(inbox::run(ctx.clone(), spec.mailbox));
     crate::upstream::health::start(&ctx);
-    if let Some(listener) = admin_listener {
-        monoio::spawn(crate::admin::serve(ctx.clone(), listener));
+    if let Some((listener, reloader)) = admin_listener {
+        monoio::spawn(crate::admin::serve(ctx.clone(), listener, reloader));
     }
 
     // The stop request from another thread turns into a local drain.
@@ -243,13 +268,8 @@ async fn worker_main(
         });
     }
     monoio::spawn(sweep_pool(ctx.clone()));
-    for ((listener, redirect_https, h2c), tls) in listeners.into_iter().zip(&spec.terminators) {
-        let entry = Rc::new(crate::proxy::Entry {
-            tls: tls.as_ref().map(crate::tls::Terminator::for_worker),
-            redirect_https,
-            h2c,
-        });
-        monoio::spawn(accept_loop(ctx.clone(), listener, entry));
+    for (listener, address) in listeners {
+        monoio::spawn(accept_loop(ctx.clone(), listener, address));
     }
     if ready.send(Ok(info)).is_err() {
         // The starter gave up (another worker failed): stop at once.
@@ -270,6 +290,7 @@ async fn worker_main(
         // Each connection task drops its work (and its sockets) when next polled.
         ctx.slot_notify.wait_until(|| ctx.active.get() == 0).await;
     }
+    ctx.forget_current();
 }
 
 /// Closes pooled upstream connections that stayed idle too long, even when
@@ -280,6 +301,7 @@ async fn sweep_pool(ctx: Rc<WorkerCtx>) {
     loop {
         match race(monoio::time::sleep(period), ctx.drain_started()).await {
             Either::Left(()) => {
+                let ctx = ctx.current();
                 ctx.upstreams.borrow_mut().sweep_pool();
                 ctx.trim_buffers();
             }
@@ -288,7 +310,10 @@ async fn sweep_pool(ctx: Rc<WorkerCtx>) {
     }
 }
 
-async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, entry: Rc<crate::proxy::Entry>) {
+/// Accepts connections on this worker's socket of the listener bound at
+/// `address`, each served on the config generation current when it came,
+/// until the worker drains or a reload removes the listener.
+pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, address: SocketAddr) {
     loop {
         // At the connection cap with nothing idle to close, stop accepting:
         // new clients wait in the kernel's backlog (or go to another worker)
@@ -296,9 +321,12 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, entry: Rc<crate:
         if !wait_for_room(&ctx).await {
             return;
         }
-        let accepted = match race(listener.accept(), ctx.drain_started()).await {
+        let removed = ctx
+            .reconfigured
+            .wait_until(|| !ctx.current().listens_on(address));
+        let accepted = match race(listener.accept(), race(ctx.drain_started(), removed)).await {
             Either::Left(accepted) => accepted,
-            Either::Right(()) => return,
+            Either::Right(_) => return,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -307,6 +335,10 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, entry: Rc<crate:
                 if !wait_for_room(&ctx).await {
                     return;
                 }
+                let ctx = ctx.current();
+                let Some(entry) = ctx.entry_for(address) else {
+                    return;
+                };
                 ctx.stats.count(context::Counter::Accepted);
                 if !make_room(&ctx, peer.ip()) {
                     monoio::spawn(refuse_connection(ctx.clone(), stream));
@@ -346,7 +378,8 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, entry: Rc<crate:
 
 /// Waits until the worker is below `max_connections` or has an idle
 /// connection it may close; false once it drains.
-async fn wait_for_room(ctx: &WorkerCtx) -> bool {
+async fn wait_for_room(ctx: &Rc<WorkerCtx>) -> bool {
+    let ctx = &ctx.current();
     let max = ctx.per_core.max_connections;
     let room = || ctx.active.get() < max || ctx.conns.any_idle();
     if !room() && !ctx.draining.get() {

@@ -1255,6 +1255,8 @@ pub fn admin_stats(gw: &Handle) -> serde_json::Value {
 pub struct GatewayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Its config file.
+    pub path: std::path::PathBuf,
     /// Every line it wrote to stderr so far.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -1322,7 +1324,12 @@ impl GatewayProcess {
                 log.lock().unwrap().join("\n")
             );
         }
-        GatewayProcess { child, addr, log }
+        GatewayProcess {
+            child,
+            addr,
+            path,
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -1351,6 +1358,15 @@ impl GatewayProcess {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Rewrites its config file (`{listen}` standing for its address).
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(
+            &self.path,
+            config.replace("{listen}", &self.addr.to_string()),
+        )
+        .unwrap();
     }
 
     /// SIGTERM, then the exit status (within 20 s).

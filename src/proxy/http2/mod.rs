@@ -188,7 +188,7 @@ where
                 // The stream's future goes to the heap once (`CatchUnwind`
                 // boxes it): only a pointer moves into the task after that.
                 let task = CatchUnwind::new(serve_stream(
-                    ctx.clone(),
+                    ctx.current(),
                     shared.clone(),
                     request,
                     respond,
