@@ -15,6 +15,7 @@
 //! - [`upstream`]: balancers and the keep-alive pool
 //! - [`tls`]: TLS termination (certificates, SNI, the rustls adapter)
 //! - [`reload`]: live config reload (snapshots, generations, acknowledgements)
+//! - [`upgrade`]: handing listening sockets to a new binary
 //! - [`demo`]: the built-in demo origin
 
 pub mod admin;
@@ -28,6 +29,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod worker;
 
@@ -57,12 +59,24 @@ pub struct Handle {
     threads: Vec<JoinHandle<()>>,
     /// Live reload (and service discovery's thread, which it restarts).
     reloader: Arc<reload::Reloader>,
+    /// Every listening socket, for a binary upgrade.
+    sockets: Arc<upgrade::Sockets>,
 }
 
 impl Gateway {
     /// Validates `config`, binds its listeners and starts the workers.
     /// Returns once every worker is accepting connections.
     pub fn start(config: Config) -> Result<Handle, StartError> {
+        Gateway::start_with(config, upgrade::Inherited::default())
+    }
+
+    /// [`Gateway::start`] on listening sockets another process handed over
+    /// (a binary upgrade): a listener whose address is among them accepts
+    /// on them instead of binding its own.
+    pub fn start_with(
+        config: Config,
+        mut inherited: upgrade::Inherited,
+    ) -> Result<Handle, StartError> {
         config.check()?;
         let placements = plan_workers(&config)?;
 
@@ -71,8 +85,13 @@ impl Gateway {
         // that every worker then binds with SO_REUSEPORT.
         let mut listeners = Vec::new();
         for l in &config.listeners {
+            let address = if inherited.listeners.contains_key(&l.address) {
+                l.address
+            } else {
+                probe_bind(l.address)?
+            };
             listeners.push(ListenerConfig {
-                address: probe_bind(l.address)?,
+                address,
                 ..l.clone()
             });
         }
@@ -82,6 +101,7 @@ impl Gateway {
             reload::tls_parts(&config, &mut tickets).map_err(StartError::Config)?;
 
         let admin_addr = match &config.admin {
+            Some(admin) if inherited.admin.is_some() => Some(admin.listen),
             Some(admin) => Some(probe_bind(admin.listen)?),
             None => None,
         };
@@ -126,8 +146,18 @@ impl Gateway {
             stops: Vec::new(),
             threads: Vec::new(),
             reloader: reloader.clone(),
+            sockets: Arc::default(),
         };
+        // Handed-over sockets, spread over the workers: every one is
+        // accepted on, so no queue is lost.
+        let mut handed: Vec<Vec<_>> = (0..placements.len()).map(|_| Vec::new()).collect();
+        for (address, fds) in inherited.listeners.drain() {
+            for (i, fd) in fds.into_iter().enumerate() {
+                handed[i % placements.len()].push((address, fd));
+            }
+        }
         for (index, core) in placements.into_iter().enumerate() {
+            let mine = std::mem::take(&mut handed[index]);
             let stop = Arc::new(StopSignal::default());
             let (receiver, worker) = receivers.remove(0);
             let spec = WorkerSpec {
@@ -142,10 +172,12 @@ impl Gateway {
                 claims: claims.clone(),
                 limiter: limiter.clone(),
                 admin: if index == 0 {
-                    admin_addr.map(|a| (a, reloader.clone()))
+                    admin_addr.map(|a| (a, reloader.clone(), inherited.admin.take()))
                 } else {
                     None
                 },
+                inherited: mine,
+                sockets: handle.sockets.clone(),
             };
             let thread = worker::spawn(spec, ready_tx.clone()).map_err(|e| StartError::Worker {
                 index,
@@ -279,6 +311,7 @@ impl Handle {
         for stop in &self.stops {
             stop.stop();
         }
+        self.sockets.clear();
     }
 
     /// Graceful shutdown: returns when every worker has finished (at most the
@@ -298,6 +331,7 @@ impl Handle {
     pub fn stopper(&self) -> Stopper {
         Stopper {
             stops: self.stops.clone(),
+            sockets: self.sockets.clone(),
         }
     }
 
@@ -305,6 +339,11 @@ impl Handle {
     /// until each applied it, or [`reload::ACK_TIMEOUT`] passed).
     pub fn reload(&self) -> Result<reload::Reloaded, reload::ReloadError> {
         self.reloader.reload_blocking()
+    }
+
+    /// Every listening socket, for handing over to a new binary.
+    pub fn sockets(&self) -> Arc<upgrade::Sockets> {
+        self.sockets.clone()
     }
 
     /// Something another thread can reload the config with.
@@ -333,6 +372,7 @@ impl Drop for Handle {
 #[derive(Clone)]
 pub struct Stopper {
     stops: Vec<Arc<StopSignal>>,
+    sockets: Arc<upgrade::Sockets>,
 }
 
 impl Stopper {
@@ -340,5 +380,6 @@ impl Stopper {
         for stop in &self.stops {
             stop.stop();
         }
+        self.sockets.clear();
     }
 }

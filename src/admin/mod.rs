@@ -234,7 +234,15 @@ async fn handle(ctx: &WorkerCtx, request: Request, reloader: &crate::reload::Rel
         ("GET", "/stats") => match collect(ctx).await {
             Ok(workers) => json_reply(
                 200,
-                json!({ "workers": workers, "totals": totals(&workers) }),
+                json!({
+                    "workers": workers,
+                    "totals": totals(&workers),
+                    "process": {
+                        "pid": std::process::id(),
+                        "version": env!("CARGO_PKG_VERSION"),
+                        "generation": reloader.generation(),
+                    },
+                }),
             ),
             Err(e) => error(503, e.to_string()),
         },

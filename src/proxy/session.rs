@@ -175,7 +175,10 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     // Until a request is parsed, an answer (400, 408) is HTTP/1.1 with a body.
     client.reply.begin(crate::http::Version::Http11, false);
     if client.buf.is_empty() {
-        if ctx.draining.get() {
+        // Draining: an idle keep-alive connection closes; one accepted in
+        // the last moment still gets its first request answered.
+        let fresh = client.served == 0;
+        if ctx.draining.get() && !fresh {
             return Next::Close;
         }
         // Idle: wait for the first byte of the next request, but not past the
@@ -193,7 +196,15 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             // The accept loop may be waiting for an idle connection to close.
             ctx.slot_notify.notify_all();
         }
-        let stop = race(ctx.drain_started(), ctx.conns.evicted(client.conn));
+        let stop = race(
+            async {
+                ctx.drain_started().await;
+                if fresh {
+                    std::future::pending::<()>().await;
+                }
+            },
+            ctx.conns.evicted(client.conn),
+        );
         let woke = race(read, stop).await;
         ctx.conns.set_busy(client.conn);
         match woke {

@@ -101,6 +101,8 @@ pub struct WorkerShared {
     pub claims: Arc<Claims>,
     /// The node's rate-limit table, shared by the workers.
     pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
+    /// Where the worker registers its listening sockets (for an upgrade).
+    pub sockets: Arc<crate::upgrade::Sockets>,
     /// The worker's cache shard once a generation caches; later generations
     /// keep it (stored entries survive a reload).
     cache_store: RefCell<Option<Rc<WorkerCache>>>,
@@ -172,6 +174,7 @@ impl WorkerCtx {
             bus,
             claims,
             limiter,
+            sockets: Arc::default(),
             cache_store: RefCell::new(None),
             current: RefCell::new(None),
             live_generation: Cell::new(1),
@@ -214,6 +217,14 @@ impl WorkerCtx {
             generation,
             entries,
             shared,
+        }
+    }
+
+    /// Registers listening sockets in `sockets` from now on (before the
+    /// worker's tasks share this context).
+    pub fn set_sockets(&mut self, sockets: Arc<crate::upgrade::Sockets>) {
+        if let Some(shared) = Rc::get_mut(&mut self.shared) {
+            shared.sockets = sockets;
         }
     }
 

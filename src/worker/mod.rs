@@ -68,8 +68,16 @@ pub(crate) struct WorkerSpec {
     /// The node's rate-limit table.
     pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
     /// The admin API's concrete address, on the worker that serves it,
-    /// with what reloads the config.
-    pub admin: Option<(SocketAddr, Arc<crate::reload::Reloader>)>,
+    /// with what reloads the config and its handed-over socket, if any.
+    pub admin: Option<(
+        SocketAddr,
+        Arc<crate::reload::Reloader>,
+        Option<std::os::fd::OwnedFd>,
+    )>,
+    /// Listening sockets a previous process handed over, for this worker.
+    pub inherited: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
+    /// Where this worker registers its listening sockets (for an upgrade).
+    pub sockets: Arc<crate::upgrade::Sockets>,
 }
 
 type Runtime = monoio::FusionRuntime<
@@ -87,7 +95,7 @@ pub(crate) fn spawn(
         .spawn(move || run_worker(spec, ready))
 }
 
-fn run_worker(spec: WorkerSpec, ready: mpsc::Sender<Result<WorkerInfo, String>>) {
+fn run_worker(mut spec: WorkerSpec, ready: mpsc::Sender<Result<WorkerInfo, String>>) {
     if let Some(core) = spec.core {
         if !core_affinity::set_for_current(core) {
             let _ = ready.send(Err(format!("cannot pin to CPU {}", core.id)));
@@ -107,7 +115,8 @@ fn run_worker(spec: WorkerSpec, ready: mpsc::Sender<Result<WorkerInfo, String>>)
         affinity: current_affinity(),
         driver,
     };
-    runtime.block_on(worker_main(spec, info, ready));
+    let inherited = std::mem::take(&mut spec.inherited);
+    runtime.block_on(worker_main(spec, inherited, info, ready));
 }
 
 fn build_runtime(config: &Config) -> std::io::Result<(Runtime, DriverKind)> {
@@ -203,15 +212,43 @@ pub(crate) fn entry(
     (l.address, Rc::new(entry))
 }
 
+/// A listening socket handed over by the previous process.
+fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
 async fn worker_main(
     spec: WorkerSpec,
+    mut inherited: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
     info: WorkerInfo,
     ready: mpsc::Sender<Result<WorkerInfo, String>>,
 ) {
+    use std::os::fd::AsRawFd;
     let mut listeners = Vec::new();
     for l in &spec.listeners {
-        match listen(l) {
-            Ok(listener) => listeners.push((listener, l.address)),
+        let mut handed = Vec::new();
+        inherited.retain_mut(|(address, fd)| {
+            if *address != l.address {
+                return true;
+            }
+            handed.push(fd.try_clone());
+            false
+        });
+        let bound: std::io::Result<Vec<TcpListener>> = if handed.is_empty() {
+            listen(l).map(|x| vec![x])
+        } else {
+            handed.into_iter().map(|fd| fd.and_then(adopt)).collect()
+        };
+        match bound {
+            Ok(bound) => {
+                for listener in bound {
+                    spec.sockets
+                        .register(l.address, spec.index, false, listener.as_raw_fd());
+                    listeners.push((listener, l.address));
+                }
+            }
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {}: {e}", l.address)));
                 return;
@@ -220,13 +257,19 @@ async fn worker_main(
     }
     let core_key = info.core.unwrap_or(spec.index);
     let per_core = spec.config.workers.for_core(core_key).clone();
-    let admin_listener = match spec.admin.clone() {
+    let admin_listener = match spec.admin {
         None => None,
-        Some((address, reloader)) => match reuseport_socket(address).and_then(|s| {
-            s.listen(128)?;
-            TcpListener::from_std(s.into())
+        Some((address, reloader, handed)) => match handed.map(adopt).unwrap_or_else(|| {
+            reuseport_socket(address).and_then(|s| {
+                s.listen(128)?;
+                TcpListener::from_std(s.into())
+            })
         }) {
-            Ok(l) => Some((l, reloader)),
+            Ok(l) => {
+                spec.sockets
+                    .register(address, spec.index, true, l.as_raw_fd());
+                Some((l, reloader))
+            }
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot listen on {address} (admin): {e}")));
                 return;
@@ -243,6 +286,7 @@ async fn worker_main(
         spec.limiter.clone(),
     );
     first.core_key.set(core_key);
+    first.set_sockets(spec.sockets.clone());
     first.entries = spec
         .listeners
         .iter()
@@ -324,24 +368,47 @@ pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, addre
         let removed = ctx
             .reconfigured
             .wait_until(|| !ctx.current().listens_on(address));
-        let accepted = match race(listener.accept(), race(ctx.drain_started(), removed)).await {
-            Either::Left(accepted) => accepted,
-            Either::Right(_) => return,
+        // Stopping cancels the pending accept and still takes what it
+        // returns: a connection the kernel handed over just before the
+        // cancel is served, not dropped (the socket stays open in another
+        // process after an upgrade, and its clients must not see a reset).
+        let canceller = monoio::io::Canceller::new();
+        let mut accept = std::pin::pin!(listener.cancelable_accept(canceller.handle()));
+        let (accepted, last) = match race(accept.as_mut(), race(ctx.drain_started(), removed)).await
+        {
+            Either::Left(accepted) => (accepted, false),
+            Either::Right(why) => {
+                if let Either::Right(()) = why {
+                    ctx.sockets.unregister(address, ctx.index);
+                }
+                let _canceled = canceller.cancel();
+                (accept.await, true)
+            }
         };
+        if last && accepted.is_err() {
+            return;
+        }
         match accepted {
             Ok((stream, peer)) => {
                 // Connections may have turned busy while the accept was
                 // pending: this one waits (accepted, unread) for room too.
-                if !wait_for_room(&ctx).await {
+                if !last && !wait_for_room(&ctx).await {
                     return;
                 }
+                // The listener's entry as of now, or as it was when a reload
+                // removed it (that last connection is still served).
+                let first = ctx.clone();
                 let ctx = ctx.current();
-                let Some(entry) = ctx.entry_for(address) else {
+                let Some(entry) = ctx.entry_for(address).or_else(|| first.entry_for(address))
+                else {
                     return;
                 };
                 ctx.stats.count(context::Counter::Accepted);
                 if !make_room(&ctx, peer.ip()) {
                     monoio::spawn(refuse_connection(ctx.clone(), stream));
+                    if last {
+                        return;
+                    }
                     continue;
                 }
                 let task_ctx = ctx.clone();
@@ -366,6 +433,9 @@ pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, addre
                         );
                     }
                 });
+                if last {
+                    return;
+                }
             }
             Err(e) => {
                 // Out of file descriptors or memory: back off briefly instead of spinning.

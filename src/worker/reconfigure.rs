@@ -26,6 +26,9 @@ pub fn apply(ctx: &Rc<WorkerCtx>, snapshot: &Snapshot) -> u64 {
         }
         match super::listen(l) {
             Ok(listener) => {
+                use std::os::fd::AsRawFd;
+                ctx.sockets
+                    .register(l.address, ctx.index, false, listener.as_raw_fd());
                 monoio::spawn(super::accept_loop(ctx.clone(), listener, l.address));
             }
             Err(e) => tracing::error!(
