@@ -30,6 +30,11 @@ enum Command {
         /// Config file.
         #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Take over from the ringgate running this config file: receive its
+        /// listening sockets, start accepting, then let it drain and exit
+        /// (SIGUSR2 to the running process starts this for you).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit (0 when valid).
     Check {
@@ -197,13 +202,31 @@ impl QuickArgs {
     }
 }
 
+/// Standard error for the log, where a failed write (a closed pipe, a
+/// full disk) loses the line instead of failing: the log library reports a
+/// failed write on standard error itself, and that second failure panics
+/// the thread that logged -- a worker, or the thread that handles SIGTERM.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         // Colour codes only for a person at a terminal, never in a log file or journal.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
@@ -225,8 +248,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => match Config::load(&config) {
-            Ok(c) => run(c),
+        Command::Run { config, upgrade } => match Config::load(&config) {
+            Ok(c) => run_file(c, &config, upgrade),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(2)
@@ -334,15 +357,97 @@ fn run(config: Config) -> ExitCode {
 
 /// Installed before the gateway starts, so a SIGHUP during start-up is ignored too.
 fn install_signals() -> Result<signal_hook::iterator::Signals, ExitCode> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2]).map_err(|e| {
         eprintln!("ringgate: cannot install signal handlers: {e}");
         ExitCode::FAILURE
     })
 }
 
-fn wait_for_signal(handle: Handle, mut signals: signal_hook::iterator::Signals) -> ExitCode {
-    use signal_hook::consts::SIGHUP;
+/// `ringgate run`: [`run`], taking the sockets of the process running the
+/// same file first with `--upgrade`, and answering the next upgrade.
+fn run_file(config: Config, path: &std::path::Path, upgrade: bool) -> ExitCode {
+    let signals = match install_signals() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let taken = if upgrade {
+        match ringgate::upgrade::take_over(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("ringgate: upgrade: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let handle = match taken {
+        None => start(config),
+        Some(taken) => {
+            let (inherited, rest) = taken.split();
+            let handle = Gateway::start_with(config, inherited).map_err(|e| {
+                // The old process keeps serving: it hears this one go.
+                eprintln!("ringgate: {e}");
+                ExitCode::FAILURE
+            });
+            if handle.is_ok() {
+                if let Err(e) = rest.ready() {
+                    eprintln!("ringgate: upgrade: cannot tell the old process: {e}");
+                }
+                tracing::info!("upgrade: took over the listening sockets");
+            }
+            handle
+        }
+    };
+    let handle = match handle {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let stopper = handle.stopper();
+    if let Err(e) = ringgate::upgrade::answer(path, handle.sockets(), move || stopper.stop()) {
+        tracing::warn!(error = %e, "binary upgrades of this process are off");
+    }
+    wait_for_signal_upgrading(handle, signals, Some(path.to_path_buf()))
+}
+
+fn wait_for_signal(handle: Handle, signals: signal_hook::iterator::Signals) -> ExitCode {
+    wait_for_signal_upgrading(handle, signals, None)
+}
+
+/// Starts `<this binary> run --config <config> --upgrade` (SIGUSR2), which
+/// takes this process's sockets; this process then drains and exits.
+fn spawn_upgrade(config: &std::path::Path) {
+    // The path it was started by: a binary replaced on disk is the new one.
+    let binary = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .filter(|p| p.components().count() > 1)
+        .or_else(|| std::env::current_exe().ok());
+    let Some(binary) = binary else {
+        tracing::error!("SIGUSR2: cannot tell where this binary is");
+        return;
+    };
+    match std::process::Command::new(&binary)
+        .args(["run", "--upgrade", "--config"])
+        .arg(config)
+        .spawn()
+    {
+        Ok(child) => {
+            tracing::info!(pid = child.id(), binary = %binary.display(), "SIGUSR2: started the new binary")
+        }
+        Err(e) => {
+            tracing::error!(binary = %binary.display(), error = %e, "SIGUSR2: cannot start the new binary")
+        }
+    }
+}
+
+fn wait_for_signal_upgrading(
+    handle: Handle,
+    mut signals: signal_hook::iterator::Signals,
+    config: Option<PathBuf>,
+) -> ExitCode {
+    use signal_hook::consts::{SIGHUP, SIGUSR2};
     let stopper = handle.stopper();
     let reloader = handle.reloader();
     std::thread::spawn(move || {
@@ -367,6 +472,15 @@ fn wait_for_signal(handle: Handle, mut signals: signal_hook::iterator::Signals) 
                         tracing::error!("SIGHUP: config not reloaded, the running one stays: {e}")
                     }
                 });
+                continue;
+            }
+            if signal == SIGUSR2 {
+                match &config {
+                    Some(path) => spawn_upgrade(path),
+                    None => tracing::warn!(
+                        "SIGUSR2 ignored: an upgrade needs `ringgate run --config FILE`"
+                    ),
+                }
                 continue;
             }
             seen += 1;

@@ -279,3 +279,167 @@ fn the_log_has_no_colour_codes_and_names_upstream_faults_as_upstream() {
         "an upstream fault must not read as the client's: {line}"
     );
 }
+
+/// Stops the process an upgrade started (a child of the old process, not
+/// of this test), by the PID the old one logged, however the test ends.
+struct ReapUpgraded(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Drop for ReapUpgraded {
+    fn drop(&mut self) {
+        let log = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for line in log.iter().filter(|l| l.contains("started the new binary")) {
+            let pid = line
+                .split("pid=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(pid) = pid {
+                // SAFETY: SIGTERM to the gateway process this test's upgrade
+                // started, by the PID its parent logged.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+}
+
+/// Requests on new connections, one after another, until `stop`; each
+/// connect, reset or non-200 counts as a failure.
+fn load_loop(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::sync::mpsc::Receiver<(u64, Vec<String>)> {
+    in_thread(move || {
+        let (mut ok, mut failures) = (0u64, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let outcome = std::net::TcpStream::connect(addr)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    let mut c = Client::new_from(s);
+                    c.try_send(b"GET /loop HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                        .map_err(|e| e.to_string())?;
+                    c.read_response().map_err(|e| e.to_string())
+                });
+            match outcome {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failures.push(format!("status {}", r.status)),
+                Err(e) => failures.push(e),
+            }
+        }
+        (ok, failures)
+    })
+}
+
+#[test]
+fn sigusr2_upgrades_to_a_new_process_through_a_reload_without_a_failed_request() {
+    let (origin, next) = (Origin::start(), Origin::start());
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = |to: std::net::SocketAddr| {
+        config(to, "")
+            .replace("count = 1", "count = 2")
+            .replace("[admin]\nenabled = false\n", "")
+            + &format!("[admin]\nlisten = \"{admin}\"\n")
+    };
+    let gw = GatewayProcess::start(&text(origin.addr), |_| {});
+    let reap = ReapUpgraded(gw.log.clone());
+    let stats =
+        || -> serde_json::Value { serde_json::from_str(&get(admin, "/stats").text()).unwrap() };
+    assert_eq!(stats()["process"]["pid"], gw.pid());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..3).map(|_| load_loop(gw.addr, stop.clone())).collect();
+    let served = || origin.requests() + next.requests();
+    let flowing = |what: &str| {
+        let before = served();
+        wait_until(Duration::from_secs(10), what, || served() > before + 50);
+    };
+    flowing("requests flow");
+
+    // A reload under load: the new file routes to `next`.
+    gw.rewrite(&text(next.addr));
+    gw.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(5), "the reload", || next.requests() > 0);
+    flowing("requests flow after the reload");
+
+    // The upgrade under load: the old process hands its sockets over,
+    // drains and exits; the new one serves.
+    let old = gw.pid();
+    gw.signal(libc::SIGUSR2);
+    let mut gw = gw;
+    wait_until(Duration::from_secs(20), "the old process exited", || {
+        gw.child.try_wait().unwrap().is_some()
+    });
+    assert_eq!(gw.child.try_wait().unwrap().unwrap().code(), Some(0));
+    let new = stats()["process"]["pid"].as_i64().unwrap() as i32;
+    assert_ne!(new, old);
+    flowing("requests flow after the upgrade");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failures) = (0, Vec::new());
+    for l in loops {
+        let (o, f) = l.recv_timeout(Duration::from_secs(20)).unwrap();
+        ok += o;
+        failures.extend(f);
+    }
+    let log = gw.log_text();
+    assert!(log.contains("listening sockets handed over"), "{log}");
+    assert!(log.contains("took over the listening sockets"), "{log}");
+    assert!(
+        failures.is_empty(),
+        "{} of {ok} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 150, "{ok}");
+    // The new process runs the reloaded file.
+    let before = next.requests();
+    assert_eq!(get(gw.addr, "/new").status, 200);
+    assert_eq!(next.requests(), before + 1);
+
+    drop(reap);
+    wait_until(Duration::from_secs(20), "the new process exited", || {
+        !std::path::Path::new(&format!("/proc/{new}/status")).exists()
+            || std::fs::read_to_string(format!("/proc/{new}/status"))
+                .is_ok_and(|s| s.contains("State:\tZ"))
+    });
+}
+
+#[test]
+fn a_closed_log_pipe_neither_kills_a_worker_nor_stops_a_clean_exit() {
+    use std::io::BufRead;
+    let origin = Origin::start();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let path = write_config(
+        "closed-log.toml",
+        &config(origin.addr, "").replace("{listen}", &listen),
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("ringgate started")));
+    drop(lines);
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    // Requests log at debug level, a refused one too: none may panic the worker.
+    for i in 0..20 {
+        assert_eq!(get(addr, &format!("/{i}")).status, 200);
+        let mut c = Client::connect(addr);
+        assert_eq!(c.request(b"GET / HTTP/1.1\r\n\r\n").status, 400);
+    }
+    // SAFETY: a signal to our own child by its PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop it"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(0));
+}
