@@ -8,6 +8,7 @@
 //!
 //! Module map (see `docs/ARCHITECTURE.md` for a request's path through them):
 //! - [`config`]: TOML -> validated domain config
+//! - [`access_log`]: per-request lines, formatted per worker, written by one thread
 //! - [`worker`]: threads, pinning, event loops, listeners, shutdown
 //! - [`http`]: strict HTTP/1.1 parsing and framing rules
 //! - [`route`]: the route table
@@ -18,6 +19,7 @@
 //! - [`upgrade`]: handing listening sockets to a new binary
 //! - [`demo`]: the built-in demo origin
 
+pub mod access_log;
 pub mod admin;
 pub mod bus;
 pub mod cache;
@@ -61,6 +63,7 @@ pub struct Handle {
     reloader: Arc<reload::Reloader>,
     /// Every listening socket, for a binary upgrade.
     sockets: Arc<upgrade::Sockets>,
+    access_log: Arc<access_log::AccessLog>,
 }
 
 impl Gateway {
@@ -128,12 +131,18 @@ impl Gateway {
             }),
             ..config
         });
+        let access_log =
+            access_log::AccessLog::start(&config.access_log).map_err(|e| StartError::Worker {
+                index: 0,
+                reason: format!("cannot start the access log's writer thread: {e}"),
+            })?;
         let (bus, mut receivers) = bus::Bus::new(placements.len(), config.cache.bus_capacity);
         let reloader = Arc::new(reload::Reloader::new(
             bus.clone(),
             config.clone(),
             written,
             tickets,
+            access_log.clone(),
         ));
         let claims = Arc::new(cache::claims::Claims::new(4096));
         let limiter: Arc<dyn route::rate_limit::Limiter> =
@@ -147,6 +156,7 @@ impl Gateway {
             threads: Vec::new(),
             reloader: reloader.clone(),
             sockets: Arc::default(),
+            access_log: access_log.clone(),
         };
         // Handed-over sockets, spread over the workers: every one is
         // accepted on, so no queue is lost.
@@ -178,6 +188,7 @@ impl Gateway {
                 },
                 inherited: mine,
                 sockets: handle.sockets.clone(),
+                access_log: access_log.clone(),
             };
             let thread = worker::spawn(spec, ready_tx.clone()).map_err(|e| StartError::Worker {
                 index,
@@ -341,6 +352,11 @@ impl Handle {
         self.reloader.reload_blocking()
     }
 
+    /// The access log (to reopen its file on `SIGUSR1`).
+    pub fn access_log(&self) -> Arc<access_log::AccessLog> {
+        self.access_log.clone()
+    }
+
     /// Every listening socket, for handing over to a new binary.
     pub fn sockets(&self) -> Arc<upgrade::Sockets> {
         self.sockets.clone()
@@ -356,6 +372,9 @@ impl Handle {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        // The workers handed their last lines over as they ended.
+        self.access_log.sync(std::time::Duration::from_secs(5));
+        self.access_log.close(std::time::Duration::from_secs(1));
     }
 }
 

@@ -357,8 +357,8 @@ fn run(config: Config) -> ExitCode {
 
 /// Installed before the gateway starts, so a SIGHUP during start-up is ignored too.
 fn install_signals() -> Result<signal_hook::iterator::Signals, ExitCode> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
-    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2]).map_err(|e| {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2]).map_err(|e| {
         eprintln!("ringgate: cannot install signal handlers: {e}");
         ExitCode::FAILURE
     })
@@ -447,8 +447,9 @@ fn wait_for_signal_upgrading(
     mut signals: signal_hook::iterator::Signals,
     config: Option<PathBuf>,
 ) -> ExitCode {
-    use signal_hook::consts::{SIGHUP, SIGUSR2};
+    use signal_hook::consts::{SIGHUP, SIGUSR1, SIGUSR2};
     let stopper = handle.stopper();
+    let access_log = handle.access_log();
     let reloader = handle.reloader();
     std::thread::spawn(move || {
         let mut seen = 0;
@@ -472,6 +473,11 @@ fn wait_for_signal_upgrading(
                         tracing::error!("SIGHUP: config not reloaded, the running one stays: {e}")
                     }
                 });
+                continue;
+            }
+            if signal == SIGUSR1 {
+                access_log.reopen();
+                tracing::info!("SIGUSR1: reopening the access log");
                 continue;
             }
             if signal == SIGUSR2 {

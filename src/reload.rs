@@ -122,6 +122,7 @@ struct State {
 /// the admin API.
 pub struct Reloader {
     bus: Arc<Bus>,
+    access_log: Arc<crate::access_log::AccessLog>,
     busy: AtomicBool,
     state: Mutex<State>,
 }
@@ -139,9 +140,11 @@ impl Reloader {
         config: Arc<Config>,
         written: Written,
         tickets: Option<Arc<dyn ProducesTickets>>,
+        access_log: Arc<crate::access_log::AccessLog>,
     ) -> Reloader {
         Reloader {
             bus,
+            access_log,
             busy: AtomicBool::new(false),
             state: Mutex::new(State {
                 config,
@@ -259,6 +262,7 @@ impl Reloader {
             }
         }
         let discovery_changed = discovery_of(&state.config) != discovery_of(&config);
+        self.access_log.retarget(&config.access_log.target);
         state.generation = generation;
         state.config = config.clone();
         state.written = written;
@@ -361,6 +365,9 @@ fn restart_only(running: &Config, written: &Written, next: &Config) -> Result<()
     }
     if running.cache.bus_capacity != next.cache.bus_capacity {
         return refuse("cache.bus_capacity", "the bus queues' size");
+    }
+    if running.access_log.queue != next.access_log.queue {
+        return refuse("access_log.queue", "the access log's queue length");
     }
     Ok(())
 }

@@ -443,3 +443,47 @@ fn a_closed_log_pipe_neither_kills_a_worker_nor_stops_a_clean_exit() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn sigusr1_reopens_the_access_log_after_logrotate_moved_it() {
+    let origin = Origin::start();
+    let dir = std::env::temp_dir().join(format!("ringgate-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let gw = GatewayProcess::start(
+        &config(
+            origin.addr,
+            &format!(
+                "[access_log]\npath = \"{}\"\nformat = \"json\"\nflush = \"10ms\"\n",
+                path.display()
+            ),
+        ),
+        |_| {},
+    );
+    let count = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(get(gw.addr, "/before").status, 200);
+    wait_until(Duration::from_secs(10), "the first line", || {
+        count(&path) == 1
+    });
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    gw.signal(libc::SIGUSR1);
+    wait_until(Duration::from_secs(10), "the reopen", || {
+        gw.log_text().contains("reopening the access log")
+    });
+    assert_eq!(get(gw.addr, "/after").status, 200);
+    wait_until(Duration::from_secs(10), "a line in the new file", || {
+        count(&path) == 1
+    });
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("\"/after\""));
+    assert_eq!(count(&rotated), 1);
+    assert_eq!(gw.stop().code(), Some(0));
+}

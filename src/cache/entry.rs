@@ -95,11 +95,12 @@ pub fn withheld_targeted(policy: &CachePolicy) -> &[String] {
     }
 }
 
-/// Header fields that are about the connection or the framing: never
+/// Header fields that are about the connection, the framing or the one
+/// exchange (`X-Request-Id`: one client's id must not reach another): never
 /// stored, never taken from a 304. (`Age` is read for the age calculation,
 /// then dropped by [`Stored::build`]: the cache writes its own.)
 fn managed_field(name: &str) -> bool {
-    is_hop_by_hop(name) || name_is(name, "content-length")
+    is_hop_by_hop(name) || name_is(name, "content-length") || name_is(name, "x-request-id")
 }
 
 /// Fields a response must not hand to later requests (RFC 9111 sections

@@ -6,6 +6,7 @@
 //! The same [`Config`] is built by the quick command-line mode
 //! (`ringgate proxy`) and by tests, without any file.
 
+mod access_log;
 mod http2;
 mod listeners;
 mod model;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub use model::*;
 use raw::RawConfig;
 
+pub use access_log::{AccessLogConfig, LogFormat, LogTarget};
 pub use http2::Http2Config;
 
 /// A config that cannot be used, with where and why.
@@ -78,6 +80,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Limits of HTTP/2 client connections (`[http2]`).
     pub http2: Http2Config,
+    /// `[access_log]`.
+    pub access_log: AccessLogConfig,
 }
 
 /// The config `ringgate run` uses when no `--config` is given.
@@ -158,6 +162,7 @@ impl Config {
             cache: CacheSettings::default(),
             admin: None,
             http2: Http2Config::default(),
+            access_log: AccessLogConfig::default(),
         }
     }
 
@@ -354,6 +359,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         cache,
         admin,
         http2: http2::validate_http2(&raw.http2)?,
+        access_log: access_log::validate_access_log(&raw.access_log)?,
     };
     config.check()?;
     Ok(config)
@@ -471,6 +477,9 @@ fn validate_limits(raw: &raw::RawLimits) -> Result<Limits, ConfigError> {
 
 fn validate_proxy(raw: &raw::RawProxy) -> Result<ProxyHeaders, ConfigError> {
     let mut p = ProxyHeaders::default();
+    if let Some(v) = raw.request_id {
+        p.request_id = v;
+    }
     if let Some(v) = raw.via {
         p.via = v;
     }

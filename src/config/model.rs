@@ -249,6 +249,9 @@ pub enum ForwardedFor {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyHeaders {
+    /// `X-Request-Id`: the client's (if well-formed) or a new one,
+    /// forwarded to the upstream and returned with the response.
+    pub request_id: bool,
     /// Add a `Via` header to requests and responses.
     pub via: bool,
     pub via_name: String,
@@ -262,6 +265,7 @@ pub struct ProxyHeaders {
 impl Default for ProxyHeaders {
     fn default() -> Self {
         ProxyHeaders {
+            request_id: true,
             via: true,
             via_name: "ringgate".to_string(),
             x_forwarded_for: ForwardedFor::Append,
@@ -485,6 +489,8 @@ pub struct HeaderMatch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteConfig {
     pub name: String,
+    /// Requests of this route are written to the access log (when it is on).
+    pub access_log: bool,
     pub host: HostMatch,
     pub path_prefix: String,
     /// Upper-case method names; empty means any method.
@@ -528,6 +534,7 @@ impl RouteConfig {
     /// starting point for routes built in code.
     pub fn to(name: &str, upstream: usize) -> RouteConfig {
         RouteConfig {
+            access_log: true,
             name: name.to_string(),
             host: HostMatch::Any,
             path_prefix: "/".to_string(),

@@ -34,6 +34,21 @@ pub struct RawConfig {
     pub resolver: RawResolver,
     #[serde(default)]
     pub http2: RawHttp2,
+    #[serde(default)]
+    pub access_log: RawAccessLog,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub sample: Option<f64>,
+    pub buffer: Option<ByteSize>,
+    pub flush: Option<ConfigDuration>,
+    pub queue: Option<usize>,
 }
 
 /// `[cache]`: settings shared by every caching route.
@@ -158,6 +173,7 @@ pub struct RawLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProxy {
+    pub request_id: Option<bool>,
     pub via: Option<bool>,
     pub via_name: Option<String>,
     pub x_forwarded_for: Option<String>,
@@ -267,6 +283,7 @@ pub struct RawOutlier {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: Option<String>,
+    pub access_log: Option<bool>,
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub methods: Option<Vec<String>>,

@@ -195,6 +195,7 @@ pub(super) fn validate_route(
         Some(raw) => Some(validate_rate_limit(i, raw, auth.is_some())?),
     };
     Ok(RouteConfig {
+        access_log: r.access_log.unwrap_or(true),
         rate_limit,
         upgrade,
         request_buffering,

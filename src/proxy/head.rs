@@ -64,6 +64,8 @@ pub struct UpstreamRequest<'a> {
     pub identity: &'a [(String, String)],
     /// Ask the upstream to switch to this protocol (`super::tunnel`).
     pub upgrade: Option<&'a str>,
+    /// `X-Request-Id` to send in place of the client's (`super::request_id`).
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// Header fields, most of them in place: a request's forwarded fields fit
@@ -179,6 +181,7 @@ pub fn for_each_forwarded<'a>(
             || name_is(name, "host")
             || dropped_by_connection(name, req.has_connection_header, req.connection_values())
             || (up.strip_expect && name_is(name, "expect"))
+            || (up.request_id.is_some() && name_is(name, "x-request-id"))
             || (name_is(name, "x-forwarded-for") && proxy.x_forwarded_for != ForwardedFor::Off)
             || (name_is(name, "forwarded") && proxy.forwarded != ForwardedFor::Off)
             || (proxy.x_forwarded_proto && name_is(name, "x-forwarded-proto"))
@@ -201,6 +204,9 @@ pub fn for_each_forwarded<'a>(
     }
     for (name, value) in up.route.set_request_headers.iter().chain(up.identity) {
         field(name, value.as_bytes());
+    }
+    if let Some(id) = up.request_id {
+        field("X-Request-Id", id);
     }
     match proxy.x_forwarded_for {
         ForwardedFor::Off => {}
@@ -399,6 +405,7 @@ pub(super) fn write_response_head(
         if is_hop_by_hop(name)
             || dropped_by_connection(name, resp.has_connection_header, resp.connection_values())
             || withheld.iter().any(|w| name_is(name, w))
+            || name_is(name, "x-request-id")
         {
             continue;
         }
@@ -514,6 +521,7 @@ mod tests {
             method_override: None,
             upgrade: None,
             identity: &[],
+            request_id: None,
         };
         let mut scratch = Vec::new();
         let mut fields = FieldList::new();
@@ -622,6 +630,7 @@ mod tests {
     #[test]
     fn forwarded_headers_can_be_turned_off() {
         let proxy = ProxyHeaders {
+            request_id: false,
             via: false,
             via_name: "x".into(),
             x_forwarded_for: ForwardedFor::Off,

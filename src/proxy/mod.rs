@@ -48,6 +48,7 @@ mod refresh;
 mod relay;
 mod reply;
 mod request_body;
+mod request_id;
 mod session;
 pub mod stored;
 /// One socket write per turn of an HTTP/2 connection (server and upstream sides).
@@ -95,12 +96,19 @@ struct Client {
     sent_continue: bool,
     /// The HTTP/2 stream this request came on (`None`: HTTP/1, on `stream`).
     h2: Option<Box<http2::stream::H2Stream>>,
+    /// The current request's `X-Request-Id` (empty: request ids are off).
+    request_id: request_id::RequestId,
+    /// The connection's TLS version and SNI, for the access log.
+    tls: Option<std::rc::Rc<crate::access_log::TlsInfo>>,
+    /// The current request's access-log record (kept for reuse; `None`
+    /// until the log is on for a request of this connection).
+    log: Option<Box<crate::access_log::Record>>,
 }
 
 impl Client {
     /// The request of one HTTP/2 stream, its head (gateway form) in `buf`.
     fn for_h2(
-        connection: http2::Connection,
+        connection: &http2::Connection,
         peer_ip: std::rc::Rc<str>,
         buf: BytesMut,
         stream: http2::stream::H2Stream,
@@ -116,6 +124,9 @@ impl Client {
             reply: Default::default(),
             sent_continue: false,
             h2: Some(Box::new(stream)),
+            request_id: Default::default(),
+            tls: connection.tls_info.clone(),
+            log: None,
         }
     }
 

@@ -50,6 +50,15 @@ pub(super) struct Downstream<'a> {
     pub sent_continue: bool,
     /// The request came on an HTTP/2 stream (for `Via`).
     pub http2: bool,
+    /// The request's `X-Request-Id` (empty: request ids are off).
+    pub request_id: &'a [u8],
+}
+
+/// What the phases found out, for the access log.
+#[derive(Default)]
+pub(super) struct Facts {
+    pub route: Option<usize>,
+    pub cache: crate::access_log::CacheStatus,
 }
 
 /// Why a phase did not pass the request on.
@@ -84,8 +93,9 @@ pub(super) fn plan<'b>(
     req: &mut RequestHead<'b>,
     scratch: &'b mut (String, String),
     out: &mut Vec<u8>,
+    facts: &mut Facts,
 ) -> Result<Plan, HttpError> {
-    match phases(ctx, down, req, scratch, out) {
+    match phases(ctx, down, req, scratch, out, facts) {
         Ok(plan) | Err(Stop::Answer(plan)) => Ok(plan),
         Err(Stop::Malformed(e)) => Err(e),
     }
@@ -97,6 +107,7 @@ fn phases<'b>(
     req: &mut RequestHead<'b>,
     scratch: &'b mut (String, String),
     out: &mut Vec<u8>,
+    facts: &mut Facts,
 ) -> Phase<Plan> {
     normalise(ctx, req, scratch)?;
     let req = &*req;
@@ -104,6 +115,7 @@ fn phases<'b>(
     purge(ctx, down, req, &answered)?;
     redirect_to_https(down, req, &answered)?;
     let (index, route) = route(ctx, req, &answered)?;
+    facts.route = Some(index);
     check_body_size(ctx, req, &answered)?;
     let identity = admit(ctx, route, req, &answered)?;
     limit_rate(ctx, route, req, down, identity.as_deref(), &answered)?;
@@ -122,11 +134,24 @@ fn phases<'b>(
         method_override: None,
         identity: identity.as_deref().unwrap_or(&[]),
         upgrade: upgrade.map(|i| route.upgrade[i].as_str()),
+        request_id: (!down.request_id.is_empty()).then_some(down.request_id),
     };
-    let (cache, head_written) =
-        cache_decide(ctx, index, route, req, &forwarded, upgrade, &answered, out)?;
+    let decided = cache_decide(ctx, index, route, req, &forwarded, upgrade, &answered, out);
+    facts.cache = match (&decided, route.cache.is_some()) {
+        (Err(Stop::Answer(Plan::Hit { .. })), _) => crate::access_log::CacheStatus::Hit,
+        (Ok((Some(work), _)), _) => match &work.kind {
+            cache::WorkKind::Fill {
+                conditional: true, ..
+            } => crate::access_log::CacheStatus::Revalidated,
+            cache::WorkKind::Fill { .. } => crate::access_log::CacheStatus::Miss,
+            _ => crate::access_log::CacheStatus::Bypass,
+        },
+        (_, true) => crate::access_log::CacheStatus::Bypass,
+        (_, false) => crate::access_log::CacheStatus::None,
+    };
+    let (cache, head_written) = decided?;
     let (server, balance_key, pin_cookie) =
-        pick_server(ctx, route, req, down, cache.as_deref(), &answered)?;
+        pick_server(ctx, route, req, down, cache.as_deref(), &answered, facts)?;
     if !head_written {
         let upstreams = ctx.upstreams.borrow();
         let forwarded = UpstreamRequest {
@@ -409,6 +434,7 @@ fn pick_server(
     down: &Downstream<'_>,
     cache: Option<&CacheWork>,
     answered: &Answered,
+    facts: &mut Facts,
 ) -> Phase<(
     usize,
     crate::upstream::balancer::RequestKey,
@@ -422,6 +448,7 @@ fn pick_server(
         None => {
             let Some(server) = upstreams.pick_healthy(route.upstream, key, now) else {
                 if let Some(hit) = cache.and_then(|work| cache::stale_for_error(ctx, work, 503)) {
+                    facts.cache = crate::access_log::CacheStatus::Stale;
                     return Err(Stop::Answer(Plan::Hit {
                         request: answered.clone(),
                         hit,

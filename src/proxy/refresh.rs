@@ -61,6 +61,8 @@ pub(super) fn plan(
         validators: Some(&validators),
         method_override: Some("GET"),
         upgrade: None,
+        // Its own exchange, not the client's.
+        request_id: None,
         ..*upstream
     };
     // The refresh is for the whole response, whatever part the client asked for.

@@ -88,6 +88,15 @@ impl Reply {
     }
 }
 
+/// The response's `X-Request-Id` line (`super::request_id`), if ids are on.
+fn push_request_id(out: &mut Vec<u8>, id: &[u8]) {
+    if !id.is_empty() {
+        out.extend_from_slice(b"X-Request-Id: ");
+        out.extend_from_slice(id);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 fn connection_line(keep: bool, version: Version) -> &'static [u8] {
     match (keep, version) {
         (false, _) => b"Connection: close\r\n",
@@ -97,6 +106,16 @@ fn connection_line(keep: bool, version: Version) -> &'static [u8] {
 }
 
 impl Client {
+    /// Body bytes of a response whose length was not known at its head,
+    /// for the access log (a known length was counted whole then).
+    fn count_unframed(&mut self, n: usize) {
+        if let Some(record) = self.log.as_deref_mut().filter(|r| r.active) {
+            if record.unframed {
+                record.body_out += n as u64;
+            }
+        }
+    }
+
     /// The worker is not draining and the connection is under its request cap.
     fn may_continue(&self, ctx: &WorkerCtx) -> bool {
         !ctx.draining.get() && self.served < ctx.config.limits.max_keepalive_requests
@@ -114,6 +133,20 @@ impl Client {
         length: BodyLength,
         keep: bool,
     ) {
+        push_request_id(&mut head, self.request_id.as_bytes());
+        if let Some(record) = self.log.as_deref_mut().filter(|r| r.active) {
+            record.status = head
+                .get(9..12)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            record.head_out = head.len() as u64;
+            record.body_out = match (&length, self.reply.head_only) {
+                (BodyLength::Known(n), false) => *n,
+                _ => 0,
+            };
+            record.unframed = matches!(length, BodyLength::Unknown { .. }) && !self.reply.head_only;
+        }
         if let Some(h2) = self.h2.as_deref_mut() {
             self.reply.gone = h2.start(&head, &length, self.reply.head_only).is_err();
             ctx.give_write_buffer(head);
@@ -162,6 +195,7 @@ impl Client {
     /// rest of the body is not here yet, and the client should not wait for
     /// the head until it is.
     pub(super) async fn send_body(&mut self, ctx: &WorkerCtx, data: &[u8]) -> Result<(), Gone> {
+        self.count_unframed(data.len());
         if self.h2.is_some() {
             return Box::pin(self.send_h2(ctx, Bytes::copy_from_slice(data))).await;
         }
@@ -179,6 +213,7 @@ impl Client {
         data: B,
     ) -> Result<(), Gone> {
         if self.h2.is_some() {
+            self.count_unframed(data.as_ref().len());
             return self
                 .send_h2(ctx, Bytes::copy_from_slice(data.as_ref()))
                 .await;
@@ -189,6 +224,7 @@ impl Client {
         if !direct {
             return self.send_body(ctx, data.as_ref()).await;
         }
+        self.count_unframed(data.as_ref().len());
         let limit = ctx.config.timeouts.client_send;
         match self.stream.write_all(data, limit).await {
             Ok(_) => Ok(()),
@@ -394,10 +430,14 @@ impl Client {
         if matches!(hit.part, crate::cache::range::Part::Whole) {
             // The stored fields as HTTP/2 fields, made once per entry.
             let no_body = self.reply.head_only || body.is_empty();
+            let mut lines = ctx.take_write_buffer();
+            lines.extend_from_slice(suffix);
+            push_request_id(&mut lines, self.request_id.as_bytes());
             let started = match self.h2.as_deref_mut() {
-                Some(h2) => h2.start_stored(&hit.stored, suffix, no_body),
+                Some(h2) => h2.start_stored(&hit.stored, &lines, no_body),
                 None => Err(Gone),
             };
+            ctx.give_write_buffer(lines);
             self.reply.gone = started.is_err();
         } else {
             let mut whole = ctx.take_write_buffer();
@@ -422,6 +462,16 @@ impl Client {
         let keep = keep && self.may_continue(ctx);
         let mut buf = self.reply.hit_buf.take().unwrap_or_default();
         write_hit(&mut buf, hit, self.reply.head_only);
+        if let Some(record) = self.log.as_deref_mut().filter(|r| r.active) {
+            let [head, suffix, _] = buf.parts();
+            record.status = hit.stored.status;
+            record.head_out = (head.len() + suffix.len()) as u64;
+            record.body_out = if self.reply.head_only {
+                0
+            } else {
+                buf.body().len() as u64
+            };
+        }
         if self.h2.is_some() {
             // Boxed, as every HTTP/2 path: HTTP/1 futures stay as small as before.
             let next = Box::pin(self.send_stored_h2(ctx, hit, &buf)).await;
@@ -429,6 +479,7 @@ impl Client {
             return next;
         }
         let suffix = buf.suffix();
+        push_request_id(suffix, self.request_id.as_bytes());
         suffix.extend_from_slice(connection_line(keep, self.reply.version));
         suffix.extend_from_slice(b"\r\n");
         match self

@@ -43,6 +43,10 @@ pub async fn serve(
             None => return,
         }
     };
+    let tls = match &stream {
+        Stream::Tls(s) => Some(Rc::new(crate::tls::Negotiated::of(s).info())),
+        _ => None,
+    };
     let mut client = Client {
         conn,
         stream,
@@ -54,6 +58,9 @@ pub async fn serve(
         reply: Default::default(),
         sent_continue: false,
         h2: None,
+        request_id: Default::default(),
+        tls,
+        log: None,
     };
     // Boxed so the connection task holds this state once, not once more inside `race`.
     let work = Box::pin(async {
@@ -83,7 +90,8 @@ async fn open(
     entry: &Entry,
     buf: &mut BytesMut,
 ) -> Option<Stream> {
-    let h2 = http2::Connection {
+    let mut h2 = http2::Connection {
+        tls_info: None,
         peer,
         conn,
         tls: entry.tls.is_some(),
@@ -104,6 +112,7 @@ async fn open(
             if !crate::tls::Negotiated::alpn_h2(&stream) {
                 return Some(Stream::Tls(Box::new(stream)));
             }
+            h2.tls_info = Some(Rc::new(crate::tls::Negotiated::of(&stream).info()));
             let io = crate::tls::poll::PollTls::new(stream).ok()?;
             http2::serve(ctx.clone(), io, h2).await;
             None
@@ -275,7 +284,16 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                 if status == 408 {
                     ctx.stats.count(Counter::ClientErrors);
                 }
+                // A request refused before its head was whole is logged too.
+                if let (Some(_), true) = (&ctx.log, ctx.config.access_log.enabled) {
+                    let record = client.log.get_or_insert_with(Default::default);
+                    if record.started.is_none() || !record.active {
+                        record.begin();
+                    }
+                    record.active = true;
+                }
                 respond_error(ctx, client, out, status, false).await;
+                log_request(ctx, client);
                 return Next::Close;
             }
         }
@@ -285,14 +303,16 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     let (version, head_only) = plan.answers();
     client.reply.begin(version, head_only);
 
-    phases::answer(ctx, client, plan, out).await
+    let next = phases::answer(ctx, client, plan, out).await;
+    log_request(ctx, client);
+    next
 }
 
 /// Parses the head in the client buffer and runs the request's phases on
 /// it (`phases::plan`); `None` while the head is incomplete.
 fn parse_and_plan(
     ctx: &WorkerCtx,
-    client: &Client,
+    client: &mut Client,
     out: &mut Vec<u8>,
 ) -> Result<Option<Plan>, HttpError> {
     let limits = &ctx.config.limits;
@@ -306,6 +326,17 @@ fn parse_and_plan(
     else {
         return Ok(None);
     };
+    if ctx.config.proxy.request_id {
+        client.request_id.choose(req.headers, ctx);
+    } else {
+        client.request_id.clear();
+    }
+    let logging = ctx.log.is_some() && ctx.config.access_log.enabled;
+    if logging {
+        let record = client.log.get_or_insert_with(Default::default);
+        record.begin();
+        record.note_request(&req, client.h2.is_some());
+    }
     let down = phases::Downstream {
         peer: client.peer,
         peer_ip: &client.peer_ip,
@@ -314,6 +345,38 @@ fn parse_and_plan(
         buffered: &client.buf,
         sent_continue: client.sent_continue,
         http2: client.h2.is_some(),
+        request_id: client.request_id.as_bytes(),
     };
-    phases::plan(ctx, &down, &mut req, &mut scratch, out).map(Some)
+    let mut facts = phases::Facts::default();
+    let plan = phases::plan(ctx, &down, &mut req, &mut scratch, out, &mut facts)?;
+    if let (true, Some(record)) = (logging, client.log.as_deref_mut()) {
+        let route = facts.route.map(|i| &ctx.config.routes[i]);
+        record.active = route.is_none_or(|r| r.access_log)
+            && ctx
+                .log
+                .as_ref()
+                .is_some_and(|l| l.sampled(ctx.config.access_log.sample_ppm));
+        record.route = route.map(|r| r.name.clone());
+        record.cache = facts.cache;
+        record
+            .request_id
+            .extend_from_slice(client.request_id.as_bytes());
+    }
+    Ok(Some(plan))
+}
+
+/// Writes the finished request's access-log line into the worker's buffer.
+pub(super) fn log_request(ctx: &WorkerCtx, client: &mut Client) {
+    let (Some(record), Some(log)) = (client.log.as_deref_mut(), &ctx.log) else {
+        return;
+    };
+    if !std::mem::replace(&mut record.active, false) {
+        return;
+    }
+    let settings = &ctx.config.access_log;
+    let (peer, tls) = (&*client.peer_ip, client.tls.as_deref());
+    log.push(settings.buffer, |out| match settings.format {
+        crate::config::LogFormat::Combined => record.write_combined(out, peer),
+        crate::config::LogFormat::Json => record.write_json(out, peer, tls),
+    });
 }

@@ -39,6 +39,9 @@ fn connection_future_stays_small() {
             reply: Default::default(),
             sent_continue: false,
             h2: None,
+            request_id: Default::default(),
+            tls: None,
+            log: None,
         };
         let exchange = size_of_future(&super::session::exchange(&ctx, &mut client));
         let serve = size_of_future(&super::serve(

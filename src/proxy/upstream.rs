@@ -190,15 +190,26 @@ async fn attempt(
 ) -> Result<(Stream, SocketAddr, Answer), ProxyError> {
     let addr = ctx.upstreams.borrow().addr(forward.server);
     let pooled = ctx.upstreams.borrow_mut().take_connection(forward.server);
+    let logged = client.log.as_deref().is_some_and(|r| r.active);
+    if logged {
+        if let Some(record) = client.log.as_deref_mut() {
+            record.upstream = Some(addr);
+            record.upstream_connect = None;
+        }
+    }
     let (mut upstream, mut reused) = match pooled {
         Some(stream) => {
             ctx.stats.count(Counter::UpstreamReuses);
             (stream, true)
         }
-        None => (
-            connect(ctx, forward.server, forward.timeouts.connect).await?,
-            false,
-        ),
+        None => {
+            let started = Instant::now();
+            let stream = connect(ctx, forward.server, forward.timeouts.connect).await?;
+            if let Some(record) = client.log.as_deref_mut().filter(|_| logged) {
+                record.upstream_connect = Some(started.elapsed());
+            }
+            (stream, false)
+        }
     };
     let sent_at = Instant::now();
     let (head_len, answer) = loop {
@@ -230,6 +241,13 @@ async fn attempt(
             Err(e) => return Err(e),
         }
     };
+    if let Some(record) = client.log.as_deref_mut().filter(|_| logged) {
+        record.upstream_head = Some(sent_at.elapsed());
+        record.upstream_status = ubuf
+            .get(9..12)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse().ok());
+    }
     ubuf.advance(head_len);
     progress.response_started = true;
     let now = Instant::now();

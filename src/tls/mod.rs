@@ -132,6 +132,14 @@ impl Negotiated {
         stream.connection().alpn_protocol() == Some(b"h2")
     }
 
+    /// The version and SNI, as the access log writes them.
+    pub fn info(self) -> crate::access_log::TlsInfo {
+        crate::access_log::TlsInfo {
+            version: if self.tls13 { "TLSv1.3" } else { "TLSv1.2" },
+            sni: self.sni.map(String::into_boxed_str),
+        }
+    }
+
     pub fn of(stream: &TlsStream) -> Negotiated {
         let conn = stream.connection();
         let sni = match conn {

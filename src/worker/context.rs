@@ -103,6 +103,11 @@ pub struct WorkerShared {
     pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
     /// Where the worker registers its listening sockets (for an upgrade).
     pub sockets: Arc<crate::upgrade::Sockets>,
+    /// The access log's buffer of this worker (`None`: no writer thread).
+    pub log: Option<crate::access_log::WorkerLog>,
+    /// `X-Request-Id`s this worker made, and their random prefix.
+    pub request_ids: Cell<u64>,
+    pub request_id_prefix: u64,
     /// The worker's cache shard once a generation caches; later generations
     /// keep it (stored entries survive a reload).
     cache_store: RefCell<Option<Rc<WorkerCache>>>,
@@ -175,6 +180,14 @@ impl WorkerCtx {
             claims,
             limiter,
             sockets: Arc::default(),
+            log: None,
+            request_ids: Cell::new(0),
+            request_id_prefix: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_usize(index);
+                h.finish()
+            },
             cache_store: RefCell::new(None),
             current: RefCell::new(None),
             live_generation: Cell::new(1),
@@ -217,6 +230,14 @@ impl WorkerCtx {
             generation,
             entries,
             shared,
+        }
+    }
+
+    /// Writes access-log lines through `log` (before the worker's tasks
+    /// share this context).
+    pub fn set_access_log(&mut self, log: Arc<crate::access_log::AccessLog>) {
+        if let Some(shared) = Rc::get_mut(&mut self.shared) {
+            shared.log = Some(crate::access_log::WorkerLog::new(log, shared.index));
         }
     }
 
@@ -304,6 +325,10 @@ impl WorkerCtx {
         });
         for (counter, name) in Counter::ALL {
             v[name] = s.get(counter).into();
+        }
+        if let Some(log) = &self.log {
+            v["access_log_lines"] = log.written.get().into();
+            v["access_log_dropped"] = log.dropped.get().into();
         }
         if let Some(cache) = &self.cache {
             let shard = cache.shard.borrow();

@@ -78,6 +78,8 @@ pub(crate) struct WorkerSpec {
     pub inherited: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
     /// Where this worker registers its listening sockets (for an upgrade).
     pub sockets: Arc<crate::upgrade::Sockets>,
+    /// The access log's writer.
+    pub access_log: Arc<crate::access_log::AccessLog>,
 }
 
 type Runtime = monoio::FusionRuntime<
@@ -287,6 +289,7 @@ async fn worker_main(
     );
     first.core_key.set(core_key);
     first.set_sockets(spec.sockets.clone());
+    first.set_access_log(spec.access_log.clone());
     first.entries = spec
         .listeners
         .iter()
@@ -312,6 +315,7 @@ async fn worker_main(
         });
     }
     monoio::spawn(sweep_pool(ctx.clone()));
+    monoio::spawn(flush_log(ctx.clone()));
     for (listener, address) in listeners {
         monoio::spawn(accept_loop(ctx.clone(), listener, address));
     }
@@ -334,7 +338,26 @@ async fn worker_main(
         // Each connection task drops its work (and its sockets) when next polled.
         ctx.slot_notify.wait_until(|| ctx.active.get() == 0).await;
     }
+    if let Some(log) = &ctx.log {
+        log.hand_over();
+    }
     ctx.forget_current();
+}
+
+/// Hands the access-log lines a quiet worker holds to the writer at least
+/// every `access_log.flush`.
+async fn flush_log(ctx: Rc<WorkerCtx>) {
+    loop {
+        let period = ctx.current().config.access_log.flush;
+        match race(monoio::time::sleep(period), ctx.drain_started()).await {
+            Either::Left(()) => {
+                if let Some(log) = &ctx.log {
+                    log.hand_over();
+                }
+            }
+            Either::Right(()) => return,
+        }
+    }
 }
 
 /// Closes pooled upstream connections that stayed idle too long, even when

@@ -90,8 +90,10 @@ impl Drop for OpenStream {
 }
 
 /// The connection's facts every stream of it needs.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(super) struct Connection {
+    /// TLS version and SNI (the access log's), on a TLS connection.
+    pub tls_info: Option<Rc<crate::access_log::TlsInfo>>,
     pub peer: SocketAddr,
     /// Its key in the worker's connection table.
     pub conn: usize,
@@ -192,7 +194,7 @@ where
                     shared.clone(),
                     request,
                     respond,
-                    connection,
+                    connection.clone(),
                     peer_ip.clone(),
                 ));
                 let worker = ctx.clone();
@@ -338,7 +340,7 @@ async fn serve_stream(
         reset_here: None,
     }));
     let h2 = H2Stream::new(parts.clone(), connection.tls, chunked, body_done);
-    let mut client = Client::for_h2(connection, peer_ip, buf, h2);
+    let mut client = Client::for_h2(&connection, peer_ip, buf, h2);
     // Pinned in place (this task's future is on the heap already): `race`
     // then holds a pointer, not the large exchange.
     let mut work = std::pin::pin!(exchange(&ctx, &mut client));
