@@ -87,6 +87,12 @@ struct QuickArgs {
     /// with a burst of as many again.
     #[arg(long)]
     rate_limit: Option<f64>,
+    /// Write an access log line per request to this file ("-": standard output).
+    #[arg(long)]
+    access_log: Option<String>,
+    /// The access log's format: combined (nginx's) or json.
+    #[arg(long, value_parser = ["combined", "json"], requires = "access_log")]
+    access_log_format: Option<String>,
     /// Cache size per worker (core), e.g. 64MiB. Responses are cached as
     /// their Cache-Control allows (RFC 9111).
     #[arg(long)]
@@ -192,6 +198,16 @@ impl QuickArgs {
                 .map_err(|e| format!("--rate-limit: {e}"))?;
             for route in &mut config.routes {
                 route.rate_limit = Some(limit.clone());
+            }
+        }
+        if let Some(path) = &self.access_log {
+            config.access_log.enabled = true;
+            config.access_log.target = match path.as_str() {
+                "-" | "stdout" => config::LogTarget::Stdout,
+                p => config::LogTarget::File(p.into()),
+            };
+            if self.access_log_format.as_deref() == Some("json") {
+                config.access_log.format = config::LogFormat::Json;
             }
         }
         if let Some(size) = self.max_body {

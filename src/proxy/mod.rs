@@ -96,8 +96,9 @@ struct Client {
     sent_continue: bool,
     /// The HTTP/2 stream this request came on (`None`: HTTP/1, on `stream`).
     h2: Option<Box<http2::stream::H2Stream>>,
-    /// The current request's `X-Request-Id` (empty: request ids are off).
-    request_id: request_id::RequestId,
+    /// The current request's `X-Request-Id` (empty: request ids are off);
+    /// boxed, so an idle connection's future stays small.
+    request_id: Box<request_id::RequestId>,
     /// The connection's TLS version and SNI, for the access log.
     tls: Option<std::rc::Rc<crate::access_log::TlsInfo>>,
     /// The current request's access-log record (kept for reuse; `None`

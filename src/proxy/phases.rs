@@ -507,11 +507,13 @@ pub(super) async fn answer(
             location,
         } => answer::redirect(ctx, client, &request, status, &location, out).await,
         Plan::ReadBody(_) => unreachable!("read before the plan is final"),
+        // Boxed: rare, and waiting on every worker takes room an idle
+        // connection's future should not carry.
         Plan::Purge {
             request,
             urls,
             allowed,
-        } => answer::purge(ctx, client, &request, urls, allowed, out).await,
+        } => Box::pin(answer::purge(ctx, client, &request, urls, allowed, out)).await,
         Plan::Hit { request, mut hit } => {
             if let Some(job) = hit.refresh.take() {
                 monoio::spawn(refresh::run(ctx.clone(), job));

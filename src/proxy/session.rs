@@ -206,12 +206,8 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             ctx.slot_notify.notify_all();
         }
         let stop = race(
-            async {
-                ctx.drain_started().await;
-                if fresh {
-                    std::future::pending::<()>().await;
-                }
-            },
+            ctx.drain_notify
+                .wait_until(move || !fresh && ctx.draining.get()),
             ctx.conns.evicted(client.conn),
         );
         let woke = race(read, stop).await;
