@@ -276,6 +276,10 @@ fn the_status_page_shows_what_stats_says_in_a_real_browser() {
     );
     assert_eq!(number(&shown["total.rate_limited"]), Some(0));
     assert_eq!(number(&shown["total.tls.handshakes"]), Some(0));
+    assert_eq!(
+        number(&shown["total.generation"]),
+        stats["process"]["generation"].as_u64()
+    );
     for w in stats["workers"].as_array().unwrap() {
         let key = format!("worker.{}.requests", w["worker"]);
         assert_eq!(
