@@ -50,6 +50,7 @@ pub struct Record {
     /// This request is written (the log is on, the route logs, sampled in).
     pub active: bool,
     pub started: Option<Instant>,
+    /// When the line is written (the response's end, as nginx's `$time_local`).
     pub wall: Option<SystemTime>,
     pub method: Vec<u8>,
     pub target: Vec<u8>,
@@ -58,7 +59,8 @@ pub struct Record {
     pub referer: Vec<u8>,
     pub user_agent: Vec<u8>,
     pub request_id: Vec<u8>,
-    pub route: Option<String>,
+    /// The route's name (empty: no route matched).
+    pub route: Vec<u8>,
     pub status: u16,
     /// The request's head and declared body.
     pub bytes_in: u64,
@@ -79,7 +81,6 @@ impl Record {
     pub fn begin(&mut self) {
         self.active = false;
         self.started = Some(Instant::now());
-        self.wall = Some(SystemTime::now());
         for v in [
             &mut self.method,
             &mut self.target,
@@ -87,11 +88,12 @@ impl Record {
             &mut self.referer,
             &mut self.user_agent,
             &mut self.request_id,
+            &mut self.route,
         ] {
             v.clear();
         }
         self.protocol = "HTTP/1.1";
-        self.route = None;
+        self.route.clear();
         self.status = 0;
         self.bytes_in = 0;
         self.head_out = 0;
@@ -197,9 +199,9 @@ impl Record {
         number(out, "status", u64::from(self.status));
         number(out, "bytes_in", self.bytes_in);
         number(out, "bytes_out", self.head_out + self.body_out);
-        match &self.route {
-            Some(r) => string(out, "route", r.as_bytes()),
-            None => null(out, "route"),
+        match self.route.is_empty() {
+            false => string(out, "route", &self.route),
+            true => null(out, "route"),
         }
         match self.upstream {
             Some(a) => string(out, "upstream", a.to_string().as_bytes()),
@@ -270,6 +272,12 @@ fn civil(t: SystemTime) -> (Date, TimeOfDay) {
 
 /// nginx's escaping: `"`, `\`, controls and bytes past ASCII as `\xHH`.
 fn escape_combined(out: &mut Vec<u8>, v: &[u8]) {
+    if v.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(v);
+        return;
+    }
     for &b in v {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             out.extend_from_slice(format!("\\x{b:02X}").as_bytes());
@@ -280,6 +288,7 @@ fn escape_combined(out: &mut Vec<u8>, v: &[u8]) {
 }
 
 fn key(out: &mut Vec<u8>, name: &str) {
+    out.reserve(name.len() + 4);
     out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
@@ -290,6 +299,13 @@ fn key(out: &mut Vec<u8>, name: &str) {
 fn string(out: &mut Vec<u8>, name: &str, v: &[u8]) {
     key(out, name);
     out.push(b'"');
+    if v.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(v);
+        out.push(b'"');
+        return;
+    }
     for &b in v {
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -341,7 +357,7 @@ mod tests {
         r.body_out = 512;
         r.user_agent.extend_from_slice(b"curl/8 \xff");
         r.request_id.extend_from_slice(b"abc");
-        r.route = Some("main".into());
+        r.route.extend_from_slice(b"main");
         r.cache = CacheStatus::Hit;
         r
     }

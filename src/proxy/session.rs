@@ -352,7 +352,9 @@ fn parse_and_plan(
                 .log
                 .as_ref()
                 .is_some_and(|l| l.sampled(ctx.config.access_log.sample_ppm));
-        record.route = route.map(|r| r.name.clone());
+        if let Some(r) = route {
+            record.route.extend_from_slice(r.name.as_bytes());
+        }
         record.cache = facts.cache;
         record
             .request_id
@@ -369,6 +371,7 @@ pub(super) fn log_request(ctx: &WorkerCtx, client: &mut Client) {
     if !std::mem::replace(&mut record.active, false) {
         return;
     }
+    record.wall = Some(std::time::SystemTime::now());
     let settings = &ctx.config.access_log;
     let (peer, tls) = (&*client.peer_ip, client.tls.as_deref());
     log.push(settings.buffer, |out| match settings.format {
