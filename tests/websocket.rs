@@ -606,3 +606,39 @@ fn frames_sent_with_the_upgrade_request_reach_the_upstream_after_the_101() {
     reader.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"\x81\x05early");
 }
+
+#[test]
+fn a_tunnel_writes_one_access_log_line_when_it_closes() {
+    let origin = WsOrigin::start();
+    let dir = std::env::temp_dir().join(format!("ringgate-ws-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("access.log");
+    let _ = std::fs::remove_file(&path);
+    let mut config = with_admin(config_for(origin.addr));
+    config.access_log = ringgate::config::AccessLogConfig {
+        enabled: true,
+        target: ringgate::config::LogTarget::File(path.clone()),
+        format: ringgate::config::LogFormat::Json,
+        flush: Duration::from_millis(10),
+        ..Default::default()
+    };
+    let gw = start(config);
+    let mut ws = ws_connect(gw.listen_addr(), "/ws");
+    ws.send(Message::binary(vec![7u8; 5000])).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(vec![7u8; 5000]));
+    let lines = || std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(lines(), "", "no line while the tunnel is open");
+    ws.close(None).unwrap();
+    while ws.read().is_ok() {}
+    wait_until(Duration::from_secs(10), "the tunnel's line", || {
+        !lines().is_empty()
+    });
+    let text = lines();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["status"], 101, "{line}");
+    assert_eq!(line["target"], "/ws");
+    assert!(line["bytes_in"].as_u64().unwrap() > 5000, "{line}");
+    assert!(line["bytes_out"].as_u64().unwrap() > 5000, "{line}");
+    assert_eq!(line["upstream"], origin.addr.to_string());
+}

@@ -111,6 +111,7 @@ pub(super) async fn run(
     };
     // What the client sent after its request already belongs to the new
     // protocol. Written before the watchdog starts, so within a limit of its own.
+    let early_len = early.len();
     if !early.is_empty() {
         stats.tunnel_bytes(true, early.len());
         let limit = ctx.config.timeouts.upstream_send;
@@ -121,18 +122,26 @@ pub(super) async fn run(
     }
     let size = ctx.per_core.upstream_buffer_size.max(4096);
     let activity = Cell::new(Instant::now());
+    // Bytes each way, for the tunnel's access-log line.
+    let (sent_up, sent_down) = (Cell::new(early_len as u64), Cell::new(0u64));
     let up = pump(
         client_read,
         upstream_write,
         size,
-        |n| stats.tunnel_bytes(true, n),
+        |n| {
+            stats.tunnel_bytes(true, n);
+            sent_up.set(sent_up.get() + n as u64);
+        },
         &activity,
     );
     let down = pump(
         upstream_read,
         client_write,
         size,
-        |n| stats.tunnel_bytes(false, n),
+        |n| {
+            stats.tunnel_bytes(false, n);
+            sent_down.set(sent_down.get() + n as u64);
+        },
         &activity,
     );
     let both = async {
@@ -158,6 +167,12 @@ pub(super) async fn run(
         tracing::debug!(worker = ctx.index, "tunnel idle, closed");
     }
     drop(in_flight);
+    // The tunnel's line: the 101, and what went each way through it.
+    if let Some(record) = client.log.as_deref_mut().filter(|r| r.active) {
+        record.status = 101;
+        record.bytes_in += sent_up.get();
+        record.body_out = sent_down.get();
+    }
     Next::Close
 }
 
