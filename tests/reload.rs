@@ -57,15 +57,20 @@ impl Setup {
         }
     }
 
-    /// Rewrites the file (listeners and admin at their bound addresses).
-    fn write(&self, routes: &str) {
-        self.write_raw(&text(
+    /// The config with `routes`, listeners and admin at their bound addresses.
+    fn text(&self, routes: &str) -> String {
+        text(
             &self.listen.to_string(),
             &self.admin.to_string(),
             self.a.addr,
             self.b.addr,
             routes,
-        ));
+        )
+    }
+
+    /// Rewrites the file with `routes`.
+    fn write(&self, routes: &str) {
+        self.write_raw(&self.text(routes));
     }
 
     fn write_raw(&self, text: &str) {
@@ -182,14 +187,7 @@ fn a_request_in_flight_finishes_on_its_generation_even_when_its_group_is_removed
         s.a.requests() == 1
     });
     // Group `a` and its route are gone from the new generation.
-    let only_b = text(
-        &s.listen.to_string(),
-        &s.admin.to_string(),
-        s.a.addr,
-        s.b.addr,
-        TO_B,
-    )
-    .replace(
+    let only_b = s.text(TO_B).replace(
         &format!("[upstreams.a]\nservers = [\"{}\"]\n", s.a.addr),
         "",
     );
@@ -207,14 +205,7 @@ fn a_request_in_flight_finishes_on_its_generation_even_when_its_group_is_removed
 fn listeners_are_added_and_removed_by_a_reload() {
     let s = Setup::start("reload-listeners.toml", TO_A);
     let extra: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let two = text(
-        &s.listen.to_string(),
-        &s.admin.to_string(),
-        s.a.addr,
-        s.b.addr,
-        TO_A,
-    )
-    .replacen(
+    let two = s.text(TO_A).replacen(
         "[workers]",
         &format!("[[listeners]]\naddress = \"{extra}\"\n[workers]"),
         1,

@@ -145,11 +145,7 @@ impl Record {
         out.push(b'/');
         push_decimal(out, y as u64);
         out.push(b':');
-        pad2(out, hh);
-        out.push(b':');
-        pad2(out, mm);
-        out.push(b':');
-        pad2(out, ss);
+        push_clock(out, hh, mm, ss);
         out.extend_from_slice(b" +0000] \"");
         escape_combined(out, &self.method);
         out.push(b' ');
@@ -182,11 +178,7 @@ impl Record {
         out.push(b'-');
         pad2(out, d);
         out.push(b'T');
-        pad2(out, hh);
-        out.push(b':');
-        pad2(out, mm);
-        out.push(b':');
-        pad2(out, ss);
+        push_clock(out, hh, mm, ss);
         out.push(b'.');
         pad2(out, ms / 10);
         out.push(b'0' + (ms % 10) as u8);
@@ -238,6 +230,15 @@ impl Record {
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
+
+/// `hh:mm:ss`.
+fn push_clock(out: &mut Vec<u8>, hh: u32, mm: u32, ss: u32) {
+    pad2(out, hh);
+    out.push(b':');
+    pad2(out, mm);
+    out.push(b':');
+    pad2(out, ss);
+}
 
 fn pad2(out: &mut Vec<u8>, n: u32) {
     out.push(b'0' + (n / 10 % 10) as u8);
