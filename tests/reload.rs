@@ -318,3 +318,44 @@ fn keep_alive_clients_see_no_failure_through_reloads() {
     assert!(s.a.requests() > 0 && s.b.requests() > 0);
     assert_eq!(s.generations(), vec![7, 7]);
 }
+
+#[test]
+fn a_kept_server_keeps_its_idle_connections_and_a_removed_one_loses_them() {
+    let s = Setup::start("reload-pool.toml", TO_A);
+    // One keep-alive client: one worker, one pooled connection to `a`.
+    let mut c = Client::connect(s.listen);
+    let ask = |c: &mut Client, path: &str| {
+        c.request(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .status
+    };
+    assert_eq!(ask(&mut c, "/one"), 200);
+    assert_eq!(s.a.connections(), 1);
+    let pooled = |s: &Setup| -> u64 {
+        s.stats()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["upstream_pool_idle"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(pooled(&s), 1);
+
+    // A reload that keeps `a` (and changes something else) keeps the connection.
+    s.write(&format!(
+        "{TO_A}[routes.timeouts]\nupstream_response = \"30s\"\n"
+    ));
+    assert_eq!(s.reload().status, 200);
+    assert_eq!(pooled(&s), 1);
+    assert_eq!(ask(&mut c, "/two"), 200);
+    assert_eq!(s.a.connections(), 1, "the pooled connection was reused");
+
+    // A reload that removes `a`: its idle connection is closed, not carried.
+    s.write_raw(&s.text(TO_B).replace(
+        &format!("[upstreams.a]\nservers = [\"{}\"]\n", s.a.addr),
+        "",
+    ));
+    assert_eq!(s.reload().status, 200);
+    assert_eq!(pooled(&s), 0);
+    assert_eq!(ask(&mut c, "/three"), 200);
+    assert_eq!((s.a.requests(), s.b.requests()), (2, 1));
+}

@@ -65,7 +65,13 @@ pub async fn serve(
     // Boxed so the connection task holds this state once, not once more inside `race`.
     let work = Box::pin(async {
         // Each request starts on the config generation current when it comes.
-        while let Next::KeepAlive = exchange(&ctx.current(), &mut client).await {
+        loop {
+            if client.buf.is_empty() && !await_request(&ctx, &mut client).await {
+                break;
+            }
+            if let Next::Close = exchange(&ctx.current(), &mut client).await {
+                break;
+            }
             // Give back memory a large head or body made the buffer grow to.
             if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size
             {
@@ -183,41 +189,8 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     client.sent_continue = false;
     // Until a request is parsed, an answer (400, 408) is HTTP/1.1 with a body.
     client.reply.begin(crate::http::Version::Http11, false);
-    if client.buf.is_empty() {
-        // Draining: an idle keep-alive connection closes; one accepted in
-        // the last moment still gets its first request answered.
-        let fresh = client.served == 0;
-        if ctx.draining.get() && !fresh {
-            return Next::Close;
-        }
-        // Idle: wait for the first byte of the next request, but not past the
-        // keep-alive timeout, and not once a graceful shutdown starts.
-        let limit = if client.served == 0 {
-            timeouts.client_header
-        } else {
-            timeouts.keepalive
-        };
-        let read = client
-            .stream
-            .read_some(&mut client.buf, ctx.per_core.client_buffer_size, limit);
-        ctx.conns.set_idle(client.conn);
-        if ctx.active.get() >= ctx.per_core.max_connections {
-            // The accept loop may be waiting for an idle connection to close.
-            ctx.slot_notify.notify_all();
-        }
-        let stop = race(
-            ctx.drain_notify
-                .wait_until(move || !fresh && ctx.draining.get()),
-            ctx.conns.evicted(client.conn),
-        );
-        let woke = race(read, stop).await;
-        ctx.conns.set_busy(client.conn);
-        match woke {
-            Either::Left(Read::Data(_)) => {}
-            _ => return Next::Close,
-        }
-    }
-
+    // The session waited for the request's first bytes (`await_request`);
+    // an HTTP/2 stream comes with its head.
     // One deadline for the whole head, one for a buffered body.
     let head_deadline = io::deadline_in(timeouts.client_header);
     let mut body_deadline = None;
@@ -302,6 +275,45 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
     let next = phases::answer(ctx, client, plan, out).await;
     log_request(ctx, client);
     next
+}
+
+/// Waits, idle, for the first bytes of the client's next request; false
+/// when the connection is to close instead (keep-alive timeout, the client
+/// left, a drain, closed to make room at a cap). Apart from the request
+/// itself so that the request runs on the config generation current when it
+/// comes, not when the wait began.
+async fn await_request(ctx: &Rc<WorkerCtx>, client: &mut Client) -> bool {
+    let ctx = &ctx.current();
+    let timeouts = &ctx.config.timeouts;
+    // Draining: an idle keep-alive connection closes; one accepted in
+    // the last moment still gets its first request answered.
+    let fresh = client.served == 0;
+    if ctx.draining.get() && !fresh {
+        return false;
+    }
+    // Idle: wait for the first byte of the next request, but not past the
+    // keep-alive timeout, and not once a graceful shutdown starts.
+    let limit = if client.served == 0 {
+        timeouts.client_header
+    } else {
+        timeouts.keepalive
+    };
+    let read = client
+        .stream
+        .read_some(&mut client.buf, ctx.per_core.client_buffer_size, limit);
+    ctx.conns.set_idle(client.conn);
+    if ctx.active.get() >= ctx.per_core.max_connections {
+        // The accept loop may be waiting for an idle connection to close.
+        ctx.slot_notify.notify_all();
+    }
+    let stop = race(
+        ctx.drain_notify
+            .wait_until(move || !fresh && ctx.draining.get()),
+        ctx.conns.evicted(client.conn),
+    );
+    let woke = race(read, stop).await;
+    ctx.conns.set_busy(client.conn);
+    matches!(woke, Either::Left(Read::Data(_)))
 }
 
 /// Parses the head in the client buffer and runs the request's phases on
