@@ -9,6 +9,7 @@
 //! Module map (see `docs/ARCHITECTURE.md` for a request's path through them):
 //! - [`config`]: TOML -> validated domain config
 //! - [`access_log`]: per-request lines, formatted per worker, written by one thread
+//! - [`cluster`]: invalidations shared by several nodes through a Redis Stream
 //! - [`worker`]: threads, pinning, event loops, listeners, shutdown
 //! - [`http`]: strict HTTP/1.1 parsing and framing rules
 //! - [`route`]: the route table
@@ -23,6 +24,7 @@ pub mod access_log;
 pub mod admin;
 pub mod bus;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -64,6 +66,8 @@ pub struct Handle {
     /// Every listening socket, for a binary upgrade.
     sockets: Arc<upgrade::Sockets>,
     access_log: Arc<access_log::AccessLog>,
+    /// The link to the other nodes (stopped when the handle goes).
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Gateway {
@@ -145,6 +149,16 @@ impl Gateway {
             access_log.clone(),
         ));
         let claims = Arc::new(cache::claims::Claims::new(4096));
+        let cluster =
+            match &config.cluster {
+                None => None,
+                Some(c) => Some(cluster::Cluster::start(c, bus.clone()).map_err(|e| {
+                    StartError::Worker {
+                        index: 0,
+                        reason: format!("cannot start the cluster threads: {e}"),
+                    }
+                })?),
+            };
         let limiter: Arc<dyn route::rate_limit::Limiter> =
             Arc::new(route::rate_limit::NodeTable::default());
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -157,6 +171,7 @@ impl Gateway {
             reloader: reloader.clone(),
             sockets: Arc::default(),
             access_log: access_log.clone(),
+            cluster: cluster.clone(),
         };
         // Handed-over sockets, spread over the workers: every one is
         // accepted on, so no queue is lost.
@@ -189,6 +204,7 @@ impl Gateway {
                 inherited: mine,
                 sockets: handle.sockets.clone(),
                 access_log: access_log.clone(),
+                cluster: cluster.clone(),
             };
             let thread = worker::spawn(spec, ready_tx.clone()).map_err(|e| StartError::Worker {
                 index,
@@ -375,6 +391,9 @@ impl Handle {
         // The workers handed their last lines over as they ended.
         self.access_log.sync(std::time::Duration::from_secs(5));
         self.access_log.close(std::time::Duration::from_secs(1));
+        if let Some(cluster) = &self.cluster {
+            cluster.stop();
+        }
     }
 }
 

@@ -87,6 +87,10 @@ struct QuickArgs {
     /// with a burst of as many again.
     #[arg(long)]
     rate_limit: Option<f64>,
+    /// Share invalidations with the other nodes using this Redis
+    /// (redis://host:port/db): a purge or a write on any node reaches all.
+    #[arg(long)]
+    cluster_redis: Option<String>,
     /// Write an access log line per request to this file ("-": standard output).
     #[arg(long)]
     access_log: Option<String>,
@@ -199,6 +203,15 @@ impl QuickArgs {
             for route in &mut config.routes {
                 route.rate_limit = Some(limit.clone());
             }
+        }
+        if let Some(url) = &self.cluster_redis {
+            let text = format!("[cluster]\nredis = {url:?}\n");
+            let parsed = config::Config::parse(&format!(
+                "[[listeners]]\naddress = \"{}\"\n[upstreams.u]\nservers = [\"127.0.0.1:1\"]\n[[routes]]\nupstream = \"u\"\n{text}",
+                self.listen
+            ))
+            .map_err(|e| format!("--cluster-redis: {}", e.reason))?;
+            config.cluster = parsed.cluster;
         }
         if let Some(path) = &self.access_log {
             config.access_log.enabled = true;

@@ -366,6 +366,9 @@ fn restart_only(running: &Config, written: &Written, next: &Config) -> Result<()
     if running.cache.bus_capacity != next.cache.bus_capacity {
         return refuse("cache.bus_capacity", "the bus queues' size");
     }
+    if running.cluster != next.cluster {
+        return refuse("cluster", "the cluster settings");
+    }
     if running.access_log.queue != next.access_log.queue {
         return refuse("access_log.queue", "the access log's queue length");
     }

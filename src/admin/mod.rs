@@ -242,6 +242,7 @@ async fn handle(ctx: &WorkerCtx, request: Request, reloader: &crate::reload::Rel
                         "version": env!("CARGO_PKG_VERSION"),
                         "generation": reloader.generation(),
                     },
+                    "cluster": ctx.cluster.as_ref().map(|c| c.snapshot()),
                 }),
             ),
             Err(e) => error(503, e.to_string()),
@@ -468,12 +469,7 @@ async fn purge(ctx: &WorkerCtx, body: &[u8]) -> Reply {
         Ok(p) => p,
         Err(e) => return error(400, e),
     };
-    let message = Message::Invalidate { what, removal };
-    match ctx
-        .bus
-        .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
-        .await
-    {
+    match ctx.invalidate(what, removal).await {
         Ok(b) => json_reply(
             200,
             json!({ "workers": b.workers, "acked": b.acked, "removed": b.removed }),

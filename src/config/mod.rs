@@ -7,6 +7,7 @@
 //! (`ringgate proxy`) and by tests, without any file.
 
 mod access_log;
+mod cluster;
 mod http2;
 mod listeners;
 mod model;
@@ -26,6 +27,7 @@ pub use model::*;
 use raw::RawConfig;
 
 pub use access_log::{AccessLogConfig, LogFormat, LogTarget};
+pub use cluster::ClusterConfig;
 pub use http2::Http2Config;
 
 /// A config that cannot be used, with where and why.
@@ -82,6 +84,8 @@ pub struct Config {
     pub http2: Http2Config,
     /// `[access_log]`.
     pub access_log: AccessLogConfig,
+    /// `[cluster]`: `None`, a node on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The config `ringgate run` uses when no `--config` is given.
@@ -163,6 +167,7 @@ impl Config {
             admin: None,
             http2: Http2Config::default(),
             access_log: AccessLogConfig::default(),
+            cluster: None,
         }
     }
 
@@ -346,6 +351,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let first_port = listeners.first().map(|l| l.address.port());
     let config = Config {
         source: None,
         listeners,
@@ -360,6 +366,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         admin,
         http2: http2::validate_http2(&raw.http2)?,
         access_log: access_log::validate_access_log(&raw.access_log)?,
+        cluster: cluster::validate_cluster(raw.cluster.as_ref(), || {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "node".to_string());
+            match first_port {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })?,
     };
     config.check()?;
     Ok(config)

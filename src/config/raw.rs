@@ -36,6 +36,18 @@ pub struct RawConfig {
     pub http2: RawHttp2,
     #[serde(default)]
     pub access_log: RawAccessLog,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub redis: Option<String>,
+    pub node_id: Option<String>,
+    pub stream: Option<String>,
+    pub stream_max: Option<u64>,
+    pub timeout: Option<ConfigDuration>,
 }
 
 /// `[access_log]`.

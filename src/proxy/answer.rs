@@ -61,13 +61,9 @@ pub(super) async fn purge(
     if !allowed {
         return respond_error(ctx, client, out, 403, keep).await;
     }
-    let message = crate::bus::Message::Invalidate {
-        what: crate::bus::Invalidation::Urls(std::sync::Arc::new(urls)),
-        removal: crate::cache::shard::Removal::Hard,
-    };
+    let what = crate::bus::Invalidation::Urls(std::sync::Arc::new(urls));
     let (status, body) = match ctx
-        .bus
-        .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
+        .invalidate(what, crate::cache::shard::Removal::Hard)
         .await
     {
         Ok(b) if b.removed > 0 => (

@@ -659,13 +659,9 @@ async fn respond(
     // A write's invalidation reaches every worker before its response reaches
     // the client, so the client's next read misses whichever core it lands on.
     if let Some(urls) = plan.invalidate.take() {
-        let message = crate::bus::Message::Invalidate {
-            what: crate::bus::Invalidation::Urls(std::sync::Arc::new(urls)),
-            removal: crate::cache::shard::Removal::Hard,
-        };
+        let what = crate::bus::Invalidation::Urls(std::sync::Arc::new(urls));
         if let Err(e) = ctx
-            .bus
-            .broadcast_and_wait(message, ctx.config.cache.invalidation_timeout)
+            .invalidate(what, crate::cache::shard::Removal::Hard)
             .await
         {
             tracing::warn!(worker = ctx.index, error = %e, "invalidation after a write did not reach every worker");

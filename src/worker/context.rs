@@ -105,6 +105,8 @@ pub struct WorkerShared {
     pub sockets: Arc<crate::upgrade::Sockets>,
     /// The access log's buffer of this worker (`None`: no writer thread).
     pub log: Option<crate::access_log::WorkerLog>,
+    /// The node's link to the other nodes (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// `X-Request-Id`s this worker made, and their random prefix.
     pub request_ids: Cell<u64>,
     pub request_id_prefix: u64,
@@ -181,6 +183,7 @@ impl WorkerCtx {
             limiter,
             sockets: Arc::default(),
             log: None,
+            cluster: None,
             request_ids: Cell::new(0),
             request_id_prefix: {
                 use std::hash::{BuildHasher, Hasher};
@@ -239,6 +242,31 @@ impl WorkerCtx {
         if let Some(shared) = Rc::get_mut(&mut self.shared) {
             shared.log = Some(crate::access_log::WorkerLog::new(log, shared.index));
         }
+    }
+
+    /// Publishes this node's invalidations to the cluster (before the
+    /// worker's tasks share this context).
+    pub fn set_cluster(&mut self, cluster: Option<Arc<crate::cluster::Cluster>>) {
+        if let Some(shared) = Rc::get_mut(&mut self.shared) {
+            shared.cluster = cluster;
+        }
+    }
+
+    /// Applies an invalidation on every worker of this node (returning once
+    /// each did, within `invalidation_timeout`) and publishes it to the
+    /// other nodes of the cluster, if any.
+    pub async fn invalidate(
+        &self,
+        what: crate::bus::Invalidation,
+        removal: crate::cache::shard::Removal,
+    ) -> Result<crate::bus::Broadcast, crate::bus::BusError> {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(&what, removal);
+        }
+        let message = crate::bus::Message::Invalidate { what, removal };
+        self.bus
+            .broadcast_and_wait(message, self.config.cache.invalidation_timeout)
+            .await
     }
 
     /// Registers listening sockets in `sockets` from now on (before the

@@ -80,6 +80,8 @@ pub(crate) struct WorkerSpec {
     pub sockets: Arc<crate::upgrade::Sockets>,
     /// The access log's writer.
     pub access_log: Arc<crate::access_log::AccessLog>,
+    /// The link to the other nodes, with `[cluster]`.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 type Runtime = monoio::FusionRuntime<
@@ -290,6 +292,7 @@ async fn worker_main(
     first.core_key.set(core_key);
     first.set_sockets(spec.sockets.clone());
     first.set_access_log(spec.access_log.clone());
+    first.set_cluster(spec.cluster.clone());
     first.entries = spec
         .listeners
         .iter()

@@ -1,0 +1,484 @@
+//! Several gateway nodes acting as one cache: every invalidation a node
+//! applies is published to a Redis Stream and applied by every other node.
+//!
+//! Two side threads per node, never a worker (the synchronous `redis`
+//! client, no async runtime): the publisher takes the node's invalidations
+//! from a bounded queue and `XADD`s them (`MAXLEN ~ stream_max`); the reader
+//! `XREAD`s the stream from the last id it applied (not a consumer group,
+//! which would hand each entry to one node only), applies other nodes'
+//! entries through the local bus, waiting for every worker, and moves on.
+//! While Redis is unreachable the node serves on; its own invalidations wait
+//! in the queue and go out when Redis is back. A reader that comes back to
+//! find its last id trimmed off the stream cannot know what it missed: it
+//! marks the whole cache stale (a soft purge: revalidation keeps the origin
+//! cheap) and says so in the log and `/stats`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::bus::{Bus, Invalidation, Message};
+use crate::cache::shard::Removal;
+use crate::config::ClusterConfig;
+
+/// Invalidations waiting for Redis; past this, the oldest is dropped and
+/// counted (the other nodes then miss it: `publish_dropped`).
+const QUEUE: usize = 10_000;
+/// How long a blocking read waits before checking for shutdown.
+const READ_BLOCK_MS: u64 = 500;
+
+/// The node's counters, for `/stats`.
+#[derive(Default)]
+pub struct ClusterStats {
+    pub connected: AtomicBool,
+    pub published: AtomicU64,
+    pub publish_dropped: AtomicU64,
+    pub applied: AtomicU64,
+    /// Times the node found it had missed entries and marked its cache stale.
+    pub gaps: AtomicU64,
+}
+
+/// The node's link to the cluster.
+pub struct Cluster {
+    outgoing: Sender<(Invalidation, Removal)>,
+    pub stats: Arc<ClusterStats>,
+    pub node_id: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Cluster {
+    /// Starts the publisher and reader threads.
+    pub fn start(config: &ClusterConfig, bus: Arc<Bus>) -> std::io::Result<Arc<Cluster>> {
+        let (outgoing, queue) = crossbeam_channel::bounded(QUEUE);
+        let stats = Arc::new(ClusterStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let link = Link {
+            config: config.clone(),
+            stats: stats.clone(),
+            stop: stop.clone(),
+        };
+        let publisher = Link { ..link.clone() };
+        std::thread::Builder::new()
+            .name("ringgate-cluster-pub".to_string())
+            .spawn(move || publisher.publish(queue))?;
+        std::thread::Builder::new()
+            .name("ringgate-cluster-read".to_string())
+            .spawn(move || link.read(bus))?;
+        Ok(Arc::new(Cluster {
+            outgoing,
+            stats,
+            node_id: config.node_id.clone(),
+            stop,
+        }))
+    }
+
+    /// Publishes an invalidation this node applied (never waits).
+    pub fn publish(&self, what: &Invalidation, removal: Removal) {
+        if self.outgoing.try_send((what.clone(), removal)).is_err() {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends the side threads (the gateway stopped).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    /// For `/stats`.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let s = &self.stats;
+        serde_json::json!({
+            "node": self.node_id,
+            "redis_connected": s.connected.load(Ordering::Relaxed),
+            "published": s.published.load(Ordering::Relaxed),
+            "publish_dropped": s.publish_dropped.load(Ordering::Relaxed),
+            "applied": s.applied.load(Ordering::Relaxed),
+            "gaps": s.gaps.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+#[derive(Clone)]
+struct Link {
+    config: ClusterConfig,
+    stats: Arc<ClusterStats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(self.config.redis.as_str())?;
+        let conn = client.get_connection_with_timeout(self.config.timeout)?;
+        conn.set_write_timeout(Some(self.config.timeout))?;
+        Ok(conn)
+    }
+
+    /// Waits a little before trying Redis again (a side thread, off the request path).
+    fn back_off(&self) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn publish(self, queue: Receiver<(Invalidation, Removal)>) {
+        let mut conn = None;
+        let mut pending: Option<(Invalidation, Removal)> = None;
+        while !self.stop.load(Ordering::Acquire) {
+            let item = match pending.take() {
+                Some(item) => item,
+                None => match queue.recv_timeout(Duration::from_millis(READ_BLOCK_MS)) {
+                    Ok(item) => item,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            if conn.is_none() {
+                conn = self.connect().ok();
+            }
+            let Some(c) = conn.as_mut() else {
+                pending = Some(item);
+                self.back_off();
+                continue;
+            };
+            let (kind, host, value) = encode(&item.0);
+            let removal = match item.1 {
+                Removal::Hard => "hard",
+                Removal::Soft => "soft",
+            };
+            let sent: redis::RedisResult<String> = redis::cmd("XADD")
+                .arg(&self.config.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.stream_max)
+                .arg("*")
+                .arg("node")
+                .arg(&self.config.node_id)
+                .arg("kind")
+                .arg(kind)
+                .arg("host")
+                .arg(host)
+                .arg("value")
+                .arg(value)
+                .arg("removal")
+                .arg(removal)
+                .query(c);
+            match sent {
+                Ok(_) => {
+                    self.stats.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: cannot publish an invalidation; will retry");
+                    conn = None;
+                    pending = Some(item);
+                    self.back_off();
+                }
+            }
+        }
+    }
+
+    fn read(self, bus: Arc<Bus>) {
+        let mut last: Option<String> = None;
+        let mut conn: Option<redis::Connection> = None;
+        let mut was_connected = false;
+        while !self.stop.load(Ordering::Acquire) {
+            if conn.is_none() {
+                match self.connect() {
+                    Ok(mut c) => {
+                        let _ = c.set_read_timeout(Some(
+                            self.config.timeout + Duration::from_millis(READ_BLOCK_MS),
+                        ));
+                        match &last {
+                            // First connection: from the stream's end.
+                            None => {
+                                last = Some(self.last_id(&mut c).unwrap_or_else(|| "0-0".into()))
+                            }
+                            // Back after a break: were entries trimmed meanwhile?
+                            Some(id) => {
+                                if self.missed_since(&mut c, id) {
+                                    self.mark_all_stale(&bus);
+                                }
+                            }
+                        }
+                        self.stats.connected.store(true, Ordering::Relaxed);
+                        if !was_connected {
+                            tracing::info!(redis = %self.config.redis, "cluster: connected");
+                        }
+                        was_connected = true;
+                        conn = Some(c);
+                    }
+                    Err(e) => {
+                        if was_connected {
+                            tracing::warn!(error = %e, "cluster: Redis unreachable; serving on, invalidations from other nodes wait");
+                        }
+                        was_connected = false;
+                        self.stats.connected.store(false, Ordering::Relaxed);
+                        self.back_off();
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected above");
+            let from = last.clone().unwrap_or_else(|| "0-0".into());
+            let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(256)
+                .arg("BLOCK")
+                .arg(READ_BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&self.config.stream)
+                .arg(&from)
+                .query(c);
+            match read {
+                Ok(value) => {
+                    for (id, fields) in entries(&value) {
+                        last = Some(id);
+                        if fields.get("node").map(String::as_str) == Some(&self.config.node_id) {
+                            continue;
+                        }
+                        if let Some((what, removal)) = decode(&fields) {
+                            self.apply(&bus, what, removal);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: lost Redis");
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    conn = None;
+                    self.back_off();
+                }
+            }
+        }
+    }
+
+    /// The id of the stream's newest entry.
+    fn last_id(&self, c: &mut redis::Connection) -> Option<String> {
+        let v: redis::Value = redis::cmd("XREVRANGE")
+            .arg(&self.config.stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(c)
+            .ok()?;
+        entries_of_list(&v).into_iter().next().map(|(id, _)| id)
+    }
+
+    /// Whether entries after `id` may have been lost: the stream's oldest
+    /// entry is newer than `id` (trimming reached past it, or the stream was
+    /// deleted and written again), or the stream is gone. Errs on the side of
+    /// a soft purge: a false alarm costs revalidations, a missed one stale
+    /// answers.
+    fn missed_since(&self, c: &mut redis::Connection, id: &str) -> bool {
+        let v: redis::RedisResult<redis::Value> = redis::cmd("XRANGE")
+            .arg(&self.config.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query(c);
+        let Ok(v) = v else { return true };
+        match entries_of_list(&v).into_iter().next() {
+            None => id != "0-0",
+            Some((first, _)) => parse_id(&first) > parse_id(id),
+        }
+    }
+
+    fn mark_all_stale(&self, bus: &Bus) {
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "cluster: invalidations were missed while away; every stored response is marked stale"
+        );
+        self.apply(bus, Invalidation::All, Removal::Soft);
+    }
+
+    /// Applies an entry on every worker and waits for them.
+    fn apply(&self, bus: &Bus, what: Invalidation, removal: Removal) {
+        let workers = bus.workers();
+        let ack = crate::bus::Ack::new(workers);
+        let message = Message::Invalidate { what, removal };
+        for worker in 0..workers {
+            if bus
+                .send(worker, message.clone(), Some(ack.clone()))
+                .is_err()
+            {
+                ack.done(worker, 0);
+            }
+        }
+        if !ack.wait_blocking(Duration::from_secs(5)) {
+            tracing::warn!(workers = ?ack.missing(), "cluster: workers slow to apply an invalidation");
+        }
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// An invalidation as stream fields: kind, host, value.
+fn encode(what: &Invalidation) -> (&'static str, String, String) {
+    match what {
+        Invalidation::Urls(urls) => (
+            "urls",
+            String::new(),
+            urls.iter().map(|u| hex(u)).collect::<Vec<_>>().join(","),
+        ),
+        Invalidation::Prefix { host, prefix } => (
+            "prefix",
+            host.as_deref().unwrap_or("").to_string(),
+            prefix.to_string(),
+        ),
+        Invalidation::Regex { host, regex } => (
+            "regex",
+            host.as_deref().unwrap_or("").to_string(),
+            regex.as_str().to_string(),
+        ),
+        Invalidation::Tag(tag) => ("tag", String::new(), tag.to_string()),
+        Invalidation::All => ("all", String::new(), String::new()),
+    }
+}
+
+fn decode(fields: &std::collections::HashMap<String, String>) -> Option<(Invalidation, Removal)> {
+    let host = fields
+        .get("host")
+        .filter(|h| !h.is_empty())
+        .map(|h| Arc::<str>::from(h.as_str()));
+    let value = fields.get("value").map(String::as_str).unwrap_or("");
+    let what = match fields.get("kind")?.as_str() {
+        "urls" => Invalidation::Urls(Arc::new(
+            value
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .map(|v| unhex(v).map(Vec::into_boxed_slice))
+                .collect::<Option<Vec<_>>>()?,
+        )),
+        "prefix" => Invalidation::Prefix {
+            host,
+            prefix: value.into(),
+        },
+        "regex" => Invalidation::Regex {
+            host,
+            regex: Arc::new(regex::Regex::new(value).ok()?),
+        },
+        "tag" => Invalidation::Tag(value.into()),
+        "all" => Invalidation::All,
+        _ => return None,
+    };
+    let removal = match fields.get("removal").map(String::as_str) {
+        Some("soft") => Removal::Soft,
+        _ => Removal::Hard,
+    };
+    Some((what, removal))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+type Entry = (String, std::collections::HashMap<String, String>);
+
+/// The entries of an `XREAD` reply (one stream).
+fn entries(v: &redis::Value) -> Vec<Entry> {
+    let redis::Value::Array(streams) = v else {
+        // Nil (or a map, RESP3): nothing new.
+        if let redis::Value::Map(streams) = v {
+            return streams
+                .iter()
+                .flat_map(|(_, e)| entries_of_list(e))
+                .collect();
+        }
+        return Vec::new();
+    };
+    streams
+        .iter()
+        .flat_map(|s| match s {
+            redis::Value::Array(parts) if parts.len() == 2 => entries_of_list(&parts[1]),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// `[[id, [field, value, ...]], ...]`.
+fn entries_of_list(v: &redis::Value) -> Vec<Entry> {
+    let redis::Value::Array(list) = v else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|e| {
+            let redis::Value::Array(pair) = e else {
+                return None;
+            };
+            let id = text(pair.first()?)?;
+            let redis::Value::Array(kv) = pair.get(1)? else {
+                return None;
+            };
+            let fields = kv
+                .chunks(2)
+                .filter_map(|c| Some((text(c.first()?)?, text(c.get(1)?)?)))
+                .collect();
+            Some((id, fields))
+        })
+        .collect()
+}
+
+fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_invalidation_survives_the_stream_fields() {
+        let all = [
+            Invalidation::Urls(Arc::new(vec![
+                b"http://a.test/x?y=1".to_vec().into_boxed_slice(),
+                b"https://a.test/z\nh:x=1".to_vec().into_boxed_slice(),
+            ])),
+            Invalidation::Prefix {
+                host: Some("a.test".into()),
+                prefix: "/api/".into(),
+            },
+            Invalidation::Regex {
+                host: None,
+                regex: Arc::new(regex::Regex::new("^/p/[0-9]+$").unwrap()),
+            },
+            Invalidation::Tag("product-7".into()),
+            Invalidation::All,
+        ];
+        for what in all {
+            let (kind, host, value) = encode(&what);
+            let fields = [
+                ("kind", kind.to_string()),
+                ("host", host),
+                ("value", value),
+                ("removal", "soft".to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let (back, removal) = decode(&fields).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{what:?}"));
+            assert_eq!(removal, Removal::Soft);
+        }
+    }
+}

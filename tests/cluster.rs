@@ -1,0 +1,203 @@
+//! Several gateway nodes as one cache through a real `redis-server`
+//! (started per test on a free port, no persistence, stopped by PID): an
+//! invalidation on one node reaches the others, and a node that may have
+//! missed some while Redis was away marks its cache stale.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A `redis-server` of this test's own.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server; scripts/test installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_until(Duration::from_secs(10), "redis-server listens", || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        Redis { child, port }
+    }
+
+    fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A caching node of the cluster, with its admin API.
+fn node(origin: &Origin, redis: &str, name: &str) -> ringgate::Handle {
+    cached_gateway_with(origin, |_, config| {
+        config.admin = Some(ringgate::config::AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+        });
+        config.cluster = Some(ringgate::config::ClusterConfig {
+            redis: redis.to_string(),
+            node_id: name.to_string(),
+            stream: "ringgate:test".to_string(),
+            stream_max: 1000,
+            timeout: Duration::from_secs(1),
+        });
+    })
+}
+
+fn cluster_stats(gw: &ringgate::Handle) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr().unwrap(), "/stats").text()).unwrap();
+    v["cluster"].clone()
+}
+
+fn connected(gw: &ringgate::Handle) -> bool {
+    cluster_stats(gw)["redis_connected"] == true
+}
+
+const T: &str = "/c?cc=max-age%3D600";
+
+#[test]
+fn a_purge_or_a_write_on_one_node_reaches_the_others() {
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| node(&origin, &redis.url(), n))
+        .collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(10), "connected to Redis", || {
+            connected(n)
+        });
+    }
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let fetch_on = |gw: &ringgate::Handle| fetch(&mut Client::connect(gw.listen_addr()), T, "");
+    fetch_on(a);
+    fetch_on(c);
+    fetch_on(a);
+    fetch_on(c);
+    assert_eq!(origin.hits_on(T), 2, "A and C each stored it");
+
+    // PURGE on B, which never stored it: A and C drop theirs.
+    let purged = Client::connect(b.listen_addr()).request(
+        format!("PURGE {T} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(purged.status, 404, "nothing stored on B itself");
+    for n in [a, c] {
+        wait_until(Duration::from_secs(5), "the purge applied", || {
+            cluster_stats(n)["applied"].as_u64() >= Some(1)
+        });
+    }
+    fetch_on(a);
+    fetch_on(c);
+    assert_eq!(origin.hits_on(T), 4, "both missed after B's purge");
+    assert_eq!(cluster_stats(b)["published"], 1);
+
+    // A write through C invalidates the URL on A and B too (RFC 9111 section 4.4).
+    fetch_on(b);
+    assert_eq!(origin.hits_on(T), 5);
+    let before: Vec<u64> = [a, b]
+        .iter()
+        .map(|n| cluster_stats(n)["applied"].as_u64().unwrap())
+        .collect();
+    let wrote = Client::connect(c.listen_addr()).request(
+        format!("POST {T} HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(wrote.status < 400, "{}", wrote.status);
+    for (n, before) in [a, b].into_iter().zip(before) {
+        wait_until(
+            Duration::from_secs(5),
+            "the write's invalidation applied",
+            || cluster_stats(n)["applied"].as_u64() > Some(before),
+        );
+    }
+    let origin_before = origin.hits_on(T);
+    fetch_on(a);
+    fetch_on(b);
+    assert_eq!(
+        origin.hits_on(T),
+        origin_before + 2,
+        "A and B missed after C's write"
+    );
+}
+
+#[test]
+fn with_redis_away_nodes_serve_on_and_one_that_may_have_missed_entries_marks_its_cache_stale() {
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let a = node(&origin, &redis.url(), "a");
+    let b = node(&origin, &redis.url(), "b");
+    for n in [&a, &b] {
+        wait_until(Duration::from_secs(10), "connected to Redis", || {
+            connected(n)
+        });
+    }
+    let fetch_on = |gw: &ringgate::Handle| fetch(&mut Client::connect(gw.listen_addr()), T, "");
+    assert_eq!(fetch_on(&a).status, 200);
+    // A has applied an entry: it knows where it is in the stream.
+    let purged = Client::connect(b.listen_addr())
+        .request(b"PURGE /elsewhere HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(purged.status, 404);
+    wait_until(Duration::from_secs(5), "A applied B's purge", || {
+        cluster_stats(&a)["applied"].as_u64() >= Some(1)
+    });
+    // Redis goes away (and comes back empty, as one without persistence does).
+    let port = redis.stop();
+    wait_until(Duration::from_secs(10), "A sees Redis gone", || {
+        !connected(&a)
+    });
+    assert_eq!(fetch_on(&a).status, 200, "A serves on, from its cache");
+    assert_eq!(origin.hits_on(T), 1);
+    // B purges while Redis is away: applied on B, published when Redis is back.
+    let purged = Client::connect(b.listen_addr()).request(
+        format!("PURGE {T} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(purged.status, 404);
+    let _redis = Redis::start_on(port);
+    wait_until(Duration::from_secs(10), "A noticed the gap", || {
+        cluster_stats(&a)["gaps"].as_u64() >= Some(1)
+    });
+    // Marked stale, not dropped: the next request revalidates with the origin.
+    let r = fetch_on(&a);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        origin.hits_on(T),
+        2,
+        "the stale entry went back to the origin"
+    );
+}
