@@ -201,3 +201,105 @@ fn with_redis_away_nodes_serve_on_and_one_that_may_have_missed_entries_marks_its
         "the stale entry went back to the origin"
     );
 }
+
+fn purge_cluster(gw: &ringgate::Handle, body: &str) -> (u16, serde_json::Value) {
+    let r = Client::connect(gw.admin_addr().unwrap()).request(
+        format!(
+            "POST /cache/purge HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    (r.status, serde_json::from_str(&r.text()).unwrap())
+}
+
+#[test]
+fn a_cluster_scope_purge_answers_once_every_live_node_applied_it_and_names_one_that_did_not() {
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let mut nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| node(&origin, &redis.url(), n))
+        .collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(10), "connected to Redis", || {
+            connected(n)
+        });
+    }
+    let fetch_on = |gw: &ringgate::Handle| fetch(&mut Client::connect(gw.listen_addr()), T, "");
+    for n in &nodes {
+        fetch_on(n);
+    }
+    assert_eq!(origin.hits_on(T), 3);
+    let (status, v) = purge_cluster(&nodes[0], r#"{"tag":"x","scope":"cluster"}"#);
+    assert_eq!(status, 200, "{v}");
+    let mut named: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    named.sort();
+    assert_eq!(named, ["a", "b", "c"], "{v}");
+    assert!(
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["applied"] == true),
+        "{v}"
+    );
+
+    // A node that is live (its heartbeat fresh) but does not apply entries,
+    // as a node that just stopped looks until its heartbeat expires.
+    drop(nodes.pop());
+    let mut r = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("ringgate:test:node:stuck")
+        .arg("0-0")
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut r)
+        .unwrap();
+    let (status, v) = purge_cluster(&nodes[0], r#"{"all":true,"scope":"cluster"}"#);
+    assert_eq!(status, 504, "{v}");
+    // (C, stopped a moment ago, may still be live by its heartbeat too.)
+    let missing: Vec<&str> = v["not_applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(missing.contains(&"stuck"), "{v}");
+    assert!(missing.iter().all(|n| *n == "stuck" || *n == "c"), "{v}");
+    // A and B did apply it: both miss.
+    for n in &nodes {
+        fetch_on(n);
+    }
+    assert_eq!(origin.hits_on(T), 5);
+
+    // Without Redis: applied here, and the answer names Redis.
+    drop(redis);
+    wait_until(Duration::from_secs(10), "A sees Redis gone", || {
+        !connected(&nodes[0])
+    });
+    let (status, v) = purge_cluster(&nodes[0], r#"{"all":true,"scope":"cluster"}"#);
+    assert_eq!(status, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("Redis"), "{v}");
+}
+
+#[test]
+fn a_cluster_scope_purge_without_a_cluster_is_refused() {
+    let origin = Origin::start();
+    let gw = cached_gateway_with(&origin, |_, config| {
+        config.admin = Some(ringgate::config::AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+        });
+    });
+    let (status, v) = purge_cluster(&gw, r#"{"all":true,"scope":"cluster"}"#);
+    assert_eq!(status, 400, "{v}");
+}

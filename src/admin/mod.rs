@@ -373,9 +373,13 @@ pub fn parse_purge(config: &Config, body: &[u8]) -> Result<(Invalidation, Remova
         return Err("body must be a JSON object".into());
     };
     for key in map.keys() {
-        if !["url", "prefix", "host", "regex", "tag", "all", "soft"].contains(&key.as_str()) {
+        if ![
+            "url", "prefix", "host", "regex", "tag", "all", "soft", "scope",
+        ]
+        .contains(&key.as_str())
+        {
             return Err(format!(
-                "unknown field `{key}` (expected url, prefix, host, regex, tag, all, soft)"
+                "unknown field `{key}` (expected url, prefix, host, regex, tag, all, soft, scope)"
             ));
         }
     }
@@ -464,11 +468,28 @@ pub fn url_keys(config: &Config, url: &str) -> Result<Vec<Box<[u8]>>, String> {
     ))
 }
 
+/// How far a purge must reach before it is answered: `"node"` (this
+/// node's workers, the default) or `"cluster"` (every live node).
+fn parse_scope(body: &[u8]) -> Result<bool, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    match value.get("scope") {
+        None => Ok(false),
+        Some(Value::String(s)) if s == "node" => Ok(false),
+        Some(Value::String(s)) if s == "cluster" => Ok(true),
+        Some(_) => Err("`scope` is \"node\" or \"cluster\"".into()),
+    }
+}
+
 async fn purge(ctx: &WorkerCtx, body: &[u8]) -> Reply {
     let (what, removal) = match parse_purge(&ctx.config, body) {
         Ok(p) => p,
         Err(e) => return error(400, e),
     };
+    match parse_scope(body) {
+        Err(e) => return error(400, e),
+        Ok(true) => return purge_cluster(ctx, what, removal).await,
+        Ok(false) => {}
+    }
     match ctx.invalidate(what, removal).await {
         Ok(b) => json_reply(
             200,
@@ -480,6 +501,63 @@ async fn purge(ctx: &WorkerCtx, body: &[u8]) -> Reply {
         ),
         Err(e) => error(503, e.to_string()),
     }
+}
+
+/// A purge every live node of the cluster must apply before the answer:
+/// 200 listing them, 504 naming those that had not in time, 503 when
+/// Redis cannot be reached (applied on this node all the same).
+async fn purge_cluster(ctx: &WorkerCtx, what: Invalidation, removal: Removal) -> Reply {
+    let Some(cluster) = &ctx.cluster else {
+        return error(400, "`scope: cluster` needs a [cluster] section");
+    };
+    let limit = ctx
+        .config
+        .cluster
+        .as_ref()
+        .map_or(Duration::from_secs(1), |c| c.timeout)
+        * 5;
+    let confirmation = cluster.publish_confirmed(&what, removal, limit);
+    let local = ctx
+        .bus
+        .broadcast_and_wait(
+            Message::Invalidate { what, removal },
+            ctx.config.cache.invalidation_timeout,
+        )
+        .await;
+    let answered = monoio::time::timeout(limit + Duration::from_secs(1), confirmation.done.all())
+        .await
+        .is_ok();
+    let confirmed = confirmation
+        .answer()
+        .filter(|_| answered)
+        .unwrap_or_default();
+    let removed = local.as_ref().map_or(0, |b| b.removed);
+    if let Some(e) = confirmed.error {
+        return json_reply(
+            503,
+            json!({ "error": format!("applied on this node only: {e}"), "removed": removed }),
+        );
+    }
+    let nodes: Vec<Value> = confirmed
+        .nodes
+        .iter()
+        .map(|(node, applied)| json!({ "node": node, "applied": applied }))
+        .collect();
+    let missing: Vec<&str> = confirmed
+        .nodes
+        .iter()
+        .filter(|n| !n.1)
+        .map(|n| n.0.as_str())
+        .collect();
+    let status = if answered && missing.is_empty() {
+        200
+    } else {
+        504
+    };
+    json_reply(
+        status,
+        json!({ "nodes": nodes, "not_applied": missing, "removed_here": removed }),
+    )
 }
 
 #[cfg(test)]

@@ -41,8 +41,57 @@ pub struct ClusterStats {
 }
 
 /// The node's link to the cluster.
+/// What goes to the publisher: an invalidation, and who waits for every
+/// live node to apply it (`"scope": "cluster"`).
+type Outgoing = (Invalidation, Removal, Option<Arc<Confirmation>>);
+
+/// A cluster-scope purge being confirmed: filled in by a side thread.
+pub struct Confirmation {
+    /// Counts down once, when the answer is in.
+    pub done: Arc<crate::bus::Ack>,
+    answer: std::sync::Mutex<Option<Confirmed>>,
+    /// When to stop waiting for nodes.
+    deadline: std::time::Instant,
+}
+
+/// How a cluster-scope purge went.
+#[derive(Debug, Clone, Default)]
+pub struct Confirmed {
+    /// Every live node (a heartbeat within the last few seconds) and
+    /// whether it applied the entry.
+    pub nodes: Vec<(String, bool)>,
+    /// Redis could not be reached.
+    pub error: Option<String>,
+}
+
+impl Confirmation {
+    fn new(limit: Duration) -> Arc<Confirmation> {
+        Arc::new(Confirmation {
+            done: crate::bus::Ack::new(1),
+            answer: std::sync::Mutex::new(None),
+            deadline: std::time::Instant::now() + limit,
+        })
+    }
+
+    fn finish(&self, answer: Confirmed) {
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+        self.done.done(0, 0);
+    }
+
+    /// The answer, once `done` resolved.
+    pub fn answer(&self) -> Option<Confirmed> {
+        self.answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A node's heartbeat (its last applied id) lives this long.
+const HEARTBEAT_TTL_MS: u64 = 3000;
+
 pub struct Cluster {
-    outgoing: Sender<(Invalidation, Removal)>,
+    outgoing: Sender<Outgoing>,
     pub stats: Arc<ClusterStats>,
     pub node_id: String,
     stop: Arc<AtomicBool>,
@@ -76,9 +125,33 @@ impl Cluster {
 
     /// Publishes an invalidation this node applied (never waits).
     pub fn publish(&self, what: &Invalidation, removal: Removal) {
-        if self.outgoing.try_send((what.clone(), removal)).is_err() {
+        if self
+            .outgoing
+            .try_send((what.clone(), removal, None))
+            .is_err()
+        {
             self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes an invalidation and has a side thread watch the live
+    /// nodes' heartbeats until each has applied it or `limit` passed.
+    pub fn publish_confirmed(
+        &self,
+        what: &Invalidation,
+        removal: Removal,
+        limit: Duration,
+    ) -> Arc<Confirmation> {
+        let confirmation = Confirmation::new(limit);
+        let item = (what.clone(), removal, Some(confirmation.clone()));
+        if self.outgoing.try_send(item).is_err() {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+            confirmation.finish(Confirmed {
+                error: Some("the queue to Redis is full".into()),
+                ..Default::default()
+            });
+        }
+        confirmation
     }
 
     /// Ends the side threads (the gateway stopped).
@@ -126,9 +199,9 @@ impl Link {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    fn publish(self, queue: Receiver<(Invalidation, Removal)>) {
+    fn publish(self, queue: Receiver<Outgoing>) {
         let mut conn = None;
-        let mut pending: Option<(Invalidation, Removal)> = None;
+        let mut pending: Option<Outgoing> = None;
         while !self.stop.load(Ordering::Acquire) {
             let item = match pending.take() {
                 Some(item) => item,
@@ -142,7 +215,7 @@ impl Link {
                 conn = self.connect().ok();
             }
             let Some(c) = conn.as_mut() else {
-                pending = Some(item);
+                pending = Some(unconfirmed(item, "Redis is unreachable"));
                 self.back_off();
                 continue;
             };
@@ -169,13 +242,22 @@ impl Link {
                 .arg(removal)
                 .query(c);
             match sent {
-                Ok(_) => {
+                Ok(id) => {
                     self.stats.published.fetch_add(1, Ordering::Relaxed);
+                    if let Some(confirmation) = item.2 {
+                        let link = self.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("ringgate-cluster-confirm".to_string())
+                            .spawn(move || link.confirm(&id, &confirmation));
+                        if let Err(e) = spawned {
+                            tracing::warn!(error = %e, "cluster: cannot watch a purge's confirmation");
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster: cannot publish an invalidation; will retry");
                     conn = None;
-                    pending = Some(item);
+                    pending = Some(unconfirmed(item, "Redis is unreachable"));
                     self.back_off();
                 }
             }
@@ -225,6 +307,17 @@ impl Link {
             }
             let c = conn.as_mut().expect("connected above");
             let from = last.clone().unwrap_or_else(|| "0-0".into());
+            // The heartbeat: this node is live and has applied up to `from`.
+            let beat: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(self.heartbeat_key(&self.config.node_id))
+                .arg(&from)
+                .arg("PX")
+                .arg(HEARTBEAT_TTL_MS)
+                .query(c);
+            if beat.is_err() {
+                conn = None;
+                continue;
+            }
             let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(256)
@@ -253,6 +346,55 @@ impl Link {
                     self.back_off();
                 }
             }
+        }
+    }
+
+    fn heartbeat_key(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.config.stream)
+    }
+
+    /// Watches the live nodes' heartbeats until each has applied entry
+    /// `id` (its last applied id is at or past it) or the deadline.
+    fn confirm(&self, id: &str, confirmation: &Confirmation) {
+        let deadline = confirmation.deadline;
+        let mut conn = match self.connect() {
+            Ok(c) => c,
+            Err(e) => {
+                confirmation.finish(Confirmed {
+                    error: Some(format!("Redis: {e}")),
+                    ..Default::default()
+                });
+                return;
+            }
+        };
+        let prefix = self.heartbeat_key("");
+        loop {
+            let keys: redis::RedisResult<Vec<String>> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query(&mut conn);
+            let nodes: Vec<(String, bool)> = match keys {
+                Ok(keys) => keys
+                    .into_iter()
+                    .map(|k| {
+                        let at: Option<String> = redis::cmd("GET").arg(&k).query(&mut conn).ok();
+                        let applied = at.is_some_and(|at| parse_id(&at) >= parse_id(id));
+                        (k[prefix.len()..].to_string(), applied)
+                    })
+                    .collect(),
+                Err(e) => {
+                    confirmation.finish(Confirmed {
+                        error: Some(format!("Redis: {e}")),
+                        ..Default::default()
+                    });
+                    return;
+                }
+            };
+            if nodes.iter().all(|n| n.1) || std::time::Instant::now() >= deadline {
+                confirmation.finish(Confirmed { nodes, error: None });
+                return;
+            }
+            // A side thread polling Redis while an operator's purge waits.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -315,6 +457,18 @@ impl Link {
         }
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The entry still goes out when Redis is back; whoever waited for its
+/// confirmation is told now.
+fn unconfirmed(item: Outgoing, why: &str) -> Outgoing {
+    if let Some(confirmation) = &item.2 {
+        confirmation.finish(Confirmed {
+            error: Some(why.to_string()),
+            ..Default::default()
+        });
+    }
+    (item.0, item.1, None)
 }
 
 fn parse_id(id: &str) -> (u64, u64) {
