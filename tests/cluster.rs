@@ -127,6 +127,15 @@ fn a_purge_or_a_write_on_one_node_reaches_the_others() {
     fetch_on(c);
     assert_eq!(origin.hits_on(T), 4, "both missed after B's purge");
     assert_eq!(cluster_stats(b)["published"], 1);
+    let metrics = get(b.admin_addr().unwrap(), "/metrics").text();
+    assert!(
+        metrics.contains("ringgate_cluster_published_total{node=\"b\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ringgate_cluster_redis_connected{node=\"b\"} 1"),
+        "{metrics}"
+    );
 
     // A write through C invalidates the URL on A and B too (RFC 9111 section 4.4).
     fetch_on(b);

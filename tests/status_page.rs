@@ -280,6 +280,7 @@ fn the_status_page_shows_what_stats_says_in_a_real_browser() {
         number(&shown["total.generation"]),
         stats["process"]["generation"].as_u64()
     );
+    assert_eq!(shown["cluster.redis"], "off", "no [cluster] in this test");
     for w in stats["workers"].as_array().unwrap() {
         let key = format!("worker.{}.requests", w["worker"]);
         assert_eq!(

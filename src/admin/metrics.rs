@@ -329,6 +329,57 @@ const SERVER_METRICS: &[(&str, &str, &str, &str)] = &[
 
 /// The workers' snapshots in Prometheus text format, labelled by worker
 /// (and by server for the per-server series).
+/// The node's cluster series (`[cluster]`): name, help, type, field of
+/// `Cluster::snapshot`.
+const CLUSTER_METRICS: &[(&str, &str, &str, &str)] = &[
+    (
+        "ringgate_cluster_redis_connected",
+        "1 while the cluster's Redis is reachable",
+        "gauge",
+        "redis_connected",
+    ),
+    (
+        "ringgate_cluster_published_total",
+        "invalidations this node published",
+        "counter",
+        "published",
+    ),
+    (
+        "ringgate_cluster_publish_dropped_total",
+        "invalidations dropped with the queue to Redis full",
+        "counter",
+        "publish_dropped",
+    ),
+    (
+        "ringgate_cluster_applied_total",
+        "other nodes' invalidations applied here",
+        "counter",
+        "applied",
+    ),
+    (
+        "ringgate_cluster_gaps_total",
+        "times this node may have missed invalidations and marked its cache stale",
+        "counter",
+        "gaps",
+    ),
+];
+
+/// The cluster series of the node (`cluster`: `Cluster::snapshot`).
+pub(super) fn cluster_series(cluster: &Value) -> String {
+    let mut out = String::new();
+    let node = cluster["node"].as_str().unwrap_or("");
+    for (name, help, kind, field) in CLUSTER_METRICS {
+        let value = match &cluster[*field] {
+            Value::Bool(b) => u64::from(*b),
+            v => v.as_u64().unwrap_or(0),
+        };
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}\n"
+        ));
+    }
+    out
+}
+
 pub(super) fn prometheus(workers: &[Value]) -> String {
     let mut out = String::new();
     for (name, help, kind, field) in SERVER_METRICS {

@@ -251,7 +251,11 @@ async fn handle(ctx: &WorkerCtx, request: Request, reloader: &crate::reload::Rel
             Ok(workers) => Reply {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
-                body: prometheus(&workers),
+                body: prometheus(&workers)
+                    + &ctx
+                        .cluster
+                        .as_ref()
+                        .map_or(String::new(), |c| metrics::cluster_series(&c.snapshot())),
             },
             Err(e) => error(503, e.to_string()),
         },
