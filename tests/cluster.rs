@@ -92,19 +92,25 @@ fn connected(gw: &ringgate::Handle) -> bool {
 
 const T: &str = "/c?cc=max-age%3D600";
 
-#[test]
-fn a_purge_or_a_write_on_one_node_reaches_the_others() {
-    let redis = Redis::start();
-    let origin = Origin::start();
+/// Nodes a, b and c, each connected to `redis`.
+fn three_nodes(origin: &Origin, redis: &Redis) -> Vec<ringgate::Handle> {
     let nodes: Vec<_> = ["a", "b", "c"]
         .iter()
-        .map(|n| node(&origin, &redis.url(), n))
+        .map(|n| node(origin, &redis.url(), n))
         .collect();
     for n in &nodes {
         wait_until(Duration::from_secs(10), "connected to Redis", || {
             connected(n)
         });
     }
+    nodes
+}
+
+#[test]
+fn a_purge_or_a_write_on_one_node_reaches_the_others() {
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let nodes = three_nodes(&origin, &redis);
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let fetch_on = |gw: &ringgate::Handle| fetch(&mut Client::connect(gw.listen_addr()), T, "");
     fetch_on(a);
@@ -226,15 +232,7 @@ fn purge_cluster(gw: &ringgate::Handle, body: &str) -> (u16, serde_json::Value) 
 fn a_cluster_scope_purge_answers_once_every_live_node_applied_it_and_names_one_that_did_not() {
     let redis = Redis::start();
     let origin = Origin::start();
-    let mut nodes: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|n| node(&origin, &redis.url(), n))
-        .collect();
-    for n in &nodes {
-        wait_until(Duration::from_secs(10), "connected to Redis", || {
-            connected(n)
-        });
-    }
+    let mut nodes = three_nodes(&origin, &redis);
     let fetch_on = |gw: &ringgate::Handle| fetch(&mut Client::connect(gw.listen_addr()), T, "");
     for n in &nodes {
         fetch_on(n);
