@@ -133,6 +133,11 @@ fn a_purge_or_a_write_on_one_node_reaches_the_others() {
     fetch_on(c);
     assert_eq!(origin.hits_on(T), 4, "both missed after B's purge");
     assert_eq!(cluster_stats(b)["published"], 1);
+    wait_until(Duration::from_secs(5), "A read past B's entry", || {
+        cluster_stats(a)["last_id"]
+            .as_str()
+            .is_some_and(|id| id != "0-0")
+    });
     let metrics = get(b.admin_addr().unwrap(), "/metrics").text();
     assert!(
         metrics.contains("ringgate_cluster_published_total{node=\"b\"} 1"),

@@ -38,6 +38,8 @@ pub struct ClusterStats {
     pub applied: AtomicU64,
     /// Times the node found it had missed entries and marked its cache stale.
     pub gaps: AtomicU64,
+    /// The id of the last stream entry this node read (`0-0`: none yet).
+    pub last_id: std::sync::Mutex<String>,
 }
 
 /// The node's link to the cluster.
@@ -169,6 +171,7 @@ impl Cluster {
             "publish_dropped": s.publish_dropped.load(Ordering::Relaxed),
             "applied": s.applied.load(Ordering::Relaxed),
             "gaps": s.gaps.load(Ordering::Relaxed),
+            "last_id": s.last_id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
 }
@@ -307,6 +310,7 @@ impl Link {
             }
             let c = conn.as_mut().expect("connected above");
             let from = last.clone().unwrap_or_else(|| "0-0".into());
+            from.clone_into(&mut self.stats.last_id.lock().unwrap_or_else(|e| e.into_inner()));
             // The heartbeat: this node is live and has applied up to `from`.
             let beat: redis::RedisResult<()> = redis::cmd("SET")
                 .arg(self.heartbeat_key(&self.config.node_id))
