@@ -7,19 +7,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use ringgate::config::{AccessLogConfig, LogFormat, LogTarget};
-
-fn log_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringgate-access-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    path
-}
 
 fn logging(config: &mut ringgate::Config, path: &std::path::Path, format: LogFormat) {
     config.access_log = AccessLogConfig {
@@ -52,7 +43,7 @@ fn json(line: &str) -> serde_json::Value {
 #[test]
 fn a_json_line_per_request_ties_client_log_and_upstream_by_request_id() {
     let origin = Origin::start();
-    let path = log_path("json.log");
+    let path = fresh_path("json.log");
     let gw = cached_gateway_with(&origin, |_, config| logging(config, &path, LogFormat::Json));
     let addr = gw.listen_addr();
     let mut c = Client::connect(addr);
@@ -155,7 +146,7 @@ fn request_ids_can_be_turned_off() {
 #[test]
 fn combined_lines_sampling_and_the_per_route_switch() {
     let origin = Origin::start();
-    let path = log_path("combined.log");
+    let path = fresh_path("combined.log");
     let mut config = config_for(origin.addr);
     logging(&mut config, &path, LogFormat::Combined);
     let mut quiet = config.routes[0].clone();
@@ -193,7 +184,7 @@ fn combined_lines_sampling_and_the_per_route_switch() {
     assert!(got[1].contains("\" 400 "), "{}", got[1]);
 
     // Sampling: about the share asked for.
-    let sampled = log_path("sampled.log");
+    let sampled = fresh_path("sampled.log");
     let mut config = config_for(origin.addr);
     logging(&mut config, &sampled, LogFormat::Combined);
     config.access_log.sample_ppm = 250_000;
@@ -214,7 +205,7 @@ fn combined_lines_sampling_and_the_per_route_switch() {
 fn a_writer_that_cannot_keep_up_drops_and_counts_lines_and_never_slows_a_request() {
     let origin = Origin::start();
     // A FIFO nobody reads: the writer thread blocks opening it, forever.
-    let path = log_path("stalled.fifo");
+    let path = fresh_path("stalled.fifo");
     let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo on a path of our own temporary directory.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);

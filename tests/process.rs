@@ -447,10 +447,7 @@ fn a_closed_log_pipe_neither_kills_a_worker_nor_stops_a_clean_exit() {
 #[test]
 fn sigusr1_reopens_the_access_log_after_logrotate_moved_it() {
     let origin = Origin::start();
-    let dir = std::env::temp_dir().join(format!("ringgate-rotate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("access.log");
-    let _ = std::fs::remove_file(&path);
+    let path = fresh_path("rotate-access.log");
     let gw = GatewayProcess::start(
         &config(
             origin.addr,
@@ -471,7 +468,7 @@ fn sigusr1_reopens_the_access_log_after_logrotate_moved_it() {
     wait_until(Duration::from_secs(10), "the first line", || {
         count(&path) == 1
     });
-    let rotated = dir.join("access.log.1");
+    let rotated = path.with_extension("log.1");
     std::fs::rename(&path, &rotated).unwrap();
     gw.signal(libc::SIGUSR1);
     wait_until(Duration::from_secs(10), "the reopen", || {

@@ -610,10 +610,7 @@ fn frames_sent_with_the_upgrade_request_reach_the_upstream_after_the_101() {
 #[test]
 fn a_tunnel_writes_one_access_log_line_when_it_closes() {
     let origin = WsOrigin::start();
-    let dir = std::env::temp_dir().join(format!("ringgate-ws-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("access.log");
-    let _ = std::fs::remove_file(&path);
+    let path = fresh_path("ws-access.log");
     let mut config = with_admin(config_for(origin.addr));
     config.access_log = ringgate::config::AccessLogConfig {
         enabled: true,

@@ -1396,6 +1396,17 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// A fresh path for a file a test's gateway writes (an access log): under
+/// the temporary directory, nothing there yet. `name` must be unique among
+/// the tests of one binary.
+pub fn fresh_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringgate-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
 /// Writes a config file for a test under the temporary directory; `name`
 /// must be unique among the tests of one binary.
 pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
