@@ -322,7 +322,7 @@ fn load_loop(
             match outcome {
                 Ok(r) if r.status == 200 => ok += 1,
                 Ok(r) => failures.push(format!("status {}", r.status)),
-                Err(e) => failures.push(e),
+                Err(e) => failures.push(format!("{e} (after {ok} answered)")),
             }
         }
         (ok, failures)
@@ -384,7 +384,7 @@ fn sigusr2_upgrades_to_a_new_process_through_a_reload_without_a_failed_request()
     assert!(log.contains("took over the listening sockets"), "{log}");
     assert!(
         failures.is_empty(),
-        "{} of {ok} failed: {:?}",
+        "{} of {ok} failed: {:?}\n{log}",
         failures.len(),
         &failures[..failures.len().min(5)]
     );

@@ -71,6 +71,10 @@ pub struct WorkerShared {
     pub hard_stop: Cell<bool>,
     /// Client connections open on this worker.
     pub active: Cell<usize>,
+    /// Accept loops still running. A draining worker waits for them too:
+    /// the connection an accept returns after its cancel is served, and
+    /// would be reset if the worker ended first.
+    pub accepting: Cell<usize>,
     /// Notified when draining starts (idle connections close).
     pub drain_notify: Notify,
     /// Notified when a connection ends (accept loops and the drain waiter re-check).
@@ -167,6 +171,7 @@ impl WorkerCtx {
             draining: Cell::new(false),
             hard_stop: Cell::new(false),
             active: Cell::new(0),
+            accepting: Cell::new(0),
             drain_notify: Notify::default(),
             slot_notify: Notify::default(),
             h2_connect_notify: Notify::default(),
@@ -463,6 +468,23 @@ impl ConnectionGuard {
         ctx.active.set(ctx.active.get() + 1);
         let key = ctx.conns.register(ip);
         ConnectionGuard { ctx, key }
+    }
+}
+
+/// Counts one running accept loop in [`WorkerShared::accepting`].
+pub struct AcceptGuard(Rc<WorkerCtx>);
+
+impl AcceptGuard {
+    pub fn new(ctx: Rc<WorkerCtx>) -> Self {
+        ctx.accepting.set(ctx.accepting.get() + 1);
+        AcceptGuard(ctx)
+    }
+}
+
+impl Drop for AcceptGuard {
+    fn drop(&mut self) {
+        self.0.accepting.set(self.0.accepting.get() - 1);
+        self.0.slot_notify.notify_all();
     }
 }
 

@@ -330,7 +330,10 @@ async fn worker_main(
 
     ctx.drain_started().await;
     let grace = ctx.config.timeouts.shutdown_grace;
-    let all_closed = ctx.slot_notify.wait_until(|| ctx.active.get() == 0);
+    // Every accept loop has returned (with the connection its canceled
+    // accept still handed over, if any) and every connection has closed.
+    let done = || ctx.active.get() == 0 && ctx.accepting.get() == 0;
+    let all_closed = ctx.slot_notify.wait_until(done);
     if monoio::time::timeout(grace, all_closed).await.is_err() {
         tracing::warn!(
             worker = ctx.index,
@@ -339,7 +342,7 @@ async fn worker_main(
         );
         ctx.force_close();
         // Each connection task drops its work (and its sockets) when next polled.
-        ctx.slot_notify.wait_until(|| ctx.active.get() == 0).await;
+        ctx.slot_notify.wait_until(done).await;
     }
     if let Some(log) = &ctx.log {
         log.hand_over();
@@ -383,7 +386,20 @@ async fn sweep_pool(ctx: Rc<WorkerCtx>) {
 /// Accepts connections on this worker's socket of the listener bound at
 /// `address`, each served on the config generation current when it came,
 /// until the worker drains or a reload removes the listener.
-pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, address: SocketAddr) {
+/// Counted in `accepting` from the call on, before the task first runs.
+pub(crate) fn accept_loop(
+    ctx: Rc<WorkerCtx>,
+    listener: TcpListener,
+    address: SocketAddr,
+) -> impl std::future::Future<Output = ()> {
+    let running = context::AcceptGuard::new(ctx.clone());
+    async move {
+        let _running = running;
+        accept_until_stopped(ctx, listener, address).await
+    }
+}
+
+async fn accept_until_stopped(ctx: Rc<WorkerCtx>, listener: TcpListener, address: SocketAddr) {
     loop {
         // At the connection cap with nothing idle to close, stop accepting:
         // new clients wait in the kernel's backlog (or go to another worker)
@@ -418,9 +434,9 @@ pub(crate) async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener, addre
             Ok((stream, peer)) => {
                 // Connections may have turned busy while the accept was
                 // pending: this one waits (accepted, unread) for room too.
-                if !last && !wait_for_room(&ctx).await {
-                    return;
-                }
+                // A drain starting meanwhile makes it the last one served:
+                // dropping it would reset a client the kernel handed over.
+                let last = last || !wait_for_room(&ctx).await;
                 // The listener's entry as of now, or as it was when a reload
                 // removed it (that last connection is still served).
                 let first = ctx.clone();
