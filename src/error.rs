@@ -38,6 +38,8 @@ pub enum ErrorKind {
     NoHealthyServer,
     /// A circuit breaker's cap is reached.
     OverCapacity,
+    /// A cluster rate limit with `fail = "closed"` could not ask Redis.
+    LimiterUnavailable,
     ConnectRefused,
     ConnectTimeout,
     /// The TLS handshake with an upstream of a TLS group failed (its
@@ -165,7 +167,9 @@ impl ErrorKind {
             ErrorKind::NoRoute => Some(404),
             ErrorKind::Unauthorized => Some(401),
             ErrorKind::NotCached => Some(504),
-            ErrorKind::NoHealthyServer | ErrorKind::OverCapacity => Some(503),
+            ErrorKind::NoHealthyServer
+            | ErrorKind::OverCapacity
+            | ErrorKind::LimiterUnavailable => Some(503),
             ErrorKind::ConnectRefused
             | ErrorKind::UpstreamTls
             | ErrorKind::UpstreamClosedEarly
@@ -194,6 +198,7 @@ impl fmt::Display for ProxyError {
             ErrorKind::NotCached => "only-if-cached and nothing usable stored",
             ErrorKind::NoHealthyServer => "no healthy server in the group",
             ErrorKind::OverCapacity => "circuit breaker open",
+            ErrorKind::LimiterUnavailable => "the cluster rate limit cannot reach Redis",
             ErrorKind::ConnectRefused => "upstream connect failed",
             ErrorKind::ConnectTimeout => "upstream connect timed out",
             ErrorKind::UpstreamTls => "upstream TLS handshake failed",

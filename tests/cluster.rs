@@ -71,11 +71,9 @@ fn node(origin: &Origin, redis: &str, name: &str) -> ringgate::Handle {
             token: None,
         });
         config.cluster = Some(ringgate::config::ClusterConfig {
-            redis: redis.to_string(),
-            node_id: name.to_string(),
             stream: "ringgate:test".to_string(),
             stream_max: 1000,
-            timeout: Duration::from_secs(1),
+            ..ringgate::config::ClusterConfig::defaults(redis, name)
         });
     })
 }
@@ -314,4 +312,188 @@ fn a_cluster_scope_purge_without_a_cluster_is_refused() {
     });
     let (status, v) = purge_cluster(&gw, r#"{"all":true,"scope":"cluster"}"#);
     assert_eq!(status, 400, "{v}");
+}
+
+/// A node of the cluster whose only route is rate-limited by `limit`.
+fn limited_node(
+    origin: &Origin,
+    redis: &str,
+    name: &str,
+    limit: &ringgate::route::rate_limit::RateLimit,
+    lease: Duration,
+) -> ringgate::Handle {
+    let mut config = with_admin(config_for(origin.addr));
+    config.routes[0].rate_limit = Some(limit.clone());
+    config.cluster = Some(ringgate::config::ClusterConfig {
+        stream: "ringgate:test".to_string(),
+        stream_max: 1000,
+        lease,
+        ..ringgate::config::ClusterConfig::defaults(redis, name)
+    });
+    start(config)
+}
+
+fn cluster_limit(
+    rate: f64,
+    burst: u32,
+    fail: ringgate::route::rate_limit::Fail,
+) -> ringgate::route::rate_limit::RateLimit {
+    use ringgate::route::rate_limit::{LimitKey, RateLimit, Scope};
+    let mut limit = RateLimit::new(rate, burst, LimitKey::Header("x-key".into())).unwrap();
+    limit.scope = Scope::Cluster;
+    limit.fail = fail;
+    limit
+}
+
+/// Sends `GET /x` with key `key` to each node in turn until `run` is over
+/// (one thread per node); the admitted and refused counts, and the time
+/// taken.
+fn hammer(nodes: &[ringgate::Handle], key: &str, run: Duration) -> (usize, usize, f64) {
+    let started = std::time::Instant::now();
+    let counts: Vec<(usize, usize)> = nodes
+        .iter()
+        .map(|n| {
+            let (addr, key) = (n.listen_addr(), key.to_string());
+            std::thread::spawn(move || {
+                let (mut ok, mut refused) = (0, 0);
+                let mut c = Client::connect(addr);
+                while started.elapsed() < run {
+                    let r = c.request(
+                        format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Key: {key}\r\n\r\n").as_bytes(),
+                    );
+                    match r.status {
+                        200 => ok += 1,
+                        429 => {
+                            assert!(r.header("retry-after").is_some());
+                            refused += 1
+                        }
+                        s => panic!("status {s}"),
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    (
+        counts.iter().map(|c| c.0).sum(),
+        counts.iter().map(|c| c.1).sum(),
+        elapsed,
+    )
+}
+
+#[test]
+fn a_cluster_rate_limit_holds_across_three_nodes_within_its_bound() {
+    use ringgate::route::rate_limit::Fail;
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let lease = Duration::from_millis(100);
+    // A slow limit: each request asks Redis (20 per second is one per 50 ms,
+    // longer than the lease holds none), so it is exact.
+    let slow = cluster_limit(20.0, 9, Fail::Closed);
+    let nodes: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|n| limited_node(&origin, &redis.url(), n, &slow, lease))
+        .collect();
+    let (admitted, refused, elapsed) = hammer(&nodes, "k1", Duration::from_millis(600));
+    let most = 10 + (20.0 * elapsed).ceil() as usize;
+    assert!(admitted >= 10, "the burst: {admitted}");
+    assert!(admitted <= most, "{admitted} admitted, at most {most}");
+    assert!(refused > admitted, "three nodes asked far more: {refused}");
+    // Another key has its own allowance.
+    let (other, _, _) = hammer(&nodes[..1], "k2", Duration::from_millis(50));
+    assert!(other >= 10, "{other}");
+
+    // A fast limit: nodes lease requests (up to 100 ms worth, 50 at a time)
+    // and admit them without Redis; the cluster still admits at most the
+    // limit over the time taken plus one lease's worth.
+    let fast = cluster_limit(500.0, 49, Fail::Closed);
+    let nodes: Vec<_> = ["d", "e", "f"]
+        .iter()
+        .map(|n| limited_node(&origin, &redis.url(), n, &fast, lease))
+        .collect();
+    let (admitted, refused, elapsed) = hammer(&nodes, "k3", Duration::from_millis(800));
+    let most = 50 + (500.0 * (elapsed + lease.as_secs_f64())).ceil() as usize;
+    assert!(admitted <= most, "{admitted} admitted, at most {most}");
+    assert!(admitted >= 50, "{admitted}");
+    assert!(refused > 0, "{refused}");
+    let calls: u64 = nodes
+        .iter()
+        .map(|n| {
+            admin_stats(n)["cluster"]["rate_limits"]["redis_calls"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        (calls as usize) < (admitted + refused) / 2,
+        "leases and kept refusals spare Redis a call per request: {calls} calls for {admitted} + {refused}"
+    );
+}
+
+#[test]
+fn with_redis_down_a_cluster_rate_limit_does_what_its_fail_mode_says() {
+    use ringgate::route::rate_limit::Fail;
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let lease = Duration::from_millis(20);
+    let node_with = |name: &str, fail| {
+        limited_node(
+            &origin,
+            &redis.url(),
+            name,
+            &cluster_limit(1.0, 2, fail),
+            lease,
+        )
+    };
+    let (closed, open, local) = (
+        node_with("closed", Fail::Closed),
+        node_with("open", Fail::Open),
+        node_with("local", Fail::Local),
+    );
+    // Connected: three requests of one key pass, the fourth is refused.
+    for (i, n) in [&closed, &open, &local].into_iter().enumerate() {
+        let mut c = Client::connect(n.listen_addr());
+        let statuses: Vec<u16> = (0..4)
+            .map(|_| {
+                c.request(format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Key: up{i}\r\n\r\n").as_bytes())
+                    .status
+            })
+            .collect();
+        assert_eq!(statuses, [200, 200, 200, 429]);
+    }
+    // The nodes share the count: a key used up on one is refused on another.
+    let mut c = Client::connect(open.listen_addr());
+    let r = c.request(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Key: up0\r\n\r\n");
+    assert_eq!(r.status, 429);
+    drop(redis);
+    let statuses = |n: &ringgate::Handle, count: usize| -> Vec<u16> {
+        let mut c = Client::connect(n.listen_addr());
+        (0..count)
+            .map(|_| {
+                c.request(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Key: down\r\n\r\n")
+                    .status
+            })
+            .collect()
+    };
+    let closed_said = statuses(&closed, 3);
+    assert_eq!(closed_said, [503, 503, 503], "fail closed refuses");
+    assert_eq!(statuses(&open, 5), [200; 5], "fail open admits");
+    assert_eq!(
+        statuses(&local, 4),
+        [200, 200, 200, 429],
+        "fail local counts on the node alone"
+    );
+    for n in [&closed, &open, &local] {
+        let counted: u64 = admin_stats(n)["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["rate_limit_unavailable"].as_u64().unwrap())
+            .sum();
+        assert!(counted >= 3, "{counted}");
+    }
 }

@@ -207,3 +207,21 @@ fn a_config_names_the_key_it_refuses() {
         "{err}"
     );
 }
+
+#[test]
+fn a_request_whose_body_arrives_later_is_counted_once() {
+    let origin = Origin::start();
+    // Two requests at once, then one per minute.
+    let limit = RateLimit::new(1.0 / 60.0, 1, LimitKey::Route).unwrap();
+    let gw = start(limited(&origin, 1, limit));
+    let mut c = Client::connect(gw.listen_addr());
+    // The head first: the gateway plans it, answers 100 Continue and waits
+    // for the body, then plans the request again with the body read.
+    c.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let interim = c.reader.read_head().unwrap().unwrap();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    c.send(b"hello");
+    assert_eq!(c.read_response().unwrap().status, 200);
+    assert_eq!(get(&mut c, "/x", "").status, 200, "the second of two");
+    assert_eq!(get(&mut c, "/x", "").status, 429);
+}

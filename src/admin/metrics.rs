@@ -140,6 +140,12 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["rate_limit_table_full"],
     ),
     (
+        "ringgate_rate_limit_unavailable_total",
+        "Requests of a cluster rate limit decided by its fail mode (Redis down or slow).",
+        "counter",
+        &["rate_limit_unavailable"],
+    ),
+    (
         "ringgate_tls_handshakes_total",
         "TLS handshakes completed.",
         "counter",

@@ -13,6 +13,8 @@
 //! marks the whole cache stale (a soft purge: revalidation keeps the origin
 //! cheap) and says so in the log and `/stats`.
 
+pub mod limits;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +97,11 @@ const HEARTBEAT_TTL_MS: u64 = 3000;
 pub struct Cluster {
     outgoing: Sender<Outgoing>,
     pub stats: Arc<ClusterStats>,
+    /// The `scope = "cluster"` rate limits.
+    pub limits: Arc<limits::ClusterLimits>,
     pub node_id: String,
+    /// How long a request waits for Redis (`cluster.timeout`).
+    pub timeout: Duration,
     stop: Arc<AtomicBool>,
 }
 
@@ -117,10 +123,13 @@ impl Cluster {
         std::thread::Builder::new()
             .name("ringgate-cluster-read".to_string())
             .spawn(move || link.read(bus))?;
+        let limits = limits::ClusterLimits::start(config, stop.clone())?;
         Ok(Arc::new(Cluster {
             outgoing,
             stats,
+            limits,
             node_id: config.node_id.clone(),
+            timeout: config.timeout,
             stop,
         }))
     }
@@ -172,6 +181,7 @@ impl Cluster {
             "applied": s.applied.load(Ordering::Relaxed),
             "gaps": s.gaps.load(Ordering::Relaxed),
             "last_id": s.last_id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            "rate_limits": self.limits.snapshot(),
         })
     }
 }
@@ -180,6 +190,14 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
     }
+}
+
+/// A connection to the cluster's Redis, writes bounded by `timeout`.
+fn connect(config: &ClusterConfig) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(config.redis.as_str())?;
+    let conn = client.get_connection_with_timeout(config.timeout)?;
+    conn.set_write_timeout(Some(config.timeout))?;
+    Ok(conn)
 }
 
 #[derive(Clone)]
@@ -191,10 +209,7 @@ struct Link {
 
 impl Link {
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        let client = redis::Client::open(self.config.redis.as_str())?;
-        let conn = client.get_connection_with_timeout(self.config.timeout)?;
-        conn.set_write_timeout(Some(self.config.timeout))?;
-        Ok(conn)
+        connect(&self.config)
     }
 
     /// Waits a little before trying Redis again (a side thread, off the request path).

@@ -15,8 +15,39 @@ pub struct ClusterConfig {
     pub stream: String,
     /// Entries the stream keeps (`XADD ... MAXLEN ~`).
     pub stream_max: u64,
-    /// Connect and command timeout.
+    /// Connect and command timeout; also how long a request waits for a
+    /// cluster rate limit's or the shared cache's answer.
     pub timeout: Duration,
+    /// What the other keys (rate limits, shared cache) start with.
+    pub prefix: String,
+    /// How long a node may hold requests of a cluster rate limit it took
+    /// from Redis at once before using them (see `crate::cluster::limits`).
+    pub lease: Duration,
+    /// Stored responses are also written to Redis, and a miss asks Redis
+    /// before the origin.
+    pub shared_cache: bool,
+    /// Largest response (head and body) written to the shared cache.
+    pub shared_cache_max: u64,
+    /// How long a miss waits for the shared cache before going to the origin.
+    pub shared_cache_wait: Duration,
+}
+
+impl ClusterConfig {
+    /// The defaults, for a node named `node_id` on the Redis at `redis`.
+    pub fn defaults(redis: &str, node_id: &str) -> ClusterConfig {
+        ClusterConfig {
+            redis: redis.to_string(),
+            node_id: node_id.to_string(),
+            stream: "ringgate:invalidations".to_string(),
+            stream_max: 100_000,
+            timeout: Duration::from_secs(1),
+            prefix: "ringgate".to_string(),
+            lease: Duration::from_millis(20),
+            shared_cache: false,
+            shared_cache_max: 1 << 20,
+            shared_cache_wait: Duration::from_millis(50),
+        }
+    }
 }
 
 pub(super) fn validate_cluster(
@@ -63,11 +94,40 @@ pub(super) fn validate_cluster(
     if timeout.is_zero() {
         return Err(invalid("cluster.timeout", "must be longer than 0"));
     }
+    let prefix = raw.prefix.clone().unwrap_or_else(|| "ringgate".to_string());
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("cluster.prefix", "must be non-empty visible ASCII"));
+    }
+    let lease = raw.lease.map_or(Duration::from_millis(20), |t| t.0);
+    if lease > Duration::from_secs(10) {
+        return Err(invalid("cluster.lease", "at most 10s"));
+    }
+    let shared_cache_max = raw.shared_cache_max.map_or(1 << 20, |b| b.0);
+    if shared_cache_max > 512 << 20 {
+        return Err(invalid(
+            "cluster.shared_cache_max",
+            "at most 512MiB (Redis's largest string)",
+        ));
+    }
+    let shared_cache_wait = raw
+        .shared_cache_wait
+        .map_or(Duration::from_millis(50), |t| t.0);
+    if shared_cache_wait.is_zero() {
+        return Err(invalid(
+            "cluster.shared_cache_wait",
+            "must be longer than 0",
+        ));
+    }
     Ok(Some(ClusterConfig {
         redis,
         node_id,
         stream,
         stream_max,
         timeout,
+        prefix,
+        lease,
+        shared_cache: raw.shared_cache.unwrap_or(false),
+        shared_cache_max,
+        shared_cache_wait,
     }))
 }

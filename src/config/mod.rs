@@ -376,6 +376,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         })?,
     };
+    if config.cluster.is_none() {
+        let cluster_limit = config.routes.iter().position(|r| {
+            r.rate_limit
+                .as_ref()
+                .is_some_and(|l| l.scope == crate::route::rate_limit::Scope::Cluster)
+        });
+        if let Some(i) = cluster_limit {
+            return Err(invalid(
+                format!("routes[{i}].rate_limit.scope"),
+                "`cluster` needs a [cluster] section (the Redis the nodes share)",
+            ));
+        }
+    }
     config.check()?;
     Ok(config)
 }

@@ -48,6 +48,11 @@ pub struct RawCluster {
     pub stream: Option<String>,
     pub stream_max: Option<u64>,
     pub timeout: Option<ConfigDuration>,
+    pub prefix: Option<String>,
+    pub lease: Option<ConfigDuration>,
+    pub shared_cache: Option<bool>,
+    pub shared_cache_max: Option<ByteSize>,
+    pub shared_cache_wait: Option<ConfigDuration>,
 }
 
 /// `[access_log]`.
@@ -323,6 +328,10 @@ pub struct RawRateLimit {
     pub burst: Option<u32>,
     /// `ip` (default), `route`, `subject`, `header:NAME` or `cookie:NAME`.
     pub key: Option<String>,
+    /// `node` (default) or `cluster`.
+    pub scope: Option<String>,
+    /// `local` (default), `open` or `closed`.
+    pub fail: Option<String>,
 }
 
 /// `[routes.timeouts]`: upstream timeouts for this route.

@@ -249,8 +249,39 @@ fn validate_rate_limit(
             }
         },
     };
-    RateLimit::new(raw.requests_per_second, raw.burst.unwrap_or(0), limit_key)
-        .map_err(|reason| invalid(key("requests_per_second"), reason))
+    use crate::route::rate_limit::{Fail, Scope};
+    let scope = match raw.scope.as_deref().unwrap_or("node") {
+        "node" => Scope::Node,
+        "cluster" => Scope::Cluster,
+        other => {
+            return Err(invalid(
+                key("scope"),
+                format!("`{other}` is not one of node, cluster"),
+            ))
+        }
+    };
+    let fail = match raw.fail.as_deref() {
+        None | Some("local") => Fail::Local,
+        Some("open") => Fail::Open,
+        Some("closed") => Fail::Closed,
+        Some(other) => {
+            return Err(invalid(
+                key("fail"),
+                format!("`{other}` is not one of local, open, closed"),
+            ))
+        }
+    };
+    if raw.fail.is_some() && scope == Scope::Node {
+        return Err(invalid(
+            key("fail"),
+            "only a `scope = \"cluster\"` limit depends on Redis",
+        ));
+    }
+    let mut limit = RateLimit::new(raw.requests_per_second, raw.burst.unwrap_or(0), limit_key)
+        .map_err(|reason| invalid(key("requests_per_second"), reason))?;
+    limit.scope = scope;
+    limit.fail = fail;
+    Ok(limit)
 }
 
 fn validate_auth(i: usize, raw: &raw::RawAuth) -> Result<AuthPolicy, ConfigError> {

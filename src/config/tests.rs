@@ -416,3 +416,45 @@ fn upstream_protocols_are_checked_against_tls() {
         assert_eq!(e.key, "upstreams.app.protocol", "{e}");
     }
 }
+
+#[test]
+fn cluster_settings_and_cluster_rate_limits_are_checked() {
+    let limited =
+        |extra: &str| format!("{MINIMAL}[routes.rate_limit]\nrequests_per_second = 10\n{extra}");
+    let e = Config::parse(&limited("scope = \"cluster\"\n")).unwrap_err();
+    assert_eq!(e.key, "routes[0].rate_limit.scope", "{e}");
+    assert!(e.reason.contains("[cluster]"), "{e}");
+    let e = Config::parse(&limited("fail = \"open\"\n")).unwrap_err();
+    assert_eq!(e.key, "routes[0].rate_limit.fail", "{e}");
+    let e = Config::parse(&limited("scope = \"galaxy\"\n")).unwrap_err();
+    assert_eq!(e.key, "routes[0].rate_limit.scope", "{e}");
+
+    let cluster = "[cluster]\nredis = \"redis://127.0.0.1:6379/\"\n";
+    let c = Config::parse(&format!(
+        "{}{cluster}",
+        limited("scope = \"cluster\"\nfail = \"closed\"\n")
+    ))
+    .unwrap();
+    let limit = c.routes[0].rate_limit.as_ref().unwrap();
+    assert_eq!(limit.scope, crate::route::rate_limit::Scope::Cluster);
+    assert_eq!(limit.fail, crate::route::rate_limit::Fail::Closed);
+    let cluster_of = |extra: &str| Config::parse(&format!("{MINIMAL}{cluster}{extra}"));
+    let c = cluster_of("").unwrap().cluster.unwrap();
+    assert_eq!(c.prefix, "ringgate");
+    assert_eq!(c.lease, std::time::Duration::from_millis(20));
+    assert!(!c.shared_cache);
+    assert_eq!(
+        cluster_of("lease = \"11s\"\n").unwrap_err().key,
+        "cluster.lease"
+    );
+    assert_eq!(
+        cluster_of("shared_cache_max = \"1GiB\"\n").unwrap_err().key,
+        "cluster.shared_cache_max"
+    );
+    assert_eq!(
+        cluster_of("prefix = \"\"\n").unwrap_err().key,
+        "cluster.prefix"
+    );
+    let e = Config::parse(&format!("{MINIMAL}[cluster]\nredis = \"http://x\"\n")).unwrap_err();
+    assert_eq!(e.key, "cluster.redis");
+}

@@ -94,6 +94,8 @@ struct Client {
     reply: reply::Reply,
     /// `100 Continue` was already sent for the current request.
     sent_continue: bool,
+    /// The rate limit's answer while this request is planned again.
+    limit_verdict: Option<crate::route::rate_limit::Outcome>,
     /// The HTTP/2 stream this request came on (`None`: HTTP/1, on `stream`).
     h2: Option<Box<http2::stream::H2Stream>>,
     /// The current request's `X-Request-Id` (empty: request ids are off);
@@ -124,6 +126,7 @@ impl Client {
             served: 0,
             reply: Default::default(),
             sent_continue: false,
+            limit_verdict: None,
             h2: Some(Box::new(stream)),
             request_id: Default::default(),
             tls: connection.tls_info.clone(),
@@ -186,6 +189,9 @@ enum Plan {
     },
     /// Read more of the body before planning again (request buffering).
     ReadBody(BodyWait),
+    /// Wait for the cluster's answer to the route's rate limit, then plan
+    /// again with it.
+    AwaitLimit(std::sync::Arc<crate::route::rate_limit::Asked>),
     /// Over the route's rate limit: 429, the next request admitted after
     /// `retry_after`.
     Limited {
@@ -291,7 +297,7 @@ impl Plan {
             | Plan::Hit { request, .. }
             | Plan::Purge { request, .. }
             | Plan::Redirect { request, .. } => request,
-            Plan::ReadBody(_) => return (Version::Http11, false),
+            Plan::ReadBody(_) | Plan::AwaitLimit(_) => return (Version::Http11, false),
         };
         (request.version, request.head_only)
     }

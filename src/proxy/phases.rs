@@ -52,6 +52,9 @@ pub(super) struct Downstream<'a> {
     pub http2: bool,
     /// The request's `X-Request-Id` (empty: request ids are off).
     pub request_id: &'a [u8],
+    /// The rate limit's answer from an earlier pass over this request (its
+    /// body was still arriving, or the cluster was asked): counted once.
+    pub limit_verdict: Option<crate::route::rate_limit::Outcome>,
 }
 
 /// What the phases found out, for the access log.
@@ -59,6 +62,8 @@ pub(super) struct Downstream<'a> {
 pub(super) struct Facts {
     pub route: Option<usize>,
     pub cache: crate::access_log::CacheStatus,
+    /// The rate limit's answer, kept for another pass over the request.
+    pub limit_verdict: Option<crate::route::rate_limit::Outcome>,
 }
 
 /// Why a phase did not pass the request on.
@@ -118,7 +123,7 @@ fn phases<'b>(
     facts.route = Some(index);
     check_body_size(ctx, req, &answered)?;
     let identity = admit(ctx, route, req, &answered)?;
-    limit_rate(ctx, route, req, down, identity.as_deref(), &answered)?;
+    limit_rate(ctx, route, req, down, identity.as_deref(), &answered, facts)?;
     buffer_body(ctx, route, req, down)?;
     let upgrade = tunnel::requested(req, route);
     let forwarded = UpstreamRequest {
@@ -301,11 +306,14 @@ fn admit(
     }
 }
 
-/// The route's rate limit, counted for the whole node (429 past it), on
-/// hits too, under the route's name (a reload that keeps the route keeps
-/// its clients' counts). A request without the key the limit names (its header or
-/// cookie) is counted by its client address instead, so leaving the key
-/// out does not escape the limit.
+/// The route's rate limit (429 past it), on hits too, under the route's
+/// name (a reload that keeps the route keeps its clients' counts): counted
+/// for the whole node, or with `scope = "cluster"` by every node through
+/// Redis, whose answer may have to be waited for (`Plan::AwaitLimit`, then
+/// this phase runs again with it). A request without the key the limit
+/// names (its header or cookie) is counted by its client address instead,
+/// so leaving the key out does not escape the limit. A request is counted
+/// once however many passes it takes.
 fn limit_rate(
     ctx: &WorkerCtx,
     route: &RouteConfig,
@@ -313,8 +321,9 @@ fn limit_rate(
     down: &Downstream<'_>,
     identity: Option<&[(String, String)]>,
     answered: &Answered,
+    facts: &mut Facts,
 ) -> Phase<()> {
-    use crate::route::rate_limit::{LimitKey, Outcome};
+    use crate::route::rate_limit::{Fail, LimitKey, Limiter, Outcome, Scope};
     let Some(limit) = &route.rate_limit else {
         return Ok(());
     };
@@ -339,15 +348,30 @@ fn limit_rate(
         Some(value) => crate::route::rate_limit::Key::Named(value),
         None => crate::route::rate_limit::Key::Client(down.peer_ip.as_bytes()),
     };
-    match ctx
-        .limiter
-        .acquire(&route.name, key, limit, std::time::Instant::now())
-    {
-        Outcome::Admitted { .. } => Ok(()),
-        Outcome::TableFull => {
-            ctx.stats.count(Counter::RateLimitTableFull);
-            Ok(())
+    let now = std::time::Instant::now();
+    let outcome = match down.limit_verdict.clone() {
+        Some(decided) => decided,
+        None => {
+            let limiter: &dyn Limiter = match (limit.scope, &ctx.cluster) {
+                (Scope::Cluster, Some(cluster)) => &*cluster.limits,
+                _ => &*ctx.limiter,
+            };
+            limiter.acquire(&route.name, key, limit, now)
         }
+    };
+    let outcome = match outcome {
+        Outcome::Unavailable => {
+            ctx.stats.count(Counter::RateLimitUnavailable);
+            match limit.fail {
+                Fail::Local => ctx.limiter.acquire(&route.name, key, limit, now),
+                Fail::Open => Outcome::Admitted { remaining: 0 },
+                Fail::Closed => return refuse(ErrorKind::LimiterUnavailable, answered),
+            }
+        }
+        decided => decided,
+    };
+    match outcome {
+        Outcome::Pending(asked) => Err(Stop::Answer(Plan::AwaitLimit(asked))),
         Outcome::Refused { retry_after } => {
             ctx.stats.count(Counter::RateLimited);
             Err(Stop::Answer(Plan::Limited {
@@ -355,6 +379,13 @@ fn limit_rate(
                 retry_after,
                 policy: limit.policy(),
             }))
+        }
+        admitted => {
+            if let Outcome::TableFull = admitted {
+                ctx.stats.count(Counter::RateLimitTableFull);
+            }
+            facts.limit_verdict = Some(Outcome::Admitted { remaining: 0 });
+            Ok(())
         }
     }
 }
@@ -506,7 +537,9 @@ pub(super) async fn answer(
             status,
             location,
         } => answer::redirect(ctx, client, &request, status, &location, out).await,
-        Plan::ReadBody(_) => unreachable!("read before the plan is final"),
+        Plan::ReadBody(_) | Plan::AwaitLimit(_) => {
+            unreachable!("waited on before the plan is final")
+        }
         // Boxed: rare, and waiting on every worker takes room an idle
         // connection's future should not carry.
         Plan::Purge {

@@ -21,6 +21,7 @@ use super::{http2, phases, Client, Entry, Next, Plan};
 use crate::config::MAX_HEADERS_CAP;
 use crate::http::request::{header_slots, parse_request};
 use crate::http::HttpError;
+use crate::route::rate_limit::Outcome;
 use crate::worker::context::{Counter, WorkerCtx};
 use crate::worker::signal::{race, Either};
 
@@ -57,6 +58,7 @@ pub async fn serve(
         served: 0,
         reply: Default::default(),
         sent_continue: false,
+        limit_verdict: None,
         h2: None,
         request_id: Default::default(),
         tls,
@@ -222,6 +224,15 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                     }
                 }
             }
+            Ok(Some(Plan::AwaitLimit(asked))) => {
+                let wait = ctx
+                    .cluster
+                    .as_ref()
+                    .map_or(timeouts.client_header, |c| c.timeout);
+                let answer = monoio::time::timeout(wait, asked.wait()).await;
+                client.limit_verdict = Some(answer.unwrap_or(Outcome::Unavailable));
+                More::Ready
+            }
             Ok(Some(plan)) => break plan,
             // HTTP/1.2 and later minors are HTTP/1.1 to this gateway (RFC
             // 9110 section 2.5): the request line is rewritten once, in place.
@@ -354,9 +365,14 @@ fn parse_and_plan(
         sent_continue: client.sent_continue,
         http2: client.h2.is_some(),
         request_id: client.request_id.as_bytes(),
+        limit_verdict: client.limit_verdict.take(),
     };
     let mut facts = phases::Facts::default();
     let plan = phases::plan(ctx, &down, &mut req, &mut scratch, out, &mut facts)?;
+    if let Plan::ReadBody(_) = plan {
+        // Counted once: the next pass over this request reuses the answer.
+        client.limit_verdict = facts.limit_verdict.take();
+    }
     if let (true, Some(record)) = (logging, client.log.as_deref_mut()) {
         let route = facts.route.map(|i| &ctx.config.routes[i]);
         record.active = route.is_none_or(|r| r.access_log)

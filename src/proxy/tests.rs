@@ -38,6 +38,7 @@ fn connection_future_stays_small() {
             served: 0,
             reply: Default::default(),
             sent_continue: false,
+            limit_verdict: None,
             h2: None,
             request_id: Default::default(),
             tls: None,

@@ -21,12 +21,16 @@
 //! for it: that key briefly has twice its burst, an error bounded by the
 //! first request of a key.
 //!
-//! [`Limiter`] is what the phases call, so a limit shared by several
-//! nodes can take the table's place.
+//! [`Limiter`] is what the phases call: the node's table, or for a
+//! `scope = "cluster"` limit the cluster's leases (`crate::cluster::limits`),
+//! which may answer later ([`Outcome::Pending`]) or not at all
+//! ([`Outcome::Unavailable`], then the limit's [`Fail`] mode decides).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// A route's limit, validated from `[routes.rate_limit]`.
@@ -37,6 +41,32 @@ pub struct RateLimit {
     /// Requests admitted at once beyond the steady rate.
     pub burst: u32,
     pub key: LimitKey,
+    /// Counted by this node alone, or by every node of the cluster.
+    pub scope: Scope,
+    /// What a cluster limit does while Redis cannot answer.
+    pub fail: Fail,
+}
+
+/// Who counts a limit's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// This node's workers together.
+    Node,
+    /// Every node of the `[cluster]`, through Redis.
+    Cluster,
+}
+
+/// A cluster limit while Redis cannot answer (down, or slower than
+/// `cluster.timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fail {
+    /// Each node counts the limit on its own (the cluster admits up to the
+    /// number of nodes times the limit).
+    Local,
+    /// Admit every request.
+    Open,
+    /// Refuse every request (503).
+    Closed,
 }
 
 /// What a limit counts requests by.
@@ -81,6 +111,8 @@ impl RateLimit {
             interval_us: interval_us as u64,
             burst,
             key,
+            scope: Scope::Node,
+            fail: Fail::Local,
         };
         if limit.window_us() > MAX_WINDOW.as_micros() as u64 {
             return Err(format!(
@@ -92,7 +124,7 @@ impl RateLimit {
     }
 
     /// How far ahead a key's arrival time may run: the burst plus one.
-    fn window_us(&self) -> u64 {
+    pub fn window_us(&self) -> u64 {
         self.interval_us.saturating_mul(u64::from(self.burst) + 1)
     }
 
@@ -107,7 +139,7 @@ impl RateLimit {
 }
 
 /// The answer to one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// Admitted; requests that could still be made at once.
     Admitted { remaining: u64 },
@@ -115,6 +147,79 @@ pub enum Outcome {
     Refused { retry_after: Duration },
     /// No cell was free for the key: admitted uncounted.
     TableFull,
+    /// The answer comes from elsewhere (the cluster's Redis): wait for it,
+    /// then plan the request again with it.
+    Pending(Arc<Asked>),
+    /// Whoever keeps the count cannot answer now: the limit's [`Fail`]
+    /// mode decides.
+    Unavailable,
+}
+
+/// An answer another thread gives a waiting request.
+#[derive(Default)]
+pub struct Asked {
+    /// 0 pending, then one of `ADMITTED`, `REFUSED`, `UNAVAILABLE`.
+    state: AtomicU8,
+    retry_after_us: AtomicU64,
+    waker: atomic_waker::AtomicWaker,
+}
+
+const ADMITTED: u8 = 1;
+const REFUSED: u8 = 2;
+const UNAVAILABLE: u8 = 3;
+
+impl std::fmt::Debug for Asked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Asked")
+            .field("answer", &self.answer())
+            .finish()
+    }
+}
+
+impl Asked {
+    /// Answers the waiting request (the first answer counts).
+    pub fn answer_with(&self, outcome: &Outcome) {
+        let state = match outcome {
+            Outcome::Admitted { .. } | Outcome::TableFull => ADMITTED,
+            Outcome::Refused { retry_after } => {
+                self.retry_after_us
+                    .store(retry_after.as_micros() as u64, Ordering::Relaxed);
+                REFUSED
+            }
+            Outcome::Pending(_) | Outcome::Unavailable => UNAVAILABLE,
+        };
+        if self
+            .state
+            .compare_exchange(0, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.waker.wake();
+        }
+    }
+
+    /// The answer, once given.
+    pub fn answer(&self) -> Option<Outcome> {
+        match self.state.load(Ordering::Acquire) {
+            ADMITTED => Some(Outcome::Admitted { remaining: 0 }),
+            REFUSED => Some(Outcome::Refused {
+                retry_after: Duration::from_micros(self.retry_after_us.load(Ordering::Relaxed)),
+            }),
+            UNAVAILABLE => Some(Outcome::Unavailable),
+            _ => None,
+        }
+    }
+
+    /// Resolves with the answer.
+    pub async fn wait(&self) -> Outcome {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            match self.answer() {
+                Some(outcome) => Poll::Ready(outcome),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 /// The key of one request.
@@ -333,7 +438,7 @@ mod tests {
             match t.acquire("r", Key::Named(&k.to_be_bytes()), &l, t0) {
                 Outcome::Admitted { .. } => n += 1,
                 Outcome::TableFull => full += 1,
-                Outcome::Refused { .. } => panic!("a new key was refused"),
+                o => panic!("a new key was answered {o:?}"),
             }
         }
         assert_eq!(n, 4);

@@ -39,11 +39,14 @@ pub enum Counter {
     /// Requests admitted uncounted: every rate-limit cell near their key
     /// was held by other live keys.
     RateLimitTableFull,
+    /// Requests of a cluster rate limit decided by its `fail` mode: Redis
+    /// did not answer in time, or is down.
+    RateLimitUnavailable,
 }
 
 impl Counter {
     /// Every counter with its key in `/stats`, in index order.
-    pub const ALL: [(Counter, &'static str); 19] = [
+    pub const ALL: [(Counter, &'static str); 20] = [
         (Counter::Accepted, "accepted"),
         (Counter::Requests, "requests"),
         (Counter::UpstreamConnects, "upstream_connects"),
@@ -63,6 +66,7 @@ impl Counter {
         (Counter::H2Calm, "h2_enhance_your_calm"),
         (Counter::RateLimited, "rate_limited"),
         (Counter::RateLimitTableFull, "rate_limit_table_full"),
+        (Counter::RateLimitUnavailable, "rate_limit_unavailable"),
     ];
 }
 
