@@ -65,6 +65,11 @@ impl Drop for Redis {
 
 /// A caching node of the cluster, with its admin API.
 fn node(origin: &Origin, redis: &str, name: &str) -> ringgate::Handle {
+    node_with(origin, redis, name, false)
+}
+
+/// A caching node, with the shared cache tier on or off.
+fn node_with(origin: &Origin, redis: &str, name: &str, shared: bool) -> ringgate::Handle {
     cached_gateway_with(origin, |_, config| {
         config.admin = Some(ringgate::config::AdminConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -73,6 +78,7 @@ fn node(origin: &Origin, redis: &str, name: &str) -> ringgate::Handle {
         config.cluster = Some(ringgate::config::ClusterConfig {
             stream: "ringgate:test".to_string(),
             stream_max: 1000,
+            shared_cache: shared,
             ..ringgate::config::ClusterConfig::defaults(redis, name)
         });
     })
@@ -369,6 +375,10 @@ fn hammer(nodes: &[ringgate::Handle], key: &str, run: Duration) -> (usize, usize
                         }
                         s => panic!("status {s}"),
                     }
+                    // A connection ends after `max_keepalive_requests`.
+                    if r.header("connection") == Some("close") {
+                        c = Client::connect(addr);
+                    }
                 }
                 (ok, refused)
             })
@@ -496,4 +506,149 @@ fn with_redis_down_a_cluster_rate_limit_does_what_its_fail_mode_says() {
             .sum();
         assert!(counted >= 3, "{counted}");
     }
+}
+
+fn shared_stats(gw: &ringgate::Handle) -> serde_json::Value {
+    cluster_stats(gw)["shared_cache"].clone()
+}
+
+/// Nodes with the shared tier, each connected to `redis`.
+fn shared_nodes(origin: &Origin, redis: &Redis, names: &[&str]) -> Vec<ringgate::Handle> {
+    let nodes: Vec<_> = names
+        .iter()
+        .map(|n| node_with(origin, &redis.url(), n, true))
+        .collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(10), "connected to Redis", || {
+            connected(n)
+        });
+    }
+    nodes
+}
+
+#[test]
+fn the_shared_tier_fills_a_node_from_another_nodes_entry_without_the_origin() {
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let nodes = shared_nodes(&origin, &redis, &["a", "b", "c"]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let fetch_on = |gw: &ringgate::Handle, target: &str, extra: &str| {
+        fetch(&mut Client::connect(gw.listen_addr()), target, extra)
+    };
+    let t = "/c?cc=max-age%3D600&tag=shop&etag=%22e1%22";
+    let first = fetch_on(a, t, "");
+    assert_eq!(first.status, 200);
+    assert_eq!(origin.hits_on(t), 1);
+    wait_until(Duration::from_secs(5), "A wrote it to Redis", || {
+        shared_stats(a)["stored"].as_u64() >= Some(1)
+    });
+    // C has never seen it: filled from Redis, the origin not asked.
+    let r = fetch_on(c, t, "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, first.body);
+    assert_eq!(r.header("etag"), Some("\"e1\""));
+    assert!(
+        cache_status(&r).contains("detail=shared"),
+        "{}",
+        cache_status(&r)
+    );
+    assert_eq!(origin.hits_on(t), 1, "no origin request for C");
+    // Then it is C's own: a plain hit.
+    assert!(cache_status(&fetch_on(c, t, "")).contains("hit"));
+    assert_eq!(shared_stats(c)["found"], 1);
+    // A client that asks for a fresher copy than Redis holds goes to the origin.
+    let fresh = fetch_on(b, t, "Cache-Control: max-age=0\r\n");
+    assert_eq!(fresh.status, 200);
+    assert_eq!(origin.hits_on(t), 2);
+
+    // A purge on B removes the Redis copy too: a new node misses.
+    let purged = Client::connect(b.listen_addr()).request(
+        format!("PURGE {t} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(purged.status, 200);
+    let d = &shared_nodes(&origin, &redis, &["d"])[0];
+    let before = origin.hits_on(t);
+    assert_eq!(fetch_on(d, t, "").status, 200);
+    assert_eq!(origin.hits_on(t), before + 1, "the purge reached Redis");
+
+    // A tag purge too.
+    let tagged = "/c?cc=max-age%3D600&tag=shelf";
+    fetch_on(a, tagged, "");
+    wait_until(Duration::from_secs(5), "A wrote it", || {
+        shared_stats(a)["stored"].as_u64() >= Some(2)
+    });
+    let (status, v) = purge_cluster(a, r#"{"tag":"shelf","scope":"cluster"}"#);
+    assert_eq!(status, 200, "{v}");
+    let e = &shared_nodes(&origin, &redis, &["e"])[0];
+    fetch_on(e, tagged, "");
+    assert_eq!(origin.hits_on(tagged), 2, "the tag purge reached Redis");
+}
+
+#[test]
+fn the_shared_tier_keeps_variants_apart() {
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let nodes = shared_nodes(&origin, &redis, &["a", "c"]);
+    let (a, c) = (&nodes[0], &nodes[1]);
+    let t = "/c?cc=max-age%3D600&vary=Accept-Language&echo=accept-language";
+    let on = |gw: &ringgate::Handle, lang: &str| {
+        fetch(
+            &mut Client::connect(gw.listen_addr()),
+            t,
+            &format!("Accept-Language: {lang}\r\n"),
+        )
+    };
+    assert_eq!(on(a, "en").text(), "accept-language=en");
+    wait_until(Duration::from_secs(5), "A wrote it", || {
+        shared_stats(a)["stored"].as_u64() >= Some(1)
+    });
+    let fr = on(c, "fr");
+    assert_eq!(fr.text(), "accept-language=fr", "never another variant");
+    assert_eq!(origin.hits_on(t), 2);
+    let en = on(c, "en");
+    assert_eq!(en.text(), "accept-language=en");
+    assert!(
+        cache_status(&en).contains("detail=shared"),
+        "{}",
+        cache_status(&en)
+    );
+    assert_eq!(origin.hits_on(t), 2);
+}
+
+#[test]
+fn a_response_fetched_before_a_purge_is_not_written_to_the_shared_tier_after_it() {
+    let redis = Redis::start();
+    let origin = Origin::start();
+    let nodes = shared_nodes(&origin, &redis, &["a", "b", "c"]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // A's fetch waits at the origin.
+    let t = "/c?cc=max-age%3D600&gate_after=0";
+    let addr = a.listen_addr();
+    let slow = std::thread::spawn(move || fetch(&mut Client::connect(addr), t, "").status);
+    wait_until(
+        Duration::from_secs(5),
+        "A's request reached the origin",
+        || origin.hits_on(t) == 1,
+    );
+    // Meanwhile B purges the URL, and A applies it.
+    let applied = cluster_stats(a)["applied"].as_u64().unwrap();
+    let purged = Client::connect(b.listen_addr()).request(
+        format!("PURGE {t} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(purged.status, 404);
+    wait_until(Duration::from_secs(5), "A applied the purge", || {
+        cluster_stats(a)["applied"].as_u64() > Some(applied)
+    });
+    origin.open_gate();
+    assert_eq!(slow.join().unwrap(), 200);
+    // A's copy predates the purge: Redis refuses it, and C goes to the origin.
+    wait_until(Duration::from_secs(5), "Redis refused A's write", || {
+        shared_stats(a)["refused"].as_u64() >= Some(1)
+    });
+    assert_eq!(shared_stats(a)["stored"], 0);
+    assert_eq!(
+        fetch(&mut Client::connect(c.listen_addr()), t, "").status,
+        200
+    );
+    assert_eq!(origin.hits_on(t), 2);
 }

@@ -10,6 +10,7 @@
 //! - [`coalesce`]: one origin fetch for concurrent misses
 //! - [`fill`]: read-while-fill, a response being stored served to every waiter
 //! - [`hit`]: the vectored hit write
+//! - [`wire`]: a stored response as bytes (the cluster's shared tier)
 //!
 //! Each worker owns one [`WorkerCache`]; nothing here is shared across cores.
 
@@ -26,6 +27,7 @@ pub mod policy;
 pub mod range;
 pub mod shard;
 pub mod vary;
+pub mod wire;
 
 use std::cell::{Cell, RefCell};
 
@@ -48,11 +50,13 @@ pub enum CacheEvent {
     Purge,
     /// A response removed or made stale by an invalidation.
     Invalidated,
+    /// A miss answered from the cluster's shared tier.
+    SharedFill,
 }
 
 impl CacheEvent {
     /// Every event with its key in `/stats`, in index order.
-    pub const ALL: [(CacheEvent, &'static str); 10] = [
+    pub const ALL: [(CacheEvent, &'static str); 11] = [
         (CacheEvent::Hit, "hits"),
         (CacheEvent::Miss, "misses"),
         (CacheEvent::StaleServed, "stale"),
@@ -63,6 +67,7 @@ impl CacheEvent {
         (CacheEvent::OfferTaken, "offers_taken"),
         (CacheEvent::Purge, "purges"),
         (CacheEvent::Invalidated, "invalidated"),
+        (CacheEvent::SharedFill, "shared_fills"),
     ];
 }
 

@@ -59,6 +59,9 @@ pub struct CachePolicy {
     /// whole representation as the 200 it equals, a part as a partial entry
     /// that answers the ranges inside it.
     pub store_206: bool,
+    /// Largest response (head and body) this route writes to the cluster's
+    /// shared tier; `None` means `[cluster] shared_cache_max`, 0 never.
+    pub shared_max_size: Option<u64>,
 }
 
 /// The targeted field a route reads when its config names none.
@@ -82,6 +85,7 @@ impl Default for CachePolicy {
             forward_targeted_fields: true,
             stale_on_error: Duration::from_secs(10),
             store_206: true,
+            shared_max_size: None,
         }
     }
 }

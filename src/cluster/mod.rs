@@ -14,6 +14,7 @@
 //! cheap) and says so in the log and `/stats`.
 
 pub mod limits;
+pub mod shared;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use crate::config::ClusterConfig;
 const QUEUE: usize = 10_000;
 /// How long a blocking read waits before checking for shutdown.
 const READ_BLOCK_MS: u64 = 500;
+/// Entries read at a time.
+const READ_COUNT: usize = 256;
 
 /// The node's counters, for `/stats`.
 #[derive(Default)]
@@ -42,12 +45,20 @@ pub struct ClusterStats {
     pub gaps: AtomicU64,
     /// The id of the last stream entry this node read (`0-0`: none yet).
     pub last_id: std::sync::Mutex<String>,
+    /// Redis' clock (ms) up to which every other node's invalidation has
+    /// been applied here (the shared tier's `mark`).
+    pub applied_ms: AtomicU64,
 }
 
 /// The node's link to the cluster.
-/// What goes to the publisher: an invalidation, and who waits for every
-/// live node to apply it (`"scope": "cluster"`).
-type Outgoing = (Invalidation, Removal, Option<Arc<Confirmation>>);
+/// What goes to the publisher, in the order the node made it.
+enum Outgoing {
+    /// An invalidation, and who waits for every live node to apply it
+    /// (`"scope": "cluster"`).
+    Invalidate(Invalidation, Removal, Option<Arc<Confirmation>>),
+    /// A response for the shared tier.
+    Store(Box<shared::Put>),
+}
 
 /// A cluster-scope purge being confirmed: filled in by a side thread.
 pub struct Confirmation {
@@ -99,6 +110,8 @@ pub struct Cluster {
     pub stats: Arc<ClusterStats>,
     /// The `scope = "cluster"` rate limits.
     pub limits: Arc<limits::ClusterLimits>,
+    /// The shared cache tier (`shared_cache = true`).
+    pub shared: Option<Arc<shared::SharedCache>>,
     pub node_id: String,
     /// How long a request waits for Redis (`cluster.timeout`).
     pub timeout: Duration,
@@ -111,10 +124,15 @@ impl Cluster {
         let (outgoing, queue) = crossbeam_channel::bounded(QUEUE);
         let stats = Arc::new(ClusterStats::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let shared = match config.shared_cache {
+            true => Some(shared::SharedCache::start(config, stop.clone())?),
+            false => None,
+        };
         let link = Link {
             config: config.clone(),
             stats: stats.clone(),
             stop: stop.clone(),
+            shared: shared.as_ref().map(|s| s.stats.clone()),
         };
         let publisher = Link { ..link.clone() };
         std::thread::Builder::new()
@@ -128,6 +146,7 @@ impl Cluster {
             outgoing,
             stats,
             limits,
+            shared,
             node_id: config.node_id.clone(),
             timeout: config.timeout,
             stop,
@@ -138,11 +157,30 @@ impl Cluster {
     pub fn publish(&self, what: &Invalidation, removal: Removal) {
         if self
             .outgoing
-            .try_send((what.clone(), removal, None))
+            .try_send(Outgoing::Invalidate(what.clone(), removal, None))
             .is_err()
         {
             self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Writes a stored response to the shared tier (never waits: dropped
+    /// and counted when the queue is full).
+    pub fn share(&self, put: shared::Put) {
+        if self
+            .outgoing
+            .try_send(Outgoing::Store(Box::new(put)))
+            .is_err()
+        {
+            if let Some(shared) = &self.shared {
+                shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Where this node is in the stream, for a fetch beginning now.
+    pub fn mark(&self) -> u64 {
+        self.stats.applied_ms.load(Ordering::Acquire)
     }
 
     /// Publishes an invalidation and has a side thread watch the live
@@ -154,7 +192,7 @@ impl Cluster {
         limit: Duration,
     ) -> Arc<Confirmation> {
         let confirmation = Confirmation::new(limit);
-        let item = (what.clone(), removal, Some(confirmation.clone()));
+        let item = Outgoing::Invalidate(what.clone(), removal, Some(confirmation.clone()));
         if self.outgoing.try_send(item).is_err() {
             self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             confirmation.finish(Confirmed {
@@ -182,6 +220,7 @@ impl Cluster {
             "gaps": s.gaps.load(Ordering::Relaxed),
             "last_id": s.last_id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             "rate_limits": self.limits.snapshot(),
+            "shared_cache": self.shared.as_ref().map(|s| s.snapshot()),
         })
     }
 }
@@ -205,6 +244,8 @@ struct Link {
     config: ClusterConfig,
     stats: Arc<ClusterStats>,
     stop: Arc<AtomicBool>,
+    /// The shared tier's counters, when it is on.
+    shared: Option<Arc<shared::SharedStats>>,
 }
 
 impl Link {
@@ -233,36 +274,60 @@ impl Link {
                 conn = self.connect().ok();
             }
             let Some(c) = conn.as_mut() else {
-                pending = Some(unconfirmed(item, "Redis is unreachable"));
+                pending = unconfirmed(item, "Redis is unreachable");
                 self.back_off();
                 continue;
             };
-            let (kind, host, value) = encode(&item.0);
-            let removal = match item.1 {
+            let (what, removal, confirmation) = match item {
+                Outgoing::Invalidate(what, removal, confirmation) => (what, removal, confirmation),
+                Outgoing::Store(put) => {
+                    if let Err(e) = self.store(c, &put) {
+                        tracing::warn!(error = %e, "cluster: cannot write to the shared cache; will retry");
+                        conn = None;
+                        pending = Some(Outgoing::Store(put));
+                        self.back_off();
+                    }
+                    continue;
+                }
+            };
+            let (kind, host, value) = encode(&what);
+            let removal_name = match removal {
                 Removal::Hard => "hard",
                 Removal::Soft => "soft",
             };
-            let sent: redis::RedisResult<String> = redis::cmd("XADD")
-                .arg(&self.config.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.config.stream_max)
-                .arg("*")
-                .arg("node")
-                .arg(&self.config.node_id)
-                .arg("kind")
-                .arg(kind)
-                .arg("host")
-                .arg(host)
-                .arg("value")
-                .arg(value)
-                .arg("removal")
-                .arg(removal)
-                .query(c);
+            let sent: redis::RedisResult<String> = if self.config.shared_cache {
+                // The shared tier's copies go in the same step.
+                let fields = [
+                    self.config.node_id.as_str(),
+                    kind,
+                    &host,
+                    &value,
+                    removal_name,
+                ];
+                shared::purge_and_publish(c, &self.config, &what, fields)
+            } else {
+                redis::cmd("XADD")
+                    .arg(&self.config.stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.config.stream_max)
+                    .arg("*")
+                    .arg("node")
+                    .arg(&self.config.node_id)
+                    .arg("kind")
+                    .arg(kind)
+                    .arg("host")
+                    .arg(&host)
+                    .arg("value")
+                    .arg(&value)
+                    .arg("removal")
+                    .arg(removal_name)
+                    .query(c)
+            };
             match sent {
                 Ok(id) => {
                     self.stats.published.fetch_add(1, Ordering::Relaxed);
-                    if let Some(confirmation) = item.2 {
+                    if let Some(confirmation) = confirmation {
                         let link = self.clone();
                         let spawned = std::thread::Builder::new()
                             .name("ringgate-cluster-confirm".to_string())
@@ -275,11 +340,32 @@ impl Link {
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster: cannot publish an invalidation; will retry");
                     conn = None;
-                    pending = Some(unconfirmed(item, "Redis is unreachable"));
+                    pending = unconfirmed(
+                        Outgoing::Invalidate(what, removal, confirmation),
+                        "Redis is unreachable",
+                    );
                     self.back_off();
                 }
             }
         }
+    }
+
+    /// Writes one response to the shared tier; a write that waited too
+    /// long (Redis was away) is dropped.
+    fn store(&self, c: &mut redis::Connection, put: &shared::Put) -> redis::RedisResult<()> {
+        let Some(tier) = self.shared.as_ref() else {
+            return Ok(());
+        };
+        if put.queued.elapsed() > shared::PUT_MAX_AGE {
+            tier.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if shared::put(c, &self.config, put)? {
+            tier.stored.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tier.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn read(self, bus: Arc<Bus>) {
@@ -294,9 +380,16 @@ impl Link {
                             self.config.timeout + Duration::from_millis(READ_BLOCK_MS),
                         ));
                         match &last {
-                            // First connection: from the stream's end.
+                            // First connection: from the stream's end. The
+                            // cache holds nothing an earlier entry could
+                            // name: it is as if all were applied.
                             None => {
-                                last = Some(self.last_id(&mut c).unwrap_or_else(|| "0-0".into()))
+                                let now: Option<(u64, u64)> = redis::cmd("TIME").query(&mut c).ok();
+                                last = Some(self.last_id(&mut c).unwrap_or_else(|| "0-0".into()));
+                                if let Some((s, us)) = now {
+                                    let ms = (s * 1000 + us / 1000).saturating_sub(1);
+                                    self.stats.applied_ms.fetch_max(ms, Ordering::AcqRel);
+                                }
                             }
                             // Back after a break: were entries trimmed meanwhile?
                             Some(id) => {
@@ -337,9 +430,15 @@ impl Link {
                 conn = None;
                 continue;
             }
+            // Redis' clock before the read: once every entry the read
+            // returns is applied, every entry added before then is.
+            let before: Option<u64> = redis::cmd("TIME")
+                .query::<(u64, u64)>(c)
+                .ok()
+                .map(|(s, us)| s * 1000 + us / 1000);
             let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
                 .arg("COUNT")
-                .arg(256)
+                .arg(READ_COUNT)
                 .arg("BLOCK")
                 .arg(READ_BLOCK_MS)
                 .arg("STREAMS")
@@ -348,14 +447,24 @@ impl Link {
                 .query(c);
             match read {
                 Ok(value) => {
-                    for (id, fields) in entries(&value) {
+                    let read = entries(&value);
+                    let whole = read.len() < READ_COUNT;
+                    for (id, fields) in read {
                         last = Some(id);
-                        if fields.get("node").map(String::as_str) == Some(&self.config.node_id) {
-                            continue;
+                        if fields.get("node").map(String::as_str) != Some(&self.config.node_id) {
+                            if let Some((what, removal)) = decode(&fields) {
+                                self.apply(&bus, what, removal);
+                            }
                         }
-                        if let Some((what, removal)) = decode(&fields) {
-                            self.apply(&bus, what, removal);
-                        }
+                        let at = parse_id(last.as_deref().unwrap_or("0-0")).0;
+                        self.stats
+                            .applied_ms
+                            .fetch_max(at.saturating_sub(1), Ordering::AcqRel);
+                    }
+                    if let (true, Some(before)) = (whole, before) {
+                        self.stats
+                            .applied_ms
+                            .fetch_max(before.saturating_sub(1), Ordering::AcqRel);
                     }
                 }
                 Err(e) => {
@@ -480,14 +589,19 @@ impl Link {
 
 /// The entry still goes out when Redis is back; whoever waited for its
 /// confirmation is told now.
-fn unconfirmed(item: Outgoing, why: &str) -> Outgoing {
-    if let Some(confirmation) = &item.2 {
-        confirmation.finish(Confirmed {
-            error: Some(why.to_string()),
-            ..Default::default()
-        });
+fn unconfirmed(item: Outgoing, why: &str) -> Option<Outgoing> {
+    match item {
+        Outgoing::Invalidate(what, removal, confirmation) => {
+            if let Some(confirmation) = confirmation {
+                confirmation.finish(Confirmed {
+                    error: Some(why.to_string()),
+                    ..Default::default()
+                });
+            }
+            Some(Outgoing::Invalidate(what, removal, None))
+        }
+        store => Some(store),
     }
-    (item.0, item.1, None)
 }
 
 fn parse_id(id: &str) -> (u64, u64) {

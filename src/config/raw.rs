@@ -392,6 +392,7 @@ pub struct RawRouteCache {
     pub forward_targeted_fields: Option<bool>,
     pub stale_on_error: Option<ConfigDuration>,
     pub store_206: Option<bool>,
+    pub shared_max_size: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -448,6 +448,7 @@ fn validate_route_cache(
         }
         policy.max_object_size = Some(size.0);
     }
+    policy.shared_max_size = c.shared_max_size.map(|s| s.0);
     if let Some(t) = c.coalesce_timeout {
         policy.coalesce_timeout = t.0;
     }

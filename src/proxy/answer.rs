@@ -31,9 +31,10 @@ pub(super) async fn send_cached(
 ) -> Next {
     if let Some(c) = &ctx.cache {
         match hit.kind {
-            cache::HitKind::Fresh | cache::HitKind::Collapsed | cache::HitKind::Revalidated => {
-                c.count(crate::cache::CacheEvent::Hit)
-            }
+            cache::HitKind::Fresh
+            | cache::HitKind::Collapsed
+            | cache::HitKind::Shared
+            | cache::HitKind::Revalidated => c.count(crate::cache::CacheEvent::Hit),
             _ => c.count(crate::cache::CacheEvent::StaleServed),
         }
     }

@@ -78,6 +78,9 @@ pub struct CacheWork {
     /// The `fwd` parameter of `Cache-Status`.
     pub fwd: &'static str,
     pub request_time: SystemTime,
+    /// How far this node had applied the cluster's invalidations when the
+    /// request came (`crate::cluster::shared`; 0 without a shared tier).
+    pub mark: u64,
 }
 
 /// Validators the cache sends when it revalidates.
@@ -165,6 +168,7 @@ pub fn decide(
                 ask: ask.clone(),
                 fwd,
                 request_time: SystemTime::now(),
+                mark: ctx.cluster.as_ref().map_or(0, |c| c.mark()),
             })
         };
         match req.method {
@@ -556,6 +560,7 @@ pub fn store(ctx: &WorkerCtx, work: &CacheWork, mut capture: Capture) {
         &store_key(work, &head),
         &work.request_head,
         Stored::from_head(head, capture.body.freeze()),
+        super::shared_tier::share_for(ctx, work),
     );
 }
 
@@ -572,6 +577,8 @@ pub struct FillStore {
     pub key: Box<[u8]>,
     /// The request as forwarded, for the `Vary` variant.
     pub request_head: Bytes,
+    /// Whether the response goes to the cluster's shared tier.
+    pub share: Option<super::shared_tier::Share>,
 }
 
 /// Starts a fill for a storable response whose body is still to come:
@@ -597,6 +604,7 @@ pub fn start_fill(
         FillStore {
             key,
             request_head: work.request_head.clone(),
+            share: super::shared_tier::share_for(ctx, work),
         },
     )
 }
@@ -608,6 +616,7 @@ pub fn store_fill(ctx: &WorkerCtx, job: &FillStore, head: StoredHead, body: Byte
         &job.key,
         &job.request_head,
         Stored::from_head(head, body),
+        job.share,
     )
 }
 
@@ -641,12 +650,14 @@ pub fn fill_serves(work: &CacheWork, fill: &Fill) -> bool {
     .unwrap_or(false)
 }
 
-/// Inserts an entry into this worker's shard and offers it to the others.
+/// Inserts an entry into this worker's shard and offers it to the others;
+/// with `share`, also to the cluster's shared tier.
 pub(super) fn insert(
     ctx: &WorkerCtx,
     key: &[u8],
     request_head: &[u8],
     stored: Stored,
+    share: Option<super::shared_tier::Share>,
 ) -> Arc<Stored> {
     let cache = ctx.cache.as_ref().expect("cache work implies a cache");
     let stored = Arc::new(stored.with_tags(&ctx.config.cache.tag_headers));
@@ -659,6 +670,9 @@ pub(super) fn insert(
         return stored;
     };
     cache.count(crate::cache::CacheEvent::Store);
+    if let Some(share) = share {
+        super::shared_tier::put(ctx, key, variant.as_deref(), &stored, share);
+    }
     offer(ctx, key, variant, &stored);
     stored
 }

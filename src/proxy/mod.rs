@@ -50,6 +50,7 @@ mod reply;
 mod request_body;
 mod request_id;
 mod session;
+mod shared_tier;
 pub mod stored;
 /// One socket write per turn of an HTTP/2 connection (server and upstream sides).
 pub(crate) use http2::turn;

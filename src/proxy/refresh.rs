@@ -164,5 +164,6 @@ pub async fn run(ctx: Rc<WorkerCtx>, job: Refresh) {
             ctx.via(),
         )
     };
-    insert(&ctx, &job.key, &job.request_head, stored);
+    // Not written to the shared tier: a refresh began on no request's mark.
+    insert(&ctx, &job.key, &job.request_head, stored, None);
 }

@@ -30,6 +30,8 @@ pub enum HitKind {
     StaleWhileRevalidate,
     /// Stored by a concurrent request this one waited for.
     Collapsed,
+    /// Read from the cluster's shared tier (stored by another node).
+    Shared,
     /// Revalidated just now with a 304.
     Revalidated,
     /// Stale, standing in for an upstream error: the origin's status, or
@@ -156,6 +158,7 @@ fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
             write!(out, "hit; ttl={ttl}; detail=stale-while-revalidate")
         }
         HitKind::Collapsed => write!(out, "fwd=uri-miss; collapsed; ttl={ttl}"),
+        HitKind::Shared => write!(out, "fwd=uri-miss; ttl={ttl}; detail=shared"),
         HitKind::Revalidated => write!(out, "fwd=stale; fwd-status=304; ttl={ttl}"),
         HitKind::StaleOnError(status, reason) => write!(
             out,
