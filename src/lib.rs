@@ -383,6 +383,11 @@ impl Handle {
         self.reloader.clone()
     }
 
+    /// The node's link to the cluster (`[cluster]`), with its counters.
+    pub fn cluster(&self) -> Option<Arc<cluster::Cluster>> {
+        self.cluster.clone()
+    }
+
     fn join_workers(&mut self) {
         self.reloader.stop_discovery();
         for thread in self.threads.drain(..) {

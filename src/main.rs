@@ -91,6 +91,10 @@ struct QuickArgs {
     /// (redis://host:port/db): a purge or a write on any node reaches all.
     #[arg(long)]
     cluster_redis: Option<String>,
+    /// With --cluster-redis: also share stored responses through Redis
+    /// (a cold miss asks Redis before the origin).
+    #[arg(long, requires = "cluster_redis")]
+    cluster_shared_cache: bool,
     /// Write an access log line per request to this file ("-": standard output).
     #[arg(long)]
     access_log: Option<String>,
@@ -212,6 +216,9 @@ impl QuickArgs {
             ))
             .map_err(|e| format!("--cluster-redis: {}", e.reason))?;
             config.cluster = parsed.cluster;
+            if let Some(cluster) = &mut config.cluster {
+                cluster.shared_cache = self.cluster_shared_cache;
+            }
         }
         if let Some(path) = &self.access_log {
             config.access_log.enabled = true;

@@ -5,63 +5,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::redis_server::Redis;
 use common::*;
-
-/// A `redis-server` of this test's own.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server; scripts/test installs it)");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_until(Duration::from_secs(10), "redis-server listens", || {
-            std::net::TcpStream::connect(addr).is_ok()
-        });
-        Redis { child, port }
-    }
-
-    fn start() -> Redis {
-        Redis::start_on(free_port())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn stop(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A caching node of the cluster, with its admin API.
 fn node(origin: &Origin, redis: &str, name: &str) -> ringgate::Handle {
@@ -142,6 +89,29 @@ fn a_purge_or_a_write_on_one_node_reaches_the_others() {
             .as_str()
             .is_some_and(|id| id != "0-0")
     });
+    // Each node lists the live nodes, where each is in the stream and how
+    // far behind its newest entry (none, once all applied B's purge).
+    wait_until(
+        Duration::from_secs(5),
+        "A's view of the three nodes",
+        || {
+            let nodes = cluster_stats(a)["nodes"].clone();
+            let mut named: Vec<&str> = nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["lag_ms"] == 0 && n["last_id"] != "0-0")
+                .map(|n| n["node"].as_str().unwrap())
+                .collect();
+            named.sort();
+            named == ["a", "b", "c"]
+        },
+    );
+    let metrics = get(a.admin_addr().unwrap(), "/metrics").text();
+    assert!(
+        metrics.contains("ringgate_cluster_peer_lag_ms{node=\"a\",peer=\"b\"} 0"),
+        "{metrics}"
+    );
     let metrics = get(b.admin_addr().unwrap(), "/metrics").text();
     assert!(
         metrics.contains("ringgate_cluster_published_total{node=\"b\"} 1"),
@@ -273,11 +243,17 @@ fn a_cluster_scope_purge_answers_once_every_live_node_applied_it_and_names_one_t
         .unwrap()
         .get_connection()
         .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("ringgate:test:node:stuck")
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg("ringgate:test:nodes")
+        .arg(1_000_000_000_000_000u64)
+        .arg("stuck")
+        .ignore()
+        .cmd("HSET")
+        .arg("ringgate:test:applied")
+        .arg("stuck")
         .arg("0-0")
-        .arg("PX")
-        .arg(60_000)
+        .ignore()
         .query(&mut r)
         .unwrap();
     let (status, v) = purge_cluster(&nodes[0], r#"{"all":true,"scope":"cluster"}"#);

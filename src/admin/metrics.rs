@@ -383,6 +383,19 @@ pub(super) fn cluster_series(cluster: &Value) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {value}\n"
         ));
     }
+    let name = "ringgate_cluster_peer_lag_ms";
+    out.push_str(&format!(
+        "# HELP {name} How far behind the stream's newest entry each live node has applied, as this node last saw it (ms of entry ids).\n# TYPE {name} gauge\n"
+    ));
+    for peer in cluster["nodes"].as_array().into_iter().flatten() {
+        let (peer_name, lag) = (
+            peer["node"].as_str().unwrap_or(""),
+            peer["lag_ms"].as_u64().unwrap_or(0),
+        );
+        out.push_str(&format!(
+            "{name}{{node=\"{node}\",peer=\"{peer_name}\"}} {lag}\n"
+        ));
+    }
     out
 }
 

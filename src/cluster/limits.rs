@@ -40,8 +40,10 @@ use crate::route::rate_limit::{Asked, Key, Limiter, Outcome, RateLimit};
 
 /// Cells in the node's lease table (8 bytes each).
 const CELLS: usize = 1 << 16;
-/// Requests waiting for Redis, node-wide; past it they are `Unavailable`.
-const QUEUE: usize = 65_536;
+/// Requests waiting for Redis, node-wide; past it they are `Unavailable`
+/// (the side thread takes them all at each round trip; the channel's slots
+/// are allocated up front, so it is kept small).
+const QUEUE: usize = 4096;
 /// How long a refusal is kept on the node before Redis is asked again.
 const MAX_REFUSAL: Duration = Duration::from_secs(1);
 /// After Redis failed, how long asks are answered `Unavailable` at once.

@@ -48,6 +48,25 @@ pub struct ClusterStats {
     /// Redis' clock (ms) up to which every other node's invalidation has
     /// been applied here (the shared tier's `mark`).
     pub applied_ms: AtomicU64,
+    /// Every live node as this node last saw them (refreshed each second).
+    pub nodes: std::sync::Mutex<Vec<NodeView>>,
+}
+
+/// A live node of the cluster, for `/stats`.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub node: String,
+    /// The last stream entry it applied.
+    pub last_id: String,
+    /// How far behind the stream's newest entry that is, in ms of entry ids
+    /// (0: caught up).
+    pub lag_ms: u64,
+}
+
+/// Redis' clock, in ms.
+fn redis_now(c: &mut redis::Connection) -> redis::RedisResult<u64> {
+    let (s, us): (u64, u64) = redis::cmd("TIME").query(c)?;
+    Ok(s * 1000 + us / 1000)
 }
 
 /// The node's link to the cluster.
@@ -219,6 +238,11 @@ impl Cluster {
             "applied": s.applied.load(Ordering::Relaxed),
             "gaps": s.gaps.load(Ordering::Relaxed),
             "last_id": s.last_id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            "nodes": s.nodes.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|n| serde_json::json!({
+                "node": n.node,
+                "last_id": n.last_id,
+                "lag_ms": n.lag_ms,
+            })).collect::<Vec<_>>(),
             "rate_limits": self.limits.snapshot(),
             "shared_cache": self.shared.as_ref().map(|s| s.snapshot()),
         })
@@ -370,6 +394,8 @@ impl Link {
 
     fn read(self, bus: Arc<Bus>) {
         let mut last: Option<String> = None;
+        // When the nodes' view in `/stats` was last refreshed.
+        let mut last_view: Option<std::time::Instant> = None;
         let mut conn: Option<redis::Connection> = None;
         let mut was_connected = false;
         while !self.stop.load(Ordering::Acquire) {
@@ -419,23 +445,34 @@ impl Link {
             let c = conn.as_mut().expect("connected above");
             let from = last.clone().unwrap_or_else(|| "0-0".into());
             from.clone_into(&mut self.stats.last_id.lock().unwrap_or_else(|e| e.into_inner()));
+            // Redis' clock before the read: once every entry the read
+            // returns is applied, every entry added before then is.
+            let Ok(now) = redis_now(c) else {
+                conn = None;
+                continue;
+            };
+            let before = Some(now);
             // The heartbeat: this node is live and has applied up to `from`.
-            let beat: redis::RedisResult<()> = redis::cmd("SET")
-                .arg(self.heartbeat_key(&self.config.node_id))
+            let beat: redis::RedisResult<()> = redis::pipe()
+                .cmd("ZADD")
+                .arg(self.nodes_key())
+                .arg(now + HEARTBEAT_TTL_MS)
+                .arg(&self.config.node_id)
+                .ignore()
+                .cmd("HSET")
+                .arg(self.applied_key())
+                .arg(&self.config.node_id)
                 .arg(&from)
-                .arg("PX")
-                .arg(HEARTBEAT_TTL_MS)
+                .ignore()
                 .query(c);
             if beat.is_err() {
                 conn = None;
                 continue;
             }
-            // Redis' clock before the read: once every entry the read
-            // returns is applied, every entry added before then is.
-            let before: Option<u64> = redis::cmd("TIME")
-                .query::<(u64, u64)>(c)
-                .ok()
-                .map(|(s, us)| s * 1000 + us / 1000);
+            if last_view.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
+                last_view = Some(std::time::Instant::now());
+                self.refresh_view(c, now);
+            }
             let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(READ_COUNT)
@@ -477,12 +514,69 @@ impl Link {
         }
     }
 
-    fn heartbeat_key(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.config.stream)
+    /// The live nodes: a sorted set, each node scored by when its
+    /// heartbeat expires (Redis' clock, ms).
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.config.stream)
     }
 
-    /// Watches the live nodes' heartbeats until each has applied entry
-    /// `id` (its last applied id is at or past it) or the deadline.
+    /// The last entry each node applied: a hash by node.
+    fn applied_key(&self) -> String {
+        format!("{}:applied", self.config.stream)
+    }
+
+    /// Every node whose heartbeat has not expired at `now`, with the last
+    /// entry it applied.
+    fn live_nodes(
+        &self,
+        c: &mut redis::Connection,
+        now: u64,
+    ) -> redis::RedisResult<Vec<(String, Option<String>)>> {
+        let names: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.nodes_key())
+            .arg(now)
+            .arg("+inf")
+            .query(c)?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.applied_key())
+            .arg(&names)
+            .query(c)?;
+        Ok(names.into_iter().zip(ids).collect())
+    }
+
+    /// Refreshes `/stats`' view of the nodes: each live one's last applied
+    /// entry and how far (in ms of entry ids) it is behind the stream's
+    /// newest; drops nodes gone for a minute from the set.
+    fn refresh_view(&self, c: &mut redis::Connection, now: u64) {
+        let _: redis::RedisResult<()> = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(self.nodes_key())
+            .arg("-inf")
+            .arg(now.saturating_sub(60_000))
+            .query(c);
+        let newest = self.last_id(c).map_or(0, |id| parse_id(&id).0);
+        let Ok(nodes) = self.live_nodes(c, now) else {
+            return;
+        };
+        let view = nodes
+            .into_iter()
+            .map(|(node, id)| {
+                let id = id.unwrap_or_else(|| "0-0".into());
+                let lag = newest.saturating_sub(parse_id(&id).0);
+                NodeView {
+                    node,
+                    last_id: id,
+                    lag_ms: lag,
+                }
+            })
+            .collect();
+        *self.stats.nodes.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// Watches the live nodes until each has applied entry `id` (its last
+    /// applied id is at or past it) or the deadline.
     fn confirm(&self, id: &str, confirmation: &Confirmation) {
         let deadline = confirmation.deadline;
         let mut conn = match self.connect() {
@@ -495,18 +589,14 @@ impl Link {
                 return;
             }
         };
-        let prefix = self.heartbeat_key("");
         loop {
-            let keys: redis::RedisResult<Vec<String>> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query(&mut conn);
-            let nodes: Vec<(String, bool)> = match keys {
-                Ok(keys) => keys
+            let live = redis_now(&mut conn).and_then(|now| self.live_nodes(&mut conn, now));
+            let nodes: Vec<(String, bool)> = match live {
+                Ok(live) => live
                     .into_iter()
-                    .map(|k| {
-                        let at: Option<String> = redis::cmd("GET").arg(&k).query(&mut conn).ok();
+                    .map(|(node, at)| {
                         let applied = at.is_some_and(|at| parse_id(&at) >= parse_id(id));
-                        (k[prefix.len()..].to_string(), applied)
+                        (node, applied)
                     })
                     .collect(),
                 Err(e) => {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod http2;
+pub mod redis_server;
 pub mod slow_readers;
 
 use std::collections::HashMap;
