@@ -628,3 +628,95 @@ fn a_response_fetched_before_a_purge_is_not_written_to_the_shared_tier_after_it(
     );
     assert_eq!(origin.hits_on(t), 2);
 }
+
+/// A self-signed certificate for 127.0.0.1 in files of a fresh directory.
+fn certificate(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = fresh_path(&format!("cluster-tls-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = ringgate::tls::certs::self_signed(&["127.0.0.1"]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    (c, k)
+}
+
+/// A caching node reaching Redis over TLS with `tls`.
+fn tls_node(
+    origin: &Origin,
+    url: &str,
+    name: &str,
+    tls: ringgate::config::ClusterTls,
+) -> ringgate::Handle {
+    cached_gateway_with(origin, |_, config| {
+        config.admin = Some(ringgate::config::AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            token: None,
+        });
+        config.cluster = Some(ringgate::config::ClusterConfig {
+            stream: "ringgate:test".to_string(),
+            tls,
+            ..ringgate::config::ClusterConfig::defaults(url, name)
+        });
+    })
+}
+
+#[test]
+fn nodes_reach_redis_over_tls_and_one_that_does_not_trust_it_never_connects() {
+    let (cert, key) = certificate("server");
+    let redis = Redis::start_tls(&cert, &key);
+    let origin = Origin::start();
+    let trusted = ringgate::config::ClusterTls {
+        ca: Some(cert.clone()),
+        cert: Some(cert.clone()),
+        key: Some(key.clone()),
+    };
+    let (a, b) = (
+        tls_node(&origin, &redis.tls_url(), "a", trusted.clone()),
+        tls_node(&origin, &redis.tls_url(), "b", trusted.clone()),
+    );
+    for n in [&a, &b] {
+        wait_until(Duration::from_secs(10), "connected over TLS", || {
+            connected(n)
+        });
+    }
+    let fetch_on = |gw: &ringgate::Handle| fetch(&mut Client::connect(gw.listen_addr()), T, "");
+    fetch_on(&a);
+    fetch_on(&a);
+    assert_eq!(origin.hits_on(T), 1);
+    let purged = Client::connect(b.listen_addr()).request(
+        format!("PURGE {T} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(purged.status, 404);
+    wait_until(Duration::from_secs(5), "A applied B's purge", || {
+        cluster_stats(&a)["applied"].as_u64() >= Some(1)
+    });
+    fetch_on(&a);
+    assert_eq!(origin.hits_on(T), 2);
+
+    // Another CA: Redis' certificate does not verify. Without a client
+    // certificate: Redis refuses the node.
+    let (other, _) = certificate("other");
+    for (name, tls) in [
+        (
+            "c",
+            ringgate::config::ClusterTls {
+                ca: Some(other),
+                ..trusted.clone()
+            },
+        ),
+        (
+            "d",
+            ringgate::config::ClusterTls {
+                cert: None,
+                key: None,
+                ..trusted.clone()
+            },
+        ),
+    ] {
+        let n = tls_node(&origin, &redis.tls_url(), name, tls);
+        wait_until(Duration::from_secs(10), "a failed connection", || {
+            cluster_stats(&n)["connect_failures"].as_u64() >= Some(2)
+        });
+        assert!(!connected(&n), "{name} connected");
+    }
+}

@@ -43,6 +43,8 @@ pub struct ClusterStats {
     pub applied: AtomicU64,
     /// Times the node found it had missed entries and marked its cache stale.
     pub gaps: AtomicU64,
+    /// Failed attempts to connect to Redis (by the stream reader).
+    pub connect_failures: AtomicU64,
     /// The id of the last stream entry this node read (`0-0`: none yet).
     pub last_id: std::sync::Mutex<String>,
     /// Redis' clock (ms) up to which every other node's invalidation has
@@ -237,6 +239,7 @@ impl Cluster {
             "publish_dropped": s.publish_dropped.load(Ordering::Relaxed),
             "applied": s.applied.load(Ordering::Relaxed),
             "gaps": s.gaps.load(Ordering::Relaxed),
+            "connect_failures": s.connect_failures.load(Ordering::Relaxed),
             "last_id": s.last_id.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             "nodes": s.nodes.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|n| serde_json::json!({
                 "node": n.node,
@@ -255,9 +258,39 @@ impl Drop for Cluster {
     }
 }
 
-/// A connection to the cluster's Redis, writes bounded by `timeout`.
+/// A connection to the cluster's Redis, writes bounded by `timeout`; with
+/// `rediss://`, TLS checked against `tls.ca` (or the system's roots), with
+/// this node's certificate when configured.
 fn connect(config: &ClusterConfig) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(config.redis.as_str())?;
+    let tls = &config.tls;
+    let client = if tls.ca.is_some() || tls.cert.is_some() {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read a TLS file",
+                    format!("{}: {e}", path.display()),
+                ))
+            })
+        };
+        let client_tls = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            _ => None,
+        };
+        let root_cert = tls.ca.as_deref().map(read).transpose()?;
+        redis::Client::build_with_tls(
+            config.redis.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )?
+    } else {
+        redis::Client::open(config.redis.as_str())?
+    };
     let conn = client.get_connection_with_timeout(config.timeout)?;
     conn.set_write_timeout(Some(config.timeout))?;
     Ok(conn)
@@ -432,7 +465,9 @@ impl Link {
                         conn = Some(c);
                     }
                     Err(e) => {
-                        if was_connected {
+                        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        if was_connected || self.stats.connect_failures.load(Ordering::Relaxed) == 1
+                        {
                             tracing::warn!(error = %e, "cluster: Redis unreachable; serving on, invalidations from other nodes wait");
                         }
                         was_connected = false;
@@ -448,7 +483,9 @@ impl Link {
             // Redis' clock before the read: once every entry the read
             // returns is applied, every entry added before then is.
             let Ok(now) = redis_now(c) else {
+                self.stats.connected.store(false, Ordering::Relaxed);
                 conn = None;
+                self.back_off();
                 continue;
             };
             let before = Some(now);
@@ -466,7 +503,9 @@ impl Link {
                 .ignore()
                 .query(c);
             if beat.is_err() {
+                self.stats.connected.store(false, Ordering::Relaxed);
                 conn = None;
+                self.back_off();
                 continue;
             }
             if last_view.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {

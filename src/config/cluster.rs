@@ -30,6 +30,18 @@ pub struct ClusterConfig {
     pub shared_cache_max: u64,
     /// How long a miss waits for the shared cache before going to the origin.
     pub shared_cache_wait: Duration,
+    /// With `rediss://`: the certificates Redis' is checked against (PEM;
+    /// none: the system's roots), and this node's certificate and key for
+    /// Redis servers that ask for one.
+    pub tls: ClusterTls,
+}
+
+/// TLS to Redis (`rediss://`): PEM files, read when connecting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl ClusterConfig {
@@ -46,6 +58,7 @@ impl ClusterConfig {
             shared_cache: false,
             shared_cache_max: 1 << 20,
             shared_cache_wait: Duration::from_millis(50),
+            tls: ClusterTls::default(),
         }
     }
 }
@@ -63,10 +76,41 @@ pub(super) fn validate_cluster(
             "required: the Redis URL (redis://host:port/db)",
         ));
     };
-    if !redis.starts_with("redis://") {
+    let tls_url = redis.starts_with("rediss://");
+    if !redis.starts_with("redis://") && !tls_url {
         return Err(invalid(
             "cluster.redis",
-            format!("\"{redis}\": expected a redis:// URL"),
+            format!("\"{redis}\": expected a redis:// or rediss:// URL"),
+        ));
+    }
+    if redis.contains('#') {
+        return Err(invalid(
+            "cluster.redis",
+            "no #fragment: certificate checks cannot be turned off",
+        ));
+    }
+    let pem = |field: &str, path: &Option<String>, marker: &str| -> Result<_, ConfigError> {
+        let Some(path) = path else { return Ok(None) };
+        let key = format!("cluster.{field}");
+        if !tls_url {
+            return Err(invalid(key, "only with a rediss:// URL"));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(key.clone(), format!("cannot read {path}: {e}")))?;
+        if !text.contains(marker) {
+            return Err(invalid(key, format!("{path} holds no PEM {marker}")));
+        }
+        Ok(Some(std::path::PathBuf::from(path)))
+    };
+    let tls = ClusterTls {
+        ca: pem("ca", &raw.ca, "CERTIFICATE")?,
+        cert: pem("cert", &raw.cert, "CERTIFICATE")?,
+        key: pem("key", &raw.key, "PRIVATE KEY")?,
+    };
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err(invalid(
+            "cluster.cert",
+            "`cert` and `key` go together (this node's certificate for Redis)",
         ));
     }
     if let Err(e) = redis::Client::open(redis.as_str()) {
@@ -129,5 +173,6 @@ pub(super) fn validate_cluster(
         shared_cache: raw.shared_cache.unwrap_or(false),
         shared_cache_max,
         shared_cache_wait,
+        tls,
     }))
 }

@@ -27,7 +27,7 @@ pub use model::*;
 use raw::RawConfig;
 
 pub use access_log::{AccessLogConfig, LogFormat, LogTarget};
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, ClusterTls};
 pub use http2::Http2Config;
 
 /// A config that cannot be used, with where and why.

@@ -53,6 +53,9 @@ pub struct RawCluster {
     pub shared_cache: Option<bool>,
     pub shared_cache_max: Option<ByteSize>,
     pub shared_cache_wait: Option<ConfigDuration>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// `[access_log]`.

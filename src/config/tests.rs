@@ -458,3 +458,44 @@ fn cluster_settings_and_cluster_rate_limits_are_checked() {
     let e = Config::parse(&format!("{MINIMAL}[cluster]\nredis = \"http://x\"\n")).unwrap_err();
     assert_eq!(e.key, "cluster.redis");
 }
+
+#[test]
+fn tls_to_redis_is_checked() {
+    let cluster = |extra: &str| {
+        Config::parse(&format!(
+            "{MINIMAL}[cluster]\nredis = \"rediss://127.0.0.1:6380/\"\n{extra}"
+        ))
+    };
+    assert!(cluster("").unwrap().cluster.unwrap().tls.ca.is_none());
+    let e = cluster("ca = \"/nonexistent/ca.pem\"\n").unwrap_err();
+    assert_eq!(e.key, "cluster.ca");
+    assert!(e.reason.contains("/nonexistent/ca.pem"), "{e}");
+    let not_pem = std::env::temp_dir().join(format!("rg-not-pem-{}", std::process::id()));
+    std::fs::write(&not_pem, "hello").unwrap();
+    let e = cluster(&format!("ca = {:?}\n", not_pem.to_str().unwrap())).unwrap_err();
+    assert_eq!(e.key, "cluster.ca");
+    let (cert, _) = crate::tls::certs::self_signed(&["127.0.0.1"]).unwrap();
+    let pem = std::env::temp_dir().join(format!("rg-ca-{}.pem", std::process::id()));
+    std::fs::write(&pem, cert).unwrap();
+    let path = pem.to_str().unwrap();
+    let e = cluster(&format!("cert = {path:?}\n")).unwrap_err();
+    assert_eq!(e.key, "cluster.cert", "a key goes with it");
+    let c = cluster(&format!("ca = {path:?}\n"))
+        .unwrap()
+        .cluster
+        .unwrap();
+    assert_eq!(c.tls.ca.as_deref(), Some(pem.as_path()));
+    // Certificates only over TLS; checks cannot be turned off.
+    let e = Config::parse(&format!(
+        "{MINIMAL}[cluster]\nredis = \"redis://127.0.0.1:6379/\"\nca = {path:?}\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.ca");
+    let e = Config::parse(&format!(
+        "{MINIMAL}[cluster]\nredis = \"rediss://127.0.0.1:6380/#insecure\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "cluster.redis");
+    let _ = std::fs::remove_file(&pem);
+    let _ = std::fs::remove_file(&not_pem);
+}

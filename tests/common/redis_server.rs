@@ -16,17 +16,38 @@ pub struct Redis {
 
 impl Redis {
     pub fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
+        Redis::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// TLS only, on a free port, with this certificate and key (PEM files),
+    /// which also stand for the CA: clients must present a certificate it
+    /// signed (the same one).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Redis {
+        let port = free_port();
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        Redis::spawn(
+            port,
+            &[
                 "--port",
+                "0",
+                "--tls-port",
                 &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                cert,
+                "--tls-auth-clients",
+                "yes",
+            ],
+        )
+    }
+
+    fn spawn(port: u16, listen: &[&str]) -> Redis {
+        let child = Command::new("redis-server")
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -44,6 +65,11 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL of a TLS server ([`Redis::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
     }
 
     pub fn stop(mut self) -> u16 {
