@@ -26,9 +26,11 @@ use crate::bus::{Bus, Invalidation, Message};
 use crate::cache::shard::Removal;
 use crate::config::ClusterConfig;
 
-/// Invalidations waiting for Redis; past this, the oldest is dropped and
-/// counted (the other nodes then miss it: `publish_dropped`).
+/// Invalidations waiting for Redis; past this, new ones are dropped and
+/// counted (the other nodes then miss them: `publish_dropped`).
 const QUEUE: usize = 10_000;
+/// Responses waiting to be written to the shared tier; past this, dropped.
+const STORE_QUEUE: usize = 1024;
 /// How long a blocking read waits before checking for shutdown.
 const READ_BLOCK_MS: u64 = 500;
 /// Entries read at a time.
@@ -128,6 +130,9 @@ const HEARTBEAT_TTL_MS: u64 = 3000;
 
 pub struct Cluster {
     outgoing: Sender<Outgoing>,
+    /// Responses for the shared tier: a queue of their own, so a flood of
+    /// them never crowds out an invalidation.
+    stores: Sender<Box<shared::Put>>,
     pub stats: Arc<ClusterStats>,
     /// The `scope = "cluster"` rate limits.
     pub limits: Arc<limits::ClusterLimits>,
@@ -143,6 +148,7 @@ impl Cluster {
     /// Starts the publisher and reader threads.
     pub fn start(config: &ClusterConfig, bus: Arc<Bus>) -> std::io::Result<Arc<Cluster>> {
         let (outgoing, queue) = crossbeam_channel::bounded(QUEUE);
+        let (stores, stored) = crossbeam_channel::bounded(STORE_QUEUE);
         let stats = Arc::new(ClusterStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let shared = match config.shared_cache {
@@ -158,13 +164,14 @@ impl Cluster {
         let publisher = Link { ..link.clone() };
         std::thread::Builder::new()
             .name("ringgate-cluster-pub".to_string())
-            .spawn(move || publisher.publish(queue))?;
+            .spawn(move || publisher.publish(queue, stored))?;
         std::thread::Builder::new()
             .name("ringgate-cluster-read".to_string())
             .spawn(move || link.read(bus))?;
         let limits = limits::ClusterLimits::start(config, stop.clone())?;
         Ok(Arc::new(Cluster {
             outgoing,
+            stores,
             stats,
             limits,
             shared,
@@ -188,11 +195,7 @@ impl Cluster {
     /// Writes a stored response to the shared tier (never waits: dropped
     /// and counted when the queue is full).
     pub fn share(&self, put: shared::Put) {
-        if self
-            .outgoing
-            .try_send(Outgoing::Store(Box::new(put)))
-            .is_err()
-        {
+        if self.stores.try_send(Box::new(put)).is_err() {
             if let Some(shared) = &self.shared {
                 shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -315,22 +318,32 @@ impl Link {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    fn publish(self, queue: Receiver<Outgoing>) {
+    fn publish(self, queue: Receiver<Outgoing>, stores: Receiver<Box<shared::Put>>) {
         let mut conn = None;
         let mut pending: Option<Outgoing> = None;
         while !self.stop.load(Ordering::Acquire) {
-            let item = match pending.take() {
+            // Invalidations first: a write to the shared tier waits.
+            let item = match pending.take().or_else(|| queue.try_recv().ok()) {
                 Some(item) => item,
-                None => match queue.recv_timeout(Duration::from_millis(READ_BLOCK_MS)) {
-                    Ok(item) => item,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                None => crossbeam_channel::select! {
+                    recv(queue) -> item => match item {
+                        Ok(item) => item,
+                        Err(_) => return,
+                    },
+                    recv(stores) -> put => match put {
+                        Ok(put) => Outgoing::Store(put),
+                        Err(_) => return,
+                    },
+                    default(Duration::from_millis(READ_BLOCK_MS)) => continue,
                 },
             };
             if conn.is_none() {
                 conn = self.connect().ok();
             }
             let Some(c) = conn.as_mut() else {
+                if let (Outgoing::Store(_), Some(tier)) = (&item, &self.shared) {
+                    tier.dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 pending = unconfirmed(item, "Redis is unreachable");
                 self.back_off();
                 continue;
@@ -338,11 +351,14 @@ impl Link {
             let (what, removal, confirmation) = match item {
                 Outgoing::Invalidate(what, removal, confirmation) => (what, removal, confirmation),
                 Outgoing::Store(put) => {
+                    // Not retried: the tier is an optimisation, and a
+                    // late write is refused if a purge came meanwhile.
                     if let Err(e) = self.store(c, &put) {
-                        tracing::warn!(error = %e, "cluster: cannot write to the shared cache; will retry");
+                        tracing::warn!(error = %e, "cluster: cannot write to the shared cache");
+                        if let Some(tier) = &self.shared {
+                            tier.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                         conn = None;
-                        pending = Some(Outgoing::Store(put));
-                        self.back_off();
                     }
                     continue;
                 }
@@ -729,7 +745,8 @@ fn unconfirmed(item: Outgoing, why: &str) -> Option<Outgoing> {
             }
             Some(Outgoing::Invalidate(what, removal, None))
         }
-        store => Some(store),
+        // A write to the shared tier is dropped with its connection.
+        Outgoing::Store(_) => None,
     }
 }
 
