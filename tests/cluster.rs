@@ -17,17 +17,32 @@ fn node(origin: &Origin, redis: &str, name: &str) -> ringgate::Handle {
 
 /// A caching node, with the shared cache tier on or off.
 fn node_with(origin: &Origin, redis: &str, name: &str, shared: bool) -> ringgate::Handle {
+    cluster_node(
+        origin,
+        ringgate::config::ClusterConfig {
+            shared_cache: shared,
+            ..test_cluster(redis, name)
+        },
+    )
+}
+
+/// The tests' cluster settings: their own stream, kept short.
+fn test_cluster(redis: &str, name: &str) -> ringgate::config::ClusterConfig {
+    ringgate::config::ClusterConfig {
+        stream: "ringgate:test".to_string(),
+        stream_max: 1000,
+        ..ringgate::config::ClusterConfig::defaults(redis, name)
+    }
+}
+
+/// A caching node with its admin API, in `cluster`.
+fn cluster_node(origin: &Origin, cluster: ringgate::config::ClusterConfig) -> ringgate::Handle {
     cached_gateway_with(origin, |_, config| {
         config.admin = Some(ringgate::config::AdminConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: None,
         });
-        config.cluster = Some(ringgate::config::ClusterConfig {
-            stream: "ringgate:test".to_string(),
-            stream_max: 1000,
-            shared_cache: shared,
-            ..ringgate::config::ClusterConfig::defaults(redis, name)
-        });
+        config.cluster = Some(cluster);
     })
 }
 
@@ -45,9 +60,19 @@ const T: &str = "/c?cc=max-age%3D600";
 
 /// Nodes a, b and c, each connected to `redis`.
 fn three_nodes(origin: &Origin, redis: &Redis) -> Vec<ringgate::Handle> {
-    let nodes: Vec<_> = ["a", "b", "c"]
+    nodes_named(origin, redis, &["a", "b", "c"], false)
+}
+
+/// Nodes, the shared tier on or off, each connected to `redis`.
+fn nodes_named(
+    origin: &Origin,
+    redis: &Redis,
+    names: &[&str],
+    shared: bool,
+) -> Vec<ringgate::Handle> {
+    let nodes: Vec<_> = names
         .iter()
-        .map(|n| node(origin, &redis.url(), n))
+        .map(|n| node_with(origin, &redis.url(), n, shared))
         .collect();
     for n in &nodes {
         wait_until(Duration::from_secs(10), "connected to Redis", || {
@@ -307,10 +332,8 @@ fn limited_node(
     let mut config = with_admin(config_for(origin.addr));
     config.routes[0].rate_limit = Some(limit.clone());
     config.cluster = Some(ringgate::config::ClusterConfig {
-        stream: "ringgate:test".to_string(),
-        stream_max: 1000,
         lease,
-        ..ringgate::config::ClusterConfig::defaults(redis, name)
+        ..test_cluster(redis, name)
     });
     start(config)
 }
@@ -490,16 +513,7 @@ fn shared_stats(gw: &ringgate::Handle) -> serde_json::Value {
 
 /// Nodes with the shared tier, each connected to `redis`.
 fn shared_nodes(origin: &Origin, redis: &Redis, names: &[&str]) -> Vec<ringgate::Handle> {
-    let nodes: Vec<_> = names
-        .iter()
-        .map(|n| node_with(origin, &redis.url(), n, true))
-        .collect();
-    for n in &nodes {
-        wait_until(Duration::from_secs(10), "connected to Redis", || {
-            connected(n)
-        });
-    }
-    nodes
+    nodes_named(origin, redis, names, true)
 }
 
 #[test]
@@ -647,17 +661,13 @@ fn tls_node(
     name: &str,
     tls: ringgate::config::ClusterTls,
 ) -> ringgate::Handle {
-    cached_gateway_with(origin, |_, config| {
-        config.admin = Some(ringgate::config::AdminConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            token: None,
-        });
-        config.cluster = Some(ringgate::config::ClusterConfig {
-            stream: "ringgate:test".to_string(),
+    cluster_node(
+        origin,
+        ringgate::config::ClusterConfig {
             tls,
-            ..ringgate::config::ClusterConfig::defaults(url, name)
-        });
-    })
+            ..test_cluster(url, name)
+        },
+    )
 }
 
 #[test]

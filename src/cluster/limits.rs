@@ -27,7 +27,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -249,13 +248,7 @@ fn redis_key(prefix: &str, route: &str, key: Key<'_>) -> String {
 
 impl Limiter for ClusterLimits {
     fn acquire(&self, route: &str, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome {
-        let mut hasher = self.hasher.build_hasher();
-        route.hash(&mut hasher);
-        match key {
-            Key::Named(value) => (0u8, value).hash(&mut hasher),
-            Key::Client(address) => (1u8, address).hash(&mut hasher),
-        }
-        let hash = hasher.finish();
+        let hash = crate::route::rate_limit::key_hash(&self.hasher, route, key);
         let fingerprint = (hash >> 44).max(1);
         let cell = hash as usize & (self.cells.len() - 1);
         let now_ms = self.clock_ms(now);

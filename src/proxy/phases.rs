@@ -573,39 +573,24 @@ async fn proxy_request(
             match worker_cache.coalescer.join(&work.key) {
                 crate::cache::coalesce::Join::Leader(guard) => {
                     coalescing.leader = Some(guard);
-                    match cache::claim(ctx, work) {
+                    let found = match cache::claim(ctx, work) {
                         cache::CrossCore::Fetch(claim) => {
                             coalescing.claim = claim;
                             // A peer node may have stored it (boxed: rare,
                             // and only with a shared tier).
-                            let shared = ctx.cluster.as_ref().is_some_and(|c| c.shared.is_some());
-                            if shared {
-                                let found = Box::pin(super::shared_tier::lookup(ctx, work)).await;
-                                if let Some(hit) = found {
-                                    return answer_from_cache(
-                                        ctx,
-                                        client,
-                                        &forward.answered(),
-                                        &hit,
-                                        out,
-                                    )
-                                    .await;
-                                }
+                            match ctx.cluster.as_ref().is_some_and(|c| c.shared.is_some()) {
+                                true => Box::pin(super::shared_tier::lookup(ctx, work)).await,
+                                false => None,
                             }
                         }
                         cache::CrossCore::Wait => {
                             cache::wait_for_other_worker(ctx, work).await;
-                            if let Some(hit) = cache::lookup_after_wait(ctx, work) {
-                                return answer_from_cache(
-                                    ctx,
-                                    client,
-                                    &forward.answered(),
-                                    &hit,
-                                    out,
-                                )
-                                .await;
-                            }
+                            cache::lookup_after_wait(ctx, work)
                         }
+                    };
+                    if let Some(hit) = found {
+                        return answer_from_cache(ctx, client, &forward.answered(), &hit, out)
+                            .await;
                     }
                 }
                 crate::cache::coalesce::Join::Follower(flight) => {

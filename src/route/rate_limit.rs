@@ -296,15 +296,20 @@ impl NodeTable {
     }
 }
 
+/// A key's hash under a node's seed: its cell and fingerprint in a table.
+pub fn key_hash(seed: &RandomState, route: &str, key: Key<'_>) -> u64 {
+    let mut hasher = seed.build_hasher();
+    route.hash(&mut hasher);
+    match key {
+        Key::Named(value) => (0u8, value).hash(&mut hasher),
+        Key::Client(address) => (1u8, address).hash(&mut hasher),
+    }
+    hasher.finish()
+}
+
 impl Limiter for NodeTable {
     fn acquire(&self, route: &str, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome {
-        let mut hasher = self.hasher.build_hasher();
-        route.hash(&mut hasher);
-        match key {
-            Key::Named(value) => (0u8, value).hash(&mut hasher),
-            Key::Client(address) => (1u8, address).hash(&mut hasher),
-        }
-        let hash = hasher.finish();
+        let hash = key_hash(&self.hasher, route, key);
         // 24 bits, never 0.
         let fingerprint = (hash >> 40).max(1);
         let mask = self.cells.len() - 1;
