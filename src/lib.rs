@@ -9,7 +9,8 @@
 //! Module map (see `docs/ARCHITECTURE.md` for a request's path through them):
 //! - [`config`]: TOML -> validated domain config
 //! - [`access_log`]: per-request lines, formatted per worker, written by one thread
-//! - [`cluster`]: invalidations shared by several nodes through a Redis Stream
+//! - [`ai`]: LLM provider protocols (OpenAI-compatible bodies, SSE, Anthropic translation)
+//! - [`cluster`]: several nodes as one through Redis: invalidations, rate limits, a shared cache tier
 //! - [`worker`]: threads, pinning, event loops, listeners, shutdown
 //! - [`http`]: strict HTTP/1.1 parsing and framing rules
 //! - [`route`]: the route table
@@ -22,6 +23,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod ai;
 pub mod bus;
 pub mod cache;
 pub mod cluster;
