@@ -7,6 +7,7 @@
 //! (`ringgate proxy`) and by tests, without any file.
 
 mod access_log;
+pub mod ai;
 mod cluster;
 mod http2;
 mod listeners;

@@ -521,6 +521,9 @@ pub struct RouteConfig {
     pub upgrade: Vec<String>,
     /// Requests per key over time (429 past it); `None`: no limit.
     pub rate_limit: Option<crate::route::rate_limit::RateLimit>,
+    /// An AI gateway route (`[routes.ai]`): OpenAI-compatible requests to
+    /// LLM providers, not forwarded to `upstream` as they are.
+    pub ai: Option<std::sync::Arc<super::ai::AiRoute>>,
 }
 
 /// Default of `routes.request_buffering`, as nginx's `client_body_buffer_size` order of magnitude.
@@ -551,6 +554,7 @@ impl RouteConfig {
             request_buffering: DEFAULT_REQUEST_BUFFERING,
             upgrade: vec!["websocket".to_string()],
             rate_limit: None,
+            ai: None,
         }
     }
 }
@@ -770,19 +774,7 @@ impl AdminConfig {
         let Some(token) = self.token.as_deref() else {
             return true;
         };
-        let Some(given) = authorization.and_then(|v| {
-            v.get(..7)
-                .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                .map(|_| v[7..].trim())
-        }) else {
-            return false;
-        };
-        let (a, b) = (given.as_bytes(), token.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for i in 0..a.len().max(b.len()) {
-            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-        }
-        diff == 0
+        authorization.is_some_and(|v| crate::route::auth::bearer_is(v.as_bytes(), token.as_bytes()))
     }
 }
 

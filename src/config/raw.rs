@@ -308,7 +308,8 @@ pub struct RawRoute {
     pub path_prefix: Option<String>,
     pub methods: Option<Vec<String>>,
     pub header: Option<RawHeaderMatch>,
-    pub upstream: String,
+    /// Required, except on an AI route (its providers name their groups).
+    pub upstream: Option<String>,
     pub rewrite_prefix: Option<String>,
     #[serde(default)]
     pub set_request_headers: BTreeMap<String, String>,
@@ -321,6 +322,7 @@ pub struct RawRoute {
     pub request_buffering: Option<ByteSize>,
     pub upgrade: Option<Vec<String>>,
     pub rate_limit: Option<RawRateLimit>,
+    pub ai: Option<super::ai::RawAi>,
 }
 
 /// `[routes.rate_limit]`: requests per second and burst, per key.

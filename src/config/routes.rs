@@ -12,24 +12,38 @@ pub(super) fn validate_route(
     paths: crate::http::target::PathRules,
 ) -> Result<RouteConfig, ConfigError> {
     let key = |field: &str| format!("routes[{i}].{field}");
-    let upstream = upstreams
-        .iter()
-        .position(|g| g.name == r.upstream)
-        .ok_or_else(|| {
-            let known: Vec<&str> = upstreams.iter().map(|g| g.name.as_str()).collect();
-            invalid(
+    let ai = match &r.ai {
+        None => None,
+        Some(raw) => Some(super::ai::validate_ai(i, raw, upstreams)?),
+    };
+    let upstream = match (&r.upstream, &ai) {
+        (Some(name), _) => upstreams
+            .iter()
+            .position(|g| g.name == *name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = upstreams.iter().map(|g| g.name.as_str()).collect();
+                invalid(
+                    key("upstream"),
+                    format!(
+                        "no upstream group named `{}` (defined: {})",
+                        name,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )
+            })?,
+        // An AI route's groups are its providers': the first model's first.
+        (None, Some(ai)) => ai.providers[ai.models[0].1[0].provider].upstream,
+        (None, None) => {
+            return Err(invalid(
                 key("upstream"),
-                format!(
-                    "no upstream group named `{}` (defined: {})",
-                    r.upstream,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            )
-        })?;
+                "required: the upstream group this route sends requests to",
+            ))
+        }
+    };
     let host = match r.host.as_deref() {
         None | Some("*") => HostMatch::Any,
         Some(h) => {
@@ -195,6 +209,7 @@ pub(super) fn validate_route(
         Some(raw) => Some(validate_rate_limit(i, raw, auth.is_some())?),
     };
     Ok(RouteConfig {
+        ai,
         access_log: r.access_log.unwrap_or(true),
         rate_limit,
         upgrade,

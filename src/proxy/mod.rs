@@ -35,6 +35,7 @@
 //! upstream's head announced. Only the session's files touch the client's
 //! socket and buffer.
 
+mod ai;
 mod answer;
 pub mod cache;
 mod coalescing;
@@ -193,6 +194,8 @@ enum Plan {
     /// Wait for the cluster's answer to the route's rate limit, then plan
     /// again with it.
     AwaitLimit(std::sync::Arc<crate::route::rate_limit::Asked>),
+    /// An AI route's request, its body read whole (`ai.rs`).
+    Ai(Box<ai::AiCall>),
     /// Over the route's rate limit: 429, the next request admitted after
     /// `retry_after`.
     Limited {
@@ -293,6 +296,7 @@ impl Plan {
     fn answers(&self) -> (Version, bool) {
         let request = match self {
             Plan::Forward(f) => return (f.version, f.method == Method::Head),
+            Plan::Ai(call) => &call.request,
             Plan::Refuse { request, .. }
             | Plan::Limited { request, .. }
             | Plan::Hit { request, .. }

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::answer::{self, answer_failure, answer_from_cache, respond_error, send_cached};
 use super::cache::{self, CacheWork};
@@ -124,6 +124,7 @@ fn phases<'b>(
     check_body_size(ctx, req, &answered)?;
     let identity = admit(ctx, route, req, &answered)?;
     limit_rate(ctx, route, req, down, identity.as_deref(), &answered, facts)?;
+    ai_call(index, route, req, down, &answered)?;
     buffer_body(ctx, route, req, down)?;
     let upgrade = tunnel::requested(req, route);
     let forwarded = UpstreamRequest {
@@ -390,6 +391,85 @@ fn limit_rate(
     }
 }
 
+/// An AI route's request (`[routes.ai]`): its consumer key checked (401),
+/// its operation known (404), its body read whole up to the route's
+/// `max_body` (413), then answered by `ai::run` instead of forwarded.
+fn ai_call(
+    index: usize,
+    route: &RouteConfig,
+    req: &RequestHead<'_>,
+    down: &Downstream<'_>,
+    answered: &Answered,
+) -> Phase<()> {
+    let Some(ai) = &route.ai else {
+        return Ok(());
+    };
+    let consumer = match ai.consumers.is_empty() {
+        true => None,
+        false => {
+            let presented = req
+                .headers
+                .iter()
+                .find(|h| crate::http::headers::name_is(h.name, "authorization"))
+                .map_or(&b""[..], |h| h.value);
+            let known = ai
+                .consumers
+                .iter()
+                .find(|c| crate::route::auth::bearer_is(presented, c.key.0.as_bytes()));
+            match known {
+                Some(c) => Some(c.name.clone()),
+                None => return refuse(ErrorKind::Unauthorized, answered),
+            }
+        }
+    };
+    let Some(endpoint) = super::ai::Endpoint::of(req.method, req.path) else {
+        return refuse(ErrorKind::NoRoute, answered);
+    };
+    let have = &down.buffered[req.head_len..];
+    let body = match req.body {
+        BodyFraming::None => Bytes::new(),
+        BodyFraming::Length(n) if n > ai.max_body => {
+            return refuse(ErrorKind::BadRequest(HttpError::BodyTooLarge), answered)
+        }
+        BodyFraming::Length(n) if (have.len() as u64) < n => {
+            return Err(Stop::Answer(Plan::ReadBody(super::reading::BodyWait {
+                send_continue: req.expect_continue && have.is_empty(),
+                until: super::reading::BodyEnd::Bytes(req.head_len + n as usize),
+            })))
+        }
+        BodyFraming::Length(n) => Bytes::copy_from_slice(&have[..n as usize]),
+        // A chunked body: read to its end (up to `max_body`), then de-chunked.
+        BodyFraming::Chunked => {
+            let mut decoder = crate::http::chunked::ChunkedDecoder::new();
+            let mut body = Vec::new();
+            decoder.decode(have, &mut body, crate::http::chunked::Output::Raw)?;
+            if body.len() as u64 > ai.max_body {
+                return refuse(ErrorKind::BadRequest(HttpError::BodyTooLarge), answered);
+            }
+            if !decoder.is_done() {
+                return Err(Stop::Answer(Plan::ReadBody(super::reading::BodyWait {
+                    send_continue: req.expect_continue && have.is_empty(),
+                    until: super::reading::BodyEnd::Chunked {
+                        decoder: crate::http::chunked::ChunkedDecoder::new(),
+                        scanned: req.head_len,
+                        limit: req.head_len + 2 * ai.max_body as usize + 64,
+                        max_body: Some(ai.max_body),
+                    },
+                })));
+            }
+            Bytes::from(body)
+        }
+        BodyFraming::UntilClose => Bytes::new(),
+    };
+    Err(Stop::Answer(Plan::Ai(Box::new(super::ai::AiCall {
+        request: answered.clone(),
+        route: index,
+        endpoint,
+        body,
+        consumer,
+    }))))
+}
+
 /// A small body is read whole before a server is chosen: a slow sender then
 /// holds no upstream connection, and the request can be sent again.
 fn buffer_body(
@@ -540,6 +620,8 @@ pub(super) async fn answer(
         Plan::ReadBody(_) | Plan::AwaitLimit(_) => {
             unreachable!("waited on before the plan is final")
         }
+        // Boxed: only AI routes carry its state.
+        Plan::Ai(call) => Box::pin(super::ai::run(ctx, client, call, out)).await,
         // Boxed: rare, and waiting on every worker takes room an idle
         // connection's future should not carry.
         Plan::Purge {

@@ -140,6 +140,24 @@ pub fn verify(policy: &AuthPolicy, token: &[u8], now: SystemTime) -> Result<Iden
     Ok(identity)
 }
 
+/// Whether an `Authorization` value is `Bearer <secret>` (scheme in any
+/// case), compared in constant time.
+pub fn bearer_is(authorization: &[u8], secret: &[u8]) -> bool {
+    let Some(given) = authorization
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| crate::http::headers::trim(&authorization[7..]))
+    else {
+        return false;
+    };
+    let mut diff = given.len() ^ secret.len();
+    for i in 0..given.len().max(secret.len()) {
+        diff |=
+            usize::from(given.get(i).copied().unwrap_or(0) ^ secret.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

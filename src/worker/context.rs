@@ -111,6 +111,9 @@ pub struct WorkerShared {
     pub log: Option<crate::access_log::WorkerLog>,
     /// The node's link to the other nodes (`[cluster]`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// AI route targets benched until a time (a provider's 429 or 503
+    /// `Retry-After`), by route, provider and model.
+    pub ai_bench: std::cell::RefCell<std::collections::HashMap<String, std::time::Instant>>,
     /// `X-Request-Id`s this worker made, and their random prefix.
     pub request_ids: Cell<u64>,
     pub request_id_prefix: u64,
@@ -188,6 +191,7 @@ impl WorkerCtx {
             limiter,
             sockets: Arc::default(),
             log: None,
+            ai_bench: Default::default(),
             cluster: None,
             request_ids: Cell::new(0),
             request_id_prefix: {

@@ -4,6 +4,7 @@
 //! deadline, never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod ai_provider;
 pub mod http2;
 pub mod redis_server;
 pub mod slow_readers;

@@ -1,0 +1,261 @@
+//! `[routes.ai]`: a route that speaks the OpenAI-compatible API to its
+//! clients and sends each request to an ordered list of LLM provider
+//! targets (`crate::proxy::ai`). Provider keys are the gateway's (in the
+//! file, or `env:NAME` for an environment variable), never a client's;
+//! clients authenticate with consumer keys of their own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, ConfigDuration};
+use super::{invalid, ConfigError, UpstreamGroup};
+
+/// `[routes.ai]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAi {
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+    #[serde(default)]
+    pub providers: std::collections::BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, RawModel>,
+    pub default_max_tokens: Option<u64>,
+    pub first_byte_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
+    pub max_body: Option<ByteSize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// `openai` (any OpenAI-compatible API) or `anthropic`.
+    pub kind: Option<String>,
+    pub upstream: String,
+    pub base_path: Option<String>,
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub provider: String,
+    pub model: String,
+}
+
+/// A secret (a key): compared, sent, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI's, or one compatible with it (Mistral, vLLM, Ollama, LM Studio).
+    OpenAi,
+    /// Anthropic's Messages API, translated.
+    Anthropic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Index into `Config::upstreams`: its servers, TLS and pool.
+    pub upstream: usize,
+    /// Prepended to the API's paths (`/v1` for OpenAI's own).
+    pub base_path: String,
+    /// Sent as the provider's key, balanced over; none for a local server.
+    pub keys: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Index into `AiRoute::providers`.
+    pub provider: usize,
+    /// The provider's name for the model.
+    pub model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub name: String,
+    pub key: Secret,
+}
+
+/// A validated `[routes.ai]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AiRoute {
+    /// Who may call (`Authorization: Bearer <key>`); none: anyone who
+    /// passes the route's `[routes.auth]`, or anyone.
+    pub consumers: Vec<Consumer>,
+    pub providers: Vec<Provider>,
+    /// Model names clients ask for, each with its targets in order.
+    pub models: Vec<(String, Vec<Target>)>,
+    /// `max_tokens` for a provider that needs one when the client gave none.
+    pub default_max_tokens: u64,
+    /// How long a target has to send its response head (then the next is tried).
+    pub first_byte_timeout: Duration,
+    /// Longest wait between two pieces of a streamed response.
+    pub idle_timeout: Duration,
+    /// Largest request body read.
+    pub max_body: u64,
+}
+
+impl AiRoute {
+    pub fn model(&self, name: &str) -> Option<&[Target]> {
+        self.models
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_slice())
+    }
+}
+
+/// A key as written: the value itself, or `env:NAME`.
+fn secret(key: String, value: &str) -> Result<Secret, ConfigError> {
+    match value.strip_prefix("env:") {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Secret(v)),
+            _ => Err(invalid(
+                key,
+                format!("the environment variable {var} is not set"),
+            )),
+        },
+        None if value.is_empty() => Err(invalid(key, "must not be empty")),
+        None => Ok(Secret(value.to_string())),
+    }
+}
+
+pub(super) fn validate_ai(
+    i: usize,
+    raw: &RawAi,
+    upstreams: &[UpstreamGroup],
+) -> Result<Arc<AiRoute>, ConfigError> {
+    let key = |field: &str| format!("routes[{i}].ai.{field}");
+    let mut providers = Vec::new();
+    for (name, p) in &raw.providers {
+        let pkey = |field: &str| key(&format!("providers.{name}.{field}"));
+        let kind = match p.kind.as_deref().unwrap_or("openai") {
+            "openai" => ProviderKind::OpenAi,
+            "anthropic" => ProviderKind::Anthropic,
+            other => {
+                return Err(invalid(
+                    pkey("kind"),
+                    format!("`{other}` is not one of openai, anthropic"),
+                ))
+            }
+        };
+        let upstream = upstreams
+            .iter()
+            .position(|g| g.name == p.upstream)
+            .ok_or_else(|| {
+                invalid(
+                    pkey("upstream"),
+                    format!("no upstream group named `{}`", p.upstream),
+                )
+            })?;
+        let base_path = p.base_path.clone().unwrap_or_else(|| "/v1".to_string());
+        if !base_path.starts_with('/') || base_path.ends_with('/') || base_path.contains(['?', '#'])
+        {
+            return Err(invalid(
+                pkey("base_path"),
+                "a path starting with / and not ending with one (\"/v1\")",
+            ));
+        }
+        let keys = p
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(j, k)| secret(pkey(&format!("keys[{j}]")), k))
+            .collect::<Result<Vec<_>, _>>()?;
+        providers.push(Provider {
+            name: name.clone(),
+            kind,
+            upstream,
+            base_path,
+            keys,
+        });
+    }
+    let mut models = Vec::new();
+    for (name, m) in &raw.models {
+        if m.targets.is_empty() {
+            return Err(invalid(
+                key(&format!("models.{name}.targets")),
+                "at least one target",
+            ));
+        }
+        let mut targets = Vec::new();
+        for (j, t) in m.targets.iter().enumerate() {
+            let provider = providers
+                .iter()
+                .position(|p| p.name == t.provider)
+                .ok_or_else(|| {
+                    invalid(
+                        key(&format!("models.{name}.targets[{j}].provider")),
+                        format!("no provider named `{}` in this route", t.provider),
+                    )
+                })?;
+            targets.push(Target {
+                provider,
+                model: t.model.clone(),
+            });
+        }
+        models.push((name.clone(), targets));
+    }
+    if models.is_empty() {
+        return Err(invalid(
+            key("models"),
+            "at least one model ([routes.ai.models.NAME] targets = [...])",
+        ));
+    }
+    let mut consumers = Vec::new();
+    for (j, c) in raw.consumers.iter().enumerate() {
+        if c.name.is_empty() || !c.name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                key(&format!("consumers[{j}].name")),
+                "non-empty visible ASCII",
+            ));
+        }
+        consumers.push(Consumer {
+            name: c.name.clone(),
+            key: secret(key(&format!("consumers[{j}].key")), &c.key)?,
+        });
+    }
+    let positive = |field: &str, d: Option<&ConfigDuration>, default: u64| {
+        let d = d.map_or(Duration::from_secs(default), |d| d.0);
+        if d.is_zero() {
+            return Err(invalid(key(field), "must be longer than zero"));
+        }
+        Ok(d)
+    };
+    Ok(Arc::new(AiRoute {
+        consumers,
+        providers,
+        models,
+        default_max_tokens: raw.default_max_tokens.unwrap_or(1024).max(1),
+        first_byte_timeout: positive("first_byte_timeout", raw.first_byte_timeout.as_ref(), 60)?,
+        idle_timeout: positive("idle_timeout", raw.idle_timeout.as_ref(), 60)?,
+        max_body: raw.max_body.map_or(4 << 20, |b| b.0),
+    }))
+}

@@ -1,0 +1,287 @@
+//! AI routes over real sockets against a fake provider (`common::ai_provider`):
+//! the model mapped to a provider's, the provider's key sent and the
+//! client's never, events relayed as the provider sends them, fallback on
+//! each failure kind and never after the first byte, `Retry-After`
+//! benching a target, and Anthropic's API behind the OpenAI-compatible one.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::ai_provider::{read_events, Provider, PACE};
+use common::*;
+
+/// A gateway with one AI route under `/v1/`, its providers on `provider`
+/// (and a dead one), with `models` (TOML) and consumer key `ck-1`.
+fn gateway(provider: &Provider, models: &str) -> ringgate::Handle {
+    let dead = free_port();
+    let text = format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:0"
+[workers]
+count = 1
+pin = false
+[admin]
+enabled = false
+[upstreams.fake]
+servers = ["{addr}"]
+[upstreams.dead]
+servers = ["127.0.0.1:{dead}"]
+[[routes]]
+path_prefix = "/v1/"
+[routes.ai]
+consumers = [{{ name = "team-a", key = "ck-1" }}]
+first_byte_timeout = "2s"
+idle_timeout = "400ms"
+[routes.ai.providers.p1]
+upstream = "fake"
+keys = ["pk-secret"]
+[routes.ai.providers.claude]
+kind = "anthropic"
+upstream = "fake"
+keys = ["ak-secret"]
+[routes.ai.providers.gone]
+upstream = "dead"
+{models}
+"#,
+        addr = provider.addr
+    );
+    start(ringgate::Config::parse(&text).unwrap())
+}
+
+fn chat(gw: &ringgate::Handle, key: &str, body: &str) -> Response {
+    Client::connect(gw.listen_addr()).request(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+fn json_of(r: &Response) -> serde_json::Value {
+    serde_json::from_str(&r.text()).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+const HELLO: &str = r#"{"model":"fast","messages":[{"role":"user","content":"hello"}]}"#;
+
+#[test]
+fn a_chat_request_goes_to_the_mapped_model_with_the_providers_key_and_never_the_clients() {
+    let provider = Provider::start();
+    let gw = gateway(
+        &provider,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "small-1" }]"#,
+    );
+    let r = chat(&gw, "ck-1", HELLO);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = json_of(&r);
+    assert_eq!(v["choices"][0]["message"]["content"], "echo:hello");
+    assert!(!r.text().contains("pk-secret"));
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert_eq!(seen[0].body["model"], "small-1");
+    assert_eq!(seen[0].body["messages"][0]["content"], "hello");
+    assert!(
+        seen[0].head.contains("Authorization: Bearer pk-secret"),
+        "{}",
+        seen[0].head
+    );
+    assert!(!seen[0].head.contains("ck-1"), "{}", seen[0].head);
+
+    // A wrong or missing consumer key: 401, the provider not asked.
+    assert_eq!(chat(&gw, "ck-2", HELLO).status, 401);
+    assert_eq!(chat(&gw, "", HELLO).status, 401);
+    // An unknown model, a body that is not JSON, a model given twice.
+    let unknown = chat(&gw, "ck-1", r#"{"model":"huge","messages":[]}"#);
+    assert_eq!(unknown.status, 404);
+    assert!(json_of(&unknown)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("huge"));
+    assert_eq!(chat(&gw, "ck-1", "not json").status, 400);
+    assert_eq!(
+        chat(&gw, "ck-1", r#"{"model":"fast","model":"other"}"#).status,
+        400
+    );
+    assert_eq!(provider.seen().len(), 1);
+
+    // The models the route offers.
+    let models = Client::connect(gw.listen_addr())
+        .request(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ck-1\r\n\r\n");
+    assert_eq!(models.status, 200);
+    assert_eq!(json_of(&models)["data"][0]["id"], "fast");
+}
+
+fn stream_request(gw: &ringgate::Handle, body: &str) -> TcpStream {
+    let mut s = TcpStream::connect(gw.listen_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ck-1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+#[test]
+fn a_stream_is_relayed_event_by_event_with_usage_only_when_asked() {
+    let provider = Provider::start();
+    let gw = gateway(
+        &provider,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "paced" }]"#,
+    );
+    let body =
+        r#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"abcdefgh"}]}"#;
+    let (status, events) = read_events(&mut stream_request(&gw, body));
+    assert_eq!(status, 200);
+    let data: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(*data.last().unwrap(), "data: [DONE]\n\n");
+    let text: String = data
+        .iter()
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "echo:abcdefgh");
+    // Not buffered: each event came about one provider pace after the last.
+    for pair in events.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= PACE / 2, "{gap:?} between events: buffered");
+    }
+    // The gateway asked for usage; the client did not, so it does not get it.
+    assert_eq!(
+        provider.seen()[0].body["stream_options"]["include_usage"],
+        true
+    );
+    assert!(!data.iter().any(|e| e.contains("\"usage\":{")), "{data:?}");
+
+    let asked = r#"{"model":"fast","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#;
+    let (_, events) = read_events(&mut stream_request(&gw, asked));
+    assert!(events
+        .iter()
+        .any(|(_, e)| e.contains("\"completion_tokens\":7")));
+}
+
+#[test]
+fn a_target_that_fails_before_answering_gives_way_to_the_next_and_a_429_benches_it() {
+    let provider = Provider::start();
+    let gw = gateway(
+        &provider,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "gone", model = "x" }, { provider = "p1", model = "fail-429" },
+           { provider = "p1", model = "fail-500" }, { provider = "p1", model = "stall-head" },
+           { provider = "p1", model = "good" }]"#,
+    );
+    let r = chat(&gw, "ck-1", HELLO);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json_of(&r)["model"], "good");
+    assert_eq!(
+        provider.models(),
+        ["fail-429", "fail-500", "stall-head", "good"]
+    );
+    // The 429 said `Retry-After: 30`: that target is passed over now.
+    let r = chat(&gw, "ck-1", HELLO);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        provider.models()[4..],
+        ["fail-500", "stall-head", "good"],
+        "the benched target was not asked"
+    );
+}
+
+#[test]
+fn when_every_target_fails_the_client_is_told_and_a_429_stays_a_429() {
+    let provider = Provider::start();
+    let gw = gateway(
+        &provider,
+        r#"[routes.ai.models.busy]
+targets = [{ provider = "p1", model = "fail-429" }]
+[routes.ai.models.broken]
+targets = [{ provider = "gone", model = "x" }, { provider = "p1", model = "fail-500" }]"#,
+    );
+    let busy = chat(&gw, "ck-1", r#"{"model":"busy","messages":[]}"#);
+    assert_eq!(busy.status, 429);
+    let broken = chat(&gw, "ck-1", r#"{"model":"broken","messages":[]}"#);
+    assert_eq!(broken.status, 502);
+    assert_eq!(json_of(&broken)["error"]["type"], "api_error");
+}
+
+#[test]
+fn a_stream_that_stalls_after_its_first_event_is_cut_not_retried_elsewhere() {
+    let provider = Provider::start();
+    let gw = gateway(
+        &provider,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "stall-mid" }, { provider = "p1", model = "good" }]"#,
+    );
+    let body = r#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"x"}]}"#;
+    let (status, events) = read_events(&mut stream_request(&gw, body));
+    assert_eq!(status, 200);
+    assert_eq!(
+        events.len(),
+        1,
+        "the first event, then the close: {events:?}"
+    );
+    assert_eq!(
+        provider.models(),
+        ["stall-mid"],
+        "never a second target after the first byte"
+    );
+}
+
+#[test]
+fn anthropic_is_reached_through_the_openai_api_both_ways_streaming_included() {
+    let provider = Provider::start();
+    let gw = gateway(
+        &provider,
+        r#"[routes.ai.models.claude]
+targets = [{ provider = "claude", model = "claude-3-5-haiku" }]"#,
+    );
+    let body = r#"{"model":"claude","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hi"}],"max_tokens":50}"#;
+    let r = chat(&gw, "ck-1", body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = json_of(&r);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "echo:hi");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["total_tokens"], 12);
+    let seen = &provider.seen()[0];
+    assert_eq!(seen.path, "/v1/messages");
+    assert!(seen.head.contains("x-api-key: ak-secret"), "{}", seen.head);
+    assert!(seen.head.contains("anthropic-version: 2023-06-01"));
+    assert!(!seen.head.contains("ck-1"));
+    assert_eq!(seen.body["system"], "Be brief.");
+    assert_eq!(seen.body["max_tokens"], 50);
+    assert_eq!(seen.body["messages"][0]["content"], "hi");
+
+    let stream = r#"{"model":"claude","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"abcdefgh"}]}"#;
+    let (status, events) = read_events(&mut stream_request(&gw, stream));
+    assert_eq!(status, 200);
+    let data: Vec<serde_json::Value> = events
+        .iter()
+        .filter_map(|(_, e)| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect();
+    let text: String = data
+        .iter()
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "echo:abcdefgh");
+    assert!(data.iter().any(|v| v["usage"]["completion_tokens"] == 7));
+    assert_eq!(events.last().unwrap().1, "data: [DONE]\n\n");
+}
