@@ -609,6 +609,9 @@ fn demo(listen: Option<SocketAddr>, tls_listen: Option<SocketAddr>) -> ExitCode 
     println!(
         "  curl -i -X PUT -H 'Content-Type: application/json' -d '{{\"id\":1,\"name\":\"Espresso cup\",\"price_cents\":1100,\"stock\":9}}' http://{gw}/products/1"
     );
+    println!(
+        "  curl -N http://{gw}/v1/chat/completions -d '{{\"model\":\"demo\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello there\"}}]}}'"
+    );
     if let Some(tls) = handle.listen_addrs().get(1) {
         println!("  curl -ik https://{tls}/products   (self-signed certificate)");
     }

@@ -50,3 +50,60 @@ fn demo_catalogue_through_the_shipped_config() {
         404
     );
 }
+
+#[test]
+fn the_demo_answers_an_openai_chat_request_through_the_ai_route() {
+    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut config = Config::parse(config::SHIPPED_CONFIG).unwrap();
+    config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
+    config.upstreams[0].servers[0].address = origin.addr();
+    config.workers.count = Some(1);
+    config.admin = None;
+    let gw = start(config);
+    let chat = |body: &str| {
+        Client::connect(gw.listen_addr()).request(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: demo\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let r = chat(r#"{"model":"demo","messages":[{"role":"user","content":"Hello there"}]}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "You said: Hello there"
+    );
+    assert_eq!(v["model"], "ringgate-demo");
+
+    let mut s = std::net::TcpStream::connect(gw.listen_addr()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let body =
+        r#"{"model":"demo","stream":true,"messages":[{"role":"user","content":"Hello there"}]}"#;
+    std::io::Write::write_all(
+        &mut s,
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: demo\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let (status, events) = common::ai_provider::read_events(&mut s);
+    assert_eq!(status, 200);
+    let text: String = events
+        .iter()
+        .filter_map(|(_, e)| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "You said: Hello there");
+    assert_eq!(events.last().unwrap().1, "data: [DONE]\n\n");
+}

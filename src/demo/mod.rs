@@ -6,9 +6,13 @@
 //! - `GET /products/{id}`: one product, with `ETag` and `Cache-Control`;
 //!   `If-None-Match` gets a 304
 //! - `PUT /products/{id}`: replace (or create) a product with the JSON body
+//! - `POST /v1/chat/completions`, `GET /v1/models`: a fake LLM provider
+//!   ([`llm`]) for the shipped config's AI route
 //!
 //! It is a plain thread-per-connection server: it is the thing behind the
 //! gateway, not part of it.
+
+mod llm;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -205,6 +209,9 @@ fn serve_connection(mut stream: TcpStream, catalogue: &Catalogue) -> io::Result<
         }
         let body = String::from_utf8_lossy(&buf[head_len..head_len + content_length]).to_string();
         buf.drain(..head_len + content_length);
+        if llm::handles(&method, &path) {
+            return llm::answer(&mut stream, &path, &body);
+        }
 
         let response = handle(&method, &path, if_none_match.as_deref(), &body, catalogue);
         write_response(&mut stream, &response, close, method == "HEAD")?;
