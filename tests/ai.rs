@@ -16,7 +16,26 @@ use common::*;
 /// A gateway with one AI route under `/v1/`, its providers on `provider`
 /// (and a dead one), with `models` (TOML) and consumer key `ck-1`.
 fn gateway(provider: &Provider, models: &str) -> ringgate::Handle {
+    gateway_with(
+        provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
+        models,
+        false,
+    )
+}
+
+/// The same with these consumers, and the admin API on a free port if `admin`.
+fn gateway_with(
+    provider: &Provider,
+    consumers: &str,
+    models: &str,
+    admin: bool,
+) -> ringgate::Handle {
     let dead = free_port();
+    let admin = match admin {
+        true => "listen = \"127.0.0.1:0\"",
+        false => "enabled = false",
+    };
     let text = format!(
         r#"
 [[listeners]]
@@ -25,7 +44,7 @@ address = "127.0.0.1:0"
 count = 1
 pin = false
 [admin]
-enabled = false
+{admin}
 [upstreams.fake]
 servers = ["{addr}"]
 [upstreams.dead]
@@ -33,7 +52,7 @@ servers = ["127.0.0.1:{dead}"]
 [[routes]]
 path_prefix = "/v1/"
 [routes.ai]
-consumers = [{{ name = "team-a", key = "ck-1" }}]
+{consumers}
 first_byte_timeout = "2s"
 idle_timeout = "400ms"
 [routes.ai.providers.p1]
@@ -118,11 +137,15 @@ targets = [{ provider = "p1", model = "small-1" }]"#,
 }
 
 fn stream_request(gw: &ringgate::Handle, body: &str) -> TcpStream {
+    stream_request_as(gw, "ck-1", body)
+}
+
+fn stream_request_as(gw: &ringgate::Handle, key: &str, body: &str) -> TcpStream {
     let mut s = TcpStream::connect(gw.listen_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ck-1\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -284,4 +307,83 @@ targets = [{ provider = "claude", model = "claude-3-5-haiku" }]"#,
     assert_eq!(text, "echo:abcdefgh");
     assert!(data.iter().any(|v| v["usage"]["completion_tokens"] == 7));
     assert_eq!(events.last().unwrap().1, "data: [DONE]\n\n");
+}
+
+#[test]
+fn tokens_and_requests_per_minute_refuse_at_the_right_count_and_usage_is_counted() {
+    let provider = Provider::start();
+    let gw = gateway_with(
+        &provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1", tokens_per_minute = 100 },
+             { name = "team-b", key = "ck-2" }]"#,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "small-1" }]
+[routes.ai.models.few]
+targets = [{ provider = "p1", model = "small-2" }]
+requests_per_minute = 3"#,
+        true,
+    );
+    // Each answer uses 12 tokens (the fake provider's usage); a request is
+    // admitted while what was used plus its estimate (its body's bytes over
+    // four) fits in the minute's 100.
+    let estimate = HELLO.len().div_ceil(4);
+    let expected = (100 - estimate) / 12 + 1;
+    let statuses: Vec<u16> = (0..expected + 2)
+        .map(|_| chat(&gw, "ck-1", HELLO).status)
+        .collect();
+    assert!(
+        statuses[..expected].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[expected..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    let refused = chat(&gw, "ck-1", HELLO);
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(json_of(&refused)["error"]["type"], "rate_limit_error");
+    assert_eq!(
+        provider.seen().len(),
+        expected,
+        "refused requests never reach a provider"
+    );
+    // Another consumer has its own budget (none here).
+    assert_eq!(chat(&gw, "ck-2", HELLO).status, 200);
+
+    // Requests per minute of a model, every consumer together.
+    let few = r#"{"model":"few","messages":[{"role":"user","content":"x"}]}"#;
+    let statuses: Vec<u16> = (0..4).map(|_| chat(&gw, "ck-2", few).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+
+    // Usage as the provider reported it, streamed answers included.
+    let stream = r#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _) = read_events(&mut stream_request_as(&gw, "ck-2", stream));
+    assert_eq!(status, 200);
+    let metrics = get(gw.admin_addr().unwrap(), "/metrics").text();
+    let line = |name: &str, consumer: &str, model: &str| {
+        let prefix =
+            format!("{name}{{consumer=\"{consumer}\",model=\"{model}\",provider=\"p1\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+            .to_string()
+    };
+    let n = expected.to_string();
+    assert_eq!(line("ringgate_ai_requests_total", "team-a", "fast"), n);
+    assert_eq!(
+        line("ringgate_ai_completion_tokens_total", "team-a", "fast"),
+        (7 * expected).to_string()
+    );
+    assert_eq!(
+        line("ringgate_ai_prompt_tokens_total", "team-a", "fast"),
+        (5 * expected).to_string()
+    );
+    // team-b: one whole answer and one streamed, 12 tokens each.
+    assert_eq!(line("ringgate_ai_requests_total", "team-b", "fast"), "2");
+    assert_eq!(
+        line("ringgate_ai_completion_tokens_total", "team-b", "fast"),
+        "14"
+    );
+    assert_eq!(line("ringgate_ai_errors_total", "team-b", "fast"), "0");
 }

@@ -371,6 +371,62 @@ const CLUSTER_METRICS: &[(&str, &str, &str, &str)] = &[
 ];
 
 /// The cluster series of the node (`cluster`: `Cluster::snapshot`).
+/// A label value as the exposition format writes it.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// AI routes' usage by consumer, model and provider, summed over workers.
+pub(super) fn ai_series(workers: &[Value]) -> String {
+    let mut sums: std::collections::BTreeMap<(String, String, String), [u64; 6]> =
+        std::collections::BTreeMap::new();
+    const FIELDS: [&str; 6] = [
+        "requests",
+        "errors",
+        "prompt_tokens",
+        "completion_tokens",
+        "first_byte_us",
+        "generation_us",
+    ];
+    for w in workers {
+        for row in w["ai"].as_array().into_iter().flatten() {
+            let name = |f: &str| row[f].as_str().unwrap_or("").to_string();
+            let sum = sums
+                .entry((name("consumer"), name("model"), name("provider")))
+                .or_default();
+            for (i, f) in FIELDS.iter().enumerate() {
+                sum[i] += row[*f].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    if sums.is_empty() {
+        return String::new();
+    }
+    let series: [(&str, &str, &str, usize, f64); 6] = [
+        ("ringgate_ai_requests_total", "AI route requests.", "counter", 0, 1.0),
+        ("ringgate_ai_errors_total", "AI route requests no target answered, or whose stream broke.", "counter", 1, 1.0),
+        ("ringgate_ai_prompt_tokens_total", "Prompt tokens, as the providers reported them.", "counter", 2, 1.0),
+        ("ringgate_ai_completion_tokens_total", "Completion tokens, as the providers reported them.", "counter", 3, 1.0),
+        ("ringgate_ai_first_byte_seconds_total", "Summed time to the first byte (token) of answers; divide by requests for the mean.", "counter", 4, 1e-6),
+        ("ringgate_ai_generation_seconds_total", "Summed time from the first byte to the end of answers; completion tokens over it are tokens per second.", "counter", 5, 1e-6),
+    ];
+    let mut out = String::new();
+    for (name, help, kind, i, scale) in series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for ((consumer, model, provider), sum) in &sums {
+            let value = sum[i] as f64 * scale;
+            let (consumer, model, provider) = (label(consumer), label(model), label(provider));
+            out.push_str(&format!(
+                "{name}{{consumer=\"{consumer}\",model=\"{model}\",provider=\"{provider}\"}} {value}\n"
+            ));
+        }
+    }
+    out
+}
+
 pub(super) fn cluster_series(cluster: &Value) -> String {
     let mut out = String::new();
     let node = cluster["node"].as_str().unwrap_or("");

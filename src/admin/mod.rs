@@ -252,6 +252,7 @@ async fn handle(ctx: &WorkerCtx, request: Request, reloader: &crate::reload::Rel
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
                 body: prometheus(&workers)
+                    + &metrics::ai_series(&workers)
                     + &ctx
                         .cluster
                         .as_ref()

@@ -10,12 +10,29 @@
 //! - [`anthropic`]: Anthropic's Messages API, translated from and to the
 //!   OpenAI-compatible one, streaming included
 //!
-//! Routes do not use them yet (the `[routes.ai]` route, its providers,
-//! fallback, token limits and the completion cache are still to come).
+//! `crate::proxy::ai` runs AI routes with them.
 
 pub mod anthropic;
 pub mod openai;
 pub mod sse;
+
+/// What one worker counted for one consumer, model and provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    /// Requests no target answered, or whose stream broke.
+    pub errors: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Summed time from the request to the first byte of the answer sent
+    /// to the client (time to first token, on streams).
+    pub first_byte_us: u64,
+    /// Summed time from that first byte to the end of the answer.
+    pub generation_us: u64,
+}
+
+/// Per worker: counters by (consumer, model, provider).
+pub type Usage = std::collections::BTreeMap<(String, String, String), Counters>;
 
 /// Why a body could not be read or translated: answered as 400 (from a
 /// client) or 502 (from a provider).

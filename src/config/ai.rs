@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::route::rate_limit::{LimitKey, RateLimit};
+
 use super::units::{ByteSize, ConfigDuration};
 use super::{invalid, ConfigError, UpstreamGroup};
 
@@ -33,6 +35,8 @@ pub struct RawAi {
 pub struct RawConsumer {
     pub name: String,
     pub key: String,
+    pub tokens_per_minute: Option<u64>,
+    pub requests_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +54,8 @@ pub struct RawProvider {
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub targets: Vec<RawTarget>,
+    pub tokens_per_minute: Option<u64>,
+    pub requests_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +108,25 @@ pub struct Target {
 pub struct Consumer {
     pub name: String,
     pub key: Secret,
+    pub limits: Budget,
+}
+
+/// Tokens and requests per minute (each a GCRA whose burst is a minute's
+/// worth), on the node's rate-limit table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub tokens: Option<RateLimit>,
+    pub requests: Option<RateLimit>,
+}
+
+/// A model clients ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub name: String,
+    /// Tried in order.
+    pub targets: Vec<Target>,
+    /// For every consumer together.
+    pub limits: Budget,
 }
 
 /// A validated `[routes.ai]`.
@@ -111,8 +136,8 @@ pub struct AiRoute {
     /// passes the route's `[routes.auth]`, or anyone.
     pub consumers: Vec<Consumer>,
     pub providers: Vec<Provider>,
-    /// Model names clients ask for, each with its targets in order.
-    pub models: Vec<(String, Vec<Target>)>,
+    /// The models clients may ask for.
+    pub models: Vec<Model>,
     /// `max_tokens` for a provider that needs one when the client gave none.
     pub default_max_tokens: u64,
     /// How long a target has to send its response head (then the next is tried).
@@ -124,11 +149,8 @@ pub struct AiRoute {
 }
 
 impl AiRoute {
-    pub fn model(&self, name: &str) -> Option<&[Target]> {
-        self.models
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.as_slice())
+    pub fn model(&self, name: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.name == name)
     }
 }
 
@@ -145,6 +167,24 @@ fn secret(key: String, value: &str) -> Result<Secret, ConfigError> {
         None if value.is_empty() => Err(invalid(key, "must not be empty")),
         None => Ok(Secret(value.to_string())),
     }
+}
+
+/// Per-minute limits as GCRAs with a minute's burst.
+fn budget(at: &str, tokens: Option<u64>, requests: Option<u64>) -> Result<Budget, ConfigError> {
+    let per_minute = |field: &str, n: Option<u64>| -> Result<Option<RateLimit>, ConfigError> {
+        let Some(n) = n else { return Ok(None) };
+        if n == 0 || n > 1_000_000_000 {
+            return Err(invalid(format!("{at}.{field}"), "from 1 to 1000000000"));
+        }
+        let burst = u32::try_from(n - 1).unwrap_or(u32::MAX);
+        RateLimit::new(n as f64 / 60.0, burst, LimitKey::Route)
+            .map(Some)
+            .map_err(|reason| invalid(format!("{at}.{field}"), reason))
+    };
+    Ok(Budget {
+        tokens: per_minute("tokens_per_minute", tokens)?,
+        requests: per_minute("requests_per_minute", requests)?,
+    })
 }
 
 pub(super) fn validate_ai(
@@ -221,7 +261,15 @@ pub(super) fn validate_ai(
                 model: t.model.clone(),
             });
         }
-        models.push((name.clone(), targets));
+        models.push(Model {
+            name: name.clone(),
+            targets,
+            limits: budget(
+                &key(&format!("models.{name}")),
+                m.tokens_per_minute,
+                m.requests_per_minute,
+            )?,
+        });
     }
     if models.is_empty() {
         return Err(invalid(
@@ -240,6 +288,11 @@ pub(super) fn validate_ai(
         consumers.push(Consumer {
             name: c.name.clone(),
             key: secret(key(&format!("consumers[{j}].key")), &c.key)?,
+            limits: budget(
+                &key(&format!("consumers[{j}]")),
+                c.tokens_per_minute,
+                c.requests_per_minute,
+            )?,
         });
     }
     let positive = |field: &str, d: Option<&ConfigDuration>, default: u64| {

@@ -36,7 +36,7 @@ pub(super) fn validate_route(
                 )
             })?,
         // An AI route's groups are its providers': the first model's first.
-        (None, Some(ai)) => ai.providers[ai.models[0].1[0].provider].upstream,
+        (None, Some(ai)) => ai.providers[ai.models[0].targets[0].provider].upstream,
         (None, None) => {
             return Err(invalid(
                 key("upstream"),

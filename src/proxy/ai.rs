@@ -21,11 +21,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::io::{Read, Stream};
 use super::{Answered, Client, Next};
 use crate::ai::{anthropic, openai, sse};
-use crate::config::ai::{AiRoute, Provider, ProviderKind, Target};
+use crate::config::ai::{AiRoute, Budget, Model, Provider, ProviderKind, Target};
 use crate::http::chunked::{ChunkedDecoder, Output};
 use crate::http::request::header_slots;
 use crate::http::response::parse_response;
 use crate::http::{BodyFraming, Method};
+use crate::route::rate_limit::{Key, Outcome, RateLimit};
 use crate::worker::context::WorkerCtx;
 
 /// The OpenAI-compatible operations an AI route answers.
@@ -94,23 +95,33 @@ pub(super) async fn run(
         let data: Vec<serde_json::Value> = ai
             .models
             .iter()
-            .map(|(name, _)| serde_json::json!({"id": name, "object": "model", "owned_by": "ringgate"}))
+            .map(|m| serde_json::json!({"id": m.name, "object": "model", "owned_by": "ringgate"}))
             .collect();
         let body = serde_json::json!({"object": "list", "data": data}).to_string();
         return json(ctx, client, out, 200, body.as_bytes(), keep).await;
     }
+    let started = Instant::now();
     let fields = match openai::read(&call.body) {
         Ok(f) => f,
         Err(e) => return error(ctx, client, out, 400, &e.to_string(), keep).await,
     };
-    let Some(targets) = ai.model(&fields.model) else {
+    let Some(model) = ai.model(&fields.model) else {
         let message = format!("no model named `{}` on this route", fields.model);
         return error(ctx, client, out, 404, &message, keep).await;
     };
-    let route_name = &config.routes[call.route].name;
+    let route_name = config.routes[call.route].name.clone();
+    let consumer = call.consumer.as_deref().unwrap_or("-");
+    let budgets = Budgets::of(&ai, &route_name, consumer, model);
+    // Tokens are not known before the answer: the prompt's bytes over four
+    // and the most the answer may use stand in, corrected after.
+    let estimate = (call.body.len() as u64).div_ceil(4) + fields.max_tokens.unwrap_or(0);
+    if let Err(wait) = budgets.take(ctx, estimate) {
+        let message = "over this consumer's or model's tokens or requests per minute";
+        return limited(ctx, client, out, wait, message, keep).await;
+    }
     // What the client is told if no target answers.
     let mut failed: (u16, String) = (502, "no provider could be reached".into());
-    for target in targets {
+    for target in &model.targets {
         let provider = &ai.providers[target.provider];
         // Anthropic's API is a chat API only.
         if provider.kind == ProviderKind::Anthropic && call.endpoint != Endpoint::Chat {
@@ -152,13 +163,19 @@ pub(super) async fn run(
             continue;
         }
         buf.advance(head.head_len);
-        tracing::debug!(worker = ctx.index, consumer = call.consumer.as_deref().unwrap_or("-"), model = %fields.model, provider = %provider.name, status = head.status, "AI request answered");
-        let stream_out = fields.stream && head.status == 200;
-        if stream_out {
-            return relay_stream(
+        let key = (
+            consumer.to_string(),
+            model.name.clone(),
+            provider.name.clone(),
+        );
+        if fields.stream && head.status == 200 {
+            let (next, relayed) = relay_stream(
                 ctx, client, out, keep, provider, &fields, &ai, stream, buf, &head,
             )
             .await;
+            budgets.settle(ctx, estimate, relayed.usage);
+            record(ctx, key, started, &relayed);
+            return next;
         }
         let body = match read_whole(ctx, stream, buf, head.framing, &ai).await {
             Ok(body) => body,
@@ -168,20 +185,159 @@ pub(super) async fn run(
                 continue;
             }
         };
-        let body = match (provider.kind, head.status) {
+        let (body, usage) = match (provider.kind, head.status) {
             (ProviderKind::Anthropic, 200) => match anthropic::from_message(&body, unix_now()) {
-                Ok((body, _usage)) => body,
+                Ok((body, usage)) => (body, Some(usage)),
                 Err(e) => {
                     failed = (502, format!("{}: {e}", provider.name));
                     continue;
                 }
             },
-            _ => body,
+            _ => {
+                let usage = std::str::from_utf8(&body).ok().and_then(sse::usage);
+                (body, usage)
+            }
         };
+        tracing::debug!(worker = ctx.index, consumer, model = %model.name, provider = %provider.name, status = head.status, "AI request answered");
+        budgets.settle(ctx, estimate, usage);
+        let relayed = Relayed {
+            usage,
+            first_byte: Some(Instant::now()),
+            ended: Instant::now(),
+            broken: head.status >= 400,
+        };
+        record(ctx, key, started, &relayed);
         return json(ctx, client, out, head.status, &body, keep).await;
     }
+    budgets.settle(ctx, estimate, Some(sse::Usage::default()));
+    let key = (consumer.to_string(), model.name.clone(), "-".to_string());
+    let relayed = Relayed {
+        usage: None,
+        first_byte: None,
+        ended: Instant::now(),
+        broken: true,
+    };
+    record(ctx, key, started, &relayed);
     let (status, message) = failed;
     error(ctx, client, out, status, &message, keep).await
+}
+
+/// How an answer went, for the usage counters.
+struct Relayed {
+    usage: Option<sse::Usage>,
+    /// When its first byte went to the client.
+    first_byte: Option<Instant>,
+    ended: Instant,
+    /// No target answered, or the stream broke.
+    broken: bool,
+}
+
+fn record(ctx: &WorkerCtx, key: (String, String, String), started: Instant, relayed: &Relayed) {
+    let mut usage = ctx.ai_usage.borrow_mut();
+    let c = usage.entry(key).or_default();
+    c.requests += 1;
+    c.errors += u64::from(relayed.broken);
+    if let Some(u) = relayed.usage {
+        c.prompt_tokens += u.prompt;
+        c.completion_tokens += u.completion;
+    }
+    if let Some(first) = relayed.first_byte {
+        c.first_byte_us += first.saturating_duration_since(started).as_micros() as u64;
+        c.generation_us += relayed.ended.saturating_duration_since(first).as_micros() as u64;
+    }
+}
+
+/// The per-minute limits a request counts against: its consumer's and its
+/// model's, requests and tokens, on the node's rate-limit table.
+struct Budgets<'a> {
+    /// (name in the table, key, limit, tokens or requests)
+    limits: Vec<(String, &'a [u8], &'a RateLimit, bool)>,
+}
+
+impl<'a> Budgets<'a> {
+    fn of(ai: &'a AiRoute, route: &str, consumer: &'a str, model: &'a Model) -> Budgets<'a> {
+        let mut limits = Vec::new();
+        let mut add = |scope: &str, key: &'a str, budget: &'a Budget| {
+            if let Some(l) = &budget.requests {
+                limits.push((
+                    format!("{route}/ai-requests/{scope}"),
+                    key.as_bytes(),
+                    l,
+                    false,
+                ));
+            }
+            if let Some(l) = &budget.tokens {
+                limits.push((
+                    format!("{route}/ai-tokens/{scope}"),
+                    key.as_bytes(),
+                    l,
+                    true,
+                ));
+            }
+        };
+        if let Some(c) = ai.consumers.iter().find(|c| c.name == consumer) {
+            add("consumer", consumer, &c.limits);
+        }
+        add("model", &model.name, &model.limits);
+        Budgets { limits }
+    }
+
+    /// Takes a request and `estimate` tokens from every limit, or none
+    /// (the time until the refusing one admits again).
+    fn take(&self, ctx: &WorkerCtx, estimate: u64) -> Result<(), Duration> {
+        let Some(table) = ctx.limiter.metered() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        for (i, (name, key, limit, tokens)) in self.limits.iter().enumerate() {
+            let cost = if *tokens { estimate.max(1) } else { 1 };
+            if let Outcome::Refused { retry_after } =
+                table.acquire_cost(name, Key::Named(key), limit, cost, now)
+            {
+                // Give back what the others took.
+                for (name, key, limit, tokens) in &self.limits[..i] {
+                    let cost = if *tokens { estimate.max(1) } else { 1 };
+                    table.adjust(name, Key::Named(key), limit, -(cost as i64), now);
+                }
+                return Err(retry_after);
+            }
+        }
+        Ok(())
+    }
+
+    /// Corrects the token limits from the estimate to what was used
+    /// (nothing known: the estimate stands).
+    fn settle(&self, ctx: &WorkerCtx, estimate: u64, used: Option<sse::Usage>) {
+        let (Some(table), Some(used)) = (ctx.limiter.metered(), used) else {
+            return;
+        };
+        let delta = (used.prompt + used.completion) as i64 - estimate.max(1) as i64;
+        let now = Instant::now();
+        for (name, key, limit, tokens) in &self.limits {
+            if *tokens {
+                table.adjust(name, Key::Named(key), limit, delta, now);
+            }
+        }
+    }
+}
+
+/// A 429 of the gateway's, with `Retry-After`.
+async fn limited(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    mut out: Vec<u8>,
+    wait: Duration,
+    message: &str,
+    keep: bool,
+) -> Next {
+    out.clear();
+    let secs = wait.as_micros().div_ceil(1_000_000).max(1);
+    out.extend_from_slice(
+        format!("HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: {secs}\r\n").as_bytes(),
+    );
+    let body =
+        serde_json::json!({"error": {"message": message, "type": "rate_limit_error"}}).to_string();
+    client.reply_whole(ctx, out, body.as_bytes(), keep).await
 }
 
 fn unix_now() -> u64 {
@@ -403,7 +559,7 @@ async fn read_whole(
 async fn relay_stream(
     ctx: &WorkerCtx,
     client: &mut Client,
-    mut out: Vec<u8>,
+    out: Vec<u8>,
     keep: bool,
     provider: &Provider,
     fields: &openai::Fields,
@@ -411,6 +567,47 @@ async fn relay_stream(
     mut stream: Stream,
     mut buf: BytesMut,
     head: &Head,
+) -> (Next, Relayed) {
+    let mut relayed = Relayed {
+        usage: None,
+        first_byte: None,
+        ended: Instant::now(),
+        broken: false,
+    };
+    let next = relay_events(
+        ctx,
+        client,
+        out,
+        keep,
+        provider,
+        fields,
+        ai,
+        &mut stream,
+        &mut buf,
+        head,
+        &mut relayed,
+    )
+    .await;
+    relayed.ended = Instant::now();
+    if relayed.usage.is_none() && provider.kind == ProviderKind::Anthropic {
+        relayed.broken = true;
+    }
+    (next, relayed)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_events(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    mut out: Vec<u8>,
+    keep: bool,
+    provider: &Provider,
+    fields: &openai::Fields,
+    ai: &AiRoute,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    head: &Head,
+    relayed: &mut Relayed,
 ) -> Next {
     out.clear();
     out.extend_from_slice(
@@ -433,30 +630,44 @@ async fn relay_stream(
     let mut plain = Vec::new();
     loop {
         plain.clear();
-        let done = match take_body(&mut buf, head.framing, &mut decoder, &mut got, &mut plain) {
+        let done = match take_body(buf, head.framing, &mut decoder, &mut got, &mut plain) {
             Ok(done) => done,
-            Err(_) => return client.abandon_reply(ctx),
+            Err(_) => {
+                relayed.broken = true;
+                return client.abandon_reply(ctx);
+            }
         };
         let events = match framer.push(&plain) {
             Ok(events) => events,
-            Err(_) => return client.abandon_reply(ctx),
+            Err(_) => {
+                relayed.broken = true;
+                return client.abandon_reply(ctx);
+            }
         };
         for event in events {
             let pieces = match provider.kind {
                 ProviderKind::OpenAi => {
+                    if let Some(usage) = sse::usage(&event.data) {
+                        relayed.usage = Some(usage);
+                    }
                     if !fields.include_usage && sse::is_usage_only(&event.data) {
                         continue;
                     }
                     vec![event.raw]
                 }
                 ProviderKind::Anthropic => {
-                    match translator.event(event.name.as_deref(), &event.data) {
+                    let pieces = match translator.event(event.name.as_deref(), &event.data) {
                         Ok(pieces) => pieces,
                         Err(_) => continue,
+                    };
+                    if event.name.as_deref() == Some("message_stop") {
+                        relayed.usage = Some(translator.usage);
                     }
+                    pieces
                 }
             };
             for piece in pieces {
+                relayed.first_byte.get_or_insert_with(Instant::now);
                 // The client left: dropping the provider's connection
                 // cancels its work.
                 if client.send_body(ctx, &piece).await.is_err() {
@@ -468,7 +679,7 @@ async fn relay_stream(
             return client.end_reply(ctx).await;
         }
         match stream
-            .read_some(&mut buf, ctx.per_core.upstream_buffer_size, ai.idle_timeout)
+            .read_some(buf, ctx.per_core.upstream_buffer_size, ai.idle_timeout)
             .await
         {
             Read::Data(_) => {}
@@ -476,7 +687,10 @@ async fn relay_stream(
                 return client.end_reply(ctx).await
             }
             // Cut short or stalled: only closing tells the client.
-            _ => return client.abandon_reply(ctx),
+            _ => {
+                relayed.broken = true;
+                return client.abandon_reply(ctx);
+            }
         }
     }
 }

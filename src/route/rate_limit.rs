@@ -235,6 +235,29 @@ pub enum Key<'a> {
 pub trait Limiter: Send + Sync {
     /// One request of `key` on route `route` under `limit`.
     fn acquire(&self, route: &str, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome;
+
+    /// The same table counting costs (tokens), where it can.
+    fn metered(&self) -> Option<&dyn Metered> {
+        None
+    }
+}
+
+/// A limit counted in units other than requests (tokens): a cost taken at
+/// once, and corrected once the real cost is known. The node's table only.
+pub trait Metered {
+    /// `cost` units of `key` (at most the burst's worth counts).
+    fn acquire_cost(
+        &self,
+        route: &str,
+        key: Key<'_>,
+        limit: &RateLimit,
+        cost: u64,
+        now: Instant,
+    ) -> Outcome;
+
+    /// Charges `delta` more units (fewer when negative) to `key` after the
+    /// fact, never refusing: a key may end in debt, refused until it is paid.
+    fn adjust(&self, route: &str, key: Key<'_>, limit: &RateLimit, delta: i64, now: Instant);
 }
 
 /// The node's shared table of GCRA cells.
@@ -309,34 +332,92 @@ pub fn key_hash(seed: &RandomState, route: &str, key: Key<'_>) -> u64 {
 
 impl Limiter for NodeTable {
     fn acquire(&self, route: &str, key: Key<'_>, limit: &RateLimit, now: Instant) -> Outcome {
+        self.acquire_cost(route, key, limit, 1, now)
+    }
+
+    fn metered(&self) -> Option<&dyn Metered> {
+        Some(self)
+    }
+}
+
+impl NodeTable {
+    /// The cell `key` holds, or a free one it may take; its fingerprint.
+    fn find(&self, route: &str, key: Key<'_>, now: u64) -> (Option<usize>, u64, bool) {
         let hash = key_hash(&self.hasher, route, key);
         // 24 bits, never 0.
         let fingerprint = (hash >> 40).max(1);
         let mask = self.cells.len() - 1;
         let start = hash as usize & mask;
-        let now = self.clock(now);
         let mut free = None;
         for probe in 0..PROBES {
             let i = (start + probe) & mask;
             let cell = self.cells[i].load(Ordering::Acquire);
             if cell != 0 && fingerprint_of(cell) == fingerprint {
-                return self.update(i, fingerprint, limit, now);
+                return (Some(i), fingerprint, true);
             }
             if free.is_none() && (cell == 0 || Self::ahead(cell, now) == 0) {
                 free = Some(i);
             }
         }
-        match free {
-            Some(i) => self.update(i, fingerprint, limit, now),
-            None => Outcome::TableFull,
+        (free, fingerprint, false)
+    }
+}
+
+impl Metered for NodeTable {
+    fn acquire_cost(
+        &self,
+        route: &str,
+        key: Key<'_>,
+        limit: &RateLimit,
+        cost: u64,
+        now: Instant,
+    ) -> Outcome {
+        let now = self.clock(now);
+        match self.find(route, key, now) {
+            (Some(i), fingerprint, _) => self.update(i, fingerprint, limit, now, cost),
+            (None, ..) => Outcome::TableFull,
+        }
+    }
+
+    fn adjust(&self, route: &str, key: Key<'_>, limit: &RateLimit, delta: i64, now: Instant) {
+        let now = self.clock(now);
+        let (Some(i), fingerprint, _) = self.find(route, key, now) else {
+            return;
+        };
+        let cell = &self.cells[i];
+        let mut current = cell.load(Ordering::Acquire);
+        loop {
+            let ours = current != 0 && fingerprint_of(current) == fingerprint;
+            let ahead = if ours { Self::ahead(current, now) } else { 0 };
+            if !ours && current != 0 && Self::ahead(current, now) > 0 {
+                return;
+            }
+            let moved = delta.saturating_mul(limit.interval_us as i64);
+            let ahead = (ahead as i64)
+                .saturating_add(moved)
+                .clamp(0, MAX_WINDOW.as_micros() as i64) as u64;
+            let new = pack(fingerprint, now + ahead);
+            match cell.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
         }
     }
 }
 
 impl NodeTable {
     /// GCRA on cell `i` for the key `fingerprint`, which holds it or may
-    /// take it over (free, or another key's that has expired).
-    fn update(&self, i: usize, fingerprint: u64, limit: &RateLimit, now: u64) -> Outcome {
+    /// take it over (free, or another key's that has expired), for `cost`
+    /// units (at most the burst's worth).
+    fn update(
+        &self,
+        i: usize,
+        fingerprint: u64,
+        limit: &RateLimit,
+        now: u64,
+        cost: u64,
+    ) -> Outcome {
+        let cost = cost.clamp(1, u64::from(limit.burst) + 1);
         let cell = &self.cells[i];
         let mut current = cell.load(Ordering::Acquire);
         loop {
@@ -348,7 +429,7 @@ impl NodeTable {
             }
             let ahead = if ours { ahead } else { 0 };
             // Admitted while the new arrival time stays within the window.
-            let next = ahead + limit.interval_us;
+            let next = ahead + cost * limit.interval_us;
             if next > limit.window_us() {
                 let wait = next - limit.window_us();
                 return Outcome::Refused {
@@ -483,6 +564,28 @@ mod tests {
         let old = pack(1, now.wrapping_sub(13 * 86_400 * 1_000_000) & TIME_MASK);
         assert_eq!(NodeTable::ahead(old, now), 0);
         assert_eq!(NodeTable::ahead(pack(1, now + 500), now), 500);
+    }
+
+    #[test]
+    fn a_cost_is_taken_at_once_and_corrected_after() {
+        let t = NodeTable::new(64);
+        // 100 per minute, a minute's burst.
+        let l = limit(100.0 / 60.0, 99);
+        let t0 = Instant::now();
+        let take = |cost| t.acquire_cost("r", Key::Named(b"k"), &l, cost, t0);
+        assert!(admitted(take(60)));
+        assert!(!admitted(take(41)), "60 + 41 is over 100");
+        // Only 10 were used: 50 given back.
+        t.adjust("r", Key::Named(b"k"), &l, -50, t0);
+        assert!(admitted(take(90)));
+        // 30 more used than taken: in debt, refused until it is paid.
+        t.adjust("r", Key::Named(b"k"), &l, 30, t0);
+        match take(1) {
+            Outcome::Refused { retry_after } => {
+                assert!(retry_after > Duration::from_secs(18), "{retry_after:?}")
+            }
+            o => panic!("{o:?}"),
+        }
     }
 
     #[test]

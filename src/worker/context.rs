@@ -114,6 +114,8 @@ pub struct WorkerShared {
     /// AI route targets benched until a time (a provider's 429 or 503
     /// `Retry-After`), by route, provider and model.
     pub ai_bench: std::cell::RefCell<std::collections::HashMap<String, std::time::Instant>>,
+    /// AI routes' usage on this worker.
+    pub ai_usage: std::cell::RefCell<crate::ai::Usage>,
     /// `X-Request-Id`s this worker made, and their random prefix.
     pub request_ids: Cell<u64>,
     pub request_id_prefix: u64,
@@ -192,6 +194,7 @@ impl WorkerCtx {
             sockets: Arc::default(),
             log: None,
             ai_bench: Default::default(),
+            ai_usage: Default::default(),
             cluster: None,
             request_ids: Cell::new(0),
             request_id_prefix: {
@@ -359,6 +362,17 @@ impl WorkerCtx {
             "tunnels": s.tunnels_snapshot(),
             "h2_resets": s.h2_resets_snapshot(),
             "servers": upstreams.server_snapshot(std::time::Instant::now()),
+            "ai": self.ai_usage.borrow().iter().map(|((consumer, model, provider), c)| serde_json::json!({
+                "consumer": consumer,
+                "model": model,
+                "provider": provider,
+                "requests": c.requests,
+                "errors": c.errors,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "first_byte_us": c.first_byte_us,
+                "generation_us": c.generation_us,
+            })).collect::<Vec<_>>(),
         });
         for (counter, name) in Counter::ALL {
             v[name] = s.get(counter).into();
