@@ -31,6 +31,17 @@ fn gateway_with(
     models: &str,
     admin: bool,
 ) -> ringgate::Handle {
+    gateway_workers(provider, consumers, models, admin, 1)
+}
+
+/// The same on `workers` workers.
+fn gateway_workers(
+    provider: &Provider,
+    consumers: &str,
+    models: &str,
+    admin: bool,
+    workers: usize,
+) -> ringgate::Handle {
     let dead = free_port();
     let admin = match admin {
         true => "listen = \"127.0.0.1:0\"",
@@ -41,7 +52,7 @@ fn gateway_with(
 [[listeners]]
 address = "127.0.0.1:0"
 [workers]
-count = 1
+count = {workers}
 pin = false
 [admin]
 {admin}
@@ -72,7 +83,12 @@ upstream = "dead"
 }
 
 fn chat(gw: &ringgate::Handle, key: &str, body: &str) -> Response {
-    Client::connect(gw.listen_addr()).request(
+    chat_on(&mut Client::connect(gw.listen_addr()), key, body)
+}
+
+/// On a connection of the caller's (one worker).
+fn chat_on(c: &mut Client, key: &str, body: &str) -> Response {
+    c.request(
         format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -386,4 +402,95 @@ requests_per_minute = 3"#,
         "14"
     );
     assert_eq!(line("ringgate_ai_errors_total", "team-b", "fast"), "0");
+}
+
+#[test]
+fn the_completion_cache_answers_identical_requests_and_coalesces_concurrent_ones() {
+    let provider = Provider::start();
+    let gw = gateway_workers(
+        &provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "small-1" }]
+cache_ttl = "60s"
+[routes.ai.models.slowly]
+targets = [{ provider = "p1", model = "slow" }]
+cache_ttl = "60s""#,
+        false,
+        2,
+    );
+    // One connection, one worker: what it stored is in its shard (the
+    // other worker gets it offered).
+    let mut c = Client::connect(gw.listen_addr());
+    let first = chat_on(
+        &mut c,
+        "ck-1",
+        r#"{"model":"fast","temperature":0,"messages":[{"role":"user","content":"same"}]}"#,
+    );
+    assert_eq!(first.status, 200);
+    // The same request spelled otherwise: from the cache, no provider call.
+    let again = chat_on(
+        &mut c,
+        "ck-1",
+        r#"{ "messages" : [ {"content":"same", "role":"user"} ], "temperature": 0, "model": "fast" }"#,
+    );
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("cache-status"), Some("ringgate; hit"));
+    assert_eq!(json_of(&again)["choices"], json_of(&first)["choices"]);
+    assert_eq!(provider.seen().len(), 1);
+    // Streamed: the stored completion replayed as chunks.
+    let stream = r#"{"model":"fast","temperature":0,"stream":true,"messages":[{"role":"user","content":"same"}]}"#;
+    let (status, events) = read_events(&mut stream_request(&gw, stream));
+    assert_eq!(status, 200);
+    let text: String = events
+        .iter()
+        .filter_map(|(_, e)| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "echo:same");
+    assert_eq!(provider.seen().len(), 1);
+    // Another temperature, or other messages: the provider again.
+    let warm = chat(
+        &gw,
+        "ck-1",
+        r#"{"model":"fast","temperature":0.7,"messages":[{"role":"user","content":"same"}]}"#,
+    );
+    assert_eq!(warm.status, 200);
+    assert!(warm.header("cache-status").is_none());
+    assert_eq!(provider.seen().len(), 2);
+
+    // Twenty identical requests at once, over both workers: one provider call.
+    let addr = gw.listen_addr();
+    let body =
+        r#"{"model":"slowly","temperature":0,"messages":[{"role":"user","content":"together"}]}"#;
+    let answers: Vec<String> = (0..20)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let r = Client::connect(addr).request(
+                    format!(
+                        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ck-1\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                assert_eq!(r.status, 200, "{}", r.text());
+                let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+                v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert!(answers.iter().all(|a| a == "echo:together"), "{answers:?}");
+    assert_eq!(
+        provider.models().iter().filter(|m| *m == "slow").count(),
+        1,
+        "coalesced into one call"
+    );
 }

@@ -56,6 +56,10 @@ pub struct RawModel {
     pub targets: Vec<RawTarget>,
     pub tokens_per_minute: Option<u64>,
     pub requests_per_minute: Option<u64>,
+    /// Completions kept this long (none: not cached).
+    pub cache_ttl: Option<ConfigDuration>,
+    /// Cache completions whatever their temperature (default: only 0).
+    pub cache_any_temperature: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +131,17 @@ pub struct Model {
     pub targets: Vec<Target>,
     /// For every consumer together.
     pub limits: Budget,
+    /// The completion cache, when on for this model.
+    pub cache: Option<CompletionCache>,
+}
+
+/// `cache_ttl` and `cache_any_temperature` of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompletionCache {
+    pub ttl: Duration,
+    /// Without it, only requests with `temperature` 0 are answered from or
+    /// stored in the cache.
+    pub any_temperature: bool,
 }
 
 /// A validated `[routes.ai]`.
@@ -261,8 +276,28 @@ pub(super) fn validate_ai(
                 model: t.model.clone(),
             });
         }
+        let cache = match m.cache_ttl {
+            None if m.cache_any_temperature.is_some() => {
+                return Err(invalid(
+                    key(&format!("models.{name}.cache_any_temperature")),
+                    "only with cache_ttl",
+                ))
+            }
+            None => None,
+            Some(ttl) if ttl.0 < Duration::from_secs(1) => {
+                return Err(invalid(
+                    key(&format!("models.{name}.cache_ttl")),
+                    "at least 1s",
+                ))
+            }
+            Some(ttl) => Some(CompletionCache {
+                ttl: ttl.0,
+                any_temperature: m.cache_any_temperature.unwrap_or(false),
+            }),
+        };
         models.push(Model {
             name: name.clone(),
+            cache,
             targets,
             limits: budget(
                 &key(&format!("models.{name}")),

@@ -532,6 +532,16 @@ pub const DEFAULT_REQUEST_BUFFERING: u64 = 64 * 1024;
 pub const MAX_REQUEST_BUFFERING: u64 = 64 << 20;
 
 impl RouteConfig {
+    /// The route stores responses: HTTP ones (`[routes.cache]`) or AI
+    /// completions (a model's `cache_ttl`).
+    pub fn caches(&self) -> bool {
+        self.cache.is_some()
+            || self
+                .ai
+                .as_ref()
+                .is_some_and(|ai| ai.models.iter().any(|m| m.cache.is_some()))
+    }
+
     /// A route matching every request, sending it to `upstream` unchanged:
     /// no cache, retries, auth, header edits or timeouts of its own. The
     /// starting point for routes built in code.

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::ai_cache;
 use super::io::{Read, Stream};
 use super::{Answered, Client, Next};
 use crate::ai::{anthropic, openai, sse};
@@ -111,6 +112,50 @@ pub(super) async fn run(
     };
     let route_name = config.routes[call.route].name.clone();
     let consumer = call.consumer.as_deref().unwrap_or("-");
+    // The completion cache: a stored answer, or the one fetch of it that
+    // identical requests in flight (on every worker) wait for.
+    let cache_key = ai_cache::key(&route_name, model, &fields, &call.body);
+    let mut coalescing = super::Coalescing::default();
+    if let (Some(key), Some(cache)) = (&cache_key, &ctx.cache) {
+        let wait = ai.first_byte_timeout + ai.idle_timeout;
+        let hit = match ai_cache::lookup(ctx, key) {
+            Some(hit) => Some(hit),
+            None => match cache.coalescer.join(key) {
+                crate::cache::coalesce::Join::Leader(guard) => {
+                    coalescing.leader = Some(guard);
+                    match super::coalescing::claim_key(ctx, key) {
+                        super::coalescing::CrossCore::Fetch(claim) => {
+                            coalescing.claim = claim;
+                            None
+                        }
+                        super::coalescing::CrossCore::Wait => {
+                            super::coalescing::wait_for_key(ctx, key, wait).await;
+                            ai_cache::lookup(ctx, key)
+                        }
+                    }
+                }
+                crate::cache::coalesce::Join::Follower(flight) => {
+                    let _ = monoio::time::timeout(wait, flight.finished()).await;
+                    ai_cache::lookup(ctx, key)
+                }
+            },
+        };
+        if let Some(hit) = hit {
+            let key = (
+                consumer.to_string(),
+                model.name.clone(),
+                "cache".to_string(),
+            );
+            let relayed = Relayed {
+                usage: None,
+                first_byte: Some(Instant::now()),
+                ended: Instant::now(),
+                broken: false,
+            };
+            record(ctx, key, started, &relayed);
+            return cached(ctx, client, out, &hit.body, &fields, keep).await;
+        }
+    }
     let budgets = Budgets::of(&ai, &route_name, consumer, model);
     // Tokens are not known before the answer: the prompt's bytes over four
     // and the most the answer may use stand in, corrected after.
@@ -169,12 +214,29 @@ pub(super) async fn run(
             provider.name.clone(),
         );
         if fields.stream && head.status == 200 {
+            let mut assembler = cache_key.as_ref().map(|_| ai_cache::Assembler::default());
             let (next, relayed) = relay_stream(
-                ctx, client, out, keep, provider, &fields, &ai, stream, buf, &head,
+                ctx,
+                client,
+                out,
+                keep,
+                provider,
+                &fields,
+                &ai,
+                stream,
+                buf,
+                &head,
+                assembler.as_mut(),
             )
             .await;
             budgets.settle(ctx, estimate, relayed.usage);
+            if let (Some(key), Some(assembled), false) = (&cache_key, &assembler, relayed.broken) {
+                if let Some(completion) = assembled.completion(relayed.usage) {
+                    ai_cache::store(ctx, key, model, completion);
+                }
+            }
             record(ctx, key, started, &relayed);
+            drop(coalescing);
             return next;
         }
         let body = match read_whole(ctx, stream, buf, head.framing, &ai).await {
@@ -200,6 +262,10 @@ pub(super) async fn run(
         };
         tracing::debug!(worker = ctx.index, consumer, model = %model.name, provider = %provider.name, status = head.status, "AI request answered");
         budgets.settle(ctx, estimate, usage);
+        if let (Some(key), 200) = (&cache_key, head.status) {
+            ai_cache::store(ctx, key, model, body.clone());
+        }
+        drop(coalescing);
         let relayed = Relayed {
             usage,
             first_byte: Some(Instant::now()),
@@ -567,6 +633,7 @@ async fn relay_stream(
     mut stream: Stream,
     mut buf: BytesMut,
     head: &Head,
+    assembler: Option<&mut ai_cache::Assembler>,
 ) -> (Next, Relayed) {
     let mut relayed = Relayed {
         usage: None,
@@ -586,6 +653,7 @@ async fn relay_stream(
         &mut buf,
         head,
         &mut relayed,
+        assembler,
     )
     .await;
     relayed.ended = Instant::now();
@@ -608,6 +676,7 @@ async fn relay_events(
     buf: &mut BytesMut,
     head: &Head,
     relayed: &mut Relayed,
+    mut assembler: Option<&mut ai_cache::Assembler>,
 ) -> Next {
     out.clear();
     out.extend_from_slice(
@@ -668,6 +737,11 @@ async fn relay_events(
             };
             for piece in pieces {
                 relayed.first_byte.get_or_insert_with(Instant::now);
+                if let Some(assembler) = assembler.as_deref_mut() {
+                    let data = std::str::from_utf8(&piece).unwrap_or("");
+                    let data = data.trim().strip_prefix("data:").unwrap_or(data).trim();
+                    assembler.push(data);
+                }
                 // The client left: dropping the provider's connection
                 // cancels its work.
                 if client.send_body(ctx, &piece).await.is_err() {
@@ -693,6 +767,39 @@ async fn relay_events(
             }
         }
     }
+}
+
+/// A stored completion: whole, or replayed as a stream.
+async fn cached(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    mut out: Vec<u8>,
+    completion: &[u8],
+    fields: &openai::Fields,
+    keep: bool,
+) -> Next {
+    out.clear();
+    if !fields.stream {
+        out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Status: ringgate; hit\r\n",
+        );
+        return client.reply_whole(ctx, out, completion, keep).await;
+    }
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nCache-Status: ringgate; hit\r\n",
+    );
+    client.start_reply(
+        ctx,
+        out,
+        super::reply::BodyLength::Unknown { codings: None },
+        keep,
+    );
+    for event in ai_cache::replay(completion, fields.include_usage) {
+        if client.send_body(ctx, &event).await.is_err() {
+            return Next::Close;
+        }
+    }
+    client.end_reply(ctx).await
 }
 
 /// A JSON answer of the gateway's.

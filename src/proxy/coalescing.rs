@@ -43,13 +43,18 @@ pub enum CrossCore {
 
 /// Claims a cold key across workers.
 pub fn claim(ctx: &Rc<WorkerCtx>, work: &CacheWork) -> CrossCore {
+    claim_key(ctx, &work.key)
+}
+
+/// Claims any cache key across workers (an AI completion's too).
+pub fn claim_key(ctx: &Rc<WorkerCtx>, key: &[u8]) -> CrossCore {
     if !ctx.config.cache.share || ctx.bus.workers() < 2 {
         return CrossCore::Fetch(None);
     }
-    match ctx.claims.try_claim(&work.key) {
+    match ctx.claims.try_claim(key) {
         crate::cache::claims::Claim::Won(token) => CrossCore::Fetch(Some(ClaimGuard {
             ctx: ctx.clone(),
-            key: work.key.as_ref().into(),
+            key: key.into(),
             token: Some(token),
         })),
         crate::cache::claims::Claim::Taken => CrossCore::Wait,
@@ -59,10 +64,15 @@ pub fn claim(ctx: &Rc<WorkerCtx>, work: &CacheWork) -> CrossCore {
 
 /// Waits (up to the coalescing timeout) for another worker's fetch of this key.
 pub async fn wait_for_other_worker(ctx: &WorkerCtx, work: &CacheWork) {
+    wait_for_key(ctx, &work.key, coalesce_timeout(ctx, work)).await
+}
+
+/// Waits up to `limit` for another worker's fetch of `key`.
+pub async fn wait_for_key(ctx: &WorkerCtx, key: &[u8], limit: Duration) {
     let Some(cache) = &ctx.cache else { return };
     cache.count(crate::cache::CacheEvent::RemoteWait);
-    let flight = cache.coalescer.wait_remote(&work.key);
-    let _ = monoio::time::timeout(coalesce_timeout(ctx, work), flight.finished()).await;
+    let flight = cache.coalescer.wait_remote(key);
+    let _ = monoio::time::timeout(limit, flight.finished()).await;
 }
 
 /// How long a waiter for a concurrent fetch of this route waits.

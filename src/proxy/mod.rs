@@ -36,6 +36,7 @@
 //! socket and buffer.
 
 mod ai;
+mod ai_cache;
 mod answer;
 pub mod cache;
 mod coalescing;

@@ -221,7 +221,7 @@ impl WorkerCtx {
         let router = Router::new(&config.routes);
         let upstreams = RefCell::new(Upstreams::new(&config, &per_core, shared.index));
         let via_line = format!("Via: 1.1 {}\r\n", config.proxy.via_name).into_bytes();
-        let any_route_caches = config.routes.iter().any(|r| r.cache.is_some());
+        let any_route_caches = config.routes.iter().any(crate::config::RouteConfig::caches);
         let cache = (any_route_caches && per_core.cache_size > 0).then(|| {
             shared
                 .cache_store
