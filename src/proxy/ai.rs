@@ -239,7 +239,7 @@ pub(super) async fn run(
             drop(coalescing);
             return next;
         }
-        let body = match read_whole(ctx, stream, buf, head.framing, &ai).await {
+        let body = match read_whole(ctx, stream, buf, &head, &ai).await {
             Ok(body) => body,
             Err(reason) => {
                 // Nothing reached the client yet: the next target may answer.
@@ -482,6 +482,10 @@ struct Head {
     head_len: usize,
     framing: BodyFraming,
     retry_after: Option<Duration>,
+    /// The connection may carry another request after this response.
+    reusable: bool,
+    /// The provider's server it came from.
+    server: usize,
 }
 
 /// Connects to one of the provider's servers, sends the request and reads
@@ -503,16 +507,41 @@ async fn first_bytes(
             Instant::now(),
         )
         .ok_or("no healthy server")?;
-    let mut stream = crate::upstream::h1::connect(ctx, server, limit)
-        .await
-        .map_err(|e| e.to_string())?;
     let mut request = head;
     request.extend_from_slice(&body);
+    // A pooled connection first; one the server had closed (nothing came
+    // back) is replaced by a fresh one, once.
+    let mut pooled = ctx.upstreams.borrow_mut().take_connection(server);
+    loop {
+        let reused = pooled.is_some();
+        let stream = match pooled.take() {
+            Some(stream) => stream,
+            None => crate::upstream::h1::connect(ctx, server, limit)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        match exchange_head(ctx, stream, request.clone(), deadline).await {
+            Ok((stream, buf, head)) => return Ok((stream, buf, Head { server, ..head })),
+            Err((reason, nothing_back)) if reused && nothing_back => {
+                tracing::debug!(worker = ctx.index, %reason, "pooled provider connection was closed; a fresh one");
+            }
+            Err((reason, _)) => return Err(reason),
+        }
+    }
+}
+
+/// Sends the request and reads the response head; the error says whether
+/// no byte came back (a pooled connection the server had closed).
+async fn exchange_head(
+    ctx: &WorkerCtx,
+    mut stream: Stream,
+    request: Vec<u8>,
+    deadline: Instant,
+) -> Result<(Stream, BytesMut, Head), (String, bool)> {
     let left = deadline.saturating_duration_since(Instant::now());
-    stream
-        .write_all(request, left)
-        .await
-        .map_err(|_| "the request could not be sent".to_string())?;
+    if stream.write_all(request, left).await.is_err() {
+        return Err(("the request could not be sent".into(), true));
+    }
     let mut buf = BytesMut::with_capacity(ctx.per_core.upstream_buffer_size);
     loop {
         {
@@ -537,11 +566,13 @@ async fn first_bytes(
                         head_len: r.head_len,
                         framing: r.framing,
                         retry_after,
+                        reusable: r.reusable,
+                        server: 0,
                     };
                     return Ok((stream, buf, head));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(format!("bad response: {e}")),
+                Err(e) => return Err((format!("bad response: {e}"), false)),
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -550,8 +581,10 @@ async fn first_bytes(
             .await
         {
             Read::Data(_) => {}
-            Read::TimedOut => return Err("no response in time".into()),
-            Read::Eof | Read::Failed(_) => return Err("closed before a response".into()),
+            Read::TimedOut => return Err(("no response in time".into(), false)),
+            Read::Eof | Read::Failed(_) => {
+                return Err(("closed before a response".into(), buf.is_empty()))
+            }
         }
     }
 }
@@ -593,14 +626,19 @@ async fn read_whole(
     ctx: &WorkerCtx,
     mut stream: Stream,
     mut buf: BytesMut,
-    framing: BodyFraming,
+    head: &Head,
     ai: &AiRoute,
 ) -> Result<Vec<u8>, String> {
+    let framing = head.framing;
     let mut body = Vec::new();
     let mut decoder = ChunkedDecoder::new();
     let mut got = 0;
     loop {
         if take_body(&mut buf, framing, &mut decoder, &mut got, &mut body)? {
+            // Read to its end with nothing after it: the next request may use it.
+            if head.reusable && buf.is_empty() {
+                ctx.upstreams.borrow_mut().give_back(head.server, stream);
+            }
             return Ok(body);
         }
         if body.len() > MAX_RESPONSE {
