@@ -754,11 +754,15 @@ async fn relay_events(
         for event in events {
             let pieces = match provider.kind {
                 ProviderKind::OpenAi => {
-                    if let Some(usage) = sse::usage(&event.data) {
-                        relayed.usage = Some(usage);
-                    }
-                    if !fields.include_usage && sse::is_usage_only(&event.data) {
-                        continue;
+                    // Only an event naming usage is parsed: the others go
+                    // on as they came.
+                    if event.data.contains("\"usage\"") {
+                        if let Some(usage) = sse::usage(&event.data) {
+                            relayed.usage = Some(usage);
+                        }
+                        if !fields.include_usage && sse::is_usage_only(&event.data) {
+                            continue;
+                        }
                     }
                     vec![event.raw]
                 }
