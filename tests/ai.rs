@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::ai_provider::{read_events, Provider, PACE};
+use common::ai_provider::{event_json, read_events, streamed_text, Provider, PACE};
 use common::*;
 
 /// A gateway with one AI route under `/v1/`, its providers on `provider`
@@ -182,17 +182,7 @@ targets = [{ provider = "p1", model = "paced" }]"#,
     assert_eq!(status, 200);
     let data: Vec<&str> = events.iter().map(|(_, e)| e.as_str()).collect();
     assert_eq!(*data.last().unwrap(), "data: [DONE]\n\n");
-    let text: String = data
-        .iter()
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "echo:abcdefgh");
+    assert_eq!(streamed_text(&events), "echo:abcdefgh");
     // Not buffered: each event came about one provider pace after the last.
     for pair in events.windows(2) {
         let gap = pair[1].0 - pair[0].0;
@@ -307,20 +297,8 @@ targets = [{ provider = "claude", model = "claude-3-5-haiku" }]"#,
     let stream = r#"{"model":"claude","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"abcdefgh"}]}"#;
     let (status, events) = read_events(&mut stream_request(&gw, stream));
     assert_eq!(status, 200);
-    let data: Vec<serde_json::Value> = events
-        .iter()
-        .filter_map(|(_, e)| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str(d.trim()).ok())
-        .collect();
-    let text: String = data
-        .iter()
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "echo:abcdefgh");
+    let data = event_json(&events);
+    assert_eq!(streamed_text(&events), "echo:abcdefgh");
     assert!(data.iter().any(|v| v["usage"]["completion_tokens"] == 7));
     assert_eq!(events.last().unwrap().1, "data: [DONE]\n\n");
 }
@@ -442,17 +420,7 @@ cache_ttl = "60s""#,
     let stream = r#"{"model":"fast","temperature":0,"stream":true,"messages":[{"role":"user","content":"same"}]}"#;
     let (status, events) = read_events(&mut stream_request(&gw, stream));
     assert_eq!(status, 200);
-    let text: String = events
-        .iter()
-        .filter_map(|(_, e)| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "echo:same");
+    assert_eq!(streamed_text(&events), "echo:same");
     assert_eq!(provider.seen().len(), 1);
     // Another temperature, or other messages: the provider again.
     let warm = chat(

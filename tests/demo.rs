@@ -7,15 +7,20 @@ use common::*;
 use ringgate::config::{self, Config};
 use ringgate::demo::DemoOrigin;
 
-#[test]
-fn demo_catalogue_through_the_shipped_config() {
+/// The shipped config on a free port, in front of a demo origin of its own.
+fn demo() -> (DemoOrigin, ringgate::Handle) {
     let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut config = Config::parse(config::SHIPPED_CONFIG).unwrap();
     config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
     config.upstreams[0].servers[0].address = origin.addr();
     config.workers.count = Some(1);
     config.admin = None;
-    let gw = start(config);
+    (origin, start(config))
+}
+
+#[test]
+fn demo_catalogue_through_the_shipped_config() {
+    let (_origin, gw) = demo();
     let mut c = Client::connect(gw.listen_addr());
 
     let list = c.request(b"GET /products HTTP/1.1\r\nHost: demo\r\n\r\n");
@@ -53,13 +58,7 @@ fn demo_catalogue_through_the_shipped_config() {
 
 #[test]
 fn the_demo_answers_an_openai_chat_request_through_the_ai_route() {
-    let origin = DemoOrigin::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    let mut config = Config::parse(config::SHIPPED_CONFIG).unwrap();
-    config.listeners[0].address = "127.0.0.1:0".parse().unwrap();
-    config.upstreams[0].servers[0].address = origin.addr();
-    config.workers.count = Some(1);
-    config.admin = None;
-    let gw = start(config);
+    let (_origin, gw) = demo();
     let chat = |body: &str| {
         Client::connect(gw.listen_addr()).request(
             format!(
@@ -94,16 +93,9 @@ fn the_demo_answers_an_openai_chat_request_through_the_ai_route() {
     .unwrap();
     let (status, events) = common::ai_provider::read_events(&mut s);
     assert_eq!(status, 200);
-    let text: String = events
-        .iter()
-        .filter_map(|(_, e)| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "You said: Hello there");
+    assert_eq!(
+        common::ai_provider::streamed_text(&events),
+        "You said: Hello there"
+    );
     assert_eq!(events.last().unwrap().1, "data: [DONE]\n\n");
 }

@@ -272,3 +272,24 @@ pub fn read_events(stream: &mut TcpStream) -> (u16, Vec<(Instant, String)>) {
     }
     (status, events)
 }
+
+/// The JSON of each `data:` event (`[DONE]` and the like left out).
+pub fn event_json(events: &[(Instant, String)]) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .filter_map(|(_, e)| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+/// The text a chat stream's chunks carry, joined.
+pub fn streamed_text(events: &[(Instant, String)]) -> String {
+    event_json(events)
+        .iter()
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
