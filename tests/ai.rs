@@ -42,6 +42,17 @@ fn gateway_workers(
     admin: bool,
     workers: usize,
 ) -> ringgate::Handle {
+    let text = config_text(provider, consumers, models, admin, workers);
+    start(ringgate::Config::parse(&text).unwrap())
+}
+
+fn config_text(
+    provider: &Provider,
+    consumers: &str,
+    models: &str,
+    admin: bool,
+    workers: usize,
+) -> String {
     let dead = free_port();
     let admin = match admin {
         true => "listen = \"127.0.0.1:0\"",
@@ -79,7 +90,7 @@ upstream = "dead"
 "#,
         addr = provider.addr
     );
-    start(ringgate::Config::parse(&text).unwrap())
+    text
 }
 
 fn chat(gw: &ringgate::Handle, key: &str, body: &str) -> Response {
@@ -460,5 +471,40 @@ cache_ttl = "60s""#,
         provider.models().iter().filter(|m| *m == "slow").count(),
         1,
         "coalesced into one call"
+    );
+}
+
+#[test]
+fn the_access_log_says_who_asked_which_model_which_provider_answered_and_the_tokens() {
+    let provider = Provider::start();
+    let path = fresh_path("ai.log");
+    let text = config_text(
+        &provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "small-1" }]"#,
+        false,
+        1,
+    ) + &format!(
+        "[access_log]\nenabled = true\npath = {:?}\nformat = \"json\"\nflush = \"10ms\"\n",
+        path.to_str().unwrap()
+    );
+    let gw = start(ringgate::Config::parse(&text).unwrap());
+    assert_eq!(chat(&gw, "ck-1", HELLO).status, 200);
+    let mut line = String::new();
+    wait_until(Duration::from_secs(10), "the access log line", || {
+        line = std::fs::read_to_string(&path).unwrap_or_default();
+        !line.is_empty()
+    });
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["ai"]["consumer"], "team-a");
+    assert_eq!(v["ai"]["model"], "fast");
+    assert_eq!(v["ai"]["provider"], "p1");
+    assert_eq!(v["ai"]["prompt_tokens"], 5);
+    assert_eq!(v["ai"]["completion_tokens"], 7);
+    assert!(
+        !line.contains("ck-1") && !line.contains("pk-secret"),
+        "{line}"
     );
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::{AccessLogConfig, LogTarget};
-pub use record::{CacheStatus, Record, TlsInfo};
+pub use record::{AiLine, CacheStatus, Record, TlsInfo};
 
 enum Message {
     Lines(Vec<u8>),

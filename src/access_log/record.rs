@@ -74,6 +74,19 @@ pub struct Record {
     pub upstream_connect: Option<Duration>,
     pub upstream_head: Option<Duration>,
     pub cache: CacheStatus,
+    /// An AI route's request: who, which model, which provider, tokens.
+    pub ai: Option<Box<AiLine>>,
+}
+
+/// What the access log says of an AI route's request (JSON format only).
+#[derive(Debug, Default, Clone)]
+pub struct AiLine {
+    pub consumer: String,
+    pub model: String,
+    /// `cache` when the completion cache answered; `-` when no target did.
+    pub provider: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
 }
 
 impl Record {
@@ -104,6 +117,7 @@ impl Record {
         self.upstream_connect = None;
         self.upstream_head = None;
         self.cache = CacheStatus::None;
+        self.ai = None;
     }
 
     /// What the request's head says: method, target as sent, protocol,
@@ -223,6 +237,18 @@ impl Record {
         string(out, "request_id", &self.request_id);
         string(out, "user_agent", &self.user_agent);
         string(out, "referer", &self.referer);
+        if let Some(ai) = &self.ai {
+            out.extend_from_slice(b",\"ai\":{");
+            // The first member written opens with a comma: drop it.
+            let start = out.len();
+            string(out, "consumer", ai.consumer.as_bytes());
+            out.remove(start);
+            string(out, "model", ai.model.as_bytes());
+            string(out, "provider", ai.provider.as_bytes());
+            number(out, "prompt_tokens", ai.prompt_tokens);
+            number(out, "completion_tokens", ai.completion_tokens);
+            out.push(b'}');
+        }
         out.push(b'}');
     }
 }

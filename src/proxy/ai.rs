@@ -152,7 +152,7 @@ pub(super) async fn run(
                 ended: Instant::now(),
                 broken: false,
             };
-            record(ctx, key, started, &relayed);
+            record(ctx, client, key, started, &relayed);
             return cached(ctx, client, out, &hit.body, &fields, keep).await;
         }
     }
@@ -235,7 +235,7 @@ pub(super) async fn run(
                     ai_cache::store(ctx, key, model, completion);
                 }
             }
-            record(ctx, key, started, &relayed);
+            record(ctx, client, key, started, &relayed);
             drop(coalescing);
             return next;
         }
@@ -272,7 +272,7 @@ pub(super) async fn run(
             ended: Instant::now(),
             broken: head.status >= 400,
         };
-        record(ctx, key, started, &relayed);
+        record(ctx, client, key, started, &relayed);
         return json(ctx, client, out, head.status, &body, keep).await;
     }
     budgets.settle(ctx, estimate, Some(sse::Usage::default()));
@@ -283,7 +283,7 @@ pub(super) async fn run(
         ended: Instant::now(),
         broken: true,
     };
-    record(ctx, key, started, &relayed);
+    record(ctx, client, key, started, &relayed);
     let (status, message) = failed;
     error(ctx, client, out, status, &message, keep).await
 }
@@ -298,7 +298,23 @@ struct Relayed {
     broken: bool,
 }
 
-fn record(ctx: &WorkerCtx, key: (String, String, String), started: Instant, relayed: &Relayed) {
+fn record(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    key: (String, String, String),
+    started: Instant,
+    relayed: &Relayed,
+) {
+    let used = relayed.usage.unwrap_or_default();
+    if let Some(line) = client.log.as_deref_mut().filter(|r| r.active) {
+        line.ai = Some(Box::new(crate::access_log::AiLine {
+            consumer: key.0.clone(),
+            model: key.1.clone(),
+            provider: key.2.clone(),
+            prompt_tokens: used.prompt,
+            completion_tokens: used.completion,
+        }));
+    }
     let mut usage = ctx.ai_usage.borrow_mut();
     let c = usage.entry(key).or_default();
     c.requests += 1;
