@@ -508,3 +508,89 @@ targets = [{ provider = "p1", model = "small-1" }]"#,
         "{line}"
     );
 }
+
+#[test]
+fn an_ai_route_answers_over_http2_whole_and_streamed() {
+    use common::http2::{send_all, H2Request, Via};
+    let provider = Provider::start();
+    let text = config_text(
+        &provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "small-1" }]"#,
+        false,
+        1,
+    )
+    .replace(
+        "address = \"127.0.0.1:0\"",
+        "address = \"127.0.0.1:0\"\nh2c = true",
+    );
+    let gw = start(ringgate::Config::parse(&text).unwrap());
+    let request = |body: &str| H2Request {
+        method: "POST",
+        path: "/v1/chat/completions".into(),
+        headers: vec![
+            ("authorization".into(), "Bearer ck-1".into()),
+            ("content-type".into(), "application/json".into()),
+        ],
+        body: Some(body.as_bytes().to_vec()),
+    };
+    let stream =
+        r#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"over h2"}]}"#;
+    let answers = send_all(
+        gw.listen_addr(),
+        Via::Cleartext,
+        vec![request(HELLO), request(stream)],
+    );
+    let whole = answers[0].as_ref().unwrap();
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    let v: serde_json::Value = serde_json::from_str(&whole.text()).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "echo:hello");
+    let streamed = answers[1].as_ref().unwrap();
+    assert_eq!(streamed.status, 200);
+    let events: Vec<(std::time::Instant, String)> = streamed
+        .text()
+        .split_inclusive("\n\n")
+        .map(|e| (std::time::Instant::now(), e.to_string()))
+        .collect();
+    assert_eq!(streamed_text(&events), "echo:over h2");
+    assert!(!provider.seen().iter().any(|s| s.head.contains("ck-1")));
+}
+
+#[test]
+fn a_providers_keys_are_balanced_by_requests_in_flight() {
+    let provider = Provider::start();
+    let gw = gateway(
+        &provider,
+        r#"[routes.ai.models.slowly]
+targets = [{ provider = "multi", model = "slow" }]
+[routes.ai.models.fast]
+targets = [{ provider = "multi", model = "small-1" }]
+[routes.ai.providers.multi]
+upstream = "fake"
+keys = ["k0", "k1"]"#,
+    );
+    let addr = gw.listen_addr();
+    let slow = std::thread::spawn(move || {
+        let body = r#"{"model":"slowly","messages":[{"role":"user","content":"x"}]}"#;
+        chat_on(&mut Client::connect(addr), "ck-1", body).status
+    });
+    wait_until(
+        Duration::from_secs(5),
+        "the slow request at the provider",
+        || provider.seen().len() == 1,
+    );
+    // While k0 carries the slow request, every other one goes to k1 (taken
+    // in turn, they would alternate).
+    let mut c = Client::connect(addr);
+    for _ in 0..3 {
+        assert_eq!(chat_on(&mut c, "ck-1", HELLO).status, 200);
+    }
+    assert_eq!(slow.join().unwrap(), 200);
+    let keys: Vec<bool> = provider
+        .seen()
+        .iter()
+        .map(|s| s.head.contains("Bearer k1"))
+        .collect();
+    assert_eq!(keys, [false, true, true, true], "{:?}", provider.seen());
+}

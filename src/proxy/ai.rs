@@ -181,7 +181,10 @@ pub(super) async fn run(
         {
             continue;
         }
-        let (head, body) = match provider_request(ctx, &ai, provider, target, &call, &fields) {
+        // The key this attempt uses counts as in flight until it ends.
+        let (key_index, _in_flight) = pick_key(ctx, &route_name, provider);
+        let request = provider_request(ctx, &ai, provider, target, &call, &fields, key_index);
+        let (head, body) = match request {
             Ok(request) => request,
             Err(e) => return error(ctx, client, out, 400, &e.to_string(), keep).await,
         };
@@ -436,6 +439,7 @@ fn provider_request(
     target: &Target,
     call: &AiCall,
     fields: &openai::Fields,
+    key_index: Option<usize>,
 ) -> Result<(Vec<u8>, Vec<u8>), crate::ai::AiError> {
     let (path, body) = match provider.kind {
         ProviderKind::OpenAi => {
@@ -464,7 +468,7 @@ fn provider_request(
         provider.base_path,
         body.len()
     );
-    if let Some(key) = pick_key(provider) {
+    if let Some(key) = key_index.map(|i| provider.keys[i].0.as_str()) {
         match provider.kind {
             ProviderKind::OpenAi => head.push_str(&format!("Authorization: Bearer {key}\r\n")),
             ProviderKind::Anthropic => head.push_str(&format!(
@@ -476,20 +480,55 @@ fn provider_request(
     Ok((head.into_bytes(), body))
 }
 
-/// One of the provider's keys, in turn.
-fn pick_key(provider: &Provider) -> Option<&str> {
-    thread_local! {
-        static TURN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+/// The provider key with the fewest requests in flight on this worker
+/// (among equals, the next in turn, so idle keys share the load and each
+/// key's own quota at the provider), and what counts it in flight.
+fn pick_key<'a>(
+    ctx: &'a WorkerCtx,
+    route: &str,
+    provider: &Provider,
+) -> (Option<usize>, Option<KeyInFlight<'a>>) {
+    let n = provider.keys.len();
+    if n == 0 {
+        return (None, None);
     }
-    if provider.keys.is_empty() {
-        return None;
+    let name = format!("{route}/{}", provider.name);
+    let mut keys = ctx.ai_keys.borrow_mut();
+    let state = keys.entry(name.clone()).or_insert_with(|| (0, vec![0; n]));
+    if state.1.len() != n {
+        *state = (0, vec![0; n]);
     }
-    let turn = TURN.with(|t| {
-        let n = t.get();
-        t.set(n.wrapping_add(1));
-        n
-    });
-    Some(provider.keys[turn % provider.keys.len()].0.as_str())
+    let (turn, in_flight) = state;
+    let least = *in_flight.iter().min().unwrap_or(&0);
+    let chosen = (0..n)
+        .map(|i| (*turn + i) % n)
+        .find(|&i| in_flight[i] == least)
+        .unwrap_or(0);
+    *turn = (chosen + 1) % n;
+    in_flight[chosen] += 1;
+    let guard = KeyInFlight {
+        ctx,
+        name,
+        index: chosen,
+    };
+    (Some(chosen), Some(guard))
+}
+
+/// One request in flight on a provider key; counted down when dropped.
+struct KeyInFlight<'a> {
+    ctx: &'a WorkerCtx,
+    name: String,
+    index: usize,
+}
+
+impl Drop for KeyInFlight<'_> {
+    fn drop(&mut self) {
+        if let Some((_, in_flight)) = self.ctx.ai_keys.borrow_mut().get_mut(&self.name) {
+            if let Some(n) = in_flight.get_mut(self.index) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
 }
 
 /// What the gateway keeps of a provider's response head.

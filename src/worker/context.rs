@@ -116,6 +116,9 @@ pub struct WorkerShared {
     pub ai_bench: std::cell::RefCell<std::collections::HashMap<String, std::time::Instant>>,
     /// AI routes' usage on this worker.
     pub ai_usage: std::cell::RefCell<crate::ai::Usage>,
+    /// AI providers' keys on this worker, by route and provider: whose
+    /// turn is next, and requests in flight on each key.
+    pub ai_keys: std::cell::RefCell<std::collections::HashMap<String, (usize, Vec<u32>)>>,
     /// `X-Request-Id`s this worker made, and their random prefix.
     pub request_ids: Cell<u64>,
     pub request_id_prefix: u64,
@@ -195,6 +198,7 @@ impl WorkerCtx {
             log: None,
             ai_bench: Default::default(),
             ai_usage: Default::default(),
+            ai_keys: Default::default(),
             cluster: None,
             request_ids: Cell::new(0),
             request_id_prefix: {
