@@ -125,8 +125,20 @@ pub fn read(body: &[u8]) -> Result<Fields, AiError> {
 /// The body with `model` in place of the client's (the provider's name
 /// for it); every other byte as it was.
 pub fn with_model(body: &[u8], fields: &Fields, model: &str) -> Vec<u8> {
-    let value = serde_json::to_string(model).expect("a string serialises");
-    splice(body, fields.model_span.clone(), value.as_bytes())
+    splice(body, vec![model_edit(fields, model)])
+}
+
+/// What an OpenAI-compatible provider is sent: [`with_model`] and
+/// [`with_usage`] in one pass over the body, from the one reading of it.
+pub fn for_provider(body: &[u8], fields: &Fields, model: &str) -> Vec<u8> {
+    let mut edits = vec![model_edit(fields, model)];
+    edits.extend(usage_edit(body, fields));
+    splice(body, edits)
+}
+
+fn model_edit(fields: &Fields, model: &str) -> (Range<usize>, Vec<u8>) {
+    let value = serde_json::to_vec(model).expect("a string serialises");
+    (fields.model_span.clone(), value)
 }
 
 /// For a streamed request: the body asking for usage in the last chunk
@@ -134,30 +146,40 @@ pub fn with_model(body: &[u8], fields: &Fields, model: &str) -> Vec<u8> {
 /// unchanged when not streamed or already asked. [`Fields::include_usage`]
 /// says whether the client wants that chunk passed on.
 pub fn with_usage(body: &[u8], fields: &Fields) -> Vec<u8> {
+    splice(body, usage_edit(body, fields).into_iter().collect())
+}
+
+fn usage_edit(body: &[u8], fields: &Fields) -> Option<(Range<usize>, Vec<u8>)> {
     if !fields.stream || fields.include_usage {
-        return body.to_vec();
+        return None;
     }
-    match &fields.stream_options {
+    Some(match &fields.stream_options {
         Some(span) => {
             let mut options: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(&body[span.clone()]).unwrap_or_default();
             options.insert("include_usage".into(), serde_json::Value::Bool(true));
             let value = serde_json::to_vec(&options).expect("a map serialises");
-            splice(body, span.clone(), &value)
+            (span.clone(), value)
         }
-        None => splice(
-            body,
+        None => (
             fields.end..fields.end,
-            br#","stream_options":{"include_usage":true}"#,
+            br#","stream_options":{"include_usage":true}"#.to_vec(),
         ),
-    }
+    })
 }
 
-fn splice(body: &[u8], span: Range<usize>, with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + with.len());
-    out.extend_from_slice(&body[..span.start]);
-    out.extend_from_slice(with);
-    out.extend_from_slice(&body[span.end..]);
+/// The body with each span replaced (spans do not overlap).
+fn splice(body: &[u8], mut edits: Vec<(Range<usize>, Vec<u8>)>) -> Vec<u8> {
+    edits.sort_by_key(|(span, _)| span.start);
+    let extra: usize = edits.iter().map(|(_, with)| with.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    let mut at = 0;
+    for (span, with) in edits {
+        out.extend_from_slice(&body[at..span.start]);
+        out.extend_from_slice(&with);
+        at = span.end;
+    }
+    out.extend_from_slice(&body[at..]);
     out
 }
 
@@ -243,6 +265,20 @@ mod tests {
         let f = read(body).unwrap();
         assert!(f.include_usage);
         assert_eq!(with_usage(body, &f), body);
+    }
+
+    #[test]
+    fn one_pass_for_a_provider_is_both_rewrites() {
+        for body in [
+            &br#"{"model":"m","stream":true,"messages":[]}"#[..],
+            br#"{"stream":true,"stream_options":{"x":1},"model":"m"}"#,
+            br#"{"messages":[],"model":"m"}"#,
+        ] {
+            let f = read(body).unwrap();
+            let two = with_model(body, &f, "provider-m");
+            let two = with_usage(&two, &read(&two).unwrap());
+            assert_eq!(for_provider(body, &f, "provider-m"), two);
+        }
     }
 
     #[test]

@@ -238,12 +238,7 @@ fn redis_key(prefix: &str, route: &str, key: Key<'_>) -> String {
             digest.update(address);
         }
     }
-    let hash = digest.finalize();
-    let mut name = format!("{prefix}:rl:");
-    for b in &hash[..16] {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name
+    format!("{prefix}:rl:{}", super::hex(&digest.finalize()[..16]))
 }
 
 impl Limiter for ClusterLimits {

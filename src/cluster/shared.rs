@@ -109,12 +109,7 @@ return redis.call('XADD', ARGV[2], 'MAXLEN', '~', ARGV[3], '*', 'node', ARGV[4],
 
 /// A cache key's name in Redis: the same on every node.
 pub fn name(key: &[u8]) -> String {
-    let hash = sha2::Sha256::digest(key);
-    let mut name = String::with_capacity(32);
-    for b in &hash[..16] {
-        name.push_str(&format!("{b:02x}"));
-    }
-    name
+    super::hex(&sha2::Sha256::digest(key)[..16])
 }
 
 /// Counters for `/stats`.

@@ -181,14 +181,24 @@ pub(super) async fn run(
         {
             continue;
         }
+        let server = ctx.upstreams.borrow_mut().pick_healthy(
+            provider.upstream,
+            crate::upstream::balancer::RequestKey { hash: None },
+            Instant::now(),
+        );
+        let Some(server) = server else {
+            failed = (502, format!("{}: no healthy server", provider.name));
+            continue;
+        };
         // The key this attempt uses counts as in flight until it ends.
         let (key_index, _in_flight) = pick_key(ctx, &route_name, provider);
-        let request = provider_request(ctx, &ai, provider, target, &call, &fields, key_index);
-        let (head, body) = match request {
+        let host = ctx.upstreams.borrow().host_of(server).to_string();
+        let request = provider_request(&ai, provider, target, &call, &fields, key_index, &host);
+        let request = match request {
             Ok(request) => request,
             Err(e) => return error(ctx, client, out, 400, &e.to_string(), keep).await,
         };
-        let attempt = first_bytes(ctx, provider, head, body, ai.first_byte_timeout).await;
+        let attempt = first_bytes(ctx, server, request, ai.first_byte_timeout).await;
         let (stream, mut buf, head) = match attempt {
             Ok(answered) => answered,
             Err(reason) => {
@@ -433,38 +443,26 @@ fn unix_now() -> u64 {
 
 /// The provider's request: its head (the gateway's own) and body.
 fn provider_request(
-    ctx: &WorkerCtx,
     ai: &AiRoute,
     provider: &Provider,
     target: &Target,
     call: &AiCall,
     fields: &openai::Fields,
     key_index: Option<usize>,
-) -> Result<(Vec<u8>, Vec<u8>), crate::ai::AiError> {
+    host: &str,
+) -> Result<Vec<u8>, crate::ai::AiError> {
     let (path, body) = match provider.kind {
-        ProviderKind::OpenAi => {
-            let body = openai::with_model(&call.body, fields, &target.model);
-            let body = match openai::read(&body) {
-                Ok(f) => openai::with_usage(&body, &f),
-                Err(_) => body,
-            };
-            (call.endpoint.path(), body)
-        }
+        ProviderKind::OpenAi => (
+            call.endpoint.path(),
+            openai::for_provider(&call.body, fields, &target.model),
+        ),
         ProviderKind::Anthropic => (
             "/messages",
             anthropic::to_messages(&call.body, &target.model, ai.default_max_tokens)?,
         ),
     };
-    let server_host = {
-        let upstreams = ctx.upstreams.borrow();
-        let group = &upstreams.members(provider.upstream);
-        group
-            .first()
-            .map(|&s| upstreams.host_of(s).to_string())
-            .unwrap_or_default()
-    };
     let mut head = format!(
-        "POST {}{path} HTTP/1.1\r\nHost: {server_host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        "POST {}{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
         provider.base_path,
         body.len()
     );
@@ -477,7 +475,9 @@ fn provider_request(
         }
     }
     head.push_str("\r\n");
-    Ok((head.into_bytes(), body))
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&body);
+    Ok(request)
 }
 
 /// The provider key with the fewest requests in flight on this worker
@@ -547,23 +547,11 @@ struct Head {
 /// the response head, all within `limit`.
 async fn first_bytes(
     ctx: &WorkerCtx,
-    provider: &Provider,
-    head: Vec<u8>,
-    body: Vec<u8>,
+    server: usize,
+    mut request: Vec<u8>,
     limit: Duration,
 ) -> Result<(Stream, BytesMut, Head), String> {
     let deadline = Instant::now() + limit;
-    let server = ctx
-        .upstreams
-        .borrow_mut()
-        .pick_healthy(
-            provider.upstream,
-            crate::upstream::balancer::RequestKey { hash: None },
-            Instant::now(),
-        )
-        .ok_or("no healthy server")?;
-    let mut request = head;
-    request.extend_from_slice(&body);
     // A pooled connection first; one the server had closed (nothing came
     // back) is replaced by a fresh one, once.
     let mut pooled = ctx.upstreams.borrow_mut().take_connection(server);
@@ -575,7 +563,12 @@ async fn first_bytes(
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        match exchange_head(ctx, stream, request.clone(), deadline).await {
+        // Kept for a second try only when this one may fail that way.
+        let sent = match reused {
+            true => request.clone(),
+            false => std::mem::take(&mut request),
+        };
+        match exchange_head(ctx, stream, sent, deadline).await {
             Ok((stream, buf, head)) => return Ok((stream, buf, Head { server, ..head })),
             Err((reason, nothing_back)) if reused && nothing_back => {
                 tracing::debug!(worker = ctx.index, %reason, "pooled provider connection was closed; a fresh one");

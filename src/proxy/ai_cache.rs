@@ -32,12 +32,8 @@ pub(super) fn key(route: &str, model: &Model, fields: &Fields, body: &[u8]) -> O
         return None;
     }
     let canonical = openai::canonical(body).ok()?;
-    let digest = sha2::Sha256::digest(&canonical);
-    let mut key = format!("ai://{route}/{}/", model.name).into_bytes();
-    for b in &digest[..16] {
-        key.extend_from_slice(format!("{b:02x}").as_bytes());
-    }
-    Some(key)
+    let digest = crate::cluster::hex(&sha2::Sha256::digest(&canonical)[..16]);
+    Some(format!("ai://{route}/{}/{digest}", model.name).into_bytes())
 }
 
 /// A stored completion still fresh.
