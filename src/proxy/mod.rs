@@ -36,7 +36,6 @@
 //! socket and buffer.
 
 mod ai;
-mod ai_cache;
 mod answer;
 pub mod cache;
 mod coalescing;

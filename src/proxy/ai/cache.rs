@@ -77,7 +77,7 @@ pub(super) fn store(ctx: &WorkerCtx, key: &[u8], model: &Model, completion: Vec<
         &CachePolicy::default(),
         None,
     );
-    super::cache::insert(
+    super::super::cache::insert(
         ctx,
         key,
         b"GET / HTTP/1.1\r\nHost: ai\r\n\r\n",
