@@ -594,3 +594,43 @@ keys = ["k0", "k1"]"#,
         .collect();
     assert_eq!(keys, [false, true, true, true], "{:?}", provider.seen());
 }
+
+#[test]
+fn a_body_too_large_or_cut_into_tiny_chunks_is_refused_not_read_forever() {
+    let provider = Provider::start();
+    let text = config_text(
+        &provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "small-1" }]"#,
+        false,
+        1,
+    )
+    .replace(
+        "idle_timeout = \"400ms\"",
+        "idle_timeout = \"400ms\"\nmax_body = \"1KiB\"",
+    );
+    let gw = start(ringgate::Config::parse(&text).unwrap());
+    let big = format!(
+        r#"{{"model":"fast","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(2000)
+    );
+    assert_eq!(chat(&gw, "ck-1", &big).status, 413);
+    // 600 one-byte chunks: 600 bytes of body, far more on the wire.
+    let mut c = Client::connect(gw.listen_addr());
+    let mut raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ck-1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..600 {
+        raw.extend_from_slice(b"1\r\n \r\n");
+    }
+    c.send(&raw);
+    assert_eq!(c.read_response().unwrap().status, 413);
+    assert!(provider.seen().is_empty());
+    // A small chunked body is read whole and answered.
+    let mut c = Client::connect(gw.listen_addr());
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer ck-1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{HELLO}\r\n0\r\n\r\n",
+        HELLO.len()
+    );
+    c.send(chunked.as_bytes());
+    assert_eq!(c.read_response().unwrap().status, 200);
+}

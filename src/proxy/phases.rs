@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::answer::{self, answer_failure, answer_from_cache, respond_error, send_cached};
 use super::cache::{self, CacheWork};
@@ -425,41 +425,9 @@ fn ai_call(
     let Some(endpoint) = super::ai::Endpoint::of(req.method, req.path) else {
         return refuse(ErrorKind::NoRoute, answered);
     };
-    let have = &down.buffered[req.head_len..];
-    let body = match req.body {
-        BodyFraming::None => Bytes::new(),
-        BodyFraming::Length(n) if n > ai.max_body => {
-            return refuse(ErrorKind::BadRequest(HttpError::BodyTooLarge), answered)
-        }
-        BodyFraming::Length(n) if (have.len() as u64) < n => {
-            return Err(Stop::Answer(Plan::ReadBody(super::reading::BodyWait {
-                send_continue: req.expect_continue && have.is_empty(),
-                until: super::reading::BodyEnd::Bytes(req.head_len + n as usize),
-            })))
-        }
-        BodyFraming::Length(n) => Bytes::copy_from_slice(&have[..n as usize]),
-        // A chunked body: read to its end (up to `max_body`), then de-chunked.
-        BodyFraming::Chunked => {
-            let mut decoder = crate::http::chunked::ChunkedDecoder::new();
-            let mut body = Vec::new();
-            decoder.decode(have, &mut body, crate::http::chunked::Output::Raw)?;
-            if body.len() as u64 > ai.max_body {
-                return refuse(ErrorKind::BadRequest(HttpError::BodyTooLarge), answered);
-            }
-            if !decoder.is_done() {
-                return Err(Stop::Answer(Plan::ReadBody(super::reading::BodyWait {
-                    send_continue: req.expect_continue && have.is_empty(),
-                    until: super::reading::BodyEnd::Chunked {
-                        decoder: crate::http::chunked::ChunkedDecoder::new(),
-                        scanned: req.head_len,
-                        limit: req.head_len + 2 * ai.max_body as usize + 64,
-                        max_body: Some(ai.max_body),
-                    },
-                })));
-            }
-            Bytes::from(body)
-        }
-        BodyFraming::UntilClose => Bytes::new(),
+    let body = match super::reading::whole_body(req, down.buffered, ai.max_body)? {
+        super::reading::Whole::Body(body) => body,
+        super::reading::Whole::Wait(wait) => return Err(Stop::Answer(Plan::ReadBody(wait))),
     };
     Err(Stop::Answer(Plan::Ai(Box::new(super::ai::AiCall {
         request: answered.clone(),

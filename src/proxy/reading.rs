@@ -88,6 +88,59 @@ pub(super) fn body_to_buffer(
     }))
 }
 
+/// A request body read whole before the request is answered.
+pub(super) enum Whole {
+    Body(bytes::Bytes),
+    /// Not all here yet.
+    Wait(BodyWait),
+}
+
+/// The whole body of the request whose head is in `buf` (de-chunked), or
+/// what to wait for; larger than `max` (decoded, or twice that on the wire:
+/// chunk framing cannot make a client's small body cost unbounded reads)
+/// is `BodyTooLarge`.
+pub(super) fn whole_body(
+    req: &crate::http::request::RequestHead<'_>,
+    buf: &[u8],
+    max: u64,
+) -> Result<Whole, HttpError> {
+    let have = &buf[req.head_len..];
+    let wait = |until| {
+        Ok(Whole::Wait(BodyWait {
+            send_continue: req.expect_continue && have.is_empty(),
+            until,
+        }))
+    };
+    match req.body {
+        BodyFraming::None | BodyFraming::UntilClose => Ok(Whole::Body(bytes::Bytes::new())),
+        BodyFraming::Length(n) if n > max => Err(HttpError::BodyTooLarge),
+        BodyFraming::Length(n) if (have.len() as u64) < n => {
+            wait(BodyEnd::Bytes(req.head_len + n as usize))
+        }
+        BodyFraming::Length(n) => Ok(Whole::Body(bytes::Bytes::copy_from_slice(
+            &have[..n as usize],
+        ))),
+        BodyFraming::Chunked => {
+            let wire_limit = 2 * max + 64;
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::new();
+            decoder.decode(have, &mut body, Output::Raw)?;
+            if body.len() as u64 > max || (!decoder.is_done() && have.len() as u64 >= wire_limit) {
+                return Err(HttpError::BodyTooLarge);
+            }
+            if decoder.is_done() {
+                return Ok(Whole::Body(body.into()));
+            }
+            wait(BodyEnd::Chunked {
+                decoder: ChunkedDecoder::new(),
+                scanned: req.head_len,
+                limit: req.head_len + wire_limit as usize,
+                max_body: Some(max),
+            })
+        }
+    }
+}
+
 /// Whether `buf` may hold a complete head: a blank line (CRLF CRLF, or a
 /// bare LF one, which the parser then refuses) in its bytes from `from` on.
 pub(super) fn may_hold_head_end(buf: &[u8], from: usize) -> bool {
