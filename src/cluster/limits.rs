@@ -19,6 +19,12 @@
 //! for every request and is exact. Leases a node did not use are lost
 //! (the limit then admits fewer, never more).
 //!
+//! A cost counted in other units (an AI route's tokens, `Metered`) is
+//! asked of Redis every time, all or nothing and without a lease (a
+//! refusal for one cost says nothing of a smaller one), and corrected
+//! afterwards by a charge Redis applies to the key as it stands; a charge
+//! is sent and not waited for.
+//!
 //! A request that has to ask waits for the answer (at most
 //! `cluster.timeout`); when Redis cannot be reached the route's `fail`
 //! mode decides (`route::rate_limit::Fail`). While Redis is down, requests
@@ -35,7 +41,7 @@ use crossbeam_channel::{Receiver, Sender};
 use sha2::Digest;
 
 use crate::config::ClusterConfig;
-use crate::route::rate_limit::{Asked, Key, Limiter, Outcome, RateLimit};
+use crate::route::rate_limit::{Asked, Key, Limiter, Metered, Outcome, RateLimit, MAX_WINDOW};
 
 /// Cells in the node's lease table (8 bytes each).
 const CELLS: usize = 1 << 16;
@@ -59,26 +65,48 @@ const TIME_MASK: u64 = (1 << 24) - 1;
 /// An end further ahead than this is an old, wrapped one.
 const HORIZON_MS: u64 = 20_000;
 
-/// GCRA on one key, in Redis' clock: grants up to ARGV[3] requests, the
-/// key's arrival time advanced by each; answers the requests granted and
-/// the microseconds until one more would be.
+/// GCRA on one key, in Redis' clock: grants up to ARGV[3] requests (none
+/// unless at least ARGV[4] fit), the key's arrival time advanced by each;
+/// answers the requests granted and the microseconds until ARGV[4] more
+/// would be.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
+local need = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local room = math.floor((now + window - tat) / interval)
-local granted = math.min(want, room)
+local granted = 0
+if room >= need then granted = math.min(want, room) end
 if granted > 0 then
   tat = tat + granted * interval
   redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
 end
-local wait = tat + interval - window - now
+local wait = tat + need * interval - window - now
 if wait < 0 then wait = 0 end
 return {granted, string.format('%.0f', wait)}
+"#;
+
+/// A charge after the fact: moves the key's arrival time by ARGV[1]
+/// microseconds (back when negative), never before now nor more than
+/// ARGV[2] ahead, never refusing.
+const CHARGE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+tat = tat + tonumber(ARGV[1])
+local most = now + tonumber(ARGV[2])
+if tat > most then tat = most end
+if tat > now then
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
 "#;
 
 /// Counters for `/stats`.
@@ -88,8 +116,11 @@ pub struct LimitStats {
     pub asked: AtomicU64,
     /// Requests Redis granted.
     pub granted: AtomicU64,
-    /// Asks answered `Unavailable` (Redis down or the queue full).
+    /// Asks answered `Unavailable` (Redis down or the queue full), and
+    /// charges lost.
     pub unavailable: AtomicU64,
+    /// Metered charges (token corrections) Redis applied.
+    pub charged: AtomicU64,
 }
 
 /// The node's side of the cluster's rate limits.
@@ -97,10 +128,23 @@ pub struct ClusterLimits {
     cells: Box<[AtomicU64]>,
     epoch: Instant,
     hasher: RandomState,
-    asks: Sender<Ask>,
+    asks: Sender<Job>,
     /// Until when (ms on the table's clock + 1; 0: not down) asks fail at once.
     down_until: AtomicU64,
     pub stats: LimitStats,
+}
+
+/// What the side thread is asked to do.
+enum Job {
+    Ask(Ask),
+    /// A key's charge corrected (`Metered::adjust`), not waited for.
+    Charge {
+        route: String,
+        value: Vec<u8>,
+        named: bool,
+        /// Microseconds to move the key's arrival time by.
+        moved_us: i64,
+    },
 }
 
 /// One request waiting for Redis.
@@ -113,16 +157,22 @@ struct Ask {
     fingerprint: u64,
     interval_us: u64,
     window_us: u64,
+    /// A metered cost: granted whole or not at all, no lease kept.
+    cost: Option<u64>,
     answer: Arc<Asked>,
+}
+
+fn key_of(named: bool, value: &[u8]) -> Key<'_> {
+    if named {
+        Key::Named(value)
+    } else {
+        Key::Client(value)
+    }
 }
 
 impl Ask {
     fn key(&self) -> Key<'_> {
-        if self.named {
-            Key::Named(&self.value)
-        } else {
-            Key::Client(&self.value)
-        }
+        key_of(self.named, &self.value)
     }
 }
 
@@ -219,6 +269,7 @@ impl ClusterLimits {
             "redis_calls": self.stats.asked.load(Ordering::Relaxed),
             "granted": self.stats.granted.load(Ordering::Relaxed),
             "unavailable": self.stats.unavailable.load(Ordering::Relaxed),
+            "charged": self.stats.charged.load(Ordering::Relaxed),
         })
     }
 }
@@ -246,20 +297,70 @@ impl Limiter for ClusterLimits {
         let hash = crate::route::rate_limit::key_hash(&self.hasher, route, key);
         let fingerprint = (hash >> 44).max(1);
         let cell = hash as usize & (self.cells.len() - 1);
-        let now_ms = self.clock_ms(now);
-        if let Some(outcome) = self.local(cell, fingerprint, now_ms) {
+        if let Some(outcome) = self.local(cell, fingerprint, self.clock_ms(now)) {
             return outcome;
         }
-        if self.down_until.load(Ordering::Relaxed) > now_ms {
+        self.ask(route, key, limit, now, (cell, fingerprint), None)
+    }
+
+    fn metered(&self) -> Option<&dyn Metered> {
+        Some(self)
+    }
+}
+
+impl Metered for ClusterLimits {
+    fn acquire_cost(
+        &self,
+        route: &str,
+        key: Key<'_>,
+        limit: &RateLimit,
+        cost: u64,
+        now: Instant,
+    ) -> Outcome {
+        let cost = cost.clamp(1, u64::from(limit.burst) + 1);
+        self.ask(route, key, limit, now, (0, 0), Some(cost))
+    }
+
+    fn adjust(&self, route: &str, key: Key<'_>, limit: &RateLimit, delta: i64, _now: Instant) {
+        let (named, value) = parts(key);
+        let job = Job::Charge {
+            route: route.to_string(),
+            value: value.to_vec(),
+            named,
+            moved_us: delta.saturating_mul(limit.interval_us as i64),
+        };
+        if self.asks.try_send(job).is_err() {
+            self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn parts(key: Key<'_>) -> (bool, &[u8]) {
+    match key {
+        Key::Named(v) => (true, v),
+        Key::Client(v) => (false, v),
+    }
+}
+
+impl ClusterLimits {
+    /// Queues an ask for the side thread: `Pending` on its answer, or
+    /// `Unavailable` while Redis is down or the queue is full.
+    fn ask(
+        &self,
+        route: &str,
+        key: Key<'_>,
+        limit: &RateLimit,
+        now: Instant,
+        (cell, fingerprint): (usize, u64),
+        cost: Option<u64>,
+    ) -> Outcome {
+        if self.down_until.load(Ordering::Relaxed) > self.clock_ms(now) {
             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
             return Outcome::Unavailable;
         }
         let answer = Arc::new(Asked::default());
         // The Redis key is named (hashed) on the side thread's time.
-        let (named, value) = match key {
-            Key::Named(v) => (true, v),
-            Key::Client(v) => (false, v),
-        };
+        let (named, value) = parts(key);
         let ask = Ask {
             route: route.to_string(),
             named,
@@ -268,9 +369,10 @@ impl Limiter for ClusterLimits {
             fingerprint,
             interval_us: limit.interval_us,
             window_us: limit.window_us(),
+            cost,
             answer: answer.clone(),
         };
-        match self.asks.try_send(ask) {
+        match self.asks.try_send(Job::Ask(ask)) {
             Ok(()) => Outcome::Pending(answer),
             Err(_) => {
                 self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -289,36 +391,56 @@ struct Side {
     lease_us: u64,
 }
 
+/// A connection to Redis and the hashes of the two scripts loaded in it.
+struct Loaded {
+    conn: redis::Connection,
+    gcra: String,
+    charge: String,
+}
+
 impl Side {
-    fn run(self, queue: Receiver<Ask>) {
-        // The connection, and the script's hash in that Redis.
-        let mut conn: Option<(redis::Connection, String)> = None;
+    fn run(self, queue: Receiver<Job>) {
+        let mut loaded: Option<Loaded> = None;
         while !self.stop.load(Ordering::Acquire) {
             let first = match queue.recv_timeout(Duration::from_millis(500)) {
-                Ok(ask) => ask,
+                Ok(job) => job,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
             };
             let Some(limits) = self.limits.upgrade() else {
                 return;
             };
-            let mut batch = vec![first];
-            batch.extend(queue.try_iter().take(4095));
-            if conn.is_none() {
-                conn = self.connect().ok();
+            let mut batch = Vec::new();
+            let mut charges = Vec::new();
+            for job in std::iter::once(first).chain(queue.try_iter().take(QUEUE - 1)) {
+                match job {
+                    Job::Ask(ask) => batch.push(ask),
+                    Job::Charge {
+                        route,
+                        value,
+                        named,
+                        moved_us,
+                    } => {
+                        let name = redis_key(&self.config.prefix, &route, key_of(named, &value));
+                        charges.push((name, moved_us));
+                    }
+                }
             }
-            let answered = match conn.as_mut() {
-                Some((c, script)) => self.ask(c, script, &limits, &batch),
+            if loaded.is_none() {
+                loaded = self.connect().ok();
+            }
+            let answered = match loaded.as_mut() {
+                Some(l) => self.ask(l, &limits, &batch, &charges),
                 None => Err(()),
             };
             if answered.is_err() {
-                conn = None;
+                loaded = None;
                 let until = limits.clock_ms(Instant::now() + DOWN_FOR) + 1;
                 limits.down_until.store(until, Ordering::Relaxed);
                 limits
                     .stats
                     .unavailable
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add((batch.len() + charges.len()) as u64, Ordering::Relaxed);
                 for ask in &batch {
                     ask.answer.answer_with(&Outcome::Unavailable);
                 }
@@ -326,28 +448,40 @@ impl Side {
         }
     }
 
-    /// A connection with the script loaded (Redis forgets scripts when it
+    /// A connection with the scripts loaded (Redis forgets scripts when it
     /// restarts, and a restart breaks the connection).
-    fn connect(&self) -> redis::RedisResult<(redis::Connection, String)> {
-        let mut c = super::connect(&self.config)?;
-        c.set_read_timeout(Some(self.config.timeout))?;
-        let hash: String = redis::cmd("SCRIPT").arg("LOAD").arg(SCRIPT).query(&mut c)?;
-        Ok((c, hash))
+    fn connect(&self) -> redis::RedisResult<Loaded> {
+        let mut conn = super::connect(&self.config)?;
+        conn.set_read_timeout(Some(self.config.timeout))?;
+        let gcra: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(SCRIPT)
+            .query(&mut conn)?;
+        let charge: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(CHARGE)
+            .query(&mut conn)?;
+        Ok(Loaded { conn, gcra, charge })
     }
 
-    /// One pipelined round trip for the batch; each key's waiters share
-    /// one call asking for all of them plus a lease.
+    /// One pipelined round trip for the batch: each key's request waiters
+    /// share one call asking for all of them plus a lease, each metered
+    /// cost is a call of its own, and the charges follow.
     fn ask(
         &self,
-        conn: &mut redis::Connection,
-        script: &str,
+        loaded: &mut Loaded,
         limits: &ClusterLimits,
         batch: &[Ask],
+        charges: &[(String, i64)],
     ) -> Result<(), ()> {
         let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut metered = Vec::new();
         for (i, ask) in batch.iter().enumerate() {
             let name = redis_key(&self.config.prefix, &ask.route, ask.key());
-            by_key.entry(name).or_default().push(i);
+            match ask.cost {
+                Some(_) => metered.push((name, i)),
+                None => by_key.entry(name).or_default().push(i),
+            }
         }
         let keys: Vec<(String, Vec<usize>)> = by_key.into_iter().collect();
         let mut pipe = redis::pipe();
@@ -356,22 +490,51 @@ impl Side {
             let lease = (self.lease_us / first.interval_us.max(1)).saturating_sub(1);
             let want = waiters.len() as u64 + lease;
             pipe.cmd("EVALSHA")
-                .arg(script)
+                .arg(&loaded.gcra)
                 .arg(1)
                 .arg(name)
                 .arg(first.interval_us)
                 .arg(first.window_us)
-                .arg(want);
+                .arg(want)
+                .arg(1);
         }
-        let answers: Vec<(u64, String)> = pipe.query(conn).map_err(|e| {
+        for (name, i) in &metered {
+            let ask = &batch[*i];
+            let cost = ask.cost.unwrap_or(1);
+            pipe.cmd("EVALSHA")
+                .arg(&loaded.gcra)
+                .arg(1)
+                .arg(name)
+                .arg(ask.interval_us)
+                .arg(ask.window_us)
+                .arg(cost)
+                .arg(cost);
+        }
+        let most = MAX_WINDOW.as_micros() as u64;
+        for (name, moved) in charges {
+            pipe.cmd("EVALSHA")
+                .arg(&loaded.charge)
+                .arg(1)
+                .arg(name)
+                .arg(*moved)
+                .arg(most)
+                .ignore();
+        }
+        let answers: Vec<(u64, String)> = pipe.query(&mut loaded.conn).map_err(|e| {
             tracing::warn!(error = %e, "cluster rate limits: Redis did not answer");
         })?;
         limits
             .stats
             .asked
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+            .fetch_add((keys.len() + metered.len()) as u64, Ordering::Relaxed);
+        limits
+            .stats
+            .charged
+            .fetch_add(charges.len() as u64, Ordering::Relaxed);
         let now = Instant::now();
-        for ((_, waiters), (granted, wait_us)) in keys.iter().zip(answers) {
+        let (leased, costs) = answers.split_at(keys.len().min(answers.len()));
+        for ((_, waiters), (granted, wait_us)) in keys.iter().zip(leased) {
+            let granted = *granted;
             limits.stats.granted.fetch_add(granted, Ordering::Relaxed);
             let wait = Duration::from_micros(wait_us.parse().unwrap_or(0));
             let first = &batch[waiters[0]];
@@ -402,6 +565,19 @@ impl Side {
                 // All used: the next request asks again.
                 limits.keep(first.cell, first.fingerprint, false, 0, now);
             }
+        }
+        for ((_, i), (granted, wait_us)) in metered.iter().zip(costs) {
+            let ask = &batch[*i];
+            let outcome = if *granted >= ask.cost.unwrap_or(1) {
+                limits.stats.granted.fetch_add(1, Ordering::Relaxed);
+                Outcome::Admitted { remaining: 0 }
+            } else {
+                let wait = Duration::from_micros(wait_us.parse().unwrap_or(0));
+                Outcome::Refused {
+                    retry_after: wait.max(Duration::from_millis(1)),
+                }
+            };
+            ask.answer.answer_with(&outcome);
         }
         Ok(())
     }
