@@ -163,6 +163,7 @@ impl Gateway {
             };
         let limiter: Arc<dyn route::rate_limit::Limiter> =
             Arc::new(route::rate_limit::NodeTable::default());
+        let ai_keys = Arc::new(ai::keys::KeyLoad::default());
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut handle = Handle {
             admin_addr,
@@ -198,6 +199,7 @@ impl Gateway {
                 mailbox: bus::Mailbox::new(bus.clone(), receiver, worker),
                 claims: claims.clone(),
                 limiter: limiter.clone(),
+                ai_keys: ai_keys.clone(),
                 admin: if index == 0 {
                     admin_addr.map(|a| (a, reloader.clone(), inherited.admin.take()))
                 } else {

@@ -216,12 +216,15 @@ targets = [{ provider = "p1", model = "paced" }]"#,
 #[test]
 fn a_target_that_fails_before_answering_gives_way_to_the_next_and_a_429_benches_it() {
     let provider = Provider::start();
-    let gw = gateway(
+    let gw = gateway_workers(
         &provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
         r#"[routes.ai.models.fast]
 targets = [{ provider = "gone", model = "x" }, { provider = "p1", model = "fail-429" },
            { provider = "p1", model = "fail-500" }, { provider = "p1", model = "stall-head" },
            { provider = "p1", model = "good" }]"#,
+        false,
+        2,
     );
     let r = chat(&gw, "ck-1", HELLO);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -230,13 +233,28 @@ targets = [{ provider = "gone", model = "x" }, { provider = "p1", model = "fail-
         provider.models(),
         ["fail-429", "fail-500", "stall-head", "good"]
     );
-    // The 429 said `Retry-After: 30`: that target is passed over now.
-    let r = chat(&gw, "ck-1", HELLO);
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        provider.models()[4..],
-        ["fail-500", "stall-head", "good"],
-        "the benched target was not asked"
+    // The 429 said `Retry-After: 30`: that target is passed over now, by
+    // both workers (eight new connections: the chance that all of them land
+    // on the worker that saw the 429 is 1 in 256).
+    let cheap = r#"{"model":"fast","messages":[{"role":"user","content":"again"}]}"#;
+    let before = provider.models().len();
+    let addr = gw.listen_addr();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                chat_on(&mut c, "ck-1", cheap).status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let asked = &provider.models()[before..];
+    assert_eq!(asked.len(), 8 * 3, "{asked:?}");
+    assert!(
+        !asked.iter().any(|m| m == "fail-429"),
+        "the benched target was not asked: {asked:?}"
     );
 }
 
@@ -560,15 +578,18 @@ targets = [{ provider = "p1", model = "small-1" }]"#,
 #[test]
 fn a_providers_keys_are_balanced_by_requests_in_flight() {
     let provider = Provider::start();
-    let gw = gateway(
+    let gw = gateway_workers(
         &provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
         r#"[routes.ai.models.slowly]
-targets = [{ provider = "multi", model = "slow" }]
+targets = [{ provider = "multi", model = "slower" }]
 [routes.ai.models.fast]
 targets = [{ provider = "multi", model = "small-1" }]
 [routes.ai.providers.multi]
 upstream = "fake"
 keys = ["k0", "k1"]"#,
+        false,
+        2,
     );
     let addr = gw.listen_addr();
     let slow = std::thread::spawn(move || {
@@ -581,10 +602,10 @@ keys = ["k0", "k1"]"#,
         || provider.seen().len() == 1,
     );
     // While k0 carries the slow request, every other one goes to k1 (taken
-    // in turn, they would alternate).
-    let mut c = Client::connect(addr);
-    for _ in 0..3 {
-        assert_eq!(chat_on(&mut c, "ck-1", HELLO).status, 200);
+    // in turn, they would alternate), on either worker: each on a new
+    // connection (all six on the slow request's worker: 1 in 64).
+    for _ in 0..6 {
+        assert_eq!(chat(&gw, "ck-1", HELLO).status, 200);
     }
     assert_eq!(slow.join().unwrap(), 200);
     let keys: Vec<bool> = provider
@@ -592,7 +613,12 @@ keys = ["k0", "k1"]"#,
         .iter()
         .map(|s| s.head.contains("Bearer k1"))
         .collect();
-    assert_eq!(keys, [false, true, true, true], "{:?}", provider.seen());
+    assert_eq!(
+        keys,
+        [false, true, true, true, true, true, true],
+        "{:?}",
+        provider.seen()
+    );
 }
 
 #[test]
@@ -633,4 +659,141 @@ targets = [{ provider = "p1", model = "small-1" }]"#,
     );
     c.send(chunked.as_bytes());
     assert_eq!(c.read_response().unwrap().status, 200);
+}
+
+#[test]
+fn on_a_route_with_auth_the_verified_token_subject_is_the_consumer() {
+    let provider = Provider::start();
+    let auth =
+        format!("[routes.auth]\nkeys = {{ k1 = \"{TEST_KEY}\" }}\nsubject_header = \"X-User\"\n");
+    let gw = gateway_with(
+        &provider,
+        r#"consumers = [{ name = "alice", requests_per_minute = 1 }]"#,
+        &format!(
+            "[routes.ai.models.fast]\ntargets = [{{ provider = \"p1\", model = \"small-1\" }}]\n{auth}"
+        ),
+        true,
+    );
+    let alice = token_for("alice");
+    assert_eq!(chat(&gw, &alice, HELLO).status, 200);
+    // Alice's own limit, whichever token of hers she sends.
+    assert_eq!(chat(&gw, &token_for("alice"), HELLO).status, 429);
+    // Bob has no entry: no limit of his own.
+    let bob = token_for("bob");
+    assert_eq!(chat(&gw, &bob, HELLO).status, 200);
+    assert_eq!(chat(&gw, &bob, HELLO).status, 200);
+    // No token, a forged one: 401 before anything else.
+    assert_eq!(chat(&gw, "", HELLO).status, 401);
+    let forged = sign_jwt("k1", "another key", r#"{"sub":"alice"}"#);
+    assert_eq!(chat(&gw, &forged, HELLO).status, 401);
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter()
+            .all(|s| !s.head.contains(&alice) && !s.head.contains(&bob)),
+        "a client's token reached a provider"
+    );
+    let metrics = get(gw.admin_addr().unwrap(), "/metrics").text();
+    for (consumer, n) in [("alice", 1), ("bob", 2)] {
+        let line = format!(
+            "ringgate_ai_requests_total{{consumer=\"{consumer}\",model=\"fast\",provider=\"p1\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "no {line} in {metrics}");
+    }
+}
+
+/// A node of a cluster on `redis` (its own admin API) whose AI route
+/// counts its budgets with every node's, refusing while Redis is away.
+fn cluster_node(
+    provider: &Provider,
+    redis: &common::redis_server::Redis,
+    name: &str,
+) -> ringgate::Handle {
+    let mut text = config_text(
+        provider,
+        r#"consumers = [{ name = "team-a", key = "ck-1", tokens_per_minute = 100 },
+             { name = "team-b", key = "ck-2" }]
+limit_scope = "cluster"
+limit_fail = "closed""#,
+        r#"[routes.ai.models.fast]
+targets = [{ provider = "p1", model = "small-1" }]
+[routes.ai.models.few]
+targets = [{ provider = "p1", model = "small-2" }]
+requests_per_minute = 3"#,
+        true,
+        1,
+    );
+    text.push_str(&format!(
+        "[cluster]\nredis = \"{}\"\nnode_id = \"{name}\"\nstream = \"ringgate:ai-test\"\n",
+        redis.url()
+    ));
+    start(ringgate::Config::parse(&text).unwrap())
+}
+
+fn cluster_stats(gw: &ringgate::Handle) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&get(gw.admin_addr().unwrap(), "/stats").text()).unwrap();
+    v["cluster"].clone()
+}
+
+#[test]
+fn with_limit_scope_cluster_budgets_hold_across_nodes_and_fail_closed_without_redis() {
+    let redis = common::redis_server::Redis::start();
+    let provider = Provider::start();
+    let nodes = [
+        cluster_node(&provider, &redis, "a"),
+        cluster_node(&provider, &redis, "b"),
+    ];
+    for n in &nodes {
+        wait_until(Duration::from_secs(10), "connected to Redis", || {
+            cluster_stats(n)["redis_connected"] == true
+        });
+    }
+    // The same count as on one node (tokens_and_requests_per_minute_...),
+    // the requests alternating between the nodes. Each admitted request's
+    // correction (its estimate to the 12 tokens used) is applied in Redis
+    // before the next request is sent, so the count is exact.
+    let estimate = HELLO.len().div_ceil(4);
+    let expected = (100 - estimate) / 12 + 1;
+    let mut admitted = [0u64; 2];
+    let mut statuses = Vec::new();
+    for i in 0..expected + 2 {
+        let node = &nodes[i % 2];
+        let status = chat(node, "ck-1", HELLO).status;
+        statuses.push(status);
+        if status == 200 {
+            admitted[i % 2] += 1;
+            let want = admitted[i % 2];
+            wait_until(Duration::from_secs(5), "the correction applied", || {
+                cluster_stats(node)["rate_limits"]["charged"].as_u64() == Some(want)
+            });
+        }
+    }
+    assert!(
+        statuses[..expected].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[expected..].iter().all(|s| *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(provider.seen().len(), expected);
+
+    // A model's requests per minute, every consumer on every node together.
+    let few = r#"{"model":"few","messages":[{"role":"user","content":"x"}]}"#;
+    let statuses: Vec<u16> = (0..4)
+        .map(|i| chat(&nodes[i % 2], "ck-2", few).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let refused = chat(&nodes[1], "ck-2", few);
+    assert_eq!(refused.status, 429);
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    // Redis away: a limit that cannot be counted refuses (`limit_fail =
+    // "closed"`), a request no limit counts goes on.
+    redis.stop();
+    let r = chat(&nodes[0], "ck-2", few);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(chat(&nodes[0], "ck-2", HELLO).status, 200);
 }

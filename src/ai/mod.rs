@@ -9,10 +9,13 @@
 //!   usage a stream reports
 //! - [`anthropic`]: Anthropic's Messages API, translated from and to the
 //!   OpenAI-compatible one, streaming included
+//! - [`keys`]: which provider key a request uses (node-wide least in
+//!   flight)
 //!
 //! `crate::proxy::ai` runs AI routes with them.
 
 pub mod anthropic;
+pub mod keys;
 pub mod openai;
 pub mod sse;
 

@@ -69,6 +69,12 @@ pub enum Message {
     FetchDone { from: usize, key: Arc<[u8]> },
     /// Report counters into the collector.
     Stats(Arc<StatsRequest>),
+    /// An AI route's target answered 429 or 5xx with `Retry-After`: it is
+    /// passed over until `until` (key: route, provider and model).
+    AiBench {
+        target: Arc<str>,
+        until: std::time::Instant,
+    },
     /// Active health checking found `server` of `group` up or down (named,
     /// not indexed: indices differ between config generations).
     Health {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::route::rate_limit::{LimitKey, RateLimit};
+use crate::route::rate_limit::{Fail, LimitKey, RateLimit, Scope};
 
 use super::units::{ByteSize, ConfigDuration};
 use super::{invalid, ConfigError, UpstreamGroup};
@@ -28,13 +28,18 @@ pub struct RawAi {
     pub first_byte_timeout: Option<ConfigDuration>,
     pub idle_timeout: Option<ConfigDuration>,
     pub max_body: Option<ByteSize>,
+    /// Who counts the tokens and requests per minute: `node` or `cluster`.
+    pub limit_scope: Option<String>,
+    /// What cluster-counted limits do while Redis cannot answer.
+    pub limit_fail: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConsumer {
     pub name: String,
-    pub key: String,
+    /// Not with `[routes.auth]`: the token's subject names the consumer.
+    pub key: Option<String>,
     pub tokens_per_minute: Option<u64>,
     pub requests_per_minute: Option<u64>,
 }
@@ -111,12 +116,15 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer {
     pub name: String,
-    pub key: Secret,
+    /// The consumer's API key; none on a route with `[routes.auth]`, where
+    /// the verified token's subject is the consumer's name.
+    pub key: Option<Secret>,
     pub limits: Budget,
 }
 
 /// Tokens and requests per minute (each a GCRA whose burst is a minute's
-/// worth), on the node's rate-limit table.
+/// worth), on the node's rate-limit table or, with `limit_scope =
+/// "cluster"`, the cluster's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Budget {
     pub tokens: Option<RateLimit>,
@@ -161,6 +169,8 @@ pub struct AiRoute {
     pub idle_timeout: Duration,
     /// Largest request body read.
     pub max_body: u64,
+    /// Who counts the budgets (`limit_scope`).
+    pub limit_scope: crate::route::rate_limit::Scope,
 }
 
 impl AiRoute {
@@ -184,17 +194,24 @@ fn secret(key: String, value: &str) -> Result<Secret, ConfigError> {
     }
 }
 
-/// Per-minute limits as GCRAs with a minute's burst.
-fn budget(at: &str, tokens: Option<u64>, requests: Option<u64>) -> Result<Budget, ConfigError> {
+/// Per-minute limits as GCRAs with a minute's burst, counted by `counted`
+/// (scope and fail mode).
+fn budget(
+    at: &str,
+    tokens: Option<u64>,
+    requests: Option<u64>,
+    counted: (Scope, Fail),
+) -> Result<Budget, ConfigError> {
     let per_minute = |field: &str, n: Option<u64>| -> Result<Option<RateLimit>, ConfigError> {
         let Some(n) = n else { return Ok(None) };
         if n == 0 || n > 1_000_000_000 {
             return Err(invalid(format!("{at}.{field}"), "from 1 to 1000000000"));
         }
         let burst = u32::try_from(n - 1).unwrap_or(u32::MAX);
-        RateLimit::new(n as f64 / 60.0, burst, LimitKey::Route)
-            .map(Some)
-            .map_err(|reason| invalid(format!("{at}.{field}"), reason))
+        let mut limit = RateLimit::new(n as f64 / 60.0, burst, LimitKey::Route)
+            .map_err(|reason| invalid(format!("{at}.{field}"), reason))?;
+        (limit.scope, limit.fail) = counted;
+        Ok(Some(limit))
     };
     Ok(Budget {
         tokens: per_minute("tokens_per_minute", tokens)?,
@@ -206,8 +223,13 @@ pub(super) fn validate_ai(
     i: usize,
     raw: &RawAi,
     upstreams: &[UpstreamGroup],
+    has_auth: bool,
 ) -> Result<Arc<AiRoute>, ConfigError> {
     let key = |field: &str| format!("routes[{i}].ai.{field}");
+    let counted = super::routes::scope_and_fail(
+        (key("limit_scope"), raw.limit_scope.as_deref()),
+        (key("limit_fail"), raw.limit_fail.as_deref()),
+    )?;
     let mut providers = Vec::new();
     for (name, p) in &raw.providers {
         let pkey = |field: &str| key(&format!("providers.{name}.{field}"));
@@ -303,6 +325,7 @@ pub(super) fn validate_ai(
                 &key(&format!("models.{name}")),
                 m.tokens_per_minute,
                 m.requests_per_minute,
+                counted,
             )?,
         });
     }
@@ -320,13 +343,35 @@ pub(super) fn validate_ai(
                 "non-empty visible ASCII",
             ));
         }
+        let at = key(&format!("consumers[{j}].key"));
+        let consumer_key = match (&c.key, has_auth) {
+            (Some(k), false) => Some(secret(at, k)?),
+            (None, true) => None,
+            (None, false) => return Err(invalid(
+                at,
+                "a consumer's API key (or [routes.auth], whose token subject names the consumer)",
+            )),
+            (Some(_), true) => {
+                return Err(invalid(
+                    at,
+                    "with [routes.auth] the verified token's subject names the consumer: no key",
+                ))
+            }
+        };
+        if consumers.iter().any(|d: &Consumer| d.name == c.name) {
+            return Err(invalid(
+                key(&format!("consumers[{j}].name")),
+                format!("`{}` is named twice", c.name),
+            ));
+        }
         consumers.push(Consumer {
             name: c.name.clone(),
-            key: secret(key(&format!("consumers[{j}].key")), &c.key)?,
+            key: consumer_key,
             limits: budget(
                 &key(&format!("consumers[{j}]")),
                 c.tokens_per_minute,
                 c.requests_per_minute,
+                counted,
             )?,
         });
     }
@@ -345,5 +390,6 @@ pub(super) fn validate_ai(
         first_byte_timeout: positive("first_byte_timeout", raw.first_byte_timeout.as_ref(), 60)?,
         idle_timeout: positive("idle_timeout", raw.idle_timeout.as_ref(), 60)?,
         max_body: raw.max_body.map_or(4 << 20, |b| b.0),
+        limit_scope: counted.0,
     }))
 }

@@ -389,6 +389,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "`cluster` needs a [cluster] section (the Redis the nodes share)",
             ));
         }
+        let cluster_budget = config.routes.iter().position(|r| {
+            r.ai.as_ref()
+                .is_some_and(|ai| ai.limit_scope == crate::route::rate_limit::Scope::Cluster)
+        });
+        if let Some(i) = cluster_budget {
+            return Err(invalid(
+                format!("routes[{i}].ai.limit_scope"),
+                "`cluster` needs a [cluster] section (the Redis the nodes share)",
+            ));
+        }
     }
     config.check()?;
     Ok(config)

@@ -14,7 +14,7 @@ pub(super) fn validate_route(
     let key = |field: &str| format!("routes[{i}].{field}");
     let ai = match &r.ai {
         None => None,
-        Some(raw) => Some(super::ai::validate_ai(i, raw, upstreams)?),
+        Some(raw) => Some(super::ai::validate_ai(i, raw, upstreams, r.auth.is_some())?),
     };
     let upstream = match (&r.upstream, &ai) {
         (Some(name), _) => upstreams
@@ -264,34 +264,10 @@ fn validate_rate_limit(
             }
         },
     };
-    use crate::route::rate_limit::{Fail, Scope};
-    let scope = match raw.scope.as_deref().unwrap_or("node") {
-        "node" => Scope::Node,
-        "cluster" => Scope::Cluster,
-        other => {
-            return Err(invalid(
-                key("scope"),
-                format!("`{other}` is not one of node, cluster"),
-            ))
-        }
-    };
-    let fail = match raw.fail.as_deref() {
-        None | Some("local") => Fail::Local,
-        Some("open") => Fail::Open,
-        Some("closed") => Fail::Closed,
-        Some(other) => {
-            return Err(invalid(
-                key("fail"),
-                format!("`{other}` is not one of local, open, closed"),
-            ))
-        }
-    };
-    if raw.fail.is_some() && scope == Scope::Node {
-        return Err(invalid(
-            key("fail"),
-            "only a `scope = \"cluster\"` limit depends on Redis",
-        ));
-    }
+    let (scope, fail) = scope_and_fail(
+        (key("scope"), raw.scope.as_deref()),
+        (key("fail"), raw.fail.as_deref()),
+    )?;
     let mut limit = RateLimit::new(raw.requests_per_second, raw.burst.unwrap_or(0), limit_key)
         .map_err(|reason| invalid(key("requests_per_second"), reason))?;
     limit.scope = scope;
@@ -520,4 +496,48 @@ fn validate_upgrade(i: usize, raw: Option<&[String]>) -> Result<Vec<String>, Con
         }
     }
     Ok(protocols)
+}
+
+/// A limit's `scope` (`node`, the default, or `cluster`) and, for a
+/// cluster one only, its `fail` mode (`local`, the default, `open`,
+/// `closed`), each with its key for errors.
+pub(super) fn scope_and_fail(
+    scope: (String, Option<&str>),
+    fail: (String, Option<&str>),
+) -> Result<
+    (
+        crate::route::rate_limit::Scope,
+        crate::route::rate_limit::Fail,
+    ),
+    ConfigError,
+> {
+    use crate::route::rate_limit::{Fail, Scope};
+    let parsed_scope = match scope.1.unwrap_or("node") {
+        "node" => Scope::Node,
+        "cluster" => Scope::Cluster,
+        other => {
+            return Err(invalid(
+                scope.0,
+                format!("`{other}` is not one of node, cluster"),
+            ))
+        }
+    };
+    let parsed_fail = match fail.1 {
+        None | Some("local") => Fail::Local,
+        Some("open") => Fail::Open,
+        Some("closed") => Fail::Closed,
+        Some(other) => {
+            return Err(invalid(
+                fail.0,
+                format!("`{other}` is not one of local, open, closed"),
+            ))
+        }
+    };
+    if fail.1.is_some() && parsed_scope == Scope::Node {
+        return Err(invalid(
+            fail.0,
+            "only a `scope = \"cluster\"` limit depends on Redis",
+        ));
+    }
+    Ok((parsed_scope, parsed_fail))
 }

@@ -499,3 +499,83 @@ fn tls_to_redis_is_checked() {
     let _ = std::fs::remove_file(&pem);
     let _ = std::fs::remove_file(&not_pem);
 }
+
+#[test]
+fn ai_routes_are_checked_naming_the_key() {
+    let ai = |consumers: &str, extra: &str| {
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+[upstreams.llm]
+servers = ["127.0.0.1:9000"]
+[[routes]]
+path_prefix = "/v1/"
+[routes.ai]
+{consumers}
+[routes.ai.providers.p]
+upstream = "llm"
+keys = ["pk"]
+[routes.ai.models.m]
+targets = [{{ provider = "p", model = "x" }}]
+tokens_per_minute = 1000
+{extra}"#
+        )
+    };
+    let refused = |text: String| Config::parse(&text).unwrap_err();
+    let c = Config::parse(&ai(r#"consumers = [{ name = "a", key = "ck" }]"#, "")).unwrap();
+    let route = c.routes[0].ai.as_ref().unwrap();
+    assert_eq!(route.limit_scope, crate::route::rate_limit::Scope::Node);
+    assert!(format!("{route:?}").contains("Secret(..)"));
+    assert!(
+        !format!("{route:?}").contains("\"ck\""),
+        "keys never printed"
+    );
+
+    let e = refused(ai(r#"consumers = [{ name = "a" }]"#, ""));
+    assert_eq!(e.key, "routes[0].ai.consumers[0].key", "{e}");
+    let auth = "[routes.auth]\nkeys = { k1 = \"a long enough key\" }\n";
+    let e = refused(ai(r#"consumers = [{ name = "a", key = "ck" }]"#, auth));
+    assert_eq!(e.key, "routes[0].ai.consumers[0].key", "{e}");
+    assert!(e.reason.contains("subject"), "{e}");
+    let c = Config::parse(&ai(r#"consumers = [{ name = "a" }]"#, auth)).unwrap();
+    assert_eq!(c.routes[0].ai.as_ref().unwrap().consumers[0].key, None);
+    let e = refused(ai(
+        r#"consumers = [{ name = "a", key = "1" }, { name = "a", key = "2" }]"#,
+        "",
+    ));
+    assert_eq!(e.key, "routes[0].ai.consumers[1].name", "{e}");
+    let e = refused(ai(
+        r#"consumers = [{ name = "a", key = "env:RINGGATE_TEST_UNSET_KEY" }]"#,
+        "",
+    ));
+    assert!(e.reason.contains("RINGGATE_TEST_UNSET_KEY"), "{e}");
+
+    let e = refused(ai("limit_scope = \"cluster\"", ""));
+    assert_eq!(e.key, "routes[0].ai.limit_scope", "{e}");
+    assert!(e.reason.contains("[cluster]"), "{e}");
+    let e = refused(ai("limit_fail = \"open\"", ""));
+    assert_eq!(e.key, "routes[0].ai.limit_fail", "{e}");
+    let cluster = "[cluster]\nredis = \"redis://127.0.0.1:6379/\"\n";
+    let c = Config::parse(&ai(
+        "limit_scope = \"cluster\"\nlimit_fail = \"closed\"",
+        cluster,
+    ))
+    .unwrap();
+    let route = c.routes[0].ai.as_ref().unwrap();
+    let tokens = route.models[0].limits.tokens.as_ref().unwrap();
+    assert_eq!(tokens.scope, crate::route::rate_limit::Scope::Cluster);
+    assert_eq!(tokens.fail, crate::route::rate_limit::Fail::Closed);
+
+    let e = refused(ai("", "").replace("provider = \"p\"", "provider = \"q\""));
+    assert_eq!(e.key, "routes[0].ai.models.m.targets[0].provider", "{e}");
+    let e = refused(ai("", "").replace(
+        "upstream = \"llm\"",
+        "upstream = \"llm\"\nkind = \"gemini\"",
+    ));
+    assert_eq!(e.key, "routes[0].ai.providers.p.kind", "{e}");
+    let e = refused(ai("", "").replace("tokens_per_minute = 1000", "tokens_per_minute = 0"));
+    assert_eq!(e.key, "routes[0].ai.models.m.tokens_per_minute", "{e}");
+    let e = refused(ai("", "cache_any_temperature = true"));
+    assert_eq!(e.key, "routes[0].ai.models.m.cache_any_temperature", "{e}");
+}

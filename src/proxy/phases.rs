@@ -124,7 +124,7 @@ fn phases<'b>(
     check_body_size(ctx, req, &answered)?;
     let identity = admit(ctx, route, req, &answered)?;
     limit_rate(ctx, route, req, down, identity.as_deref(), &answered, facts)?;
-    ai_call(index, route, req, down, &answered)?;
+    ai_call(index, route, req, down, identity.as_deref(), &answered)?;
     buffer_body(ctx, route, req, down)?;
     let upgrade = tunnel::requested(req, route);
     let forwarded = UpstreamRequest {
@@ -391,31 +391,41 @@ fn limit_rate(
     }
 }
 
-/// An AI route's request (`[routes.ai]`): its consumer key checked (401),
-/// its operation known (404), its body read whole up to the route's
-/// `max_body` (413), then answered by `ai::run` instead of forwarded.
+/// An AI route's request (`[routes.ai]`): its consumer known (401), by
+/// its API key, or on a route with `[routes.auth]` by the verified token's
+/// subject; its operation known (404), its body read whole up to the
+/// route's `max_body` (413), then answered by `ai::run` instead of
+/// forwarded.
 fn ai_call(
     index: usize,
     route: &RouteConfig,
     req: &RequestHead<'_>,
     down: &Downstream<'_>,
+    identity: Option<&[(String, String)]>,
     answered: &Answered,
 ) -> Phase<()> {
     let Some(ai) = &route.ai else {
         return Ok(());
     };
-    let consumer = match ai.consumers.is_empty() {
-        true => None,
-        false => {
+    let consumer = match &route.auth {
+        Some(policy) => identity.and_then(|identity| {
+            identity
+                .iter()
+                .find(|(header, _)| *header == policy.subject_header)
+                .map(|(_, subject)| subject.clone())
+        }),
+        None if ai.consumers.is_empty() => None,
+        None => {
             let presented = req
                 .headers
                 .iter()
                 .find(|h| crate::http::headers::name_is(h.name, "authorization"))
                 .map_or(&b""[..], |h| h.value);
-            let known = ai
-                .consumers
-                .iter()
-                .find(|c| crate::route::auth::bearer_is(presented, c.key.0.as_bytes()));
+            let known = ai.consumers.iter().find(|c| {
+                c.key
+                    .as_ref()
+                    .is_some_and(|k| crate::route::auth::bearer_is(presented, k.0.as_bytes()))
+            });
             match known {
                 Some(c) => Some(c.name.clone()),
                 None => return refuse(ErrorKind::Unauthorized, answered),

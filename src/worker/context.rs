@@ -116,9 +116,8 @@ pub struct WorkerShared {
     pub ai_bench: std::cell::RefCell<std::collections::HashMap<String, std::time::Instant>>,
     /// AI routes' usage on this worker.
     pub ai_usage: std::cell::RefCell<crate::ai::Usage>,
-    /// AI providers' keys on this worker, by route and provider: whose
-    /// turn is next, and requests in flight on each key.
-    pub ai_keys: std::cell::RefCell<std::collections::HashMap<String, (usize, Vec<u32>)>>,
+    /// AI providers' keys: requests in flight on each, node-wide.
+    pub ai_keys: Arc<crate::ai::keys::KeyLoad>,
     /// `X-Request-Id`s this worker made, and their random prefix.
     pub request_ids: Cell<u64>,
     pub request_id_prefix: u64,
@@ -257,6 +256,14 @@ impl WorkerCtx {
     pub fn set_access_log(&mut self, log: Arc<crate::access_log::AccessLog>) {
         if let Some(shared) = Rc::get_mut(&mut self.shared) {
             shared.log = Some(crate::access_log::WorkerLog::new(log, shared.index));
+        }
+    }
+
+    /// Counts AI provider keys in flight in the node's table (before the
+    /// worker's tasks share this context).
+    pub fn set_ai_keys(&mut self, keys: Arc<crate::ai::keys::KeyLoad>) {
+        if let Some(shared) = Rc::get_mut(&mut self.shared) {
+            shared.ai_keys = keys;
         }
     }
 

@@ -1,6 +1,7 @@
 //! A worker's bus task: applies what other workers and the admin API send
 //! (invalidations, offered cache entries, fetch completions, health
-//! verdicts, new server lists, stats requests), in order, between requests.
+//! verdicts, benched AI targets, new server lists, stats requests), in
+//! order, between requests.
 
 use std::rc::Rc;
 
@@ -72,6 +73,11 @@ fn apply(ctx: &Rc<WorkerCtx>, envelope: Envelope) {
             if let Some(index) = found {
                 upstreams.set_health(index, healthy);
             }
+        }
+        Message::AiBench { target, until } => {
+            let mut bench = ctx.ai_bench.borrow_mut();
+            let entry = bench.entry(target.to_string()).or_insert(until);
+            *entry = (*entry).max(until);
         }
         Message::Servers { group, servers } => {
             if let Some(g) = ctx.config.upstreams.iter().position(|g| *g.name == *group) {

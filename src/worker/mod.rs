@@ -67,6 +67,8 @@ pub(crate) struct WorkerSpec {
     pub claims: Arc<crate::cache::claims::Claims>,
     /// The node's rate-limit table.
     pub limiter: Arc<dyn crate::route::rate_limit::Limiter>,
+    /// The node's counts of AI provider keys in flight.
+    pub ai_keys: Arc<crate::ai::keys::KeyLoad>,
     /// The admin API's concrete address, on the worker that serves it,
     /// with what reloads the config and its handed-over socket, if any.
     pub admin: Option<(
@@ -293,6 +295,7 @@ async fn worker_main(
     first.set_sockets(spec.sockets.clone());
     first.set_access_log(spec.access_log.clone());
     first.set_cluster(spec.cluster.clone());
+    first.set_ai_keys(spec.ai_keys.clone());
     first.entries = spec
         .listeners
         .iter()

@@ -7,7 +7,7 @@
 //! - `stall-head`: reads the request, never answers;
 //! - `stall-mid`: on a stream, sends the first event, then nothing;
 //! - `paced`: on a stream, 150 ms between events;
-//! - `slow`: answers after 300 ms;
+//! - `slow`: answers after 300 ms; `slower`: after 2 s;
 //! - anything else: answers `echo:<the last message's text>`, usage 5 + 7.
 //!
 //! Every request is recorded (path, head, body) with when it came.
@@ -114,6 +114,10 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
     if model == "slow" {
         // A slow provider on purpose: concurrent requests pile up behind it.
         std::thread::sleep(Duration::from_millis(300));
+    }
+    if model == "slower" {
+        // Busy long enough for a test's other requests, however slow the machine.
+        std::thread::sleep(Duration::from_secs(2));
     }
     let anthropic = path.ends_with("/messages");
     let text = format!("echo:{}", last_text(&body));

@@ -35,7 +35,7 @@ use crate::config::ai::ProviderKind;
 use crate::http::Method;
 use crate::worker::context::WorkerCtx;
 
-use budget::{record, Budgets, Relayed};
+use budget::{record, Budgets, Refusal, Relayed};
 use provider::{first_bytes, pick_key, provider_request, read_whole};
 use relay::relay_stream;
 
@@ -165,13 +165,20 @@ pub(super) async fn run(
             return cached(ctx, client, out, &hit.body, &fields, keep).await;
         }
     }
-    let budgets = Budgets::of(&ai, &route_name, consumer, model);
+    let mut budgets = Budgets::of(&ai, &route_name, consumer, model);
     // Tokens are not known before the answer: the prompt's bytes over four
     // and the most the answer may use stand in, corrected after.
     let estimate = (call.body.len() as u64).div_ceil(4) + fields.max_tokens.unwrap_or(0);
-    if let Err(wait) = budgets.take(ctx, estimate) {
-        let message = "over this consumer's or model's tokens or requests per minute";
-        return limited(ctx, client, out, wait, message, keep).await;
+    match budgets.take(ctx, estimate).await {
+        Ok(()) => {}
+        Err(Refusal::Over(wait)) => {
+            let message = "over this consumer's or model's tokens or requests per minute";
+            return limited(ctx, client, out, wait, message, keep).await;
+        }
+        Err(Refusal::Unavailable) => {
+            let message = "the cluster's limits cannot be checked now";
+            return error(ctx, client, out, 503, message, keep).await;
+        }
     }
     // What the client is told if no target answers.
     let mut failed: (u16, String) = (502, "no provider could be reached".into());
@@ -218,9 +225,7 @@ pub(super) async fn run(
         };
         if head.status == 429 || head.status >= 500 {
             if let Some(wait) = head.retry_after {
-                ctx.ai_bench
-                    .borrow_mut()
-                    .insert(bench_key, Instant::now() + wait);
+                bench(ctx, bench_key, Instant::now() + wait);
             }
             tracing::warn!(worker = ctx.index, provider = %provider.name, model = %target.model, status = head.status, "AI target refused; trying the next");
             failed = match head.status {
@@ -403,4 +408,17 @@ async fn error(
     };
     let body = serde_json::json!({"error": {"message": message, "type": kind}}).to_string();
     json(ctx, client, out, status, body.as_bytes(), keep).await
+}
+
+/// Passes a target over until `until`, on this worker at once and on the
+/// others through the bus (a provider's `Retry-After` holds for the node).
+fn bench(ctx: &WorkerCtx, target: String, until: Instant) {
+    let message = crate::bus::Message::AiBench {
+        target: target.as_str().into(),
+        until,
+    };
+    ctx.ai_bench.borrow_mut().insert(target, until);
+    if let Err(e) = ctx.bus.broadcast(&message, Some(ctx.index)) {
+        tracing::warn!(worker = ctx.index, error = %e, "could not tell every worker about a benched AI target");
+    }
 }

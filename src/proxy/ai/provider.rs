@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use super::super::io::{Read, Stream};
+use crate::ai::keys::KeyInFlight;
 use crate::ai::{anthropic, openai};
 use crate::config::ai::{AiRoute, Provider, ProviderKind, Target};
 use crate::http::chunked::{ChunkedDecoder, Output};
@@ -56,55 +57,15 @@ pub(super) fn provider_request(
     Ok(request)
 }
 
-/// The provider key with the fewest requests in flight on this worker
-/// (among equals, the next in turn, so idle keys share the load and each
-/// key's own quota at the provider), and what counts it in flight.
+/// The provider key with the fewest requests in flight on this node
+/// (`crate::ai::keys`), and what counts it in flight.
 pub(super) fn pick_key<'a>(
     ctx: &'a WorkerCtx,
     route: &str,
     provider: &Provider,
 ) -> (Option<usize>, Option<KeyInFlight<'a>>) {
-    let n = provider.keys.len();
-    if n == 0 {
-        return (None, None);
-    }
-    let name = format!("{route}/{}", provider.name);
-    let mut keys = ctx.ai_keys.borrow_mut();
-    let state = keys.entry(name.clone()).or_insert_with(|| (0, vec![0; n]));
-    if state.1.len() != n {
-        *state = (0, vec![0; n]);
-    }
-    let (turn, in_flight) = state;
-    let least = *in_flight.iter().min().unwrap_or(&0);
-    let chosen = (0..n)
-        .map(|i| (*turn + i) % n)
-        .find(|&i| in_flight[i] == least)
-        .unwrap_or(0);
-    *turn = (chosen + 1) % n;
-    in_flight[chosen] += 1;
-    let guard = KeyInFlight {
-        ctx,
-        name,
-        index: chosen,
-    };
-    (Some(chosen), Some(guard))
-}
-
-/// One request in flight on a provider key; counted down when dropped.
-pub(super) struct KeyInFlight<'a> {
-    ctx: &'a WorkerCtx,
-    name: String,
-    index: usize,
-}
-
-impl Drop for KeyInFlight<'_> {
-    fn drop(&mut self) {
-        if let Some((_, in_flight)) = self.ctx.ai_keys.borrow_mut().get_mut(&self.name) {
-            if let Some(n) = in_flight.get_mut(self.index) {
-                *n = n.saturating_sub(1);
-            }
-        }
-    }
+    let picked = ctx.ai_keys.pick(route, &provider.name, provider.keys.len());
+    (picked.as_ref().map(|k| k.index), picked)
 }
 
 /// What the gateway keeps of a provider's response head.
