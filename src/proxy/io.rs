@@ -51,6 +51,19 @@ impl Stream {
         }
     }
 
+    /// Appends what the client sends next to `buf`, with no time limit of
+    /// its own: for a connection waiting between requests, which the
+    /// worker's idle sweep closes when its time is up.
+    pub async fn read_idle(&mut self, buf: &mut BytesMut, reserve: usize) -> Read {
+        match self {
+            Stream::Plain(s) => read_untimed(s, buf, reserve).await,
+            _ => {
+                let forever = crate::config::units::MAX_DURATION;
+                Box::pin(self.read_some(buf, reserve, forever)).await
+            }
+        }
+    }
+
     /// Writes all of `buf`, giving it back for reuse.
     pub async fn write_all<B: IoBuf + 'static>(
         &mut self,
@@ -142,6 +155,21 @@ pub async fn read_some(
             }
         }
         Err(_) => Read::TimedOut,
+    }
+}
+
+/// Appends what the socket has (at least `reserve` bytes of room) to
+/// `buf`, however long that takes.
+async fn read_untimed(stream: &mut TcpStream, buf: &mut BytesMut, reserve: usize) -> Read {
+    buf.reserve(reserve);
+    let (len, cap) = (buf.len(), buf.capacity());
+    let owned = SliceMut::new(std::mem::take(buf), len, cap);
+    let (result, owned) = stream.read(owned).await;
+    *buf = owned.into_inner();
+    match result {
+        Ok(0) => Read::Eof,
+        Ok(n) => Read::Data(n),
+        Err(e) => Read::Failed(e),
     }
 }
 

@@ -65,25 +65,30 @@ pub async fn serve(
         log: None,
     };
     // Boxed so the connection task holds this state once, not once more inside `race`.
-    let work = Box::pin(async {
-        // Each request starts on the config generation current when it comes.
-        loop {
-            if client.buf.is_empty() && !await_request(&ctx, &mut client).await {
-                break;
-            }
-            if let Next::Close = exchange(&ctx.current(), &mut client).await {
-                break;
-            }
-            // Give back memory a large head or body made the buffer grow to.
-            if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size
-            {
-                client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
-            }
-        }
-    });
+    let work = Box::pin(requests(&ctx, &mut client));
     // After the shutdown grace period the work is dropped mid-flight: its
     // sockets close and its pending I/O is cancelled.
     race(work, ctx.forced_closed()).await;
+}
+
+/// The connection's requests, one after another, each on the config
+/// generation current when its first bytes come. What an idle keep-alive
+/// connection holds is this loop's state while it waits: a request's
+/// exchange (some KiB of state) is boxed for as long as it runs, so it is
+/// not carried by every idle connection.
+pub(super) async fn requests(ctx: &Rc<WorkerCtx>, client: &mut Client) {
+    loop {
+        if client.buf.is_empty() && !await_request(ctx, client).await {
+            break;
+        }
+        if let Next::Close = Box::pin(exchange(&ctx.current(), client)).await {
+            break;
+        }
+        // Give back memory a large head or body made the buffer grow to.
+        if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size {
+            client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
+        }
+    }
 }
 
 /// Opens the connection: the TLS handshake of a TLS listener, then the
@@ -303,16 +308,16 @@ async fn await_request(ctx: &Rc<WorkerCtx>, client: &mut Client) -> bool {
         return false;
     }
     // Idle: wait for the first byte of the next request, but not past the
-    // keep-alive timeout, and not once a graceful shutdown starts.
+    // keep-alive timeout (the worker's idle sweep tells the connection to
+    // close then: the wait holds no timer), and not once a graceful
+    // shutdown starts.
     let limit = if client.served == 0 {
         timeouts.client_header
     } else {
         timeouts.keepalive
     };
-    let read = client
-        .stream
-        .read_some(&mut client.buf, ctx.per_core.client_buffer_size, limit);
-    ctx.conns.set_idle(client.conn);
+    ctx.conns
+        .set_idle(client.conn, Some(io::deadline_in(limit)));
     if ctx.active.get() >= ctx.per_core.max_connections {
         // The accept loop may be waiting for an idle connection to close.
         ctx.slot_notify.notify_all();
@@ -322,7 +327,8 @@ async fn await_request(ctx: &Rc<WorkerCtx>, client: &mut Client) -> bool {
             .wait_until(move || !fresh && ctx.draining.get()),
         ctx.conns.evicted(client.conn),
     );
-    let woke = race(read, stop).await;
+    let reserve = ctx.per_core.client_buffer_size;
+    let woke = race(client.stream.read_idle(&mut client.buf, reserve), stop).await;
     ctx.conns.set_busy(client.conn);
     matches!(woke, Either::Left(Read::Data(_)))
 }

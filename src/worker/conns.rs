@@ -5,10 +5,15 @@
 //! everybody else out.
 //!
 //! Each connection's slot records since when it is idle (a sequence number
-//! taken when it goes idle, 0 while busy): marking a connection idle or
-//! busy is a field write per request. Finding the oldest idle one is a scan
-//! of the slots, done only when a cap is reached. Only this worker's tasks
-//! touch it.
+//! taken when it goes idle, 0 while busy) and until when it may stay so:
+//! marking a connection idle or busy is a field write per request. Finding
+//! the oldest idle one is a scan of the slots, done only when a cap is
+//! reached; closing those idle past their time (the keep-alive timeout, or
+//! the header timeout before a first request) is a scan the worker makes a
+//! few times a second while some are idle ([`Conns::expire_idle`]). So an
+//! idle connection's wait holds no timer of its own (a timer is most of
+//! the memory a waiting read would otherwise hold). Only this worker's
+//! tasks touch it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -16,6 +21,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use slab::Slab;
 
@@ -23,6 +29,8 @@ struct Slot {
     ip: IpAddr,
     /// When it went idle, as a sequence number; 0 while busy.
     idle_since: u64,
+    /// Closed once idle past this (none: its own task keeps the time).
+    idle_until: Option<Instant>,
     /// Told to close (it was idle when a cap was reached).
     evicted: bool,
     waker: Option<Waker>,
@@ -53,6 +61,7 @@ impl Conns {
         self.slots.borrow_mut().insert(Slot {
             ip,
             idle_since: 0,
+            idle_until: None,
             evicted: false,
             waker: None,
         })
@@ -81,11 +90,13 @@ impl Conns {
             .unwrap_or(0)
     }
 
-    /// The connection waits for the first byte of a request.
-    pub fn set_idle(&self, key: usize) {
+    /// The connection waits for the first byte of a request, and is told
+    /// to close if it still waits at `until` ([`Conns::expire_idle`]).
+    pub fn set_idle(&self, key: usize, until: Option<Instant>) {
         let sequence = self.sequence.get() + 1;
         self.sequence.set(sequence);
         if let Some(slot) = self.slots.borrow_mut().get_mut(key) {
+            slot.idle_until = until;
             if !slot.evicted && std::mem::replace(&mut slot.idle_since, sequence) == 0 {
                 self.idle_count.set(self.idle_count.get() + 1);
             }
@@ -123,14 +134,32 @@ impl Conns {
         let Some(key) = oldest else {
             return false;
         };
-        let slot = &mut slots[key];
+        self.evict(&mut slots[key]);
+        true
+    }
+
+    fn evict(&self, slot: &mut Slot) {
         slot.evicted = true;
         slot.idle_since = 0;
         self.idle_count.set(self.idle_count.get() - 1);
         if let Some(waker) = slot.waker.take() {
             waker.wake();
         }
-        true
+    }
+
+    /// Tells every connection idle past its time to close; returns how many.
+    pub fn expire_idle(&self, now: Instant) -> usize {
+        if !self.any_idle() {
+            return 0;
+        }
+        let mut expired = 0;
+        for (_, slot) in self.slots.borrow_mut().iter_mut() {
+            if slot.idle_since != 0 && slot.idle_until.is_some_and(|until| until <= now) {
+                self.evict(slot);
+                expired += 1;
+            }
+        }
+        expired
     }
 
     /// Resolves once the connection `key` was told to close.
@@ -173,9 +202,9 @@ mod tests {
         let a = c.register(ip("10.0.0.1"));
         let b = c.register(ip("10.0.0.1"));
         let busy = c.register(ip("10.0.0.2"));
-        c.set_idle(b);
-        c.set_idle(a);
-        c.set_idle(busy);
+        c.set_idle(b, None);
+        c.set_idle(a, None);
+        c.set_idle(busy, None);
         c.set_busy(busy);
         assert!(c.evict_oldest_idle(None));
         assert!(c.slots.borrow()[b].evicted, "b went idle first");
@@ -196,15 +225,41 @@ mod tests {
         let _b = c.register(ip("::ffff:10.0.0.1"));
         let other = c.register(ip("10.0.0.2"));
         assert_eq!(c.count_for(ip("10.0.0.1")), 2);
-        c.set_idle(other);
+        c.set_idle(other, None);
         assert!(
             !c.evict_oldest_idle(Some(ip("10.0.0.1"))),
             "only that address's connections"
         );
-        c.set_idle(a);
+        c.set_idle(a, None);
         assert!(c.evict_oldest_idle(Some(ip("10.0.0.1"))));
         c.unregister(a);
         assert_eq!(c.count_for(ip("10.0.0.1")), 1);
+    }
+
+    #[test]
+    fn connections_idle_past_their_time_are_told_to_close() {
+        let c = Conns::default();
+        let now = Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        let late = c.register(ip("10.0.0.1"));
+        let early = c.register(ip("10.0.0.1"));
+        let untimed = c.register(ip("10.0.0.1"));
+        let busy = c.register(ip("10.0.0.1"));
+        c.set_idle(late, Some(now + 2 * second));
+        c.set_idle(early, Some(now + second));
+        c.set_idle(untimed, None);
+        c.set_idle(busy, Some(now));
+        c.set_busy(busy);
+        assert_eq!(c.expire_idle(now), 0, "a busy connection is never closed");
+        assert_eq!(c.expire_idle(now + second), 1);
+        assert!(c.slots.borrow()[early].evicted);
+        assert_eq!(c.expire_idle(now + 3 * second), 1);
+        assert!(c.slots.borrow()[late].evicted);
+        assert!(
+            !c.slots.borrow()[untimed].evicted,
+            "its task keeps its time"
+        );
+        assert!(c.any_idle());
     }
 
     #[test]
@@ -212,10 +267,10 @@ mod tests {
         let c = Conns::default();
         let a = c.register(ip("10.0.0.1"));
         let b = c.register(ip("10.0.0.1"));
-        c.set_idle(a);
-        c.set_idle(b);
+        c.set_idle(a, None);
+        c.set_idle(b, None);
         c.set_busy(a);
-        c.set_idle(a);
+        c.set_idle(a, None);
         assert!(c.evict_oldest_idle(None));
         assert!(c.slots.borrow()[b].evicted);
     }

@@ -321,6 +321,7 @@ async fn worker_main(
         });
     }
     monoio::spawn(sweep_pool(ctx.clone()));
+    monoio::spawn(expire_idle(ctx.clone()));
     monoio::spawn(flush_log(ctx.clone()));
     for (listener, address) in listeners {
         monoio::spawn(accept_loop(ctx.clone(), listener, address));
@@ -363,6 +364,24 @@ async fn flush_log(ctx: Rc<WorkerCtx>) {
                 if let Some(log) = &ctx.log {
                     log.hand_over();
                 }
+            }
+            Either::Right(()) => return,
+        }
+    }
+}
+
+/// Closes client connections idle past their keep-alive (or first-request
+/// header) timeout: a scan of the connection table every eighth of the
+/// shorter timeout (5 ms to 500 ms), while some connection is idle. A
+/// connection is closed that much late at most.
+async fn expire_idle(ctx: Rc<WorkerCtx>) {
+    loop {
+        let timeouts = &ctx.current().config.timeouts;
+        let tick = (timeouts.client_header.min(timeouts.keepalive) / 8)
+            .clamp(Duration::from_millis(5), Duration::from_millis(500));
+        match race(monoio::time::sleep(tick), ctx.drain_started()).await {
+            Either::Left(()) => {
+                ctx.conns.expire_idle(std::time::Instant::now());
             }
             Either::Right(()) => return,
         }

@@ -294,7 +294,7 @@ async fn next_event(
         }
         // No stream open: the connection is idle, as an HTTP/1 one waiting
         // for its next request, and may be closed to make room at a cap.
-        ctx.conns.set_idle(conn);
+        ctx.conns.set_idle(conn, None);
         if ctx.active.get() >= ctx.per_core.max_connections {
             ctx.slot_notify.notify_all();
         }
