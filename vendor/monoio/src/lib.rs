@@ -27,6 +27,7 @@ extern crate alloc;
 pub mod blocking;
 
 pub mod buf;
+pub mod buf_ring;
 pub mod fs;
 pub mod io;
 pub mod net;

@@ -34,7 +34,9 @@ use self::op::{CompletionMeta, Op, OpAble};
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 pub use self::uring::IoUringDriver;
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-use self::uring::UringInner;
+pub(crate) use self::uring::UringInner;
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub(crate) use self::uring::ORPHANED;
 
 /// Unpark a runtime of another thread.
 pub(crate) mod unpark {

@@ -6,7 +6,25 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use crate::{driver::op::CompletionMeta, utils::slab::Ref};
+use crate::{
+    driver::op::{recv_select::RecvSelect, CompletionMeta},
+    utils::slab::Ref,
+};
+
+std::thread_local! {
+    /// Provided buffers the kernel filled for operations nobody waits for
+    /// any more (dropped before or after they completed): (group, id), for
+    /// the application to give back to their ring (`crate::buf_ring`).
+    pub(crate) static ORPHANED: std::cell::RefCell<Vec<(u16, u16)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps a provided buffer an abandoned receive took.
+fn orphan(group: Option<u16>, flags: u32) {
+    if let (Some(group), Some(id)) = (group, crate::driver::op::recv_select::buffer_of(flags)) {
+        ORPHANED.with(|o| o.borrow_mut().push((group, id)));
+    }
+}
 
 pub(crate) enum Lifecycle {
     /// The operation has been submitted to uring and is currently in-flight
@@ -40,7 +58,9 @@ impl<'a> Ref<'a, Lifecycle> {
                     _ => unsafe { std::hint::unreachable_unchecked() },
                 }
             }
-            Lifecycle::Ignored(..) => {
+            Lifecycle::Ignored(data) => {
+                let group = data.downcast_ref::<RecvSelect>().map(|r| r.group);
+                orphan(group, flags);
                 self.remove();
             }
             Lifecycle::Completed(..) => unsafe { std::hint::unreachable_unchecked() },
@@ -83,7 +103,13 @@ impl<'a> Ref<'a, Lifecycle> {
                 };
                 return false;
             }
-            Lifecycle::Completed(..) => {
+            Lifecycle::Completed(_, flags) => {
+                let flags = *flags;
+                let any: &dyn std::any::Any = &*data;
+                let group = any
+                    .downcast_ref::<Option<RecvSelect>>()
+                    .and_then(|r| r.as_ref().map(|r| r.group));
+                orphan(group, flags);
                 self.remove();
             }
             Lifecycle::Ignored(..) => unsafe { std::hint::unreachable_unchecked() },

@@ -12,6 +12,7 @@ use std::{
 
 use io_uring::{cqueue, opcode, types::Timespec, IoUring};
 use lifecycle::Lifecycle;
+pub(crate) use lifecycle::ORPHANED;
 
 use super::{
     op::{CompletionMeta, Op, OpAble},
@@ -543,6 +544,34 @@ impl UringInner {
             let _ = inner.submit();
             let _ = inner.uring.submission().push(&cancel);
         }
+    }
+
+    /// Registers a provided-buffer ring (ringgate, see FORK.md).
+    ///
+    /// # Safety
+    ///
+    /// `ring` must point at `entries` page-aligned `io_uring_buf` entries
+    /// that stay valid until the group is unregistered or the ring dropped.
+    pub(crate) unsafe fn register_buf_ring(
+        this: &Rc<UnsafeCell<UringInner>>,
+        ring: u64,
+        entries: u16,
+        group: u16,
+    ) -> io::Result<()> {
+        let inner = &mut *this.get();
+        inner
+            .uring
+            .submitter()
+            .register_buf_ring(ring, entries, group)
+    }
+
+    /// Unregisters a provided-buffer ring (ringgate, see FORK.md).
+    pub(crate) fn unregister_buf_ring(
+        this: &Rc<UnsafeCell<UringInner>>,
+        group: u16,
+    ) -> io::Result<()> {
+        let inner = unsafe { &mut *this.get() };
+        inner.uring.submitter().unregister_buf_ring(group)
     }
 
     #[cfg(feature = "sync")]

@@ -183,6 +183,21 @@ impl TcpStream {
         self.meta.local_addr()
     }
 
+    /// Receives into a buffer the kernel takes from the provided-buffer
+    /// ring `group` when data arrives (`crate::buf_ring`; added for
+    /// ringgate, see FORK.md): at most `len` bytes; the bytes received and
+    /// the id of the buffer holding them. io_uring only (`Unsupported`
+    /// otherwise); `ENOBUFS` when the ring was empty. Dropped before it
+    /// completes, a buffer it took is listed by `buf_ring::take_orphaned`.
+    pub fn recv_select(
+        &self,
+        group: u16,
+        len: u32,
+    ) -> impl Future<Output = io::Result<(usize, Option<u16>)>> {
+        let op = Op::recv_select(self.fd.clone(), group, len);
+        async move { op?.received().await }
+    }
+
     /// Return the remote address that this stream is connected to.
     #[inline]
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {

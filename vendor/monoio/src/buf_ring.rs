@@ -1,0 +1,75 @@
+//! Provided-buffer rings (added for ringgate, see FORK.md): the
+//! application gives the kernel a ring of buffers, and a receive
+//! ([`crate::net::TcpStream::recv_select`]) takes one only when data
+//! arrives, so a waiting receive holds no buffer of its own. io_uring
+//! driver only; the ring's memory, its buffers and giving buffers back are
+//! the application's.
+
+use std::io;
+
+/// Whether the current runtime's driver can use buffer rings (io_uring).
+pub fn supported() -> bool {
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    {
+        crate::driver::CURRENT.with(|inner| {
+            matches!(inner, crate::driver::Inner::Uring(_))
+        })
+    }
+    #[cfg(not(all(target_os = "linux", feature = "iouring")))]
+    false
+}
+
+/// Registers a buffer ring with the current runtime's io_uring as `group`.
+///
+/// # Safety
+///
+/// `ring` must be the page-aligned address of `entries` (a power of two, at
+/// most 32768) `io_uring_buf` entries, valid until [`unregister`] or the
+/// runtime's end, and every buffer published in it must stay valid while
+/// it is there.
+pub unsafe fn register(ring: *mut u8, entries: u16, group: u16) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    {
+        crate::driver::CURRENT.with(|inner| match inner {
+            crate::driver::Inner::Uring(this) => {
+                crate::driver::UringInner::register_buf_ring(this, ring as u64, entries, group)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(io::ErrorKind::Unsupported.into()),
+        })
+    }
+    #[cfg(not(all(target_os = "linux", feature = "iouring")))]
+    {
+        let _ = (ring, entries, group);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Unregisters the buffer ring `group` from the current runtime's io_uring.
+pub fn unregister(group: u16) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    {
+        crate::driver::CURRENT.with(|inner| match inner {
+            crate::driver::Inner::Uring(this) => {
+                crate::driver::UringInner::unregister_buf_ring(this, group)
+            }
+            #[allow(unreachable_patterns)]
+            _ => Err(io::ErrorKind::Unsupported.into()),
+        })
+    }
+    #[cfg(not(all(target_os = "linux", feature = "iouring")))]
+    {
+        let _ = group;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// Moves into `out` the (group, buffer id) of every provided buffer the
+/// kernel filled for a receive that was dropped before its result was
+/// taken: the application must give them back to their rings.
+pub fn take_orphaned(out: &mut Vec<(u16, u16)>) {
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    crate::driver::ORPHANED.with(|o| out.append(&mut o.borrow_mut()));
+    #[cfg(not(all(target_os = "linux", feature = "iouring")))]
+    let _ = out;
+}
