@@ -236,11 +236,11 @@ impl Gateway {
             }
         }
         workers.sort_by_key(|w| w.index);
-        let driver = workers.first().map(|w| w.driver);
-        if let Some(driver) = driver {
+        if let Some(first) = workers.first() {
             tracing::info!(
                 workers = workers.len(),
-                %driver,
+                driver = %first.driver,
+                recv_buffers = %first.recv_ring,
                 listen = ?handle.listen_addrs,
                 "ringgate started"
             );

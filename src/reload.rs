@@ -340,6 +340,9 @@ fn restart_only(running: &Config, written: &Written, next: &Config) -> Result<()
     if a.driver != b.driver {
         return refuse("workers.driver", "the io driver");
     }
+    if a.recv_buffers != b.recv_buffers {
+        return refuse("workers.recv_buffers", "the provided-buffer ring");
+    }
     if a.ring_entries != b.ring_entries || a.sqpoll != b.sqpoll {
         return refuse("workers.ring_entries", "the io_uring ring");
     }

@@ -109,6 +109,9 @@ pub struct WorkersConfig {
     pub pin: bool,
     pub driver: DriverChoice,
     pub ring_entries: u32,
+    /// Buffers in each worker's provided-buffer ring (io_uring; 0: none):
+    /// a connection waiting for a request takes one only when bytes come.
+    pub recv_buffers: u16,
     /// Kernel-side submission polling; its thread idles after `sqpoll_idle`.
     pub sqpoll: Option<Duration>,
     pub per_core: PerCoreConfig,
@@ -125,6 +128,7 @@ impl Default for WorkersConfig {
             pin: true,
             driver: DriverChoice::Auto,
             ring_entries: 1024,
+            recv_buffers: 256,
             sqpoll: None,
             per_core: PerCoreConfig::default(),
             overrides: HashMap::new(),

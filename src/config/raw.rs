@@ -137,6 +137,7 @@ pub struct RawWorkers {
     pub pin: Option<bool>,
     pub driver: Option<String>,
     pub ring_entries: Option<u32>,
+    pub recv_buffers: Option<u32>,
     pub sqpoll: Option<bool>,
     pub sqpoll_idle: Option<ConfigDuration>,
     pub max_connections: Option<usize>,

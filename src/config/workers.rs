@@ -65,6 +65,13 @@ pub(super) fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, C
             "must be a power of two between 256 and 32768",
         ));
     }
+    let recv_buffers = raw.recv_buffers.unwrap_or(u32::from(defaults.recv_buffers));
+    if recv_buffers != 0 && (recv_buffers > 32768 || !recv_buffers.is_power_of_two()) {
+        return Err(invalid(
+            "workers.recv_buffers",
+            "must be 0 (none) or a power of two up to 32768",
+        ));
+    }
     let sqpoll = if raw.sqpoll.unwrap_or(false) {
         Some(
             raw.sqpoll_idle
@@ -125,6 +132,7 @@ pub(super) fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, C
         pin: raw.pin.unwrap_or(true),
         driver,
         ring_entries,
+        recv_buffers: recv_buffers as u16,
         sqpoll,
         per_core,
         overrides,

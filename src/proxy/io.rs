@@ -53,13 +53,22 @@ impl Stream {
 
     /// Appends what the client sends next to `buf`, with no time limit of
     /// its own: for a connection waiting between requests, which the
-    /// worker's idle sweep closes when its time is up.
-    pub async fn read_idle(&mut self, buf: &mut BytesMut, reserve: usize) -> Read {
-        match self {
-            Stream::Plain(s) => read_untimed(s, buf, reserve).await,
-            _ => {
+    /// worker's idle sweep closes when its time is up. A plain connection
+    /// waits with no buffer when the worker has a provided-buffer ring
+    /// (`empty` is called if the ring had none left).
+    pub async fn read_idle(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+        ring: Option<&crate::worker::recv_ring::RecvRing>,
+        empty: impl FnOnce(),
+    ) -> Read {
+        match (self, ring) {
+            (Stream::Plain(s), Some(ring)) => ring.recv(s, buf, reserve, empty).await,
+            (Stream::Plain(s), None) => read_untimed(s, buf, reserve).await,
+            (stream, _) => {
                 let forever = crate::config::units::MAX_DURATION;
-                Box::pin(self.read_some(buf, reserve, forever)).await
+                Box::pin(stream.read_some(buf, reserve, forever)).await
             }
         }
     }
@@ -160,7 +169,11 @@ pub async fn read_some(
 
 /// Appends what the socket has (at least `reserve` bytes of room) to
 /// `buf`, however long that takes.
-async fn read_untimed(stream: &mut TcpStream, buf: &mut BytesMut, reserve: usize) -> Read {
+pub(crate) async fn read_untimed(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    reserve: usize,
+) -> Read {
     buf.reserve(reserve);
     let (len, cap) = (buf.len(), buf.capacity());
     let owned = SliceMut::new(std::mem::take(buf), len, cap);

@@ -84,9 +84,17 @@ pub(super) async fn requests(ctx: &Rc<WorkerCtx>, client: &mut Client) {
         if let Next::Close = Box::pin(exchange(&ctx.current(), client)).await {
             break;
         }
-        // Give back memory a large head or body made the buffer grow to.
-        if client.buf.is_empty() && client.buf.capacity() > 4 * ctx.per_core.client_buffer_size {
-            client.buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
+        // Give back memory a large head or body made the buffer grow to;
+        // with a provided-buffer ring, all of it: the wait for the next
+        // request needs none.
+        if client.buf.is_empty()
+            && (ctx.recv_ring.is_some()
+                || client.buf.capacity() > 4 * ctx.per_core.client_buffer_size)
+        {
+            client.buf = match ctx.recv_ring {
+                Some(_) => BytesMut::new(),
+                None => BytesMut::with_capacity(ctx.per_core.client_buffer_size),
+            };
         }
     }
 }
@@ -328,7 +336,12 @@ async fn await_request(ctx: &Rc<WorkerCtx>, client: &mut Client) -> bool {
         ctx.conns.evicted(client.conn),
     );
     let reserve = ctx.per_core.client_buffer_size;
-    let woke = race(client.stream.read_idle(&mut client.buf, reserve), stop).await;
+    let ring = ctx.recv_ring.as_ref();
+    let empty = || ctx.stats.count(Counter::RecvBuffersEmpty);
+    let read = client
+        .stream
+        .read_idle(&mut client.buf, reserve, ring, empty);
+    let woke = race(read, stop).await;
     ctx.conns.set_busy(client.conn);
     matches!(woke, Either::Left(Read::Data(_)))
 }

@@ -116,6 +116,8 @@ pub struct WorkerShared {
     pub ai_bench: std::cell::RefCell<std::collections::HashMap<String, std::time::Instant>>,
     /// AI routes' usage on this worker.
     pub ai_usage: std::cell::RefCell<crate::ai::Usage>,
+    /// The provided-buffer ring idle connections receive from (io_uring).
+    pub recv_ring: Option<super::recv_ring::RecvRing>,
     /// AI providers' keys: requests in flight on each, node-wide.
     pub ai_keys: Arc<crate::ai::keys::KeyLoad>,
     /// `X-Request-Id`s this worker made, and their random prefix.
@@ -198,6 +200,7 @@ impl WorkerCtx {
             ai_bench: Default::default(),
             ai_usage: Default::default(),
             ai_keys: Default::default(),
+            recv_ring: None,
             cluster: None,
             request_ids: Cell::new(0),
             request_id_prefix: {
@@ -256,6 +259,14 @@ impl WorkerCtx {
     pub fn set_access_log(&mut self, log: Arc<crate::access_log::AccessLog>) {
         if let Some(shared) = Rc::get_mut(&mut self.shared) {
             shared.log = Some(crate::access_log::WorkerLog::new(log, shared.index));
+        }
+    }
+
+    /// Receives idle connections' bytes through this ring (before the
+    /// worker's tasks share this context).
+    pub fn set_recv_ring(&mut self, ring: Option<super::recv_ring::RecvRing>) {
+        if let Some(shared) = Rc::get_mut(&mut self.shared) {
+            shared.recv_ring = ring;
         }
     }
 

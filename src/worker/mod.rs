@@ -7,6 +7,7 @@ pub mod conns;
 pub mod context;
 pub mod inbox;
 pub mod reconfigure;
+pub mod recv_ring;
 pub mod rlimit;
 pub mod signal;
 pub mod stats;
@@ -49,6 +50,9 @@ pub struct WorkerInfo {
     /// The CPUs the worker thread may run on, read back from the kernel after pinning.
     pub affinity: Vec<usize>,
     pub driver: DriverKind,
+    /// The provided-buffer ring idle connections receive from, if any
+    /// ("256 x 1024 B", or "none").
+    pub recv_ring: String,
 }
 
 /// What a worker thread needs to start.
@@ -120,6 +124,7 @@ fn run_worker(mut spec: WorkerSpec, ready: mpsc::Sender<Result<WorkerInfo, Strin
         core: spec.core.map(|c| c.id),
         affinity: current_affinity(),
         driver,
+        recv_ring: String::new(),
     };
     let inherited = std::mem::take(&mut spec.inherited);
     runtime.block_on(worker_main(spec, inherited, info, ready));
@@ -228,7 +233,7 @@ fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<TcpListener> {
 async fn worker_main(
     spec: WorkerSpec,
     mut inherited: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
-    info: WorkerInfo,
+    mut info: WorkerInfo,
     ready: mpsc::Sender<Result<WorkerInfo, String>>,
 ) {
     use std::os::fd::AsRawFd;
@@ -263,6 +268,7 @@ async fn worker_main(
     }
     let core_key = info.core.unwrap_or(spec.index);
     let per_core = spec.config.workers.for_core(core_key).clone();
+    let per_core_buffer = per_core.client_buffer_size;
     let admin_listener = match spec.admin {
         None => None,
         Some((address, reloader, handed)) => match handed.map(adopt).unwrap_or_else(|| {
@@ -296,6 +302,11 @@ async fn worker_main(
     first.set_access_log(spec.access_log.clone());
     first.set_cluster(spec.cluster.clone());
     first.set_ai_keys(spec.ai_keys.clone());
+    first.set_recv_ring(recv_ring::RecvRing::start(
+        spec.config.workers.recv_buffers,
+        per_core_buffer,
+    ));
+    info.recv_ring = recv_ring::describe(first.recv_ring.as_ref());
     first.entries = spec
         .listeners
         .iter()
@@ -350,6 +361,9 @@ async fn worker_main(
     }
     if let Some(log) = &ctx.log {
         log.hand_over();
+    }
+    if let Some(ring) = &ctx.recv_ring {
+        ring.close();
     }
     ctx.forget_current();
 }

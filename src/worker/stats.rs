@@ -42,11 +42,14 @@ pub enum Counter {
     /// Requests of a cluster rate limit decided by its `fail` mode: Redis
     /// did not answer in time, or is down.
     RateLimitUnavailable,
+    /// Receives that found the provided-buffer ring empty and read into a
+    /// buffer of their own instead.
+    RecvBuffersEmpty,
 }
 
 impl Counter {
     /// Every counter with its key in `/stats`, in index order.
-    pub const ALL: [(Counter, &'static str); 20] = [
+    pub const ALL: [(Counter, &'static str); 21] = [
         (Counter::Accepted, "accepted"),
         (Counter::Requests, "requests"),
         (Counter::UpstreamConnects, "upstream_connects"),
@@ -67,6 +70,7 @@ impl Counter {
         (Counter::RateLimited, "rate_limited"),
         (Counter::RateLimitTableFull, "rate_limit_table_full"),
         (Counter::RateLimitUnavailable, "rate_limit_unavailable"),
+        (Counter::RecvBuffersEmpty, "recv_buffers_empty"),
     ];
 }
 

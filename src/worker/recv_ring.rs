@@ -1,0 +1,336 @@
+//! The worker's provided-buffer ring (io_uring, `[workers] recv_buffers`):
+//! a connection waiting for its next request receives into a buffer the
+//! kernel takes from this ring only when bytes arrive, so an idle
+//! connection holds no read buffer of its own (nginx's idle connections
+//! hold none either: they wait for readiness). The bytes are copied into
+//! the connection's buffer at once and the ring buffer given back, so a
+//! ring buffer is lent for the length of a copy.
+//!
+//! When every buffer is lent (more connections became readable at once
+//! than the ring holds), the kernel answers `ENOBUFS` and the connection
+//! reads into a buffer of its own instead: nothing stalls and nothing is
+//! lost (the bytes stay in the socket), it only costs that read its buffer
+//! (counted as `recv_buffers_empty` in `/stats`). A receive dropped after
+//! the kernel filled a buffer for it (the connection closed, the worker
+//! drained) leaves that buffer listed by monoio; it goes back to the ring
+//! before the next receive.
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use bytes::BytesMut;
+use io_uring::types::BufRingEntry;
+use monoio::net::TcpStream;
+
+use crate::proxy::io::Read;
+
+/// The ring's buffer group id in the worker's io_uring.
+const GROUP: u16 = 0;
+/// io_uring rings are page-aligned.
+const PAGE: usize = 4096;
+
+pub struct RecvRing {
+    /// `entries` ring slots (`io_uring_buf`), page-aligned; the tail the
+    /// kernel reads is in the first slot.
+    ring: *mut BufRingEntry,
+    ring_layout: std::alloc::Layout,
+    /// `entries` buffers of `size` bytes, one after another.
+    buffers: Box<[u8]>,
+    size: usize,
+    entries: u16,
+    /// The next slot to publish a buffer in (wrapping).
+    tail: Cell<u16>,
+    /// Registered with the worker's ring (unregistered when it closes).
+    registered: Cell<bool>,
+    orphans: RefCell<Vec<(u16, u16)>>,
+}
+
+impl RecvRing {
+    /// A ring of `entries` buffers of `size` bytes registered with the
+    /// current runtime's io_uring; `None` on another driver, with no
+    /// entries, or when the kernel refuses it (logged: the worker then
+    /// reads into buffers of its own).
+    pub fn start(entries: u16, size: usize) -> Option<RecvRing> {
+        if entries == 0 || !monoio::buf_ring::supported() {
+            return None;
+        }
+        let ring_bytes = (usize::from(entries) * std::mem::size_of::<BufRingEntry>()).max(PAGE);
+        let ring_layout = std::alloc::Layout::from_size_align(ring_bytes, PAGE).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ring = unsafe { std::alloc::alloc_zeroed(ring_layout) } as *mut BufRingEntry;
+        if ring.is_null() {
+            return None;
+        }
+        let ring = RecvRing {
+            ring,
+            ring_layout,
+            buffers: vec![0u8; usize::from(entries) * size].into_boxed_slice(),
+            size,
+            entries,
+            tail: Cell::new(0),
+            registered: Cell::new(false),
+            orphans: RefCell::default(),
+        };
+        // SAFETY: `ring` is page-aligned, holds `entries` slots and lives
+        // until `close` unregisters it (or, unregistered, until it drops).
+        match unsafe { monoio::buf_ring::register(ring.ring as *mut u8, entries, GROUP) } {
+            Ok(()) => ring.registered.set(true),
+            Err(e) => {
+                tracing::warn!(error = %e, "no provided-buffer ring: reading into buffers of each connection's own");
+                return None;
+            }
+        }
+        for id in 0..entries {
+            ring.publish(id);
+        }
+        Some(ring)
+    }
+
+    /// Buffers in the ring.
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// Puts buffer `id` back at the ring's tail for the kernel to take.
+    fn publish(&self, id: u16) {
+        let tail = self.tail.get();
+        let slot = usize::from(tail & (self.entries - 1));
+        // SAFETY: `slot` is below `entries`, the ring holds `entries` slots,
+        // and the kernel reads a slot only once the tail passed it (the
+        // release store below), so this write races with nothing.
+        unsafe {
+            let entry = &mut *self.ring.add(slot);
+            entry.set_addr(self.buffers.as_ptr().add(usize::from(id) * self.size) as u64);
+            entry.set_len(self.size as u32);
+            entry.set_bid(id);
+        }
+        let next = tail.wrapping_add(1);
+        self.tail.set(next);
+        // SAFETY: the tail is the `resv` field of the first slot, which the
+        // kernel reads and never writes; an atomic store publishes the slot.
+        unsafe {
+            let field = BufRingEntry::tail(self.ring) as *const AtomicU16;
+            (*field).store(next, Ordering::Release);
+        }
+    }
+
+    /// Gives back the buffers of receives dropped after they completed.
+    fn recycle_orphans(&self) {
+        let mut orphans = self.orphans.borrow_mut();
+        monoio::buf_ring::take_orphaned(&mut orphans);
+        for (group, id) in orphans.drain(..) {
+            if group == GROUP && id < self.entries {
+                self.publish(id);
+            }
+        }
+    }
+
+    /// Waits for bytes on `stream` with no buffer held, then appends them
+    /// to `buf` (at least `reserve` bytes of room are made when it reads
+    /// into a buffer of its own). `empty` is called when the ring had no
+    /// buffer left.
+    pub async fn recv(
+        &self,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        reserve: usize,
+        empty: impl FnOnce(),
+    ) -> Read {
+        self.recycle_orphans();
+        let len = self.size.min(u32::MAX as usize) as u32;
+        match stream.recv_select(GROUP, len).await {
+            Ok((n, id)) => {
+                if let Some(id) = id.filter(|id| *id < self.entries) {
+                    if n > 0 {
+                        let start = usize::from(id) * self.size;
+                        buf.extend_from_slice(&self.buffers[start..start + n.min(self.size)]);
+                    }
+                    self.publish(id);
+                }
+                match n {
+                    0 => Read::Eof,
+                    n => Read::Data(n),
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                empty();
+                super::super::proxy::io::read_untimed(stream, buf, reserve).await
+            }
+            Err(e) => Read::Failed(e),
+        }
+    }
+
+    /// Unregisters the ring (at the worker's end, on its runtime): no
+    /// receive takes a buffer from it afterwards, so its memory may go.
+    pub fn close(&self) {
+        if self.registered.get() && monoio::buf_ring::unregister(GROUP).is_ok() {
+            self.registered.set(false);
+        }
+    }
+
+    #[cfg(test)]
+    fn published(&self) -> u16 {
+        self.tail.get()
+    }
+}
+
+impl Drop for RecvRing {
+    fn drop(&mut self) {
+        self.close();
+        if self.registered.get() {
+            // Still registered (no runtime to unregister from): the kernel
+            // may still write into the buffers, so they are never freed.
+            std::mem::forget(std::mem::take(&mut self.buffers));
+            return;
+        }
+        // SAFETY: allocated in `start` with this layout; unregistered, so
+        // the kernel no longer reads it.
+        unsafe { std::alloc::dealloc(self.ring as *mut u8, self.ring_layout) };
+    }
+}
+
+impl std::fmt::Debug for RecvRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvRing")
+            .field("entries", &self.entries)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// Whether the worker's io_uring took the ring; for the start-up log.
+pub fn describe(ring: Option<&RecvRing>) -> String {
+    match ring {
+        Some(r) => format!("{} x {} B", r.entries(), r.size),
+        None => "none".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn uring() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("io_uring (Linux 5.19 or later for buffer rings)")
+    }
+
+    #[test]
+    fn receives_take_a_buffer_only_when_bytes_come_and_give_it_back() {
+        uring().block_on(async {
+            let ring = RecvRing::start(4, 64).expect("a buffer ring");
+            assert_eq!(ring.published(), 4);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            use std::io::Write;
+            peer.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+            let mut buf = BytesMut::new();
+            let read = ring
+                .recv(&mut stream, &mut buf, 1024, || panic!("empty"))
+                .await;
+            assert!(matches!(read, Read::Data(16)), "{read:?}");
+            assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+            assert_eq!(ring.published(), 5, "the buffer went back at once");
+            drop(peer);
+            let read = ring
+                .recv(&mut stream, &mut buf, 1024, || panic!("empty"))
+                .await;
+            assert!(matches!(read, Read::Eof), "{read:?}");
+            ring.close();
+        });
+    }
+
+    #[test]
+    fn a_receive_dropped_after_it_took_a_buffer_gives_it_back_later() {
+        uring().block_on(async {
+            let ring = RecvRing::start(2, 64).expect("a buffer ring");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            let mut buf = BytesMut::new();
+            {
+                let mut pending = std::pin::pin!(ring.recv(&mut stream, &mut buf, 64, || {}));
+                // Armed (polled once), then the bytes come: the kernel
+                // fills a ring buffer for a receive nobody will read.
+                let armed = monoio::time::timeout(Duration::from_millis(1), &mut pending).await;
+                assert!(armed.is_err(), "nothing to read yet");
+                use std::io::Write;
+                peer.write_all(b"abandoned").unwrap();
+            }
+            // Dropped: the buffer is the driver's orphan until the next receive.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let before = ring.published();
+            let mut other = TcpStream::connect(addr).await.unwrap();
+            let (mut other_peer, _) = listener.accept().unwrap();
+            use std::io::Write;
+            other_peer.write_all(b"next").unwrap();
+            let mut next = BytesMut::new();
+            loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the orphan never came back"
+                );
+                let read = ring.recv(&mut other, &mut next, 64, || {}).await;
+                assert!(matches!(read, Read::Data(_)), "{read:?}");
+                // This receive's own buffer went back (+1); the orphan too
+                // once the driver saw its completion (+2).
+                if ring.published() >= before + 2 {
+                    break;
+                }
+                other_peer.write_all(b"more").unwrap();
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            ring.close();
+        });
+    }
+
+    #[test]
+    fn more_readable_connections_than_buffers_read_into_their_own() {
+        uring().block_on(async {
+            let ring = std::rc::Rc::new(RecvRing::start(2, 64).expect("a buffer ring"));
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut streams = Vec::new();
+            let mut peers = Vec::new();
+            for _ in 0..6 {
+                streams.push(TcpStream::connect(addr).await.unwrap());
+                peers.push(listener.accept().unwrap().0);
+            }
+            // Six receives armed, then every peer sends at once: two get a
+            // ring buffer, the others find it empty.
+            let empties = std::rc::Rc::new(Cell::new(0));
+            let mut tasks = Vec::new();
+            for (i, mut stream) in streams.into_iter().enumerate() {
+                let ring = ring.clone();
+                let empties = empties.clone();
+                tasks.push(monoio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    let read = ring
+                        .recv(&mut stream, &mut buf, 1024, || {
+                            empties.set(empties.get() + 1)
+                        })
+                        .await;
+                    assert!(matches!(read, Read::Data(_)), "{i}: {read:?}");
+                    buf
+                }));
+            }
+            for (i, peer) in peers.iter_mut().enumerate() {
+                use std::io::Write;
+                peer.write_all(format!("request {i}").as_bytes()).unwrap();
+            }
+            for (i, task) in tasks.into_iter().enumerate() {
+                let buf = task.await;
+                assert_eq!(&buf[..], format!("request {i}").as_bytes());
+            }
+            assert!((1..=4).contains(&empties.get()), "{}", empties.get());
+            ring.close();
+        });
+    }
+}

@@ -1,0 +1,163 @@
+//! The io_uring receive path over real sockets: idle client connections
+//! receive into the worker's provided-buffer ring (`[workers]
+//! recv_buffers`), so they hold no buffer while they wait. Attacked with
+//! more readable connections than buffers, connections closed or reset
+//! while their receive is armed, and a shutdown with receives armed; the
+//! epoll driver, which has no ring, serves the same way.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use ringgate::config::DriverChoice;
+
+/// One io_uring worker with a ring of `buffers` (its admin API on).
+fn gateway(origin: &Origin, driver: DriverChoice, buffers: u16) -> ringgate::Handle {
+    let mut config = with_admin(config_for(origin.addr));
+    config.workers.driver = driver;
+    config.workers.recv_buffers = buffers;
+    start(config)
+}
+
+fn empties(gw: &ringgate::Handle) -> u64 {
+    admin_stats(gw)["workers"][0]["recv_buffers_empty"]
+        .as_u64()
+        .expect("recv_buffers_empty in /stats")
+}
+
+/// `n` keep-alive connections that each had one request answered.
+fn warm_connections(gw: &ringgate::Handle, n: usize) -> Vec<Client> {
+    (0..n)
+        .map(|i| {
+            let mut c = Client::connect(gw.listen_addr());
+            let r = c.request(format!("GET /echo/warm-{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            assert_eq!(r.status, 200);
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn more_readable_connections_than_buffers_are_all_answered_in_order() {
+    let origin = Origin::start();
+    let gw = gateway(&origin, DriverChoice::IoUring, 2);
+    assert_eq!(gw.workers()[0].recv_ring, "2 x 1024 B");
+    let conns = warm_connections(&gw, 24);
+    // Every connection's next two requests arrive together (pipelined),
+    // all connections at once: 24 receives armed on a ring of 2 buffers.
+    let threads: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || {
+                c.send(
+                    format!(
+                        "GET /echo/{i}-a HTTP/1.1\r\nHost: t\r\n\r\nGET /echo/{i}-b HTTP/1.1\r\nHost: t\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                let a = c.read_response().unwrap();
+                let b = c.read_response().unwrap();
+                (i, a, b)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (i, a, b) = t.join().unwrap();
+        assert_eq!(a.status, 200);
+        assert!(
+            a.text().starts_with(&format!("GET /echo/{i}-a ")),
+            "{}",
+            a.text()
+        );
+        assert!(
+            b.text().starts_with(&format!("GET /echo/{i}-b ")),
+            "{}",
+            b.text()
+        );
+    }
+    // Nothing lost with the ring: a new connection is served as usual.
+    assert_eq!(get(gw.listen_addr(), "/after").status, 200);
+}
+
+#[test]
+fn connections_closed_or_reset_while_their_receive_is_armed_give_their_buffer_back() {
+    let origin = Origin::start();
+    let gw = gateway(&origin, DriverChoice::IoUring, 2);
+    for round in 0..40 {
+        let mut c = warm_connections(&gw, 1).remove(0);
+        match round % 3 {
+            // A FIN while the receive waits.
+            0 => drop(c),
+            // A reset (SO_LINGER 0) while it waits.
+            1 => {
+                socket2::SockRef::from(&c.reader.inner)
+                    .set_linger(Some(Duration::ZERO))
+                    .unwrap();
+                drop(c);
+            }
+            // Half a request, then gone.
+            _ => {
+                c.send(b"GET /echo/half HTTP/1.1\r\nHo");
+                drop(c);
+            }
+        }
+    }
+    // Had any of those kept a ring buffer, a ring of two would be empty
+    // by now: one request at a time never finds it so.
+    for i in 0..10 {
+        let mut c = Client::connect(gw.listen_addr());
+        let r = c.request(format!("GET /echo/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(empties(&gw), 0);
+}
+
+#[test]
+fn a_shutdown_with_receives_armed_ends_cleanly() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.workers.driver = DriverChoice::IoUring;
+    config.workers.recv_buffers = 4;
+    config.timeouts.shutdown_grace = Duration::from_secs(1);
+    let gw = start(config);
+    let mut conns = warm_connections(&gw, 16);
+    // One connection is mid-head when the stop comes.
+    conns[0].send(b"GET /echo/late HTTP/1.1\r\n");
+    let stopped = in_thread(move || gw.shutdown());
+    stopped
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the gateway stops with receives armed");
+    for c in &mut conns[1..] {
+        assert!(c.is_closed_by_peer(), "idle connections are closed");
+    }
+}
+
+#[test]
+fn the_epoll_driver_has_no_ring_and_serves_the_same() {
+    let origin = Origin::start();
+    let gw = gateway(&origin, DriverChoice::Epoll, 256);
+    assert_eq!(gw.workers()[0].recv_ring, "none");
+    let mut conns = warm_connections(&gw, 8);
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c.request(format!("GET /echo/again-{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+    }
+    let mut raw = TcpStream::connect(gw.listen_addr()).unwrap();
+    raw.write_all(b"GET /echo/raw HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut raw, &mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
+fn no_ring_when_turned_off() {
+    let origin = Origin::start();
+    let gw = gateway(&origin, DriverChoice::IoUring, 0);
+    assert_eq!(gw.workers()[0].recv_ring, "none");
+    assert_eq!(get(gw.listen_addr(), "/x").status, 200);
+}
