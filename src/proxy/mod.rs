@@ -64,7 +64,7 @@ use crate::worker::context::{Counter, WorkerCtx};
 use bytes::BytesMut;
 use io::Stream;
 use reading::BodyWait;
-pub use session::serve;
+pub use session::{serve, Connection};
 
 /// Response heads from upstreams may carry at most this many fields.
 const MAX_RESPONSE_HEADERS: usize = 256;
@@ -89,7 +89,7 @@ struct Client {
     /// The client's address as text (for `X-Forwarded-For`, balancing
     /// keys), made once per connection.
     peer_ip: std::rc::Rc<str>,
-    peer: std::net::IpAddr,
+    peer: std::net::SocketAddr,
     /// Requests read on this connection.
     served: u64,
     /// The response under way (`reply.rs`: framing, keep-alive, the hit buffer).
@@ -124,7 +124,7 @@ impl Client {
             conn: connection.conn,
             buf,
             peer_ip,
-            peer: connection.peer.ip(),
+            peer: connection.peer,
             served: 0,
             reply: Default::default(),
             sent_continue: false,

@@ -57,8 +57,6 @@ pub(super) struct Reply {
     keep: bool,
     /// The head, held back so it leaves with the first body bytes.
     pending: Vec<u8>,
-    /// The vectored-write buffer for cache hits, reused across requests.
-    hit_buf: Option<HitBuf>,
     /// The HTTP/2 stream could not take the head: the client is gone.
     gone: bool,
 }
@@ -71,7 +69,6 @@ impl Default for Reply {
             framing: Framing::NoBody,
             keep: false,
             pending: Vec::new(),
-            hit_buf: None,
             gone: false,
         }
     }
@@ -460,7 +457,8 @@ impl Client {
     /// per-response lines (`Age`, `Cache-Status`) and the stored body.
     pub(super) async fn send_stored(&mut self, ctx: &WorkerCtx, hit: &HitPlan, keep: bool) -> Next {
         let keep = keep && self.may_continue(ctx);
-        let mut buf = self.reply.hit_buf.take().unwrap_or_default();
+        // Lent by the worker for this response: an idle connection keeps none.
+        let mut buf = ctx.take_hit_buffer();
         write_hit(&mut buf, hit, self.reply.head_only);
         if let Some(record) = self.log.as_deref_mut().filter(|r| r.active) {
             let [head, suffix, _] = buf.parts();
@@ -475,7 +473,7 @@ impl Client {
         if self.h2.is_some() {
             // Boxed, as every HTTP/2 path: HTTP/1 futures stay as small as before.
             let next = Box::pin(self.send_stored_h2(ctx, hit, &buf)).await;
-            self.reply.hit_buf = Some(buf);
+            ctx.give_hit_buffer(buf);
             return next;
         }
         let suffix = buf.suffix();
@@ -488,7 +486,7 @@ impl Client {
             .await
         {
             Ok(buf) => {
-                self.reply.hit_buf = Some(buf);
+                ctx.give_hit_buffer(buf);
                 if keep {
                     Next::KeepAlive
                 } else {

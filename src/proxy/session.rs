@@ -25,50 +25,89 @@ use crate::route::rate_limit::Outcome;
 use crate::worker::context::{Counter, WorkerCtx};
 use crate::worker::signal::{race, Either};
 
-pub async fn serve(
+/// A client connection as accepted, before its task serves it.
+pub struct Connection(Client);
+
+impl Connection {
+    /// The connection `stream` from `peer`, its key `conn` in the worker's
+    /// connection table.
+    pub fn new(
+        ctx: &WorkerCtx,
+        stream: TcpStream,
+        peer: SocketAddr,
+        conn: usize,
+        entry: &Entry,
+    ) -> Connection {
+        let _ = stream.set_nodelay(true);
+        // With a provided-buffer ring the first request comes through it
+        // too: no buffer of the connection's own until bytes arrive.
+        let buf = match ctx.recv_ring {
+            Some(_) => BytesMut::new(),
+            None => BytesMut::with_capacity(ctx.per_core.client_buffer_size),
+        };
+        Connection(Client {
+            conn,
+            stream: Stream::Plain(stream),
+            redirect_https: entry.redirect_https,
+            buf,
+            peer_ip: peer.ip().to_string().into(),
+            peer,
+            served: 0,
+            reply: Default::default(),
+            sent_continue: false,
+            limit_verdict: None,
+            h2: None,
+            request_id: Default::default(),
+            tls: None,
+            log: None,
+        })
+    }
+}
+
+/// Serves a connection to its end: opens it (the TLS handshake, or HTTP/2
+/// served to its end), then its requests. The task holds this future for
+/// the connection's life, so what it holds while idle is kept small: the
+/// client, the request loop, and a box only while a connection opens.
+///
+/// A plain `fn` returning an `async move` block, not an `async fn`: an
+/// `async fn` keeps its arguments twice (as captured and as locals), and
+/// the connection is the biggest of them.
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
     ctx: Rc<WorkerCtx>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    conn: usize,
+    mut connection: Connection,
     entry: Rc<Entry>,
-) {
-    let _ = stream.set_nodelay(true);
-    let mut buf = BytesMut::with_capacity(ctx.per_core.client_buffer_size);
-    let stream = if entry.tls.is_none() && !entry.h2c {
-        Stream::Plain(stream)
-    } else {
-        // Boxed: the TLS handshake and an HTTP/2 connection's task are not
-        // carried by every HTTP/1 connection's future.
-        match Box::pin(open(&ctx, stream, peer, conn, &entry, &mut buf)).await {
-            Some(stream) => stream,
-            None => return,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let client = &mut connection.0;
+        if entry.tls.is_some() || entry.h2c {
+            // Boxed: the TLS handshake and an HTTP/2 connection's task are not
+            // carried by every HTTP/1 connection's future.
+            let Stream::Plain(tcp) = std::mem::replace(&mut client.stream, Stream::Detached) else {
+                return;
+            };
+            let opened = Box::pin(open(
+                &ctx,
+                tcp,
+                client.peer,
+                client.conn,
+                &entry,
+                &mut client.buf,
+            ));
+            match opened.await {
+                Some(stream) => {
+                    if let Stream::Tls(s) = &stream {
+                        client.tls = Some(Rc::new(crate::tls::Negotiated::of(s).info()));
+                    }
+                    client.stream = stream;
+                }
+                None => return,
+            }
         }
-    };
-    let tls = match &stream {
-        Stream::Tls(s) => Some(Rc::new(crate::tls::Negotiated::of(s).info())),
-        _ => None,
-    };
-    let mut client = Client {
-        conn,
-        stream,
-        redirect_https: entry.redirect_https,
-        buf,
-        peer_ip: peer.ip().to_string().into(),
-        peer: peer.ip(),
-        served: 0,
-        reply: Default::default(),
-        sent_continue: false,
-        limit_verdict: None,
-        h2: None,
-        request_id: Default::default(),
-        tls,
-        log: None,
-    };
-    // Boxed so the connection task holds this state once, not once more inside `race`.
-    let work = Box::pin(requests(&ctx, &mut client));
-    // After the shutdown grace period the work is dropped mid-flight: its
-    // sockets close and its pending I/O is cancelled.
-    race(work, ctx.forced_closed()).await;
+        // After the shutdown grace period the work is dropped mid-flight: its
+        // sockets close and its pending I/O is cancelled.
+        race(requests(&ctx, client), ctx.forced_closed()).await;
+    }
 }
 
 /// The connection's requests, one after another, each on the config
@@ -330,18 +369,23 @@ async fn await_request(ctx: &Rc<WorkerCtx>, client: &mut Client) -> bool {
         // The accept loop may be waiting for an idle connection to close.
         ctx.slot_notify.notify_all();
     }
-    let stop = race(
-        ctx.drain_notify
-            .wait_until(move || !fresh && ctx.draining.get()),
-        ctx.conns.evicted(client.conn),
-    );
     let reserve = ctx.per_core.client_buffer_size;
     let ring = ctx.recv_ring.as_ref();
     let empty = || ctx.stats.count(Counter::RecvBuffersEmpty);
-    let read = client
-        .stream
-        .read_idle(&mut client.buf, reserve, ring, empty);
-    let woke = race(read, stop).await;
+    // Built in place, not in named locals: a future moved out of a local
+    // still takes room in this one's state, which every idle connection
+    // carries.
+    let woke = race(
+        client
+            .stream
+            .read_idle(&mut client.buf, reserve, ring, empty),
+        race(
+            ctx.drain_notify
+                .wait_until(move || !fresh && ctx.draining.get()),
+            ctx.conns.evicted(client.conn),
+        ),
+    )
+    .await;
     ctx.conns.set_busy(client.conn);
     matches!(woke, Either::Left(Read::Data(_)))
 }
@@ -376,7 +420,7 @@ fn parse_and_plan(
         record.note_request(&req, client.h2.is_some());
     }
     let down = phases::Downstream {
-        peer: client.peer,
+        peer: client.peer.ip(),
         peer_ip: &client.peer_ip,
         https: client.is_https(),
         redirect_https: client.redirect_https,

@@ -92,6 +92,9 @@ pub struct WorkerShared {
     /// Reusable upstream read buffers and serialisation buffers.
     read_buffers: RefCell<Vec<BytesMut>>,
     write_buffers: RefCell<Vec<Vec<u8>>>,
+    /// Cache hits' vectored-write buffers, lent for one response each (a
+    /// connection keeps none while idle).
+    hit_buffers: RefCell<Vec<crate::cache::hit::HitBuf>>,
     /// Reused buffer for building cache keys.
     pub key_buf: RefCell<Vec<u8>>,
     /// Reused buffers for a request's canonical host and path (when they
@@ -189,6 +192,7 @@ impl WorkerCtx {
             cap_log: RateLimitedLog::default(),
             read_buffers: RefCell::new(Vec::new()),
             write_buffers: RefCell::new(Vec::new()),
+            hit_buffers: RefCell::new(Vec::new()),
             key_buf: RefCell::new(Vec::with_capacity(256)),
             target_scratch: RefCell::default(),
             forward_scratch: RefCell::default(),
@@ -476,6 +480,20 @@ impl WorkerCtx {
         }
         halve(&self.read_buffers);
         halve(&self.write_buffers);
+        halve(&self.hit_buffers);
+    }
+
+    pub fn take_hit_buffer(&self) -> crate::cache::hit::HitBuf {
+        self.hit_buffers.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Takes back a hit buffer after its response was written.
+    pub fn give_hit_buffer(&self, mut buf: crate::cache::hit::HitBuf) {
+        buf.release();
+        let mut pool = self.hit_buffers.borrow_mut();
+        if pool.len() < BUFFER_POOL_MAX {
+            pool.push(buf);
+        }
     }
 
     pub fn take_write_buffer(&self) -> Vec<u8> {
@@ -504,6 +522,11 @@ pub struct ConnectionGuard {
 }
 
 impl ConnectionGuard {
+    /// The worker the connection is on.
+    pub fn ctx(&self) -> &WorkerCtx {
+        &self.ctx
+    }
+
     pub fn new(ctx: Rc<WorkerCtx>, ip: std::net::IpAddr) -> Self {
         ctx.active.set(ctx.active.get() + 1);
         let key = ctx.conns.register(ip);

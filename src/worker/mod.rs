@@ -489,27 +489,16 @@ async fn accept_until_stopped(ctx: Rc<WorkerCtx>, listener: TcpListener, address
                     }
                     continue;
                 }
-                let task_ctx = ctx.clone();
-                let entry = entry.clone();
                 let guard = context::ConnectionGuard::new(ctx.clone(), peer.ip());
-                monoio::spawn(async move {
-                    let guarded = CatchUnwind::new(crate::proxy::serve(
-                        task_ctx.clone(),
-                        stream,
-                        peer,
-                        guard.key,
-                        entry,
-                    ));
-                    let _guard = guard;
-                    if let Err(panic) = guarded.await {
-                        task_ctx.stats.count(context::Counter::Panics);
-                        tracing::error!(
-                            worker = task_ctx.index,
-                            %peer,
-                            "connection task panicked: {}",
-                            panic_message(panic.as_ref())
-                        );
-                    }
+                let connection =
+                    crate::proxy::Connection::new(&ctx, stream, peer, guard.key, &entry);
+                monoio::spawn(ConnectionTask {
+                    session: CatchUnwind::new(crate::proxy::serve(
+                        ctx.clone(),
+                        connection,
+                        entry.clone(),
+                    )),
+                    guard,
                 });
                 if last {
                     return;
@@ -519,6 +508,44 @@ async fn accept_until_stopped(ctx: Rc<WorkerCtx>, listener: TcpListener, address
                 // Out of file descriptors or memory: back off briefly instead of spinning.
                 tracing::warn!(worker = ctx.index, error = %e, "accept failed");
                 monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection's task: its session, a panic in it contained
+    /// (counted and logged, the worker goes on), its slot in the worker's
+    /// connection table released when it ends. A plain struct, so the
+    /// session's future is held once, with nothing beside it.
+    struct ConnectionTask<F> {
+        #[pin]
+        session: CatchUnwind<F>,
+        guard: context::ConnectionGuard,
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for ConnectionTask<F> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let this = self.project();
+        match this.session.poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(()),
+            std::task::Poll::Ready(Err(panic)) => {
+                let ctx = this.guard.ctx();
+                ctx.stats.count(context::Counter::Panics);
+                tracing::error!(
+                    worker = ctx.index,
+                    conn = this.guard.key,
+                    "connection task panicked: {}",
+                    panic_message(panic.as_ref())
+                );
+                std::task::Poll::Ready(())
             }
         }
     }

@@ -121,42 +121,61 @@ pub enum Either<A, B> {
     Right(B),
 }
 
+pin_project_lite::pin_project! {
+    /// Two futures polled in turn until one finishes ([`race`]). A plain
+    /// struct, not an `async fn`: an `async fn` would hold both futures
+    /// twice (as its arguments and as its pinned locals), and every idle
+    /// connection waits in a race.
+    pub struct Race<A, B> {
+        #[pin]
+        a: A,
+        #[pin]
+        b: B,
+    }
+}
+
 /// Polls `a` then `b` until one finishes; the other is dropped (monoio
 /// cancels a dropped in-flight io_uring operation).
-pub async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = a.as_mut().poll(cx) {
+pub fn race<A: Future, B: Future>(a: A, b: B) -> Race<A, B> {
+    Race { a, b }
+}
+
+impl<A: Future, B: Future> Future for Race<A, B> {
+    type Output = Either<A::Output, B::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.a.poll(cx) {
             return Poll::Ready(Either::Left(v));
         }
-        if let Poll::Ready(v) = b.as_mut().poll(cx) {
+        if let Poll::Ready(v) = this.b.poll(cx) {
             return Poll::Ready(Either::Right(v));
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
-/// Runs a future, turning a panic inside it into an `Err` instead of
-/// unwinding through the worker's event loop.
-pub struct CatchUnwind<F> {
-    inner: Pin<Box<F>>,
+pin_project_lite::pin_project! {
+    /// Runs a future, turning a panic inside it into an `Err` instead of
+    /// unwinding through the worker's event loop. The future is held in
+    /// place (a connection task holds it once, with no box of its own).
+    pub struct CatchUnwind<F> {
+        #[pin]
+        inner: F,
+    }
 }
 
 impl<F: Future> CatchUnwind<F> {
     pub fn new(future: F) -> Self {
-        CatchUnwind {
-            inner: Box::pin(future),
-        }
+        CatchUnwind { inner: future }
     }
 }
 
 impl<F: Future> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
         match std::panic::catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
