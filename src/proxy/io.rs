@@ -151,18 +151,10 @@ pub async fn read_some(
     reserve: usize,
     limit: Duration,
 ) -> Read {
-    buf.reserve(reserve);
-    let (len, cap) = (buf.len(), buf.capacity());
-    let owned = SliceMut::new(std::mem::take(buf), len, cap);
-    match monoio::time::timeout(limit, stream.read(owned)).await {
-        Ok((result, owned)) => {
-            *buf = owned.into_inner();
-            match result {
-                Ok(0) => Read::Eof,
-                Ok(n) => Read::Data(n),
-                Err(e) => Read::Failed(e),
-            }
-        }
+    // On a timeout the read is dropped with the buffer it owned: `buf` is
+    // left empty, and the caller closes the connection.
+    match monoio::time::timeout(limit, read_untimed(stream, buf, reserve)).await {
+        Ok(read) => read,
         Err(_) => Read::TimedOut,
     }
 }

@@ -64,6 +64,13 @@ impl Connection {
     }
 }
 
+impl Connection {
+    #[cfg(test)]
+    pub(super) fn into_client(self) -> Client {
+        self.0
+    }
+}
+
 /// Serves a connection to its end: opens it (the TLS handshake, or HTTP/2
 /// served to its end), then its requests. The task holds this future for
 /// the connection's life, so what it holds while idle is kept small: the

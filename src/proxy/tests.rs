@@ -28,29 +28,15 @@ fn connection_future_stays_small() {
             claims,
             std::sync::Arc::new(crate::route::rate_limit::NodeTable::new(64)),
         ));
-        let mut client = super::Client {
-            conn: 0,
-            stream: super::Stream::Plain(monoio::net::TcpStream::connect_addr(addr).await.unwrap()),
-            redirect_https: None,
-            buf: bytes::BytesMut::new(),
-            peer_ip: "".into(),
-            peer: addr,
-            served: 0,
-            reply: Default::default(),
-            sent_continue: false,
-            limit_verdict: None,
-            h2: None,
-            request_id: Default::default(),
-            tls: None,
-            log: None,
-        };
-        let exchange = size_of_future(&super::session::exchange(&ctx, &mut client));
-        let waiting = size_of_future(&super::session::requests(&ctx, &mut client));
         let entry = std::rc::Rc::new(super::Entry {
             tls: None,
             redirect_https: None,
             h2c: false,
         });
+        let tcp = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
+        let mut client = super::Connection::new(&ctx, tcp, addr, 0, &entry).into_client();
+        let exchange = size_of_future(&super::session::exchange(&ctx, &mut client));
+        let waiting = size_of_future(&super::session::requests(&ctx, &mut client));
         let connection = super::Connection::new(&ctx, stream, addr, 0, &entry);
         let serve = size_of_future(&super::serve(ctx.clone(), connection, entry));
         // Idle, a connection's task holds the session's future, which
