@@ -7,6 +7,9 @@
 
 use std::io;
 
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub use crate::driver::op::recv_multi::{MultiRecv, Received};
+
 /// Whether the current runtime's driver can use buffer rings (io_uring).
 pub fn supported() -> bool {
     #[cfg(all(target_os = "linux", feature = "iouring"))]

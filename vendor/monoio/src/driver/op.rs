@@ -17,6 +17,8 @@ mod poll;
 mod read;
 mod recv;
 pub(crate) mod recv_select;
+#[cfg(all(target_os = "linux", feature = "iouring"))]
+pub(crate) mod recv_multi;
 mod send;
 mod write;
 

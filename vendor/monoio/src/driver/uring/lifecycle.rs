@@ -2,6 +2,7 @@
 //! Partly borrow from tokio-uring.
 
 use std::{
+    collections::VecDeque,
     io,
     task::{Context, Poll, Waker},
 };
@@ -40,12 +41,78 @@ pub(crate) enum Lifecycle {
 
     /// The operation has completed.
     Completed(io::Result<u32>, u32),
+
+    /// A multishot operation (ringgate, see FORK.md): its completions
+    /// queue here until taken.
+    Multi(Multi),
+
+    /// A multishot operation nobody takes completions from any more, held
+    /// (with its data, which keeps its file open) until its last
+    /// completion; provided buffers its completions carry are orphaned.
+    MultiIgnored {
+        group: Option<u16>,
+        #[allow(dead_code)]
+        data: Box<dyn std::any::Any>,
+    },
+}
+
+/// A multishot operation's state.
+pub(crate) struct Multi {
+    waker: Option<Waker>,
+    queue: VecDeque<(io::Result<u32>, u32)>,
+    /// Its last completion (without `IORING_CQE_F_MORE`) came.
+    ended: bool,
+    /// A cancel was asked for (too many completions held).
+    cancelling: bool,
+    /// The provided-buffer group its completions take buffers from.
+    group: Option<u16>,
+    /// Completions held beyond which it is cancelled.
+    held_max: usize,
+}
+
+impl Multi {
+    pub(crate) fn new(group: Option<u16>, held_max: usize) -> Multi {
+        Multi {
+            waker: None,
+            queue: VecDeque::new(),
+            ended: false,
+            cancelling: false,
+            group,
+            held_max: held_max.max(1),
+        }
+    }
+}
+
+/// `IORING_CQE_F_MORE`: more completions follow for this operation.
+fn more(flags: u32) -> bool {
+    io_uring::cqueue::more(flags)
 }
 
 impl<'a> Ref<'a, Lifecycle> {
-    pub(crate) fn complete(mut self, result: io::Result<u32>, flags: u32) {
+    /// Records a completion; true when the operation (multishot) holds too
+    /// many completions and should be cancelled.
+    pub(crate) fn complete(mut self, result: io::Result<u32>, flags: u32) -> bool {
         let ref_mut = &mut *self;
         match ref_mut {
+            Lifecycle::Multi(m) => {
+                m.queue.push_back((result, flags));
+                if !more(flags) {
+                    m.ended = true;
+                }
+                if let Some(waker) = m.waker.take() {
+                    waker.wake();
+                }
+                if !m.ended && !m.cancelling && m.queue.len() >= m.held_max {
+                    m.cancelling = true;
+                    return true;
+                }
+            }
+            Lifecycle::MultiIgnored { group, .. } => {
+                orphan(*group, flags);
+                if !more(flags) {
+                    self.remove();
+                }
+            }
             Lifecycle::Submitted => {
                 *ref_mut = Lifecycle::Completed(result, flags);
             }
@@ -65,6 +132,50 @@ impl<'a> Ref<'a, Lifecycle> {
             }
             Lifecycle::Completed(..) => unsafe { std::hint::unreachable_unchecked() },
         }
+        false
+    }
+
+    /// The next completion of a multishot operation; `None` once its last
+    /// one was taken (the slot is then freed).
+    pub(crate) fn poll_multi(mut self, cx: &mut Context<'_>) -> Poll<Option<(io::Result<u32>, u32)>> {
+        let Lifecycle::Multi(m) = &mut *self else {
+            return Poll::Ready(None);
+        };
+        if let Some(completion) = m.queue.pop_front() {
+            return Poll::Ready(Some(completion));
+        }
+        if m.ended {
+            self.remove();
+            return Poll::Ready(None);
+        }
+        match &m.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => m.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Drops a multishot operation's interest: buffers of completions not
+    /// taken are orphaned; true when it had ended (the slot is freed),
+    /// false when it goes on until cancelled (the slot then keeps `data`).
+    pub(crate) fn drop_multi<T: 'static>(mut self, data: &mut Option<T>) -> bool {
+        let Lifecycle::Multi(m) = &mut *self else {
+            return true;
+        };
+        for (_, flags) in m.queue.drain(..) {
+            orphan(m.group, flags);
+        }
+        if m.ended {
+            self.remove();
+            return true;
+        }
+        let group = m.group;
+        let data: Box<dyn std::any::Any> = match data.take() {
+            Some(data) => Box::new(data),
+            None => Box::new(()),
+        };
+        *self = Lifecycle::MultiIgnored { group, data };
+        false
     }
 
     #[allow(clippy::needless_pass_by_ref_mut)]
@@ -112,7 +223,9 @@ impl<'a> Ref<'a, Lifecycle> {
                 orphan(group, flags);
                 self.remove();
             }
-            Lifecycle::Ignored(..) => unsafe { std::hint::unreachable_unchecked() },
+            Lifecycle::Ignored(..) | Lifecycle::Multi(_) | Lifecycle::MultiIgnored { .. } => unsafe {
+                std::hint::unreachable_unchecked()
+            },
         }
         true
     }

@@ -380,6 +380,8 @@ impl Driver for IoUringDriver {
 impl UringInner {
     fn tick(&mut self) -> io::Result<()> {
         let cq = self.uring.completion();
+        // Multishot operations holding too many completions (ringgate).
+        let mut cancel: Option<Vec<u64>> = None;
 
         for cqe in cq {
             let index = cqe.user_data();
@@ -392,10 +394,29 @@ impl UringInner {
                     self.poll.tick(Some(Duration::ZERO))?;
                 }
                 _ if index >= MIN_REVERSED_USERDATA => (),
-                _ => self.ops.complete(index as _, resultify(&cqe), cqe.flags()),
+                _ => {
+                    if self.ops.complete(index as _, resultify(&cqe), cqe.flags()) {
+                        cancel.get_or_insert_with(Vec::new).push(index);
+                    }
+                }
             }
         }
+        for index in cancel.into_iter().flatten() {
+            self.push_cancel(index);
+        }
         Ok(())
+    }
+
+    /// Queues a cancel of the operation `index` (its result is ignored).
+    fn push_cancel(&mut self, index: u64) {
+        let cancel = opcode::AsyncCancel::new(index).build().user_data(u64::MAX);
+        // SAFETY: a cancel entry points at no memory.
+        unsafe {
+            if self.uring.submission().push(&cancel).is_err() {
+                let _ = self.submit();
+                let _ = self.uring.submission().push(&cancel);
+            }
+        }
     }
 
     fn submit(&mut self) -> io::Result<()> {
@@ -546,6 +567,68 @@ impl UringInner {
         }
     }
 
+    /// Submits a multishot operation (ringgate, see FORK.md): `sqe` gets
+    /// the slot's index as its user data; its completions queue in the
+    /// slot (at most `held_max` before it is cancelled).
+    pub(crate) fn submit_multi(
+        this: &Rc<UnsafeCell<UringInner>>,
+        sqe: io_uring::squeue::Entry,
+        group: Option<u16>,
+        held_max: usize,
+    ) -> io::Result<usize> {
+        let inner = unsafe { &mut *this.get() };
+        if inner.uring.submission().is_full() {
+            inner.submit()?;
+        }
+        let index = inner
+            .ops
+            .slab
+            .insert(Lifecycle::Multi(lifecycle::Multi::new(group, held_max)));
+        let sqe = sqe.user_data(index as _);
+        // SAFETY: the caller's entry points only at memory its operation
+        // keeps alive (a multishot receive points at none).
+        if unsafe { inner.uring.submission().push(&sqe) }.is_err() {
+            inner.ops.slab.remove(index);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(index)
+    }
+
+    /// The next completion of the multishot operation `index`.
+    pub(crate) fn poll_multi(
+        this: &Rc<UnsafeCell<UringInner>>,
+        index: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(io::Result<u32>, u32)>> {
+        let inner = unsafe { &mut *this.get() };
+        match inner.ops.slab.get(index) {
+            Some(lifecycle) => lifecycle.poll_multi(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// Drops interest in the multishot operation `index`: cancelled unless
+    /// it had ended; `data` is kept until its last completion.
+    pub(crate) fn drop_multi<T: 'static>(
+        this: &Rc<UnsafeCell<UringInner>>,
+        index: usize,
+        data: &mut Option<T>,
+    ) {
+        let inner = unsafe { &mut *this.get() };
+        if let Some(lifecycle) = inner.ops.slab.get(index) {
+            if !lifecycle.drop_multi(data) {
+                inner.push_cancel(index as u64);
+            }
+        }
+    }
+
+    /// Asks the kernel to end the multishot operation `index`; its last
+    /// completion still comes through `poll_multi`.
+    pub(crate) fn cancel_multi(this: &Rc<UnsafeCell<UringInner>>, index: usize) {
+        let inner = unsafe { &mut *this.get() };
+        inner.push_cancel(index as u64);
+    }
+
     /// Registers a provided-buffer ring (ringgate, see FORK.md).
     ///
     /// # Safety
@@ -630,9 +713,9 @@ impl Ops {
         self.slab.insert(Lifecycle::Submitted)
     }
 
-    fn complete(&mut self, index: usize, result: io::Result<u32>, flags: u32) {
+    fn complete(&mut self, index: usize, result: io::Result<u32>, flags: u32) -> bool {
         let lifecycle = unsafe { self.slab.get(index).unwrap_unchecked() };
-        lifecycle.complete(result, flags);
+        lifecycle.complete(result, flags)
     }
 }
 

@@ -198,6 +198,17 @@ impl TcpStream {
         async move { op?.received().await }
     }
 
+    /// Arms a multishot receive from the provided-buffer ring `group`
+    /// (`crate::buf_ring`; added for ringgate, see FORK.md): one submission
+    /// receiving each time data arrives, until it ends; at most `held_max`
+    /// completions wait to be taken before it is cancelled. io_uring only
+    /// (`Unsupported` otherwise). Every read of the stream must go through
+    /// it while it is armed.
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    pub fn recv_multi(&self, group: u16, held_max: usize) -> io::Result<crate::buf_ring::MultiRecv> {
+        crate::buf_ring::MultiRecv::arm(self.fd.clone(), group, held_max)
+    }
+
     /// Return the remote address that this stream is connected to.
     #[inline]
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
