@@ -57,6 +57,9 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// Opens `/ws/gated`: its 101 is sent once a message comes here.
+static GATE: std::sync::OnceLock<Mutex<std::sync::mpsc::Receiver<()>>> = std::sync::OnceLock::new();
+
 fn serve_ws(stream: TcpStream, log: &Mutex<Vec<String>>) {
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -77,7 +80,13 @@ fn serve_ws(stream: TcpStream, log: &Mutex<Vec<String>>) {
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
         let upgrade = header(&head, "upgrade").unwrap_or("").to_string();
         let body = match path.as_str() {
-            "/ws" | "/ws/bye" if upgrade.eq_ignore_ascii_case("websocket") => {
+            "/ws" | "/ws/bye" | "/ws/gated" if upgrade.eq_ignore_ascii_case("websocket") => {
+                if path == "/ws/gated" {
+                    // Answers only when the test says so.
+                    let gate = GATE.get().expect("the gate").lock().unwrap();
+                    gate.recv_timeout(IO_TIMEOUT)
+                        .expect("the test opens the gate");
+                }
                 let key = header(&head, "sec-websocket-key").unwrap_or("");
                 let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
                 write!(
@@ -215,6 +224,54 @@ fn text_binary_and_ping_pong_pass_and_a_client_close_ends_the_tunnel() {
     wait_until(Duration::from_secs(10), "the tunnel closed", || {
         tunnels(&gw)["open"] == 0
     });
+}
+
+/// A frame the client sends while its upgrade is under way (after the
+/// gateway read the request, before the 101 came back) arrives on the
+/// gateway's armed receive; it must go through the tunnel, not be lost.
+#[test]
+fn a_frame_sent_before_the_101_goes_through_the_tunnel() {
+    let origin = WsOrigin::start();
+    let gw = gateway(&origin);
+    let (open, gate) = std::sync::mpsc::channel();
+    GATE.set(Mutex::new(gate)).expect("one test uses the gate");
+    for round in 0..10 {
+        let mut tcp = TcpStream::connect(gw.listen_addr()).unwrap();
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let seen = origin.heads.lock().unwrap().len();
+        tcp.write_all(
+            b"GET /ws/gated HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        // The request is at the origin, which holds its 101: the gateway
+        // waits for it with the client's receive armed.
+        wait_until(Duration::from_secs(10), "the upgrade at the origin", || {
+            origin.heads.lock().unwrap().len() > seen
+        });
+        let payload = format!("early {round:02}");
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        tcp.write_all(&frame).unwrap();
+        open.send(()).unwrap();
+        // The 101, then the origin's echo of the frame (unmasked).
+        let mut want = vec![0x81, payload.len() as u8];
+        want.extend_from_slice(payload.as_bytes());
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(&want) {
+            let n = tcp.read(&mut chunk).expect("the echo of the early frame");
+            assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 101 "),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }
 
 #[test]

@@ -55,21 +55,51 @@ impl Stream {
     /// its own: for a connection waiting between requests, which the
     /// worker's idle sweep closes when its time is up. A plain connection
     /// waits with no buffer when the worker has a provided-buffer ring
-    /// (`empty` is called if the ring had none left).
+    /// (`empty` is called if the ring had none left), its receive armed in
+    /// `armed`.
     pub async fn read_idle(
         &mut self,
         buf: &mut BytesMut,
         reserve: usize,
-        ring: Option<&crate::worker::recv_ring::RecvRing>,
+        ring: Option<(
+            &crate::worker::recv_ring::RecvRing,
+            &mut crate::worker::recv_ring::Armed,
+        )>,
         empty: impl FnOnce(),
     ) -> Read {
         match (self, ring) {
-            (Stream::Plain(s), Some(ring)) => ring.recv(s, buf, reserve, empty).await,
+            (Stream::Plain(s), Some((ring, armed))) => {
+                ring.recv(armed, s, buf, reserve, empty).await
+            }
             (Stream::Plain(s), None) => read_untimed(s, buf, reserve).await,
             (stream, _) => {
                 let forever = crate::config::units::MAX_DURATION;
                 Box::pin(stream.read_some(buf, reserve, forever)).await
             }
+        }
+    }
+
+    /// Appends what the client sent to `buf`, within `limit`: through the
+    /// connection's armed receive on the worker's ring when it has one.
+    pub async fn read_client(
+        &mut self,
+        buf: &mut BytesMut,
+        reserve: usize,
+        limit: Duration,
+        ring: Option<(
+            &crate::worker::recv_ring::RecvRing,
+            &mut crate::worker::recv_ring::Armed,
+        )>,
+        empty: impl FnOnce(),
+    ) -> Read {
+        match (self, ring) {
+            (Stream::Plain(s), Some((ring, armed))) => {
+                match monoio::time::timeout(limit, ring.recv(armed, s, buf, reserve, empty)).await {
+                    Ok(read) => read,
+                    Err(_) => Read::TimedOut,
+                }
+            }
+            (stream, _) => stream.read_some(buf, reserve, limit).await,
         }
     }
 

@@ -108,6 +108,8 @@ struct Client {
     /// The current request's access-log record (kept for reuse; `None`
     /// until the log is on for a request of this connection).
     log: Option<Box<crate::access_log::Record>>,
+    /// Its receive on the worker's provided-buffer ring, armed across reads.
+    armed: crate::worker::recv_ring::Armed,
 }
 
 impl Client {
@@ -133,6 +135,7 @@ impl Client {
             request_id: Default::default(),
             tls: connection.tls_info.clone(),
             log: None,
+            armed: Default::default(),
         }
     }
 
@@ -146,11 +149,22 @@ impl Client {
 
     /// Reads more of the request into the buffer: from the socket (HTTP/1),
     /// or the stream's next DATA in the same framing (HTTP/2).
-    async fn read_request_bytes(&mut self, reserve: usize, limit: std::time::Duration) -> io::Read {
+    async fn read_request_bytes(
+        &mut self,
+        ctx: &WorkerCtx,
+        reserve: usize,
+        limit: std::time::Duration,
+    ) -> io::Read {
         match self.h2.as_deref_mut() {
             // Boxed: an HTTP/1 connection's future stays as small as before.
             Some(h2) => Box::pin(h2.read(&mut self.buf, limit)).await,
-            None => self.stream.read_some(&mut self.buf, reserve, limit).await,
+            None => {
+                let ring = ctx.recv_ring.as_ref().map(|ring| (ring, &mut self.armed));
+                let empty = || ctx.stats.count(Counter::RecvBuffersEmpty);
+                self.stream
+                    .read_client(&mut self.buf, reserve, limit, ring, empty)
+                    .await
+            }
         }
     }
 }

@@ -391,6 +391,11 @@ impl Client {
                 .await
                 .ok()?;
         }
+        // The socket goes to the tunnel: its armed receive ends first, and
+        // what it had received goes with the rest of the buffer.
+        if let Some(ring) = &ctx.recv_ring {
+            ring.disarm(&mut self.armed, &mut self.buf).await;
+        }
         let stream = std::mem::replace(&mut self.stream, Stream::Detached);
         Some((stream, self.buf.split()))
     }

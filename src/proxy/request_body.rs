@@ -201,7 +201,7 @@ impl Client {
         }
         let size = ctx.per_core.upstream_buffer_size;
         let limit = ctx.config.timeouts.client_body;
-        match self.read_request_bytes(size, limit).await {
+        match self.read_request_bytes(ctx, size, limit).await {
             Read::Data(_) => Ok(()),
             Read::TimedOut => Err(ProxyError::downstream(ErrorKind::ClientTimeout, None)),
             Read::Failed(e) => Err(ProxyError::downstream(ErrorKind::ClientIo, Some(e))),

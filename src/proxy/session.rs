@@ -60,6 +60,7 @@ impl Connection {
             request_id: Default::default(),
             tls: None,
             log: None,
+            armed: Default::default(),
         })
     }
 }
@@ -235,9 +236,14 @@ enum More {
 }
 
 /// Reads more of the request into the client's buffer, before `deadline`.
-async fn read_more(client: &mut Client, reserve: usize, deadline: Instant) -> Result<(), More> {
+async fn read_more(
+    ctx: &WorkerCtx,
+    client: &mut Client,
+    reserve: usize,
+    deadline: Instant,
+) -> Result<(), More> {
     let left = deadline.saturating_duration_since(Instant::now());
-    match client.read_request_bytes(reserve, left).await {
+    match client.read_request_bytes(ctx, reserve, left).await {
         Read::Data(_) => Ok(()),
         Read::TimedOut => Err(More::Refuse(408)),
         Read::Eof | Read::Failed(_) => Err(More::Gone),
@@ -273,7 +279,7 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                     *body_deadline.get_or_insert_with(|| io::deadline_in(timeouts.client_body));
                 loop {
                     let read = ctx.per_core.upstream_buffer_size;
-                    if let Err(more) = read_more(client, read, deadline).await {
+                    if let Err(more) = read_more(ctx, client, read, deadline).await {
                         break more;
                     }
                     match wait.until.reached(&client.buf) {
@@ -305,7 +311,7 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             Ok(None) => loop {
                 let scanned = client.buf.len();
                 let read = ctx.per_core.client_buffer_size;
-                if let Err(more) = read_more(client, read, head_deadline).await {
+                if let Err(more) = read_more(ctx, client, read, head_deadline).await {
                     break more;
                 }
                 if may_hold_head_end(&client.buf, scanned)
@@ -377,7 +383,7 @@ async fn await_request(ctx: &Rc<WorkerCtx>, client: &mut Client) -> bool {
         ctx.slot_notify.notify_all();
     }
     let reserve = ctx.per_core.client_buffer_size;
-    let ring = ctx.recv_ring.as_ref();
+    let ring = ctx.recv_ring.as_ref().map(|ring| (ring, &mut client.armed));
     let empty = || ctx.stats.count(Counter::RecvBuffersEmpty);
     // Built in place, not in named locals: a future moved out of a local
     // still takes room in this one's state, which every idle connection

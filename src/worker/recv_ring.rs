@@ -1,10 +1,20 @@
 //! The worker's provided-buffer ring (io_uring, `[workers] recv_buffers`):
-//! a connection waiting for its next request receives into a buffer the
-//! kernel takes from this ring only when bytes arrive, so an idle
-//! connection holds no read buffer of its own (nginx's idle connections
-//! hold none either: they wait for readiness). The bytes are copied into
-//! the connection's buffer at once and the ring buffer given back, so a
-//! ring buffer is lent for the length of a copy.
+//! a plain client connection receives into buffers the kernel takes from
+//! this ring only when bytes arrive, so an idle connection holds no read
+//! buffer of its own (nginx's idle connections hold none either: they wait
+//! for readiness). The bytes are copied into the connection's buffer at
+//! once and the ring buffer given back, so a ring buffer is lent for the
+//! length of a copy.
+//!
+//! The receive is multishot (Linux 6.0): armed once, it stays armed across
+//! the connection's reads and requests ([`Armed`]), so reading the next
+//! request costs no submission. Every read of the socket goes through it
+//! while it is armed; before the socket is read another way (a tunnel) it
+//! is disarmed, keeping what it had received ([`RecvRing::disarm`]). A
+//! client that sends while nobody reads it (pipelining, a flood) holds at
+//! most [`HELD_MAX`] ring buffers: the driver then cancels its receive and
+//! the rest waits in the socket. A kernel that refuses multishot receives
+//! gets one receive per read.
 //!
 //! When every buffer is lent (more connections became readable at once
 //! than the ring holds), the kernel answers `ENOBUFS` and the connection
@@ -43,7 +53,22 @@ pub struct RecvRing {
     /// Registered with the worker's ring (unregistered when it closes).
     registered: Cell<bool>,
     orphans: RefCell<Vec<(u16, u16)>>,
+    /// Receives stay armed across reads (until a kernel refuses that).
+    multishot: Cell<bool>,
+    /// A multishot receive delivered bytes (so a later `EINVAL` is not the
+    /// kernel refusing multishot receives).
+    multishot_worked: Cell<bool>,
 }
+
+/// Completions a connection's armed receive may hold before the driver
+/// cancels it: a client sending while its request is served (pipelining,
+/// a flood) holds at most this many ring buffers; the rest waits in its
+/// socket until it is read again.
+const HELD_MAX: usize = 4;
+
+/// A connection's receive on the ring, kept armed between reads.
+#[derive(Debug, Default)]
+pub struct Armed(Option<monoio::buf_ring::MultiRecv>);
 
 impl RecvRing {
     /// A ring of `entries` buffers of `size` bytes registered with the
@@ -70,6 +95,8 @@ impl RecvRing {
             tail: Cell::new(0),
             registered: Cell::new(false),
             orphans: RefCell::default(),
+            multishot: Cell::new(kernel_at_least(6, 0)),
+            multishot_worked: Cell::new(false),
         };
         // SAFETY: `ring` is page-aligned, holds `entries` slots and lives
         // until `close` unregisters it (or, unregistered, until it drops).
@@ -127,9 +154,104 @@ impl RecvRing {
 
     /// Waits for bytes on `stream` with no buffer held, then appends them
     /// to `buf` (at least `reserve` bytes of room are made when it reads
-    /// into a buffer of its own). `empty` is called when the ring had no
-    /// buffer left.
+    /// into a buffer of its own). The receive stays armed in `armed`
+    /// between calls (multishot), so a connection's next read costs no
+    /// submission; every read of a plain client socket goes through here
+    /// while it is armed. `empty` is called when the ring had no buffer
+    /// left.
     pub async fn recv(
+        &self,
+        armed: &mut Armed,
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        reserve: usize,
+        empty: impl FnOnce(),
+    ) -> Read {
+        // The other ways to read are boxed: an idle connection's future
+        // holds the armed receive's wait, not them.
+        if !self.multishot.get() {
+            return Box::pin(self.recv_once(stream, buf, reserve, empty)).await;
+        }
+        loop {
+            let op = match &mut armed.0 {
+                Some(op) => op,
+                None => {
+                    self.recycle_orphans();
+                    match stream.recv_multi(GROUP, HELD_MAX) {
+                        Ok(op) => armed.0.insert(op),
+                        Err(_) => {
+                            return Box::pin(self.recv_once(stream, buf, reserve, empty)).await
+                        }
+                    }
+                }
+            };
+            let Some(got) = op.next().await else {
+                armed.0 = None;
+                continue;
+            };
+            if !got.more {
+                // Its last completion: the next read arms a new one.
+                armed.0 = None;
+            }
+            self.take(&got, buf);
+            match got.result {
+                Ok(0) => return Read::Eof,
+                Ok(n) => {
+                    self.multishot_worked.set(true);
+                    return Read::Data(n);
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ENOBUFS) => {
+                        empty();
+                        let read = super::super::proxy::io::read_untimed(stream, buf, reserve);
+                        return Box::pin(read).await;
+                    }
+                    // Held too many completions nobody took: cancelled by
+                    // the driver; what it had received came before this.
+                    Some(libc::ECANCELED) => continue,
+                    // A kernel without multishot receives (before 6.0):
+                    // single receives from now on.
+                    Some(libc::EINVAL) if !self.multishot_worked.get() => {
+                        tracing::info!("no multishot receives: one receive per read");
+                        self.multishot.set(false);
+                        return Box::pin(self.recv_once(stream, buf, reserve, empty)).await;
+                    }
+                    _ => return Read::Failed(e),
+                },
+            }
+        }
+    }
+
+    /// Appends the bytes of a completion to `buf` and gives its buffer back.
+    fn take(&self, got: &monoio::buf_ring::Received, buf: &mut BytesMut) {
+        let Some(id) = got.buffer.filter(|id| *id < self.entries) else {
+            return;
+        };
+        if let Ok(n) = got.result {
+            if n > 0 {
+                let start = usize::from(id) * self.size;
+                buf.extend_from_slice(&self.buffers[start..start + n.min(self.size)]);
+            }
+        }
+        self.publish(id);
+    }
+
+    /// Ends a connection's armed receive before its socket is read some
+    /// other way (handed to a tunnel): what it had received is appended to
+    /// `buf`; what it had not stays in the socket.
+    pub async fn disarm(&self, armed: &mut Armed, buf: &mut BytesMut) {
+        let Some(mut op) = armed.0.take() else {
+            return;
+        };
+        op.cancel();
+        while let Some(got) = op.next().await {
+            self.take(&got, buf);
+        }
+    }
+
+    /// One receive into a ring buffer (kernels without multishot
+    /// receives).
+    async fn recv_once(
         &self,
         stream: &mut TcpStream,
         buf: &mut BytesMut,
@@ -158,6 +280,16 @@ impl RecvRing {
             }
             Err(e) => Read::Failed(e),
         }
+    }
+
+    /// Multishot receives are used (they are unless the kernel refused one).
+    pub fn multishot(&self) -> bool {
+        self.multishot.get()
+    }
+
+    #[cfg(test)]
+    fn set_multishot(&self, on: bool) {
+        self.multishot.set(on);
     }
 
     /// Unregisters the ring (at the worker's end, on its runtime): no
@@ -198,9 +330,21 @@ impl std::fmt::Debug for RecvRing {
     }
 }
 
+/// The running kernel is at least `major.minor` (multishot receives came
+/// in 6.0; an older one answers `EINVAL`, which turns them off too).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let number = |p: Option<&str>| p.and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    (number(parts.next()), number(parts.next())) >= (major, minor)
+}
+
 /// Whether the worker's io_uring took the ring; for the start-up log.
 pub fn describe(ring: Option<&RecvRing>) -> String {
     match ring {
+        Some(r) if r.multishot() => format!("{} x {} B, multishot", r.entries(), r.size),
         Some(r) => format!("{} x {} B", r.entries(), r.size),
         None => "none".to_string(),
     }
@@ -231,17 +375,26 @@ mod tests {
             use std::io::Write;
             peer.write_all(b"GET / HTTP/1.1\r\n").unwrap();
             let mut buf = BytesMut::new();
+            let mut armed = Armed::default();
             let read = ring
-                .recv(&mut stream, &mut buf, 1024, || panic!("empty"))
+                .recv(&mut armed, &mut stream, &mut buf, 1024, || panic!("empty"))
                 .await;
             assert!(matches!(read, Read::Data(16)), "{read:?}");
             assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
             assert_eq!(ring.published(), 5, "the buffer went back at once");
+            assert!(armed.0.is_some(), "the receive stays armed");
+            peer.write_all(b"Host: a\r\n").unwrap();
+            let read = ring
+                .recv(&mut armed, &mut stream, &mut buf, 1024, || panic!("empty"))
+                .await;
+            assert!(matches!(read, Read::Data(9)), "{read:?}");
+            assert_eq!(ring.published(), 6);
             drop(peer);
             let read = ring
-                .recv(&mut stream, &mut buf, 1024, || panic!("empty"))
+                .recv(&mut armed, &mut stream, &mut buf, 1024, || panic!("empty"))
                 .await;
             assert!(matches!(read, Read::Eof), "{read:?}");
+            assert!(armed.0.is_none(), "ended with the stream");
             ring.close();
         });
     }
@@ -255,15 +408,18 @@ mod tests {
             let mut stream = TcpStream::connect(addr).await.unwrap();
             let (mut peer, _) = listener.accept().unwrap();
             let mut buf = BytesMut::new();
+            let mut armed = Armed::default();
             {
-                let mut pending = std::pin::pin!(ring.recv(&mut stream, &mut buf, 64, || {}));
+                let mut pending =
+                    std::pin::pin!(ring.recv(&mut armed, &mut stream, &mut buf, 64, || {}));
                 // Armed (polled once), then the bytes come: the kernel
                 // fills a ring buffer for a receive nobody will read.
-                let armed = monoio::time::timeout(Duration::from_millis(1), &mut pending).await;
-                assert!(armed.is_err(), "nothing to read yet");
+                let polled = monoio::time::timeout(Duration::from_millis(1), &mut pending).await;
+                assert!(polled.is_err(), "nothing to read yet");
                 use std::io::Write;
                 peer.write_all(b"abandoned").unwrap();
             }
+            drop(armed);
             // Dropped: the buffer is the driver's orphan until the next receive.
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             let before = ring.published();
@@ -277,7 +433,9 @@ mod tests {
                     std::time::Instant::now() < deadline,
                     "the orphan never came back"
                 );
-                let read = ring.recv(&mut other, &mut next, 64, || {}).await;
+                let read = ring
+                    .recv(&mut Armed::default(), &mut other, &mut next, 64, || {})
+                    .await;
                 assert!(matches!(read, Read::Data(_)), "{read:?}");
                 // This receive's own buffer went back (+1); the orphan too
                 // once the driver saw its completion (+2).
@@ -313,7 +471,7 @@ mod tests {
                 tasks.push(monoio::spawn(async move {
                     let mut buf = BytesMut::new();
                     let read = ring
-                        .recv(&mut stream, &mut buf, 1024, || {
+                        .recv(&mut Armed::default(), &mut stream, &mut buf, 1024, || {
                             empties.set(empties.get() + 1)
                         })
                         .await;
@@ -330,6 +488,121 @@ mod tests {
                 assert_eq!(&buf[..], format!("request {i}").as_bytes());
             }
             assert!((1..=4).contains(&empties.get()), "{}", empties.get());
+            ring.close();
+        });
+    }
+
+    #[test]
+    fn a_peer_nobody_reads_holds_few_buffers_and_loses_nothing() {
+        uring().block_on(async {
+            let ring = RecvRing::start(16, 64).expect("a buffer ring");
+            assert!(ring.multishot(), "multishot receives on this kernel");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            peer.set_nodelay(true).unwrap();
+            use std::io::Write;
+            let mut buf = BytesMut::new();
+            let mut armed = Armed::default();
+            peer.write_all(b"first").unwrap();
+            let read = ring
+                .recv(&mut armed, &mut stream, &mut buf, 64, || {})
+                .await;
+            assert!(matches!(read, Read::Data(5)), "{read:?}");
+            // Armed and not read: the peer sends 40 messages of 60 bytes.
+            let mut sent = b"first".to_vec();
+            for i in 0..40u8 {
+                let message = [b'a' + i % 26; 60];
+                peer.write_all(&message).unwrap();
+                sent.extend_from_slice(&message);
+                // Let the driver see each completion (held, not taken).
+                monoio::time::sleep(Duration::from_micros(200)).await;
+            }
+            // Its receive was cancelled after HELD_MAX completions, so the
+            // ring still has buffers for another connection.
+            let mut other = TcpStream::connect(addr).await.unwrap();
+            let (mut other_peer, _) = listener.accept().unwrap();
+            other_peer.write_all(b"other").unwrap();
+            let mut other_buf = BytesMut::new();
+            let read = ring
+                .recv(
+                    &mut Armed::default(),
+                    &mut other,
+                    &mut other_buf,
+                    64,
+                    || panic!("a peer nobody reads took the whole ring"),
+                )
+                .await;
+            assert!(matches!(read, Read::Data(5)), "{read:?}");
+            // Read again: everything, in order, the receive re-armed as needed.
+            while buf.len() < sent.len() {
+                let read = ring
+                    .recv(&mut armed, &mut stream, &mut buf, 64, || {})
+                    .await;
+                assert!(matches!(read, Read::Data(_)), "{read:?}");
+            }
+            assert_eq!(&buf[..], &sent[..]);
+            ring.close();
+        });
+    }
+
+    #[test]
+    fn disarming_keeps_what_was_received_and_leaves_the_rest_in_the_socket() {
+        uring().block_on(async {
+            let ring = RecvRing::start(4, 64).expect("a buffer ring");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            use std::io::Write;
+            let mut buf = BytesMut::new();
+            let mut armed = Armed::default();
+            peer.write_all(b"GET /ws HTTP/1.1\r\n\r\n").unwrap();
+            let read = ring
+                .recv(&mut armed, &mut stream, &mut buf, 64, || {})
+                .await;
+            assert!(matches!(read, Read::Data(_)), "{read:?}");
+            buf.clear();
+            // Early bytes of the new protocol, received while armed.
+            peer.write_all(b"early").unwrap();
+            monoio::time::sleep(Duration::from_millis(5)).await;
+            ring.disarm(&mut armed, &mut buf).await;
+            assert!(armed.0.is_none());
+            peer.write_all(b"later").unwrap();
+            // The socket is read directly now (as a tunnel does).
+            while buf.len() < 10 {
+                let read =
+                    super::super::super::proxy::io::read_untimed(&mut stream, &mut buf, 64).await;
+                assert!(matches!(read, Read::Data(_)), "{read:?}");
+            }
+            assert_eq!(&buf[..], b"earlylater");
+            ring.close();
+        });
+    }
+
+    #[test]
+    fn single_receives_when_multishot_is_off() {
+        uring().block_on(async {
+            let ring = RecvRing::start(4, 64).expect("a buffer ring");
+            ring.set_multishot(false);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            use std::io::Write;
+            let mut buf = BytesMut::new();
+            let mut armed = Armed::default();
+            for word in ["one", "two"] {
+                peer.write_all(word.as_bytes()).unwrap();
+                let read = ring
+                    .recv(&mut armed, &mut stream, &mut buf, 64, || {})
+                    .await;
+                assert!(matches!(read, Read::Data(3)), "{read:?}");
+                assert!(armed.0.is_none(), "nothing stays armed");
+            }
+            assert_eq!(&buf[..], b"onetwo");
+            assert_eq!(ring.published(), 6);
             ring.close();
         });
     }
