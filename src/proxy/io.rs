@@ -71,7 +71,10 @@ impl Stream {
             (Stream::Plain(s), Some((ring, armed))) => {
                 ring.recv(armed, s, buf, reserve, empty).await
             }
-            (Stream::Plain(s), None) => read_untimed(s, buf, reserve).await,
+            // Boxed: the wait on the ring is what an idle connection's
+            // future holds; a read into a buffer of its own (epoll, or no
+            // ring) is larger.
+            (Stream::Plain(s), None) => Box::pin(read_untimed(s, buf, reserve)).await,
             (stream, _) => {
                 let forever = crate::config::units::MAX_DURATION;
                 Box::pin(stream.read_some(buf, reserve, forever)).await
