@@ -2,7 +2,8 @@
 //! receive into the worker's provided-buffer ring (`[workers]
 //! recv_buffers`), so they hold no buffer while they wait. Attacked with
 //! more readable connections than buffers, connections closed or reset
-//! while their receive is armed, and a shutdown with receives armed; the
+//! while their receive is armed, a client flooding while its request is
+//! served, and a shutdown with receives armed; the
 //! epoll driver, which has no ring, serves the same way.
 
 mod common;
@@ -161,4 +162,50 @@ fn no_ring_when_turned_off() {
     let gw = gateway(&origin, DriverChoice::IoUring, 0);
     assert_eq!(gw.workers()[0].recv_ring, "none");
     assert_eq!(get(gw.listen_addr(), "/x").status, 200);
+}
+
+/// A client that floods bytes while its own request is in flight (nobody
+/// reads it meanwhile) must not take the ring from everybody else: its
+/// armed receive is cancelled once it holds a few completions, and the
+/// rest of the flood waits in its socket. (One burst can still fill up to
+/// 32 buffers, the kernel's receives per wake-up, before the cancel lands:
+/// the ring here holds 64, the flood is worth 96.)
+#[test]
+fn a_client_flooding_while_its_request_is_served_leaves_buffers_for_others() {
+    let origin = Origin::start();
+    let gw = gateway(&origin, DriverChoice::IoUring, 64);
+    assert!(gw.workers()[0].recv_ring.ends_with("multishot"));
+    let others = warm_connections(&gw, 3);
+    origin.set_delay(Duration::from_millis(700));
+    let mut attacker = Client::connect(gw.listen_addr());
+    attacker.reader.inner.set_nodelay(true).unwrap();
+    attacker.send(b"GET /echo/first HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until(Duration::from_secs(10), "the request at the origin", || {
+        origin.hits_on("/echo/first") == 1
+    });
+    // 96 KiB in 1 KiB writes: 96 ring buffers' worth, the ring holds 64.
+    for _ in 0..96 {
+        attacker.send(&[b'x'; 1024]);
+    }
+    // Three others, at once, while the attacker's request is still served.
+    let threads: Vec<_> = others
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            std::thread::spawn(move || {
+                c.request(format!("GET /echo/other-{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    let first = attacker
+        .read_response()
+        .expect("the attacker's own response");
+    assert_eq!(first.status, 200);
+    assert_eq!(empties(&gw), 0, "the flood left the ring empty for others");
+    origin.set_delay(Duration::ZERO);
+    // The gateway goes on serving.
+    assert_eq!(get(gw.listen_addr(), "/echo/after").status, 200);
 }

@@ -11,10 +11,13 @@
 //! request costs no submission. Every read of the socket goes through it
 //! while it is armed; before the socket is read another way (a tunnel) it
 //! is disarmed, keeping what it had received ([`RecvRing::disarm`]). A
-//! client that sends while nobody reads it (pipelining, a flood) holds at
-//! most [`HELD_MAX`] ring buffers: the driver then cancels its receive and
-//! the rest waits in the socket. A kernel that refuses multishot receives
-//! gets one receive per read.
+//! client that sends while nobody reads it (pipelining, a flood) has its
+//! receive cancelled by the driver once it holds [`HELD_MAX`] completions,
+//! and the rest waits in the socket (a burst already in the socket can
+//! fill more first, up to the kernel's receives per wake-up, 32 on current
+//! kernels; the ring's other buffers stay for other connections, and an
+//! empty ring only sends readers to buffers of their own). A kernel that
+//! refuses multishot receives gets one receive per read.
 //!
 //! When every buffer is lent (more connections became readable at once
 //! than the ring holds), the kernel answers `ENOBUFS` and the connection
@@ -62,8 +65,8 @@ pub struct RecvRing {
 
 /// Completions a connection's armed receive may hold before the driver
 /// cancels it: a client sending while its request is served (pipelining,
-/// a flood) holds at most this many ring buffers; the rest waits in its
-/// socket until it is read again.
+/// a flood) stops taking ring buffers then (after the burst under way);
+/// the rest waits in its socket until it is read again.
 const HELD_MAX: usize = 4;
 
 /// A connection's receive on the ring, kept armed between reads.
