@@ -61,10 +61,7 @@ impl Stream {
         &mut self,
         buf: &mut BytesMut,
         reserve: usize,
-        ring: Option<(
-            &crate::worker::recv_ring::RecvRing,
-            &mut crate::worker::recv_ring::Armed,
-        )>,
+        ring: Option<crate::worker::recv_ring::Receiver<'_>>,
         empty: impl FnOnce(),
     ) -> Read {
         match (self, ring) {
@@ -89,10 +86,7 @@ impl Stream {
         buf: &mut BytesMut,
         reserve: usize,
         limit: Duration,
-        ring: Option<(
-            &crate::worker::recv_ring::RecvRing,
-            &mut crate::worker::recv_ring::Armed,
-        )>,
+        ring: Option<crate::worker::recv_ring::Receiver<'_>>,
         empty: impl FnOnce(),
     ) -> Read {
         match (self, ring) {

@@ -69,6 +69,10 @@ pub struct RecvRing {
 /// the rest waits in its socket until it is read again.
 const HELD_MAX: usize = 4;
 
+/// The worker's ring and a connection's receive on it, as the reads of a
+/// client connection take them.
+pub type Receiver<'a> = (&'a RecvRing, &'a mut Armed);
+
 /// A connection's receive on the ring, kept armed between reads.
 #[derive(Debug, Default)]
 pub struct Armed(Option<monoio::buf_ring::MultiRecv>);
@@ -227,14 +231,19 @@ impl RecvRing {
 
     /// Appends the bytes of a completion to `buf` and gives its buffer back.
     fn take(&self, got: &monoio::buf_ring::Received, buf: &mut BytesMut) {
-        let Some(id) = got.buffer.filter(|id| *id < self.entries) else {
+        let n = got.result.as_ref().map_or(0, |n| *n);
+        self.give_back(got.buffer, n, buf);
+    }
+
+    /// Appends the `n` bytes ring buffer `id` holds to `buf` and publishes
+    /// the buffer again.
+    fn give_back(&self, id: Option<u16>, n: usize, buf: &mut BytesMut) {
+        let Some(id) = id.filter(|id| *id < self.entries) else {
             return;
         };
-        if let Ok(n) = got.result {
-            if n > 0 {
-                let start = usize::from(id) * self.size;
-                buf.extend_from_slice(&self.buffers[start..start + n.min(self.size)]);
-            }
+        if n > 0 {
+            let start = usize::from(id) * self.size;
+            buf.extend_from_slice(&self.buffers[start..start + n.min(self.size)]);
         }
         self.publish(id);
     }
@@ -265,13 +274,7 @@ impl RecvRing {
         let len = self.size.min(u32::MAX as usize) as u32;
         match stream.recv_select(GROUP, len).await {
             Ok((n, id)) => {
-                if let Some(id) = id.filter(|id| *id < self.entries) {
-                    if n > 0 {
-                        let start = usize::from(id) * self.size;
-                        buf.extend_from_slice(&self.buffers[start..start + n.min(self.size)]);
-                    }
-                    self.publish(id);
-                }
+                self.give_back(id, n, buf);
                 match n {
                     0 => Read::Eof,
                     n => Read::Data(n),
@@ -359,6 +362,20 @@ mod tests {
 
     use super::*;
 
+    /// A listener, its address, a connection to it and its accepted end.
+    async fn connected() -> (
+        std::net::TcpListener,
+        std::net::SocketAddr,
+        TcpStream,
+        std::net::TcpStream,
+    ) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (peer, _) = listener.accept().unwrap();
+        (listener, addr, stream, peer)
+    }
+
     fn uring() -> monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>> {
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
@@ -371,10 +388,7 @@ mod tests {
         uring().block_on(async {
             let ring = RecvRing::start(4, 64).expect("a buffer ring");
             assert_eq!(ring.published(), 4);
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            let (mut peer, _) = listener.accept().unwrap();
+            let (_listener, _, mut stream, mut peer) = connected().await;
             use std::io::Write;
             peer.write_all(b"GET / HTTP/1.1\r\n").unwrap();
             let mut buf = BytesMut::new();
@@ -406,10 +420,7 @@ mod tests {
     fn a_receive_dropped_after_it_took_a_buffer_gives_it_back_later() {
         uring().block_on(async {
             let ring = RecvRing::start(2, 64).expect("a buffer ring");
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            let (mut peer, _) = listener.accept().unwrap();
+            let (listener, addr, mut stream, mut peer) = connected().await;
             let mut buf = BytesMut::new();
             let mut armed = Armed::default();
             {
@@ -500,10 +511,7 @@ mod tests {
         uring().block_on(async {
             let ring = RecvRing::start(16, 64).expect("a buffer ring");
             assert!(ring.multishot(), "multishot receives on this kernel");
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            let (mut peer, _) = listener.accept().unwrap();
+            let (listener, addr, mut stream, mut peer) = connected().await;
             peer.set_nodelay(true).unwrap();
             use std::io::Write;
             let mut buf = BytesMut::new();
@@ -554,10 +562,7 @@ mod tests {
     fn disarming_keeps_what_was_received_and_leaves_the_rest_in_the_socket() {
         uring().block_on(async {
             let ring = RecvRing::start(4, 64).expect("a buffer ring");
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            let (mut peer, _) = listener.accept().unwrap();
+            let (_listener, _, mut stream, mut peer) = connected().await;
             use std::io::Write;
             let mut buf = BytesMut::new();
             let mut armed = Armed::default();
@@ -589,10 +594,7 @@ mod tests {
         uring().block_on(async {
             let ring = RecvRing::start(4, 64).expect("a buffer ring");
             ring.set_multishot(false);
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            let (mut peer, _) = listener.accept().unwrap();
+            let (_listener, _, mut stream, mut peer) = connected().await;
             use std::io::Write;
             let mut buf = BytesMut::new();
             let mut armed = Armed::default();
