@@ -147,9 +147,14 @@ impl Fill {
         self.notify.notify_all();
     }
 
+    /// The origin failed mid-body: nothing is stored, and each reader
+    /// still gets what came before the failure, then `Failed` (the pieces
+    /// go once every reader passed them). A reader behind must not lose
+    /// bytes the origin did send.
     pub fn fail(&self) {
         self.state.set(State::Failed);
-        self.pieces.borrow_mut().clear();
+        self.storing.set(false);
+        self.trim();
         self.notify.notify_all();
     }
 
@@ -317,6 +322,26 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_behind_a_failure_gets_what_came_before_it_then_the_failure() {
+        let f = fill();
+        let mut behind = f.reader().unwrap();
+        f.push(Bytes::from_static(b"first "));
+        f.push(Bytes::from_static(b"second"));
+        f.fail();
+        assert!(!f.joinable());
+        now(async {
+            assert_eq!(data(behind.next().await), b"first ");
+            assert_eq!(data(behind.next().await), b"second");
+            assert!(matches!(behind.next().await, Piece::Failed));
+        });
+        drop(behind);
+        assert!(
+            f.pieces.borrow().is_empty(),
+            "the pieces go with the last reader"
+        );
+    }
+
+    #[test]
     fn readers_get_every_piece_then_the_end() {
         let f = fill();
         let mut a = f.reader().unwrap();
@@ -380,6 +405,8 @@ mod tests {
         f.push(Bytes::from_static(b"partial"));
         f.fail();
         now(async {
+            // What came before the failure, then the failure.
+            assert_eq!(data(a.next().await), b"partial");
             assert!(matches!(a.next().await, Piece::Failed));
         });
     }
