@@ -37,7 +37,10 @@ fn two_workers_are_pinned_to_different_cores() {
 #[test]
 fn io_uring_is_used_when_available() {
     let origin = Origin::start();
-    let gw = start(config_for(origin.addr));
+    let mut config = config_for(origin.addr);
+    // What `auto` picks (RINGGATE_TEST_DRIVER may have chosen for the suite).
+    config.workers.driver = ringgate::config::DriverChoice::Auto;
+    let gw = start(config);
     let expected = if monoio::utils::detect_uring() {
         DriverKind::IoUring
     } else {

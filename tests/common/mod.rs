@@ -932,6 +932,14 @@ pub fn get(addr: SocketAddr, path: &str) -> Response {
 pub fn config_for(origin: SocketAddr) -> Config {
     let mut config = Config::quick("127.0.0.1:0".parse().unwrap(), vec![origin]);
     config.workers.count = Some(1);
+    // `RINGGATE_TEST_DRIVER=epoll` runs the suite on the epoll driver
+    // (tests that name a driver keep theirs).
+    match std::env::var("RINGGATE_TEST_DRIVER").as_deref() {
+        Ok("epoll") => config.workers.driver = ringgate::config::DriverChoice::Epoll,
+        Ok("io_uring") => config.workers.driver = ringgate::config::DriverChoice::IoUring,
+        Ok(other) => panic!("RINGGATE_TEST_DRIVER={other}: use epoll or io_uring"),
+        Err(_) => {}
+    }
     config.timeouts.shutdown_grace = Duration::from_secs(10);
     config
 }
