@@ -56,10 +56,17 @@ pub(crate) enum Lifecycle {
     },
 }
 
+/// A completion's result and flags.
+type Cqe = (io::Result<u32>, u32);
+
 /// A multishot operation's state.
 pub(crate) struct Multi {
     waker: Option<Waker>,
-    queue: VecDeque<(io::Result<u32>, u32)>,
+    /// The oldest completion not taken, then the others in order: most of
+    /// the time there is at most one, held without an allocation (every
+    /// armed receive of an idle connection has one of these).
+    first: Option<Cqe>,
+    queue: VecDeque<Cqe>,
     /// Its last completion (without `IORING_CQE_F_MORE`) came.
     ended: bool,
     /// A cancel was asked for (too many completions held).
@@ -71,9 +78,34 @@ pub(crate) struct Multi {
 }
 
 impl Multi {
+    fn push(&mut self, cqe: Cqe) {
+        if self.first.is_none() && self.queue.is_empty() {
+            self.first = Some(cqe);
+        } else {
+            self.queue.push_back(cqe);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Cqe> {
+        if let Some(cqe) = self.first.take() {
+            return Some(cqe);
+        }
+        let cqe = self.queue.pop_front();
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            // A burst's queue goes with it.
+            self.queue = VecDeque::new();
+        }
+        cqe
+    }
+
+    fn held(&self) -> usize {
+        usize::from(self.first.is_some()) + self.queue.len()
+    }
+
     pub(crate) fn new(group: Option<u16>, held_max: usize) -> Multi {
         Multi {
             waker: None,
+            first: None,
             queue: VecDeque::new(),
             ended: false,
             cancelling: false,
@@ -95,14 +127,14 @@ impl<'a> Ref<'a, Lifecycle> {
         let ref_mut = &mut *self;
         match ref_mut {
             Lifecycle::Multi(m) => {
-                m.queue.push_back((result, flags));
+                m.push((result, flags));
                 if !more(flags) {
                     m.ended = true;
                 }
                 if let Some(waker) = m.waker.take() {
                     waker.wake();
                 }
-                if !m.ended && !m.cancelling && m.queue.len() >= m.held_max {
+                if !m.ended && !m.cancelling && m.held() >= m.held_max {
                     m.cancelling = true;
                     return true;
                 }
@@ -141,7 +173,7 @@ impl<'a> Ref<'a, Lifecycle> {
         let Lifecycle::Multi(m) = &mut *self else {
             return Poll::Ready(None);
         };
-        if let Some(completion) = m.queue.pop_front() {
+        if let Some(completion) = m.pop() {
             return Poll::Ready(Some(completion));
         }
         if m.ended {
@@ -162,7 +194,7 @@ impl<'a> Ref<'a, Lifecycle> {
         let Lifecycle::Multi(m) = &mut *self else {
             return true;
         };
-        for (_, flags) in m.queue.drain(..) {
+        while let Some((_, flags)) = m.pop() {
             orphan(m.group, flags);
         }
         if m.ended {
