@@ -11,7 +11,7 @@ use common::*;
 use ringgate::Config;
 
 fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("ringgate-discovery-{}-{name}", std::process::id()))
+    temp_root().join(format!("ringgate-discovery-{}-{name}", std::process::id()))
 }
 
 /// Replaces `path` in one step, as deployment tools do, so that the watcher

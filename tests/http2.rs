@@ -138,7 +138,7 @@ fn trailers_reach_an_http2_client() {
 #[test]
 fn tls_listeners_offer_http2_by_alpn_and_http1_still_works_there() {
     let origin = Origin::start();
-    let dir = std::env::temp_dir().join(format!("ringgate-h2-{}", std::process::id()));
+    let dir = temp_root().join(format!("ringgate-h2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = ringgate::tls::certs::self_signed(&["localhost"]).unwrap();
     std::fs::write(dir.join("c.pem"), cert).unwrap();

@@ -173,7 +173,7 @@ fn cache_hits_count_too() {
 
 #[test]
 fn a_config_names_the_key_it_refuses() {
-    let dir = std::env::temp_dir().join(format!("ringgate-rl-{}", std::process::id()));
+    let dir = temp_root().join(format!("ringgate-rl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     for (key, expected) in [
         ("\"subject\"", "routes[0].rate_limit.key"),

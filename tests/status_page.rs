@@ -39,8 +39,7 @@ impl Browser {
             .expect(
                 "chromium is missing: install Debian's `chromium` (the README's test command does)",
             );
-        let profile =
-            std::env::temp_dir().join(format!("ringgate-chromium-{}", std::process::id()));
+        let profile = temp_root().join(format!("ringgate-chromium-{}", std::process::id()));
         let mut child = Command::new(program)
             .args([
                 "--headless",

@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// Writes a self-signed certificate for `names` into a fresh directory.
 fn certificate(tag: &str, names: &[&str]) -> (CertificateFiles, Vec<u8>) {
-    let dir: PathBuf = std::env::temp_dir().join(format!(
+    let dir: PathBuf = temp_root().join(format!(
         "ringgate-tls-{tag}-{}-{:?}",
         std::process::id(),
         std::thread::current().id()

@@ -17,7 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = temp_root().join(format!(
         "ringgate-up-tls-{tag}-{}-{:?}",
         std::process::id(),
         std::thread::current().id()

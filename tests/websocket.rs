@@ -405,7 +405,7 @@ fn a_silent_tunnel_is_closed_after_tunnel_idle() {
 fn a_websocket_over_tls_tunnels_through_the_split_tls_connection() {
     use rustls::pki_types::ServerName;
     let origin = WsOrigin::start();
-    let dir = std::env::temp_dir().join(format!("ringgate-ws-tls-{}", std::process::id()));
+    let dir = temp_root().join(format!("ringgate-ws-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = ringgate::tls::certs::self_signed(&["localhost"]).unwrap();
     let files = ringgate::config::CertificateFiles {
@@ -578,7 +578,7 @@ fn tls_ws_origin(cert: &str, key: &str) -> SocketAddr {
 #[test]
 fn a_websocket_to_a_tls_upstream_tunnels_over_the_upstreams_tls() {
     let (cert, key) = ringgate::tls::certs::self_signed(&["ws.internal"]).unwrap();
-    let dir = std::env::temp_dir().join(format!("ringgate-ws-up-tls-{}", std::process::id()));
+    let dir = temp_root().join(format!("ringgate-ws-up-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("ca.pem"), &cert).unwrap();
     let origin = tls_ws_origin(&cert, &key);

@@ -323,7 +323,7 @@ impl H2Origin {
     /// Over TLS with ALPN `h2` (the gateway's own terminator serves it),
     /// with a self-signed certificate for `localhost`.
     pub fn start_tls() -> H2Origin {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = super::temp_root().join(format!(
             "ringgate-h2-origin-{}-{:?}",
             std::process::id(),
             std::thread::current().id()

@@ -1300,7 +1300,7 @@ impl GatewayProcess {
     ) -> GatewayProcess {
         use std::io::BufRead;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = std::env::temp_dir().join(format!(
+        let dir = temp_root().join(format!(
             "ringgate-proc-{}-{}",
             std::process::id(),
             addr.port()
@@ -1406,11 +1406,30 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// This test process's temporary directory: every file a test writes goes
+/// under it, and it is removed when the process exits (the test harness
+/// returns from `main` or calls `exit`, either of which runs `atexit`).
+pub fn temp_root() -> &'static std::path::Path {
+    static ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn remove_root() {
+        if let Some(root) = ROOT.get() {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("ringgate-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        // SAFETY: registers a function of no arguments to run at exit.
+        unsafe { libc::atexit(remove_root) };
+        root
+    })
+}
+
 /// A fresh path for a file a test's gateway writes (an access log): under
 /// the temporary directory, nothing there yet. `name` must be unique among
 /// the tests of one binary.
 pub fn fresh_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringgate-files-{}", std::process::id()));
+    let dir = temp_root().join(format!("ringgate-files-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     let _ = std::fs::remove_file(&path);
@@ -1420,7 +1439,7 @@ pub fn fresh_path(name: &str) -> std::path::PathBuf {
 /// Writes a config file for a test under the temporary directory; `name`
 /// must be unique among the tests of one binary.
 pub fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringgate-test-{}", std::process::id()));
+    let dir = temp_root().join(format!("ringgate-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
