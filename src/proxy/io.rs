@@ -154,8 +154,10 @@ fn detached() -> WriteError {
 }
 
 /// `now + limit`, saturating: a deadline never overflows, whatever the limit.
+/// From the loop turn's time (`monoio::time::recent`): a deadline costs no
+/// clock read, and is early by at most how long the turn has run.
 pub fn deadline_in(limit: Duration) -> std::time::Instant {
-    let now = std::time::Instant::now();
+    let now = monoio::time::recent();
     now.checked_add(limit)
         .unwrap_or_else(|| now + crate::config::units::MAX_DURATION)
 }

@@ -531,7 +531,7 @@ fn pick_server(
 )> {
     let mut upstreams = ctx.upstreams.borrow_mut();
     let key = upstreams.request_key(route.upstream, down.peer_ip, req.path, req.headers);
-    let now = Instant::now();
+    let now = monoio::time::recent();
     let (server, pin_cookie) = match upstreams.pinned_server(route.upstream, req.headers, now) {
         Some(server) => (server, None),
         None => {

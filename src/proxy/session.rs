@@ -242,7 +242,7 @@ async fn read_more(
     reserve: usize,
     deadline: Instant,
 ) -> Result<(), More> {
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = deadline.saturating_duration_since(monoio::time::recent());
     match client.read_request_bytes(ctx, reserve, left).await {
         Read::Data(_) => Ok(()),
         Read::TimedOut => Err(More::Refuse(408)),

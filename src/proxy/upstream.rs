@@ -97,7 +97,7 @@ pub(super) async fn exchange(
     let retry = ctx.config.routes[forward.route].retry.as_ref();
     ctx.retry_budgets[forward.route]
         .borrow_mut()
-        .record_request(Instant::now());
+        .record_request(monoio::time::recent());
     let mut retries_left = retry.map_or(0, |r| r.attempts);
     let mut tried = vec![forward.server];
     loop {
@@ -109,7 +109,7 @@ pub(super) async fn exchange(
                 !r.statuses.is_empty()
                     && ctx.retry_budgets[forward.route]
                         .borrow_mut()
-                        .allows(r, Instant::now())
+                        .allows(r, monoio::time::recent())
             });
         let in_flight = InFlight::new(ctx, forward.server);
         let attempt = attempt(ctx, client, forward, out, ubuf, progress, body).await;
@@ -354,7 +354,7 @@ fn response_step(
         forward.group,
         forward.server,
         resp.status >= 500,
-        Instant::now(),
+        monoio::time::recent(),
     );
     if forward.may_retry_status
         && ctx.config.routes[forward.route]

@@ -134,7 +134,7 @@ pub async fn read_head_piece(
     deadline: std::time::Instant,
     received_any: bool,
 ) -> Result<(), ProxyError> {
-    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let left = deadline.saturating_duration_since(monoio::time::recent());
     // No byte of the response yet: the server never began to answer.
     let stage = if received_any {
         Stage::ResponseHead

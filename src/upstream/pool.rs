@@ -92,7 +92,7 @@ impl Pool {
     /// The most recently returned connection to `server` that is still
     /// open and quiet, if any; the others met on the way are closed.
     pub fn take(&mut self, server: usize) -> Option<Stream> {
-        let now = Instant::now();
+        let now = monoio::time::recent();
         let idle = &mut self.idle[server];
         while let Some(conn) = idle.pop_back() {
             if now.duration_since(conn.since) >= self.idle_timeout {
@@ -121,7 +121,7 @@ impl Pool {
         }
         idle.push_back(Idle {
             stream,
-            since: Instant::now(),
+            since: monoio::time::recent(),
         });
     }
 
@@ -146,7 +146,7 @@ impl Pool {
 
     /// Closes connections idle longer than the timeout.
     pub fn sweep(&mut self) {
-        let now = Instant::now();
+        let now = monoio::time::recent();
         for idle in &mut self.idle {
             while idle
                 .front()

@@ -88,6 +88,7 @@
 
 mod clock;
 pub(crate) use self::clock::Clock;
+pub use self::clock::recent;
 
 pub(crate) mod driver;
 

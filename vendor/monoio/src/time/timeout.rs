@@ -31,7 +31,8 @@ pub fn timeout<T>(duration: Duration, future: T) -> Timeout<T>
 where
     T: Future,
 {
-    let deadline = Instant::now().checked_add(duration);
+    // From the loop turn's time (ringgate): no clock read per timeout.
+    let deadline = Instant::from_std(crate::time::clock::recent()).checked_add(duration);
     let delay = match deadline {
         Some(deadline) => Sleep::new_timeout(deadline),
         None => Sleep::far_future(),

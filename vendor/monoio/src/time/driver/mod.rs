@@ -217,7 +217,8 @@ where
 impl Handle {
     /// Runs timer related logic, and returns the next wakeup time
     pub(self) fn process(&self) {
-        let now = self.time_source().now();
+        // The loop turn's time (`clock::recent`) is read here.
+        let now = self.time_source().instant_to_tick(super::clock::mark_turn());
 
         self.process_at_time(now)
     }
@@ -316,6 +317,9 @@ where
     }
 
     fn submit(&self) -> io::Result<()> {
+        // A turn that submits without parking (tasks still ready) begins
+        // a new turn too.
+        super::clock::mark_turn();
         self.park.submit()
     }
 
@@ -342,6 +346,8 @@ where
 {
     fn drop(&mut self) {
         // self.shutdown();
+        // A later runtime on this thread must not start from this one's time.
+        super::clock::clear_turn();
     }
 }
 
