@@ -241,6 +241,7 @@ impl Gateway {
                 workers = workers.len(),
                 driver = %first.driver,
                 recv_buffers = %first.recv_ring,
+                upstream_recv_buffers = %first.upstream_ring,
                 listen = ?handle.listen_addrs,
                 "ringgate started"
             );

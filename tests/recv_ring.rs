@@ -4,7 +4,10 @@
 //! more readable connections than buffers, connections closed or reset
 //! while their receive is armed, a client flooding while its request is
 //! served, and a shutdown with receives armed; the
-//! epoll driver, which has no ring, serves the same way.
+//! epoll driver, which has no ring, serves the same way. Plain upstream
+//! connections receive from a ring of their own (`[workers]
+//! upstream_recv_buffers`), attacked with more responses arriving at once
+//! than it holds.
 
 mod common;
 
@@ -208,4 +211,82 @@ fn a_client_flooding_while_its_request_is_served_leaves_buffers_for_others() {
     origin.set_delay(Duration::ZERO);
     // The gateway goes on serving.
     assert_eq!(get(gw.listen_addr(), "/echo/after").status, 200);
+}
+
+fn upstream_empties(gw: &ringgate::Handle) -> u64 {
+    admin_stats(gw)["workers"][0]["upstream_recv_buffers_empty"]
+        .as_u64()
+        .expect("upstream_recv_buffers_empty in /stats")
+}
+
+/// Responses from many upstream connections arriving at once, faster than
+/// the worker relays them (each connection's receive holds completions
+/// while its last piece is written out), on an upstream ring of two 4 KiB
+/// buffers:
+/// reads that find it empty use buffers of their own, every body arrives
+/// whole and in order, and the pooled connections serve again.
+#[test]
+fn more_upstream_responses_at_once_than_ring_buffers_lose_nothing() {
+    const SIZE: u64 = 300_000;
+    let origin = Origin::start();
+    let mut config = with_admin(config_for(origin.addr));
+    config.workers.driver = DriverChoice::IoUring;
+    config.workers.upstream_recv_buffers = 2;
+    config.workers.per_core.upstream_buffer_size = 4096;
+    let gw = start(config);
+    assert_eq!(gw.workers()[0].upstream_ring, "2 x 4096 B, multishot");
+    let threads: Vec<_> = (0..12)
+        .map(|_| {
+            let addr = gw.listen_addr();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.reader.inner.set_nodelay(true).unwrap();
+                c.request(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            })
+        })
+        .collect();
+    for t in threads {
+        let r = t.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len() as u64, SIZE);
+        assert!(
+            r.body
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == pattern_byte(i as u64)),
+            "a body came out of order or mixed"
+        );
+    }
+    assert!(
+        upstream_empties(&gw) > 0,
+        "twelve responses never found two buffers taken: the case was not met"
+    );
+    // The connections went back to the pool, armed: they serve again.
+    let reused = admin_stats(&gw)["workers"][0]["upstream_reuses"]
+        .as_u64()
+        .unwrap();
+    for i in 0..5 {
+        let r = get(gw.listen_addr(), &format!("/echo/again-{i}"));
+        assert_eq!(r.status, 200);
+    }
+    let now = admin_stats(&gw)["workers"][0]["upstream_reuses"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        now >= reused + 5,
+        "pooled connections were not reused: {reused} -> {now}"
+    );
+}
+
+#[test]
+fn the_upstream_ring_can_be_turned_off() {
+    let origin = Origin::start();
+    let mut config = config_for(origin.addr);
+    config.workers.driver = DriverChoice::IoUring;
+    config.workers.upstream_recv_buffers = 0;
+    let gw = start(config);
+    assert_eq!(gw.workers()[0].upstream_ring, "none");
+    for i in 0..3 {
+        assert_eq!(get(gw.listen_addr(), &format!("/echo/{i}")).status, 200);
+    }
 }

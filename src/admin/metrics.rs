@@ -68,6 +68,18 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
         &["upstream_pool_discarded"],
     ),
     (
+        "ringgate_recv_buffers_empty_total",
+        "Client reads that found the worker's buffer ring empty (and read into a buffer of their own).",
+        "counter",
+        &["recv_buffers_empty"],
+    ),
+    (
+        "ringgate_upstream_recv_buffers_empty_total",
+        "Upstream reads that found the worker's upstream buffer ring empty (and read into a buffer of their own).",
+        "counter",
+        &["upstream_recv_buffers_empty"],
+    ),
+    (
         "ringgate_panics_total",
         "Connection tasks that panicked (contained).",
         "counter",

@@ -112,6 +112,10 @@ pub struct WorkersConfig {
     /// Buffers in each worker's provided-buffer ring (io_uring; 0: none):
     /// a connection waiting for a request takes one only when bytes come.
     pub recv_buffers: u16,
+    /// Buffers (of `upstream_buffer_size`) in each worker's ring for plain
+    /// upstream connections (io_uring; 0: none): a pooled connection's
+    /// receive stays armed, holding no buffer until the server sends.
+    pub upstream_recv_buffers: u16,
     /// Kernel-side submission polling; its thread idles after `sqpoll_idle`.
     pub sqpoll: Option<Duration>,
     pub per_core: PerCoreConfig,
@@ -129,6 +133,7 @@ impl Default for WorkersConfig {
             driver: DriverChoice::Auto,
             ring_entries: 1024,
             recv_buffers: 256,
+            upstream_recv_buffers: 64,
             sqpoll: None,
             per_core: PerCoreConfig::default(),
             overrides: HashMap::new(),

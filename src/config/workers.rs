@@ -65,13 +65,26 @@ pub(super) fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, C
             "must be a power of two between 256 and 32768",
         ));
     }
-    let recv_buffers = raw.recv_buffers.unwrap_or(u32::from(defaults.recv_buffers));
-    if recv_buffers != 0 && (recv_buffers > 32768 || !recv_buffers.is_power_of_two()) {
-        return Err(invalid(
-            "workers.recv_buffers",
-            "must be 0 (none) or a power of two up to 32768",
-        ));
-    }
+    let ring_size = |value: Option<u32>, default: u16, key| {
+        let n = value.unwrap_or(u32::from(default));
+        if n != 0 && (n > 32768 || !n.is_power_of_two()) {
+            return Err(invalid(
+                key,
+                "must be 0 (none) or a power of two up to 32768",
+            ));
+        }
+        Ok(n as u16)
+    };
+    let recv_buffers = ring_size(
+        raw.recv_buffers,
+        defaults.recv_buffers,
+        "workers.recv_buffers",
+    )?;
+    let upstream_recv_buffers = ring_size(
+        raw.upstream_recv_buffers,
+        defaults.upstream_recv_buffers,
+        "workers.upstream_recv_buffers",
+    )?;
     let sqpoll = if raw.sqpoll.unwrap_or(false) {
         Some(
             raw.sqpoll_idle
@@ -132,7 +145,8 @@ pub(super) fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, C
         pin: raw.pin.unwrap_or(true),
         driver,
         ring_entries,
-        recv_buffers: recv_buffers as u16,
+        recv_buffers,
+        upstream_recv_buffers,
         sqpoll,
         per_core,
         overrides,

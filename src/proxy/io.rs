@@ -5,6 +5,7 @@
 //! gone, so callers close the connection after any timeout.
 
 use std::io;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -12,12 +13,17 @@ use monoio::buf::{IoBuf, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+use crate::worker::recv_ring::{Armed, RecvRing};
+
 /// A connection, to a client or to an upstream: plain TCP, or TLS over
 /// it. Requests, responses and bodies are read and written through this
 /// alone, so every path works the same over both.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<crate::tls::TlsStream>),
+    /// A plain upstream connection receiving through the worker's upstream
+    /// ring, its receive armed across exchanges and while pooled.
+    Ringed(Box<Ringed>),
     /// A stream of an HTTP/2 upstream connection, written and read in the
     /// HTTP/1.1 form (`upstream::h2`).
     H2(Box<crate::upstream::h2::H2Exchange>),
@@ -26,7 +32,56 @@ pub enum Stream {
     Detached,
 }
 
+/// A plain upstream connection on the worker's upstream ring
+/// (`[workers] upstream_recv_buffers`): one multishot receive, armed on its
+/// first read, serves every read of it, so a response costs no submission
+/// and a pooled connection holds no buffer.
+pub struct Ringed {
+    tcp: TcpStream,
+    armed: Armed,
+    ring: Rc<RecvRing>,
+}
+
 impl Stream {
+    /// A new plain upstream connection: on the worker's upstream ring when
+    /// it has one.
+    pub fn upstream(tcp: TcpStream, ring: Option<&Rc<RecvRing>>) -> Stream {
+        match ring {
+            Some(ring) => Stream::Ringed(Box::new(Ringed {
+                tcp,
+                armed: Armed::default(),
+                ring: ring.clone(),
+            })),
+            None => Stream::Plain(tcp),
+        }
+    }
+
+    /// Ends an upstream connection's armed receive before its socket is
+    /// read another way (a tunnel): what it had received is appended to
+    /// `buf`, and the connection becomes a plain one.
+    pub async fn disarm(&mut self, buf: &mut BytesMut) {
+        if let Stream::Ringed(r) = self {
+            r.ring.disarm(&mut r.armed, buf).await;
+            if let Stream::Ringed(r) = std::mem::replace(self, Stream::Detached) {
+                *self = Stream::Plain(r.tcp);
+            }
+        }
+    }
+
+    /// Nothing is waiting to be read on an idle (pooled) connection: no
+    /// byte, no end of stream, no error. Through its armed receive on the
+    /// upstream ring (what that received, no system call), else one
+    /// non-blocking peek of the socket.
+    pub fn is_quiet(&mut self) -> bool {
+        match self {
+            Stream::Ringed(r) => r
+                .ring
+                .quiet(&mut r.armed)
+                .unwrap_or_else(|| crate::upstream::pool::is_quiet(&r.tcp)),
+            other => other.tcp().is_some_and(crate::upstream::pool::is_quiet),
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
@@ -36,6 +91,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => Some(s),
             Stream::Tls(s) => Some(s.tcp()),
+            Stream::Ringed(r) => Some(&r.tcp),
             Stream::H2(_) | Stream::Detached => None,
         }
     }
@@ -44,6 +100,13 @@ impl Stream {
     pub async fn read_some(&mut self, buf: &mut BytesMut, reserve: usize, limit: Duration) -> Read {
         match self {
             Stream::Plain(s) => read_some(s, buf, reserve, limit).await,
+            Stream::Ringed(r) => {
+                let read = r.ring.recv(&mut r.armed, &mut r.tcp, buf, reserve, || {});
+                match monoio::time::timeout(limit, read).await {
+                    Ok(read) => read,
+                    Err(_) => Read::TimedOut,
+                }
+            }
             // Boxed: the plain path's futures stay as small as before TLS.
             Stream::Tls(s) => Box::pin(s.read_some(buf, reserve, limit)).await,
             Stream::H2(s) => Box::pin(s.read(buf, limit)).await,
@@ -108,6 +171,7 @@ impl Stream {
     ) -> Result<B, (WriteError, Option<B>)> {
         match self {
             Stream::Plain(s) => write_all(s, buf, limit).await,
+            Stream::Ringed(r) => write_all(&mut r.tcp, buf, limit).await,
             Stream::Tls(s) => {
                 // SAFETY: an `IoBuf` points at `bytes_init` initialised bytes
                 // for as long as it lives, and `buf` outlives this borrow.
@@ -138,6 +202,7 @@ impl Stream {
     ) -> Result<crate::cache::hit::HitBuf, WriteError> {
         match self {
             Stream::Plain(s) => write_hit(s, buf, limit).await,
+            Stream::Ringed(r) => write_hit(&mut r.tcp, buf, limit).await,
             Stream::Tls(s) => {
                 let mut buf = buf;
                 Box::pin(s.write_parts(&buf.parts(), limit)).await?;

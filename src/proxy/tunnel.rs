@@ -92,10 +92,13 @@ pub(super) async fn run(
     client: &mut Client,
     head: Vec<u8>,
     mut from_upstream: BytesMut,
-    upstream: Stream,
+    mut upstream: Stream,
     idle: Duration,
     in_flight: InFlight,
 ) -> Next {
+    // The upstream socket goes to the tunnel: its armed receive ends first,
+    // and what it had received goes out after the 101.
+    upstream.disarm(&mut from_upstream).await;
     let switched = client.switch_protocols(ctx, head, &mut from_upstream).await;
     ctx.give_read_buffer(from_upstream);
     let Some((client_stream, early)) = switched else {
@@ -187,7 +190,9 @@ fn split(stream: Stream) -> Option<(Reader, Writer)> {
             let (r, w) = s.into_split();
             Some((Reader::Tls(r), Writer::Tls(w)))
         }
-        Stream::H2(_) | Stream::Detached => None,
+        // Disarmed before (`Stream::disarm`), or refused: its receive
+        // would take bytes the tunnel then never sees.
+        Stream::Ringed(_) | Stream::H2(_) | Stream::Detached => None,
     }
 }
 

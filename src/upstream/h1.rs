@@ -70,7 +70,7 @@ pub async fn connect(
         if h2 {
             return super::h2::open(ctx, server, addr, tcp, false, limit).await;
         }
-        return Ok(Stream::Plain(tcp));
+        return Ok(Stream::upstream(tcp, ctx.upstream_ring.as_ref()));
     };
     match Box::pin(tls.connect(tcp, addr, deadline)).await {
         Ok(stream) if h2 => {

@@ -5,11 +5,13 @@
 //! per server, and closed once idle longer than the idle timeout: lazily
 //! when met, and by the worker's periodic sweep.
 //!
-//! A connection is checked before it is handed out ([`is_quiet`], a
-//! non-blocking peek): one the server closed, or on which it sent bytes
-//! nobody asked for (a late or duplicated response), is discarded. Such
-//! bytes would otherwise be read as the answer to the next request sent on
-//! that connection: another client's response, and perhaps cached.
+//! A connection is checked before it is handed out
+//! ([`Stream::is_quiet`]: what its armed receive on the worker's upstream
+//! ring took while it was idle, or else a non-blocking peek, [`is_quiet`]):
+//! one the server closed, or on which it sent bytes nobody asked for (a
+//! late or duplicated response), is discarded. Such bytes would otherwise
+//! be read as the answer to the next request sent on that connection:
+//! another client's response, and perhaps cached.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -24,8 +26,8 @@ use crate::proxy::io::Stream;
 pub fn is_quiet(stream: &TcpStream) -> bool {
     let mut byte = 0u8;
     // SAFETY: recv writes at most one byte into `byte`, which outlives the
-    // call; the descriptor belongs to `stream`, borrowed for the call, and
-    // an idle pooled connection has no io_uring operation in flight.
+    // call; the descriptor belongs to `stream`, borrowed for the call (a
+    // peek takes nothing from the socket, whatever else is armed on it).
     let n = unsafe {
         libc::recv(
             stream.as_raw_fd(),
@@ -94,13 +96,13 @@ impl Pool {
     pub fn take(&mut self, server: usize) -> Option<Stream> {
         let now = monoio::time::recent();
         let idle = &mut self.idle[server];
-        while let Some(conn) = idle.pop_back() {
+        while let Some(mut conn) = idle.pop_back() {
             if now.duration_since(conn.since) >= self.idle_timeout {
                 // Everything older is expired too.
                 idle.clear();
                 return None;
             }
-            if conn.stream.tcp().is_some_and(is_quiet) {
+            if conn.stream.is_quiet() {
                 return Some(conn.stream);
             }
             self.discarded += 1;

@@ -121,6 +121,9 @@ pub struct WorkerShared {
     pub ai_usage: std::cell::RefCell<crate::ai::Usage>,
     /// The provided-buffer ring idle connections receive from (io_uring).
     pub recv_ring: Option<super::recv_ring::RecvRing>,
+    /// The ring plain upstream connections receive from (io_uring): each
+    /// such connection holds it (`proxy::io::Stream::Ringed`).
+    pub upstream_ring: Option<Rc<super::recv_ring::RecvRing>>,
     /// AI providers' keys: requests in flight on each, node-wide.
     pub ai_keys: Arc<crate::ai::keys::KeyLoad>,
     /// `X-Request-Id`s this worker made, and their random prefix.
@@ -205,6 +208,7 @@ impl WorkerCtx {
             ai_usage: Default::default(),
             ai_keys: Default::default(),
             recv_ring: None,
+            upstream_ring: None,
             cluster: None,
             request_ids: Cell::new(0),
             request_id_prefix: {
@@ -271,6 +275,14 @@ impl WorkerCtx {
     pub fn set_recv_ring(&mut self, ring: Option<super::recv_ring::RecvRing>) {
         if let Some(shared) = Rc::get_mut(&mut self.shared) {
             shared.recv_ring = ring;
+        }
+    }
+
+    /// Receives plain upstream connections' bytes through this ring
+    /// (before the worker's tasks share this context).
+    pub fn set_upstream_ring(&mut self, ring: Option<super::recv_ring::RecvRing>) {
+        if let Some(shared) = Rc::get_mut(&mut self.shared) {
+            shared.upstream_ring = ring.map(Rc::new);
         }
     }
 
@@ -403,6 +415,12 @@ impl WorkerCtx {
         for (counter, name) in Counter::ALL {
             v[name] = s.get(counter).into();
         }
+        // Upstream reads that found the upstream ring empty.
+        v["upstream_recv_buffers_empty"] = self
+            .upstream_ring
+            .as_ref()
+            .map_or(0, |ring| ring.empties())
+            .into();
         if let Some(log) = &self.log {
             v["access_log_lines"] = log.written.get().into();
             v["access_log_dropped"] = log.dropped.get().into();

@@ -53,6 +53,9 @@ pub struct WorkerInfo {
     /// The provided-buffer ring idle connections receive from, if any
     /// ("256 x 1024 B", or "none").
     pub recv_ring: String,
+    /// The ring plain upstream connections receive from ("64 x 32768 B,
+    /// multishot", or "none").
+    pub upstream_ring: String,
 }
 
 /// What a worker thread needs to start.
@@ -125,6 +128,7 @@ fn run_worker(mut spec: WorkerSpec, ready: mpsc::Sender<Result<WorkerInfo, Strin
         affinity: current_affinity(),
         driver,
         recv_ring: String::new(),
+        upstream_ring: String::new(),
     };
     let inherited = std::mem::take(&mut spec.inherited);
     runtime.block_on(worker_main(spec, inherited, info, ready));
@@ -269,6 +273,7 @@ async fn worker_main(
     let core_key = info.core.unwrap_or(spec.index);
     let per_core = spec.config.workers.for_core(core_key).clone();
     let per_core_buffer = per_core.client_buffer_size;
+    let upstream_buffer = per_core.upstream_buffer_size;
     let admin_listener = match spec.admin {
         None => None,
         Some((address, reloader, handed)) => match handed.map(adopt).unwrap_or_else(|| {
@@ -303,10 +308,17 @@ async fn worker_main(
     first.set_cluster(spec.cluster.clone());
     first.set_ai_keys(spec.ai_keys.clone());
     first.set_recv_ring(recv_ring::RecvRing::start(
+        recv_ring::CLIENT_GROUP,
         spec.config.workers.recv_buffers,
         per_core_buffer,
     ));
+    first.set_upstream_ring(recv_ring::RecvRing::start(
+        recv_ring::UPSTREAM_GROUP,
+        spec.config.workers.upstream_recv_buffers,
+        upstream_buffer,
+    ));
     info.recv_ring = recv_ring::describe(first.recv_ring.as_ref());
+    info.upstream_ring = recv_ring::describe(first.upstream_ring.as_deref());
     first.entries = spec
         .listeners
         .iter()
@@ -363,6 +375,9 @@ async fn worker_main(
         log.hand_over();
     }
     if let Some(ring) = &ctx.recv_ring {
+        ring.close();
+    }
+    if let Some(ring) = &ctx.upstream_ring {
         ring.close();
     }
     ctx.forget_current();

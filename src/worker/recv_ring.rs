@@ -37,8 +37,9 @@ use monoio::net::TcpStream;
 
 use crate::proxy::io::Read;
 
-/// The ring's buffer group id in the worker's io_uring.
-const GROUP: u16 = 0;
+/// The buffer group ids of the worker's two rings in its io_uring.
+pub const CLIENT_GROUP: u16 = 0;
+pub const UPSTREAM_GROUP: u16 = 1;
 /// io_uring rings are page-aligned.
 const PAGE: usize = 4096;
 
@@ -51,11 +52,15 @@ pub struct RecvRing {
     buffers: Box<[u8]>,
     size: usize,
     entries: u16,
+    /// Its buffer group id in the worker's io_uring.
+    group: u16,
+    /// Reads that found the ring empty (and read into a buffer of their own).
+    empties: Cell<u64>,
     /// The next slot to publish a buffer in (wrapping).
     tail: Cell<u16>,
     /// Registered with the worker's ring (unregistered when it closes).
     registered: Cell<bool>,
-    orphans: RefCell<Vec<(u16, u16)>>,
+    orphans: RefCell<Vec<u16>>,
     /// Receives stay armed across reads (until a kernel refuses that).
     multishot: Cell<bool>,
     /// A multishot receive delivered bytes (so a later `EINVAL` is not the
@@ -79,10 +84,10 @@ pub struct Armed(Option<monoio::buf_ring::MultiRecv>);
 
 impl RecvRing {
     /// A ring of `entries` buffers of `size` bytes registered with the
-    /// current runtime's io_uring; `None` on another driver, with no
-    /// entries, or when the kernel refuses it (logged: the worker then
-    /// reads into buffers of its own).
-    pub fn start(entries: u16, size: usize) -> Option<RecvRing> {
+    /// current runtime's io_uring as buffer group `group`; `None` on
+    /// another driver, with no entries, or when the kernel refuses it
+    /// (logged: the worker then reads into buffers of its own).
+    pub fn start(group: u16, entries: u16, size: usize) -> Option<RecvRing> {
         if entries == 0 || !monoio::buf_ring::supported() {
             return None;
         }
@@ -99,6 +104,8 @@ impl RecvRing {
             buffers: vec![0u8; usize::from(entries) * size].into_boxed_slice(),
             size,
             entries,
+            group,
+            empties: Cell::new(0),
             tail: Cell::new(0),
             registered: Cell::new(false),
             orphans: RefCell::default(),
@@ -107,7 +114,7 @@ impl RecvRing {
         };
         // SAFETY: `ring` is page-aligned, holds `entries` slots and lives
         // until `close` unregisters it (or, unregistered, until it drops).
-        match unsafe { monoio::buf_ring::register(ring.ring as *mut u8, entries, GROUP) } {
+        match unsafe { monoio::buf_ring::register(ring.ring as *mut u8, entries, group) } {
             Ok(()) => ring.registered.set(true),
             Err(e) => {
                 tracing::warn!(error = %e, "no provided-buffer ring: reading into buffers of each connection's own");
@@ -151,9 +158,9 @@ impl RecvRing {
     /// Gives back the buffers of receives dropped after they completed.
     fn recycle_orphans(&self) {
         let mut orphans = self.orphans.borrow_mut();
-        monoio::buf_ring::take_orphaned(&mut orphans);
-        for (group, id) in orphans.drain(..) {
-            if group == GROUP && id < self.entries {
+        monoio::buf_ring::take_orphaned(self.group, &mut orphans);
+        for id in orphans.drain(..) {
+            if id < self.entries {
                 self.publish(id);
             }
         }
@@ -184,7 +191,7 @@ impl RecvRing {
                 Some(op) => op,
                 None => {
                     self.recycle_orphans();
-                    match stream.recv_multi(GROUP, HELD_MAX) {
+                    match stream.recv_multi(self.group, HELD_MAX) {
                         Ok(op) => armed.0.insert(op),
                         Err(_) => {
                             return Box::pin(self.recv_once(stream, buf, reserve, empty)).await
@@ -209,6 +216,7 @@ impl RecvRing {
                 }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::ENOBUFS) => {
+                        self.empties.set(self.empties.get() + 1);
                         empty();
                         let read = super::super::proxy::io::read_untimed(stream, buf, reserve);
                         return Box::pin(read).await;
@@ -248,6 +256,32 @@ impl RecvRing {
         self.publish(id);
     }
 
+    /// Whether an armed receive has nothing waiting: `None` when the
+    /// connection has no receive armed (the caller looks at the socket
+    /// instead), `Some(false)` when a completion waits (bytes, the peer's
+    /// close, an error: taken here, its buffer given back), `Some(true)`
+    /// otherwise. For an idle pooled upstream connection: a completion
+    /// there is bytes nobody asked for, or the server's close.
+    pub fn quiet(&self, armed: &mut Armed) -> Option<bool> {
+        let op = armed.0.as_mut()?;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match op.poll_next(&mut cx) {
+            std::task::Poll::Pending => Some(true),
+            std::task::Poll::Ready(got) => {
+                if let Some(got) = got {
+                    self.take(&got, &mut BytesMut::new());
+                }
+                armed.0 = None;
+                Some(false)
+            }
+        }
+    }
+
+    /// Reads that found the ring empty.
+    pub fn empties(&self) -> u64 {
+        self.empties.get()
+    }
+
     /// Ends a connection's armed receive before its socket is read some
     /// other way (handed to a tunnel): what it had received is appended to
     /// `buf`; what it had not stays in the socket.
@@ -272,7 +306,7 @@ impl RecvRing {
     ) -> Read {
         self.recycle_orphans();
         let len = self.size.min(u32::MAX as usize) as u32;
-        match stream.recv_select(GROUP, len).await {
+        match stream.recv_select(self.group, len).await {
             Ok((n, id)) => {
                 self.give_back(id, n, buf);
                 match n {
@@ -281,6 +315,7 @@ impl RecvRing {
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.empties.set(self.empties.get() + 1);
                 empty();
                 super::super::proxy::io::read_untimed(stream, buf, reserve).await
             }
@@ -301,7 +336,7 @@ impl RecvRing {
     /// Unregisters the ring (at the worker's end, on its runtime): no
     /// receive takes a buffer from it afterwards, so its memory may go.
     pub fn close(&self) {
-        if self.registered.get() && monoio::buf_ring::unregister(GROUP).is_ok() {
+        if self.registered.get() && monoio::buf_ring::unregister(self.group).is_ok() {
             self.registered.set(false);
         }
     }
@@ -386,7 +421,7 @@ mod tests {
     #[test]
     fn receives_take_a_buffer_only_when_bytes_come_and_give_it_back() {
         uring().block_on(async {
-            let ring = RecvRing::start(4, 64).expect("a buffer ring");
+            let ring = RecvRing::start(CLIENT_GROUP, 4, 64).expect("a buffer ring");
             assert_eq!(ring.published(), 4);
             let (_listener, _, mut stream, mut peer) = connected().await;
             use std::io::Write;
@@ -419,7 +454,7 @@ mod tests {
     #[test]
     fn a_receive_dropped_after_it_took_a_buffer_gives_it_back_later() {
         uring().block_on(async {
-            let ring = RecvRing::start(2, 64).expect("a buffer ring");
+            let ring = RecvRing::start(CLIENT_GROUP, 2, 64).expect("a buffer ring");
             let (listener, addr, mut stream, mut peer) = connected().await;
             let mut buf = BytesMut::new();
             let mut armed = Armed::default();
@@ -466,7 +501,8 @@ mod tests {
     #[test]
     fn more_readable_connections_than_buffers_read_into_their_own() {
         uring().block_on(async {
-            let ring = std::rc::Rc::new(RecvRing::start(2, 64).expect("a buffer ring"));
+            let ring =
+                std::rc::Rc::new(RecvRing::start(CLIENT_GROUP, 2, 64).expect("a buffer ring"));
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let mut streams = Vec::new();
@@ -509,7 +545,7 @@ mod tests {
     #[test]
     fn a_peer_nobody_reads_holds_few_buffers_and_loses_nothing() {
         uring().block_on(async {
-            let ring = RecvRing::start(16, 64).expect("a buffer ring");
+            let ring = RecvRing::start(CLIENT_GROUP, 16, 64).expect("a buffer ring");
             assert!(ring.multishot(), "multishot receives on this kernel");
             let (listener, addr, mut stream, mut peer) = connected().await;
             peer.set_nodelay(true).unwrap();
@@ -564,7 +600,7 @@ mod tests {
     #[test]
     fn disarming_keeps_what_was_received_and_leaves_the_rest_in_the_socket() {
         uring().block_on(async {
-            let ring = RecvRing::start(4, 64).expect("a buffer ring");
+            let ring = RecvRing::start(CLIENT_GROUP, 4, 64).expect("a buffer ring");
             let (_listener, _, mut stream, mut peer) = connected().await;
             use std::io::Write;
             let mut buf = BytesMut::new();
@@ -596,7 +632,7 @@ mod tests {
     #[test]
     fn single_receives_when_multishot_is_off() {
         uring().block_on(async {
-            let ring = RecvRing::start(4, 64).expect("a buffer ring");
+            let ring = RecvRing::start(CLIENT_GROUP, 4, 64).expect("a buffer ring");
             ring.set_multishot(false);
             let (_listener, _, mut stream, mut peer) = connected().await;
             use std::io::Write;
@@ -613,6 +649,96 @@ mod tests {
             assert_eq!(&buf[..], b"onetwo");
             assert_eq!(ring.published(), 6);
             ring.close();
+        });
+    }
+
+    #[test]
+    fn an_idle_armed_receive_tells_what_came_without_a_read() {
+        uring().block_on(async {
+            let ring = RecvRing::start(UPSTREAM_GROUP, 4, 64).expect("a buffer ring");
+            let (_listener, _, mut stream, mut peer) = connected().await;
+            use std::io::Write;
+            let mut armed = Armed::default();
+            assert_eq!(
+                ring.quiet(&mut armed),
+                None,
+                "nothing armed: the caller peeks"
+            );
+            // A response read through the ring leaves its receive armed.
+            peer.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+            let mut buf = BytesMut::new();
+            let read = ring
+                .recv(&mut armed, &mut stream, &mut buf, 64, || {})
+                .await;
+            assert!(matches!(read, Read::Data(19)), "{read:?}");
+            assert_eq!(ring.quiet(&mut armed), Some(true));
+            // Bytes nobody asked for arrive while the connection is idle.
+            peer.write_all(b"stray").unwrap();
+            let published = ring.published();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while ring.quiet(&mut armed) == Some(true) {
+                assert!(std::time::Instant::now() < deadline, "never seen");
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(
+                armed.0.is_none(),
+                "the receive is given up with the connection"
+            );
+            assert_eq!(ring.published(), published + 1, "its buffer went back");
+            ring.close();
+        });
+    }
+
+    #[test]
+    fn each_ring_takes_back_only_its_own_orphans() {
+        uring().block_on(async {
+            let client = RecvRing::start(CLIENT_GROUP, 4, 64).expect("a buffer ring");
+            let upstream = RecvRing::start(UPSTREAM_GROUP, 4, 64).expect("a second ring");
+            let (_listener, _, mut stream, mut peer) = connected().await;
+            use std::io::Write;
+            // A receive armed on the upstream ring, filled, then dropped
+            // unread: its buffer is an orphan of the upstream ring.
+            let mut armed = Armed::default();
+            let mut buf = BytesMut::new();
+            {
+                let pending = upstream.recv(&mut armed, &mut stream, &mut buf, 64, || {});
+                let polled = monoio::time::timeout(Duration::from_millis(1), pending).await;
+                assert!(polled.is_err(), "nothing to read yet");
+            }
+            peer.write_all(b"late").unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while upstream.quiet(&mut armed) == Some(true) {
+                assert!(std::time::Instant::now() < deadline, "never received");
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Taken through `quiet`, so given back at once; now one the
+            // kernel fills for a receive dropped before anyone looked.
+            let before = upstream.published();
+            peer.write_all(b"again").unwrap();
+            {
+                let mut other = Armed::default();
+                let pending = upstream.recv(&mut other, &mut stream, &mut buf, 64, || {});
+                let _ = monoio::time::timeout(Duration::from_millis(1), pending).await;
+                monoio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let client_before = client.published();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                // The client ring looks first each time: never its.
+                client.recycle_orphans();
+                assert_eq!(client.published(), client_before, "not the client ring's");
+                upstream.recycle_orphans();
+                if upstream.published() > before {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the orphan never came back"
+                );
+                monoio::time::sleep(Duration::from_millis(1)).await;
+            }
+            client.close();
+            upstream.close();
         });
     }
 }

@@ -67,12 +67,20 @@ pub fn unregister(group: u16) -> io::Result<()> {
     }
 }
 
-/// Moves into `out` the (group, buffer id) of every provided buffer the
+/// Moves into `out` the id of every provided buffer of ring `group` the
 /// kernel filled for a receive that was dropped before its result was
-/// taken: the application must give them back to their rings.
-pub fn take_orphaned(out: &mut Vec<(u16, u16)>) {
+/// taken: the application must give them back to their ring. Other
+/// groups' stay listed for their own rings.
+pub fn take_orphaned(group: u16, out: &mut Vec<u16>) {
     #[cfg(all(target_os = "linux", feature = "iouring"))]
-    crate::driver::ORPHANED.with(|o| out.append(&mut o.borrow_mut()));
+    crate::driver::ORPHANED.with(|o| {
+        o.borrow_mut().retain(|&(g, id)| {
+            if g == group {
+                out.push(id);
+            }
+            g != group
+        })
+    });
     #[cfg(not(all(target_os = "linux", feature = "iouring")))]
-    let _ = out;
+    let _ = (group, out);
 }
