@@ -1,6 +1,8 @@
-//! The worker's provided-buffer ring (io_uring, `[workers] recv_buffers`):
-//! a plain client connection receives into buffers the kernel takes from
-//! this ring only when bytes arrive, so an idle connection holds no read
+//! The worker's provided-buffer rings (io_uring): a plain client
+//! connection (`[workers] recv_buffers`) and a plain upstream connection
+//! (`[workers] upstream_recv_buffers`, a ring of its own with buffers of
+//! `upstream_buffer_size`) receive into buffers the kernel takes from a
+//! ring only when bytes arrive, so an idle connection holds no read
 //! buffer of its own (nginx's idle connections hold none either: they wait
 //! for readiness). The bytes are copied into the connection's buffer at
 //! once and the ring buffer given back, so a ring buffer is lent for the
@@ -17,13 +19,17 @@
 //! fill more first, up to the kernel's receives per wake-up, 32 on current
 //! kernels; the ring's other buffers stay for other connections, and an
 //! empty ring only sends readers to buffers of their own). A kernel that
-//! refuses multishot receives gets one receive per read.
+//! refuses multishot receives gets one receive per read. An upstream
+//! connection's receive stays armed while it is pooled: a completion it
+//! holds then (bytes nobody asked for, the server's close) is what tells
+//! the pool not to reuse it ([`RecvRing::quiet`]), with no system call.
 //!
 //! When every buffer is lent (more connections became readable at once
 //! than the ring holds), the kernel answers `ENOBUFS` and the connection
 //! reads into a buffer of its own instead: nothing stalls and nothing is
 //! lost (the bytes stay in the socket), it only costs that read its buffer
-//! (counted as `recv_buffers_empty` in `/stats`). A receive dropped after
+//! (counted as `recv_buffers_empty` and `upstream_recv_buffers_empty` in
+//! `/stats`). A receive dropped after
 //! the kernel filled a buffer for it (the connection closed, the worker
 //! drained) leaves that buffer listed by monoio; it goes back to the ring
 //! before the next receive.
