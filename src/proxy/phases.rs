@@ -635,12 +635,29 @@ async fn proxy_request(
                     coalescing.leader = Some(guard);
                     let found = match cache::claim(ctx, work) {
                         cache::CrossCore::Fetch(claim) => {
+                            // Won across workers: the worker that fetched it
+                            // just now may have released its claim before
+                            // this worker took its offer from the bus.
+                            let offered = claim.is_some() && {
+                                crate::worker::inbox::apply_queued(ctx);
+                                true
+                            };
                             coalescing.claim = claim;
-                            // A peer node may have stored it (boxed: rare,
-                            // and only with a shared tier).
-                            match ctx.cluster.as_ref().is_some_and(|c| c.shared.is_some()) {
-                                true => Box::pin(super::shared_tier::lookup(ctx, work)).await,
-                                false => None,
+                            match offered
+                                .then(|| cache::lookup_after_wait(ctx, work))
+                                .flatten()
+                            {
+                                Some(hit) => Some(hit),
+                                // A peer node may have stored it (boxed: rare,
+                                // and only with a shared tier).
+                                None if ctx
+                                    .cluster
+                                    .as_ref()
+                                    .is_some_and(|c| c.shared.is_some()) =>
+                                {
+                                    Box::pin(super::shared_tier::lookup(ctx, work)).await
+                                }
+                                None => None,
                             }
                         }
                         cache::CrossCore::Wait => {

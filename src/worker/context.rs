@@ -121,6 +121,10 @@ pub struct WorkerShared {
     pub ai_usage: std::cell::RefCell<crate::ai::Usage>,
     /// The provided-buffer ring idle connections receive from (io_uring).
     pub recv_ring: Option<super::recv_ring::RecvRing>,
+    /// The worker's bus mailbox, shared with its bus task: a cold miss
+    /// that won its claim applies what is queued before fetching
+    /// (`inbox::apply_queued`).
+    pub mailbox: Option<Rc<crate::bus::Mailbox>>,
     /// The ring plain upstream connections receive from (io_uring): each
     /// such connection holds it (`proxy::io::Stream::Ringed`).
     pub upstream_ring: Option<Rc<super::recv_ring::RecvRing>>,
@@ -209,6 +213,7 @@ impl WorkerCtx {
             ai_keys: Default::default(),
             recv_ring: None,
             upstream_ring: None,
+            mailbox: None,
             cluster: None,
             request_ids: Cell::new(0),
             request_id_prefix: {
@@ -275,6 +280,14 @@ impl WorkerCtx {
     pub fn set_recv_ring(&mut self, ring: Option<super::recv_ring::RecvRing>) {
         if let Some(shared) = Rc::get_mut(&mut self.shared) {
             shared.recv_ring = ring;
+        }
+    }
+
+    /// Shares the worker's mailbox with the request path (before the
+    /// worker's tasks share this context).
+    pub fn set_mailbox(&mut self, mailbox: Rc<crate::bus::Mailbox>) {
+        if let Some(shared) = Rc::get_mut(&mut self.shared) {
+            shared.mailbox = Some(mailbox);
         }
     }
 

@@ -11,13 +11,26 @@ use crate::cache::shard::Shard;
 use crate::cache::CacheEvent;
 
 /// Runs until the worker stops.
-pub async fn run(ctx: Rc<WorkerCtx>, mailbox: Mailbox) {
+pub async fn run(ctx: Rc<WorkerCtx>, mailbox: Rc<Mailbox>) {
     loop {
         let envelope = mailbox.next().await;
         apply(&ctx, envelope);
         // Drain what else is queued before yielding back to connections.
         while let Some(envelope) = mailbox.try_next() {
             apply(&ctx, envelope);
+        }
+    }
+}
+
+/// Applies what is queued now, from the request path: a cold miss that
+/// won its claim across workers takes the offers queued for it first. The
+/// worker that fetched the key last queued its offer before releasing
+/// its claim, so an offer this worker's bus task has not taken yet is
+/// here, and the miss is answered from it instead of fetching again.
+pub fn apply_queued(ctx: &Rc<WorkerCtx>) {
+    if let Some(mailbox) = &ctx.mailbox {
+        while let Some(envelope) = mailbox.try_next() {
+            apply(ctx, envelope);
         }
     }
 }

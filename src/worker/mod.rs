@@ -317,6 +317,8 @@ async fn worker_main(
         spec.config.workers.upstream_recv_buffers,
         upstream_buffer,
     ));
+    let mailbox = Rc::new(spec.mailbox);
+    first.set_mailbox(mailbox.clone());
     info.recv_ring = recv_ring::describe(first.recv_ring.as_ref());
     info.upstream_ring = recv_ring::describe(first.upstream_ring.as_deref());
     first.entries = spec
@@ -328,7 +330,7 @@ async fn worker_main(
     first.upstreams.borrow_mut().set_tls(&spec.connectors);
     let ctx = Rc::new(first);
     WorkerCtx::make_current(&ctx);
-    monoio::spawn(inbox::run(ctx.clone(), spec.mailbox));
+    monoio::spawn(inbox::run(ctx.clone(), mailbox));
     crate::upstream::health::start(&ctx);
     if let Some((listener, reloader)) = admin_listener {
         monoio::spawn(crate::admin::serve(ctx.clone(), listener, reloader));
