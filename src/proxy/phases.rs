@@ -638,15 +638,14 @@ async fn proxy_request(
                             // Won across workers: the worker that fetched it
                             // just now may have released its claim before
                             // this worker took its offer from the bus.
-                            let offered = claim.is_some() && {
+                            let offered = if claim.is_some() {
                                 crate::worker::inbox::apply_queued(ctx);
-                                true
+                                cache::lookup_after_wait(ctx, work)
+                            } else {
+                                None
                             };
                             coalescing.claim = claim;
-                            match offered
-                                .then(|| cache::lookup_after_wait(ctx, work))
-                                .flatten()
-                            {
+                            match offered {
                                 Some(hit) => Some(hit),
                                 // A peer node may have stored it (boxed: rare,
                                 // and only with a shared tier).
