@@ -46,17 +46,25 @@ pub fn claim(ctx: &Rc<WorkerCtx>, work: &CacheWork) -> CrossCore {
     claim_key(ctx, &work.key)
 }
 
-/// Claims any cache key across workers (an AI completion's too).
+/// Claims any cache key across workers (an AI completion's too). A won
+/// claim (`Fetch(Some(_))`) first applies what the worker's bus has
+/// queued: the worker that fetched the key just before queued its offer
+/// before releasing the claim, and this request may have run before the
+/// bus task took it; the caller looks the key up once more before
+/// fetching.
 pub fn claim_key(ctx: &Rc<WorkerCtx>, key: &[u8]) -> CrossCore {
     if !ctx.config.cache.share || ctx.bus.workers() < 2 {
         return CrossCore::Fetch(None);
     }
     match ctx.claims.try_claim(key) {
-        crate::cache::claims::Claim::Won(token) => CrossCore::Fetch(Some(ClaimGuard {
-            ctx: ctx.clone(),
-            key: key.into(),
-            token: Some(token),
-        })),
+        crate::cache::claims::Claim::Won(token) => {
+            crate::worker::inbox::apply_queued(ctx);
+            CrossCore::Fetch(Some(ClaimGuard {
+                ctx: ctx.clone(),
+                key: key.into(),
+                token: Some(token),
+            }))
+        }
         crate::cache::claims::Claim::Taken => CrossCore::Wait,
         crate::cache::claims::Claim::Busy => CrossCore::Fetch(None),
     }

@@ -635,15 +635,11 @@ async fn proxy_request(
                     coalescing.leader = Some(guard);
                     let found = match cache::claim(ctx, work) {
                         cache::CrossCore::Fetch(claim) => {
-                            // Won across workers: the worker that fetched it
-                            // just now may have released its claim before
-                            // this worker took its offer from the bus.
-                            let offered = if claim.is_some() {
-                                crate::worker::inbox::apply_queued(ctx);
-                                cache::lookup_after_wait(ctx, work)
-                            } else {
-                                None
-                            };
+                            // Won across workers: an offer queued for it was
+                            // just applied (`claim_key`), so look once more.
+                            let offered = claim
+                                .as_ref()
+                                .and_then(|_| cache::lookup_after_wait(ctx, work));
                             coalescing.claim = claim;
                             match offered {
                                 Some(hit) => Some(hit),

@@ -23,10 +23,11 @@ pub async fn run(ctx: Rc<WorkerCtx>, mailbox: Rc<Mailbox>) {
 }
 
 /// Applies what is queued now, from the request path: a cold miss that
-/// won its claim across workers takes the offers queued for it first. The
-/// worker that fetched the key last queued its offer before releasing
-/// its claim, so an offer this worker's bus task has not taken yet is
-/// here, and the miss is answered from it instead of fetching again.
+/// won its claim across workers takes the offers queued for it first
+/// (`proxy::coalescing::claim_key`). The worker that fetched the key last
+/// queued its offer before releasing its claim, so an offer this worker's
+/// bus task has not taken yet is here, and the miss is answered from it
+/// instead of fetching again.
 pub fn apply_queued(ctx: &Rc<WorkerCtx>) {
     if let Some(mailbox) = &ctx.mailbox {
         while let Some(envelope) = mailbox.try_next() {

@@ -134,8 +134,11 @@ pub(super) async fn run(
                     coalescing.leader = Some(guard);
                     match super::coalescing::claim_key(ctx, key) {
                         super::coalescing::CrossCore::Fetch(claim) => {
+                            // Won across workers: an offer queued for it was
+                            // just applied (`claim_key`), so look once more.
+                            let offered = claim.as_ref().and_then(|_| cache::lookup(ctx, key));
                             coalescing.claim = claim;
-                            None
+                            offered
                         }
                         super::coalescing::CrossCore::Wait => {
                             super::coalescing::wait_for_key(ctx, key, wait).await;
