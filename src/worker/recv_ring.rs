@@ -720,12 +720,19 @@ mod tests {
             // Taken through `quiet`, so given back at once; now one the
             // kernel fills for a receive dropped before anyone looked.
             let before = upstream.published();
-            peer.write_all(b"again").unwrap();
             {
                 let mut other = Armed::default();
                 let pending = upstream.recv(&mut other, &mut stream, &mut buf, 64, || {});
-                let _ = monoio::time::timeout(Duration::from_millis(1), pending).await;
-                monoio::time::sleep(Duration::from_millis(5)).await;
+                let polled = monoio::time::timeout(Duration::from_millis(1), pending).await;
+                assert!(polled.is_err(), "nothing to read yet");
+                peer.write_all(b"again").unwrap();
+                // Until the armed receive has taken the bytes out of the
+                // socket (into a ring buffer); then it is dropped unread.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while !crate::upstream::pool::is_quiet(&stream) {
+                    assert!(std::time::Instant::now() < deadline, "never received");
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
             }
             let client_before = client.published();
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
