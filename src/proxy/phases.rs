@@ -35,6 +35,7 @@ use crate::http::{BodyFraming, HttpError, Method};
 use crate::route::auth::Identity;
 use crate::route::Found;
 use crate::worker::context::{Counter, WorkerCtx};
+use crate::worker::signal::boxed;
 
 /// What the downstream session knows of the connection a request came on.
 pub(super) struct Downstream<'a> {
@@ -615,7 +616,7 @@ pub(super) async fn answer(
         }
         // Boxed: the forwarding state is large, and an idle or cache-hit
         // connection should not carry it (see connection_future_stays_small).
-        Plan::Forward(forward) => Box::pin(proxy_request(ctx, client, forward, out)).await,
+        Plan::Forward(forward) => boxed(|| proxy_request(ctx, client, forward, out)).await,
     }
 }
 
@@ -716,9 +717,11 @@ async fn proxy_request(
         // response head is in, so a request waiting on a coalesced fetch
         // or on the upstream holds a future of a few KiB, not of 13.
         Ok(head) => {
-            Box::pin(respond(
-                ctx, client, &forward, out, ubuf, head, &progress, coalescing,
-            ))
+            boxed(|| {
+                respond(
+                    ctx, client, &forward, out, ubuf, head, &progress, coalescing,
+                )
+            })
             .await
         }
         Err(error) => {

@@ -23,7 +23,7 @@ use crate::http::request::{header_slots, parse_request};
 use crate::http::HttpError;
 use crate::route::rate_limit::Outcome;
 use crate::worker::context::{Counter, WorkerCtx};
-use crate::worker::signal::{race, Either};
+use crate::worker::signal::{boxed, race, Either};
 
 /// A client connection as accepted, before its task serves it.
 pub struct Connection(Client);
@@ -128,7 +128,8 @@ pub(super) async fn requests(ctx: &Rc<WorkerCtx>, client: &mut Client) {
         if client.buf.is_empty() && !await_request(ctx, client).await {
             break;
         }
-        if let Next::Close = Box::pin(exchange(&ctx.current(), client)).await {
+        let current = ctx.current();
+        if let Next::Close = boxed(|| exchange(&current, client)).await {
             break;
         }
         // Give back memory a large head or body made the buffer grow to;

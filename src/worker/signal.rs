@@ -6,6 +6,7 @@
 //!   feature makes a task's waker callable from another thread).
 //! - [`race`]: poll two futures, return the first to finish.
 //! - [`CatchUnwind`]: keeps a panic in one connection from taking the worker down.
+//! - [`boxed`]: a future built in its box, not built on the stack and copied.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -182,6 +183,19 @@ impl<F: Future> Future for CatchUnwind<F> {
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
+}
+
+/// `Box::pin(make())`, with the box allocated first so that the compiler
+/// can build the future in it. `Box::pin(f)` evaluates `f` on the stack and
+/// then copies it: a future's size is that of its largest state, so a
+/// request's exchange (KiB) was copied whole, though only its arguments had
+/// been written. Used where a request boxes its next stage.
+#[inline(always)]
+pub fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: the slot was written on the line above.
+    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// A readable message from a panic payload.
