@@ -264,8 +264,9 @@ pub fn parse_request<'b>(
         }
     };
     let host = validate_authority(authority, version)?;
-    if let Some(h) = host_header {
-        // The Host header must be well formed even when an absolute target overrides it.
+    if let (true, Some(h)) = (absolute_form, host_header) {
+        // The Host header must be well formed even when an absolute target
+        // overrides it (otherwise it is the authority, just checked).
         let h = std::str::from_utf8(h).map_err(|_| HttpError::BadHost)?;
         validate_authority(h, version)?;
     }
