@@ -18,6 +18,7 @@ use crate::cache::hit::HitBuf;
 use crate::cache::key::partial_key;
 use crate::cache::range::{Part, RangeRequest};
 use crate::cache::shard::Lookup;
+use crate::http::headers::push_decimal;
 use crate::http::Method;
 
 /// Why a stored response answers the request.
@@ -146,29 +147,35 @@ pub(super) fn answers_not_modified(preconditions: &Preconditions, stored: &Store
         && preconditions.not_modified(stored.etag.as_deref(), stored.last_modified, stored.date)
 }
 
-/// The per-response lines of a hit: Age and Cache-Status.
+/// The per-response lines of a hit: Age and Cache-Status. Written piece by
+/// piece: `write!` cost a hit about 5% of its instructions.
 fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
     let stored = &plan.stored;
-    let age = stored.age(now).as_secs().min(DELTA_MAX);
-    let _ = write!(out, "Age: {age}\r\nCache-Status: ringgate; ");
+    out.extend_from_slice(b"Age: ");
+    push_decimal(out, stored.age(now).as_secs().min(DELTA_MAX));
+    out.extend_from_slice(b"\r\nCache-Status: ringgate; ");
     let ttl = stored.ttl(now);
-    let _ = match plan.kind {
-        HitKind::Fresh | HitKind::StaleAllowed => write!(out, "hit; ttl={ttl}"),
-        HitKind::StaleWhileRevalidate => {
-            write!(out, "hit; ttl={ttl}; detail=stale-while-revalidate")
+    let (before, after): (&[u8], &[u8]) = match plan.kind {
+        HitKind::Fresh | HitKind::StaleAllowed => (b"hit; ttl=", b""),
+        HitKind::StaleWhileRevalidate => (b"hit; ttl=", b"; detail=stale-while-revalidate"),
+        HitKind::Collapsed => (b"fwd=uri-miss; collapsed; ttl=", b""),
+        HitKind::Shared => (b"fwd=uri-miss; ttl=", b"; detail=shared"),
+        HitKind::Revalidated => (b"fwd=stale; fwd-status=304; ttl=", b""),
+        HitKind::StaleOnError(status, reason) => {
+            let _ = write!(out, "fwd=stale; fwd-status={status}; ttl=");
+            let detail: &[u8] = match reason {
+                StaleReason::StaleIfError => b"; detail=stale-if-error",
+                StaleReason::Grace => b"; detail=stale",
+            };
+            (b"", detail)
         }
-        HitKind::Collapsed => write!(out, "fwd=uri-miss; collapsed; ttl={ttl}"),
-        HitKind::Shared => write!(out, "fwd=uri-miss; ttl={ttl}; detail=shared"),
-        HitKind::Revalidated => write!(out, "fwd=stale; fwd-status=304; ttl={ttl}"),
-        HitKind::StaleOnError(status, reason) => write!(
-            out,
-            "fwd=stale; fwd-status={status}; ttl={ttl}; detail={}",
-            match reason {
-                StaleReason::StaleIfError => "stale-if-error",
-                StaleReason::Grace => "stale",
-            }
-        ),
     };
+    out.extend_from_slice(before);
+    if ttl < 0 {
+        out.push(b'-');
+    }
+    push_decimal(out, ttl.unsigned_abs());
+    out.extend_from_slice(after);
     out.extend_from_slice(b"\r\n");
 }
 
