@@ -229,6 +229,10 @@ fn malformed_host_is_400() {
     for h in ["a b", "a/b", "user@a", "a:port", "[zz]", "a:123456", ":80"] {
         let raw = format!("GET / HTTP/1.1\r\nHost: {h}\r\n\r\n");
         assert_eq!(err(raw.as_bytes()).status(), 400, "{h}");
+        // An absolute target overrides the Host header, which must still be
+        // well formed (it is checked apart from the authority then).
+        let raw = format!("GET http://ok.example/ HTTP/1.1\r\nHost: {h}\r\n\r\n");
+        assert_eq!(err(raw.as_bytes()).status(), 400, "absolute form, Host {h}");
     }
 }
 
