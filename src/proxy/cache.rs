@@ -183,7 +183,9 @@ pub fn decide(
             // If-Match, If-Unmodified-Since, If-Range: the origin decides.
             return Decision::Forward(work(WorkKind::Observe, "request", facts), None);
         }
-        let now = Instant::now();
+        // The loop turn's time, as for timers: an entry's age is kept in
+        // seconds, and one stored later in this turn has age 0 (saturating).
+        let now = monoio::time::recent();
         let found = cache.shard.borrow_mut().lookup(&key, headers, now);
         let (fwd, stale) = match found {
             Lookup::Found(stored) => {

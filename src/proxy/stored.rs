@@ -193,7 +193,7 @@ pub fn write_hit(buf: &mut HitBuf, plan: &HitPlan, head_only: bool) {
         ),
         Part::Unsatisfiable => buf.set(stored.unsatisfiable_head(), Bytes::new()),
     }
-    hit_lines(buf.suffix(), plan, Instant::now());
+    hit_lines(buf.suffix(), plan, monoio::time::recent());
 }
 
 /// Writes the head of a 304 answered from the stored response into `out`
@@ -206,7 +206,7 @@ pub fn write_not_modified(out: &mut Vec<u8>, plan: &HitPlan, via: Option<&[u8]>)
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    hit_lines(out, plan, Instant::now());
+    hit_lines(out, plan, monoio::time::recent());
     if let Some(via) = via {
         out.extend_from_slice(via);
     }
