@@ -19,6 +19,7 @@ use crate::route::rewrite_path;
 use httparse::Header;
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -69,47 +70,22 @@ pub struct UpstreamRequest<'a> {
 }
 
 /// Header fields, most of them in place: a request's forwarded fields fit
-/// the inline array in the common case, so listing them allocates nothing.
-pub struct FieldList<'a> {
-    inline: [Header<'a>; 24],
-    len: usize,
-    spill: Vec<Header<'a>>,
-}
+/// the inline array in the common case, so listing them allocates nothing
+/// (and, unlike an array of empty fields, starting a list writes nothing).
+#[derive(Default)]
+pub struct FieldList<'a>(smallvec::SmallVec<[Header<'a>; 24]>);
 
 impl<'a> FieldList<'a> {
     pub fn new() -> Self {
-        FieldList {
-            inline: [httparse::EMPTY_HEADER; 24],
-            len: 0,
-            spill: Vec::new(),
-        }
+        FieldList(smallvec::SmallVec::new())
     }
 
     fn push(&mut self, name: &'a str, value: &'a [u8]) {
-        let field = Header { name, value };
-        if self.spill.is_empty() && self.len < self.inline.len() {
-            self.inline[self.len] = field;
-            self.len += 1;
-        } else {
-            if self.spill.is_empty() {
-                self.spill.extend_from_slice(&self.inline[..self.len]);
-            }
-            self.spill.push(field);
-        }
+        self.0.push(Header { name, value });
     }
 
     pub fn as_slice(&self) -> &[Header<'a>] {
-        if self.spill.is_empty() {
-            &self.inline[..self.len]
-        } else {
-            &self.spill
-        }
-    }
-}
-
-impl Default for FieldList<'_> {
-    fn default() -> Self {
-        Self::new()
+        &self.0
     }
 }
 
