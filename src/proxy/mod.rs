@@ -49,7 +49,7 @@ mod refresh;
 mod relay;
 mod reply;
 mod request_body;
-mod request_id;
+pub(crate) mod request_id;
 mod session;
 mod shared_tier;
 pub mod stored;

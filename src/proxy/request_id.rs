@@ -54,14 +54,20 @@ impl RequestId {
     fn generate(&mut self, ctx: &WorkerCtx) {
         let n = ctx.request_ids.get();
         ctx.request_ids.set(n.wrapping_add(1));
-        let hex = b"0123456789abcdef";
-        for (i, word) in [ctx.request_id_prefix, n].into_iter().enumerate() {
-            for j in 0..16 {
-                self.bytes[i * 16 + j] = hex[(word >> (60 - 4 * j) & 0xf) as usize];
-            }
-        }
+        self.bytes[..16].copy_from_slice(&ctx.request_id_prefix);
+        self.bytes[16..32].copy_from_slice(&hex(n));
         self.len = 32;
     }
+}
+
+/// `word` as 16 lower-case hex digits.
+pub(crate) fn hex(word: u64) -> [u8; 16] {
+    let digits = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (j, d) in out.iter_mut().enumerate() {
+        *d = digits[(word >> (60 - 4 * j) & 0xf) as usize];
+    }
+    out
 }
 
 /// Up to [`MAX`] characters of letters, digits and `-_.:+/=`: what UUIDs,
@@ -77,7 +83,14 @@ fn well_formed(id: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::well_formed;
+    use super::{hex, well_formed};
+
+    #[test]
+    fn ids_are_sixteen_hex_digits_a_word() {
+        assert_eq!(&hex(0), b"0000000000000000");
+        assert_eq!(&hex(0x0123_4567_89ab_cdef), b"0123456789abcdef");
+        assert_eq!(&hex(u64::MAX), b"ffffffffffffffff");
+    }
 
     #[test]
     fn only_plain_ids_are_taken_from_clients() {

@@ -130,9 +130,10 @@ pub struct WorkerShared {
     pub upstream_ring: Option<Rc<super::recv_ring::RecvRing>>,
     /// AI providers' keys: requests in flight on each, node-wide.
     pub ai_keys: Arc<crate::ai::keys::KeyLoad>,
-    /// `X-Request-Id`s this worker made, and their random prefix.
+    /// `X-Request-Id`s this worker made, and their random prefix (as the
+    /// 16 hex digits every id it makes starts with).
     pub request_ids: Cell<u64>,
-    pub request_id_prefix: u64,
+    pub request_id_prefix: [u8; 16],
     /// The worker's cache shard once a generation caches; later generations
     /// keep it (stored entries survive a reload).
     cache_store: RefCell<Option<Rc<WorkerCache>>>,
@@ -220,7 +221,7 @@ impl WorkerCtx {
                 use std::hash::{BuildHasher, Hasher};
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
                 h.write_usize(index);
-                h.finish()
+                crate::proxy::request_id::hex(h.finish())
             },
             cache_store: RefCell::new(None),
             current: RefCell::new(None),
