@@ -460,3 +460,62 @@ fn trailers_are_not_asked_for_unless_the_client_takes_them_and_dropped_for_http1
     assert!(!head.contains("Transfer-Encoding"), "{head}");
     assert_eq!(body, "hello");
 }
+
+/// An origin that answers every request with one write of its head and a
+/// `len`-byte pattern body, so the gateway reads the head and the start of
+/// the body together: the head is then held back and goes out with that
+/// first piece of body in one vectored write, the rest after it.
+fn one_write_origin(len: usize) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    // Read a request head to its blank line.
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let mut response =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+                    response.extend((0..len as u64).map(pattern_byte));
+                    if stream.write_all(&response).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_body_that_came_with_its_head_goes_out_whole_behind_it() {
+    // Small (in one piece with the head), a little over one upstream read,
+    // and large (many reads after the first).
+    for len in [700usize, 40_000, 3_000_000] {
+        let origin = one_write_origin(len);
+        let gw = start(config_for(origin));
+        let mut c = Client::connect(gw.listen_addr());
+        for i in 0..3 {
+            let r = c.request(format!("GET /b{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            assert_eq!(r.status, 200, "{len} bytes, request {i}");
+            assert_eq!(r.body.len(), len, "{len} bytes, request {i}");
+            let wrong = r
+                .body
+                .iter()
+                .enumerate()
+                .position(|(j, &b)| b != pattern_byte(j as u64));
+            assert_eq!(wrong, None, "{len} bytes, request {i}: first wrong byte");
+        }
+    }
+}

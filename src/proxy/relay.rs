@@ -65,7 +65,7 @@ pub(super) async fn body(
                     store_captured(ctx, forward, plan, coalescing);
                 }
                 client
-                    .send_body_owned(ctx, chunk)
+                    .send_body_owned(ctx, chunk.freeze())
                     .await
                     .map_err(client_gone)?;
                 if remaining == 0 {
@@ -105,7 +105,7 @@ pub(super) async fn body(
                     c.push(ubuf);
                 }
                 if !ubuf.is_empty() {
-                    let piece = ubuf.split();
+                    let piece = ubuf.split().freeze();
                     client
                         .send_body_owned(ctx, piece)
                         .await
