@@ -3,7 +3,6 @@
 //! conditionals and range), and the writes of a hit (whole, a 206 part, a
 //! 416) and of a 304.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -162,12 +161,13 @@ fn hit_lines(out: &mut Vec<u8>, plan: &HitPlan, now: Instant) {
         HitKind::Shared => (b"fwd=uri-miss; ttl=", b"; detail=shared"),
         HitKind::Revalidated => (b"fwd=stale; fwd-status=304; ttl=", b""),
         HitKind::StaleOnError(status, reason) => {
-            let _ = write!(out, "fwd=stale; fwd-status={status}; ttl=");
+            out.extend_from_slice(b"fwd=stale; fwd-status=");
+            push_decimal(out, u64::from(status));
             let detail: &[u8] = match reason {
                 StaleReason::StaleIfError => b"; detail=stale-if-error",
                 StaleReason::Grace => b"; detail=stale",
             };
-            (b"", detail)
+            (b"; ttl=", detail)
         }
     };
     out.extend_from_slice(before);
