@@ -18,7 +18,7 @@
 //!        cache_decide      key and variant of the request as forwarded -> hit, 504
 //!        pick_server       sticky pin, balancer, breakers    -> 503 (or stale)
 //!   -> phases::answer: the gateway's own answers (answer.rs) | a hit | forward:
-//!        proxy_request  coalesce (wait for, or read, another's fetch)
+//!        forward.rs: proxy_request  coalesce (wait for, or read, another's fetch)
 //!        upstream.rs    pooled (peeked) or new connection, send, head, retries -> 502/504
 //!        respond        304/stale from the cache | fill.rs | relay.rs | tunnel.rs (101)
 //!   -> the upstream connection back to the pool when it ended cleanly; next request
@@ -40,6 +40,7 @@ mod answer;
 pub mod cache;
 mod coalescing;
 mod fill;
+mod forward;
 pub mod head;
 mod http2;
 pub mod io;
