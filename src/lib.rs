@@ -93,11 +93,16 @@ impl Gateway {
         // with its address in the message. Port 0 is resolved to a concrete port
         // that every worker then binds with SO_REUSEPORT.
         let mut listeners = Vec::new();
+        // Released once every worker has bound (the end of this function).
+        let mut holds = Vec::new();
         for l in &config.listeners {
             let address = if inherited.listeners.contains_key(&l.address) {
                 l.address
             } else {
-                probe_bind(l.address)?
+                let hold = probe_bind(l.address)?;
+                let address = hold.address;
+                holds.push(hold);
+                address
             };
             listeners.push(ListenerConfig {
                 address,
@@ -111,7 +116,12 @@ impl Gateway {
 
         let admin_addr = match &config.admin {
             Some(admin) if inherited.admin.is_some() => Some(admin.listen),
-            Some(admin) => Some(probe_bind(admin.listen)?),
+            Some(admin) => {
+                let hold = probe_bind(admin.listen)?;
+                let address = hold.address;
+                holds.push(hold);
+                Some(address)
+            }
             None => None,
         };
 
@@ -235,6 +245,8 @@ impl Gateway {
                 }
             }
         }
+        // Every worker listens now: the ports are theirs.
+        drop(holds);
         workers.sort_by_key(|w| w.index);
         if let Some(first) = workers.first() {
             tracing::info!(
@@ -297,7 +309,20 @@ fn plan_workers(config: &Config) -> Result<Vec<Option<core_affinity::CoreId>>, S
     Ok((0..count).map(|i| Some(cpus[i % cpus.len()])).collect())
 }
 
-pub(crate) fn probe_bind(address: SocketAddr) -> Result<SocketAddr, StartError> {
+/// A probed address, held: the socket stays bound (not listening) until
+/// the workers have bound theirs, so that no one else is given the port in
+/// between. A port-0 address is resolved by the kernel, which never hands
+/// out a port some socket is bound to; were the probe closed before the
+/// workers bind, a second gateway starting at that moment could be given the
+/// same port and its workers would join this one's SO_REUSEPORT group,
+/// sharing its connections. The workers' own binds are not refused by it:
+/// both sides set SO_REUSEADDR and the probe never listens.
+pub(crate) struct PortHold {
+    pub(crate) address: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+pub(crate) fn probe_bind(address: SocketAddr) -> Result<PortHold, StartError> {
     let bind_error = |source| StartError::Bind { address, source };
     // Without SO_REUSEPORT, so that any socket already listening there (ours
     // or another program's) makes this fail instead of silently sharing the port.
@@ -314,7 +339,10 @@ pub(crate) fn probe_bind(address: SocketAddr) -> Result<SocketAddr, StartError> 
         .map_err(bind_error)?
         .as_socket()
         .ok_or_else(|| bind_error(std::io::Error::other("not an inet address")))?;
-    Ok(bound)
+    Ok(PortHold {
+        address: bound,
+        _socket: socket,
+    })
 }
 
 impl Handle {

@@ -132,6 +132,8 @@ pub struct Pending<'r> {
     reloader: &'r Reloader,
     ack: Arc<Ack>,
     generation: u64,
+    /// New listeners' ports (`crate::PortHold`), released with this.
+    _holds: Vec<crate::PortHold>,
 }
 
 impl Reloader {
@@ -216,6 +218,9 @@ impl Reloader {
                 .as_ref()
                 .map_or(admin.listen, |a| a.listen);
         }
+        // New listeners' ports, held until the workers have applied the
+        // generation (bound their own sockets) or the wait is over.
+        let mut holds = Vec::new();
         for (i, l) in config.listeners.iter_mut().enumerate() {
             let kept = state
                 .config
@@ -225,13 +230,18 @@ impl Reloader {
                 .find(|(bound, w)| **w == l.address || bound.address == l.address);
             l.address = match kept {
                 Some((bound, _)) => bound.address,
-                None => crate::probe_bind(l.address).map_err(|e| {
-                    ReloadError::Config(ConfigError {
-                        file: Some(path.clone()),
-                        key: format!("listeners[{i}].address"),
-                        reason: e.to_string(),
-                    })
-                })?,
+                None => {
+                    let hold = crate::probe_bind(l.address).map_err(|e| {
+                        ReloadError::Config(ConfigError {
+                            file: Some(path.clone()),
+                            key: format!("listeners[{i}].address"),
+                            reason: e.to_string(),
+                        })
+                    })?;
+                    let address = hold.address;
+                    holds.push(hold);
+                    address
+                }
             };
         }
         let (terminators, connectors) =
@@ -279,6 +289,7 @@ impl Reloader {
             reloader: self,
             ack,
             generation,
+            _holds: holds,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Starting and stopping: workers pinned to distinct cores, the epoll
-//! fallback, a busy port refused at start, and graceful shutdown that
+//! fallback, a busy port refused at start, gateways started side by side on
+//! port 0 each on a port of its own, and graceful shutdown that
 //! finishes an in-flight request while refusing new connections.
 
 mod common;
@@ -80,6 +81,45 @@ fn busy_port_fails_at_start_with_the_address() {
         Err(StartError::Bind { address, .. }) => assert_eq!(address, addr),
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("started on a busy port"),
+    }
+}
+
+#[test]
+fn gateways_started_at_once_on_port_zero_each_get_a_port_of_their_own() {
+    // Each gateway resolves port 0 and then binds it again from its workers
+    // with SO_REUSEPORT: had the port been let go in between, another
+    // gateway starting at that moment could be given it and share this
+    // one's connections (seen as a response from the wrong origin). Every
+    // request names its gateway, and only that gateway's origin may see it.
+    const N: usize = 12;
+    let origins: Vec<Origin> = (0..N).map(|_| Origin::start()).collect();
+    let gateways: Vec<_> = std::thread::scope(|s| {
+        let started: Vec<_> = origins
+            .iter()
+            .map(|o| {
+                let addr = o.addr;
+                s.spawn(move || start(config_for(addr)))
+            })
+            .collect();
+        started.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let mut ports: Vec<u16> = gateways.iter().map(|g| g.listen_addr().port()).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), N, "two gateways on one port");
+    for (i, gw) in gateways.iter().enumerate() {
+        for _ in 0..4 {
+            assert_eq!(get(gw.listen_addr(), &format!("/gateway-{i}")).status, 200);
+        }
+    }
+    for (i, o) in origins.iter().enumerate() {
+        let heads = o.log.heads.lock().unwrap();
+        let mine = format!("GET /gateway-{i} ");
+        assert_eq!(heads.iter().filter(|h| h.starts_with(&mine)).count(), 4);
+        assert!(
+            heads.iter().all(|h| h.starts_with(&mine)),
+            "origin {i} saw another gateway's request: {heads:?}"
+        );
     }
 }
 
