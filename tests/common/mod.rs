@@ -1284,6 +1284,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What `{listen}` becomes in a [`GatewayProcess`]'s config file.
+const PROCESS_LISTEN: &str = "127.0.0.1:0";
+
+/// The first address of the start line's `listen=[...]` field.
+fn first_listen_address(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listen=[")? + "listen=[".len()..];
+    let end = rest.find([',', ']'])?;
+    rest[..end].trim().parse().ok()
+}
+
 impl GatewayProcess {
     /// Starts `ringgate run` on `config`, where `{listen}` stands for a free
     /// loopback address; returns once it logged that it started.
@@ -1299,15 +1309,17 @@ impl GatewayProcess {
         tweak: impl FnOnce(&mut std::process::Command),
     ) -> GatewayProcess {
         use std::io::BufRead;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Port 0, read back from the start line: a port picked here and bound
+        // there later could be given to another test's socket in between.
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
         let dir = temp_root().join(format!(
             "ringgate-proc-{}-{}",
             std::process::id(),
-            addr.port()
+            STARTED.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ringgate.toml");
-        std::fs::write(&path, config.replace("{listen}", &addr.to_string())).unwrap();
+        std::fs::write(&path, config.replace("{listen}", PROCESS_LISTEN)).unwrap();
         let mut command = std::process::Command::new(binary);
         command
             .args(["run", "--config"])
@@ -1326,18 +1338,28 @@ impl GatewayProcess {
                 .map_while(Result::ok)
             {
                 if line.contains("ringgate started") {
-                    let _ = started_tx.send(());
+                    let _ = started_tx.send(first_listen_address(&line));
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        if started_rx.recv_timeout(Duration::from_secs(20)).is_err() {
-            let _ = child.kill();
-            panic!(
-                "the gateway did not start:\n{}",
-                log.lock().unwrap().join("\n")
-            );
-        }
+        let addr = match started_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(addr)) => addr,
+            Ok(None) => {
+                let _ = child.kill();
+                panic!(
+                    "the start line names no listener address:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the gateway did not start:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
         GatewayProcess {
             child,
             addr,
@@ -1374,7 +1396,8 @@ impl GatewayProcess {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Rewrites its config file (`{listen}` standing for its address).
+    /// Rewrites its config file (`{listen}` standing for its bound address:
+    /// a reload keeps the listener, and a process it upgrades to finds it).
     pub fn rewrite(&self, config: &str) {
         std::fs::write(
             &self.path,
