@@ -574,7 +574,10 @@ impl Drop for TimerEntry {
     }
 }
 
-#[cfg_attr(target_arch = "x86_64", repr(align(128)))]
-#[cfg_attr(not(target_arch = "x86_64"), repr(align(64)))]
+// ringgate: not padded to a cache line. The timer wheel is one thread's
+// (its cells are `Cell` and `RefCell`), so there is no false sharing to
+// avoid, and the 128-byte alignment made every `Sleep` 640 bytes, aligned
+// to 128: every future holding a timeout grew by that, and was copied
+// whole each time it moved.
 #[derive(Debug, Default)]
 struct CachePadded<T>(T);
