@@ -323,33 +323,3 @@ impl std::fmt::Display for WriteError {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    /// The vendored monoio's timers are not padded to cache lines (its
-    /// FORK.md): a `Sleep` was 640 bytes aligned to 128, and every future
-    /// holding a timeout carried it and was copied whole when it moved.
-    #[test]
-    fn a_timeout_adds_little_to_the_future_it_guards() {
-        assert!(std::mem::size_of::<monoio::time::Sleep>() <= 160);
-        assert!(std::mem::align_of::<monoio::time::Sleep>() <= 16);
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let listener = monoio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut stream = monoio::net::TcpStream::connect_addr(listener.local_addr().unwrap())
-                .await
-                .unwrap();
-            let limit = std::time::Duration::from_secs(1);
-            let write = super::write_all(&mut stream, bytes::BytesMut::new(), limit);
-            // The write itself (about 270 bytes), the timer, the arguments.
-            assert!(
-                std::mem::size_of_val(&write) <= 600,
-                "{}",
-                std::mem::size_of_val(&write)
-            );
-        });
-    }
-}
