@@ -99,10 +99,7 @@ impl Gateway {
             let address = if inherited.listeners.contains_key(&l.address) {
                 l.address
             } else {
-                let hold = probe_bind(l.address)?;
-                let address = hold.address;
-                holds.push(hold);
-                address
+                probe_bind(l.address, &mut holds)?
             };
             listeners.push(ListenerConfig {
                 address,
@@ -116,12 +113,7 @@ impl Gateway {
 
         let admin_addr = match &config.admin {
             Some(admin) if inherited.admin.is_some() => Some(admin.listen),
-            Some(admin) => {
-                let hold = probe_bind(admin.listen)?;
-                let address = hold.address;
-                holds.push(hold);
-                Some(address)
-            }
+            Some(admin) => Some(probe_bind(admin.listen, &mut holds)?),
             None => None,
         };
 
@@ -309,7 +301,7 @@ fn plan_workers(config: &Config) -> Result<Vec<Option<core_affinity::CoreId>>, S
     Ok((0..count).map(|i| Some(cpus[i % cpus.len()])).collect())
 }
 
-/// A probed address, held: the socket stays bound (not listening) until
+/// A probed port, held: the socket stays bound (not listening) until
 /// the workers have bound theirs, so that no one else is given the port in
 /// between. A port-0 address is resolved by the kernel, which never hands
 /// out a port some socket is bound to; were the probe closed before the
@@ -318,11 +310,15 @@ fn plan_workers(config: &Config) -> Result<Vec<Option<core_affinity::CoreId>>, S
 /// sharing its connections. The workers' own binds are not refused by it:
 /// both sides set SO_REUSEADDR and the probe never listens.
 pub(crate) struct PortHold {
-    pub(crate) address: SocketAddr,
     _socket: socket2::Socket,
 }
 
-pub(crate) fn probe_bind(address: SocketAddr) -> Result<PortHold, StartError> {
+/// Binds `address` as a probe and answers the bound address (port 0
+/// resolved); the probe is kept in `holds` until the caller drops them.
+pub(crate) fn probe_bind(
+    address: SocketAddr,
+    holds: &mut Vec<PortHold>,
+) -> Result<SocketAddr, StartError> {
     let bind_error = |source| StartError::Bind { address, source };
     // Without SO_REUSEPORT, so that any socket already listening there (ours
     // or another program's) makes this fail instead of silently sharing the port.
@@ -339,10 +335,8 @@ pub(crate) fn probe_bind(address: SocketAddr) -> Result<PortHold, StartError> {
         .map_err(bind_error)?
         .as_socket()
         .ok_or_else(|| bind_error(std::io::Error::other("not an inet address")))?;
-    Ok(PortHold {
-        address: bound,
-        _socket: socket,
-    })
+    holds.push(PortHold { _socket: socket });
+    Ok(bound)
 }
 
 impl Handle {

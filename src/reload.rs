@@ -230,18 +230,13 @@ impl Reloader {
                 .find(|(bound, w)| **w == l.address || bound.address == l.address);
             l.address = match kept {
                 Some((bound, _)) => bound.address,
-                None => {
-                    let hold = crate::probe_bind(l.address).map_err(|e| {
-                        ReloadError::Config(ConfigError {
-                            file: Some(path.clone()),
-                            key: format!("listeners[{i}].address"),
-                            reason: e.to_string(),
-                        })
-                    })?;
-                    let address = hold.address;
-                    holds.push(hold);
-                    address
-                }
+                None => crate::probe_bind(l.address, &mut holds).map_err(|e| {
+                    ReloadError::Config(ConfigError {
+                        file: Some(path.clone()),
+                        key: format!("listeners[{i}].address"),
+                        reason: e.to_string(),
+                    })
+                })?,
             };
         }
         let (terminators, connectors) =

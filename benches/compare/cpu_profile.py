@@ -11,6 +11,7 @@ system-call entry are each one's own choice.
 """
 
 import re
+import signal
 import subprocess
 
 FREQUENCY = 4999
@@ -44,7 +45,7 @@ class Recording:
 
     def stop(self, requests):
         """The profile of the window, per request of its `requests`."""
-        self.proc.send_signal(2)
+        self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
         report = subprocess.run(
             ["perf", "report", "-i", str(self.out), "--stdio", "--no-children", "-F", "overhead,sample,dso,sym",
