@@ -6,7 +6,11 @@
 //! buffer of its own (nginx's idle connections hold none either: they wait
 //! for readiness). The bytes are copied into the connection's buffer at
 //! once and the ring buffer given back, so a ring buffer is lent for the
-//! length of a copy.
+//! length of a copy. Many bytes arriving while the connection's buffer is
+//! empty (a response body's piece) are not copied: the two buffers change
+//! places, the filled one becoming the connection's and the connection's
+//! empty room taking its place in the ring (a new buffer when that room
+//! still shares memory with bytes being sent).
 //!
 //! The receive is multishot (Linux 6.0): armed once, it stays armed across
 //! the connection's reads and requests ([`Armed`]), so reading the next
@@ -54,8 +58,9 @@ pub struct RecvRing {
     /// kernel reads is in the first slot.
     ring: *mut BufRingEntry,
     ring_layout: std::alloc::Layout,
-    /// `entries` buffers of `size` bytes, one after another.
-    buffers: Box<[u8]>,
+    /// The buffer each id stands for, empty with room for at least `size`
+    /// bytes; while the id is published only the kernel writes its room.
+    buffers: RefCell<Box<[BytesMut]>>,
     size: usize,
     entries: u16,
     /// Its buffer group id in the worker's io_uring.
@@ -79,6 +84,11 @@ pub struct RecvRing {
 /// a flood) stops taking ring buffers then (after the burst under way);
 /// the rest waits in its socket until it is read again.
 const HELD_MAX: usize = 4;
+
+/// Bytes from which a receive into an empty connection buffer hands over
+/// the ring's buffer instead of copying out of it (a page: below that the
+/// copy costs less than the exchange of buffers).
+const SWAP_FROM: usize = 4096;
 
 /// The worker's ring and a connection's receive on it, as the reads of a
 /// client connection take them.
@@ -107,7 +117,11 @@ impl RecvRing {
         let ring = RecvRing {
             ring,
             ring_layout,
-            buffers: vec![0u8; usize::from(entries) * size].into_boxed_slice(),
+            buffers: RefCell::new(
+                (0..entries)
+                    .map(|_| BytesMut::with_capacity(size))
+                    .collect(),
+            ),
             size,
             entries,
             group,
@@ -142,12 +156,17 @@ impl RecvRing {
     fn publish(&self, id: u16) {
         let tail = self.tail.get();
         let slot = usize::from(tail & (self.entries - 1));
+        let addr = self.buffers.borrow_mut()[usize::from(id)]
+            .spare_capacity_mut()
+            .as_mut_ptr() as u64;
         // SAFETY: `slot` is below `entries`, the ring holds `entries` slots,
         // and the kernel reads a slot only once the tail passed it (the
-        // release store below), so this write races with nothing.
+        // release store below), so this write races with nothing. The
+        // buffer at `addr` has room for `size` bytes and stays where it is
+        // until its id comes back in a completion.
         unsafe {
             let entry = &mut *self.ring.add(slot);
-            entry.set_addr(self.buffers.as_ptr().add(usize::from(id) * self.size) as u64);
+            entry.set_addr(addr);
             entry.set_len(self.size as u32);
             entry.set_bid(id);
         }
@@ -250,16 +269,46 @@ impl RecvRing {
     }
 
     /// Appends the `n` bytes ring buffer `id` holds to `buf` and publishes
-    /// the buffer again.
+    /// the buffer again. When `buf` is empty and the bytes are many (a
+    /// response body's piece), they are not copied: the filled buffer
+    /// becomes `buf`, and `buf`'s room (or a new buffer, if `buf`'s is
+    /// still shared with bytes on their way out) goes to the ring under
+    /// the same id.
     fn give_back(&self, id: Option<u16>, n: usize, buf: &mut BytesMut) {
         let Some(id) = id.filter(|id| *id < self.entries) else {
             return;
         };
-        if n > 0 {
-            let start = usize::from(id) * self.size;
-            buf.extend_from_slice(&self.buffers[start..start + n.min(self.size)]);
+        {
+            let mut buffers = self.buffers.borrow_mut();
+            let filled = &mut buffers[usize::from(id)];
+            // SAFETY: the completion says the kernel wrote `n` bytes at the
+            // start of this buffer's room (at most `size`, its published
+            // length), and it writes no more there until the id is
+            // published again below.
+            unsafe { filled.set_len(n.min(self.size)) };
+            if buf.is_empty() && filled.len() >= SWAP_FROM {
+                let mut room = std::mem::replace(buf, std::mem::take(filled));
+                room.clear();
+                if room.capacity() > 4 * self.size {
+                    // A buffer grown for something large: not kept in the ring.
+                    room = BytesMut::new();
+                }
+                room.reserve(self.size);
+                *filled = room;
+            } else {
+                buf.extend_from_slice(filled);
+                filled.clear();
+            }
         }
         self.publish(id);
+    }
+
+    /// Publishes buffer `id` again without reading what it holds (bytes an
+    /// idle connection was not asked for).
+    fn discard(&self, id: Option<u16>) {
+        if let Some(id) = id.filter(|id| *id < self.entries) {
+            self.publish(id);
+        }
     }
 
     /// Whether an armed receive has nothing waiting: `None` when the
@@ -275,7 +324,7 @@ impl RecvRing {
             std::task::Poll::Pending => Some(true),
             std::task::Poll::Ready(got) => {
                 if let Some(got) = got {
-                    self.take(&got, &mut BytesMut::new());
+                    self.discard(got.buffer);
                 }
                 armed.0 = None;
                 Some(false)
@@ -359,7 +408,7 @@ impl Drop for RecvRing {
         if self.registered.get() {
             // Still registered (no runtime to unregister from): the kernel
             // may still write into the buffers, so they are never freed.
-            std::mem::forget(std::mem::take(&mut self.buffers));
+            std::mem::forget(std::mem::take(self.buffers.get_mut()));
             return;
         }
         // SAFETY: allocated in `start` with this layout; unregistered, so
@@ -752,6 +801,70 @@ mod tests {
             }
             client.close();
             upstream.close();
+        });
+    }
+
+    #[test]
+    fn a_large_receive_into_an_empty_buffer_takes_the_ring_buffer_and_the_ring_never_writes_it_again(
+    ) {
+        uring().block_on(async {
+            let ring = RecvRing::start(UPSTREAM_GROUP, 2, 8192).expect("a buffer ring");
+            let (_listener, _, mut stream, mut peer) = connected().await;
+            use std::io::Write;
+            let mut armed = Armed::default();
+            // Pieces handed over stay alive (as a body piece on its way to a
+            // slow client does) while the ring goes on receiving: each must
+            // keep its bytes, so no ring buffer may point into one.
+            let mut held: Vec<(bytes::Bytes, Vec<u8>)> = Vec::new();
+            let mut small = BytesMut::new();
+            // One buffer for every round, as an exchange's: once a piece is
+            // split off it is empty again, its room shared with that piece.
+            let mut buf = BytesMut::new();
+            for round in 0..12u8 {
+                let piece: Vec<u8> = (0..6000u32).map(|i| (i as u8) ^ round).collect();
+                peer.write_all(&piece).unwrap();
+                let ring_buffers: Vec<usize> = ring
+                    .buffers
+                    .borrow()
+                    .iter()
+                    .map(|b| b.as_ptr() as usize)
+                    .collect();
+                while buf.len() < piece.len() {
+                    let read = ring
+                        .recv(&mut armed, &mut stream, &mut buf, 64, || panic!("empty"))
+                        .await;
+                    assert!(matches!(read, Read::Data(_)), "{read:?}");
+                }
+                assert_eq!(&buf[..], &piece[..]);
+                assert!(
+                    ring_buffers.contains(&(buf.as_ptr() as usize)),
+                    "round {round}: the bytes were copied, not handed over"
+                );
+                held.push((buf.split().freeze(), piece));
+                // A few bytes onto a buffer that has some: copied.
+                peer.write_all(b"tail").unwrap();
+                let before = small.len();
+                let read = ring
+                    .recv(&mut armed, &mut stream, &mut small, 64, || panic!("empty"))
+                    .await;
+                assert!(matches!(read, Read::Data(4)), "{read:?}");
+                assert_eq!(&small[before..], b"tail");
+                for buffer in ring.buffers.borrow().iter() {
+                    let at = buffer.as_ptr() as usize;
+                    for (bytes, _) in &held {
+                        let start = bytes.as_ptr() as usize;
+                        assert!(
+                            at + ring.size <= start || at >= start + bytes.len(),
+                            "a ring buffer points into bytes handed over"
+                        );
+                    }
+                }
+            }
+            for (bytes, piece) in &held {
+                assert_eq!(&bytes[..], &piece[..], "bytes handed over were overwritten");
+            }
+            assert_eq!(small.len(), 4 * 12);
+            ring.close();
         });
     }
 }
