@@ -287,6 +287,47 @@ fn a_pooled_connection_the_server_closed_never_fails_a_request() {
 }
 
 #[test]
+fn pooled_connections_the_server_closed_leave_the_pool_without_waiting_for_a_request() {
+    // The origin's keep-alive (300 ms) is far below the gateway's idle
+    // timeout (60 s): each pooled connection it closes must leave the pool
+    // at the worker's next sweep, not when a request meets it.
+    let origin = KeepAliveOrigin::start(Mode::Close, Duration::from_millis(300));
+    let mut config = with_admin(config_for(origin.addr));
+    config.routes[0].cache = None;
+    config.workers.per_core.upstream_idle_timeout = Duration::from_secs(60);
+    let gw = start(config);
+    let warm = concurrent_writes(gw.listen_addr(), "PUT", 20);
+    assert!(warm.iter().all(|&s| s == 200), "{warm:?}");
+    let pooled = origin.connections.load(Ordering::SeqCst);
+    let idle = || {
+        admin_stats(&gw)["totals"]["upstream_pool_idle"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(idle() > 0, "connections were pooled");
+    wait_until(
+        Duration::from_secs(10),
+        "the origin closed its idle connections",
+        || origin.idled.load(Ordering::SeqCst) >= pooled,
+    );
+    // The sweep runs at least once a second: well inside this deadline,
+    // and far from the idle timeout.
+    wait_until(
+        Duration::from_secs(5),
+        "the closed connections left the pool",
+        || idle() == 0,
+    );
+    let stats = admin_stats(&gw);
+    assert!(
+        stats["totals"]["upstream_pool_discarded"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    // And the next requests are served on fresh connections.
+    let statuses = concurrent_writes(gw.listen_addr(), "PUT", 20);
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+}
+
+#[test]
 fn a_request_crossing_the_servers_close_is_sent_again_whatever_the_method() {
     for method in ["PUT", "POST"] {
         let origin = KeepAliveOrigin::start(Mode::DropNext, Duration::from_millis(300));

@@ -63,7 +63,7 @@ const METRICS: &[(&str, &str, &str, &[&str])] = &[
     ),
     (
         "ringgate_upstream_pool_discarded_total",
-        "Idle upstream connections discarded when taken: closed by the server or holding unasked bytes.",
+        "Idle upstream connections discarded, when taken or by the periodic sweep: closed by the server or holding unasked bytes.",
         "counter",
         &["upstream_pool_discarded"],
     ),

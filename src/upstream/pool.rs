@@ -3,7 +3,11 @@
 //! Idle connections are kept per server, most recently used first (a warm
 //! connection is least likely to have been closed by the server), capped
 //! per server, and closed once idle longer than the idle timeout: lazily
-//! when met, and by the worker's periodic sweep.
+//! when met, and by the worker's periodic sweep (at least once a second),
+//! which also closes those the server closed or wrote on meanwhile, so a
+//! server's shorter keep-alive leaves no half-closed socket (nor, on the
+//! upstream ring, the buffer its close or bytes took) waiting for our idle
+//! timeout.
 //!
 //! A connection is checked before it is handed out
 //! ([`Stream::is_quiet`]: what its armed receive on the worker's upstream
@@ -53,8 +57,8 @@ pub struct Pool {
     idle_timeout: Duration,
     /// Servers that left their group: their connections are not kept.
     retired: Vec<bool>,
-    /// Idle connections discarded when taken: closed by the server, or
-    /// holding bytes it sent unasked.
+    /// Idle connections discarded (when taken or swept): closed by the
+    /// server, or holding bytes it sent unasked.
     pub discarded: u64,
 }
 
@@ -146,7 +150,10 @@ impl Pool {
         self.idle[server] = conns;
     }
 
-    /// Closes connections idle longer than the timeout.
+    /// Closes connections idle longer than the timeout, and those that are
+    /// no longer quiet (the server closed them or wrote on them): through
+    /// an armed receive on the upstream ring that costs no system call,
+    /// else one peek each.
     pub fn sweep(&mut self) {
         let now = monoio::time::recent();
         for idle in &mut self.idle {
@@ -156,6 +163,9 @@ impl Pool {
             {
                 idle.pop_front();
             }
+            let before = idle.len();
+            idle.retain_mut(|c| c.stream.is_quiet());
+            self.discarded += (before - idle.len()) as u64;
         }
     }
 

@@ -419,11 +419,12 @@ async fn expire_idle(ctx: Rc<WorkerCtx>) {
     }
 }
 
-/// Closes pooled upstream connections that stayed idle too long, even when
-/// no request comes to meet them, and gives back free buffers a burst left.
+/// Closes pooled upstream connections that stayed idle too long or that
+/// the server closed, even when no request comes to meet them, and gives
+/// back free buffers a burst left.
 async fn sweep_pool(ctx: Rc<WorkerCtx>) {
     let period = (ctx.per_core.upstream_idle_timeout / 2)
-        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        .clamp(Duration::from_millis(100), Duration::from_secs(1));
     loop {
         match race(monoio::time::sleep(period), ctx.drain_started()).await {
             Either::Left(()) => {
