@@ -578,11 +578,11 @@ targets = [{ provider = "p1", model = "small-1" }]"#,
 #[test]
 fn a_providers_keys_are_balanced_by_requests_in_flight() {
     let provider = Provider::start();
-    let gw = gateway_workers(
+    let text = config_text(
         &provider,
         r#"consumers = [{ name = "team-a", key = "ck-1" }]"#,
         r#"[routes.ai.models.slowly]
-targets = [{ provider = "multi", model = "slower" }]
+targets = [{ provider = "multi", model = "held" }]
 [routes.ai.models.fast]
 targets = [{ provider = "multi", model = "small-1" }]
 [routes.ai.providers.multi]
@@ -590,7 +590,13 @@ upstream = "fake"
 keys = ["k0", "k1"]"#,
         false,
         2,
+    )
+    // The held request waits for the test, however slow the machine.
+    .replace(
+        "first_byte_timeout = \"2s\"",
+        "first_byte_timeout = \"60s\"",
     );
+    let gw = start(ringgate::Config::parse(&text).unwrap());
     let addr = gw.listen_addr();
     let slow = std::thread::spawn(move || {
         let body = r#"{"model":"slowly","messages":[{"role":"user","content":"x"}]}"#;
@@ -607,6 +613,7 @@ keys = ["k0", "k1"]"#,
     for _ in 0..6 {
         assert_eq!(chat(&gw, "ck-1", HELLO).status, 200);
     }
+    provider.release();
     assert_eq!(slow.join().unwrap(), 200);
     let keys: Vec<bool> = provider
         .seen()

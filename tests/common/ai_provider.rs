@@ -7,14 +7,15 @@
 //! - `stall-head`: reads the request, never answers;
 //! - `stall-mid`: on a stream, sends the first event, then nothing;
 //! - `paced`: on a stream, 150 ms between events;
-//! - `slow`: answers after 300 ms; `slower`: after 1.2 s;
+//! - `slow`: answers after 300 ms; `held`: once the test calls
+//!   [`Provider::release`] (at most 30 s);
 //! - anything else: answers `echo:<the last message's text>`, usage 5 + 7.
 //!
 //! Every request is recorded (path, head, body) with when it came.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// A request the provider received.
@@ -28,7 +29,18 @@ pub struct Seen {
 pub struct Provider {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Opened by [`Provider::release`]: `held` requests answer then.
+    gate: Arc<Gate>,
 }
+
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+/// How long a `held` request waits for the test at most.
+const HOLD_MAX: Duration = Duration::from_secs(30);
 
 /// The gap between a `paced` stream's events.
 pub const PACE: Duration = Duration::from_millis(150);
@@ -39,16 +51,24 @@ impl Provider {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let log = seen.clone();
+        let gate: Arc<Gate> = Arc::default();
+        let held = gate.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let log = log.clone();
+                let (log, held) = (log.clone(), held.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &log);
+                    let _ = serve(conn, &log, &held);
                 });
             }
         });
-        Provider { addr, seen }
+        Provider { addr, seen, gate }
+    }
+
+    /// Lets the `held` requests answer.
+    pub fn release(&self) {
+        *self.gate.open.lock().unwrap() = true;
+        self.gate.opened.notify_all();
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -64,7 +84,7 @@ impl Provider {
     }
 }
 
-fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>, gate: &Gate) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut head = String::new();
     loop {
@@ -115,11 +135,13 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
         // A slow provider on purpose: concurrent requests pile up behind it.
         std::thread::sleep(Duration::from_millis(300));
     }
-    if model == "slower" {
-        // Busy long enough for a test's other requests on a slow machine,
-        // and well within the routes' 2 s first-byte timeout (at 2 s it
-        // raced the timeout and sometimes came back a 502).
-        std::thread::sleep(Duration::from_millis(1200));
+    if model == "held" {
+        // Busy until the test has sent what it sends meanwhile.
+        let open = gate.open.lock().unwrap();
+        let _open = gate
+            .opened
+            .wait_timeout_while(open, HOLD_MAX, |open| !*open)
+            .unwrap();
     }
     let anthropic = path.ends_with("/messages");
     let text = format!("echo:{}", last_text(&body));
