@@ -60,6 +60,70 @@ fn a_streamed_length_body_arrives_whole_and_in_order() {
     arrived_whole(&mut c, &origin, &r, &body);
 }
 
+/// A request head for `body` (to `/echo`) with its first `start` bytes
+/// behind it, for one write.
+fn head_and_start(method: &str, body: &[u8], start: usize) -> Vec<u8> {
+    let mut first = format!(
+        "{method} /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    first.extend_from_slice(&body[..start]);
+    first
+}
+
+/// A large body is read from the socket directly, not through the
+/// worker's ring of small buffers: the switch keeps what the ring had
+/// already taken (the body's first bytes came with the head), and the
+/// next request, pipelined behind the body's last bytes, is read as one.
+#[test]
+fn a_large_body_then_a_pipelined_request_arrive_whole_in_order() {
+    let origin = Origin::start();
+    let gw = streaming(&origin, |_| {});
+    let body = pattern(1 << 20);
+    let mut c = Client::connect(gw.listen_addr());
+    c.send(&head_and_start("PUT", &body, 100));
+    let (middle, last) = body[100..].split_at(body.len() - 100 - 5_000);
+    for piece in middle.chunks(65_536) {
+        c.send(piece);
+    }
+    let mut tail = last.to_vec();
+    tail.extend_from_slice(b"GET /echo/next HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.send(&tail);
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with(&format!("body={}", body.len())),
+        "{}",
+        r.text()
+    );
+    let next = c.read_response().unwrap();
+    assert_eq!(next.status, 200);
+    assert!(next.text().contains("/echo/next"), "{}", next.text());
+    // Logged before each answer: the body whole, then the next request's none.
+    assert_eq!(
+        *origin.log.body_digests.lock().unwrap(),
+        vec![fnv1a(&body), fnv1a(b"")]
+    );
+}
+
+/// The same when the body is read whole before the request is forwarded
+/// (no larger than `request_buffering`) and most of it is still to come.
+#[test]
+fn a_buffered_body_mostly_still_to_come_arrives_whole() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let body = pattern(60_000);
+    let mut c = Client::connect(gw.listen_addr());
+    c.send(&head_and_start("POST", &body, 10));
+    for piece in body[10..].chunks(5_000) {
+        c.send(piece);
+    }
+    let r = c.read_response().unwrap();
+    assert_eq!(r.status, 200);
+    arrived_whole(&mut c, &origin, &r, &body);
+}
+
 #[test]
 fn a_streamed_chunked_body_arrives_whole_whatever_its_chunk_boundaries() {
     let origin = Origin::start();

@@ -149,18 +149,37 @@ impl Client {
     }
 
     /// Reads more of the request into the buffer: from the socket (HTTP/1),
-    /// or the stream's next DATA in the same framing (HTTP/2).
+    /// or the stream's next DATA in the same framing (HTTP/2). `bulk`: more
+    /// than [`BULK_FROM`] bytes of body are on their way, so an HTTP/1
+    /// connection's receive on the worker's ring is ended first (it would
+    /// take them `client_buffer_size` bytes and one completion at a time)
+    /// and the socket read into the connection's buffer, `reserve` bytes at
+    /// a time; waiting for the next request arms it again.
     async fn read_request_bytes(
         &mut self,
         ctx: &WorkerCtx,
         reserve: usize,
         limit: std::time::Duration,
+        bulk: bool,
     ) -> io::Read {
         match self.h2.as_deref_mut() {
             // Boxed: an HTTP/1 connection's future stays as small as before.
             Some(h2) => Box::pin(h2.read(&mut self.buf, limit)).await,
             None => {
-                let ring = ctx.recv_ring.as_ref().map(|ring| (ring, &mut self.armed));
+                let ring = match ctx.recv_ring.as_ref() {
+                    Some(_) if bulk && !self.armed.is_armed() => None,
+                    Some(ring) if bulk => {
+                        let had = self.buf.len();
+                        // Boxed: rare, and an idle connection's future stays small.
+                        Box::pin(ring.disarm(&mut self.armed, &mut self.buf)).await;
+                        if self.buf.len() > had {
+                            return io::Read::Data(self.buf.len() - had);
+                        }
+                        None
+                    }
+                    Some(ring) => Some((ring, &mut self.armed)),
+                    None => None,
+                };
                 let empty = || ctx.stats.count(Counter::RecvBuffersEmpty);
                 self.stream
                     .read_client(&mut self.buf, reserve, limit, ring, empty)
@@ -174,6 +193,11 @@ enum Next {
     KeepAlive,
     Close,
 }
+
+/// Body bytes still expected (or, for a chunked body, already come) from
+/// which a request body is read from the socket directly rather than
+/// through the worker's ring of small buffers.
+const BULK_FROM: u64 = 16 * 1024;
 
 /// Serves one client connection until it closes, fails, times out, the
 /// worker drains or it is closed while idle to make room at a cap.

@@ -51,6 +51,17 @@ impl BodyEnd {
     }
 }
 
+impl BodyEnd {
+    /// A large body is on its way: more than `from` bytes still to come
+    /// (`buf` holds `have`), or, chunked, more than `from` decoded so far.
+    pub fn bulk(&self, have: usize, from: u64) -> bool {
+        match self {
+            BodyEnd::Bytes(n) => n.saturating_sub(have) as u64 > from,
+            BodyEnd::Chunked { decoder, .. } => decoder.decoded > from,
+        }
+    }
+}
+
 /// Whether the body must be read further before a server is picked: it is
 /// no larger than the route's `request_buffering` and not all here yet.
 /// A chunked body too large to buffer, or one whose end is not in sight

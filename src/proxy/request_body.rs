@@ -201,7 +201,12 @@ impl Client {
         }
         let size = ctx.per_core.upstream_buffer_size;
         let limit = ctx.config.timeouts.client_body;
-        match self.read_request_bytes(ctx, size, limit).await {
+        let bulk = match &body.left {
+            Left::Bytes(left) => *left > super::BULK_FROM,
+            Left::Chunked(decoder) => decoder.decoded > super::BULK_FROM,
+            Left::Done => false,
+        };
+        match self.read_request_bytes(ctx, size, limit, bulk).await {
             Read::Data(_) => Ok(()),
             Read::TimedOut => Err(ProxyError::downstream(ErrorKind::ClientTimeout, None)),
             Read::Failed(e) => Err(ProxyError::downstream(ErrorKind::ClientIo, Some(e))),

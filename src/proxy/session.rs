@@ -236,15 +236,17 @@ enum More {
     Gone,
 }
 
-/// Reads more of the request into the client's buffer, before `deadline`.
+/// Reads more of the request into the client's buffer, before `deadline`
+/// (`bulk`: as [`Client::read_request_bytes`] says).
 async fn read_more(
     ctx: &WorkerCtx,
     client: &mut Client,
     reserve: usize,
     deadline: Instant,
+    bulk: bool,
 ) -> Result<(), More> {
     let left = deadline.saturating_duration_since(monoio::time::recent());
-    match client.read_request_bytes(ctx, reserve, left).await {
+    match client.read_request_bytes(ctx, reserve, left, bulk).await {
         Read::Data(_) => Ok(()),
         Read::TimedOut => Err(More::Refuse(408)),
         Read::Eof | Read::Failed(_) => Err(More::Gone),
@@ -280,7 +282,8 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
                     *body_deadline.get_or_insert_with(|| io::deadline_in(timeouts.client_body));
                 loop {
                     let read = ctx.per_core.upstream_buffer_size;
-                    if let Err(more) = read_more(ctx, client, read, deadline).await {
+                    let bulk = wait.until.bulk(client.buf.len(), super::BULK_FROM);
+                    if let Err(more) = read_more(ctx, client, read, deadline, bulk).await {
                         break more;
                     }
                     match wait.until.reached(&client.buf) {
@@ -312,7 +315,7 @@ pub(super) async fn exchange(ctx: &Rc<WorkerCtx>, client: &mut Client) -> Next {
             Ok(None) => loop {
                 let scanned = client.buf.len();
                 let read = ctx.per_core.client_buffer_size;
-                if let Err(more) = read_more(ctx, client, read, head_deadline).await {
+                if let Err(more) = read_more(ctx, client, read, head_deadline, false).await {
                     break more;
                 }
                 if may_hold_head_end(&client.buf, scanned)

@@ -98,6 +98,13 @@ pub type Receiver<'a> = (&'a RecvRing, &'a mut Armed);
 #[derive(Debug, Default)]
 pub struct Armed(Option<monoio::buf_ring::MultiRecv>);
 
+impl Armed {
+    /// A receive is armed (the socket must not be read another way).
+    pub fn is_armed(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl RecvRing {
     /// A ring of `entries` buffers of `size` bytes registered with the
     /// current runtime's io_uring as buffer group `group`; `None` on
