@@ -53,7 +53,7 @@ fn config_text(
     admin: bool,
     workers: usize,
 ) -> String {
-    let dead = free_port();
+    let dead = dead_port();
     let admin = match admin {
         true => "listen = \"127.0.0.1:0\"",
         false => "enabled = false",

@@ -1284,6 +1284,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port on 127.0.0.1 where nothing listens for as long as the test
+/// process lives: a socket is bound there and never listens, so a
+/// connection is refused, and neither the kernel (for port 0) nor another
+/// bind gives the port to anyone else. A port found free and let go (as
+/// [`free_port`]'s) may be another test's gateway or origin a moment later.
+pub fn dead_port() -> u16 {
+    static HELD: std::sync::OnceLock<socket2::Socket> = std::sync::OnceLock::new();
+    let socket = HELD.get_or_init(|| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).unwrap();
+        socket
+    });
+    socket.local_addr().unwrap().as_socket().unwrap().port()
+}
+
 /// What `{listen}` becomes in a [`GatewayProcess`]'s config file.
 const PROCESS_LISTEN: &str = "127.0.0.1:0";
 
