@@ -167,13 +167,14 @@ impl Client {
             Some(h2) => Box::pin(h2.read(&mut self.buf, limit)).await,
             None => {
                 let ring = match ctx.recv_ring.as_ref() {
-                    Some(_) if bulk && !self.armed.is_armed() => None,
                     Some(ring) if bulk => {
-                        let had = self.buf.len();
-                        // Boxed: rare, and an idle connection's future stays small.
-                        Box::pin(ring.disarm(&mut self.armed, &mut self.buf)).await;
-                        if self.buf.len() > had {
-                            return io::Read::Data(self.buf.len() - had);
+                        if self.armed.is_armed() {
+                            let had = self.buf.len();
+                            // Boxed: once a body, and an idle connection's future stays small.
+                            Box::pin(ring.disarm(&mut self.armed, &mut self.buf)).await;
+                            if self.buf.len() > had {
+                                return io::Read::Data(self.buf.len() - had);
+                            }
                         }
                         None
                     }

@@ -49,9 +49,7 @@ impl BodyEnd {
             }
         }
     }
-}
 
-impl BodyEnd {
     /// A large body is on its way: more than `from` bytes still to come
     /// (`buf` holds `have`), or, chunked, more than `from` decoded so far.
     pub fn bulk(&self, have: usize, from: u64) -> bool {
