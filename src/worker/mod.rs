@@ -420,17 +420,25 @@ async fn expire_idle(ctx: Rc<WorkerCtx>) {
 }
 
 /// Closes pooled upstream connections that stayed idle too long or that
-/// the server closed, even when no request comes to meet them, and gives
-/// back free buffers a burst left.
+/// the server closed, even when no request comes to meet them (at least
+/// once a second), and gives back free buffers a burst left (every half
+/// idle timeout, at most every 5 s: halving the free lists more often
+/// would make a steady load allocate again what it keeps using).
 async fn sweep_pool(ctx: Rc<WorkerCtx>) {
-    let period = (ctx.per_core.upstream_idle_timeout / 2)
-        .clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let half_idle = ctx.per_core.upstream_idle_timeout / 2;
+    let period = half_idle.clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let trim_every = half_idle.clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut trimmed = monoio::time::recent();
     loop {
         match race(monoio::time::sleep(period), ctx.drain_started()).await {
             Either::Left(()) => {
                 let ctx = ctx.current();
                 ctx.upstreams.borrow_mut().sweep_pool();
-                ctx.trim_buffers();
+                let now = monoio::time::recent();
+                if now.duration_since(trimmed) >= trim_every {
+                    ctx.trim_buffers();
+                    trimmed = now;
+                }
             }
             Either::Right(()) => return,
         }
