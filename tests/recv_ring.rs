@@ -49,7 +49,9 @@ fn more_readable_connections_than_buffers_are_all_answered_in_order() {
     let origin = Origin::start();
     let gw = gateway(&origin, DriverChoice::IoUring, 2);
     // Receives stay armed across requests (multishot, Linux 6.0 and later).
-    assert_eq!(gw.workers()[0].recv_ring, "2 x 1024 B, multishot");
+    // (and, Linux 6.17 and later, each arming ends after 4 buffers' worth).
+    let ring = &gw.workers()[0].recv_ring;
+    assert!(ring.starts_with("2 x 1024 B, multishot"), "{ring}");
     let conns = warm_connections(&gw, 24);
     // Every connection's next two requests arrive together (pipelined),
     // all connections at once: 24 receives armed on a ring of 2 buffers.
@@ -177,7 +179,8 @@ fn no_ring_when_turned_off() {
 fn a_client_flooding_while_its_request_is_served_leaves_buffers_for_others() {
     let origin = Origin::start();
     let gw = gateway(&origin, DriverChoice::IoUring, 64);
-    assert!(gw.workers()[0].recv_ring.ends_with("multishot"));
+    let ring = &gw.workers()[0].recv_ring;
+    assert!(ring.contains(", multishot"), "{ring}");
     let others = warm_connections(&gw, 3);
     origin.set_delay(Duration::from_millis(700));
     let mut attacker = Client::connect(gw.listen_addr());
@@ -234,7 +237,8 @@ fn more_upstream_responses_at_once_than_ring_buffers_lose_nothing() {
     config.workers.upstream_recv_buffers = 2;
     config.workers.per_core.upstream_buffer_size = 4096;
     let gw = start(config);
-    assert_eq!(gw.workers()[0].upstream_ring, "2 x 4096 B, multishot");
+    let ring = &gw.workers()[0].upstream_ring;
+    assert!(ring.starts_with("2 x 4096 B, multishot"), "{ring}");
     let threads: Vec<_> = (0..12)
         .map(|_| {
             let addr = gw.listen_addr();

@@ -51,10 +51,10 @@ pub struct WorkerInfo {
     pub affinity: Vec<usize>,
     pub driver: DriverKind,
     /// The provided-buffer ring idle connections receive from, if any
-    /// ("256 x 1024 B", or "none").
+    /// ("256 x 1024 B, multishot, 4096 B an arming", or "none").
     pub recv_ring: String,
     /// The ring plain upstream connections receive from ("64 x 32768 B,
-    /// multishot", or "none").
+    /// multishot, 131072 B an arming", or "none").
     pub upstream_ring: String,
 }
 

@@ -17,13 +17,19 @@
 //! request costs no submission. Every read of the socket goes through it
 //! while it is armed; before the socket is read another way (a tunnel) it
 //! is disarmed, keeping what it had received ([`RecvRing::disarm`]). A
-//! client that sends while nobody reads it (pipelining, a flood) has its
-//! receive cancelled by the driver once it holds [`HELD_MAX`] completions,
-//! and the rest waits in the socket (a burst already in the socket can
-//! fill more first, up to the kernel's receives per wake-up, 32 on current
-//! kernels; the ring's other buffers stay for other connections, and an
-//! empty ring only sends readers to buffers of their own). A kernel that
-//! refuses multishot receives gets one receive per read. An upstream
+//! receive takes at most [`HELD_MAX`] buffers' worth of bytes and then
+//! ends by itself (a byte limit on the receive, Linux 6.17), the next read
+//! arming it again: a burst already in the socket (a large body sent with
+//! its head, a pipelined flood) fills no more than that many ring buffers
+//! for one connection, the rest waiting in the socket for the connection's
+//! next read, which may take it another way (a large request body is read
+//! directly, `proxy::BULK_FROM`). On older kernels a client that sends
+//! while nobody reads it has its receive cancelled by the driver once it
+//! holds [`HELD_MAX`] completions, after the kernel's receives per wake-up
+//! (32: about 60 buffers for a 1 MiB body sent with its head, measured);
+//! the ring's other buffers stay for other connections, and an empty ring
+//! only sends readers to buffers of their own. A kernel that refuses
+//! multishot receives gets one receive per read. An upstream
 //! connection's receive stays armed while it is pooled: a completion it
 //! holds then (bytes nobody asked for, the server's close) is what tells
 //! the pool not to reuse it ([`RecvRing::quiet`]), with no system call.
@@ -77,6 +83,9 @@ pub struct RecvRing {
     /// A multishot receive delivered bytes (so a later `EINVAL` is not the
     /// kernel refusing multishot receives).
     multishot_worked: Cell<bool>,
+    /// Bytes an armed receive takes before it ends by itself
+    /// ([`HELD_MAX`] buffers); 0 once the kernel refused a limit.
+    arm_limit: Cell<u32>,
 }
 
 /// Completions a connection's armed receive may hold before the driver
@@ -138,6 +147,11 @@ impl RecvRing {
             orphans: RefCell::default(),
             multishot: Cell::new(kernel_at_least(6, 0)),
             multishot_worked: Cell::new(false),
+            arm_limit: Cell::new(if kernel_at_least(6, 17) {
+                u32::try_from(HELD_MAX * size).unwrap_or(u32::MAX)
+            } else {
+                0
+            }),
         };
         // SAFETY: `ring` is page-aligned, holds `entries` slots and lives
         // until `close` unregisters it (or, unregistered, until it drops).
@@ -223,7 +237,7 @@ impl RecvRing {
                 Some(op) => op,
                 None => {
                     self.recycle_orphans();
-                    match stream.recv_multi(self.group, HELD_MAX) {
+                    match stream.recv_multi(self.group, HELD_MAX, self.arm_limit.get()) {
                         Ok(op) => armed.0.insert(op),
                         Err(_) => {
                             return Box::pin(self.recv_once(stream, buf, reserve, empty)).await
@@ -256,6 +270,15 @@ impl RecvRing {
                     // Held too many completions nobody took: cancelled by
                     // the driver; what it had received came before this.
                     Some(libc::ECANCELED) => continue,
+                    // A kernel refusing the receive's byte limit (before
+                    // 6.17): armed without one from now on.
+                    Some(libc::EINVAL)
+                        if self.arm_limit.get() > 0 && !self.multishot_worked.get() =>
+                    {
+                        tracing::info!("multishot receives without a byte limit");
+                        self.arm_limit.set(0);
+                        continue;
+                    }
                     // A kernel without multishot receives (before 6.0):
                     // single receives from now on.
                     Some(libc::EINVAL) if !self.multishot_worked.get() => {
@@ -447,6 +470,12 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 /// Whether the worker's io_uring took the ring; for the start-up log.
 pub fn describe(ring: Option<&RecvRing>) -> String {
     match ring {
+        Some(r) if r.multishot() && r.arm_limit.get() > 0 => format!(
+            "{} x {} B, multishot, {} B an arming",
+            r.entries(),
+            r.size,
+            r.arm_limit.get()
+        ),
         Some(r) if r.multishot() => format!("{} x {} B, multishot", r.entries(), r.size),
         Some(r) => format!("{} x {} B", r.entries(), r.size),
         None => "none".to_string(),

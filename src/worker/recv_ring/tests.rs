@@ -205,6 +205,59 @@ fn a_peer_nobody_reads_holds_few_buffers_and_loses_nothing() {
 }
 
 #[test]
+fn an_arming_takes_its_byte_limit_of_a_burst_and_leaves_the_rest_in_the_socket() {
+    uring().block_on(async {
+        let ring = RecvRing::start(CLIENT_GROUP, 16, 64).expect("a buffer ring");
+        let limit = ring.arm_limit.get() as usize;
+        let (_listener, _, mut stream, mut peer) = connected().await;
+        peer.set_nodelay(true).unwrap();
+        use std::io::Write;
+        // A head and the start of a large body in one write, as a client
+        // uploading sends them: all of it in the socket before the arming.
+        let sent: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).unwrap();
+        let mut buf = BytesMut::new();
+        let mut armed = Armed::default();
+        loop {
+            let read = ring
+                .recv(&mut armed, &mut stream, &mut buf, 64, || panic!("empty"))
+                .await;
+            assert!(matches!(read, Read::Data(_)), "{read:?}");
+            if !armed.is_armed() {
+                break;
+            }
+        }
+        if kernel_at_least(6, 17) {
+            assert_eq!(limit, HELD_MAX * 64, "a byte limit on this kernel");
+            // The arming ended by itself once it had its limit (at most its
+            // last buffer more): 4 of the ring's 16 buffers, not the 16 a
+            // burst took before (the kernel's receives per wake-up).
+            assert!(
+                (limit..=limit + 64).contains(&buf.len()),
+                "an arming of {limit} bytes took {}",
+                buf.len()
+            );
+            let buffers = usize::from(ring.published() - 16);
+            assert!(
+                buffers <= HELD_MAX + 1,
+                "{buffers} ring buffers for one arming"
+            );
+        } else {
+            assert_eq!(limit, 0, "no byte limit before Linux 6.17");
+        }
+        // The rest waited in the socket: read directly (as a large body
+        // is), it follows in order.
+        while buf.len() < sent.len() {
+            let read =
+                super::super::super::proxy::io::read_untimed(&mut stream, &mut buf, 4096).await;
+            assert!(matches!(read, Read::Data(_)), "{read:?}");
+        }
+        assert_eq!(&buf[..], &sent[..]);
+        ring.close();
+    });
+}
+
+#[test]
 fn disarming_keeps_what_was_received_and_leaves_the_rest_in_the_socket() {
     uring().block_on(async {
         let ring = RecvRing::start(CLIENT_GROUP, 4, 64).expect("a buffer ring");

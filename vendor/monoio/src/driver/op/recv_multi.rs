@@ -1,8 +1,9 @@
 //! A multishot receive on a provided-buffer ring (`IORING_RECV_MULTISHOT`
 //! with `IOSQE_BUFFER_SELECT`, Linux 6.0): one submission keeps receiving,
 //! each time data arrives into a buffer the kernel takes from the ring,
-//! until it fails, the peer closes, the ring is empty (`ENOBUFS`) or it is
-//! cancelled. Added for ringgate (see FORK.md); io_uring only.
+//! until it fails, the peer closes, the ring is empty (`ENOBUFS`), it is
+//! cancelled or (Linux 6.17) it has received the bytes it was armed for.
+//! Added for ringgate (see FORK.md); io_uring only.
 
 use std::{
     cell::UnsafeCell,
@@ -44,13 +45,25 @@ impl MultiRecv {
     /// Arms a multishot receive on `fd` from buffer ring `group`, holding
     /// at most `held_max` completions not taken before it is cancelled
     /// (the kernel then stops taking buffers for a peer nobody reads).
-    pub(crate) fn arm(fd: SharedFd, group: u16, held_max: usize) -> io::Result<MultiRecv> {
+    /// `limit` (0: none): the receive ends by itself, its last completion
+    /// without `more`, once it has received that many bytes (it may go past
+    /// them by part of its last buffer). Kernels before 6.17 refuse a limit
+    /// with `EINVAL` (in the first completion).
+    pub(crate) fn arm(
+        fd: SharedFd,
+        group: u16,
+        held_max: usize,
+        limit: u32,
+    ) -> io::Result<MultiRecv> {
         let driver = CURRENT.with(|inner| match inner {
             Inner::Uring(this) => Ok(this.clone()),
             #[allow(unreachable_patterns)]
             _ => Err(io::Error::from(io::ErrorKind::Unsupported)),
         })?;
-        let sqe = opcode::RecvMulti::new(types::Fd(fd.raw_fd()), group).build();
+        let mut sqe = opcode::RecvMulti::new(types::Fd(fd.raw_fd()), group).build();
+        if limit > 0 {
+            set_optlen(&mut sqe, limit);
+        }
         let index = UringInner::submit_multi(&driver, sqe, Some(group), held_max)?;
         Ok(MultiRecv {
             driver,
@@ -101,6 +114,25 @@ impl Drop for MultiRecv {
         if !self.done {
             UringInner::drop_multi(&self.driver, self.index, &mut self.fd);
         }
+    }
+}
+
+/// Byte offset of the submission's 32-bit `optlen` field (a union with
+/// `file_index` and `splice_fd_in`) in the kernel's 64-byte
+/// `io_uring_sqe`; io-uring 0.6 has no setter for it on a receive.
+const SQE_OPTLEN: usize = 44;
+
+/// Sets a multishot receive's total byte limit (`sqe->optlen`).
+fn set_optlen(sqe: &mut io_uring::squeue::Entry, limit: u32) {
+    const _: () = assert!(std::mem::size_of::<io_uring::squeue::Entry>() == 64);
+    // SAFETY: `Entry` is `repr(C)` around the kernel's `io_uring_sqe`
+    // (64 bytes, checked above), whose bytes 44..48 are the `u32` union of
+    // `splice_fd_in`, `file_index` and `optlen` (the kernel's ABI, fixed);
+    // an unaligned write of a `u32` there leaves every other field as
+    // built.
+    unsafe {
+        let at = (sqe as *mut io_uring::squeue::Entry as *mut u8).add(SQE_OPTLEN);
+        std::ptr::write_unaligned(at as *mut u32, limit);
     }
 }
 

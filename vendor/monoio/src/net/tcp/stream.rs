@@ -201,12 +201,18 @@ impl TcpStream {
     /// Arms a multishot receive from the provided-buffer ring `group`
     /// (`crate::buf_ring`; added for ringgate, see FORK.md): one submission
     /// receiving each time data arrives, until it ends; at most `held_max`
-    /// completions wait to be taken before it is cancelled. io_uring only
-    /// (`Unsupported` otherwise). Every read of the stream must go through
-    /// it while it is armed.
+    /// completions wait to be taken before it is cancelled, and (`limit`
+    /// bytes, 0: none; Linux 6.17) it ends by itself once it has received
+    /// that many. io_uring only (`Unsupported` otherwise). Every read of the
+    /// stream must go through it while it is armed.
     #[cfg(all(target_os = "linux", feature = "iouring"))]
-    pub fn recv_multi(&self, group: u16, held_max: usize) -> io::Result<crate::buf_ring::MultiRecv> {
-        crate::buf_ring::MultiRecv::arm(self.fd.clone(), group, held_max)
+    pub fn recv_multi(
+        &self,
+        group: u16,
+        held_max: usize,
+        limit: u32,
+    ) -> io::Result<crate::buf_ring::MultiRecv> {
+        crate::buf_ring::MultiRecv::arm(self.fd.clone(), group, held_max, limit)
     }
 
     /// Return the remote address that this stream is connected to.
