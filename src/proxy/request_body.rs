@@ -40,7 +40,17 @@ pub(super) struct RequestBody {
     left: Left,
     /// Answer `Expect: 100-continue` before the first read from the client.
     expect_continue: bool,
+    /// Room for the next read of a large body (0: `upstream_buffer_size`):
+    /// doubled, up to [`BULK_READ_GROWTH`] times that, each time a read
+    /// fills it, so a client sending fast is read in fewer, larger reads
+    /// while a slow one never holds more than the first size.
+    read_size: usize,
 }
+
+/// How many times `upstream_buffer_size` a read of a large request body
+/// may grow to (measured: a 1 MiB upload in 32 KiB reads cost about 20%
+/// more CPU than in 128 KiB ones, on either driver; docs/benchmarks.md).
+const BULK_READ_GROWTH: usize = 4;
 
 enum Left {
     /// Bytes of a `Content-Length` body still to come.
@@ -83,6 +93,7 @@ impl Client {
         RequestBody {
             left,
             expect_continue,
+            read_size: 0,
         }
     }
 
@@ -199,7 +210,8 @@ impl Client {
         {
             return Err(ProxyError::downstream(ErrorKind::ClientIo, None));
         }
-        let size = ctx.per_core.upstream_buffer_size;
+        let first = ctx.per_core.upstream_buffer_size;
+        let size = body.read_size.max(first);
         let limit = ctx.config.timeouts.client_body;
         let bulk = match &body.left {
             Left::Bytes(left) => *left > super::BULK_FROM,
@@ -207,7 +219,12 @@ impl Client {
             Left::Done => false,
         };
         match self.read_request_bytes(ctx, size, limit, bulk).await {
-            Read::Data(_) => Ok(()),
+            Read::Data(n) => {
+                if bulk && n >= size {
+                    body.read_size = (size * 2).min(first * BULK_READ_GROWTH);
+                }
+                Ok(())
+            }
             Read::TimedOut => Err(ProxyError::downstream(ErrorKind::ClientTimeout, None)),
             Read::Failed(e) => Err(ProxyError::downstream(ErrorKind::ClientIo, Some(e))),
             Read::Eof => Err(ProxyError::downstream(ErrorKind::ClientIo, None)),
