@@ -54,7 +54,7 @@ pub struct WorkerInfo {
     /// ("256 x 1024 B, multishot, 4096 B an arming", or "none").
     pub recv_ring: String,
     /// The ring plain upstream connections receive from ("64 x 32768 B,
-    /// multishot, 131072 B an arming", or "none").
+    /// multishot", or "none").
     pub upstream_ring: String,
 }
 

@@ -17,15 +17,17 @@
 //! request costs no submission. Every read of the socket goes through it
 //! while it is armed; before the socket is read another way (a tunnel) it
 //! is disarmed, keeping what it had received ([`RecvRing::disarm`]). A
-//! receive takes at most [`HELD_MAX`] buffers' worth of bytes and then
-//! ends by itself (a byte limit on the receive, Linux 6.17), the next read
+//! client connection's receive takes at most [`HELD_MAX`] buffers' worth
+//! of bytes and then ends by itself (a byte limit on the receive, Linux
+//! 6.17), the next read
 //! arming it again: a burst already in the socket (a large body sent with
 //! its head, a pipelined flood) fills no more than that many ring buffers
 //! for one connection, the rest waiting in the socket for the connection's
 //! next read, which may take it another way (a large request body is read
-//! directly, `proxy::BULK_FROM`). On older kernels a client that sends
-//! while nobody reads it has its receive cancelled by the driver once it
-//! holds [`HELD_MAX`] completions, after the kernel's receives per wake-up
+//! directly, `proxy::BULK_FROM`). Without that limit (older kernels, the
+//! upstream ring) a peer that sends while nobody reads it has its receive
+//! cancelled by the driver once it holds [`HELD_MAX`] completions, after
+//! the kernel's receives per wake-up
 //! (32: about 60 buffers for a 1 MiB body sent with its head, measured);
 //! the ring's other buffers stay for other connections, and an empty ring
 //! only sends readers to buffers of their own. A kernel that refuses
@@ -84,7 +86,11 @@ pub struct RecvRing {
     /// kernel refusing multishot receives).
     multishot_worked: Cell<bool>,
     /// Bytes an armed receive takes before it ends by itself
-    /// ([`HELD_MAX`] buffers); 0 once the kernel refused a limit.
+    /// ([`HELD_MAX`] buffers): client connections only (their bursts are
+    /// what the limit is for; an upstream's response is read by the
+    /// exchange waiting for it, and re-arming every 128 KiB made large
+    /// downloads dearer: docs/benchmarks.md). 0: none, or the kernel
+    /// refused it.
     arm_limit: Cell<u32>,
 }
 
@@ -147,7 +153,7 @@ impl RecvRing {
             orphans: RefCell::default(),
             multishot: Cell::new(kernel_at_least(6, 0)),
             multishot_worked: Cell::new(false),
-            arm_limit: Cell::new(if kernel_at_least(6, 17) {
+            arm_limit: Cell::new(if group == CLIENT_GROUP && kernel_at_least(6, 17) {
                 u32::try_from(HELD_MAX * size).unwrap_or(u32::MAX)
             } else {
                 0
