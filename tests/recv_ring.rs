@@ -7,7 +7,8 @@
 //! epoll driver, which has no ring, serves the same way. Plain upstream
 //! connections receive from a ring of their own (`[workers]
 //! upstream_recv_buffers`), attacked with more responses arriving at once
-//! than it holds.
+//! than it holds, and with large responses one after another (the receive
+//! cancelled mid-relay must not cost the connection its place in the pool).
 
 mod common;
 
@@ -279,6 +280,39 @@ fn more_upstream_responses_at_once_than_ring_buffers_lose_nothing() {
     assert!(
         now >= reused + 5,
         "pooled connections were not reused: {reused} -> {now}"
+    );
+}
+
+/// Large responses, one after another on one client connection: while a
+/// response is relayed its upstream receive piles up completions, and the
+/// driver cancels it; the cancel's own last completion can come after the
+/// exchange took its last bytes. That must not make the pooled connection
+/// look written on: every request is served over the first upstream
+/// connection, none discarded.
+#[test]
+fn large_responses_leave_their_upstream_connection_pooled() {
+    const SIZE: u64 = 300_000;
+    let origin = Origin::start();
+    let mut config = with_admin(config_for(origin.addr));
+    config.workers.driver = DriverChoice::IoUring;
+    config.workers.per_core.upstream_buffer_size = 4096;
+    let gw = start(config);
+    let mut c = Client::connect(gw.listen_addr());
+    c.reader.inner.set_nodelay(true).unwrap();
+    for _ in 0..30 {
+        let r = c.request(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len() as u64, SIZE);
+    }
+    let stats = &admin_stats(&gw)["workers"][0];
+    assert_eq!(
+        (
+            stats["upstream_connects"].as_u64(),
+            stats["upstream_reuses"].as_u64(),
+            stats["upstream_pool_discarded"].as_u64()
+        ),
+        (Some(1), Some(29), Some(0)),
+        "thirty exchanges over one upstream connection, none discarded: {stats}"
     );
 }
 

@@ -352,18 +352,24 @@ impl RecvRing {
     /// instead), `Some(false)` when a completion waits (bytes, the peer's
     /// close, an error: taken here, its buffer given back), `Some(true)`
     /// otherwise. For an idle pooled upstream connection: a completion
-    /// there is bytes nobody asked for, or the server's close.
+    /// there is bytes nobody asked for, or the server's close. One
+    /// exception: the receive's end by the driver's cancel (it held
+    /// [`HELD_MAX`] completions while the response was relayed, and the
+    /// exchange took its last bytes before the cancel's own completion
+    /// came) says nothing of the socket: `None`, so the caller looks.
     pub fn quiet(&self, armed: &mut Armed) -> Option<bool> {
         let op = armed.0.as_mut()?;
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match op.poll_next(&mut cx) {
             std::task::Poll::Pending => Some(true),
             std::task::Poll::Ready(got) => {
-                if let Some(got) = got {
-                    self.discard(got.buffer);
-                }
                 armed.0 = None;
-                Some(false)
+                let got = got?;
+                self.discard(got.buffer);
+                match &got.result {
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => None,
+                    _ => Some(false),
+                }
             }
         }
     }
