@@ -283,26 +283,35 @@ fn more_upstream_responses_at_once_than_ring_buffers_lose_nothing() {
     );
 }
 
-/// Large responses, one after another on one client connection: while a
-/// response is relayed its upstream receive piles up completions, and the
-/// driver cancels it; the cancel's own last completion can come after the
-/// exchange took its last bytes. That must not make the pooled connection
-/// look written on: every request is served over the first upstream
-/// connection, none discarded.
+/// Responses one after another on one client connection, each taking many
+/// ring buffers: while one is relayed its upstream receive piles up
+/// completions and the driver cancels it, and the cancel's own last
+/// completion can come after the exchange took its last bytes. That must
+/// not make the pooled connection look written on: every request is served
+/// over the first upstream connection.
 #[test]
-fn large_responses_leave_their_upstream_connection_pooled() {
-    const SIZE: u64 = 300_000;
+fn responses_taking_many_ring_buffers_leave_their_upstream_connection_pooled() {
     let origin = Origin::start();
     let mut config = with_admin(config_for(origin.addr));
     config.workers.driver = DriverChoice::IoUring;
-    config.workers.per_core.upstream_buffer_size = 4096;
+    config.workers.per_core.upstream_buffer_size = 1024;
     let gw = start(config);
     let mut c = Client::connect(gw.listen_addr());
     c.reader.inner.set_nodelay(true).unwrap();
-    for _ in 0..30 {
-        let r = c.request(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body.len() as u64, SIZE);
+    // 16 and 293 ring buffers' worth.
+    for size in [16_000u64, 300_000] {
+        for _ in 0..20 {
+            let r = c.request(format!("GET /bytes/{size} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len() as u64, size);
+            assert!(
+                r.body
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == pattern_byte(i as u64)),
+                "a body came out of order or mixed"
+            );
+        }
     }
     let stats = &admin_stats(&gw)["workers"][0];
     assert_eq!(
@@ -311,8 +320,8 @@ fn large_responses_leave_their_upstream_connection_pooled() {
             stats["upstream_reuses"].as_u64(),
             stats["upstream_pool_discarded"].as_u64()
         ),
-        (Some(1), Some(29), Some(0)),
-        "thirty exchanges over one upstream connection, none discarded: {stats}"
+        (Some(1), Some(39), Some(0)),
+        "forty exchanges over one upstream connection, none discarded: {stats}"
     );
 }
 
