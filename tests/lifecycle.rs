@@ -1,7 +1,8 @@
 //! Starting and stopping: workers pinned to distinct cores, the epoll
 //! fallback, a busy port refused at start, gateways started side by side on
 //! port 0 each on a port of its own, and graceful shutdown that
-//! finishes an in-flight request while refusing new connections.
+//! finishes an in-flight request while refusing new connections and
+//! closes idle ones before it returns.
 
 mod common;
 
@@ -187,4 +188,20 @@ fn shutdown_grace_period_bounds_the_wait() {
     done.recv_timeout(Duration::from_secs(10))
         .expect("shutdown returns after the grace period");
     assert!(stuck.is_closed_by_peer());
+}
+
+/// An idle keep-alive connection sees its close once `shutdown` returns:
+/// on io_uring its socket stayed open (its close and the cancel of its
+/// armed receive were never completed, the worker's loop having ended), so
+/// a client of a gateway stopped in a running process (a test, an embedder)
+/// waited for a close that never came.
+#[test]
+fn an_idle_connection_sees_its_close_once_shutdown_returns() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let mut c = Client::connect(gw.listen_addr());
+    let r = c.request(b"GET /echo/a HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200);
+    gw.shutdown();
+    assert!(c.is_closed_by_peer(), "the idle connection is still open");
 }

@@ -373,6 +373,17 @@ async fn worker_main(
         // Each connection task drops its work (and its sockets) when next polled.
         ctx.slot_notify.wait_until(done).await;
     }
+    // A connection dropped with operations in flight on io_uring (its
+    // close, the cancel of its armed receive) keeps its socket open until
+    // they complete, which takes turns of the loop: without them the
+    // sockets stayed open after the worker ended (clients never saw their
+    // connections close). At most a second, a turn at a time.
+    let settled = async {
+        while monoio::buf_ring::abandoned_in_flight() > 0 {
+            monoio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    };
+    let _ = monoio::time::timeout(std::time::Duration::from_secs(1), settled).await;
     if let Some(log) = &ctx.log {
         log.hand_over();
     }

@@ -84,3 +84,15 @@ pub fn take_orphaned(group: u16, out: &mut Vec<u16>) {
     #[cfg(not(all(target_os = "linux", feature = "iouring")))]
     let _ = (group, out);
 }
+
+/// Operations on this thread's io_uring dropped while in flight whose
+/// last completion has not come (a socket's close, the cancel of a
+/// dropped multishot receive): each keeps its socket open until then, so
+/// a runtime about to end turns its loop until none is left (or its
+/// patience ends). 0 on another driver.
+pub fn abandoned_in_flight() -> usize {
+    #[cfg(all(target_os = "linux", feature = "iouring"))]
+    return crate::driver::ABANDONED.with(|n| n.get());
+    #[cfg(not(all(target_os = "linux", feature = "iouring")))]
+    0
+}

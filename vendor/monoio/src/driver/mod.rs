@@ -36,7 +36,7 @@ pub use self::uring::IoUringDriver;
 #[cfg(all(target_os = "linux", feature = "iouring"))]
 pub(crate) use self::uring::UringInner;
 #[cfg(all(target_os = "linux", feature = "iouring"))]
-pub(crate) use self::uring::ORPHANED;
+pub(crate) use self::uring::{ABANDONED, ORPHANED};
 
 /// Unpark a runtime of another thread.
 pub(crate) mod unpark {

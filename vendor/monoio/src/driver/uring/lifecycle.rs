@@ -18,6 +18,14 @@ std::thread_local! {
     /// the application to give back to their ring (`crate::buf_ring`).
     pub(crate) static ORPHANED: std::cell::RefCell<Vec<(u16, u16)>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Operations dropped while in flight (`Ignored`, `MultiIgnored`) whose
+    /// last completion has not come: each keeps what it holds (a file, for
+    /// a close or a cancelled receive) until then.
+    pub(crate) static ABANDONED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn abandoned(delta: isize) {
+    ABANDONED.with(|n| n.set(n.get().saturating_add_signed(delta)));
 }
 
 /// Keeps a provided buffer an abandoned receive took.
@@ -143,6 +151,7 @@ impl<'a> Ref<'a, Lifecycle> {
                 orphan(*group, flags);
                 if !more(flags) {
                     self.remove();
+                    abandoned(-1);
                 }
             }
             Lifecycle::Submitted => {
@@ -161,6 +170,7 @@ impl<'a> Ref<'a, Lifecycle> {
                 let group = data.downcast_ref::<RecvSelect>().map(|r| r.group);
                 orphan(group, flags);
                 self.remove();
+                abandoned(-1);
             }
             Lifecycle::Completed(..) => unsafe { std::hint::unreachable_unchecked() },
         }
@@ -207,6 +217,7 @@ impl<'a> Ref<'a, Lifecycle> {
             None => Box::new(()),
         };
         *self = Lifecycle::MultiIgnored { group, data };
+        abandoned(1);
         false
     }
 
@@ -244,6 +255,7 @@ impl<'a> Ref<'a, Lifecycle> {
                     *ref_mut = Lifecycle::Ignored(Box::new(())); // () is a ZST, so it does not
                                                                  // allocate
                 };
+                abandoned(1);
                 return false;
             }
             Lifecycle::Completed(_, flags) => {

@@ -12,7 +12,7 @@ use std::{
 
 use io_uring::{cqueue, opcode, types::Timespec, IoUring};
 use lifecycle::Lifecycle;
-pub(crate) use lifecycle::ORPHANED;
+pub(crate) use lifecycle::{ABANDONED, ORPHANED};
 
 use super::{
     op::{CompletionMeta, Op, OpAble},
