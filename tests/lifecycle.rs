@@ -2,7 +2,7 @@
 //! fallback, a busy port refused at start, gateways started side by side on
 //! port 0 each on a port of its own, and graceful shutdown that
 //! finishes an in-flight request while refusing new connections and
-//! closes idle ones before it returns.
+//! closes idle ones before it returns; no socket inherited by a child process.
 
 mod common;
 
@@ -204,4 +204,40 @@ fn an_idle_connection_sees_its_close_once_shutdown_returns() {
     assert_eq!(r.status, 200);
     gw.shutdown();
     assert!(c.is_closed_by_peer(), "the idle connection is still open");
+}
+
+/// A process started while the gateway serves (the new binary of an
+/// upgrade, or any child of an embedding program) inherits none of its
+/// sockets: not the listener, not a client's connection, not a pooled
+/// upstream one. On io_uring accepted sockets were not close-on-exec, so
+/// such a child held clients' connections open after the gateway closed
+/// them.
+#[test]
+fn a_child_process_inherits_none_of_the_gateways_sockets() {
+    let origin = Origin::start();
+    let gw = start(config_for(origin.addr));
+    let mut c = Client::connect(gw.listen_addr());
+    let r = c.request(b"GET /echo/a HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200, "the connection is accepted and kept alive");
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep (coreutils) starts");
+    // `spawn` returns once the child has executed `sleep`: its descriptors
+    // are those it kept across the exec.
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .expect("the child's descriptors are readable")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.starts_with("socket:"))
+        .collect();
+    child.kill().expect("the child is stopped");
+    child.wait().expect("the child is reaped");
+    assert!(
+        sockets.is_empty(),
+        "the child inherited sockets: {sockets:?}"
+    );
+    // The connection still serves.
+    let r = c.request(b"GET /echo/b HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 200);
 }

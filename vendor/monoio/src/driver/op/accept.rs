@@ -61,6 +61,10 @@ impl OpAble for Accept {
             self.addr.0.as_mut_ptr() as *mut _,
             &mut self.addr.1,
         )
+        // Close-on-exec, as the legacy driver's `accept4` sets it: a process
+        // started while this one serves (a binary upgrade) must not inherit
+        // client sockets and hold them open.
+        .flags(libc::SOCK_CLOEXEC)
         .build()
     }
 
