@@ -10,7 +10,8 @@
 //! empty (a response body's piece) are not copied: the two buffers change
 //! places, the filled one becoming the connection's and the connection's
 //! empty room taking its place in the ring (a new buffer when that room
-//! still shares memory with bytes being sent).
+//! still shares memory with bytes being sent, or grew past twice the
+//! ring's buffer size).
 //!
 //! The receive is multishot (Linux 6.0): armed once, it stays armed across
 //! the connection's reads and requests ([`Armed`]), so reading the next
@@ -325,11 +326,13 @@ impl RecvRing {
             if buf.is_empty() && filled.len() >= SWAP_FROM {
                 let mut room = std::mem::replace(buf, std::mem::take(filled));
                 room.clear();
-                if room.capacity() > 4 * self.size {
-                    // A buffer grown for something large: not kept in the ring.
-                    room = BytesMut::new();
+                // Its memory is taken back whole (the kernel fills `size`
+                // bytes of it) unless it is still shared with bytes on
+                // their way out, or grew for something large (a body read
+                // directly): the ring keeps no more than it lends.
+                if !room.try_reclaim(self.size) || room.capacity() > 2 * self.size {
+                    room = BytesMut::with_capacity(self.size);
                 }
-                room.reserve(self.size);
                 *filled = room;
             } else {
                 buf.extend_from_slice(filled);

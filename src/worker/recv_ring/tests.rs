@@ -471,3 +471,39 @@ fn a_large_receive_into_an_empty_buffer_takes_the_ring_buffer_and_the_ring_never
         ring.close();
     });
 }
+
+#[test]
+fn a_buffer_grown_for_a_large_body_is_not_kept_in_the_ring() {
+    uring().block_on(async {
+        let ring = RecvRing::start(UPSTREAM_GROUP, 2, 8192).expect("a buffer ring");
+        let (_listener, _, mut stream, mut peer) = connected().await;
+        use std::io::Write;
+        let mut armed = Armed::default();
+        // A connection's buffer that grew to 1 MiB for a large body and was
+        // read empty: its room has only what follows the consumed bytes,
+        // its memory all of the MiB.
+        let mut buf = BytesMut::with_capacity(1 << 20);
+        buf.resize(1 << 20, b'x');
+        drop(buf.split());
+        assert!(buf.is_empty());
+        peer.write_all(&[7u8; 6000]).unwrap();
+        while buf.len() < 6000 {
+            let read = ring
+                .recv(&mut armed, &mut stream, &mut buf, 64, || panic!("empty"))
+                .await;
+            assert!(matches!(read, Read::Data(_)), "{read:?}");
+        }
+        assert!(buf.iter().all(|b| *b == 7));
+        // The ring buffer was handed over and the MiB took its place: the
+        // ring lends `size` bytes of it and would have kept the rest.
+        for buffer in ring.buffers.borrow().iter() {
+            assert!(
+                buffer.capacity() <= 2 * ring.size,
+                "a ring buffer of {} bytes for receives of {}",
+                buffer.capacity(),
+                ring.size
+            );
+        }
+        ring.close();
+    });
+}
