@@ -260,7 +260,7 @@ pub(crate) async fn read_untimed(
     buf: &mut BytesMut,
     reserve: usize,
 ) -> Read {
-    buf.reserve(reserve);
+    make_room(buf, reserve);
     let (len, cap) = (buf.len(), buf.capacity());
     let owned = SliceMut::new(std::mem::take(buf), len, cap);
     let (result, owned) = stream.read(owned).await;
@@ -269,6 +269,21 @@ pub(crate) async fn read_untimed(
         Ok(0) => Read::Eof,
         Ok(n) => Read::Data(n),
         Err(e) => Read::Failed(e),
+    }
+}
+
+/// Makes room for at least `reserve` more bytes in `buf`. An empty buffer
+/// whose memory cannot take them where it is gets a new one: `BytesMut`
+/// grows a buffer from where its bytes were taken off, so a buffer read
+/// empty and grown (a large body's reads doubling) kept the length it had
+/// consumed on top of the new room, each time it grew.
+pub fn make_room(buf: &mut BytesMut, reserve: usize) {
+    if buf.is_empty() {
+        if !buf.try_reclaim(reserve) {
+            *buf = BytesMut::with_capacity(reserve);
+        }
+    } else {
+        buf.reserve(reserve);
     }
 }
 

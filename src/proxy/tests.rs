@@ -1,5 +1,6 @@
-//! Unit tests of the connection task's futures: the size of what an idle
-//! connection holds, and of what a timed read or write adds.
+//! Unit tests of the connection task's futures (the size of what an idle
+//! connection holds, and of what a timed read or write adds) and of the
+//! room its reads make.
 
 /// Runs `f` on a one-thread epoll runtime with timers.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -76,4 +77,34 @@ fn a_timeout_adds_little_to_the_future_it_guards() {
         let size = std::mem::size_of_val(&write);
         assert!(size <= 600, "a timed write's future is {size} bytes");
     });
+}
+
+/// A read buffer read empty and given more room than its memory holds
+/// gets memory of that size, not that size on top of what it consumed:
+/// with `BytesMut`'s own growth, a large body's reads doubling (32, 64,
+/// 128 KiB) left each connection holding more than its largest read.
+#[test]
+fn an_empty_buffer_grows_to_the_room_asked_not_beyond() {
+    use bytes::BytesMut;
+    let mut buf = BytesMut::new();
+    for room in [32 * 1024, 64 * 1024, 128 * 1024, 128 * 1024, 128 * 1024] {
+        super::io::make_room(&mut buf, room);
+        assert!(buf.capacity() >= room, "room for the read");
+        let filled = buf.capacity();
+        buf.resize(filled, 1);
+        // The body piece is sent and dropped: the buffer is empty again.
+        drop(buf.split());
+    }
+    // Its memory is the largest room asked for: 128 KiB, reclaimable
+    // whole, and no more.
+    assert!(buf.try_reclaim(128 * 1024));
+    assert!(
+        !buf.try_reclaim(128 * 1024 + 1),
+        "memory beyond the largest read kept"
+    );
+    // A buffer with bytes still in it grows as `BytesMut` grows it.
+    buf.resize(10, 2);
+    super::io::make_room(&mut buf, 256 * 1024);
+    assert!(buf.capacity() >= 10 + 256 * 1024);
+    assert_eq!(&buf[..], &[2u8; 10][..]);
 }
