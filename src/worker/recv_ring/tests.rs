@@ -507,3 +507,35 @@ fn a_buffer_grown_for_a_large_body_is_not_kept_in_the_ring() {
         ring.close();
     });
 }
+
+#[test]
+fn a_runtime_ended_with_a_receive_abandoned_leaves_none_to_the_next_on_its_thread() {
+    uring().block_on(async {
+        let ring = RecvRing::start(CLIENT_GROUP, 4, 64).expect("a buffer ring");
+        let (_listener, _, mut stream, _peer) = connected().await;
+        let mut armed = Armed::default();
+        let mut buf = BytesMut::new();
+        {
+            // Polled once: the receive is armed and nothing has come.
+            let mut read = std::pin::pin!(ring.recv(&mut armed, &mut stream, &mut buf, 64, || {}));
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))
+            })
+            .await;
+            assert!(polled.is_pending());
+        }
+        assert!(armed.is_armed());
+        // Dropped in flight: its cancel has not completed when the runtime ends.
+        drop(armed);
+        assert!(monoio::buf_ring::abandoned_in_flight() > 0);
+        ring.close();
+    });
+    assert_eq!(
+        monoio::buf_ring::abandoned_in_flight(),
+        0,
+        "the closed io_uring's operations are still counted"
+    );
+    uring().block_on(async {
+        assert_eq!(monoio::buf_ring::abandoned_in_flight(), 0);
+    });
+}

@@ -24,6 +24,15 @@ std::thread_local! {
     pub(crate) static ABANDONED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// Forgets this thread's abandoned operations and orphaned buffers: its
+/// io_uring closing ends them all, with the buffer rings they came from, so
+/// a runtime started on the thread later begins with none (one ended with
+/// operations still abandoned made the next one wait for them).
+pub(crate) fn forget_thread_state() {
+    ORPHANED.with(|o| o.borrow_mut().clear());
+    ABANDONED.with(|n| n.set(0));
+}
+
 fn abandoned(delta: isize) {
     ABANDONED.with(|n| n.set(n.get().saturating_add_signed(delta)));
 }

@@ -700,6 +700,7 @@ impl Drop for UringInner {
         unsafe {
             ManuallyDrop::drop(&mut self.uring);
         }
+        lifecycle::forget_thread_state();
     }
 }
 
