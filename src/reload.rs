@@ -349,6 +349,12 @@ fn restart_only(running: &Config, written: &Written, next: &Config) -> Result<()
     if a.recv_buffers != b.recv_buffers {
         return refuse("workers.recv_buffers", "the provided-buffer ring");
     }
+    if a.upstream_recv_buffers != b.upstream_recv_buffers {
+        return refuse(
+            "workers.upstream_recv_buffers",
+            "the upstream provided-buffer ring",
+        );
+    }
     if a.ring_entries != b.ring_entries || a.sqpoll != b.sqpoll {
         return refuse("workers.ring_entries", "the io_uring ring");
     }

@@ -167,6 +167,27 @@ fn an_invalid_file_is_refused_with_file_key_and_reason_and_the_running_config_st
     let v = json(&r);
     assert_eq!(v["key"], "workers.count", "{v}");
     assert!(v["reason"].as_str().unwrap().contains("restart"), "{v}");
+    // So is the upstream ring's (its buffers are registered with the kernel).
+    for (key, line) in [(
+        "workers.upstream_recv_buffers",
+        "upstream_recv_buffers = 128",
+    )] {
+        s.write_raw(
+            &text(
+                &s.listen.to_string(),
+                &s.admin.to_string(),
+                s.a.addr,
+                s.b.addr,
+                TO_B,
+            )
+            .replace("count = 2", &format!("count = 2\n{line}")),
+        );
+        let r = s.reload();
+        assert_eq!(r.status, 422, "{}", r.text());
+        let v = json(&r);
+        assert_eq!(v["key"], key, "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("restart"), "{v}");
+    }
 
     assert_eq!(s.generations(), vec![1, 1]);
     assert_eq!(get(s.listen, "/still").status, 200);
