@@ -355,6 +355,12 @@ fn restart_only(running: &Config, written: &Written, next: &Config) -> Result<()
             "the upstream provided-buffer ring",
         );
     }
+    if a.upstream_recv_buffer_size != b.upstream_recv_buffer_size {
+        return refuse(
+            "workers.upstream_recv_buffer_size",
+            "the upstream provided-buffer ring",
+        );
+    }
     if a.ring_entries != b.ring_entries || a.sqpoll != b.sqpoll {
         return refuse("workers.ring_entries", "the io_uring ring");
     }

@@ -168,10 +168,16 @@ fn an_invalid_file_is_refused_with_file_key_and_reason_and_the_running_config_st
     assert_eq!(v["key"], "workers.count", "{v}");
     assert!(v["reason"].as_str().unwrap().contains("restart"), "{v}");
     // So is the upstream ring's (its buffers are registered with the kernel).
-    for (key, line) in [(
-        "workers.upstream_recv_buffers",
-        "upstream_recv_buffers = 128",
-    )] {
+    for (key, line) in [
+        (
+            "workers.upstream_recv_buffers",
+            "upstream_recv_buffers = 128",
+        ),
+        (
+            "workers.upstream_recv_buffer_size",
+            "upstream_recv_buffer_size = \"128KiB\"",
+        ),
+    ] {
         s.write_raw(
             &text(
                 &s.listen.to_string(),

@@ -112,10 +112,14 @@ pub struct WorkersConfig {
     /// Buffers in each worker's provided-buffer ring (io_uring; 0: none):
     /// a connection waiting for a request takes one only when bytes come.
     pub recv_buffers: u16,
-    /// Buffers (of `upstream_buffer_size`) in each worker's ring for plain
-    /// upstream connections (io_uring; 0: none): a pooled connection's
-    /// receive stays armed, holding no buffer until the server sends.
+    /// Buffers (of `upstream_recv_buffer_size`) in each worker's ring for
+    /// plain upstream connections (io_uring; 0: none): a pooled
+    /// connection's receive stays armed, holding no buffer until the server
+    /// sends.
     pub upstream_recv_buffers: u16,
+    /// Bytes of each buffer of that ring: the most one receive of a
+    /// response takes, so a large body is relayed in pieces of this size.
+    pub upstream_recv_buffer_size: usize,
     /// Kernel-side submission polling; its thread idles after `sqpoll_idle`.
     pub sqpoll: Option<Duration>,
     pub per_core: PerCoreConfig,
@@ -134,6 +138,7 @@ impl Default for WorkersConfig {
             ring_entries: 1024,
             recv_buffers: 256,
             upstream_recv_buffers: 64,
+            upstream_recv_buffer_size: 64 * 1024,
             sqpoll: None,
             per_core: PerCoreConfig::default(),
             overrides: HashMap::new(),

@@ -139,6 +139,7 @@ pub struct RawWorkers {
     pub ring_entries: Option<u32>,
     pub recv_buffers: Option<u32>,
     pub upstream_recv_buffers: Option<u32>,
+    pub upstream_recv_buffer_size: Option<ByteSize>,
     pub sqpoll: Option<bool>,
     pub sqpoll_idle: Option<ConfigDuration>,
     pub max_connections: Option<usize>,

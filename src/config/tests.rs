@@ -579,3 +579,18 @@ tokens_per_minute = 1000
     let e = refused(ai("", "cache_any_temperature = true"));
     assert_eq!(e.key, "routes[0].ai.models.m.cache_any_temperature", "{e}");
 }
+
+#[test]
+fn the_upstream_ring_buffer_size_is_bounded_naming_the_key() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.workers.upstream_recv_buffer_size, 64 * 1024);
+    let text = format!("{MINIMAL}\n[workers]\nupstream_recv_buffer_size = \"128KiB\"\n");
+    let c = Config::parse(&text).unwrap();
+    assert_eq!(c.workers.upstream_recv_buffer_size, 128 * 1024);
+    for bad in ["\"2KiB\"", "\"2MiB\"", "0"] {
+        let text = format!("{MINIMAL}\n[workers]\nupstream_recv_buffer_size = {bad}\n");
+        let e = Config::parse(&text).unwrap_err();
+        assert_eq!(e.key, "workers.upstream_recv_buffer_size", "{bad}: {e}");
+        assert!(e.reason.contains("between 4KiB and 1MiB"), "{bad}: {e}");
+    }
+}

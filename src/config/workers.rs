@@ -3,6 +3,12 @@
 
 use super::*;
 
+/// The upstream ring's buffer size: at least a page (receives from 4 KiB
+/// hand their buffer over rather than copy it), at most 1 MiB (64 of them
+/// already make a 64 MiB ring per worker).
+const UPSTREAM_RECV_BUFFER_MIN: u64 = 4 * 1024;
+const UPSTREAM_RECV_BUFFER_MAX: u64 = 1024 * 1024;
+
 pub(super) fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, ConfigError> {
     let defaults = WorkersConfig::default();
     let count = match &raw.count {
@@ -85,6 +91,18 @@ pub(super) fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, C
         defaults.upstream_recv_buffers,
         "workers.upstream_recv_buffers",
     )?;
+    let upstream_recv_buffer_size = match raw.upstream_recv_buffer_size {
+        None => defaults.upstream_recv_buffer_size,
+        Some(size) if (UPSTREAM_RECV_BUFFER_MIN..=UPSTREAM_RECV_BUFFER_MAX).contains(&size.0) => {
+            size.0 as usize
+        }
+        Some(_) => {
+            return Err(invalid(
+                "workers.upstream_recv_buffer_size",
+                "must be between 4KiB and 1MiB",
+            ))
+        }
+    };
     let sqpoll = if raw.sqpoll.unwrap_or(false) {
         Some(
             raw.sqpoll_idle
@@ -147,6 +165,7 @@ pub(super) fn validate_workers(raw: &raw::RawWorkers) -> Result<WorkersConfig, C
         ring_entries,
         recv_buffers,
         upstream_recv_buffers,
+        upstream_recv_buffer_size,
         sqpoll,
         per_core,
         overrides,

@@ -273,7 +273,6 @@ async fn worker_main(
     let core_key = info.core.unwrap_or(spec.index);
     let per_core = spec.config.workers.for_core(core_key).clone();
     let per_core_buffer = per_core.client_buffer_size;
-    let upstream_buffer = per_core.upstream_buffer_size;
     let admin_listener = match spec.admin {
         None => None,
         Some((address, reloader, handed)) => match handed.map(adopt).unwrap_or_else(|| {
@@ -315,7 +314,7 @@ async fn worker_main(
     first.set_upstream_ring(recv_ring::RecvRing::start(
         recv_ring::UPSTREAM_GROUP,
         spec.config.workers.upstream_recv_buffers,
-        upstream_buffer,
+        spec.config.workers.upstream_recv_buffer_size,
     ));
     let mailbox = Rc::new(spec.mailbox);
     first.set_mailbox(mailbox.clone());

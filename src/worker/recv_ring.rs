@@ -1,7 +1,7 @@
 //! The worker's provided-buffer rings (io_uring): a plain client
 //! connection (`[workers] recv_buffers`) and a plain upstream connection
 //! (`[workers] upstream_recv_buffers`, a ring of its own with buffers of
-//! `upstream_buffer_size`) receive into buffers the kernel takes from a
+//! `upstream_recv_buffer_size`) receive into buffers the kernel takes from a
 //! ring only when bytes arrive, so an idle connection holds no read
 //! buffer of its own (nginx's idle connections hold none either: they wait
 //! for readiness). The bytes are copied into the connection's buffer at
