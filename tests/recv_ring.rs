@@ -249,7 +249,7 @@ fn more_upstream_responses_at_once_than_ring_buffers_lose_nothing() {
     let mut config = with_admin(config_for(origin.addr));
     config.workers.driver = DriverChoice::IoUring;
     config.workers.upstream_recv_buffers = 2;
-    config.workers.per_core.upstream_buffer_size = 4096;
+    config.workers.upstream_recv_buffer_size = 4096;
     let gw = start(config);
     let ring = &gw.workers()[0].upstream_ring;
     assert!(ring.starts_with("2 x 4096 B, multishot"), "{ring}");
@@ -298,12 +298,12 @@ fn responses_taking_many_ring_buffers_leave_their_upstream_connection_pooled() {
     let origin = Origin::start();
     let mut config = with_admin(config_for(origin.addr));
     config.workers.driver = DriverChoice::IoUring;
-    config.workers.per_core.upstream_buffer_size = 1024;
+    config.workers.upstream_recv_buffer_size = 4096;
     let gw = start(config);
     let mut c = Client::connect(gw.listen_addr());
     c.reader.inner.set_nodelay(true).unwrap();
     // 16 and 98 ring buffers' worth.
-    for size in [16_000u64, 100_000] {
+    for size in [64_000u64, 400_000] {
         for _ in 0..10 {
             let r = c.request(format!("GET /bytes/{size} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
             assert_whole_pattern(&r, size);
