@@ -1,6 +1,6 @@
 //! Unit tests of the connection task's futures (the size of what an idle
 //! connection holds, and of what a timed read or write adds) and of the
-//! room its reads make.
+//! room its reads make and the read buffers the worker keeps for reuse.
 
 /// Runs `f` on a one-thread epoll runtime with timers.
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -9,6 +9,21 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// A worker's context for a gateway proxying `addr` to itself.
+fn worker_ctx(addr: std::net::SocketAddr) -> std::rc::Rc<crate::worker::context::WorkerCtx> {
+    let config = std::sync::Arc::new(crate::config::Config::quick(addr, vec![addr]));
+    let (bus, _receivers) = crate::bus::Bus::new(1, 16);
+    let claims = std::sync::Arc::new(crate::cache::claims::Claims::new(1));
+    std::rc::Rc::new(crate::worker::context::WorkerCtx::new(
+        0,
+        config,
+        Default::default(),
+        bus,
+        claims,
+        std::sync::Arc::new(crate::route::rate_limit::NodeTable::new(64)),
+    ))
 }
 
 /// An idle keep-alive connection holds its task, whose future is the
@@ -23,18 +38,7 @@ fn connection_future_stays_small() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stream = monoio::net::TcpStream::connect_addr(addr).await.unwrap();
-        let config = std::sync::Arc::new(crate::config::Config::quick(addr, vec![addr]));
-        let (bus, mut receivers) = crate::bus::Bus::new(1, 16);
-        let _receiver = receivers.remove(0);
-        let claims = std::sync::Arc::new(crate::cache::claims::Claims::new(1));
-        let ctx = std::rc::Rc::new(crate::worker::context::WorkerCtx::new(
-            0,
-            config,
-            Default::default(),
-            bus,
-            claims,
-            std::sync::Arc::new(crate::route::rate_limit::NodeTable::new(64)),
-        ));
+        let ctx = worker_ctx(addr);
         let entry = std::rc::Rc::new(super::Entry {
             tls: None,
             redirect_https: None,
@@ -107,4 +111,33 @@ fn an_empty_buffer_grows_to_the_room_asked_not_beyond() {
     super::io::make_room(&mut buf, 256 * 1024);
     assert!(buf.capacity() >= 10 + 256 * 1024);
     assert_eq!(&buf[..], &[2u8; 10][..]);
+}
+
+/// The worker keeps read buffers for reuse, but not one whose memory grew
+/// large, though read empty it shows as room only what follows the bytes
+/// taken off it.
+#[test]
+fn a_read_buffer_grown_large_is_not_kept_for_reuse() {
+    use bytes::BytesMut;
+    block_on(async {
+        let ctx = worker_ctx("127.0.0.1:9".parse().unwrap());
+        let mut grown = BytesMut::with_capacity(1 << 20);
+        grown.resize(1 << 20, 1);
+        drop(grown.split());
+        assert!(
+            grown.capacity() < 1024,
+            "its room is what follows its bytes"
+        );
+        ctx.give_read_buffer(grown);
+        let mut next = ctx.take_read_buffer();
+        assert!(
+            !next.try_reclaim(256 * 1024 + 1),
+            "a MiB buffer was kept for reuse"
+        );
+        // One of ordinary size is kept: the same memory comes back.
+        let ordinary = BytesMut::with_capacity(32 * 1024);
+        let at = ordinary.as_ptr();
+        ctx.give_read_buffer(ordinary);
+        assert_eq!(ctx.take_read_buffer().as_ptr(), at);
+    });
 }

@@ -491,8 +491,10 @@ impl WorkerCtx {
     }
 
     pub fn give_read_buffer(&self, mut buf: BytesMut) {
-        if buf.capacity() <= BUFFER_KEEP_MAX {
-            buf.clear();
+        buf.clear();
+        // Its memory counts whole: a buffer read empty shows as room only
+        // what follows the bytes taken off it, whatever it holds before.
+        if buf.capacity() <= BUFFER_KEEP_MAX && !buf.try_reclaim(BUFFER_KEEP_MAX + 1) {
             let mut pool = self.read_buffers.borrow_mut();
             if pool.len() < BUFFER_POOL_MAX {
                 pool.push(buf);
