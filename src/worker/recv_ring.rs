@@ -328,8 +328,9 @@ impl RecvRing {
                 room.clear();
                 // Its memory is taken back whole (the kernel fills `size`
                 // bytes of it) unless it is still shared with bytes on
-                // their way out, or grew for something large (a body read
-                // directly): the ring keeps no more than it lends.
+                // their way out, or grew for something large (receives
+                // appended to it, a pooled buffer that grew): the ring keeps
+                // no more than it lends.
                 if !room.try_reclaim(self.size) || room.capacity() > 2 * self.size {
                     room = BytesMut::with_capacity(self.size);
                 }
